@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv if missing and
+# installs the project into it first, so they work on a fresh machine with nothing but Python.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Installed before the project, so the project's torch range is already met. Override for your
+# machine, e.g. make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu" install
+TORCH_SPEC ?= torch==2.13.0
+
+# Tiny Shakespeare without the network: use the shared mirror when it is beside the checkout.
+ifeq ($(origin REPYTILIAN_DATA), undefined)
+ifneq ($(wildcard ../shared/data/tinyshakespeare.txt),)
+export REPYTILIAN_DATA := $(abspath ../shared/data)
+endif
+endif
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(PY) training.py -t 500
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,272 @@
+"""The library entry points that the command lines are thin layers over: `train` and `load_model`.
+
+`train` ties the pieces together (data -> tokenizer -> model -> trainer -> model directory);
+`load_model` gives a `LanguageModel` that generates text. Messages go to stderr, results are
+returned (the CLI decides what reaches stdout).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import (
+    LoadedModel,
+    check_target,
+    interrupted_dir,
+    load_model_dir,
+    restore_trainer,
+    save_model_dir,
+)
+from .config import ITERATIONS, build_configs, check_configs, split_overrides
+from .data import DataSource, TokenData, load_text
+from .errors import RepytilianError
+from .model import GPT
+from .sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, sample_ids
+from .tokenizers import DEFAULT_TOKENIZER, Tokenizer, UnknownTokensError, tokenizer_class
+from .train import StopRequest, Trainer, TrainState, pick_device
+
+DEFAULT_MODEL_DIR = "models/shakespeare/basic"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- generation --------------------------------------------------------------------------
+
+
+class LanguageModel:
+    """A trained model with its tokenizer: text in, text out."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any] | None = None,
+                 path: Path | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta or {}
+        self.path = path
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt ids (the start token for an empty prompt), cropped to the context the model sees."""
+        if not prompt:
+            return self.tokenizer.start_ids()
+        try:
+            ids = self.tokenizer.encode(prompt)
+        except UnknownTokensError as e:
+            raise UnknownTokensError(f"cannot continue from this prompt: {e}") from None
+        block = self.model.config.block_size
+        if len(ids) > block:
+            _say(f"note: the prompt has {len(ids)} tokens; the model sees only the last {block}")
+        return ids
+
+    def stream(self, prompt: str = "", max_new_tokens: int = 500, *, temperature: float = DEFAULT_TEMPERATURE,
+               top_k: int | None = DEFAULT_TOP_K, seed: int | None = None) -> Iterator[str]:
+        """Yield the continuation of `prompt` piece by piece as it is sampled."""
+        if max_new_tokens < 0:
+            raise RepytilianError(f"the number of tokens must not be negative, got {max_new_tokens}")
+        ids = self.encode_prompt(prompt)
+        generator = None
+        if seed is not None:
+            device = next(self.model.parameters()).device
+            generator = torch.Generator(device=device).manual_seed(seed)
+        produced: list[int] = []
+        text_so_far = ""
+        for token in sample_ids(self.model, ids, max_new_tokens, temperature, top_k, generator):
+            produced.append(token)
+            text = self.tokenizer.decode(produced)
+            yield text[len(text_so_far):]
+            text_so_far = text
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> str:
+        """The continuation of `prompt` (without the prompt itself)."""
+        return "".join(self.stream(prompt, max_new_tokens, **kwargs))
+
+
+def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto") -> LanguageModel:
+    loaded = load_model_dir(path, pick_device(device))
+    return LanguageModel(loaded.model, loaded.tokenizer, loaded.meta, loaded.path)
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainOptions:
+    data: DataSource | None = None  # None: the loaded model's data, else Tiny Shakespeare
+    tokenizer: str | None = None  # None: the loaded model's, else characters
+    settings: str = "default"
+    iterations: str | None = None  # None: "default" (or, with `load`, finish the saved schedule)
+    overrides: dict[str, Any] = field(default_factory=dict)  # field name -> value or CLI string
+    out: str | None = DEFAULT_MODEL_DIR  # "" or None: save nothing at the end
+    load: str | None = None
+    device: str = "auto"
+    seed: int | None = None
+    progress: bool = True
+    interrupt_root: str = "models"  # interrupted runs go to <root>/interrupted/<timestamp>/
+    stop: StopRequest | None = None  # lets a caller (a test, a server) stop training early
+
+
+@dataclass
+class TrainResult:
+    language_model: LanguageModel
+    saved_to: Path | None
+    stopped_by: str | None  # the signal that stopped training early, or None
+    val_loss: float | None  # over the whole validation split, for finished runs
+    state: TrainState
+
+
+def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
+    """Train config and state for continuing a saved model, saying what happens to the LR schedule."""
+    model_over, train_over = split_overrides(opts.overrides)
+    mcfg = loaded.model.config
+    changed = {k: v for k, v in model_over.items() if k != "dropout" and getattr(mcfg, k) != v}
+    if changed:
+        names = ", ".join(f"{k}={v}" for k, v in changed.items())
+        raise RepytilianError(
+            f"cannot change the shape of a trained model ({names}); -l continues {loaded.path} as it is "
+            "(train a new model without -l to change its shape)"
+        )
+    if "dropout" in model_over:
+        mcfg.dropout = model_over["dropout"]
+        loaded.model = _set_dropout(loaded.model, mcfg.dropout)
+    tcfg = loaded.train_config
+    if opts.iterations is not None:
+        preset = ITERATIONS.get(opts.iterations)
+        if preset is None:
+            raise RepytilianError(f"unknown -i/--iterations preset {opts.iterations!r}; choose one of: {', '.join(ITERATIONS)}")
+        tcfg = dataclasses.replace(tcfg, **preset)
+    tcfg = dataclasses.replace(tcfg, **train_over)
+    if opts.seed is not None:
+        tcfg.seed = opts.seed
+    check_configs(mcfg, tcfg)
+    return mcfg, tcfg
+
+
+def _set_dropout(model: GPT, p: float) -> GPT:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        elif hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = p
+    return model
+
+
+def _plan_schedule(state: TrainState, more_steps: int | None, asked: bool) -> TrainState:
+    """Continue an unfinished schedule exactly; extend a finished one (or on request) with a new one."""
+    if not asked and not state.finished:
+        left = "until stopped" if state.max_iters is None else f"to step {state.max_iters}"
+        _say(f"resuming at step {state.step}, continuing the saved schedule {left}")
+        return state
+    state.schedule_start = state.step
+    state.max_iters = None if more_steps is None else state.step + more_steps
+    what = "until stopped" if more_steps is None else f"{more_steps} more steps (to step {state.max_iters})"
+    _say(f"resuming at step {state.step}: training {what} with a new warm-up and decay of the learning rate")
+    return state
+
+
+def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
+    device = pick_device(opts.device)
+    out = Path(opts.out) if opts.out else None
+    if out is not None:
+        check_target(out)
+
+    loaded = None
+    if opts.load:
+        loaded = load_model_dir(opts.load, device, with_trainer=True)
+        if opts.tokenizer and opts.tokenizer != loaded.tokenizer.name:
+            raise RepytilianError(
+                f"{opts.load} was trained with the {loaded.tokenizer.name!r} tokenizer, not {opts.tokenizer!r}; "
+                f"drop -z (or use -z {loaded.tokenizer.name}) to continue it"
+            )
+        mcfg, tcfg = _resume_setup(opts, loaded)
+        source = opts.data or DataSource(**loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"}))
+        tokenizer, model = loaded.tokenizer, loaded.model
+        text = load_text(source)
+        try:
+            data = TokenData.from_text(text, tokenizer)
+        except UnknownTokensError as e:
+            raise RepytilianError(f"the training text does not fit the vocabulary of {opts.load}: {e}") from None
+    else:
+        tokenizer_name = opts.tokenizer or DEFAULT_TOKENIZER
+        tokenizer_cls = tokenizer_class(tokenizer_name)
+        mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides)
+        if opts.seed is not None:
+            tcfg.seed = opts.seed
+        source = opts.data or DataSource("dataset", "shakespeare")
+        text = load_text(source)
+        tokenizer = tokenizer_cls.train(text)
+        data = TokenData.from_text(text, tokenizer)
+        mcfg.vocab_size = tokenizer.vocab_size
+        torch.manual_seed(tcfg.seed)
+        model = GPT(mcfg).to(device)
+
+    trainer = Trainer(model, data, tcfg, device)
+    if loaded is not None:
+        restore_trainer(trainer, loaded.trainer)
+        asked = opts.iterations is not None or "max_iters" in opts.overrides
+        trainer.state = _plan_schedule(trainer.state, tcfg.max_iters, asked)
+
+    pid = os.getpid()
+    log(f"training on {source.describe()}: {data.chars:,} characters, {tokenizer.name} tokenizer "
+        f"({tokenizer.vocab_size:,} tokens), {len(data.train):,} train / {len(data.val):,} val tokens")
+    log(f"model: {mcfg.n_layer} layers, {mcfg.n_head} heads, {mcfg.n_embd} wide, context {mcfg.block_size}, "
+        f"{model.num_params() / 1e6:.2f}M parameters; batch {tcfg.batch_size}, lr {tcfg.learning_rate:g}, "
+        f"device {device.type}")
+    steps = "until stopped" if trainer.state.max_iters is None else f"to step {trainer.state.max_iters:,}"
+
+    started = time.time()
+    with opts.stop or StopRequest() as stop:
+        # Only now that the handlers are installed is it safe to tell the user to send a signal.
+        log(f"training {steps}. PID {pid}: stop and save with Ctrl+C or `kill -USR1 {pid}`")
+        stopped_by = trainer.run(stop, progress=opts.progress, log=log)
+        meta = {
+            "train": dataclasses.asdict(tcfg),
+            "data": {"source": source.to_dict(), "sha256": data.sha256, "chars": data.chars,
+                     "train_tokens": int(len(data.train)), "val_tokens": int(len(data.val))},
+        }
+        val_loss = None
+        if stopped_by:
+            target = interrupted_dir(opts.interrupt_root)
+            meta["summary"] = _summary(trainer, device, None, finished=False)
+            stop.saving = True
+            save_model_dir(target, model, tokenizer, meta, trainer)
+            again = f" -m {out}" if out else ' -m ""'
+            log(f"stopped by {stopped_by} at step {trainer.state.step}; saved everything to {target}\n"
+                f"resume with: python3 training.py -l {target}{again}")
+            saved_to = target
+        else:
+            val_loss = trainer.full_val_loss()
+            log(f"finished {trainer.state.step:,} steps in {time.time() - started:.0f}s; "
+                f"val loss over the whole validation split: {val_loss:.4f}")
+            meta["summary"] = _summary(trainer, device, val_loss, finished=True)
+            saved_to = None
+            if out is not None:
+                stop.saving = True
+                saved_to = save_model_dir(out, model, tokenizer, meta, trainer)
+                log(f"saved the model to {saved_to}; generate with: python3 generate.py -m {saved_to}")
+            else:
+                log("nothing saved (-m \"\")")
+    lm = LanguageModel(model, tokenizer, meta, saved_to)
+    return TrainResult(lm, saved_to, stopped_by, val_loss, trainer.state)
+
+
+def _summary(trainer: Trainer, device: torch.device, val_loss: float | None, finished: bool) -> dict[str, Any]:
+    last = trainer.state.metrics[-1] if trainer.state.metrics else {}
+    return {
+        "step": trainer.state.step,
+        "tokens_seen": trainer.state.tokens_seen,
+        "train_seconds": round(trainer.state.train_seconds, 1),
+        "finished": finished,
+        "val_loss_full": None if val_loss is None else round(val_loss, 5),
+        "last_eval": last,
+        "best_val_loss": trainer.state.best_val_loss,
+        "device": device.type,
+        "parameters": trainer.model.num_params(),
+    }

@@ -1,0 +1,292 @@
+"""Save and load a model directory: JSON for what people read, safetensors for tensors, no pickle.
+
+    config.json          format version, model config, tokenizer kind, training config, data, summary
+    tokenizer.json       the vocabulary, written by the tokenizer itself
+    model.safetensors    the weights (the output head is tied to `transformer.wte.weight`)
+    trainer_state/       state.json (step, schedule, metrics) + tensors.safetensors (AdamW moments,
+                         RNG states): everything `-l` needs to resume exactly
+    metrics.jsonl        one JSON line per evaluation
+
+A save writes the whole directory under a temporary name beside the target, fsyncs it, and then
+swaps it in with renames, so a crash leaves either the old complete model or the new one.
+Loading checks every header against the config before a tensor is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import TrainConfig
+from .errors import RepytilianError
+from .fileio import atomic_write_text, fsync_dir
+from .model import GPT, ModelConfig
+from .tokenizers import Tokenizer, tokenizer_from_json
+
+FORMAT = "repytilian-model"
+FORMAT_VERSION = 1
+TIED_KEYS = ("lm_head.weight",)  # equal to transformer.wte.weight; stored once
+OUR_ENTRIES = {"config.json", "tokenizer.json", "model.safetensors", "trainer_state", "metrics.jsonl"}
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+
+
+@dataclass
+class LoadedModel:
+    """What a model directory holds, ready to use. `trainer` is only read when asked for."""
+
+    path: Path
+    model: GPT
+    tokenizer: Tokenizer
+    meta: dict[str, Any]
+    trainer: dict[str, Any] | None = None  # {"state": dict, "param_groups": list, "tensors": dict}
+
+    @property
+    def train_config(self) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in self.meta.get("train", {}).items() if k in known})
+
+
+# --- saving ------------------------------------------------------------------------------
+
+
+def check_target(path: Path) -> None:
+    """Refuse, before any training, a target that is a file or a folder with things other than a model."""
+    if path.exists() and not path.is_dir():
+        raise RepytilianError(f"cannot save the model to {path}: it is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
+        raise RepytilianError(
+            f"{path} already exists and is not a Repytilian model folder; refusing to write into it. "
+            "Choose a new folder with -m"
+        )
+
+
+def _optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, pstate in sd["state"].items():
+        for key, value in pstate.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return groups, tensors
+
+
+def _write_trainer_state(folder: Path, trainer: Any) -> None:
+    folder.mkdir()
+    groups, tensors = _optimizer_payload(trainer.optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.batches"] = trainer.generator.get_state()
+    if trainer.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
+    save_file(tensors, folder / "tensors.safetensors")
+    state = {"state": trainer.state.to_dict(), "param_groups": groups}
+    (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(dirpath))
+
+
+def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
+                   trainer: Any | None = None) -> Path:
+    """Write a complete model directory at `path`, atomically replacing any model there."""
+    target = Path(path)
+    check_target(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.saving-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        config = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"repytilian {__version__}",
+                  "model": dataclasses.asdict(model.config), "tokenizer": tokenizer.name, **meta}
+        (staging / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+        (staging / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in TIED_KEYS}
+        save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
+        if trainer is not None:
+            _write_trainer_state(staging / "trainer_state", trainer)
+            lines = "".join(json.dumps(m) + "\n" for m in trainer.state.metrics)
+            (staging / "metrics.jsonl").write_text(lines, encoding="utf-8")
+        _fsync_tree(staging)
+        _swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(staging, target)
+    else:
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.rename(target, old)
+        os.rename(staging, target)
+        for entry in old.iterdir():  # keep what the user put beside the model (notes, plots)
+            if entry.name not in OUR_ENTRIES:
+                os.rename(entry, target / entry.name)
+        shutil.rmtree(old)
+    fsync_dir(target.parent)
+
+
+def interrupted_dir(root: str | Path = "models") -> Path:
+    """A fresh `models/interrupted/<timestamp>/` folder name that no earlier save used."""
+    base = Path(root) / "interrupted" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}_{n}")
+    return path
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RepytilianError(f"{path.parent} is missing {path.name}; the model folder is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RepytilianError(f"{path} is damaged (not valid JSON: {e})") from None
+
+
+def _explain_missing(path: Path) -> RepytilianError:
+    leftovers = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+    if leftovers:
+        return RepytilianError(
+            f"no model at {path}, but a save into it was interrupted; the previous model is in "
+            f"{leftovers[-1]}: rename that folder to {path} to use it"
+        )
+    return RepytilianError(f"no model at {path}; train one first, e.g.: python3 training.py -m {path}")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise _explain_missing(path)
+    if not path.is_dir():
+        raise RepytilianError(f"{path} is a file; a model is a folder holding config.json and model.safetensors")
+    if not (path / "config.json").is_file():
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise RepytilianError(
+                f"{path} holds {', '.join(sorted(pickles)[:3])}: pickled files, which can run code when loaded, "
+                "so Repytilian does not load them. Only folders with config.json and model.safetensors load"
+            )
+        raise RepytilianError(f"{path} is not a Repytilian model folder (no config.json)")
+    meta = _read_json(path / "config.json")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise RepytilianError(f"{path}/config.json is not a Repytilian model config")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise RepytilianError(
+            f"{path} was saved in model format {version!r}, newer than this Repytilian ({__version__}) "
+            f"reads (format {FORMAT_VERSION}); upgrade Repytilian to load it"
+        )
+    return meta
+
+
+def _model_config(meta: dict[str, Any], where: Path) -> ModelConfig:
+    try:
+        cfg = ModelConfig(**meta["model"])
+        cfg.validate()
+    except (KeyError, TypeError, ValueError) as e:
+        raise RepytilianError(f"{where}/config.json has an invalid model config ({e})") from None
+    return cfg
+
+
+def _check_weights(file: Path, expected: dict[str, torch.Size]) -> None:
+    """Compare the safetensors header with the shapes the config implies, before reading any data."""
+    if not file.is_file():
+        raise RepytilianError(f"{file.parent} is missing {file.name}; the model folder is incomplete")
+    try:
+        with safe_open(file, framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RepytilianError(f"{file} is damaged or truncated ({e})") from None
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != shapes[k])
+    if missing or extra or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(names[:3])}" for label, names in
+            (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if names
+        )
+        raise RepytilianError(f"{file} does not match its config.json ({detail})")
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu", with_trainer: bool = False) -> LoadedModel:
+    path = Path(path)
+    meta = read_config(path)
+    mcfg = _model_config(meta, path)
+    tok_file = path / "tokenizer.json"
+    if not tok_file.is_file():
+        raise RepytilianError(f"{path} is missing tokenizer.json; the model folder is incomplete")
+    tokenizer = tokenizer_from_json(tok_file.read_text(encoding="utf-8"), str(tok_file))
+    if tokenizer.vocab_size != mcfg.vocab_size:
+        raise RepytilianError(
+            f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens but the model expects {mcfg.vocab_size}"
+        )
+    with torch.device("meta"):  # shapes only: nothing is allocated for a config we have not checked
+        expected = {k: v.shape for k, v in GPT(mcfg).state_dict().items() if k not in TIED_KEYS}
+    _check_weights(path / "model.safetensors", expected)
+    model = GPT(mcfg)
+    state = load_file(path / "model.safetensors")
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state)
+    model.to(device)
+    loaded = LoadedModel(path=path, model=model, tokenizer=tokenizer, meta=meta)
+    if with_trainer:
+        loaded.trainer = _read_trainer_state(path / "trainer_state")
+    return loaded
+
+
+def _read_trainer_state(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise RepytilianError(
+            f"{folder.parent} has no trainer_state/ (it was saved without the optimiser state), "
+            "so training cannot continue from it exactly"
+        )
+    info = _read_json(folder / "state.json")
+    try:
+        tensors = load_file(folder / "tensors.safetensors")
+    except FileNotFoundError:
+        raise RepytilianError(f"{folder} is missing tensors.safetensors; the model folder is incomplete") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RepytilianError(f"{folder}/tensors.safetensors is damaged or truncated ({e})") from None
+    return {"state": info.get("state", {}), "param_groups": info.get("param_groups", []), "tensors": tensors}
+
+
+def restore_trainer(trainer: Any, payload: dict[str, Any]) -> None:
+    """Put optimiser moments, RNG states and the step counter back, exactly as they were saved."""
+    from .train import TrainState
+
+    tensors = payload["tensors"]
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            optim_state.setdefault(int(idx), {})[name] = value
+    try:
+        trainer.optimizer.load_state_dict({"state": optim_state, "param_groups": payload["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise RepytilianError(f"the saved optimiser state does not fit this model ({e})") from None
+    torch.set_rng_state(tensors["rng.torch"])
+    trainer.generator.set_state(tensors["rng.batches"])
+    if trainer.device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
+    trainer.state = TrainState.from_dict(payload["state"])

@@ -1,0 +1,213 @@
+"""Command lines: `repytilian train|generate`, and the seed-compatible `training.py` / `generate.py`.
+
+This module only parses arguments and calls `repytilian.api`; it also turns a `RepytilianError`
+into one readable message and exit code 2 (`--debug` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import RepytilianError
+
+EXIT_USER_ERROR = 2
+DEFAULT_MODEL_DIR = "models/shakespeare/basic"  # also in api.py, which imports torch
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _nonnegative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same machine: same result)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+
+
+def _add_data_and_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text file to train on")
+    parser.add_argument("-p", "--datapath", help="a folder: every text file under it is training data")
+    parser.add_argument("-s", "--settings", default="default", help="model/optimiser preset: tiny, default, hyper")
+    parser.add_argument("-i", "--iterations", default=None,
+                        help="how long to train: quick, default, long, forever (until stopped)")
+    parser.add_argument("-z", "--tokenizer", default=None, help="characters (default) or words")
+    group = parser.add_argument_group("overrides (any preset field)")
+    group.add_argument("--iters", dest="max_iters", type=_positive_int, help="number of training steps")
+    group.add_argument("--batch-size", type=_positive_int)
+    group.add_argument("--block-size", type=_positive_int, help="context length in tokens")
+    group.add_argument("--n-layer", type=_positive_int)
+    group.add_argument("--n-head", type=_positive_int)
+    group.add_argument("--n-embd", type=_positive_int)
+    group.add_argument("--dropout", type=float)
+    group.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate")
+    group.add_argument("--eval-interval", type=_positive_int)
+    group.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="set any field, e.g. --set n_layer=6 --set warmup_iters=50")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-l", "--load", help="continue training a saved model folder (exactly where it stopped)")
+    parser.add_argument("-m", "--model", "--out", dest="model", default=DEFAULT_MODEL_DIR,
+                        help=f'folder to save the model in (default {DEFAULT_MODEL_DIR}); "" saves nothing')
+    parser.add_argument("-t", "--tokens", type=_nonnegative_int, default=300,
+                        help="print a sample of this many tokens after training (0: none; default 300)")
+    _add_data_and_settings(parser)
+    _common(parser)
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR,
+                        help=f'model folder (default {DEFAULT_MODEL_DIR}); "" trains a model first and saves nothing')
+    parser.add_argument("-t", "--tokens", type=_nonnegative_int, default=500, help="tokens to generate (default 500)")
+    parser.add_argument("-c", "--continue", dest="prompt", default="", help="continue generation from this text")
+    parser.add_argument("-f", "--filename", help="also write the generated text to this file")
+    parser.add_argument("-ft", "--filetokens", type=_nonnegative_int, default=None,
+                        help="tokens to write into the file, if different from -t")
+    parser.add_argument("--temperature", type=float, default=None, help="0 is greedy; default 0.8")
+    parser.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k likeliest (default 200)")
+    _common(parser)
+    _add_data_and_settings(parser.add_argument_group('with -m "" (train a model first; as in training.py)'))
+
+
+def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
+    from .api import TrainOptions
+    from .config import parse_set_options
+    from .data import DataSource
+
+    overrides = parse_set_options(args.set)
+    for name in ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
+                 "learning_rate", "eval_interval"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    data = DataSource.from_args(args.datafile, args.datapath) if (args.datafile or args.datapath) else None
+    return TrainOptions(
+        data=data, tokenizer=args.tokenizer, settings=args.settings, iterations=args.iterations,
+        overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
+        progress=not args.no_progress and not os.environ.get("REPYTILIAN_NO_PROGRESS"),
+    )
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from .api import train
+
+    result = train(_train_options(args, out=args.model or None, load=args.load))
+    if args.tokens and not result.stopped_by:
+        _print_sample(result.language_model, args.tokens, seed=args.seed)
+    return 0
+
+
+def _print_sample(lm, tokens: int, seed: int | None) -> None:
+    print("--- sample ---", file=sys.stderr)
+    for piece in lm.stream("", tokens, seed=seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from .api import load_model, train
+
+    if args.temperature is not None and args.temperature < 0:
+        raise RepytilianError(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
+    if not args.model:  # the seed's `generate.py -m ""`: train, show a sample, save nothing
+        lm = train(_train_options(args, out=None, load=None)).language_model
+    else:
+        lm = load_model(args.model, device=args.device)
+    file_tokens = args.tokens if args.filetokens is None else args.filetokens
+    if args.filename is None:
+        file_tokens = 0
+    total = max(args.tokens, file_tokens)
+    sampling = {"seed": args.seed}
+    if args.temperature is not None:
+        sampling["temperature"] = args.temperature
+    if args.top_k is not None:
+        sampling["top_k"] = args.top_k
+    out_file = None
+    if args.filename:
+        try:
+            out_file = open(args.filename, "w", encoding="utf-8")
+        except OSError as e:
+            raise RepytilianError(f"cannot write {args.filename}: {e.strerror}") from None
+    try:
+        stdout_open = args.tokens > 0
+        if stdout_open:
+            sys.stdout.write(args.prompt)
+        if out_file:
+            out_file.write(args.prompt)
+        for n, piece in enumerate(lm.stream(args.prompt, total, **sampling), start=1):
+            if n <= args.tokens:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            if out_file and n <= file_tokens:
+                out_file.write(piece)
+        if stdout_open:
+            sys.stdout.write("\n")
+    finally:
+        if out_file:
+            out_file.close()
+    if args.filename:
+        print(f"wrote {file_tokens} tokens to {args.filename}", file=sys.stderr)
+    return 0
+
+
+def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Call a command; user errors become one line on stderr and exit code 2."""
+    try:
+        return handler(args)
+    except RepytilianError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # outside training (which saves on Ctrl+C): just stop
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `generate.py | head`: the reader left, which is fine
+        sys.stderr.close()
+        return 0
+
+
+def training_script(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="training.py", description="Train a GPT language model on text")
+    add_train_arguments(parser)
+    return run(train_command, parser.parse_args(argv))
+
+
+def generate_script(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="generate.py", description="Generate text from a trained model")
+    add_generate_arguments(parser)
+    return run(generate_command, parser.parse_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="repytilian", description="Train GPT language models on your own text, "
+                                     "and generate text from them")
+    parser.add_argument("--version", action="version", version=f"repytilian {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_train = sub.add_parser("train", help="train a model (the same flags as training.py)")
+    add_train_arguments(p_train)
+    p_train.set_defaults(handler=train_command)
+    p_gen = sub.add_parser("generate", help="generate text from a model (the same flags as generate.py)")
+    add_generate_arguments(p_gen)
+    p_gen.set_defaults(handler=generate_command)
+    args = parser.parse_args(argv)
+    return run(args.handler, args)
+

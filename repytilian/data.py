@@ -1,0 +1,162 @@
+"""Training text: read it, tokenize it once into a numpy id array, split it, sample batches.
+
+Sources: one file (`-d`), every text file under a folder (`-p`, recursive, sorted by path), or a
+named data set (`shakespeare`). The last `VAL_FRACTION` of the ids is the validation split, the
+same convention as nanoGPT, so losses are comparable. Batches are random (B, T) windows of the
+training split, cut out with one numpy fancy-index (no Python loop over rows).
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets import dataset_path
+from .errors import RepytilianError
+from .tokenizers import Tokenizer
+
+VAL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where training text comes from: kind is "dataset", "file" or "dir"."""
+
+    kind: str
+    value: str
+
+    @classmethod
+    def from_args(cls, datafile: str | None, datapath: str | None, default: str = "shakespeare") -> "DataSource":
+        if datafile and datapath:
+            raise RepytilianError("give either -d FILE or -p FOLDER, not both")
+        if datafile:
+            return cls("file", datafile)
+        if datapath:
+            return cls("dir", datapath)
+        return cls("dataset", default)
+
+    def describe(self) -> str:
+        return {"dataset": "data set {}", "file": "file {}", "dir": "folder {}"}[self.kind].format(self.value)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "value": self.value}
+
+
+def _decode(data: bytes, path: Path) -> str:
+    if not data:
+        raise RepytilianError(f"{path} is empty: there is no text to train on")
+    if b"\x00" in data[:8192]:
+        raise RepytilianError(f"{path} looks like a binary file, not text; give a UTF-8 text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RepytilianError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            "save it as UTF-8 and try again"
+        ) from None
+    return text.replace("\r\n", "\n")  # Windows line ends would otherwise become tokens of their own
+
+
+def read_text_file(path: str | Path) -> str:
+    path = Path(path)
+    if path.is_dir():
+        raise RepytilianError(f"{path} is a folder; use -p for a folder of text files, -d for one file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RepytilianError(f"no such file: {path}") from None
+    except OSError as e:
+        raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
+    return _decode(data, path)
+
+
+def read_text_dir(path: str | Path) -> str:
+    """Every UTF-8 text file under `path` (recursive, sorted, hidden files skipped), each ending in a newline.
+
+    Ending each file's text with a newline keeps the last word of one file from being glued to
+    the first word of the next.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        what = "a file; use -d for a single file" if root.exists() else "not found"
+        raise RepytilianError(f"{root} is {what}")
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    texts, skipped = [], []
+    for f in files:
+        try:
+            text = _decode(f.read_bytes(), f)
+        except RepytilianError:
+            skipped.append(f)
+            continue
+        texts.append(text if text.endswith("\n") else text + "\n")
+    if skipped:
+        names = ", ".join(str(s.relative_to(root)) for s in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        print(f"note: skipped {len(skipped)} empty, binary or non-UTF-8 file(s) in {root}: {names}{more}", file=sys.stderr)
+    if not texts:
+        raise RepytilianError(f"{root} holds no UTF-8 text files to train on")
+    return "".join(texts)
+
+
+def load_text(source: DataSource) -> str:
+    if source.kind == "file":
+        return read_text_file(source.value)
+    if source.kind == "dir":
+        return read_text_dir(source.value)
+    return read_text_file(dataset_path(source.value))
+
+
+@dataclass
+class TokenData:
+    """Token ids of a corpus split into train and validation parts."""
+
+    train: np.ndarray
+    val: np.ndarray
+    sha256: str = ""
+    chars: int = 0
+
+    @classmethod
+    def from_text(cls, text: str, tokenizer: Tokenizer, val_fraction: float = VAL_FRACTION) -> "TokenData":
+        ids = tokenizer.encode_array(text)
+        n_val = int(len(ids) * val_fraction)
+        n_train = len(ids) - n_val
+        return cls(
+            train=ids[:n_train],
+            val=ids[n_train:],
+            sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            chars=len(text),
+        )
+
+    def check_block_size(self, block_size: int) -> None:
+        """Both splits need at least one full window of block_size + 1 tokens."""
+        shortest = min(len(self.train), len(self.val))
+        if shortest <= block_size:
+            raise RepytilianError(
+                f"the text is too short for a context of {block_size} tokens: the training split has "
+                f"{len(self.train)} tokens and the validation split (the last {VAL_FRACTION:.0%}) "
+                f"{len(self.val)}. Use more text or a smaller context (--block-size {max(1, shortest // 2)})"
+            )
+
+
+def get_batch(
+    ids: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: x (B, T) and y (B, T), y being x shifted left by one token."""
+    starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).numpy()
+    windows = ids[starts[:, None] + np.arange(block_size + 1)]  # (B, T+1)
+    chunk = torch.from_numpy(windows.astype(np.int64))
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def sequential_windows(ids: np.ndarray, block_size: int):
+    """Non-overlapping (x, y) windows covering every token of `ids` once as a target (the last may be short)."""
+    for start in range(0, len(ids) - 1, block_size):
+        chunk = torch.from_numpy(ids[start : start + block_size + 1].astype(np.int64))
+        yield chunk[:-1], chunk[1:]

@@ -1,0 +1,274 @@
+"""The training loop: AdamW, warm-up + cosine LR, gradient clipping, evaluation, progress, stop requests.
+
+A `Trainer` owns everything that changes during training (model, optimiser, step, random
+generators) and nothing global, so that two trainers (later: one per rank) never interfere. Its
+`TrainState` plus the optimiser moments and RNG states are all it takes to resume *exactly*:
+training 2N steps in one go, or N steps, a save, a load and N more, gives the same weights.
+
+Batches come from a generator of their own, and evaluation uses a fresh fixed-seed generator each
+time, so saving or evaluating never shifts the random stream that training sees.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .data import TokenData, get_batch, sequential_windows
+from .errors import RepytilianError
+from .model import GPT
+
+EVAL_SEED = 2024  # the same evaluation batches every time, so successive estimates compare
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimiser steps taken in total
+    schedule_start: int = 0  # the step at which the current LR schedule began (0, or where a run was extended)
+    max_iters: int | None = None  # the step at which the schedule ends; None trains until stopped
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    best_val_loss: float | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainState":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    @property
+    def finished(self) -> bool:
+        return self.max_iters is not None and self.step >= self.max_iters
+
+
+def learning_rate(step: int, cfg: TrainConfig, state: TrainState) -> float:
+    """Linear warm-up, then cosine decay to min_lr at the end of the schedule (constant if endless)."""
+    it = step - state.schedule_start
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if state.max_iters is None:
+        return cfg.learning_rate
+    decay_steps = max(1, state.max_iters - state.schedule_start - cfg.warmup_iters)
+    progress = min(1.0, (it - cfg.warmup_iters) / decay_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM/SIGUSR1 (or by code, e.g. a server) to end training at the next step boundary."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s)
+
+    def __init__(self, at_step: int | None = None) -> None:
+        self.reason: str | None = None
+        self.at_step = at_step  # also stop (as if signalled) once this many steps are done
+        self.saving = False
+        self._previous: dict[int, Any] = {}
+
+    def request(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.saving:
+            print(f"\n{name}: still saving; the save is atomic and takes a moment, please wait", file=sys.stderr)
+            return
+        if self.reason is None:
+            print(f"\n{name} received: finishing this step, then saving", file=sys.stderr)
+        self.request(name)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signals only work there
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+@dataclass
+class EvalResult:
+    train_loss: float
+    val_loss: float
+
+
+class Trainer:
+    def __init__(self, model: GPT, data: TokenData, cfg: TrainConfig, device: torch.device,
+                 state: TrainState | None = None):
+        self.model = model
+        self.data = data
+        self.cfg = cfg
+        self.device = device
+        self.state = state or TrainState(max_iters=cfg.max_iters)
+        data.check_block_size(model.config.block_size)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.optimizer = torch.optim.AdamW(
+            model.optimizer_groups(cfg.weight_decay),
+            lr=cfg.learning_rate,
+            betas=(cfg.beta1, cfg.beta2),
+            **({"fused": True} if device.type in ("cuda", "cpu") else {}),
+        )
+
+    # --- one step ------------------------------------------------------------------------
+
+    def train_step(self) -> torch.Tensor:
+        cfg, model = self.cfg, self.model
+        lr = learning_rate(self.state.step, cfg, self.state)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(self.data.train, cfg.batch_size, model.config.block_size, self.generator)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        model.train()
+        _, loss = model(x, y)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens_seen += x.numel()
+        return loss.detach()
+
+    # --- evaluation ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def estimate_loss(self) -> EvalResult:
+        """Mean loss over `eval_iters` random batches of each split (the same batches every time)."""
+        self.model.eval()
+        out = []
+        for ids in (self.data.train, self.data.val):
+            gen = torch.Generator().manual_seed(EVAL_SEED)
+            losses = []
+            for _ in range(self.cfg.eval_iters):
+                x, y = get_batch(ids, self.cfg.batch_size, self.model.config.block_size, gen)
+                _, loss = self.model(x.to(self.device), y.to(self.device))
+                losses.append(loss.item())
+            out.append(sum(losses) / len(losses))
+        return EvalResult(*out)
+
+    @torch.no_grad()
+    def full_val_loss(self) -> float:
+        return evaluate_ids(self.model, self.data.val, self.device, self.cfg.batch_size)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def record(self, result: EvalResult, lr: float) -> dict[str, Any]:
+        entry = {
+            "step": self.state.step,
+            "tokens": self.state.tokens_seen,
+            "train_loss": round(result.train_loss, 5),
+            "val_loss": round(result.val_loss, 5),
+            "lr": lr,
+            "time": round(self.state.train_seconds, 2),
+        }
+        self.state.metrics.append(entry)
+        if self.state.best_val_loss is None or result.val_loss < self.state.best_val_loss:
+            self.state.best_val_loss = result.val_loss
+        return entry
+
+    def run(self, stop: StopRequest | None = None, progress: bool = True,
+            log: Callable[[str], None] | None = None) -> str | None:
+        """Train until the schedule ends or a stop is requested; returns the stop reason or None."""
+        stop = stop or StopRequest()
+        state, cfg = self.state, self.cfg
+        log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+        bar = tqdm(total=state.max_iters, initial=state.step, unit="step", file=sys.stderr,
+                   disable=not progress, dynamic_ncols=True, smoothing=0.05, mininterval=0.5)
+        tokens_per_step = cfg.batch_size * self.model.config.block_size
+        last_update, steps_since = time.perf_counter(), 0
+        try:
+            while not state.finished and stop.reason is None:
+                if stop.at_step is not None and state.step >= stop.at_step:
+                    stop.request("request")
+                    break
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                state.train_seconds += time.perf_counter() - t0
+                steps_since += 1
+                now = time.perf_counter()
+                if now - last_update >= 0.5 or state.finished:
+                    loss_value = loss.item()  # a host sync only when the bar is refreshed
+                    if not math.isfinite(loss_value):
+                        raise RepytilianError(
+                            f"the loss became {loss_value} at step {state.step}: training diverged. "
+                            "Try a lower learning rate (--lr) or a smaller model; nothing was saved over "
+                            "your previous model"
+                        )
+                    rate = steps_since * tokens_per_step / (now - last_update)
+                    bar.set_postfix_str(f"loss {loss_value:.4f}, {rate:,.0f} tok/s", refresh=False)
+                    bar.update(steps_since)
+                    last_update, steps_since = now, 0
+                if state.step % cfg.eval_interval == 0 or state.finished:
+                    t0 = time.perf_counter()
+                    entry = self.record(self.estimate_loss(), learning_rate(state.step - 1, cfg, state))
+                    log(f"step {entry['step']}: train loss {entry['train_loss']:.4f}, "
+                        f"val loss {entry['val_loss']:.4f}")
+                    last_update += time.perf_counter() - t0  # evaluation time is not training speed
+        finally:
+            bar.update(steps_since)
+            bar.close()
+        return stop.reason
+
+
+@torch.no_grad()
+def evaluate_ids(model: GPT, ids, device: torch.device, batch_size: int = 32) -> float:
+    """Mean loss per token over every token of `ids` (non-overlapping windows of the full context)."""
+    model.eval()
+    total, count = 0.0, 0
+    batch_x, batch_y = [], []
+
+    def flush() -> None:
+        nonlocal total, count
+        x, y = torch.stack(batch_x).to(device), torch.stack(batch_y).to(device)
+        logits, _ = model(x)
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").item()
+        count += y.numel()
+        batch_x.clear()
+        batch_y.clear()
+
+    for x, y in sequential_windows(ids, model.config.block_size):
+        if batch_x and x.shape != batch_x[0].shape:
+            flush()  # the short last window cannot be stacked with full ones
+        batch_x.append(x)
+        batch_y.append(y)
+        if len(batch_x) == batch_size:
+            flush()
+    if batch_x:
+        flush()
+    return total / max(count, 1)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU; or exactly the device asked for."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RepytilianError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RepytilianError("--device cuda was asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RepytilianError("--device mps was asked for, but MPS is not available here; use --device cpu")
+    return device
+

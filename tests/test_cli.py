@@ -1,0 +1,177 @@
+"""The seed README's commands, run as a user runs them: real processes, real signals."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, TINY, run_script
+
+
+def trained(corpus_file, tmp_path, *extra) -> str:
+    model = str(tmp_path / "models" / "mine")
+    r = run_script("training.py", "-d", str(corpus_file), "-m", model, "-i", "quick", "-t", "0", *TINY, *extra,
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    return model
+
+
+def assert_user_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    for fragment in fragments:
+        assert fragment in r.stderr, r.stderr
+
+
+def test_training_py_flags_from_the_seed_readme(corpus_file, tmp_path):
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "models/mine", "-s", "default", "-i", "quick",
+                   "-t", "40", "-z", "characters", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "PID" in r.stderr and "kill -USR1" in r.stderr
+    assert len(r.stdout.strip()) > 10  # the -t sample goes to stdout, logs to stderr
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "metrics.jsonl", "trainer_state"):
+        assert (tmp_path / "models" / "mine" / name).exists()
+
+
+def test_training_on_a_folder_with_words(corpus_file, tmp_path):
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "one.txt").write_text(corpus_file.read_text())
+    (folder / "sub" / "two.txt").write_text(corpus_file.read_text()[::-1])
+    r = run_script("training.py", "-p", str(folder), "-z", "words", "-m", "w", "-i", "quick", "-t", "5", *TINY,
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["tokenizer"] == "words"
+
+
+def test_generate_py_flags_from_the_seed_readme(corpus_file, tmp_path):
+    model = trained(corpus_file, tmp_path)
+    out = tmp_path / "out.txt"
+    r = run_script("generate.py", "-m", model, "-t", "30", "-c", "the king", "-f", str(out), "-ft", "60",
+                   "--seed", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("the king")
+    in_file = out.read_text()
+    assert in_file.startswith("the king") and len(in_file) == len("the king") + 60  # characters: 1 token = 1 char
+    assert r.stdout.rstrip("\n") == in_file[: len("the king") + 30]  # stdout gets a prefix of the same text
+    again = run_script("generate.py", "-m", model, "-t", "30", "-c", "the king", "--seed", "1", cwd=tmp_path)
+    assert again.stdout == r.stdout  # same seed, same text
+
+
+def test_generate_only_to_a_file(corpus_file, tmp_path):
+    model = trained(corpus_file, tmp_path)
+    r = run_script("generate.py", "-m", model, "-t", "0", "-f", "o.txt", "-ft", "25", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == ""
+    assert len((tmp_path / "o.txt").read_text()) == 25
+
+
+def test_unknown_prompt_characters_are_a_clear_error(corpus_file, tmp_path):
+    model = trained(corpus_file, tmp_path)
+    assert_user_error(run_script("generate.py", "-m", model, "-c", "ZeXa", cwd=tmp_path), "'X', 'Z'")
+
+
+def test_unknown_prompt_words_suggest_known_ones(corpus_file, tmp_path):
+    model = trained(corpus_file, tmp_path, "-z", "words")
+    assert_user_error(run_script("generate.py", "-m", model, "-c", "the King", cwd=tmp_path),
+                      "unknown word 'King'", "did you mean 'king'")
+
+
+def test_generate_without_a_model_says_how_to_train_one(tmp_path):
+    assert_user_error(run_script("generate.py", cwd=tmp_path), "models/shakespeare/basic", "training.py")
+
+
+def test_generate_with_empty_model_trains_and_saves_nothing(corpus_file, tmp_path):
+    r = run_script("generate.py", "-m", "", "-t", "20", "-d", str(corpus_file), "-i", "quick", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip()) > 0
+    assert not (tmp_path / "models").exists()
+
+
+def test_training_with_empty_model_saves_nothing(corpus_file, tmp_path):
+    r = run_script("training.py", "-m", "", "-d", str(corpus_file), "-i", "quick", "-t", "10", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.iterdir()) == [corpus_file]
+
+
+def test_repytilian_command_trains_and_generates(corpus_file, tmp_path):
+    r = run_script("train", "--data", str(corpus_file), "--out", "m", "-i", "quick", "-t", "0", "--seed", "3",
+                   "--device", "cpu", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    g = run_script("generate", "-m", "m", "-t", "20", "-c", "the", cwd=tmp_path)
+    assert g.returncode == 0 and g.stdout.startswith("the")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["-d", "missing.txt"], ["no such file: missing.txt"]),
+    (["-s", "giant"], ["unknown -s/--settings preset 'giant'", "tiny, default, hyper"]),
+    (["-i", "sometimes"], ["unknown -i/--iterations preset 'sometimes'"]),
+    (["-z", "bytes"], ["unknown tokenizer 'bytes'"]),
+    (["--n-embd", "30", "--n-head", "4"], ["must be a multiple of n_head"]),
+    (["--set", "colour=blue"], ["unknown setting 'colour'"]),
+    (["--block-size", "100000"], ["too short for a context of 100000"]),
+    (["--device", "cuda"] if "cuda" not in sys.argv else [], ["CUDA"]),
+])
+def test_bad_training_input_is_a_clear_error(corpus_file, tmp_path, args, fragments):
+    base = ["-d", str(corpus_file), "-i", "quick", "-m", "m"]
+    if args and args[0] == "-d":
+        base = base[2:]
+    r = run_script("training.py", *base, *args, cwd=tmp_path)
+    assert_user_error(r, *fragments)
+
+
+def test_bad_numbers_are_refused_by_the_parser(tmp_path):
+    r = run_script("generate.py", "-t", "-5", cwd=tmp_path)
+    assert r.returncode == 2 and "must not be negative" in r.stderr
+
+
+def test_loading_with_another_tokenizer_is_refused(corpus_file, tmp_path):
+    model = trained(corpus_file, tmp_path)
+    r = run_script("training.py", "-l", model, "-z", "words", "-m", model, cwd=tmp_path)
+    assert_user_error(r, "trained with the 'characters' tokenizer")
+
+
+def _start_forever(corpus_file, tmp_path) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "training.py"), "-d", str(corpus_file), "-m", "models/target", "-i", "forever",
+           "-t", "0", *TINY]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    for line in proc.stderr:  # wait until training announces that signals are handled
+        if "kill -USR1" in line or time.time() > deadline:
+            break
+    time.sleep(1.0)
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_to_interrupted_and_leaves_the_target_alone(corpus_file, tmp_path, sig):
+    proc = _start_forever(corpus_file, tmp_path)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    saved = list((tmp_path / "models" / "interrupted").iterdir())
+    assert len(saved) == 1 and f"training.py -l {saved[0].relative_to(tmp_path)} -m models/target" in stderr
+    assert not (tmp_path / "models" / "target").exists()
+
+    # ...and the resume command it printed works: continue for a few steps, then save to -m.
+    r = run_script("training.py", "-l", str(saved[0]), "-m", "models/target", "--iters", "5", "-t", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming at step" in r.stderr
+    assert (tmp_path / "models" / "target" / "model.safetensors").is_file()
+
+
+def test_bootstrap_message_without_dependencies(tmp_path):
+    # A Python without torch, and no .venv beside the script: a hint, not an ImportError.
+    scratch = tmp_path / "checkout"
+    scratch.mkdir()
+    (scratch / "repytilian").symlink_to(ROOT / "repytilian")
+    (scratch / "generate.py").write_text((ROOT / "generate.py").read_text())
+    script = str(scratch / "generate.py")
+    r = subprocess.run([sys.executable, "-S", "-c",
+                        f"import sys, runpy; sys.path.insert(0, {str(scratch)!r}); sys.modules['torch'] = None; "
+                        f"sys.argv = [{script!r}]; runpy.run_path({script!r}, run_name='__main__')"],
+                       cwd=scratch, capture_output=True, text=True)
+    assert r.returncode == 2 and "make install" in r.stderr

@@ -1,0 +1,161 @@
+import hashlib
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from repytilian import datasets
+from repytilian.data import (
+    VAL_FRACTION,
+    DataSource,
+    TokenData,
+    get_batch,
+    load_text,
+    read_text_dir,
+    read_text_file,
+    sequential_windows,
+)
+from repytilian.errors import RepytilianError
+from repytilian.tokenizers import CharacterTokenizer
+
+
+def test_read_text_file_normalises_line_ends_and_bom(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_bytes("\ufeffline one\r\nline two\r\n".encode("utf-8"))
+    assert read_text_file(f) == "line one\nline two\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary"),
+    ("caf\u00e9".encode("latin-1"), "not UTF-8 text .*offset 3"),
+])
+def test_bad_files_are_clear_errors(tmp_path, content, message):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(content)
+    with pytest.raises(RepytilianError, match=message):
+        read_text_file(f)
+
+
+def test_missing_file_and_folder_given_as_file(tmp_path):
+    with pytest.raises(RepytilianError, match="no such file"):
+        read_text_file(tmp_path / "nope.txt")
+    with pytest.raises(RepytilianError, match="use -p"):
+        read_text_file(tmp_path)
+    with pytest.raises(RepytilianError, match="not found"):
+        read_text_dir(tmp_path / "nope")
+
+
+def test_directory_is_read_recursively_in_sorted_order_without_gluing_files(tmp_path, capsys):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.txt").write_text("second", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("first", encoding="utf-8")
+    (tmp_path / "c.md").write_text("third\n", encoding="utf-8")
+    (tmp_path / ".hidden.txt").write_text("secret", encoding="utf-8")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\x00\x00")
+    assert read_text_dir(tmp_path) == "first\nsecond\nthird\n"
+    assert "skipped 1" in capsys.readouterr().err
+
+
+def test_directory_without_text_is_an_error(tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"\x00\x01")
+    with pytest.raises(RepytilianError, match="no UTF-8 text files"):
+        read_text_dir(tmp_path)
+
+
+def test_split_is_the_documented_tail_fraction():
+    text = "abcdefghij" * 100
+    data = TokenData.from_text(text, CharacterTokenizer.train(text))
+    assert len(data.val) == int(len(text) * VAL_FRACTION)
+    assert len(data.train) + len(data.val) == len(text)
+    assert data.train.dtype == np.uint16
+    assert data.val.tolist() == CharacterTokenizer.train(text).encode(text[len(data.train):])
+
+
+def test_batches_are_windows_shifted_by_one():
+    ids = np.arange(1000, dtype=np.uint16)
+    x, y = get_batch(ids, 4, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 16)
+    assert torch.equal(y, x + 1)
+    assert x.dtype == torch.long
+
+
+def test_sequential_windows_cover_every_target_once():
+    ids = np.arange(100, dtype=np.uint16)
+    targets = torch.cat([y for _, y in sequential_windows(ids, 32)])
+    assert targets.tolist() == list(range(1, 100))
+
+
+def test_text_too_short_for_the_context():
+    text = "abc" * 30
+    data = TokenData.from_text(text, CharacterTokenizer.train(text))
+    with pytest.raises(RepytilianError, match="too short for a context of 64"):
+        data.check_block_size(64)
+
+
+def test_both_d_and_p_is_an_error():
+    with pytest.raises(RepytilianError, match="not both"):
+        DataSource.from_args("a.txt", "dir")
+
+
+# --- the named data set ---------------------------------------------------------------------
+
+SMALL = b"tiny data set\n"
+
+
+@pytest.fixture
+def small_dataset(monkeypatch):
+    ds = datasets.NamedDataset("small", "small.txt", "https://example.invalid/small.txt",
+                               hashlib.sha256(SMALL).hexdigest(), len(SMALL))
+    monkeypatch.setitem(datasets.DATASETS, "small", ds)
+    monkeypatch.delenv("REPYTILIAN_OFFLINE", raising=False)
+    return ds
+
+
+def test_mirror_is_used_when_the_cache_is_empty(small_dataset, tmp_path, monkeypatch):
+    (tmp_path / "small.txt").write_bytes(SMALL)
+    monkeypatch.setenv("REPYTILIAN_DATA", str(tmp_path))
+    monkeypatch.setattr(datasets, "download", lambda url: pytest.fail("must not download"))
+    assert datasets.dataset_path("small") == tmp_path / "small.txt"
+
+
+def test_download_is_verified_and_cached(small_dataset, monkeypatch, isolated_home):
+    monkeypatch.delenv("REPYTILIAN_DATA", raising=False)
+    calls = []
+    monkeypatch.setattr(datasets, "download", lambda url: calls.append(url) or SMALL)
+    path = datasets.dataset_path("small")
+    assert path == isolated_home / "datasets" / "small.txt" and path.read_bytes() == SMALL
+    assert datasets.dataset_path("small") == path and len(calls) == 1  # the second time, from the cache
+
+
+def test_download_with_a_wrong_checksum_is_refused(small_dataset, monkeypatch, isolated_home):
+    monkeypatch.delenv("REPYTILIAN_DATA", raising=False)
+    monkeypatch.setattr(datasets, "download", lambda url: b"tampered")
+    with pytest.raises(RepytilianError, match="does not match the expected sha256"):
+        datasets.dataset_path("small")
+    assert not (isolated_home / "datasets" / "small.txt").exists()
+
+
+def test_offline_without_a_copy_says_how_to_provide_it(small_dataset, monkeypatch):
+    monkeypatch.delenv("REPYTILIAN_DATA", raising=False)
+
+    def offline(url):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(datasets, "download", offline)
+    with pytest.raises(RepytilianError, match="REPYTILIAN_DATA"):
+        datasets.dataset_path("small")
+
+
+def test_corrupt_mirror_copy_is_reported(small_dataset, tmp_path, monkeypatch):
+    (tmp_path / "small.txt").write_bytes(b"something else")
+    monkeypatch.setenv("REPYTILIAN_DATA", str(tmp_path))
+    with pytest.raises(RepytilianError, match="does not match the sha256"):
+        datasets.dataset_path("small")
+
+
+@pytest.mark.skipif(not datasets.os.environ.get("REPYTILIAN_DATA"), reason="needs ../shared/data")
+def test_tiny_shakespeare_from_the_mirror():
+    text = load_text(DataSource("dataset", "shakespeare"))
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:")

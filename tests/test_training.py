@@ -1,0 +1,67 @@
+"""Training through the library API: the loss falls, and resuming is exact."""
+import json
+
+import torch
+
+from repytilian.api import TrainOptions, train
+from repytilian.checkpoint import load_model_dir
+from repytilian.data import DataSource
+from repytilian.train import StopRequest, TrainState, learning_rate
+from repytilian.config import TrainConfig
+
+from conftest import TINY_OVERRIDES
+
+
+def options(corpus_file, tmp_path, **kw) -> TrainOptions:
+    base = dict(data=DataSource("file", str(corpus_file)), overrides=dict(TINY_OVERRIDES), iterations="quick",
+                out=str(tmp_path / "model"), progress=False, interrupt_root=str(tmp_path / "models"), seed=7)
+    return TrainOptions(**{**base, **kw})
+
+
+def test_training_lowers_the_loss_and_writes_a_complete_model_dir(corpus_file, tmp_path):
+    result = train(options(corpus_file, tmp_path, overrides={**TINY_OVERRIDES, "max_iters": 60}))
+    model_dir = tmp_path / "model"
+    metrics = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [10, 20, 30, 40, 50, 60]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
+    assert result.val_loss is not None and result.val_loss < 2.5
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["tokenizer"] == "characters" and config["summary"]["step"] == 60
+    assert {p.name for p in (model_dir / "trainer_state").iterdir()} == {"state.json", "tensors.safetensors"}
+
+
+def test_resume_is_bit_identical_to_training_in_one_go(corpus_file, tmp_path):
+    over = {**TINY_OVERRIDES, "max_iters": 40, "dropout": 0.1}  # dropout: the RNG state must resume too
+    straight = train(options(corpus_file, tmp_path / "a", overrides=over))
+
+    first = train(options(corpus_file, tmp_path / "b", overrides=over, stop=StopRequest(at_step=20)))
+    assert first.stopped_by and first.state.step == 20
+    paused = first.saved_to
+    assert paused.parent == tmp_path / "b" / "models" / "interrupted"
+    assert not (tmp_path / "b" / "model").exists()  # an interrupted run never writes the -m target
+    resumed = train(options(corpus_file, tmp_path / "b", load=str(paused), iterations=None, overrides={}))
+    assert resumed.state.step == 40
+
+    a = straight.language_model.model.state_dict()
+    b = resumed.language_model.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    without_time = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
+    assert without_time(straight.state.metrics) == without_time(resumed.state.metrics)
+
+
+def test_resuming_a_finished_model_trains_more_with_a_new_schedule(corpus_file, tmp_path):
+    train(options(corpus_file, tmp_path))
+    more = train(options(corpus_file, tmp_path, load=str(tmp_path / "model"), iterations="quick", overrides={}))
+    assert more.state.step == 100 and more.state.schedule_start == 50
+    assert load_model_dir(tmp_path / "model", with_trainer=True).trainer["state"]["step"] == 100
+
+
+def test_learning_rate_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    state = TrainState(max_iters=110)
+    lrs = [learning_rate(s, cfg, state) for s in range(110)]
+    assert lrs[0] < lrs[5] < lrs[9] < 1.0
+    assert abs(lrs[10] - 1.0) < 1e-9 and abs(learning_rate(110, cfg, state) - 0.1) < 1e-9
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    endless = TrainState(max_iters=None)
+    assert learning_rate(10_000, cfg, endless) == 1.0
