@@ -187,8 +187,10 @@ class Trainer:
         stop = stop or StopRequest()
         state, cfg = self.state, self.cfg
         log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+        # Redrawn twice a second on a terminal; in a log file every 30 s, so logs stay readable.
+        refresh = 0.5 if sys.stderr.isatty() else 30.0
         bar = tqdm(total=state.max_iters, initial=state.step, unit="step", file=sys.stderr,
-                   disable=not progress, dynamic_ncols=True, smoothing=0.05, mininterval=0.5)
+                   disable=not progress, dynamic_ncols=True, smoothing=0.05, mininterval=refresh)
         tokens_per_step = cfg.batch_size * self.model.config.block_size
         last_update, steps_since = time.perf_counter(), 0
         try:
@@ -201,7 +203,7 @@ class Trainer:
                 state.train_seconds += time.perf_counter() - t0
                 steps_since += 1
                 now = time.perf_counter()
-                if now - last_update >= 0.5 or state.finished:
+                if now - last_update >= refresh or state.finished:
                     loss_value = loss.item()  # a host sync only when the bar is refreshed
                     if not math.isfinite(loss_value):
                         raise RepytilianError(
