@@ -220,6 +220,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
         f"{model.num_params() / 1e6:.2f}M parameters; batch {tcfg.batch_size}, lr {tcfg.learning_rate:g}, "
         f"device {device.type}")
     steps = "until stopped" if trainer.state.max_iters is None else f"to step {trainer.state.max_iters:,}"
+    if out is not None and (out / "config.json").is_file():
+        log(f"note: the model in {out} will be replaced when training finishes (interruptions save elsewhere)")
 
     started = time.time()
     with opts.stop or StopRequest() as stop:

@@ -76,26 +76,34 @@ def _lookup(presets: dict[str, dict[str, Any]], name: str, flag: str) -> dict[st
         raise RepytilianError(f"unknown {flag} preset {name!r}; choose one of: {', '.join(presets)}") from None
 
 
+def _type_name(target: type | str) -> str:
+    text = str(target)
+    for name in ("bool", "int", "float"):  # bool first: str(bool) does not contain "int", but be explicit
+        if name in text:
+            return name
+    return "str"
+
+
 def _convert(name: str, value: Any, target: type | str) -> Any:
     """Turn a CLI string into the field's type ('none' allowed where the field is optional)."""
     if not isinstance(value, str):
         return value
-    kind = str(target)
-    if "None" in kind and value.lower() in ("none", "forever"):
+    if "None" in str(target) and value.lower() in ("none", "forever"):
         return None
+    kind = _type_name(target)
     try:
-        if "bool" in kind:
+        if kind == "bool":
             if value.lower() in ("1", "true", "yes", "on"):
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if "int" in kind:
+        if kind == "int":
             return int(value)
-        if "float" in kind:
+        if kind == "float":
             return float(value)
     except ValueError:
-        raise RepytilianError(f"{name}={value!r} is not a valid {kind.replace(' | None', '')}") from None
+        raise RepytilianError(f"{name}={value!r} is not a valid {kind}") from None
     return value
 
 

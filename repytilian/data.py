@@ -43,7 +43,9 @@ class DataSource:
         return {"dataset": "data set {}", "file": "file {}", "dir": "folder {}"}[self.kind].format(self.value)
 
     def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "value": self.value}
+        """Files and folders as absolute paths, so `-l` finds the data from any working directory."""
+        value = self.value if self.kind == "dataset" else str(Path(self.value).resolve())
+        return {"kind": self.kind, "value": value}
 
 
 def _decode(data: bytes, path: Path) -> str:
@@ -82,8 +84,9 @@ def read_text_dir(path: str | Path) -> str:
     """
     root = Path(path)
     if not root.is_dir():
-        what = "a file; use -d for a single file" if root.exists() else "not found"
-        raise RepytilianError(f"{root} is {what}")
+        if root.exists():
+            raise RepytilianError(f"{root} is a file; use -d for a single file, -p for a folder")
+        raise RepytilianError(f"no such folder: {root}")
     files = sorted(
         p for p in root.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)

@@ -43,7 +43,7 @@ def test_missing_file_and_folder_given_as_file(tmp_path):
         read_text_file(tmp_path / "nope.txt")
     with pytest.raises(RepytilianError, match="use -p"):
         read_text_file(tmp_path)
-    with pytest.raises(RepytilianError, match="not found"):
+    with pytest.raises(RepytilianError, match="no such folder"):
         read_text_dir(tmp_path / "nope")
 
 

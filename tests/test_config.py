@@ -1,0 +1,39 @@
+import pytest
+
+from repytilian.config import ITERATIONS, SETTINGS, build_configs, parse_set_options
+from repytilian.data import DataSource
+from repytilian.errors import RepytilianError
+
+
+def test_presets_exist_as_documented():
+    assert {"tiny", "default", "hyper"} <= set(SETTINGS)
+    assert {"quick", "default", "long", "forever"} == set(ITERATIONS)
+    m, t = build_configs("hyper", "long")
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (6, 6, 384, 256)
+    assert t.max_iters == 10_000
+    assert build_configs("default", "forever")[1].max_iters is None
+
+
+def test_every_field_can_be_overridden_with_types_converted():
+    over = parse_set_options(["n_layer=2", "lr=0.01", "iters=none", "bias=false", "batch_size=3"])
+    m, t = build_configs("default", "default", over)
+    assert m.n_layer == 2 and m.bias is False
+    assert t.learning_rate == 0.01 and t.max_iters is None and t.batch_size == 3
+
+
+@pytest.mark.parametrize("pairs, message", [
+    (["batch_size=x"], "batch_size='x' is not a valid int"),  # was "<class 'int'>"
+    (["dropout=lots"], "not a valid float"),
+    (["bias=maybe"], "not a valid bool"),
+    (["nonsense"], "NAME=VALUE"),
+    (["wings=2"], "unknown setting 'wings'"),
+])
+def test_bad_overrides_are_clear_errors(pairs, message):
+    with pytest.raises(RepytilianError, match=message):
+        build_configs("default", "default", parse_set_options(pairs))
+
+
+def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert DataSource("file", "book.txt").to_dict() == {"kind": "file", "value": str(tmp_path / "book.txt")}
+    assert DataSource("dataset", "shakespeare").to_dict()["value"] == "shakespeare"
