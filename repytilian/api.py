@@ -26,7 +26,7 @@ from .checkpoint import (
     save_model_dir,
 )
 from .config import ITERATIONS, build_configs, check_configs, split_overrides
-from .data import DataSource, TokenData, load_text
+from .data import DataSource, TokenData, load_corpus
 from .errors import RepytilianError
 from .model import GPT
 from .sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, sample_ids
@@ -66,27 +66,36 @@ class LanguageModel:
             _say(f"note: the prompt has {len(ids)} tokens; the model sees only the last {block}")
         return ids
 
-    def stream(self, prompt: str = "", max_new_tokens: int = 500, *, temperature: float = DEFAULT_TEMPERATURE,
-               top_k: int | None = DEFAULT_TOP_K, seed: int | None = None) -> Iterator[str]:
-        """Yield the continuation of `prompt` piece by piece as it is sampled."""
+    def tokens(self, prompt_ids: list[int], max_new_tokens: int, *, temperature: float = DEFAULT_TEMPERATURE,
+               top_k: int | None = DEFAULT_TOP_K, seed: int | None = None) -> Iterator[int]:
+        """New token ids after `prompt_ids`, ending early at the tokenizer's end-of-sequence token."""
         if max_new_tokens < 0:
             raise RepytilianError(f"the number of tokens must not be negative, got {max_new_tokens}")
-        ids = self.encode_prompt(prompt)
         generator = None
         if seed is not None:
             device = next(self.model.parameters()).device
             generator = torch.Generator(device=device).manual_seed(seed)
-        produced: list[int] = []
-        text_so_far = ""
-        for token in sample_ids(self.model, ids, max_new_tokens, temperature, top_k, generator):
-            produced.append(token)
-            text = self.tokenizer.decode(produced)
-            yield text[len(text_so_far):]
-            text_so_far = text
+        eos = self.tokenizer.eos_id
+        for token in sample_ids(self.model, prompt_ids, max_new_tokens, temperature, top_k, generator):
+            if token == eos:
+                return
+            yield token
 
-    def generate(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> str:
-        """The continuation of `prompt` (without the prompt itself)."""
-        return "".join(self.stream(prompt, max_new_tokens, **kwargs))
+    def stream(self, prompt: str = "", max_new_tokens: int = 500, **sampling: Any) -> Iterator[str]:
+        """The continuation of `prompt` as display pieces, as they are sampled."""
+        decoder = self.tokenizer.stream_decoder()
+        for token in self.tokens(self.encode_prompt(prompt), max_new_tokens, **sampling):
+            piece = decoder.push(token)
+            if piece:
+                yield piece
+        rest = decoder.flush()
+        if rest:
+            yield rest
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 500, **sampling: Any) -> str:
+        """The continuation of `prompt`, decoded (for JSON models: a JSON array of the new tokens)."""
+        ids = list(self.tokens(self.encode_prompt(prompt), max_new_tokens, **sampling))
+        return self.tokenizer.decode(ids)
 
 
 def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto") -> LanguageModel:
@@ -101,6 +110,7 @@ def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto") -> La
 class TrainOptions:
     data: DataSource | None = None  # None: the loaded model's data, else Tiny Shakespeare
     tokenizer: str | None = None  # None: the loaded model's, else characters
+    tokenizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 512} for bpe
     settings: str = "default"
     iterations: str | None = None  # None: "default" (or, with `load`, finish the saved schedule)
     overrides: dict[str, Any] = field(default_factory=dict)  # field name -> value or CLI string
@@ -186,23 +196,28 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
                 f"drop -z (or use -z {loaded.tokenizer.name}) to continue it"
             )
         mcfg, tcfg = _resume_setup(opts, loaded)
-        source = opts.data or DataSource(**loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"}))
+        if any(v is not None for v in opts.tokenizer_options.values()):
+            raise RepytilianError("the tokenizer of a saved model cannot change; drop --vocab-size with -l")
+        saved_source = loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"})
+        source = opts.data or DataSource.from_dict(saved_source)
         tokenizer, model = loaded.tokenizer, loaded.model
-        text = load_text(source)
+        corpus = load_corpus(source, tokenizer.input_format)
         try:
-            data = TokenData.from_text(text, tokenizer)
+            data = TokenData.from_corpus(corpus, tokenizer)
         except UnknownTokensError as e:
-            raise RepytilianError(f"the training text does not fit the vocabulary of {opts.load}: {e}") from None
+            raise RepytilianError(f"the training data does not fit the vocabulary of {opts.load}: {e}") from None
     else:
-        tokenizer_name = opts.tokenizer or DEFAULT_TOKENIZER
-        tokenizer_cls = tokenizer_class(tokenizer_name)
+        tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
         mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides)
         if opts.seed is not None:
             tcfg.seed = opts.seed
         source = opts.data or DataSource("dataset", "shakespeare")
-        text = load_text(source)
-        tokenizer = tokenizer_cls.train(text)
-        data = TokenData.from_text(text, tokenizer)
+        corpus = load_corpus(source, tokenizer_cls.input_format)
+        started_tokenizing = time.perf_counter()
+        tokenizer = tokenizer_cls.train(corpus, **opts.tokenizer_options)
+        data = TokenData.from_corpus(corpus, tokenizer)
+        if time.perf_counter() - started_tokenizing > 2:
+            log(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s")
         mcfg.vocab_size = tokenizer.vocab_size
         torch.manual_seed(tcfg.seed)
         model = GPT(mcfg).to(device)

@@ -114,7 +114,7 @@ def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dic
         config = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"repytilian {__version__}",
                   "model": dataclasses.asdict(model.config), "tokenizer": tokenizer.name, **meta}
         (staging / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-        (staging / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+        tokenizer.save(staging / "tokenizer.json")
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in TIED_KEYS}
         save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
         if trainer is not None:
@@ -236,7 +236,10 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu", with_tr
     tok_file = path / "tokenizer.json"
     if not tok_file.is_file():
         raise RepytilianError(f"{path} is missing tokenizer.json; the model folder is incomplete")
-    tokenizer = tokenizer_from_json(tok_file.read_text(encoding="utf-8"), str(tok_file))
+    kind = meta.get("tokenizer")
+    if not isinstance(kind, str):
+        raise RepytilianError(f"{path}/config.json does not say which tokenizer the model uses")
+    tokenizer = tokenizer_from_json(tok_file.read_text(encoding="utf-8"), kind, str(tok_file))
     if tokenizer.vocab_size != mcfg.vocab_size:
         raise RepytilianError(
             f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens but the model expects {mcfg.vocab_size}"

@@ -6,6 +6,7 @@ into one readable message and exit code 2 (`--debug` shows the traceback instead
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -46,7 +47,15 @@ def _add_data_and_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-s", "--settings", default="default", help="model/optimiser preset: tiny, default, hyper")
     parser.add_argument("-i", "--iterations", default=None,
                         help="how long to train: quick, default, long, forever (until stopped)")
-    parser.add_argument("-z", "--tokenizer", default=None, help="characters (default) or words")
+    parser.add_argument("-z", "--tokenizer", default=None,
+                        help="characters (default), words, bpe, json or gpt2")
+    parser.add_argument("--vocab-size", type=_positive_int, default=None,
+                        help="vocabulary size for -z bpe (default 512)")
+    parser.add_argument("--json-key", help="-z json: the key of a top-level object that holds the sequences")
+    parser.add_argument("--json-val-key", help="-z json: the key whose sequences are the validation split")
+    parser.add_argument("--json-layout", choices=("sequence", "sequences"), default=None,
+                        help="-z json: read an array of arrays as one sequence of list tokens, or as many "
+                             "sequences (default: many sequences, with a note)")
     group = parser.add_argument_group("overrides (any preset field)")
     group.add_argument("--iters", dest="max_iters", type=_positive_int, help="number of training steps")
     group.add_argument("--batch-size", type=_positive_int)
@@ -97,9 +106,15 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
-    data = DataSource.from_args(args.datafile, args.datapath) if (args.datafile or args.datapath) else None
+    data = None
+    if args.datafile or args.datapath:
+        data = dataclasses.replace(DataSource.from_args(args.datafile, args.datapath), json_key=args.json_key,
+                                   json_val_key=args.json_val_key, json_layout=args.json_layout)
+    elif args.json_key or args.json_val_key or args.json_layout:
+        raise RepytilianError("--json-key, --json-val-key and --json-layout need JSON data: give -d FILE or -p DIR")
     return TrainOptions(
-        data=data, tokenizer=args.tokenizer, settings=args.settings, iterations=args.iterations,
+        data=data, tokenizer=args.tokenizer, tokenizer_options={"vocab_size": args.vocab_size},
+        settings=args.settings, iterations=args.iterations,
         overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
         progress=not args.no_progress and not os.environ.get("REPYTILIAN_NO_PROGRESS"),
     )
@@ -110,16 +125,46 @@ def train_command(args: argparse.Namespace) -> int:
 
     result = train(_train_options(args, out=args.model or None, load=args.load))
     if args.tokens and not result.stopped_by:
-        _print_sample(result.language_model, args.tokens, seed=args.seed)
+        print("--- sample ---", file=sys.stderr)
+        write_generation(result.language_model, "", args.tokens, {"seed": args.seed})
     return 0
 
 
-def _print_sample(lm, tokens: int, seed: int | None) -> None:
-    print("--- sample ---", file=sys.stderr)
-    for piece in lm.stream("", tokens, seed=seed):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+def write_generation(lm, prompt: str, tokens: int, sampling: dict, filename: str | None = None,
+                     file_tokens: int | None = None) -> None:
+    """Stream `tokens` new tokens to stdout and `file_tokens` to `filename`: one sampling run, so
+    the shorter output is a prefix of the longer one."""
+    prompt_ids = lm.encode_prompt(prompt)
+    file_tokens = (tokens if file_tokens is None else file_tokens) if filename else 0
+    out_file = None
+    if filename:
+        try:
+            out_file = open(filename, "w", encoding="utf-8")
+        except OSError as e:
+            raise RepytilianError(f"cannot write {filename}: {e.strerror}") from None
+    screen, disk = lm.tokenizer.stream_decoder(), lm.tokenizer.stream_decoder()
+    try:
+        if tokens:
+            sys.stdout.write(screen.head(prompt, prompt_ids))
+        if out_file:
+            out_file.write(disk.head(prompt, prompt_ids))
+        n = 0
+        for n, token in enumerate(lm.tokens(prompt_ids, max(tokens, file_tokens), **sampling), start=1):
+            if n <= tokens:
+                sys.stdout.write(screen.push(token))
+                sys.stdout.flush()
+            if out_file and n <= file_tokens:
+                out_file.write(disk.push(token))
+        if tokens:
+            sys.stdout.write(screen.close() + "\n")
+            sys.stdout.flush()
+        if out_file:
+            out_file.write(disk.close())
+    finally:
+        if out_file:
+            out_file.close()
+    if filename:
+        print(f"wrote {min(n, file_tokens)} tokens to {filename}", file=sys.stderr)
 
 
 def generate_command(args: argparse.Namespace) -> int:
@@ -131,40 +176,19 @@ def generate_command(args: argparse.Namespace) -> int:
         lm = train(_train_options(args, out=None, load=None)).language_model
     else:
         lm = load_model(args.model, device=args.device)
-    file_tokens = args.tokens if args.filetokens is None else args.filetokens
-    if args.filename is None:
-        file_tokens = 0
-    total = max(args.tokens, file_tokens)
     sampling = {"seed": args.seed}
     if args.temperature is not None:
         sampling["temperature"] = args.temperature
     if args.top_k is not None:
         sampling["top_k"] = args.top_k
-    out_file = None
-    if args.filename:
-        try:
-            out_file = open(args.filename, "w", encoding="utf-8")
-        except OSError as e:
-            raise RepytilianError(f"cannot write {args.filename}: {e.strerror}") from None
-    try:
-        stdout_open = args.tokens > 0
-        if stdout_open:
-            sys.stdout.write(args.prompt)
-        if out_file:
-            out_file.write(args.prompt)
-        for n, piece in enumerate(lm.stream(args.prompt, total, **sampling), start=1):
-            if n <= args.tokens:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            if out_file and n <= file_tokens:
-                out_file.write(piece)
-        if stdout_open:
-            sys.stdout.write("\n")
-    finally:
-        if out_file:
-            out_file.close()
-    if args.filename:
-        print(f"wrote {file_tokens} tokens to {args.filename}", file=sys.stderr)
+    write_generation(lm, args.prompt, args.tokens, sampling, args.filename, args.filetokens)
+    return 0
+
+
+def tokenize_command(args: argparse.Namespace) -> int:
+    from .tokenstats import print_tokenizer_table
+
+    print_tokenizer_table(args)
     return 0
 
 
@@ -208,6 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_gen = sub.add_parser("generate", help="generate text from a model (the same flags as generate.py)")
     add_generate_arguments(p_gen)
     p_gen.set_defaults(handler=generate_command)
+    p_tok = sub.add_parser("tokenize", aliases=["data"],
+                           help="compare tokenizers on a corpus: vocabulary, tokens, characters per token, speed")
+    p_tok.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text (or, with -z json, JSON) file")
+    p_tok.add_argument("-p", "--datapath", help="a folder of text (or .json) files")
+    p_tok.add_argument("-z", "--tokenizer", action="append", default=None,
+                       help="tokenizer(s) to compare (repeatable; default: every text tokenizer)")
+    p_tok.add_argument("--vocab-size", type=_positive_int, default=None, help="for bpe (default 512)")
+    p_tok.add_argument("--json-key")
+    p_tok.add_argument("--json-val-key")
+    p_tok.add_argument("--json-layout", choices=("sequence", "sequences"), default=None)
+    p_tok.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+    p_tok.set_defaults(handler=tokenize_command)
     args = parser.parse_args(argv)
     return run(args.handler, args)
 

@@ -1,8 +1,9 @@
 """Training text: read it, tokenize it once into a numpy id array, split it, sample batches.
 
 Sources: one file (`-d`), every text file under a folder (`-p`, recursive, sorted by path), or a
-named data set (`shakespeare`). The last `VAL_FRACTION` of the ids is the validation split, the
-same convention as nanoGPT, so losses are comparable. Batches are random (B, T) windows of the
+named data set (`shakespeare`); JSON token data is read by jsondata.py. The last `VAL_FRACTION`
+of the ids is the validation split (nanoGPT's convention, so losses compare), unless JSON data
+has a validation part of its own. Batches are random (B, T) windows of the
 training split, cut out with one numpy fancy-index (no Python loop over rows).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from .datasets import dataset_path
 from .errors import RepytilianError
+from .jsondata import JsonCorpus, read_json_corpus
 from .tokenizers import Tokenizer
 
 VAL_FRACTION = 0.1
@@ -24,10 +26,14 @@ VAL_FRACTION = 0.1
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where training text comes from: kind is "dataset", "file" or "dir"."""
+    """Where training data comes from: kind is "dataset", "file" or "dir"; the json_* fields say how
+    to read JSON data (see jsondata.py) and are ignored for text."""
 
     kind: str
     value: str
+    json_key: str | None = None
+    json_val_key: str | None = None
+    json_layout: str | None = None
 
     @classmethod
     def from_args(cls, datafile: str | None, datapath: str | None, default: str = "shakespeare") -> "DataSource":
@@ -45,7 +51,13 @@ class DataSource:
     def to_dict(self) -> dict[str, str]:
         """Files and folders as absolute paths, so `-l` finds the data from any working directory."""
         value = self.value if self.kind == "dataset" else str(Path(self.value).resolve())
-        return {"kind": self.kind, "value": value}
+        json_options = {k: getattr(self, k) for k in ("json_key", "json_val_key", "json_layout") if getattr(self, k)}
+        return {"kind": self.kind, "value": value, **json_options}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataSource":
+        known = {k: data[k] for k in ("kind", "value", "json_key", "json_val_key", "json_layout") if k in data}
+        return cls(**known)
 
 
 def _decode(data: bytes, path: Path) -> str:
@@ -116,6 +128,13 @@ def load_text(source: DataSource) -> str:
     return read_text_file(dataset_path(source.value))
 
 
+def load_corpus(source: DataSource, input_format: str = "text") -> str | JsonCorpus:
+    """A str for text tokenizers, a JsonCorpus of token sequences for the json tokenizer."""
+    if input_format == "json":
+        return read_json_corpus(source.kind, source.value, source.json_key, source.json_val_key, source.json_layout)
+    return load_text(source)
+
+
 @dataclass
 class TokenData:
     """Token ids of a corpus split into train and validation parts."""
@@ -128,23 +147,33 @@ class TokenData:
     @classmethod
     def from_text(cls, text: str, tokenizer: Tokenizer, val_fraction: float = VAL_FRACTION) -> "TokenData":
         ids = tokenizer.encode_array(text)
-        n_val = int(len(ids) * val_fraction)
-        n_train = len(ids) - n_val
-        return cls(
-            train=ids[:n_train],
-            val=ids[n_train:],
-            sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            chars=len(text),
-        )
+        sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return cls.split(ids, val_fraction, sha256=sha, chars=len(text))
+
+    @classmethod
+    def from_corpus(cls, corpus: str | JsonCorpus, tokenizer: Tokenizer,
+                    val_fraction: float = VAL_FRACTION) -> "TokenData":
+        if isinstance(corpus, str):
+            return cls.from_text(corpus, tokenizer, val_fraction)
+        ids = tokenizer.encode_sequences(corpus.train)
+        if corpus.val is None:
+            return cls.split(ids, val_fraction, sha256=corpus.sha256, chars=corpus.chars)
+        return cls(ids, tokenizer.encode_sequences(corpus.val), sha256=corpus.sha256, chars=corpus.chars)
+
+    @classmethod
+    def split(cls, ids: np.ndarray, val_fraction: float, **info) -> "TokenData":
+        """The last `val_fraction` of the ids is the validation split."""
+        n_train = len(ids) - int(len(ids) * val_fraction)
+        return cls(train=ids[:n_train], val=ids[n_train:], **info)
 
     def check_block_size(self, block_size: int) -> None:
         """Both splits need at least one full window of block_size + 1 tokens."""
         shortest = min(len(self.train), len(self.val))
         if shortest <= block_size:
             raise RepytilianError(
-                f"the text is too short for a context of {block_size} tokens: the training split has "
-                f"{len(self.train)} tokens and the validation split (the last {VAL_FRACTION:.0%}) "
-                f"{len(self.val)}. Use more text or a smaller context (--block-size {max(1, shortest // 2)})"
+                f"the data is too short for a context of {block_size} tokens: the training split has "
+                f"{len(self.train)} tokens and the validation split {len(self.val)}. "
+                f"Use more data or a smaller context (--block-size {max(1, shortest // 2)})"
             )
 
 

@@ -1,19 +1,20 @@
 """Tokenizers and the registry that maps `-z` names to them.
 
 Adding a tokenizer: write a `Tokenizer` subclass in its own module and add it to `REGISTRY`.
+Optional libraries (tokenizers, tiktoken) are imported only when their tokenizer is used.
 """
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from ..errors import RepytilianError
-from .base import Tokenizer, UnknownTokensError
+from .base import StreamDecoder, Tokenizer, UnknownTokensError
+from .bpe import BPETokenizer
 from .characters import CharacterTokenizer
+from .gpt2 import GPT2Tokenizer
+from .json_tokens import JsonTokenizer
 from .words import WordTokenizer
 
 REGISTRY: dict[str, type[Tokenizer]] = {
-    cls.name: cls for cls in (CharacterTokenizer, WordTokenizer)
+    cls.name: cls for cls in (CharacterTokenizer, WordTokenizer, BPETokenizer, JsonTokenizer, GPT2Tokenizer)
 }
 DEFAULT_TOKENIZER = "characters"
 
@@ -22,27 +23,35 @@ def tokenizer_class(name: str) -> type[Tokenizer]:
     try:
         return REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(REGISTRY))
+        known = ", ".join(REGISTRY)
         raise RepytilianError(f"unknown tokenizer {name!r}; choose one of: {known}") from None
 
 
-def tokenizer_from_json(text: str, where: str = "tokenizer.json") -> Tokenizer:
-    try:
-        data: Any = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RepytilianError(f"{where} is not valid JSON ({e})") from None
-    if not isinstance(data, dict) or "kind" not in data:
-        raise RepytilianError(f"{where} does not describe a tokenizer (no 'kind')")
-    return tokenizer_class(data["kind"]).from_dict(data)
+def tokenizer_from_json(text: str, kind: str | None = None, where: str = "tokenizer.json") -> Tokenizer:
+    """Read a tokenizer.json; `kind` (from the model's config.json) is needed for formats without one."""
+    if kind is None:
+        import json
+
+        try:
+            kind = json.loads(text).get("kind")
+        except (ValueError, AttributeError):
+            raise RepytilianError(f"{where} is not valid JSON") from None
+        if kind is None:
+            raise RepytilianError(f"{where} does not say which tokenizer it is (no 'kind')")
+    return tokenizer_class(kind).from_json(text, where)
 
 
 __all__ = [
     "REGISTRY",
     "DEFAULT_TOKENIZER",
     "Tokenizer",
+    "StreamDecoder",
     "UnknownTokensError",
     "CharacterTokenizer",
     "WordTokenizer",
+    "BPETokenizer",
+    "JsonTokenizer",
+    "GPT2Tokenizer",
     "tokenizer_class",
     "tokenizer_from_json",
 ]

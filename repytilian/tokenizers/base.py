@@ -1,18 +1,27 @@
 """The protocol every tokenizer follows, so the rest of Repytilian never needs to know which one it has.
 
 A tokenizer is plain Python (no torch): it is built from a corpus, turns text into ids and back,
-and writes itself to / reads itself from the model directory's `tokenizer.json`.
+writes itself to / reads itself from the model directory's `tokenizer.json`, and says how a
+stream of generated ids is shown (`StreamDecoder`).
+
+Text tokenizers (`input_format = "text"`) take a string; the json tokenizer takes sequences of
+JSON values. Large texts are encoded in chunks cut where no tokenizer's split can change, so no
+Python list of ids ever holds the whole corpus.
 """
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import RepytilianError
+
+CHUNK_CHARS = 1 << 20
 
 
 class UnknownTokensError(RepytilianError):
@@ -21,13 +30,14 @@ class UnknownTokensError(RepytilianError):
 
 class Tokenizer(ABC):
     name: ClassVar[str]  # the `-z` name, also stored in the model directory
-    # Which piece starts generation from an empty prompt, if the vocabulary has it.
-    start_text: ClassVar[str] = "\n"
+    input_format: ClassVar[str] = "text"  # "text" or "json": what the training data is
+    start_text: ClassVar[str] = "\n"  # generation from an empty prompt starts here, if the vocabulary has it
+    eos_id: int | None = None  # an end-of-sequence id that ends generation, where the tokenizer has one
 
     @classmethod
     @abstractmethod
-    def train(cls, text: str) -> "Tokenizer":
-        """Build the vocabulary from a training corpus."""
+    def train(cls, corpus: Any, **options: Any) -> "Tokenizer":
+        """Build the vocabulary from a training corpus (a str for text tokenizers)."""
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -49,6 +59,26 @@ class Tokenizer(ABC):
     @abstractmethod
     def from_dict(cls, data: dict[str, Any]) -> "Tokenizer": ...
 
+    # --- the model directory's tokenizer.json ----------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.name, **self.to_dict()}, ensure_ascii=False, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "tokenizer.json") -> "Tokenizer":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RepytilianError(f"{where} is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise RepytilianError(f"{where} does not describe a tokenizer")
+        if data.get("kind") != cls.name:
+            raise RepytilianError(f"{where} describes a {data.get('kind')!r} tokenizer, not {cls.name!r}")
+        return cls.from_dict(data)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json(), encoding="utf-8")
+
     # --- shared helpers -------------------------------------------------------------------
 
     @property
@@ -57,20 +87,99 @@ class Tokenizer(ABC):
         return np.dtype(np.uint16 if self.vocab_size <= 2**16 else np.uint32)
 
     def encode_array(self, text: str) -> np.ndarray:
-        return np.asarray(self.encode(text), dtype=self.id_dtype)
+        """The whole text as a numpy id array, encoded chunk by chunk."""
+        parts = [np.asarray(self.encode(chunk), dtype=self.id_dtype) for chunk in text_chunks(text)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.id_dtype)
 
     def start_ids(self) -> list[int]:
         """Ids to start generation from when the prompt is empty."""
         try:
             return self.encode(self.start_text)
         except UnknownTokensError:
-            return [0]
+            raise UnknownTokensError(
+                f"this model's vocabulary has no {self.start_text!r} to start from; give a prompt with -c"
+            ) from None
 
-    def to_json(self) -> str:
-        return json.dumps({"kind": self.name, **self.to_dict()}, ensure_ascii=False, indent=1)
+    def stream_decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self)
 
 
-def check_vocab(vocab: Sequence[Any], kind: str) -> None:
+class StreamDecoder:
+    """Turns generated ids into display text piece by piece.
+
+    Ids are held back while their text ends in an incomplete character (a byte-level BPE token can
+    be half of a UTF-8 sequence), so no piece ever shows a replacement character that the whole
+    text would not have.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def head(self, prompt: str, prompt_ids: list[int]) -> str:
+        """What is shown before the first generated piece (the prompt as typed)."""
+        return prompt
+
+    def push(self, token_id: int) -> str:
+        self.pending.append(token_id)
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < 8:
+            return ""
+        self.pending.clear()
+        return text
+
+    def flush(self) -> str:
+        """The text of any held-back ids."""
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending.clear()
+        return text
+
+    def close(self) -> str:
+        """What ends the output: held-back text, and any closing syntax (JSON's bracket)."""
+        return self.flush()
+
+
+# Cut points that leave every tokenizer's pre-tokenization unchanged: just after a newline that
+# follows a non-space and precedes one, or just before a single space between two non-spaces.
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)|(?<=\S)(?= \S)")
+
+
+def text_chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
+    """Split `text` into pieces of about `size` characters at safe cut points (see _SAFE_CUT)."""
+    start = 0
+    while len(text) - start > size:
+        window_end = start + size
+        cut = None
+        # Look back from the window's end for the last safe cut, widening if the text has none.
+        lookback = min(size, 4096)
+        while cut is None and lookback <= size:
+            for m in _SAFE_CUT.finditer(text, window_end - lookback, window_end):
+                cut = m.start()
+            lookback *= 4
+        if cut is None or cut <= start:
+            cut = _next_safe_cut(text, window_end)
+            if cut is None:
+                break
+        yield text[start:cut]
+        start = cut
+    if start < len(text):
+        yield text[start:]
+
+
+def _next_safe_cut(text: str, pos: int) -> int | None:
+    m = _SAFE_CUT.search(text, pos)
+    return m.start() if m else None
+
+
+def reject_options(name: str, options: dict[str, Any]) -> None:
+    """Training options that this tokenizer has no use for are a mistake worth telling."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise RepytilianError(f"{flags} does not apply to the {name} tokenizer")
+
+
+def check_vocab(vocab: Any, kind: str) -> None:
     """Reject a stored vocabulary that cannot be right (duplicates, wrong types) before using it."""
     if not isinstance(vocab, list) or not vocab:
         raise RepytilianError(f"{kind} tokenizer: 'vocab' must be a non-empty list")

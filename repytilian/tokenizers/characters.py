@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RepytilianError
-from .base import Tokenizer, UnknownTokensError, check_vocab
+from .base import CHUNK_CHARS, Tokenizer, UnknownTokensError, check_vocab, reject_options
 
 
 class CharacterTokenizer(Tokenizer):
@@ -21,8 +21,9 @@ class CharacterTokenizer(Tokenizer):
         self.stoi = {c: i for i, c in enumerate(self.itos)}
 
     @classmethod
-    def train(cls, text: str) -> "CharacterTokenizer":
-        return cls(sorted(set(text)))
+    def train(cls, corpus: str, **options: Any) -> "CharacterTokenizer":
+        reject_options(cls.name, options)
+        return cls(sorted(set(corpus)))
 
     @property
     def vocab_size(self) -> int:
@@ -42,16 +43,21 @@ class CharacterTokenizer(Tokenizer):
             ) from None
 
     def encode_array(self, text: str) -> np.ndarray:
-        # A lookup table over code points encodes a large corpus in C speed, without a list of ints.
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        # A lookup table over code points encodes a large corpus at C speed, chunk by chunk,
+        # without a Python list of ids (any cut is safe between characters).
         table = np.full(max(map(ord, self.itos)) + 1, -1, dtype=np.int64)
         table[[ord(c) for c in self.itos]] = np.arange(len(self.itos))
-        in_range = codes < len(table)
-        ids = np.full(len(codes), -1, dtype=np.int64)
-        ids[in_range] = table[codes[in_range]]
-        if (ids < 0).any():
-            self.encode(text)  # raises with the list of unknown characters
-        return ids.astype(self.id_dtype)
+        out = np.empty(len(text), dtype=self.id_dtype)
+        for start in range(0, len(text), CHUNK_CHARS):
+            chunk = text[start : start + CHUNK_CHARS]
+            codes = np.frombuffer(chunk.encode("utf-32-le"), dtype=np.uint32)
+            ids = np.full(len(codes), -1, dtype=np.int64)
+            in_range = codes < len(table)
+            ids[in_range] = table[codes[in_range]]
+            if (ids < 0).any():
+                self.encode(chunk)  # raises with the list of unknown characters
+            out[start : start + len(chunk)] = ids
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.itos[i] for i in ids)

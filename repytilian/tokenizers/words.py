@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .base import Tokenizer, UnknownTokensError, check_vocab
+from .base import Tokenizer, UnknownTokensError, check_vocab, reject_options, text_chunks
 
 TOKEN_PATTERN = re.compile(r"\w+|\W", re.UNICODE)
 
@@ -29,8 +29,12 @@ class WordTokenizer(Tokenizer):
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
-    def train(cls, text: str) -> "WordTokenizer":
-        return cls(sorted(set(split_words(text))))
+    def train(cls, corpus: str, **options: Any) -> "WordTokenizer":
+        reject_options(cls.name, options)
+        vocab: set[str] = set()
+        for chunk in text_chunks(corpus):
+            vocab.update(split_words(chunk))
+        return cls(sorted(vocab))
 
     @property
     def vocab_size(self) -> int:
