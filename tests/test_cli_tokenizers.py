@@ -58,6 +58,16 @@ def test_json_chords_in_many_sequences_with_a_validation_part(tmp_path, command)
     assert json.loads(out.read_text()) == shown  # the file gets the same JSON
 
 
+def test_json_model_resumes_with_its_json_reading_options(tmp_path):
+    data = chord_file(tmp_path)
+    r = run_script("training.py", "-d", data, "-z", "json", "--json-key", "train", "--json-val-key", "valid",
+                   "-m", "music", "-i", "quick", "-t", "0", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    more = run_script("training.py", "-l", "music", "-m", "music", "--iters", "5", "-t", "0", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert json.loads((tmp_path / "music" / "config.json").read_text())["summary"]["step"] == 55
+
+
 def test_json_unknown_prompt_tokens_are_listed(tmp_path):
     data = chord_file(tmp_path)
     run_script("training.py", "-d", data, "-z", "json", "--json-key", "train", "-m", "music", "-i", "quick",
