@@ -10,7 +10,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from .config import ITERATIONS, build_configs, check_configs, split_overrides
 from .data import DataSource, TokenData, load_corpus
 from .errors import RepytilianError
 from .model import GPT
-from .sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, sample_ids
+from .sampling import SamplingOptions, StopFilter, sample_ids
 from .tokenizers import DEFAULT_TOKENIZER, Tokenizer, UnknownTokensError, tokenizer_class
 from .train import StopRequest, Trainer, TrainState, pick_device
 
@@ -43,8 +43,19 @@ def _say(msg: str) -> None:
 # --- generation --------------------------------------------------------------------------
 
 
+@dataclass
+class Piece:
+    """A bit of rendered output: the prompt ("head"), generated text ("text", `tokens` generated
+    so far), or closing syntax ("close", e.g. JSON's bracket)."""
+
+    kind: str
+    text: str
+    tokens: int = 0
+
+
 class LanguageModel:
-    """A trained model with its tokenizer: text in, text out."""
+    """A trained model with its tokenizer: text in, text out. Safe to share between threads
+    only if each call passes its own seed; it holds no per-call state."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any] | None = None,
                  path: Path | None = None):
@@ -54,48 +65,105 @@ class LanguageModel:
         self.path = path
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Prompt ids (the start token for an empty prompt), cropped to the context the model sees."""
+        """Prompt ids (the tokenizer's start token for an empty prompt)."""
         if not prompt:
             return self.tokenizer.start_ids()
         try:
             ids = self.tokenizer.encode(prompt)
         except UnknownTokensError as e:
             raise UnknownTokensError(f"cannot continue from this prompt: {e}") from None
+        if not ids:
+            return self.tokenizer.start_ids()
         block = self.model.config.block_size
         if len(ids) > block:
             _say(f"note: the prompt has {len(ids)} tokens; the model sees only the last {block}")
         return ids
 
-    def tokens(self, prompt_ids: list[int], max_new_tokens: int, *, temperature: float = DEFAULT_TEMPERATURE,
-               top_k: int | None = DEFAULT_TOP_K, seed: int | None = None) -> Iterator[int]:
-        """New token ids after `prompt_ids`, ending early at the tokenizer's end-of-sequence token."""
-        if max_new_tokens < 0:
-            raise RepytilianError(f"the number of tokens must not be negative, got {max_new_tokens}")
-        generator = None
-        if seed is not None:
-            device = next(self.model.parameters()).device
-            generator = torch.Generator(device=device).manual_seed(seed)
+    def token_batches(self, prompt_ids: list[int], max_new_tokens: int, num_samples: int = 1,
+                      max_time: float | None = None, use_cache: bool = True,
+                      **sampling: Any) -> Iterator[list[int | None]]:
+        """Per step, the new id of each sample, or None for a sample that has ended (end token)."""
+        opts = SamplingOptions(**sampling)
+        if max_time is not None and max_time <= 0:
+            raise RepytilianError(f"--max-time must be more than 0 seconds, got {max_time}")
+        deadline = None if max_time is None else time.perf_counter() + max_time
         eos = self.tokenizer.eos_id
-        for token in sample_ids(self.model, prompt_ids, max_new_tokens, temperature, top_k, generator):
-            if token == eos:
+        ended = [False] * num_samples
+        for step in sample_ids(self.model, prompt_ids, max_new_tokens, opts, num_samples, use_cache):
+            row: list[int | None] = []
+            for i, token in enumerate(step.tolist()):
+                ended[i] = ended[i] or token == eos
+                row.append(None if ended[i] else token)
+            if all(ended):
                 return
-            yield token
+            yield row
+            if deadline is not None and time.perf_counter() > deadline:
+                return
 
-    def stream(self, prompt: str = "", max_new_tokens: int = 500, **sampling: Any) -> Iterator[str]:
-        """The continuation of `prompt` as display pieces, as they are sampled."""
+    def tokens(self, prompt_ids: list[int], max_new_tokens: int, **sampling: Any) -> Iterator[int]:
+        """New ids of one sample, ending early at the tokenizer's end-of-sequence token."""
+        for row in self.token_batches(prompt_ids, max_new_tokens, 1, **sampling):
+            if row[0] is None:
+                return
+            yield row[0]
+
+    def render(self, prompt: str = "", max_new_tokens: int = 500, stop: Sequence[str] = (),
+               **sampling: Any) -> Iterator[Piece]:
+        """One sample as display pieces: the prompt, the text as it is sampled (cut at the first
+        stop string), and any closing syntax."""
+        prompt_ids = self.encode_prompt(prompt)
         decoder = self.tokenizer.stream_decoder()
-        for token in self.tokens(self.encode_prompt(prompt), max_new_tokens, **sampling):
-            piece = decoder.push(token)
-            if piece:
-                yield piece
-        rest = decoder.flush()
+        stops = StopFilter(stop)
+        yield Piece("head", decoder.head(prompt, prompt_ids))
+        n = 0
+        for n, token in enumerate(self.tokens(prompt_ids, max_new_tokens, **sampling), start=1):
+            text = stops.push(decoder.push(token))
+            if text:
+                yield Piece("text", text, n)
+            if stops.stopped:
+                break
+        rest = stops.push(decoder.flush()) + stops.flush()
         if rest:
-            yield rest
+            yield Piece("text", rest, n)
+        yield Piece("close", decoder.close())  # held-back text is flushed above: only syntax is left
 
-    def generate(self, prompt: str = "", max_new_tokens: int = 500, **sampling: Any) -> str:
-        """The continuation of `prompt`, decoded (for JSON models: a JSON array of the new tokens)."""
-        ids = list(self.tokens(self.encode_prompt(prompt), max_new_tokens, **sampling))
-        return self.tokenizer.decode(ids)
+    def render_ids(self, prompt: str, prompt_ids: list[int], ids: Sequence[int], stop: Sequence[str] = ()) -> str:
+        """The whole display text of one finished sample, as `render` would have shown it."""
+        decoder, stops = self.tokenizer.stream_decoder(), StopFilter(stop)
+        parts = [decoder.head(prompt, prompt_ids)]
+        for token in ids:
+            parts.append(stops.push(decoder.push(token)))
+            if stops.stopped:
+                break
+        parts += [stops.push(decoder.flush()), stops.flush(), decoder.close()]
+        return "".join(parts)
+
+    def stream(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> Iterator[str]:
+        """The continuation of `prompt`, piece by piece as it is sampled."""
+        for piece in self.render(prompt, max_new_tokens, **kwargs):
+            if piece.kind == "text":
+                yield piece.text
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> str:
+        """The continuation of `prompt` (for JSON models: the JSON array of the new tokens)."""
+        return self.samples(prompt, max_new_tokens, num_samples=1, **kwargs)[0]
+
+    def samples(self, prompt: str = "", max_new_tokens: int = 500, num_samples: int = 1,
+                stop: Sequence[str] = (), **sampling: Any) -> list[str]:
+        """`num_samples` continuations, sampled together as one batch."""
+        prompt_ids = self.encode_prompt(prompt)
+        produced: list[list[int]] = [[] for _ in range(num_samples)]
+        for row in self.token_batches(prompt_ids, max_new_tokens, num_samples, **sampling):
+            for i, token in enumerate(row):
+                if token is not None:
+                    produced[i].append(token)
+        texts = [self.tokenizer.decode(ids) for ids in produced]
+        return [_cut_at_stop(t, stop) for t in texts]
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(hits)] if hits else text
 
 
 def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto") -> LanguageModel:

@@ -89,8 +89,20 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", help="also write the generated text to this file")
     parser.add_argument("-ft", "--filetokens", type=_nonnegative_int, default=None,
                         help="tokens to write into the file, if different from -t")
-    parser.add_argument("--temperature", type=float, default=None, help="0 is greedy; default 0.8")
-    parser.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k likeliest (default 200)")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--temperature", type=float, default=None,
+                          help="0 is greedy (always the likeliest token); higher is more varied (default 0.8)")
+    sampling.add_argument("--top-k", type=int, default=None,
+                          help="sample among the k likeliest tokens (default 200, or the whole vocabulary if smaller)")
+    sampling.add_argument("--top-p", type=float, default=1.0,
+                          help="sample among the likeliest tokens whose probabilities add up to p (default 1: all)")
+    sampling.add_argument("--num-samples", type=int, default=1, help="how many samples, generated as one batch")
+    sampling.add_argument("--stop", action="append", default=[], metavar="STRING",
+                          help="stop a sample where this text appears (repeatable; the text itself is not shown)")
+    sampling.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                          help="stop after this many seconds")
+    sampling.add_argument("--no-cache", action="store_true",
+                          help="recompute the whole context for every token (slow; for comparison)")
     _common(parser)
     _add_data_and_settings(parser.add_argument_group('with -m "" (train a model first; as in training.py)'))
 
@@ -131,57 +143,85 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def write_generation(lm, prompt: str, tokens: int, sampling: dict, filename: str | None = None,
-                     file_tokens: int | None = None) -> None:
-    """Stream `tokens` new tokens to stdout and `file_tokens` to `filename`: one sampling run, so
-    the shorter output is a prefix of the longer one."""
-    prompt_ids = lm.encode_prompt(prompt)
+                     file_tokens: int | None = None, num_samples: int = 1) -> None:
+    """Write `tokens` new tokens to stdout and `file_tokens` to `filename` from one sampling run,
+    so the shorter output is a prefix of the longer. One sample streams as it is sampled."""
     file_tokens = (tokens if file_tokens is None else file_tokens) if filename else 0
+    total = max(tokens, file_tokens)
     out_file = None
     if filename:
         try:
             out_file = open(filename, "w", encoding="utf-8")
         except OSError as e:
             raise RepytilianError(f"cannot write {filename}: {e.strerror}") from None
-    screen, disk = lm.tokenizer.stream_decoder(), lm.tokenizer.stream_decoder()
+    written = 0
     try:
-        if tokens:
-            sys.stdout.write(screen.head(prompt, prompt_ids))
-        if out_file:
-            out_file.write(disk.head(prompt, prompt_ids))
-        n = 0
-        for n, token in enumerate(lm.tokens(prompt_ids, max(tokens, file_tokens), **sampling), start=1):
-            if n <= tokens:
-                sys.stdout.write(screen.push(token))
-                sys.stdout.flush()
-            if out_file and n <= file_tokens:
-                out_file.write(disk.push(token))
-        if tokens:
-            sys.stdout.write(screen.close() + "\n")
-            sys.stdout.flush()
-        if out_file:
-            out_file.write(disk.close())
+        if num_samples == 1:
+            for piece in lm.render(prompt, total, **sampling):
+                counted = piece.kind == "text"
+                if tokens and (not counted or piece.tokens <= tokens):
+                    sys.stdout.write(piece.text)
+                    sys.stdout.flush()
+                if out_file and (not counted or piece.tokens <= file_tokens):
+                    out_file.write(piece.text)
+                    written = max(written, min(piece.tokens, file_tokens))
+            if tokens:
+                sys.stdout.write("\n")
+        else:
+            screen, disk = _batch_samples(lm, prompt, tokens, file_tokens, num_samples, sampling)
+            if tokens:
+                sys.stdout.write(screen + "\n")
+            if out_file:
+                out_file.write(disk)
+                written = file_tokens
     finally:
         if out_file:
             out_file.close()
     if filename:
-        print(f"wrote {min(n, file_tokens)} tokens to {filename}", file=sys.stderr)
+        print(f"wrote {'up to ' if num_samples > 1 else ''}{written} tokens"
+              f"{f' per sample ({num_samples} samples)' if num_samples > 1 else ''} to {filename}", file=sys.stderr)
+
+
+def _batch_samples(lm, prompt: str, tokens: int, file_tokens: int, num_samples: int,
+                   sampling: dict) -> tuple[str, str]:
+    """Sample `num_samples` continuations as one batch; render each for the screen and the file."""
+    stop = sampling.pop("stop", ())
+    prompt_ids = lm.encode_prompt(prompt)
+    produced: list[list[int]] = [[] for _ in range(num_samples)]
+    for row in lm.token_batches(prompt_ids, max(tokens, file_tokens), num_samples, **sampling):
+        for i, token in enumerate(row):
+            if token is not None:
+                produced[i].append(token)
+
+    def render(limit: int) -> str:
+        texts = [lm.render_ids(prompt, prompt_ids, ids[:limit], stop) for ids in produced]
+        if lm.tokenizer.input_format == "json":  # one valid JSON document: an array of samples
+            return "[\n" + ",\n".join(texts) + "\n]"
+        return "\n\n---\n\n".join(texts)
+
+    return render(tokens), render(file_tokens)
 
 
 def generate_command(args: argparse.Namespace) -> int:
     from .api import load_model, train
+    from .sampling import SamplingOptions, check_lengths
 
-    if args.temperature is not None and args.temperature < 0:
-        raise RepytilianError(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
+    sampling = SamplingOptions(
+        temperature=0.8 if args.temperature is None else args.temperature,
+        top_k=200 if args.top_k is None else args.top_k,
+        top_p=args.top_p, seed=args.seed,
+    )
+    sampling.validate()  # before any training or loading, so a typo costs nothing
+    check_lengths(max(args.tokens, args.filetokens or 0), args.num_samples)
+    if args.max_time is not None and args.max_time <= 0:
+        raise RepytilianError(f"--max-time must be more than 0 seconds, got {args.max_time}")
     if not args.model:  # the seed's `generate.py -m ""`: train, show a sample, save nothing
         lm = train(_train_options(args, out=None, load=None)).language_model
     else:
         lm = load_model(args.model, device=args.device)
-    sampling = {"seed": args.seed}
-    if args.temperature is not None:
-        sampling["temperature"] = args.temperature
-    if args.top_k is not None:
-        sampling["top_k"] = args.top_k
-    write_generation(lm, args.prompt, args.tokens, sampling, args.filename, args.filetokens)
+    options = {**dataclasses.asdict(sampling), "stop": args.stop, "max_time": args.max_time,
+               "use_cache": not args.no_cache}
+    write_generation(lm, args.prompt, args.tokens, options, args.filename, args.filetokens, args.num_samples)
     return 0
 
 

@@ -133,9 +133,13 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy."""
+        """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
+
+        `last_only` computes logits for the last position alone (all that sampling needs).
+        Generation one token at a time goes through decode.py, which adds a KV cache.
+        """
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
@@ -144,6 +148,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, [-1], :]  # (B, 1, C)
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:

@@ -1,53 +1,152 @@
-"""Sampling token ids from a model: temperature, top-k, a seedable generator, streaming as a Python iterator.
+"""Sampling token ids from a model: temperature, top-k, top-p, seeds, a KV cache, batches of samples.
 
 The sampler knows token ids, not text: callers encode the prompt and decode what it yields, so it
-works the same from the CLI, a notebook or a server.
+works the same from the CLI, a notebook or a server. `StopFilter` is the one text-level helper:
+it cuts a stream of text at the first stop string without ever showing part of one.
+
+The context window: the model sees at most block_size tokens. When the window is full, the
+last KEEP_FRACTION of it is kept and re-encoded in one pass (with the cache, a "re-prefill"),
+and generation continues from there. The path without a cache uses the same window, so both
+give the same tokens (a test checks it for greedy decoding).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
+from .decode import Decoder, choose_dtype
 from .errors import RepytilianError
 from .model import GPT
 
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 200
+KEEP_FRACTION = 0.5  # after a slide the model sees half a block, then a growing context; a re-prefill every block/2 tokens
+MAX_NEW_TOKENS = 1_000_000
+MAX_SAMPLES = 1024
+
+
+@dataclass
+class SamplingOptions:
+    temperature: float = DEFAULT_TEMPERATURE  # 0 is greedy: always the likeliest token
+    top_k: int | None = DEFAULT_TOP_K  # only the k likeliest tokens (None: all)
+    top_p: float = 1.0  # only the likeliest tokens whose probabilities add up to top_p (1: all)
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if not self.temperature >= 0:  # also catches NaN
+            raise RepytilianError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise RepytilianError(f"--top-k must be at least 1, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise RepytilianError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+def check_lengths(max_new_tokens: int, num_samples: int = 1) -> None:
+    if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise RepytilianError(f"the number of tokens must be between 0 and {MAX_NEW_TOKENS:,}, got {max_new_tokens:,}")
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise RepytilianError(f"--num-samples must be between 1 and {MAX_SAMPLES}, got {num_samples}")
+
+
+def choose_next(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, vocab) -> next ids (B, 1)."""
+    if opts.temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / opts.temperature
+    if opts.top_k is not None and opts.top_k < logits.size(-1):
+        kth = torch.topk(logits, opts.top_k).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))  # -inf, never a small number
+    probs = F.softmax(logits, dim=-1)
+    if opts.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Drop a token when the tokens before it already reach top_p; the likeliest always stays.
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= opts.top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    if not torch.isfinite(probs).all():
+        raise RepytilianError("the model produced invalid probabilities (NaN); its weights may be damaged")
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
 
 
 @torch.no_grad()
 def sample_ids(
     model: GPT,
-    prompt_ids: list[int],
+    prompt_ids: Sequence[int],
     max_new_tokens: int,
-    temperature: float = DEFAULT_TEMPERATURE,
-    top_k: int | None = DEFAULT_TOP_K,
-    generator: torch.Generator | None = None,
-) -> Iterator[int]:
-    """Yield up to `max_new_tokens` new ids, one at a time, continuing `prompt_ids`."""
+    opts: SamplingOptions | None = None,
+    num_samples: int = 1,
+    use_cache: bool = True,
+    dtype: torch.dtype | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next ids of `num_samples` continuations of `prompt_ids`, one (B,) tensor per step.
+
+    With the cache (decode.py), `dtype` None picks float32 or, where measured faster, bf16; the
+    path without it runs the model itself in float32, the reference the cache is tested against.
+    """
+    opts = opts or SamplingOptions()
+    opts.validate()
+    check_lengths(max_new_tokens, num_samples)
     if not prompt_ids:
         raise ValueError("sample_ids needs at least one prompt id (use the tokenizer's start ids)")
-    if temperature < 0:
-        raise RepytilianError(f"temperature must be 0 (greedy) or more, got {temperature}")
     model.eval()
     device = next(model.parameters()).device
+    generator = None
+    if opts.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(opts.seed)
     block = model.config.block_size
-    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+    keep = max(1, int(block * KEEP_FRACTION))
+    tokens = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device).repeat(num_samples, 1)  # (B, T)
+    start = max(0, tokens.size(1) - block)  # the window is tokens[:, start:]
+    decoder = None
+    if use_cache:
+        decoder = Decoder(model, num_samples, dtype or choose_dtype(model, num_samples))
+    fresh = True  # the cache needs (re)filling with the whole window
     for _ in range(max_new_tokens):
-        logits, _ = model(idx[:, -block:])  # the model sees at most block_size tokens of context
-        logits = logits[:, -1, :].float()  # (1, vocab)
-        if temperature == 0:
-            next_id = logits.argmax(dim=-1, keepdim=True)
+        if tokens.size(1) - start > block:  # full: keep the last `keep` tokens and re-encode them
+            start = tokens.size(1) - keep
+            fresh = True
+        window = tokens[:, start:]
+        if decoder is None:
+            logits = model(window, last_only=True)[0][:, -1, :].float()
+        elif fresh:
+            decoder.reset()
+            logits = decoder.forward(window)
+            fresh = False
         else:
-            logits = logits / temperature
-            if top_k is not None and top_k < logits.size(-1):
-                kth = torch.topk(logits, top_k).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, float("-inf"))  # -inf, never a small number
-            probs = F.softmax(logits, dim=-1)
-            if not torch.isfinite(probs).all():
-                raise RepytilianError("the model produced invalid probabilities (NaN); its weights may be damaged")
-            next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # (1, 1)
-        idx = torch.cat((idx, next_id.to(idx.device)), dim=1)
-        yield int(next_id)
+            logits = decoder.forward(window[:, -1:])
+        next_ids = choose_next(logits, opts, generator)  # (B, 1)
+        tokens = torch.cat((tokens, next_ids), dim=1)
+        yield next_ids[:, 0]
+
+
+class StopFilter:
+    """Passes text through until one of the stop strings appears, and cuts it there.
+
+    Text that could be the beginning of a stop string is held back until it is clear that it is
+    not, so a stop string is never half-shown.
+    """
+
+    def __init__(self, stops: Sequence[str] = ()):
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += text
+        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.buffer, self.stopped = self.buffer[: min(hits)], "", True
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
+        out = self.buffer[: len(self.buffer) - hold]
+        self.buffer = self.buffer[len(out):]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out

@@ -1,0 +1,127 @@
+"""Generation's fast path: the model's forward pass with a KV cache, one new token per step.
+
+The maths is model.GPT.forward's (tests compare the logits), written as plain functions over
+weights prepared once, because at batch 1 on a CPU a step's time is not the arithmetic:
+- small models spend it in per-operation overhead, so there are no module calls, no dropout,
+  2-D activations, and fused bias-and-matmul calls;
+- large models spend it reading every weight from memory once per token, so their matrices can
+  be held in bf16 (half the bytes), chosen only where this machine is measured to be faster so.
+
+The cache holds the keys and values of positions 0..length-1 of every layer, in tensors
+allocated once. A step feeds only the new token, which attends to the cache and itself.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from .model import GPT
+
+BF16_MIN_WIDTH = 256  # narrower models are overhead-bound: bf16 only adds conversions
+
+
+@dataclass
+class _Linear:
+    weight: torch.Tensor  # float32: (in, out) for addmm; bf16: (out, in) for F.linear (each the faster here)
+    bias: torch.Tensor | None
+
+    @classmethod
+    def of(cls, layer: torch.nn.Linear, dtype: torch.dtype) -> "_Linear":
+        w = layer.weight.detach()
+        b = None if layer.bias is None else layer.bias.detach()
+        if dtype == torch.float32:
+            return cls(w.t().contiguous(), b)
+        return cls(w.to(dtype).contiguous(), None if b is None else b.to(dtype))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, in) float32 -> (N, out) float32; only the weights are ever in bf16."""
+        if self.weight.dtype != torch.float32:
+            return F.linear(x.to(self.weight.dtype), self.weight, self.bias).float()
+        if self.bias is None:
+            return torch.mm(x, self.weight)
+        return torch.addmm(self.bias, x, self.weight)
+
+
+def _norm(layer: torch.nn.LayerNorm) -> tuple:
+    bias = None if layer.bias is None else layer.bias.detach()
+    return (layer.normalized_shape, layer.weight.detach(), bias, layer.eps)
+
+
+class Decoder:
+    """A KV-cached forward pass over a snapshot of the model's weights (take a new one after training).
+
+    `dtype` is that of the large matrices' weights; activations, the cache and attention stay in
+    float32 (bf16 attention is several times slower on CPUs).
+    """
+
+    def __init__(self, model: GPT, batch_size: int = 1, dtype: torch.dtype = torch.float32):
+        cfg = self.config = model.config
+        self.dtype = dtype
+        self.device = model.lm_head.weight.device
+        t = model.transformer
+        self.wte = t.wte.weight.detach()
+        self.wpe = t.wpe.weight.detach()
+        self.layers = [
+            (_norm(b.ln_1), _Linear.of(b.attn.c_attn, dtype), _Linear.of(b.attn.c_proj, dtype),
+             _norm(b.ln_2), _Linear.of(b.mlp.c_fc, dtype), _Linear.of(b.mlp.c_proj, dtype))
+            for b in t.h
+        ]
+        self.ln_f = _norm(t.ln_f)
+        self.head = _Linear(self.wte.t().contiguous(), None)  # tied to the token embedding, as in the model
+        self.n_head, self.hs = cfg.n_head, cfg.n_embd // cfg.n_head
+        shape = (batch_size, cfg.n_head, cfg.block_size, self.hs)
+        self.k = [torch.zeros(shape, device=self.device) for _ in range(cfg.n_layer)]  # per layer (B, nh, block, hs)
+        self.v = [torch.zeros(shape, device=self.device) for _ in range(cfg.n_layer)]
+        self.batch_size = batch_size
+        self.length = 0
+
+    @torch.inference_mode()
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) new tokens after the cached ones -> logits (B, vocab) of the last position."""
+        B, T = idx.shape
+        start, end = self.length, self.length + T
+        if end > self.config.block_size:
+            raise ValueError(f"the cache holds {self.config.block_size} positions; {end} asked for")
+        nh, hs, C = self.n_head, self.hs, self.config.n_embd
+        x = (F.embedding(idx, self.wte) + self.wpe[start:end]).view(B * T, C)  # (B*T, C)
+        for (ln_1, c_attn, c_proj, ln_2, c_fc, mlp_proj), k_cache, v_cache in zip(self.layers, self.k, self.v):
+            qkv = c_attn(F.layer_norm(x, *ln_1))  # (B*T, 3C)
+            if T == 1:  # a single position needs no transpose: (B, 3, nh, 1, hs) is already head-major
+                q, k, v = qkv.view(B, 3, nh, 1, hs).unbind(1)  # each (B, nh, 1, hs)
+            else:
+                q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+            k_cache[:, :, start:end] = k
+            v_cache[:, :, start:end] = v
+            # Prefill starts from an empty cache (causal); a single new token sees every position.
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], is_causal=T > 1)
+            x = x + c_proj(y.transpose(1, 2).reshape(B * T, C))  # (B*T, C)
+            x = x + mlp_proj(F.gelu(c_fc(F.layer_norm(x, *ln_2))))
+        self.length = end
+        last = x.view(B, T, C)[:, -1, :]  # (B, C)
+        return self.head(F.layer_norm(last, *self.ln_f))
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+def choose_dtype(model: GPT, batch_size: int = 1) -> torch.dtype:
+    """float32, or bf16 where it makes this model's decoding faster on this machine (measured)."""
+    device = model.lm_head.weight.device
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type != "cpu" or model.config.n_embd < BF16_MIN_WIDTH:
+        return torch.float32
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        decoder = Decoder(model, batch_size, dtype)
+        idx = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        decoder.forward(idx)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(5):
+            decoder.forward(idx)
+        timings[dtype] = time.perf_counter() - t0
+    return min(timings, key=timings.get)
+

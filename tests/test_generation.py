@@ -1,0 +1,163 @@
+"""Generation: the KV cache changes speed, not results; sampling controls; the Python API."""
+import time
+
+import pytest
+import torch
+
+from repytilian import load_model
+from repytilian.api import TrainOptions, train
+from repytilian.data import DataSource
+from repytilian.errors import RepytilianError
+from repytilian.decode import Decoder
+from repytilian.model import GPT, ModelConfig
+from repytilian.sampling import SamplingOptions, StopFilter, sample_ids
+
+from conftest import TINY, TINY_OVERRIDES, make_corpus, run_script
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text(make_corpus())
+    train(TrainOptions(data=DataSource("file", str(corpus)), iterations="quick", overrides=dict(TINY_OVERRIDES),
+                       out=str(tmp / "model"), progress=False, seed=1))
+    return tmp / "model"
+
+
+def random_model(block_size=16) -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=11, block_size=block_size, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)])
+def test_cached_decoding_gives_the_full_forward_logits(dtype, atol):
+    model = random_model()
+    idx = torch.randint(11, (2, 16))
+    full, _ = model(idx)  # (2, 16, vocab)
+    decoder = Decoder(model, batch_size=2, dtype=dtype)
+    steps = [decoder.forward(idx[:, :5])]  # prefill: the logits of position 4
+    steps += [decoder.forward(idx[:, t:t + 1]) for t in range(5, 16)]  # then one token at a time
+    assert torch.allclose(torch.stack(steps, dim=1), full[:, 4:], atol=atol)
+    with pytest.raises(ValueError, match="holds 16 positions"):
+        decoder.forward(idx[:, :1])
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5, 20])
+def test_greedy_output_is_identical_with_and_without_the_cache(prompt_len):
+    model = random_model(block_size=16)
+    prompt = torch.randint(11, (prompt_len,)).tolist()
+    greedy = SamplingOptions(temperature=0)
+    n = 60  # several times the context: the window slides and the cache is refilled
+    with_cache = [int(t) for t in sample_ids(model, prompt, n, greedy, use_cache=True)]
+    without = [int(t) for t in sample_ids(model, prompt, n, greedy, use_cache=False)]
+    assert with_cache == without and len(with_cache) == n
+
+
+def test_sampling_with_the_cache_matches_without_for_the_same_seed():
+    model = random_model()
+    opts = SamplingOptions(temperature=1.0, seed=3)
+    a = [int(t) for t in sample_ids(model, [1, 2], 40, opts, use_cache=True)]
+    b = [int(t) for t in sample_ids(model, [1, 2], 40, opts, use_cache=False)]
+    assert a == b
+
+
+def test_top_k_1_and_a_tiny_top_p_are_greedy():
+    model = random_model()
+    greedy = [int(t) for t in sample_ids(model, [3], 20, SamplingOptions(temperature=0))]
+    top1 = [int(t) for t in sample_ids(model, [3], 20, SamplingOptions(temperature=1.5, top_k=1, seed=9))]
+    nucleus = [int(t) for t in sample_ids(model, [3], 20, SamplingOptions(temperature=1.5, top_p=1e-6, seed=9))]
+    assert greedy == top1 == nucleus
+
+
+def test_a_batch_of_samples_differs_but_repeats_with_the_seed():
+    model = random_model()
+    opts = SamplingOptions(temperature=1.0, seed=5)
+    batch = torch.stack(list(sample_ids(model, [1], 30, opts, num_samples=4)), dim=1)  # (4, 30)
+    again = torch.stack(list(sample_ids(model, [1], 30, SamplingOptions(temperature=1.0, seed=5), num_samples=4)), 1)
+    assert batch.shape == (4, 30) and torch.equal(batch, again)
+    assert len({tuple(row.tolist()) for row in batch}) > 1
+
+
+@pytest.mark.parametrize("opts, message", [
+    (dict(temperature=-0.1), "--temperature must be 0"),
+    (dict(top_p=0.0), "--top-p must be in"),
+    (dict(top_p=1.5), "--top-p must be in"),
+    (dict(top_k=0), "--top-k must be at least 1"),
+])
+def test_bad_sampling_options(opts, message):
+    with pytest.raises(RepytilianError, match=message):
+        next(sample_ids(random_model(), [1], 5, SamplingOptions(**opts)))
+
+
+def test_stop_filter_never_shows_part_of_a_stop_string():
+    f = StopFilter(["END", "\n\n"])
+    out = [f.push(p) for p in ["abc E", "N", "x E", "ND more"]]
+    assert out == ["abc ", "", "ENx ", ""] and f.stopped  # "EN" was held, then released when "x" came
+    g = StopFilter(["\n\n"])
+    assert g.push("line\n") == "line" and g.push("\nnext") == "" and g.stopped
+    h = StopFilter([])
+    assert h.push("anything") == "anything"
+
+
+def test_python_api_generates_streams_and_repeats_with_a_seed(model_dir):
+    lm = load_model(model_dir)
+    text = lm.generate("the", 40, seed=11)
+    assert isinstance(text, str) and len(text) == 40  # characters: one token, one character
+    assert lm.generate("the", 40, seed=11) == text
+    assert "".join(lm.stream("the", 40, seed=11)) == text
+    assert lm.generate("the", 40, seed=11, use_cache=False) == text
+    many = lm.samples("the", 20, num_samples=3, seed=2)
+    assert len(many) == 3 and all(len(t) == 20 for t in many)
+    assert lm.encode_prompt("") == lm.tokenizer.encode("\n")  # an empty prompt starts at a newline
+
+
+def test_stop_strings_and_max_time_end_generation(model_dir):
+    lm = load_model(model_dir)
+    free = lm.generate("the", 200, seed=4)
+    stop = free[20:22]
+    cut = lm.generate("the", 200, seed=4, stop=[stop])
+    assert cut == free[: free.index(stop)] and stop not in cut
+    assert "".join(lm.stream("the", 200, seed=4, stop=[stop])) == cut
+    t0 = time.perf_counter()
+    short = lm.generate("the", 100_000, seed=4, max_time=0.2)
+    assert time.perf_counter() - t0 < 5 and 0 < len(short) < 100_000
+
+
+def test_generate_cli_sampling_flags(model_dir, tmp_path):
+    r = run_script("generate.py", "-m", str(model_dir), "-t", "60", "-c", "the", "--seed", "7", "--temperature",
+                   "0.5", "--top-k", "5", "--top-p", "0.9", cwd=tmp_path)
+    again = run_script("generate.py", "-m", str(model_dir), "-t", "60", "-c", "the", "--seed", "7", "--temperature",
+                       "0.5", "--top-k", "5", "--top-p", "0.9", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == again.stdout and r.stdout.startswith("the")
+    greedy = run_script("generate", "-m", str(model_dir), "-t", "30", "-c", "the", "--temperature", "0", cwd=tmp_path)
+    no_cache = run_script("generate", "-m", str(model_dir), "-t", "30", "-c", "the", "--temperature", "0",
+                          "--no-cache", cwd=tmp_path)
+    assert greedy.stdout == no_cache.stdout
+
+
+def test_generate_cli_stop_and_num_samples(model_dir, tmp_path):
+    r = run_script("generate.py", "-m", str(model_dir), "-t", "300", "-c", "the", "--seed", "1", "--stop", " ",
+                   cwd=tmp_path)
+    assert r.returncode == 0 and " " not in r.stdout[len("the"):].rstrip("\n")
+    many = run_script("generate.py", "-m", str(model_dir), "-t", "20", "-c", "the", "--num-samples", "3",
+                      "--seed", "1", "-f", "all.txt", cwd=tmp_path)
+    assert many.returncode == 0, many.stderr
+    samples = many.stdout.rstrip("\n").split("\n\n---\n\n")
+    assert len(samples) == 3 and all(s.startswith("the") and len(s) == 23 for s in samples)
+    assert (tmp_path / "all.txt").read_text() == many.stdout.rstrip("\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "-1"], "--temperature must be 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "2"], "--top-p must be in (0, 1]"),
+    (["--top-k", "0"], "--top-k must be at least 1"),
+    (["-t", "5000000000"], "between 0 and 1,000,000"),
+    (["-t", "-3"], "must not be negative"),
+    (["--num-samples", "0"], "--num-samples must be between 1"),
+    (["--max-time", "0"], "--max-time must be more than 0"),
+])
+def test_bad_generation_input_is_a_clear_error(model_dir, tmp_path, args, message):
+    r = run_script("generate.py", "-m", str(model_dir), *args, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
