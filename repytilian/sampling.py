@@ -66,9 +66,10 @@ def choose_next(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Ge
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= opts.top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    if not torch.isfinite(probs).all():
-        raise RepytilianError("the model produced invalid probabilities (NaN); its weights may be damaged")
-    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+    try:
+        return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+    except RuntimeError as e:  # multinomial checks for NaN, inf and negatives itself
+        raise RepytilianError(f"the model produced invalid probabilities ({e}); its weights may be damaged") from None
 
 
 @torch.no_grad()

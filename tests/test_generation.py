@@ -161,3 +161,10 @@ def test_generate_cli_stop_and_num_samples(model_dir, tmp_path):
 def test_bad_generation_input_is_a_clear_error(model_dir, tmp_path, args, message):
     r = run_script("generate.py", "-m", str(model_dir), *args, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
+
+
+def test_nan_probabilities_are_a_clear_error():
+    from repytilian.sampling import choose_next
+
+    with pytest.raises(RepytilianError, match="invalid probabilities"):
+        choose_next(torch.full((1, 5), float("nan")), SamplingOptions(), None)
