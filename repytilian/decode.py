@@ -107,9 +107,9 @@ class Decoder:
         if end > self.config.block_size:
             raise ValueError(f"the cache holds {self.config.block_size} positions; {end} asked for")
         nh, hs, C = self.n_head, self.hs, self.config.n_embd
-        x = (F.embedding(idx, self.wte) + self.wpe[start:end]).view(B * T, C)  # (B*T, C)
+        x = (torch.embedding(self.wte, idx) + self.wpe[start:end]).view(B * T, C)  # (B*T, C)
         for (ln_1, c_attn, c_proj, ln_2, c_fc, mlp_proj), kv in zip(self.layers, self.kv):
-            qkv = c_attn(F.layer_norm(x, *ln_1))  # (B*T, 3C)
+            qkv = c_attn(torch.layer_norm(x, *ln_1))  # (B*T, 3C)
             if T == 1:  # a single position needs no transpose: (B, 3, nh, 1, hs) is already head-major
                 qkv = qkv.view(B, 3, nh, 1, hs)
             else:
@@ -118,10 +118,10 @@ class Decoder:
             # Prefill starts from an empty cache (causal); a single new token sees every position.
             y = F.scaled_dot_product_attention(qkv[:, 0], kv[:, 0, :, :end], kv[:, 1, :, :end], is_causal=T > 1)
             x = x + c_proj(y.transpose(1, 2).reshape(B * T, C))  # (B*T, C)
-            x = x + mlp_proj(F.gelu(c_fc(F.layer_norm(x, *ln_2))))
+            x = x + mlp_proj(F.gelu(c_fc(torch.layer_norm(x, *ln_2))))
         self.length = end
         last = x.view(B, T, C)[:, -1, :]  # (B, C)
-        return self.head(F.layer_norm(last, *self.ln_f))
+        return self.head(torch.layer_norm(last, *self.ln_f))
 
     def reset(self) -> None:
         self.length = 0
