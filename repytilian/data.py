@@ -18,6 +18,7 @@ import torch
 
 from .datasets import dataset_path
 from .errors import RepytilianError
+from .fileio import read_user_file
 from .jsondata import JsonCorpus, read_json_corpus
 from .tokenizers import Tokenizer
 
@@ -79,13 +80,7 @@ def read_text_file(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         raise RepytilianError(f"{path} is a folder; use -p for a folder of text files, -d for one file")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RepytilianError(f"no such file: {path}") from None
-    except OSError as e:
-        raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
-    return _decode(data, path)
+    return _decode(read_user_file(path), path)
 
 
 def read_text_dir(path: str | Path) -> str:

@@ -9,6 +9,18 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import RepytilianError
+
+
+def read_user_file(path: Path) -> bytes:
+    """The bytes of a file the user named, or a clear error saying why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise RepytilianError(f"no such file: {path}") from None
+    except OSError as e:
+        raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
+
 
 def fsync_dir(path: Path) -> None:
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RepytilianError
+from .fileio import read_user_file
 
 LAYOUTS = ("sequence", "sequences")
 
@@ -56,12 +57,7 @@ def _sequences(value: Any, layout: str | None, where: str, notes: list[str]) -> 
 
 
 def _parse(path: Path) -> tuple[Any, str]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise RepytilianError(f"no such file: {path}") from None
-    except OSError as e:
-        raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
+    raw = read_user_file(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
