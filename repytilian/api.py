@@ -290,7 +290,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
         torch.manual_seed(tcfg.seed)
         model = GPT(mcfg).to(device)
 
-    trainer = Trainer(model, data, tcfg, device)
+    trainer = Trainer(model, data, tcfg, device, log=log)
     if loaded is not None:
         restore_trainer(trainer, loaded.trainer)
         asked = opts.iterations is not None or "max_iters" in opts.overrides
@@ -301,8 +301,10 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
         f"({tokenizer.vocab_size:,} tokens), {len(data.train):,} train / {len(data.val):,} val tokens")
     log(f"model: {mcfg.n_layer} layers, {mcfg.n_head} heads, {mcfg.n_embd} wide, context {mcfg.block_size}, "
         f"{model.num_params() / 1e6:.2f}M parameters; batch {tcfg.batch_size}, lr {tcfg.learning_rate:g}, "
-        f"device {device.type}")
+        f"device {device.type}, {tcfg.dtype}{', compiled' if trainer.forward is not model else ''}")
     steps = "until stopped" if trainer.state.max_iters is None else f"to step {trainer.state.max_iters:,}"
+    if tcfg.max_seconds is not None:
+        steps = f"for {tcfg.max_seconds:g} s of training" + ("" if trainer.state.max_iters is None else f" or {steps}")
     if out is not None and (out / "config.json").is_file():
         log(f"note: the model in {out} will be replaced when training finishes (interruptions save elsewhere)")
 

@@ -66,6 +66,12 @@ def _add_data_and_settings(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dropout", type=float)
     group.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate")
     group.add_argument("--eval-interval", type=_positive_int)
+    group.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="training precision (default auto: bf16 autocast where measured faster)")
+    group.add_argument("--compile", action="store_const", const=True, default=None,
+                       help="torch.compile the model (slower to start; falls back to eager if it fails)")
+    group.add_argument("--budget", dest="max_seconds", type=float, metavar="SECONDS",
+                       help="a training-time budget: the learning-rate schedule ends when it is spent")
     group.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="set any field, e.g. --set n_layer=6 --set warmup_iters=50")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -114,7 +120,7 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
 
     overrides = parse_set_options(args.set)
     for name in ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
-                 "learning_rate", "eval_interval"):
+                 "learning_rate", "eval_interval", "dtype", "compile", "max_seconds"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -225,6 +231,12 @@ def generate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_command(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def tokenize_command(args: argparse.Namespace) -> int:
     from .tokenstats import print_tokenizer_table
 
@@ -284,6 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_tok.add_argument("--json-layout", choices=("sequence", "sequences"), default=None)
     p_tok.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_tok.set_defaults(handler=tokenize_command)
+    p_bench = sub.add_parser("bench", add_help=False,
+                             help="measure training speed and quality per time here (repytilian bench --help)")
+    p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p_bench.set_defaults(handler=bench_command)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser takes every argument after the word
+        return run(bench_command, argparse.Namespace(bench_args=argv[1:], debug="--debug" in argv))
     args = parser.parse_args(argv)
     return run(args.handler, args)
 

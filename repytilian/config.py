@@ -28,6 +28,9 @@ class TrainConfig:
     eval_interval: int = 500
     eval_iters: int = 20  # batches per periodic estimate; the final evaluation uses the whole split
     seed: int = 1337
+    dtype: str = "auto"  # float32, bfloat16, float16 (CUDA), or auto: measured once, then stored
+    compile: bool = False  # torch.compile the model (falls back to eager with a warning if it fails)
+    max_seconds: float | None = None  # a training-time budget; the LR schedule then follows time
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -41,6 +44,10 @@ class TrainConfig:
                 raise ValueError(f"{name} is out of range: {getattr(self, name)}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("grad_clip and weight_decay must not be negative")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"the time budget must be more than 0 seconds, got {self.max_seconds}")
 
 
 # -s presets: model shape plus the optimiser values that suit it.

@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .data import TokenData, get_batch, sequential_windows
 from .errors import RepytilianError
 from .model import GPT
+from .precision import autocast, resolve_dtype
 
 EVAL_SEED = 2024  # the same evaluation batches every time, so successive estimates compare
 
@@ -54,14 +55,22 @@ class TrainState:
 
 
 def learning_rate(step: int, cfg: TrainConfig, state: TrainState) -> float:
-    """Linear warm-up, then cosine decay to min_lr at the end of the schedule (constant if endless)."""
+    """Linear warm-up, then cosine decay to min_lr at the end of the schedule (constant if endless).
+
+    The end is the step budget, the time budget (cfg.max_seconds), or whichever is nearer.
+    """
     it = step - state.schedule_start
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if state.max_iters is None:
+    fractions = []
+    if state.max_iters is not None:
+        decay_steps = max(1, state.max_iters - state.schedule_start - cfg.warmup_iters)
+        fractions.append((it - cfg.warmup_iters) / decay_steps)
+    if cfg.max_seconds is not None:
+        fractions.append(state.train_seconds / cfg.max_seconds)
+    if not fractions:
         return cfg.learning_rate
-    decay_steps = max(1, state.max_iters - state.schedule_start - cfg.warmup_iters)
-    progress = min(1.0, (it - cfg.warmup_iters) / decay_steps)
+    progress = min(1.0, max(fractions))
     coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
@@ -109,13 +118,19 @@ class EvalResult:
 
 class Trainer:
     def __init__(self, model: GPT, data: TokenData, cfg: TrainConfig, device: torch.device,
-                 state: TrainState | None = None):
+                 state: TrainState | None = None, log: Callable[[str], None] | None = None):
         self.model = model
         self.data = data
         self.cfg = cfg
         self.device = device
         self.state = state or TrainState(max_iters=cfg.max_iters)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
         data.check_block_size(model.config.block_size)
+        cfg.dtype = resolve_dtype(cfg.dtype, device, model, cfg.batch_size)  # stored: a resume computes the same
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
+        self.forward = model
+        if cfg.compile:
+            self.forward = self._compiled(model)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = torch.optim.AdamW(
             model.optimizer_groups(cfg.weight_decay),
@@ -123,6 +138,17 @@ class Trainer:
             betas=(cfg.beta1, cfg.beta2),
             **({"fused": True} if device.type in ("cuda", "cpu") else {}),
         )
+
+    def _compiled(self, model: GPT):
+        try:
+            return torch.compile(model)
+        except Exception as e:  # e.g. no compiler on this platform
+            self.log(f"warning: torch.compile is not available here ({type(e).__name__}: {e}); training eagerly")
+            return model
+
+    def finished(self) -> bool:
+        over_time = self.cfg.max_seconds is not None and self.state.train_seconds >= self.cfg.max_seconds
+        return self.state.finished or over_time
 
     # --- one step ------------------------------------------------------------------------
 
@@ -134,15 +160,36 @@ class Trainer:
         x, y = get_batch(self.data.train, cfg.batch_size, model.config.block_size, self.generator)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         model.train()
-        _, loss = model(x, y)
-        loss.backward()
+        loss = self._loss(x, y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens_seen += x.numel()
         return loss.detach()
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.cfg.dtype):
+            try:
+                _, loss = self.forward(x, y)
+            except Exception as e:
+                if self.forward is self.model:
+                    raise
+                # A compiled model fails at its first call if the compiler cannot build it.
+                self.log(f"warning: torch.compile failed ({type(e).__name__}); training eagerly")
+                self.forward = self.model
+                _, loss = self.model(x, y)
+        return loss
 
     # --- evaluation ----------------------------------------------------------------------
 
@@ -156,14 +203,16 @@ class Trainer:
             losses = []
             for _ in range(self.cfg.eval_iters):
                 x, y = get_batch(ids, self.cfg.batch_size, self.model.config.block_size, gen)
-                _, loss = self.model(x.to(self.device), y.to(self.device))
+                with autocast(self.device, self.cfg.dtype):
+                    _, loss = self.model(x.to(self.device), y.to(self.device))
                 losses.append(loss.item())
             out.append(sum(losses) / len(losses))
         return EvalResult(*out)
 
     @torch.no_grad()
     def full_val_loss(self) -> float:
-        return evaluate_ids(self.model, self.data.val, self.device, self.cfg.batch_size)
+        with autocast(self.device, self.cfg.dtype):
+            return evaluate_ids(self.model, self.data.val, self.device, self.cfg.batch_size)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -194,7 +243,7 @@ class Trainer:
         tokens_per_step = cfg.batch_size * self.model.config.block_size
         last_update, steps_since = time.perf_counter(), 0
         try:
-            while not state.finished and stop.reason is None:
+            while not self.finished() and stop.reason is None:
                 if stop.at_step is not None and state.step >= stop.at_step:
                     stop.request("request")
                     break
@@ -203,7 +252,8 @@ class Trainer:
                 state.train_seconds += time.perf_counter() - t0
                 steps_since += 1
                 now = time.perf_counter()
-                if now - last_update >= refresh or state.finished:
+                done = self.finished()
+                if now - last_update >= refresh or done:
                     loss_value = loss.item()  # a host sync only when the bar is refreshed
                     if not math.isfinite(loss_value):
                         raise RepytilianError(
@@ -215,7 +265,7 @@ class Trainer:
                     bar.set_postfix_str(f"loss {loss_value:.4f}, {rate:,.0f} tok/s", refresh=False)
                     bar.update(steps_since)
                     last_update, steps_since = now, 0
-                if state.step % cfg.eval_interval == 0 or state.finished:
+                if state.step % cfg.eval_interval == 0 or done:
                     t0 = time.perf_counter()
                     entry = self.record(self.estimate_loss(), learning_rate(state.step - 1, cfg, state))
                     log(f"step {entry['step']}: train loss {entry['train_loss']:.4f}, "

@@ -1,0 +1,15 @@
+"""The benchmark runs and reports (its figures are for people; no timing is asserted here)."""
+import json
+
+from conftest import run_script
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path):
+    r = run_script("bench", "--presets", "tiny", "--dtypes", "float32", "--steps", "2", "--repeats", "1",
+                   "--json", "b.json", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "matmul 2048^2: float32" in r.stdout and "tiny" in r.stdout
+    report = json.loads((tmp_path / "b.json").read_text())
+    row = report["throughput"][0]
+    assert row["preset"] == "tiny" and row["tokens_per_s"] > 0 and 0 < row["pct_of_peak"] < 100
+    assert report["matmul_gflops"]["float32"] > 0

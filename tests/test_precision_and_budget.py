@@ -1,0 +1,96 @@
+"""Training precision (measured, stored, resumable), torch.compile's fallback, and time budgets."""
+import json
+
+import pytest
+import torch
+
+from repytilian.api import TrainOptions, train
+from repytilian.config import TrainConfig
+from repytilian.data import DataSource
+from repytilian.errors import RepytilianError
+from repytilian.model import GPT, ModelConfig
+from repytilian.precision import resolve_dtype
+from repytilian.train import TrainState, learning_rate
+
+from conftest import TINY, TINY_OVERRIDES, run_script
+
+
+def options(corpus_file, tmp_path, **over):
+    return TrainOptions(data=DataSource("file", str(corpus_file)), iterations="quick", progress=False,
+                        overrides={**TINY_OVERRIDES, **over}, out=str(tmp_path / "m"),
+                        interrupt_root=str(tmp_path / "models"), seed=3)
+
+
+def test_auto_keeps_float32_for_narrow_models_on_cpu():
+    model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=16))
+    assert resolve_dtype("auto", torch.device("cpu"), model, 4) == "float32"
+
+
+def test_auto_measures_wide_models_without_touching_the_random_stream():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=4, n_embd=256))
+    before = torch.get_rng_state()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert resolve_dtype("auto", torch.device("cpu"), model, 4) in ("float32", "bfloat16")
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_float16_needs_a_gpu():
+    model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=16))
+    with pytest.raises(RepytilianError, match="float16 is for CUDA"):
+        resolve_dtype("float16", torch.device("cpu"), model, 4)
+
+
+def test_bf16_training_is_stored_and_resumes_exactly(corpus_file, tmp_path):
+    from repytilian.train import StopRequest
+
+    over = {"dtype": "bfloat16", "max_iters": 30}
+    straight = train(options(corpus_file, tmp_path / "a", **over))
+    assert json.loads((tmp_path / "a" / "m" / "config.json").read_text())["train"]["dtype"] == "bfloat16"
+    paused = options(corpus_file, tmp_path / "b", **over)
+    paused.stop = StopRequest(at_step=15)
+    first = train(paused)
+    resumed = train(TrainOptions(data=DataSource("file", str(corpus_file)), load=str(first.saved_to),
+                                 out=str(tmp_path / "b" / "m"), progress=False))
+    a, b = straight.language_model.model.state_dict(), resumed.language_model.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failing_compile_falls_back_to_eager(corpus_file, tmp_path, monkeypatch, capsys):
+    def broken(model, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    result = train(options(corpus_file, tmp_path, compile=True))
+    assert result.state.step == 50
+    assert "torch.compile failed" in capsys.readouterr().err
+
+
+def test_a_time_budget_ends_training_and_the_schedule():
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=0, max_iters=None, max_seconds=10)
+    state = TrainState(max_iters=None)
+    state.train_seconds = 5.0
+    assert 0.1 < learning_rate(100, cfg, state) < 1.0
+    state.train_seconds = 10.0
+    assert learning_rate(100, cfg, state) == pytest.approx(0.1)
+
+
+def test_budget_from_the_command_line(corpus_file, tmp_path):
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-i", "forever", "--budget", "1.5", "-t", "0",
+                   *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "m" / "config.json").read_text())["summary"]
+    assert summary["finished"] and 1.5 <= summary["train_seconds"] < 5 and summary["step"] > 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "float16"], "float16 is for CUDA"),
+    (["--budget", "0"], "time budget must be more than 0"),
+])
+def test_bad_precision_and_budget_flags(corpus_file, tmp_path, args, message):
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-i", "quick", *args, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
