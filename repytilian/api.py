@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ import torch
 
 from .checkpoint import (
     LoadedModel,
+    TargetLock,
     check_target,
     interrupted_dir,
     load_model_dir,
@@ -308,40 +310,79 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
     if out is not None and (out / "config.json").is_file():
         log(f"note: the model in {out} will be replaced when training finishes (interruptions save elsewhere)")
 
-    started = time.time()
-    with opts.stop or StopRequest() as stop:
-        # Only now that the handlers are installed is it safe to tell the user to send a signal.
-        log(f"training {steps}. PID {pid}: stop and save with Ctrl+C or `kill -USR1 {pid}`")
-        stopped_by = trainer.run(stop, progress=opts.progress, log=log)
-        meta = {
+    def meta(val_loss: float | None, finished: bool) -> dict[str, Any]:
+        return {
             "train": dataclasses.asdict(tcfg),
             "data": {"source": source.to_dict(), "sha256": data.sha256, "chars": data.chars,
                      "train_tokens": int(len(data.train)), "val_tokens": int(len(data.val))},
+            "summary": _summary(trainer, device, val_loss, finished),
         }
-        val_loss = None
-        if stopped_by:
-            target = interrupted_dir(opts.interrupt_root)
-            meta["summary"] = _summary(trainer, device, None, finished=False)
-            stop.saving = True
-            save_model_dir(target, model, tokenizer, meta, trainer)
-            again = f" -m {out}" if out else ' -m ""'
-            log(f"stopped by {stopped_by} at step {trainer.state.step}; saved everything to {target}\n"
-                f"resume with: python3 training.py -l {target}{again}")
-            saved_to = target
-        else:
-            val_loss = trainer.full_val_loss()
-            log(f"finished {trainer.state.step:,} steps in {time.time() - started:.0f}s; "
-                f"val loss over the whole validation split: {val_loss:.4f}")
-            meta["summary"] = _summary(trainer, device, val_loss, finished=True)
-            saved_to = None
-            if out is not None:
+
+    checkpoints = _Checkpointer(trainer, out, opts.interrupt_root, log,
+                                lambda path: save_model_dir(path, model, tokenizer, meta(None, False), trainer))
+    started = time.time()
+    lock = TargetLock(out).acquire() if out is not None else None
+    try:
+        with opts.stop or StopRequest() as stop:
+            # Only now that the handlers are installed is it safe to tell the user to send a signal.
+            log(f"training {steps}. PID {pid}: stop and save with Ctrl+C or `kill -USR1 {pid}`")
+            stopped_by = trainer.run(stop, progress=opts.progress, log=log, after_step=checkpoints.maybe_save)
+            val_loss = None
+            if stopped_by:
+                target = interrupted_dir(opts.interrupt_root)
                 stop.saving = True
-                saved_to = save_model_dir(out, model, tokenizer, meta, trainer)
-                log(f"saved the model to {saved_to}; generate with: python3 generate.py -m {saved_to}")
+                save_model_dir(target, model, tokenizer, meta(None, False), trainer)
+                again = f" -m {out}" if out else ' -m ""'
+                log(f"stopped by {stopped_by} at step {trainer.state.step}; saved everything to {target}\n"
+                    f"resume with: python3 training.py -l {target}{again}")
+                saved_to = target
             else:
-                log("nothing saved (-m \"\")")
-    lm = LanguageModel(model, tokenizer, meta, saved_to)
+                val_loss = trainer.full_val_loss()
+                log(f"finished {trainer.state.step:,} steps in {time.time() - started:.0f}s; "
+                    f"val loss over the whole validation split: {val_loss:.4f}")
+                saved_to = None
+                if out is not None:
+                    stop.saving = True
+                    saved_to = save_model_dir(out, model, tokenizer, meta(val_loss, True), trainer)
+                    log(f"saved the model to {saved_to}; generate with: python3 generate.py -m {saved_to}")
+                else:
+                    checkpoints.discard()
+                    log("nothing saved (-m \"\")")
+    finally:
+        if lock is not None:
+            lock.release()
+    final_meta = meta(val_loss, not stopped_by)
+    lm = LanguageModel(model, tokenizer, final_meta, saved_to)
     return TrainResult(lm, saved_to, stopped_by, val_loss, trainer.state)
+
+
+class _Checkpointer:
+    """Saves the full state every `checkpoint_every` steps and/or `checkpoint_minutes` minutes: into
+    the -m folder, or, with -m "", into one interrupted/ folder for this run."""
+
+    def __init__(self, trainer: Trainer, out: Path | None, interrupt_root: str, log: Callable[[str], None],
+                 save: Callable[[Path], Any]):
+        self.trainer, self.cfg = trainer, trainer.cfg
+        self.out, self.root, self.log, self.save = out, interrupt_root, log, save
+        self.last_time = time.monotonic()
+        self.path: Path | None = out
+
+    def maybe_save(self) -> None:
+        step = self.trainer.state.step
+        by_steps = self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0
+        by_time = self.cfg.checkpoint_minutes and time.monotonic() - self.last_time >= 60 * self.cfg.checkpoint_minutes
+        if not (by_steps or by_time) or self.trainer.finished():  # the final save follows anyway
+            return
+        if self.path is None:
+            self.path = interrupted_dir(self.root)
+        self.save(self.path)
+        self.last_time = time.monotonic()
+        self.log(f"checkpoint at step {step}: saved the full training state to {self.path}")
+
+    def discard(self) -> None:
+        """With -m "", a finished run keeps nothing, checkpoints included."""
+        if self.out is None and self.path is not None and self.path.exists():
+            shutil.rmtree(self.path)
 
 
 def _summary(trainer: Trainer, device: torch.device, val_loss: float | None, finished: bool) -> dict[str, Any]:

@@ -17,7 +17,11 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,15 +104,100 @@ def _fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+class TargetLock:
+    """`.<name>.lock` beside a model folder, holding the PID of the run that will write it.
+
+    A second run aimed at the same folder is refused while the first is alive; a lock left by a
+    process that no longer exists (kill -9, a crash) is taken over.
+    """
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.path = target.parent / f".{target.name}.lock"
+        self.held = False
+
+    def acquire(self) -> "TargetLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise RepytilianError(
+                        f"another training run (PID {owner}) is writing {self.target}; wait for it, stop it "
+                        f"(kill -USR1 {owner}), or choose another folder with -m"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise RepytilianError(f"cannot lock {self.target} (another run keeps taking {self.path})")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "TargetLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
                    trainer: Any | None = None) -> Path:
-    """Write a complete model directory at `path`, atomically replacing any model there."""
+    """Write a complete model directory at `path`, atomically replacing any model there.
+
+    A failure (a full disk, a folder without write permission) is a RepytilianError, and leaves
+    whatever model was at `path` as it was.
+    """
     target = Path(path)
     check_target(target)
+    try:
+        return _save(target, model, tokenizer, meta, trainer)
+    except OSError as e:
+        had = " the model that was there is intact;" if (target / "config.json").is_file() else ""
+        raise RepytilianError(f"could not save to {target}: {e.strerror or e};{had} free some space or "
+                              "choose another folder with -m") from None
+
+
+def _clean_leftovers(target: Path) -> None:
+    """Remove what a killed save left beside `target`: staging folders, and old copies once the
+    target itself is complete again (a process killed with SIGKILL cannot clean up)."""
+    for pattern in (f".{target.name}.saving-*", f".{target.name}.old-*"):
+        for leftover in target.parent.glob(pattern):
+            pid = leftover.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+                continue
+            if ".old-" in leftover.name and not (target / "config.json").is_file():
+                continue  # the only complete copy: _explain_missing tells the user where it is
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], trainer: Any | None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(target)
     staging = target.parent / f".{target.name}.saving-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
     staging.mkdir()
     try:
         config = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"repytilian {__version__}",
@@ -122,11 +211,38 @@ def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dic
             lines = "".join(json.dumps(m) + "\n" for m in trainer.state.metrics)
             (staging / "metrics.jsonl").write_text(lines, encoding="utf-8")
         _fsync_tree(staging)
-        _swap_in(staging, target)
+        with _signals_deferred():  # a Ctrl+C may abandon the save, but never between the two renames
+            _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGUSR1 until the block ends, then hand them to their handlers.
+
+    Done with Python-level handlers rather than a thread signal mask: the kernel may deliver a
+    signal to any thread (torch starts several), but Python always runs handlers in the main one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers run in the main thread, so nothing can interrupt this one
+        return
+    caught: list[int] = []
+    signals = [s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s]
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in caught:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)  # its default action, now that the swap is done
 
 
 def _swap_in(staging: Path, target: Path) -> None:

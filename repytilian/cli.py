@@ -70,6 +70,10 @@ def _add_data_and_settings(parser: argparse.ArgumentParser) -> None:
                        help="training precision (default auto: bf16 autocast where measured faster)")
     group.add_argument("--compile", action="store_const", const=True, default=None,
                        help="torch.compile the model (slower to start; falls back to eager if it fails)")
+    group.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
+                       help="save the full training state every this many steps (into -m)")
+    group.add_argument("--checkpoint-minutes", type=float, metavar="MINUTES",
+                       help="...and/or every this many minutes (default 10 for -i long and forever)")
     group.add_argument("--budget", dest="max_seconds", type=float, metavar="SECONDS",
                        help="a training-time budget: the learning-rate schedule ends when it is spent")
     group.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -120,7 +124,8 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
 
     overrides = parse_set_options(args.set)
     for name in ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
-                 "learning_rate", "eval_interval", "dtype", "compile", "max_seconds"):
+                 "learning_rate", "eval_interval", "dtype", "compile", "max_seconds", "checkpoint_every",
+                 "checkpoint_minutes"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

@@ -31,6 +31,8 @@ class TrainConfig:
     dtype: str = "auto"  # float32, bfloat16, float16 (CUDA), or auto: measured once, then stored
     compile: bool = False  # torch.compile the model (falls back to eager with a warning if it fails)
     max_seconds: float | None = None  # a training-time budget; the LR schedule then follows time
+    checkpoint_every: int | None = None  # save the full state every this many steps...
+    checkpoint_minutes: float | None = None  # ...and/or every this many minutes
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -46,6 +48,10 @@ class TrainConfig:
             raise ValueError("grad_clip and weight_decay must not be negative")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
+        if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be more than 0, got {self.checkpoint_minutes}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"the time budget must be more than 0 seconds, got {self.max_seconds}")
 
@@ -59,6 +65,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # (measured: val loss 1.68 on Tiny Shakespeare after 2,600 steps, 1.82 after 1,300).
     "default": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
                     batch_size=16, learning_rate=2e-3, min_lr=2e-4, beta2=0.99),
+    # For short time budgets (`-s speedrun --budget 90`): fewer layers for more steps, a higher LR,
+    # a short warm-up. Measured at 90 s on 2 cores: val 1.73 (3 layers, lr 3e-3) against 1.74
+    # (4 layers, lr 3e-3), 1.82 (the default's lr 2e-3) and 1.88 (context 128, batch 8).
+    "speedrun": dict(n_layer=3, n_head=4, n_embd=128, block_size=64, dropout=0.0,
+                     batch_size=16, learning_rate=3e-3, min_lr=3e-4, beta2=0.99, warmup_iters=50),
     # The lecture's model: 6 layers, 6 heads, 384 wide, context 256 (10.7M parameters).
     "hyper": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
                   batch_size=64, learning_rate=1e-3, min_lr=1e-4, beta2=0.99),
@@ -68,8 +79,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 ITERATIONS: dict[str, dict[str, Any]] = {
     "quick": dict(max_iters=50, eval_interval=25, eval_iters=5, warmup_iters=10),
     "default": dict(max_iters=2000, eval_interval=500, eval_iters=20, warmup_iters=100),
-    "long": dict(max_iters=10000, eval_interval=1000, eval_iters=50, warmup_iters=200),
-    "forever": dict(max_iters=None, eval_interval=1000, eval_iters=50, warmup_iters=200),
+    "long": dict(max_iters=10000, eval_interval=1000, eval_iters=50, warmup_iters=200, checkpoint_minutes=10),
+    "forever": dict(max_iters=None, eval_interval=1000, eval_iters=50, warmup_iters=200, checkpoint_minutes=10),
 }
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
@@ -146,7 +157,8 @@ def build_configs(
     settings: str = "default", iterations: str = "default", overrides: dict[str, Any] | None = None
 ) -> tuple[ModelConfig, TrainConfig]:
     """The model config (vocab_size still to be filled in from the tokenizer) and the train config."""
-    values = {**_lookup(SETTINGS, settings, "-s/--settings"), **_lookup(ITERATIONS, iterations, "-i/--iterations")}
+    # Settings win where both set a field (speedrun pins its short warm-up whatever -i says).
+    values = {**_lookup(ITERATIONS, iterations, "-i/--iterations"), **_lookup(SETTINGS, settings, "-s/--settings")}
     model_over, train_over = split_overrides(overrides or {})
     model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS} | model_over
     train_values = {k: v for k, v in values.items() if k in TRAIN_FIELDS} | train_over

@@ -92,10 +92,14 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if self.saving:
-            print(f"\n{name}: still saving; the save is atomic and takes a moment, please wait", file=sys.stderr)
+            if signum == signal.SIGINT:  # the impatient second Ctrl+C: give up this save, cleanly
+                print("\nCtrl+C again: abandoning the save; earlier saved models are untouched", file=sys.stderr)
+                raise KeyboardInterrupt
+            print(f"\n{name}: still saving, please wait (Ctrl+C abandons the save)", file=sys.stderr)
             return
         if self.reason is None:
-            print(f"\n{name} received: finishing this step, then saving", file=sys.stderr)
+            print(f"\n{name} received: finishing this step, then saving "
+                  "(press Ctrl+C again during the save to abandon it)", file=sys.stderr)
         self.request(name)
 
     def __enter__(self) -> "StopRequest":
@@ -231,7 +235,7 @@ class Trainer:
         return entry
 
     def run(self, stop: StopRequest | None = None, progress: bool = True,
-            log: Callable[[str], None] | None = None) -> str | None:
+            log: Callable[[str], None] | None = None, after_step: Callable[[], None] | None = None) -> str | None:
         """Train until the schedule ends or a stop is requested; returns the stop reason or None."""
         stop = stop or StopRequest()
         state, cfg = self.state, self.cfg
@@ -271,6 +275,10 @@ class Trainer:
                     log(f"step {entry['step']}: train loss {entry['train_loss']:.4f}, "
                         f"val loss {entry['val_loss']:.4f}")
                     last_update += time.perf_counter() - t0  # evaluation time is not training speed
+                if after_step is not None:
+                    t0 = time.perf_counter()
+                    after_step()  # e.g. a periodic checkpoint
+                    last_update += time.perf_counter() - t0
         finally:
             bar.update(steps_since)
             bar.close()

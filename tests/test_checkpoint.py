@@ -61,7 +61,7 @@ def test_a_crash_during_the_save_leaves_the_previous_model(saved, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("repytilian.checkpoint.save_file", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(RepytilianError, match="No space left on device; the model that was there is intact"):
         save_model_dir(path, model, tok, {})
     assert (path / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["m"]

@@ -6,7 +6,8 @@ from repytilian.errors import RepytilianError
 
 
 def test_presets_exist_as_documented():
-    assert {"tiny", "default", "hyper"} <= set(SETTINGS)
+    assert {"tiny", "default", "hyper", "speedrun"} <= set(SETTINGS)
+    assert build_configs("speedrun", "long")[1].warmup_iters == 50  # the settings preset pins it
     assert {"quick", "default", "long", "forever"} == set(ITERATIONS)
     m, t = build_configs("hyper", "long")
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (6, 6, 384, 256)
