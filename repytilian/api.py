@@ -331,7 +331,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
             if stopped_by:
                 target = interrupted_dir(opts.interrupt_root)
                 stop.saving = True
-                save_model_dir(target, model, tokenizer, meta(None, False), trainer)
+                save_model_dir(target, model, tokenizer, meta(None, False), trainer, card=True)
                 again = f" -m {out}" if out else ' -m ""'
                 log(f"stopped by {stopped_by} at step {trainer.state.step}; saved everything to {target}\n"
                     f"resume with: python3 training.py -l {target}{again}")
@@ -342,8 +342,13 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
                     f"val loss over the whole validation split: {val_loss:.4f}")
                 saved_to = None
                 if out is not None:
+                    sample = LanguageModel(model, tokenizer).generate("", 300, seed=0)
                     stop.saving = True
-                    saved_to = save_model_dir(out, model, tokenizer, meta(val_loss, True), trainer)
+                    saved_to = save_model_dir(out, model, tokenizer, meta(val_loss, True), trainer,
+                                              card=True, sample=sample)
+                    if not (saved_to / "loss.png").exists() and trainer.state.metrics:
+                        log("note: matplotlib is not installed, so there is no loss.png "
+                            "(pip install 'repytilian[plot]', then repytilian plot DIR)")
                     log(f"saved the model to {saved_to}; generate with: python3 generate.py -m {saved_to}")
                 else:
                     checkpoints.discard()

@@ -35,12 +35,14 @@ from .config import TrainConfig
 from .errors import RepytilianError
 from .fileio import atomic_write_text, fsync_dir
 from .model import GPT, ModelConfig
+from .report import model_card, plot_loss
 from .tokenizers import Tokenizer, tokenizer_from_json
 
 FORMAT = "repytilian-model"
 FORMAT_VERSION = 1
 TIED_KEYS = ("lm_head.weight",)  # equal to transformer.wte.weight; stored once
-OUR_ENTRIES = {"config.json", "tokenizer.json", "model.safetensors", "trainer_state", "metrics.jsonl"}
+OUR_ENTRIES = {"config.json", "tokenizer.json", "model.safetensors", "trainer_state", "metrics.jsonl",
+               "README.md", "loss.png"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 
@@ -165,7 +167,7 @@ def _alive(pid: int) -> bool:
 
 
 def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
-                   trainer: Any | None = None) -> Path:
+                   trainer: Any | None = None, card: bool = False, sample: str | None = None) -> Path:
     """Write a complete model directory at `path`, atomically replacing any model there.
 
     A failure (a full disk, a folder without write permission) is a RepytilianError, and leaves
@@ -174,7 +176,7 @@ def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dic
     target = Path(path)
     check_target(target)
     try:
-        return _save(target, model, tokenizer, meta, trainer)
+        return _save(target, model, tokenizer, meta, trainer, card, sample)
     except OSError as e:
         had = " the model that was there is intact;" if (target / "config.json").is_file() else ""
         raise RepytilianError(f"could not save to {target}: {e.strerror or e};{had} free some space or "
@@ -194,7 +196,8 @@ def _clean_leftovers(target: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], trainer: Any | None) -> Path:
+def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], trainer: Any | None,
+          card: bool = False, sample: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(target)
     staging = target.parent / f".{target.name}.saving-{os.getpid()}"
@@ -210,6 +213,10 @@ def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], 
             _write_trainer_state(staging / "trainer_state", trainer)
             lines = "".join(json.dumps(m) + "\n" for m in trainer.state.metrics)
             (staging / "metrics.jsonl").write_text(lines, encoding="utf-8")
+        if card:  # the model card and loss plot: for finished and interrupted runs, not every checkpoint
+            (staging / "README.md").write_text(model_card(config, sample), encoding="utf-8")
+            if trainer is not None and trainer.state.metrics:
+                plot_loss(trainer.state.metrics, staging / "loss.png", title=str(target))
         _fsync_tree(staging)
         with _signals_deferred():  # a Ctrl+C may abandon the save, but never between the two renames
             _swap_in(staging, target)

@@ -242,6 +242,51 @@ def bench_command(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
+def eval_command(args: argparse.Namespace) -> int:
+    from .api import load_model
+    from .data import DataSource, TokenData, load_corpus
+    from .evaluate import evaluate
+
+    lm = load_model(args.model, device=args.device)
+    tokenizer = lm.tokenizer
+    if args.datafile or args.datapath:
+        source = DataSource.from_args(args.datafile, args.datapath)
+        what = source.describe()
+        corpus = load_corpus(source, tokenizer.input_format)
+        if isinstance(corpus, str):
+            ids, chars = tokenizer.encode_array(corpus), len(corpus)
+        else:
+            ids, chars = tokenizer.encode_sequences(corpus.train + (corpus.val or [])), None
+    else:  # the model's own validation split
+        source = DataSource.from_dict(lm.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"}))
+        what = f"the validation split of {source.describe()}"
+        data = TokenData.from_corpus(load_corpus(source, tokenizer.input_format), tokenizer)
+        ids = data.val
+        chars = len(tokenizer.decode(ids.tolist())) if tokenizer.input_format == "text" else None
+    r = evaluate(lm.model, ids, chars, stride=args.stride, progress=not os.environ.get("REPYTILIAN_NO_PROGRESS"))
+    bpc = "" if r.bits_per_char is None else f", {r.bits_per_char:.4f} bits per character"
+    print(f"{what}: loss {r.loss:.4f} nats per token, perplexity {r.perplexity:.3f}{bpc} "
+          f"({r.tokens:,} tokens scored{'' if r.chars is None else f', {r.chars:,} characters'}; "
+          f"windows of {r.block_size} with stride {r.stride})")
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import read_config
+    from .report import plot_loss, read_metrics
+
+    folder = Path(args.model_dir)
+    read_config(folder)  # a clear error if it is not a model folder
+    out = folder / "loss.png"
+    if plot_loss(read_metrics(folder), out, title=str(folder)) is None:
+        print("note: matplotlib is not installed: pip install 'repytilian[plot]'", file=sys.stderr)
+        return 0
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def tokenize_command(args: argparse.Namespace) -> int:
     from .tokenstats import print_tokenizer_table
 
@@ -301,6 +346,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_tok.add_argument("--json-layout", choices=("sequence", "sequences"), default=None)
     p_tok.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_tok.set_defaults(handler=tokenize_command)
+    p_eval = sub.add_parser("eval", help="loss, perplexity and bits per character of a model on text")
+    p_eval.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
+    p_eval.add_argument("-d", "--datafile", "--data", dest="datafile", help="a file to evaluate on")
+    p_eval.add_argument("-p", "--datapath", help="a folder to evaluate on (default: the model's validation split)")
+    p_eval.add_argument("--stride", type=_positive_int, default=None, help="window step (default: half the context)")
+    p_eval.add_argument("--device", default="auto")
+    p_eval.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+    p_eval.set_defaults(handler=eval_command)
+    p_plot = sub.add_parser("plot", help="draw loss.png (train/val loss and learning rate) in a model folder")
+    p_plot.add_argument("model_dir")
+    p_plot.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+    p_plot.set_defaults(handler=plot_command)
     p_bench = sub.add_parser("bench", add_help=False,
                              help="measure training speed and quality per time here (repytilian bench --help)")
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)

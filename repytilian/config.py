@@ -78,7 +78,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 # -i presets: how long to train and how often to evaluate.
 ITERATIONS: dict[str, dict[str, Any]] = {
     "quick": dict(max_iters=50, eval_interval=25, eval_iters=5, warmup_iters=10),
-    "default": dict(max_iters=2000, eval_interval=500, eval_iters=20, warmup_iters=100),
+    "default": dict(max_iters=2000, eval_interval=250, eval_iters=20, warmup_iters=100),
     "long": dict(max_iters=10000, eval_interval=1000, eval_iters=50, warmup_iters=200, checkpoint_minutes=10),
     "forever": dict(max_iters=None, eval_interval=1000, eval_iters=50, warmup_iters=200, checkpoint_minutes=10),
 }

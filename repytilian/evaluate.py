@@ -1,0 +1,80 @@
+"""`repytilian eval`: loss, perplexity and bits per character of a model on text, over every window.
+
+Windows of the model's full context slide over the ids with a stride (default half the context);
+each token is scored exactly once, by the first window in which it is new, so after the first
+window every prediction sees at least block_size - stride tokens of context. Bits per character
+divide the total loss (in bits) by the number of characters of the text, which makes models with
+different tokenizers comparable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from .model import GPT
+
+
+@dataclass
+class EvalReport:
+    tokens: int  # predictions scored (every id but the first)
+    chars: int | None  # characters of the text, where it is text
+    total_nats: float
+    block_size: int
+    stride: int
+
+    @property
+    def loss(self) -> float:
+        return self.total_nats / max(self.tokens, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    @property
+    def bits_per_char(self) -> float | None:
+        return None if not self.chars else self.total_nats / self.chars / math.log(2)
+
+
+def windows(n: int, block: int, stride: int):
+    """(start, end, new): the model reads ids[start:end], predicts ids[start+1:end+1], and the last
+    `new` of those predictions are scored (the targets not scored by an earlier window)."""
+    end, scored = min(block, n - 1), 0
+    while n > 1:
+        yield max(0, end - block), end, end - scored
+        scored = end
+        if end >= n - 1:
+            return
+        end = min(end + stride, n - 1)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int | None = None,
+             batch_size: int = 32, progress: bool = True) -> EvalReport:
+    block = model.config.block_size
+    stride = max(1, min(stride or block // 2, block))
+    device = next(model.parameters()).device
+    model.eval()
+    plan = list(windows(len(ids), block, stride))
+    total = 0.0
+    bar = tqdm(total=len(plan), unit="window", disable=not progress, leave=False)
+    i = 0
+    while i < len(plan):
+        # a batch of windows with the same length and number of new targets
+        start, end, new = plan[i]
+        j = i
+        while j < len(plan) and j - i < batch_size and (plan[j][1] - plan[j][0], plan[j][2]) == (end - start, new):
+            j += 1
+        x = torch.from_numpy(np.stack([ids[s:e] for s, e, _ in plan[i:j]]).astype(np.int64)).to(device)
+        y = torch.from_numpy(np.stack([ids[s + 1:e + 1] for s, e, _ in plan[i:j]]).astype(np.int64)).to(device)
+        logits, _ = model(x)
+        logits, y = logits[:, -new:, :], y[:, -new:]
+        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").item()
+        bar.update(j - i)
+        i = j
+    bar.close()
+    return EvalReport(tokens=max(len(ids) - 1, 0), chars=chars, total_nats=total, block_size=block, stride=stride)

@@ -1,0 +1,108 @@
+"""What a model folder tells a person: the loss plot (loss.png) and the model card (README.md).
+
+Both are made from the folder's own files (config.json, metrics.jsonl), so `repytilian plot DIR`
+can redraw them at any time. matplotlib is optional (`pip install 'repytilian[plot]'`): without
+it the plot is skipped with a one-line note.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import RepytilianError
+
+
+def read_metrics(model_dir: Path) -> list[dict[str, Any]]:
+    path = model_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a damaged line should not cost the whole plot
+    return rows
+
+
+def plot_loss(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
+    """Train and val loss against steps (tokens on the top axis), LR on a second axis; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    if not metrics:
+        raise RepytilianError("no evaluations to plot yet (metrics.jsonl is empty or missing)")
+    steps = [m["step"] for m in metrics]
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    ax.plot(steps, [m["train_loss"] for m in metrics], marker="o", markersize=3, label="train loss")
+    ax.plot(steps, [m["val_loss"] for m in metrics], marker="o", markersize=3, label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [m.get("lr", 0.0) for m in metrics], color="grey", linestyle="--", linewidth=1,
+               label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    # Each tick in full ("2.00e-03"): an axis offset label would collide with the top axis.
+    lr_ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2e}"))
+    tokens_per_step = metrics[-1]["tokens"] / max(metrics[-1]["step"], 1)
+    top = ax.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step / 1e6,
+                                               lambda t: t * 1e6 / tokens_per_step))
+    top.set_xlabel("tokens seen (millions)")
+    lines = ax.get_lines() + lr_ax.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
+    if title:
+        ax.set_title(title, fontsize=10, pad=28)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
+    """A README.md for the model folder, from its config.json contents."""
+    model, train, data = meta.get("model", {}), meta.get("train", {}), meta.get("data", {})
+    summary = meta.get("summary", {})
+    source = data.get("source", {})
+    what = {"dataset": "the {} data set", "file": "the file {}", "dir": "the text files under {}"}.get(
+        source.get("kind"), "{}").format(source.get("value", "?"))
+
+    def fmt(value: Any, spec: str = "") -> str:
+        return "?" if value is None else format(value, spec)
+
+    lines = [
+        "# Repytilian model",
+        "",
+        f"A GPT with {model.get('n_layer')} layers, {model.get('n_head')} heads, {model.get('n_embd')} wide, "
+        f"a context of {model.get('block_size')} tokens, {fmt(summary.get('parameters'), ',')} parameters, "
+        f"trained with Repytilian ({meta.get('created_by', '?')}).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | {what}: {fmt(data.get('chars'), ',')} characters, sha256 `{str(data.get('sha256', '?'))[:16]}…` |",
+        f"| tokenizer | {meta.get('tokenizer')} ({fmt(model.get('vocab_size'), ',')} tokens); "
+        f"{fmt(data.get('train_tokens'), ',')} train / {fmt(data.get('val_tokens'), ',')} val tokens |",
+        f"| training | {fmt(summary.get('step'), ',')} steps, {fmt(summary.get('tokens_seen'), ',')} tokens seen, "
+        f"{fmt(summary.get('train_seconds'))} s on {summary.get('device', '?')} ({train.get('dtype', '?')}) |",
+        f"| settings | batch {train.get('batch_size')}, learning rate {train.get('learning_rate')} → {train.get('min_lr')}, "
+        f"warm-up {train.get('warmup_iters')}, weight decay {train.get('weight_decay')}, dropout {model.get('dropout')} |",
+    ]
+    last = summary.get("last_eval") or {}
+    if summary.get("val_loss_full") is not None:
+        lines.append(f"| final loss | val {summary['val_loss_full']:.4f} over the whole validation split; "
+                     f"last estimate train {fmt(last.get('train_loss'))}, val {fmt(last.get('val_loss'))} |")
+    elif last:
+        lines.append(f"| last evaluation | step {last.get('step')}: train {last.get('train_loss')}, "
+                     f"val {last.get('val_loss')} (training was not finished) |")
+    lines += ["", "![loss](loss.png)", "",
+              "Generate: `python3 generate.py -m <this folder>`; continue training: "
+              "`python3 training.py -l <this folder>`."]
+    if sample:
+        lines += ["", "## A sample", "", "```", sample.strip("\n")[:2000], "```"]
+    return "\n".join(lines) + "\n"

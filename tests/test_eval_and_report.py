@@ -1,0 +1,66 @@
+"""repytilian eval (strided windows, bits per character), loss.png, and the model card."""
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from repytilian.evaluate import evaluate, windows
+from repytilian.model import GPT, ModelConfig
+from repytilian.report import model_card, plot_loss
+
+from conftest import TINY, run_script
+
+
+@pytest.mark.parametrize("n, block, stride", [(2, 8, 4), (9, 8, 4), (100, 8, 4), (100, 8, 8), (37, 16, 5)])
+def test_windows_score_every_target_once_with_enough_context(n, block, stride):
+    scored = []
+    for start, end, new in windows(n, block, stride):
+        assert end - start <= block
+        targets = list(range(start + 1, end + 1))[-new:]
+        scored += targets
+        if start > 0:  # after the first window, every scored target sees >= block - stride tokens
+            assert min(t - start for t in targets) >= block - stride
+    assert scored == list(range(1, n))
+
+
+def test_bits_per_character_of_a_uniform_model_by_hand():
+    model = GPT(ModelConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()  # every logit 0: each prediction is uniform over 8 tokens, exactly 3 bits
+    ids = np.array([1, 2, 3, 4, 5, 6, 7, 0, 1, 2], dtype=np.uint16)
+    report = evaluate(model, ids, chars=20, stride=2, progress=False)  # e.g. a tokenizer of 2 chars per token
+    assert report.tokens == 9
+    assert report.loss == pytest.approx(math.log(8))
+    assert report.bits_per_char == pytest.approx(9 * 3 / 20)
+    assert report.perplexity == pytest.approx(8)
+
+
+def test_training_writes_the_plot_and_the_card_and_eval_reads_the_model(corpus_file, tmp_path):
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-i", "quick", "-t", "0", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "characters (29 tokens)" in card and "50 steps" in card and "## A sample" in card
+    (tmp_path / "m" / "loss.png").unlink()
+    assert run_script("plot", "m", cwd=tmp_path).returncode == 0 and (tmp_path / "m" / "loss.png").exists()
+    e = run_script("eval", "-m", "m", cwd=tmp_path)
+    assert e.returncode == 0, e.stderr
+    assert "validation split" in e.stdout and "bits per character" in e.stdout
+    other = run_script("eval", "-m", "m", "-d", str(corpus_file), "--stride", "8", cwd=tmp_path)
+    assert other.returncode == 0 and "14,954 tokens scored, 14,955 characters" in other.stdout
+
+
+def test_no_matplotlib_means_a_note_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert plot_loss([{"step": 1, "tokens": 10, "train_loss": 2.0, "val_loss": 2.1, "lr": 1e-3}],
+                     tmp_path / "loss.png") is None
+    assert not (tmp_path / "loss.png").exists()
+
+
+def test_model_card_of_an_unfinished_run():
+    card = model_card({"model": {"n_layer": 2}, "tokenizer": "words",
+                       "summary": {"last_eval": {"step": 7, "train_loss": 3.0, "val_loss": 3.1}}})
+    assert "training was not finished" in card and "words" in card
