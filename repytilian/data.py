@@ -180,10 +180,3 @@ def get_batch(
     windows = ids[starts[:, None] + np.arange(block_size + 1)]  # (B, T+1)
     chunk = torch.from_numpy(windows.astype(np.int64))
     return chunk[:, :-1], chunk[:, 1:]
-
-
-def sequential_windows(ids: np.ndarray, block_size: int):
-    """Non-overlapping (x, y) windows covering every token of `ids` once as a target (the last may be short)."""
-    for start in range(0, len(ids) - 1, block_size):
-        chunk = torch.from_numpy(ids[start : start + block_size + 1].astype(np.int64))
-        yield chunk[:-1], chunk[1:]

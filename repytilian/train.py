@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .data import TokenData, get_batch, sequential_windows
+from .data import TokenData, get_batch
 from .errors import RepytilianError
+from .evaluate import evaluate
 from .model import GPT
 from .precision import autocast, resolve_dtype
 
@@ -213,10 +214,11 @@ class Trainer:
             out.append(sum(losses) / len(losses))
         return EvalResult(*out)
 
-    @torch.no_grad()
     def full_val_loss(self) -> float:
+        """Mean loss over every token of the validation split, in non-overlapping windows of the context."""
         with autocast(self.device, self.cfg.dtype):
-            return evaluate_ids(self.model, self.data.val, self.device, self.cfg.batch_size)
+            block = self.model.config.block_size
+            return evaluate(self.model, self.data.val, stride=block, batch_size=self.cfg.batch_size, progress=False).loss
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -283,35 +285,6 @@ class Trainer:
             bar.update(steps_since)
             bar.close()
         return stop.reason
-
-
-@torch.no_grad()
-def evaluate_ids(model: GPT, ids, device: torch.device, batch_size: int = 32) -> float:
-    """Mean loss per token over every token of `ids` (non-overlapping windows of the full context)."""
-    model.eval()
-    total, count = 0.0, 0
-    batch_x, batch_y = [], []
-
-    def flush() -> None:
-        nonlocal total, count
-        x, y = torch.stack(batch_x).to(device), torch.stack(batch_y).to(device)
-        logits, _ = model(x)
-        total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").item()
-        count += y.numel()
-        batch_x.clear()
-        batch_y.clear()
-
-    for x, y in sequential_windows(ids, model.config.block_size):
-        if batch_x and x.shape != batch_x[0].shape:
-            flush()  # the short last window cannot be stacked with full ones
-        batch_x.append(x)
-        batch_y.append(y)
-        if len(batch_x) == batch_size:
-            flush()
-    if batch_x:
-        flush()
-    return total / max(count, 1)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -14,7 +14,6 @@ from repytilian.data import (
     load_text,
     read_text_dir,
     read_text_file,
-    sequential_windows,
 )
 from repytilian.errors import RepytilianError
 from repytilian.tokenizers import CharacterTokenizer
@@ -79,12 +78,6 @@ def test_batches_are_windows_shifted_by_one():
     assert x.shape == y.shape == (4, 16)
     assert torch.equal(y, x + 1)
     assert x.dtype == torch.long
-
-
-def test_sequential_windows_cover_every_target_once():
-    ids = np.arange(100, dtype=np.uint16)
-    targets = torch.cat([y for _, y in sequential_windows(ids, 32)])
-    assert targets.tolist() == list(range(1, 100))
 
 
 def test_text_too_short_for_the_context():
