@@ -41,7 +41,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
 
 
-def _add_data_and_settings(parser: argparse.ArgumentParser) -> None:
+def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None = None) -> None:
+    root = parser
+    if heading:  # generate.py: the same flags, under their own heading
+        parser = root.add_argument_group(heading)
     parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text file to train on")
     parser.add_argument("-p", "--datapath", help="a folder: every text file under it is training data")
     parser.add_argument("-s", "--settings", default="default", help="model/optimiser preset: tiny, default, hyper")
@@ -56,7 +59,7 @@ def _add_data_and_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-layout", choices=("sequence", "sequences"), default=None,
                         help="-z json: read an array of arrays as one sequence of list tokens, or as many "
                              "sequences (default: many sequences, with a note)")
-    group = parser.add_argument_group("overrides (any preset field)")
+    group = root.add_argument_group("overrides (any preset field)")
     group.add_argument("--iters", dest="max_iters", type=_positive_int, help="number of training steps")
     group.add_argument("--batch-size", type=_positive_int)
     group.add_argument("--block-size", type=_positive_int, help="context length in tokens")
@@ -114,7 +117,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--no-cache", action="store_true",
                           help="recompute the whole context for every token (slow; for comparison)")
     _common(parser)
-    _add_data_and_settings(parser.add_argument_group('with -m "" (train a model first; as in training.py)'))
+    _add_data_and_settings(parser, 'with -m "" (train a model first; as in training.py)')
 
 
 def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
