@@ -150,22 +150,21 @@ class LanguageModel:
         """The continuation of `prompt` (for JSON models: the JSON array of the new tokens)."""
         return self.samples(prompt, max_new_tokens, num_samples=1, **kwargs)[0]
 
+    def sample_batch(self, prompt_ids: list[int], max_new_tokens: int, num_samples: int,
+                     **sampling: Any) -> list[list[int]]:
+        """The new ids of `num_samples` continuations, sampled together as one batch."""
+        produced: list[list[int]] = [[] for _ in range(num_samples)]
+        for row in self.token_batches(prompt_ids, max_new_tokens, num_samples, **sampling):
+            for ids, token in zip(produced, row):
+                if token is not None:
+                    ids.append(token)
+        return produced
+
     def samples(self, prompt: str = "", max_new_tokens: int = 500, num_samples: int = 1,
                 stop: Sequence[str] = (), **sampling: Any) -> list[str]:
         """`num_samples` continuations, sampled together as one batch."""
-        prompt_ids = self.encode_prompt(prompt)
-        produced: list[list[int]] = [[] for _ in range(num_samples)]
-        for row in self.token_batches(prompt_ids, max_new_tokens, num_samples, **sampling):
-            for i, token in enumerate(row):
-                if token is not None:
-                    produced[i].append(token)
-        texts = [self.tokenizer.decode(ids) for ids in produced]
-        return [_cut_at_stop(t, stop) for t in texts]
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return text[: min(hits)] if hits else text
+        produced = self.sample_batch(self.encode_prompt(prompt), max_new_tokens, num_samples, **sampling)
+        return [StopFilter(stop).cut(self.tokenizer.decode(ids)) for ids in produced]
 
 
 def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto") -> LanguageModel:

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import TrainConfig
 from .errors import RepytilianError
-from .fileio import atomic_write_text, fsync_dir
+from .fileio import fsync_dir
 from .model import GPT, ModelConfig
 from .report import model_card, plot_loss
 from .tokenizers import Tokenizer, tokenizer_from_json

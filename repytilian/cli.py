@@ -201,11 +201,7 @@ def _batch_samples(lm, prompt: str, tokens: int, file_tokens: int, num_samples: 
     """Sample `num_samples` continuations as one batch; render each for the screen and the file."""
     stop = sampling.pop("stop", ())
     prompt_ids = lm.encode_prompt(prompt)
-    produced: list[list[int]] = [[] for _ in range(num_samples)]
-    for row in lm.token_batches(prompt_ids, max(tokens, file_tokens), num_samples, **sampling):
-        for i, token in enumerate(row):
-            if token is not None:
-                produced[i].append(token)
+    produced = lm.sample_batch(prompt_ids, max(tokens, file_tokens), num_samples, **sampling)
 
     def render(limit: int) -> str:
         texts = [lm.render_ids(prompt, prompt_ids, ids[:limit], stop) for ids in produced]

@@ -21,8 +21,8 @@ import torch
 from torch.nn import functional as F
 
 from .model import GPT
+from .precision import BF16_MIN_WIDTH  # narrower models are overhead-bound: bf16 only adds conversions
 
-BF16_MIN_WIDTH = 256  # narrower models are overhead-bound: bf16 only adds conversions
 
 
 @dataclass

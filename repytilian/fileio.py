@@ -52,7 +52,3 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             pass
         raise
     fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

@@ -151,3 +151,7 @@ class StopFilter:
     def flush(self) -> str:
         out, self.buffer = self.buffer, ""
         return out
+
+    def cut(self, text: str) -> str:
+        """A whole text, up to the first stop string."""
+        return self.push(text) + self.flush()

@@ -12,7 +12,7 @@ from repytilian.decode import Decoder
 from repytilian.model import GPT, ModelConfig
 from repytilian.sampling import SamplingOptions, StopFilter, sample_ids
 
-from conftest import TINY, TINY_OVERRIDES, make_corpus, run_script
+from conftest import TINY_OVERRIDES, make_corpus, run_script
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from repytilian.checkpoint import TargetLock, load_model_dir, save_model_dir
 from repytilian.errors import RepytilianError
