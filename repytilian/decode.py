@@ -94,11 +94,13 @@ class Decoder:
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) new tokens after the cached ones -> logits (B, vocab) of the last position."""
-        # For one token, PyTorch's own bf16 matrix-vector kernel reads the weights about twice as
-        # fast as oneDNN's (measured on an AVX512-BF16 CPU: 0.85 vs 1.66 ms for hyper's 24
-        # matrices), so oneDNN is switched off for those steps only.
-        one_bf16_token = idx.size(1) == 1 and self.dtype == torch.bfloat16 and self.device.type == "cpu"
-        with torch.inference_mode(), _without_onednn(one_bf16_token):
+        # oneDNN is switched off where PyTorch's own kernels are faster (measured on an AVX512-BF16
+        # CPU): for one token, the bf16 matrix-vector kernel reads the weights about twice as fast
+        # (0.85 vs 1.66 ms for hyper's 24 matrices); in float32, a GELU costs ~8 us through
+        # oneDNN against ~1.4 us without, whatever its size up to thousands of elements.
+        cpu = self.device.type == "cpu"
+        skip_onednn = cpu and (self.dtype == torch.float32 or idx.size(1) == 1)
+        with torch.inference_mode(), _without_onednn(skip_onednn):
             return self._forward(idx)
 
     def _forward(self, idx: torch.Tensor) -> torch.Tensor:

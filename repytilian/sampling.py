@@ -99,29 +99,33 @@ def sample_ids(
         generator = torch.Generator(device=device).manual_seed(opts.seed)
     block = model.config.block_size
     keep = max(1, int(block * KEEP_FRACTION))
-    tokens = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device).repeat(num_samples, 1)  # (B, T)
-    start = max(0, tokens.size(1) - block)  # the window is tokens[:, start:]
+    prompt = torch.tensor([list(prompt_ids)[-block:]], dtype=torch.long, device=device)
+    # The window the model sees, in a buffer allocated once (one slot more than a block, so that
+    # "full" can be noticed before the model is asked about more than a block).
+    window = torch.empty(num_samples, block + 1, dtype=torch.long, device=device)
+    window[:, : prompt.size(1)] = prompt
+    length = prompt.size(1)
     decoder = None
     if use_cache:
         decoder = Decoder(model, num_samples, dtype or choose_dtype(model, num_samples))
     fresh = True  # the cache needs (re)filling with the whole window
     for _ in range(max_new_tokens):
-        if tokens.size(1) - start > block:  # full: keep the last `keep` tokens and re-encode them
-            start = tokens.size(1) - keep
+        if length > block:  # full: keep the last `keep` tokens and re-encode them
+            window[:, :keep] = window[:, length - keep : length].clone()
+            length = keep
             fresh = True
-        window = tokens[:, start:]
         if decoder is None:
-            logits = model(window, last_only=True)[0][:, -1, :].float()
+            logits = model(window[:, :length], last_only=True)[0][:, -1, :].float()
         elif fresh:
             decoder.reset()
-            logits = decoder.forward(window)
+            logits = decoder.forward(window[:, :length])
             fresh = False
         else:
-            logits = decoder.forward(window[:, -1:])
+            logits = decoder.forward(window[:, length - 1 : length])
         next_ids = choose_next(logits, opts, generator)  # (B, 1)
-        tokens = torch.cat((tokens, next_ids), dim=1)
+        window[:, length] = next_ids[:, 0]
+        length += 1
         yield next_ids[:, 0]
-
 
 class StopFilter:
     """Passes text through until one of the stop strings appears, and cuts it there.
