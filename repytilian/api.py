@@ -28,7 +28,7 @@ from .checkpoint import (
     save_model_dir,
 )
 from .config import ITERATIONS, build_configs, check_configs, split_overrides
-from .data import DataSource, TokenData, load_corpus
+from .data import DataSource, TokenData, load_corpus, train_tokenizer
 from .errors import RepytilianError
 from .model import GPT
 from .sampling import SamplingOptions, StopFilter, sample_ids
@@ -283,7 +283,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
         source = opts.data or DataSource("dataset", "shakespeare")
         corpus = load_corpus(source, tokenizer_cls.input_format)
         started_tokenizing = time.perf_counter()
-        tokenizer = tokenizer_cls.train(corpus, **opts.tokenizer_options)
+        tokenizer = train_tokenizer(tokenizer_cls, corpus, **opts.tokenizer_options)
         data = TokenData.from_corpus(corpus, tokenizer)
         if time.perf_counter() - started_tokenizing > 2:
             log(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s")
@@ -338,10 +338,14 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
             else:
                 val_loss = trainer.full_val_loss()
                 log(f"finished {trainer.state.step:,} steps in {time.time() - started:.0f}s; "
-                    f"val loss over the whole validation split: {val_loss:.4f}")
+                    f"val loss over {trainer.final_val_scope()}: {val_loss:.4f}")
                 saved_to = None
                 if out is not None:
-                    sample = LanguageModel(model, tokenizer).generate("", 300, seed=0)
+                    try:
+                        sample = LanguageModel(model, tokenizer).generate("", 300, seed=0)
+                    except RepytilianError as e:  # the model is saved all the same
+                        sample = None
+                        log(f"note: no sample for the model card ({e})")
                     stop.saving = True
                     saved_to = save_model_dir(out, model, tokenizer, meta(val_loss, True), trainer,
                                               card=True, sample=sample)
@@ -397,6 +401,7 @@ def _summary(trainer: Trainer, device: torch.device, val_loss: float | None, fin
         "train_seconds": round(trainer.state.train_seconds, 1),
         "finished": finished,
         "val_loss_full": None if val_loss is None else round(val_loss, 5),
+        "val_loss_full_scope": trainer.final_val_scope(),
         "last_eval": last,
         "best_val_loss": trainer.state.best_val_loss,
         "device": device.type,

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import TrainConfig
 from .errors import RepytilianError
-from .fileio import fsync_dir
+from .fileio import fsync_dir, pid_alive
 from .model import GPT, ModelConfig
 from .report import model_card, plot_loss
 from .tokenizers import Tokenizer, tokenizer_from_json
@@ -125,7 +125,7 @@ class TargetLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
-                if owner is not None and owner != os.getpid() and _alive(owner):
+                if owner is not None and owner != os.getpid() and pid_alive(owner):
                     raise RepytilianError(
                         f"another training run (PID {owner}) is writing {self.target}; wait for it, stop it "
                         f"(kill -USR1 {owner}), or choose another folder with -m"
@@ -156,16 +156,6 @@ class TargetLock:
         self.release()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
                    trainer: Any | None = None, card: bool = False, sample: str | None = None) -> Path:
     """Write a complete model directory at `path`, atomically replacing any model there.
@@ -189,7 +179,7 @@ def _clean_leftovers(target: Path) -> None:
     for pattern in (f".{target.name}.saving-*", f".{target.name}.old-*"):
         for leftover in target.parent.glob(pattern):
             pid = leftover.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            if not pid.isdigit() or (int(pid) != os.getpid() and pid_alive(int(pid))):
                 continue
             if ".old-" in leftover.name and not (target / "config.json").is_file():
                 continue  # the only complete copy: _explain_missing tells the user where it is

@@ -244,7 +244,8 @@ def bench_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     from .api import load_model
     from .data import DataSource, TokenData, load_corpus
-    from .evaluate import evaluate
+    from .evaluate import count_chars, evaluate
+    from .textfiles import TextFiles
 
     lm = load_model(args.model, device=args.device)
     tokenizer = lm.tokenizer
@@ -252,7 +253,9 @@ def eval_command(args: argparse.Namespace) -> int:
         source = DataSource.from_args(args.datafile, args.datapath)
         what = source.describe()
         corpus = load_corpus(source, tokenizer.input_format)
-        if isinstance(corpus, str):
+        if isinstance(corpus, TextFiles):
+            ids, chars = TokenData.from_corpus(corpus, tokenizer, val_fraction=0).train, corpus.chars
+        elif isinstance(corpus, str):
             ids, chars = tokenizer.encode_array(corpus), len(corpus)
         else:
             ids, chars = tokenizer.encode_sequences(corpus.train + (corpus.val or [])), None
@@ -261,7 +264,7 @@ def eval_command(args: argparse.Namespace) -> int:
         what = f"the validation split of {source.describe()}"
         data = TokenData.from_corpus(load_corpus(source, tokenizer.input_format), tokenizer)
         ids = data.val
-        chars = len(tokenizer.decode(ids.tolist())) if tokenizer.input_format == "text" else None
+        chars = count_chars(tokenizer, ids) if tokenizer.input_format == "text" else None
     r = evaluate(lm.model, ids, chars, stride=args.stride, progress=not os.environ.get("REPYTILIAN_NO_PROGRESS"))
     bpc = "" if r.bits_per_char is None else f", {r.bits_per_char:.4f} bits per character"
     print(f"{what}: loss {r.loss:.4f} nats per token, perplexity {r.perplexity:.3f}{bpc} "

@@ -1,7 +1,9 @@
 """Training text: read it, tokenize it once into a numpy id array, split it, sample batches.
 
 Sources: one file (`-d`), every text file under a folder (`-p`, recursive, sorted by path), or a
-named data set (`shakespeare`); JSON token data is read by jsondata.py. The last `VAL_FRACTION`
+named data set (`shakespeare`); JSON token data is read by jsondata.py. Text of 64 MB or more is
+not read into memory: it is streamed through the token cache (textfiles.py, tokencache.py) and
+its ids are memory-mapped. The last `VAL_FRACTION`
 of the ids is the validation split (nanoGPT's convention, so losses compare), unless JSON data
 has a validation part of its own. Batches are random (B, T) windows of the
 training split, cut out with one numpy fancy-index (no Python loop over rows).
@@ -9,7 +11,7 @@ training split, cut out with one numpy fancy-index (no Python loop over rows).
 from __future__ import annotations
 
 import hashlib
-import sys
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +20,13 @@ import torch
 
 from .datasets import dataset_path
 from .errors import RepytilianError
-from .fileio import read_user_file
 from .jsondata import JsonCorpus, read_json_corpus
+from .textfiles import TextFiles, note_skipped, read_text, text_files_under
+from .tokencache import cached_ids, cached_tokenizer
 from .tokenizers import Tokenizer
 
 VAL_FRACTION = 0.1
+STREAM_MB = 64  # see stream_threshold
 
 
 @dataclass(frozen=True)
@@ -61,26 +65,28 @@ class DataSource:
         return cls(**known)
 
 
-def _decode(data: bytes, path: Path) -> str:
-    if not data:
-        raise RepytilianError(f"{path} is empty: there is no text to train on")
-    if b"\x00" in data[:8192]:
-        raise RepytilianError(f"{path} looks like a binary file, not text; give a UTF-8 text file")
+def stream_threshold() -> int:
+    """Text corpora of at least this many bytes are streamed through the token cache (tokencache.py)."""
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise RepytilianError(
-            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-            "save it as UTF-8 and try again"
-        ) from None
-    return text.replace("\r\n", "\n")  # Windows line ends would otherwise become tokens of their own
+        return int(float(os.environ.get("REPYTILIAN_STREAM_MB", STREAM_MB)) * 2**20)
+    except ValueError:
+        raise RepytilianError("REPYTILIAN_STREAM_MB must be a number of megabytes") from None
 
 
 def read_text_file(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
         raise RepytilianError(f"{path} is a folder; use -p for a folder of text files, -d for one file")
-    return _decode(read_user_file(path), path)
+    return read_text(path)
+
+
+def _folder_files(path: str | Path) -> tuple[Path, list[Path]]:
+    root = Path(path)
+    if not root.is_dir():
+        if root.exists():
+            raise RepytilianError(f"{root} is a file; use -d for a single file, -p for a folder")
+        raise RepytilianError(f"no such folder: {root}")
+    return root, text_files_under(root)
 
 
 def read_text_dir(path: str | Path) -> str:
@@ -89,45 +95,49 @@ def read_text_dir(path: str | Path) -> str:
     Ending each file's text with a newline keeps the last word of one file from being glued to
     the first word of the next.
     """
-    root = Path(path)
-    if not root.is_dir():
-        if root.exists():
-            raise RepytilianError(f"{root} is a file; use -d for a single file, -p for a folder")
-        raise RepytilianError(f"no such folder: {root}")
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    root, files = _folder_files(path)
     texts, skipped = [], []
     for f in files:
         try:
-            text = _decode(f.read_bytes(), f)
+            text = read_text(f)
         except RepytilianError:
             skipped.append(f)
             continue
         texts.append(text if text.endswith("\n") else text + "\n")
-    if skipped:
-        names = ", ".join(str(s.relative_to(root)) for s in skipped[:5])
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        print(f"note: skipped {len(skipped)} empty, binary or non-UTF-8 file(s) in {root}: {names}{more}", file=sys.stderr)
+    note_skipped(root, skipped)
     if not texts:
         raise RepytilianError(f"{root} holds no UTF-8 text files to train on")
     return "".join(texts)
 
 
-def load_text(source: DataSource) -> str:
+def load_text(source: DataSource, stream: bool = True) -> str | TextFiles:
+    """The text of a source: one string, or for large files and folders (and `stream`) a TextFiles
+    that is read piece by piece (see stream_threshold)."""
     if source.kind == "file":
-        return read_text_file(source.value)
+        path = Path(source.value)
+        if stream and path.is_file() and path.stat().st_size >= stream_threshold():
+            return TextFiles.scan([path], newline_after_each=False)
+        return read_text_file(path)
     if source.kind == "dir":
-        return read_text_dir(source.value)
+        root, files = _folder_files(source.value)
+        if stream and sum(f.stat().st_size for f in files) >= stream_threshold():
+            return TextFiles.scan(files, newline_after_each=True, root=root)
+        return read_text_dir(root)
     return read_text_file(dataset_path(source.value))
 
 
-def load_corpus(source: DataSource, input_format: str = "text") -> str | JsonCorpus:
-    """A str for text tokenizers, a JsonCorpus of token sequences for the json tokenizer."""
+def load_corpus(source: DataSource, input_format: str = "text", stream: bool = True) -> str | TextFiles | JsonCorpus:
+    """A str (or a TextFiles, for large text) for text tokenizers, a JsonCorpus for the json tokenizer."""
     if input_format == "json":
         return read_json_corpus(source.kind, source.value, source.json_key, source.json_val_key, source.json_layout)
-    return load_text(source)
+    return load_text(source, stream)
+
+
+def train_tokenizer(tokenizer_cls: type[Tokenizer], corpus: str | TextFiles | JsonCorpus, **options) -> Tokenizer:
+    """A tokenizer built from the corpus; for a large corpus, from the cache when it was built before."""
+    if isinstance(corpus, TextFiles):
+        return cached_tokenizer(corpus, tokenizer_cls, options)
+    return tokenizer_cls.train(corpus, **options)
 
 
 @dataclass
@@ -146,8 +156,11 @@ class TokenData:
         return cls.split(ids, val_fraction, sha256=sha, chars=len(text))
 
     @classmethod
-    def from_corpus(cls, corpus: str | JsonCorpus, tokenizer: Tokenizer,
+    def from_corpus(cls, corpus: str | TextFiles | JsonCorpus, tokenizer: Tokenizer,
                     val_fraction: float = VAL_FRACTION) -> "TokenData":
+        if isinstance(corpus, TextFiles):  # ids memory-mapped from the cache: never all in memory
+            ids = cached_ids(corpus, tokenizer)
+            return cls.split(ids, val_fraction, sha256=corpus.sha256, chars=corpus.chars)
         if isinstance(corpus, str):
             return cls.from_text(corpus, tokenizer, val_fraction)
         ids = tokenizer.encode_sequences(corpus.train)

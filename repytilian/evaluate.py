@@ -52,6 +52,41 @@ def windows(n: int, block: int, stride: int):
         end = min(end + stride, n - 1)
 
 
+def count_windows(n: int, block: int, stride: int) -> int:
+    if n <= 1:
+        return 0
+    first = min(block, n - 1)
+    return 1 + -(-(n - 1 - first) // stride)
+
+
+def _batches(plan, batch_size: int):
+    """Runs of up to batch_size consecutive windows of the same length and number of new targets
+    (the plan is read lazily: a large text's windows never sit in a list)."""
+    group = []
+    for w in plan:
+        if group and (len(group) == batch_size or (w[1] - w[0], w[2]) != (group[0][1] - group[0][0], group[0][2])):
+            yield group
+            group = []
+        group.append(w)
+    if group:
+        yield group
+
+
+def count_chars(tokenizer, ids: np.ndarray, chunk: int = 1 << 20) -> int:
+    """The characters of the text that `ids` decode to, decoded a chunk at a time (a chunk that ends
+    inside a character, as a byte-level token can, is extended until the character is whole)."""
+    total, i = 0, 0
+    while i < len(ids):
+        j = min(i + chunk, len(ids))
+        text = tokenizer.decode(ids[i:j].tolist())
+        while text.endswith("\ufffd") and j < len(ids) and j - i < chunk + 8:
+            j += 1
+            text = tokenizer.decode(ids[i:j].tolist())
+        total += len(text)
+        i = j
+    return total
+
+
 @torch.no_grad()
 def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int | None = None,
              batch_size: int = 32, progress: bool = True) -> EvalReport:
@@ -59,22 +94,15 @@ def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int 
     stride = max(1, min(stride or block // 2, block))
     device = next(model.parameters()).device
     model.eval()
-    plan = list(windows(len(ids), block, stride))
     total = 0.0
-    bar = tqdm(total=len(plan), unit="window", disable=not progress, leave=False)
-    i = 0
-    while i < len(plan):
-        # a batch of windows with the same length and number of new targets
-        start, end, new = plan[i]
-        j = i
-        while j < len(plan) and j - i < batch_size and (plan[j][1] - plan[j][0], plan[j][2]) == (end - start, new):
-            j += 1
-        x = torch.from_numpy(np.stack([ids[s:e] for s, e, _ in plan[i:j]]).astype(np.int64)).to(device)
-        y = torch.from_numpy(np.stack([ids[s + 1:e + 1] for s, e, _ in plan[i:j]]).astype(np.int64)).to(device)
+    bar = tqdm(total=count_windows(len(ids), block, stride), unit="window", disable=not progress, leave=False)
+    for group in _batches(windows(len(ids), block, stride), batch_size):
+        new = group[0][2]
+        x = torch.from_numpy(np.stack([ids[s:e] for s, e, _ in group]).astype(np.int64)).to(device)
+        y = torch.from_numpy(np.stack([ids[s + 1:e + 1] for s, e, _ in group]).astype(np.int64)).to(device)
         logits, _ = model(x)
         logits, y = logits[:, -new:, :], y[:, -new:]
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").item()
-        bar.update(j - i)
-        i = j
+        bar.update(len(group))
     bar.close()
     return EvalReport(tokens=max(len(ids) - 1, 0), chars=chars, total_nats=total, block_size=block, stride=stride)

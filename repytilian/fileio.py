@@ -22,6 +22,16 @@ def read_user_file(path: Path) -> bytes:
         raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True
+
+
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -54,7 +54,7 @@ def print_tokenizer_table(args: argparse.Namespace) -> None:
     for name in names:
         fmt = tokenizer_class(name).input_format
         if fmt not in corpora:  # a problem with the data ends the command
-            corpora[fmt] = load_corpus(source, fmt)
+            corpora[fmt] = load_corpus(source, fmt, stream=False)  # timing tokenizers on the text in memory
         try:  # a tokenizer that cannot run here (a missing package or encoding) is one row
             s = measure(name, corpora[fmt], args.vocab_size)
         except RepytilianError as e:

@@ -1,11 +1,13 @@
 """Training through the library API: the loss falls, and resuming is exact."""
 import json
 
+import pytest
 import torch
 
 from repytilian.api import TrainOptions, train
 from repytilian.checkpoint import load_model_dir
 from repytilian.data import DataSource
+from repytilian.errors import RepytilianError
 from repytilian.train import StopRequest, TrainState, learning_rate
 from repytilian.config import TrainConfig
 
@@ -65,3 +67,23 @@ def test_learning_rate_warms_up_then_decays_to_min_lr():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     endless = TrainState(max_iters=None)
     assert learning_rate(10_000, cfg, endless) == 1.0
+
+
+def test_a_text_without_line_breaks_trains_saves_and_starts_generation_at_a_space(tmp_path):
+    from repytilian import load_model
+
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("to be or not to be that is the question " * 200, encoding="utf-8")
+    train(options(spaced, tmp_path, out=str(tmp_path / "spaced")))
+    assert len(load_model(tmp_path / "spaced").generate("", 20, seed=1)) == 20
+    # No line break and no space: the model is still saved (the card has no sample), and an
+    # empty prompt is a clear error that asks for one.
+    solid = tmp_path / "solid.txt"
+    solid.write_text("abcdefgh" * 800, encoding="utf-8")
+    logs = []
+    train(options(solid, tmp_path, out=str(tmp_path / "solid")), log=logs.append)
+    assert any("no sample for the model card" in line for line in logs)
+    lm = load_model(tmp_path / "solid")
+    with pytest.raises(RepytilianError, match="no line break or space to start from; give a prompt with -c"):
+        lm.generate("", 10)
+    assert lm.generate("ab", 10, seed=1)

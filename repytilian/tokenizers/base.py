@@ -31,13 +31,21 @@ class UnknownTokensError(RepytilianError):
 class Tokenizer(ABC):
     name: ClassVar[str]  # the `-z` name, also stored in the model directory
     input_format: ClassVar[str] = "text"  # "text" or "json": what the training data is
-    start_text: ClassVar[str] = "\n"  # generation from an empty prompt starts here, if the vocabulary has it
+    # Generation from an empty prompt starts at the first of these that the vocabulary has: a new
+    # line, as at the start of a text, or a space for a text that has no line breaks.
+    start_texts: ClassVar[tuple[str, ...]] = ("\n", " ")
     eos_id: int | None = None  # an end-of-sequence id that ends generation, where the tokenizer has one
 
     @classmethod
     @abstractmethod
     def train(cls, corpus: Any, **options: Any) -> "Tokenizer":
         """Build the vocabulary from a training corpus (a str for text tokenizers)."""
+
+    @classmethod
+    def train_chunks(cls, chunks: Iterable[str], **options: Any) -> "Tokenizer":
+        """Build the vocabulary from a text given in pieces cut at safe points (for corpora larger
+        than memory; see textfiles.TextFiles.chunks). Tokenizers that can, override this."""
+        return cls.train("".join(chunks), **options)
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -93,12 +101,14 @@ class Tokenizer(ABC):
 
     def start_ids(self) -> list[int]:
         """Ids to start generation from when the prompt is empty."""
-        try:
-            return self.encode(self.start_text)
-        except UnknownTokensError:
-            raise UnknownTokensError(
-                f"this model's vocabulary has no {self.start_text!r} to start from; give a prompt with -c"
-            ) from None
+        for text in self.start_texts:
+            try:
+                return self.encode(text)
+            except UnknownTokensError:
+                continue
+        raise UnknownTokensError(
+            "this model's vocabulary has no line break or space to start from; give a prompt with -c"
+        )
 
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)
@@ -148,26 +158,32 @@ def text_chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
     """Split `text` into pieces of about `size` characters at safe cut points (see _SAFE_CUT)."""
     start = 0
     while len(text) - start > size:
-        window_end = start + size
-        cut = None
-        # Look back from the window's end for the last safe cut, widening if the text has none.
-        lookback = min(size, 4096)
-        while cut is None and lookback <= size:
-            for m in _SAFE_CUT.finditer(text, window_end - lookback, window_end):
-                cut = m.start()
-            lookback *= 4
-        if cut is None or cut <= start:
-            cut = _next_safe_cut(text, window_end)
-            if cut is None:
-                break
+        cut = last_safe_cut(text, size, start)
+        if cut is None:
+            break
         yield text[start:cut]
         start = cut
     if start < len(text):
         yield text[start:]
 
 
-def _next_safe_cut(text: str, pos: int) -> int | None:
-    m = _SAFE_CUT.search(text, pos)
+def last_safe_cut(text: str, size: int, start: int = 0, search_from: int | None = None) -> int | None:
+    """Where to end a chunk of `text` that begins at `start`: the last safe cut within `size`
+    characters, looking back from there (a short look first, widening), else the first one after
+    (from `search_from`, where the caller knows there is none before). None if the text has none.
+    """
+    end = start + size
+    lookback = min(size, 4096)
+    while True:
+        cut = None
+        for m in _SAFE_CUT.finditer(text, max(start, end - lookback), end):
+            cut = m.start()
+        if cut is not None and cut > start:
+            return cut
+        if lookback >= size:
+            break
+        lookback = min(size, lookback * 4)
+    m = _SAFE_CUT.search(text, max(end, search_from or 0))
     return m.start() if m else None
 
 

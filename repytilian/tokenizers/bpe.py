@@ -41,6 +41,10 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def train(cls, corpus: str, vocab_size: int | None = None, **options: Any) -> "BPETokenizer":
+        return cls.train_chunks(text_chunks(corpus), vocab_size, **options)
+
+    @classmethod
+    def train_chunks(cls, chunks: Iterable[str], vocab_size: int | None = None, **options: Any) -> "BPETokenizer":
         tk = _hf()
         reject_options(cls.name, options)
         vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
@@ -55,7 +59,7 @@ class BPETokenizer(Tokenizer):
             initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        hf.train_from_iterator(text_chunks(corpus), trainer=trainer)
+        hf.train_from_iterator(chunks, trainer=trainer)
         return cls(hf)
 
     @property

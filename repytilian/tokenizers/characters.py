@@ -22,8 +22,15 @@ class CharacterTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, corpus: str, **options: Any) -> "CharacterTokenizer":
+        return cls.train_chunks([corpus], **options)
+
+    @classmethod
+    def train_chunks(cls, chunks: Iterable[str], **options: Any) -> "CharacterTokenizer":
         reject_options(cls.name, options)
-        return cls(sorted(set(corpus)))
+        chars: set[str] = set()
+        for chunk in chunks:
+            chars.update(chunk)
+        return cls(sorted(chars))
 
     @property
     def vocab_size(self) -> int:

@@ -68,6 +68,10 @@ class GPT2Tokenizer(Tokenizer):
         reject_options(cls.name, options)
         return cls(load_encoding())
 
+    @classmethod
+    def train_chunks(cls, chunks: Iterable[str], **options: Any) -> "GPT2Tokenizer":
+        return cls.train("", **options)  # a fixed vocabulary: nothing to read
+
     @property
     def vocab_size(self) -> int:
         return self.enc.n_vocab

@@ -30,9 +30,13 @@ class WordTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, corpus: str, **options: Any) -> "WordTokenizer":
+        return cls.train_chunks(text_chunks(corpus), **options)
+
+    @classmethod
+    def train_chunks(cls, chunks: Iterable[str], **options: Any) -> "WordTokenizer":
         reject_options(cls.name, options)
         vocab: set[str] = set()
-        for chunk in text_chunks(corpus):
+        for chunk in chunks:
             vocab.update(split_words(chunk))
         return cls(sorted(vocab))
 

@@ -1,0 +1,173 @@
+"""Reading text files piece by piece, so that a corpus never has to fit in memory.
+
+Every text file Repytilian trains on goes through `file_pieces`, which holds the decoding rules
+in one place: UTF-8 (a byte-order mark is dropped), Windows line ends become "\\n", and empty,
+binary or non-UTF-8 files are refused with a message that says where. Small corpora join the
+pieces into one string (data.py); large ones are a `TextFiles`, read again whenever a pass over
+the text is needed (tokenizer training, encoding), and keyed by the hash of their text.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RepytilianError
+from .tokenizers.base import CHUNK_CHARS, last_safe_cut
+
+READ_BYTES = 8 << 20  # bytes read at a time: large enough for speed, small against memory
+BINARY_PROBE = 8192  # a NUL byte among the first bytes marks a binary file
+
+
+def _char_boundary(data: bytes) -> int:
+    """The end of the last complete UTF-8 character in `data` (a read may stop inside one)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: a character starts here
+            need = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)
+
+
+def file_pieces(path: Path, read_bytes: int | None = None) -> Iterator[str]:
+    """The decoded, line-end-normalised text of one file, in pieces of about `read_bytes` (READ_BYTES)."""
+    read_bytes = read_bytes or READ_BYTES
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise RepytilianError(f"no such file: {path}") from None
+    except OSError as e:
+        raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        offset, carry, held_cr = 0, b"", ""
+        while True:
+            try:  # the first read is large enough for the binary probe and a byte-order mark
+                block = f.read(read_bytes if offset else max(read_bytes, BINARY_PROBE))
+            except OSError as e:
+                raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
+            if offset == 0 and not carry:
+                if not block:
+                    raise RepytilianError(f"{path} is empty: there is no text to train on")
+                if b"\x00" in block[:BINARY_PROBE]:
+                    raise RepytilianError(f"{path} looks like a binary file, not text; give a UTF-8 text file")
+                if block.startswith(b"\xef\xbb\xbf"):
+                    block, offset = block[3:], 3
+            data = carry + block
+            end = _char_boundary(data) if block else len(data)
+            try:
+                text = data[:end].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RepytilianError(
+                    f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start}); "
+                    "save it as UTF-8 and try again"
+                ) from None
+            offset += end
+            carry = data[end:]
+            # A "\r\n" may be split between two reads: hold a final "\r" back until the next one.
+            text = held_cr + text
+            held_cr = "\r" if block and text.endswith("\r") else ""
+            if held_cr:
+                text = text[:-1]
+            if text:
+                yield text.replace("\r\n", "\n")  # Windows line ends would otherwise be tokens of their own
+            if not block:
+                return
+
+
+def read_text(path: Path) -> str:
+    return "".join(file_pieces(path))
+
+
+def text_files_under(root: Path) -> list[Path]:
+    """Every file under `root`, recursive, sorted by path, hidden files and folders left out."""
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def note_skipped(root: Path, skipped: Sequence[Path]) -> None:
+    if skipped:
+        names = ", ".join(str(s.relative_to(root)) for s in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        print(f"note: skipped {len(skipped)} empty, binary or non-UTF-8 file(s) in {root}: {names}{more}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class TextFiles:
+    """A text corpus too large to hold as one string: its files, and facts about its text.
+
+    The text is that of the files in order; with `newline_after_each`, every file's text ends
+    with a newline (one is added where missing), as for a folder given with -p.
+    """
+
+    files: tuple[Path, ...]
+    newline_after_each: bool
+    sha256: str  # of the whole text in UTF-8: the same hash as the in-memory path gives
+    chars: int
+    size_bytes: int
+
+    @classmethod
+    def scan(cls, files: Sequence[Path], newline_after_each: bool, root: Path | None = None) -> TextFiles:
+        """Read every file once to check it, hash the text and count its characters.
+
+        With a `root` (a folder), files that are not UTF-8 text are skipped with a note, as the
+        in-memory path does; otherwise any bad file is an error.
+        """
+        sha, chars, good, skipped = hashlib.sha256(), 0, [], []
+        for path in files:
+            file_sha, file_chars, last = sha.copy(), chars, ""
+            try:
+                for piece in file_pieces(path):
+                    file_sha.update(piece.encode("utf-8"))
+                    file_chars += len(piece)
+                    last = piece
+            except RepytilianError:
+                if root is None:
+                    raise
+                skipped.append(path)
+                continue
+            if newline_after_each and not last.endswith("\n"):
+                file_sha.update(b"\n")
+                file_chars += 1
+            sha, chars = file_sha, file_chars
+            good.append(path)
+        if root is not None:
+            note_skipped(root, skipped)
+            if not good:
+                raise RepytilianError(f"{root} holds no UTF-8 text files to train on")
+        size = sum(p.stat().st_size for p in good)
+        return cls(tuple(good), newline_after_each, sha.hexdigest(), chars, size)
+
+    def pieces(self) -> Iterator[str]:
+        """The text, in pieces that may cut anywhere (for hashing, counting, characters)."""
+        for path in self.files:
+            last = ""
+            for piece in file_pieces(path):
+                yield piece
+                last = piece
+            if self.newline_after_each and not last.endswith("\n"):
+                yield "\n"
+
+    def chunks(self, size: int = CHUNK_CHARS) -> Iterator[str]:
+        """The text in pieces of about `size` characters, cut only where no tokenizer's
+        pre-tokenization can change (tokenizers.base.last_safe_cut), across file boundaries too:
+        encoding the chunks one by one gives the ids of the whole text.
+
+        A stretch of text with no safe cut (no spaces or newlines at all) is held whole.
+        """
+        buffer, start, searched = "", 0, 0
+        for piece in self.pieces():
+            buffer = buffer[start:] + piece
+            searched, start = max(0, searched - start), 0
+            while len(buffer) - start > size:
+                cut = last_safe_cut(buffer, size, start, search_from=searched)
+                if cut is None:  # none yet: wait for more text, and do not search this part again
+                    searched = max(0, len(buffer) - 2)  # a cut needs the character before it
+                    break
+                yield buffer[start:cut]
+                start = cut
+        if start < len(buffer):
+            yield buffer[start:]

@@ -1,0 +1,147 @@
+"""The token cache: a large corpus is tokenized once, streamed to disk, and memory-mapped.
+
+Under `$REPYTILIAN_HOME/tokens/<sha256 of the corpus text>/`:
+
+    tokenizer-<kind>-<options hash>.json   the tokenizer trained on this text with these options
+    ids-<tokenizer hash>.bin               the text's ids with that tokenizer, raw little-endian
+    ids-<tokenizer hash>.json              {"dtype", "tokens"}: written last, so an entry without
+                                           it is incomplete and is built again
+
+The text is read and encoded chunk by chunk (TextFiles.chunks), so memory holds one chunk and its
+ids at a time however large the corpus is; training reads windows from the memory-mapped ids. A
+run on the same text (hashed, not dated) finds its tokenizer and ids here and skips both passes.
+Every file is written under a temporary name and renamed into place, so a killed run never
+leaves a half-written entry that a later run would trust.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .datasets import cache_dir
+from .errors import RepytilianError
+from .fileio import atomic_write_bytes, fsync_dir, pid_alive
+from .tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from .textfiles import TextFiles
+
+ENCODE_CHUNK_CHARS = 4 << 20
+
+
+def corpus_cache_dir(corpus: TextFiles) -> Path:
+    return cache_dir() / "tokens" / corpus.sha256
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _progress(corpus: TextFiles, what: str) -> tqdm:
+    return tqdm(total=corpus.chars, unit="char", unit_scale=True, desc=what, leave=False,
+                disable=bool(os.environ.get("REPYTILIAN_NO_PROGRESS")))
+
+
+def _write_error(where: Path, e: OSError) -> RepytilianError:
+    return RepytilianError(
+        f"cannot write the token cache in {where}: {e.strerror or e}; free some space there "
+        "or point REPYTILIAN_HOME at another disk"
+    )
+
+
+def cached_tokenizer(corpus: TextFiles, cls: type[Tokenizer], options: dict[str, Any]) -> Tokenizer:
+    """The tokenizer `cls` trained on the corpus with `options`: from the cache, or trained now and kept."""
+    key = json.dumps({k: v for k, v in sorted(options.items()) if v is not None})
+    path = corpus_cache_dir(corpus) / f"tokenizer-{cls.name}-{_short_hash(key)}.json"
+    if path.is_file():
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"), str(path))
+        except (RepytilianError, OSError, UnicodeDecodeError):
+            pass  # a damaged entry is built again
+    _say(f"training the {cls.name} tokenizer on {corpus.size_bytes / 2**20:,.0f} MB of text, read piece by piece")
+    with _progress(corpus, "tokenizer") as bar:
+        tokenizer = cls.train_chunks(_counted(corpus.chunks(), bar), **options)
+    try:
+        atomic_write_bytes(path, tokenizer.to_json().encode("utf-8"))
+    except OSError as e:
+        raise _write_error(path.parent, e) from None
+    return tokenizer
+
+
+def _counted(chunks, bar: tqdm):
+    for chunk in chunks:
+        bar.update(len(chunk))
+        yield chunk
+
+
+def cached_ids(corpus: TextFiles, tokenizer: Tokenizer) -> np.ndarray:
+    """The corpus's ids with `tokenizer`, memory-mapped read-only from the cache (built on a miss)."""
+    folder = corpus_cache_dir(corpus)
+    name = f"ids-{_short_hash(tokenizer.to_json())}"
+    ids_path, meta_path = folder / f"{name}.bin", folder / f"{name}.json"
+    ids = _open_ids(ids_path, meta_path)
+    if ids is not None:
+        _say(f"token ids from the cache: {ids_path}")
+        return ids
+    _remove_abandoned(folder)
+    _say(f"encoding {corpus.size_bytes / 2**20:,.0f} MB of text into {ids_path}")
+    dtype = tokenizer.id_dtype.newbyteorder("<")
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    tokens = 0
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f, _progress(corpus, "encoding") as bar:
+            for chunk in corpus.chunks(ENCODE_CHUNK_CHARS):
+                part = tokenizer.encode_array(chunk).astype(dtype, copy=False)
+                f.write(part.tobytes())
+                tokens += len(part)
+                bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, ids_path)
+        fsync_dir(folder)
+        atomic_write_bytes(meta_path, json.dumps({"dtype": dtype.str, "tokens": tokens}).encode("utf-8"))
+    except OSError as e:
+        raise _write_error(folder, e) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    ids = _open_ids(ids_path, meta_path)
+    if ids is None:
+        raise RepytilianError(f"the token cache entry {ids_path} could not be read back after writing it")
+    return ids
+
+
+def _open_ids(ids_path: Path, meta_path: Path) -> np.ndarray | None:
+    """The ids of a complete cache entry, or None where there is none (or it does not add up)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        dtype, tokens = np.dtype(meta["dtype"]), int(meta["tokens"])
+        if dtype.kind != "u" or ids_path.stat().st_size != tokens * dtype.itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if tokens == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(ids_path, dtype=dtype, mode="r", shape=(tokens,))
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Temporary files of runs that were killed while encoding (their PID is in the name)."""
+    for tmp in folder.glob(".ids-*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not pid_alive(pid):
+            tmp.unlink(missing_ok=True)
