@@ -6,7 +6,7 @@
 Generates a folder of text files (random lines from a made-up vocabulary, seeded), then runs
 `repytilian train -p FOLDER -s tiny -i quick` three times in fresh processes and reports each
 one's wall time and peak RSS (from the kernel, per process):
-  baseline  the same command on the folder's first file alone (in memory: the model, torch, Python)
+  baseline  the same command on the first megabyte of the text (in memory: the model, torch, Python)
   first     the whole folder: read, tokenizer trained, ids encoded into the token cache, trained
   cached    the whole folder again: the text is hashed, the tokenizer and ids come from the cache
 The goal: the large runs' peak RSS stays within 1 GB of the baseline.
@@ -91,10 +91,11 @@ def main() -> None:
         print(f"corpus: {size / 2**30:.2f} GiB in {len(list(corpus.iterdir()))} files "
               f"(generated in {time.perf_counter() - t0:.0f}s) under {work}")
         common = ["-z", args.tokenizer, "-s", "tiny", "-i", "quick", "--seed", "1"]
-        first_file = sorted(corpus.iterdir())[0]
+        head = sorted(corpus.iterdir())[0].read_bytes()[: 2**20]
+        small = work / "small.txt"
+        small.write_bytes(head[: head.rfind(b"\n") + 1])
         rows = {
-            "baseline": run(["-d", str(first_file), "-m", str(work / "small"), *common],
-                            {**env, "REPYTILIAN_STREAM_MB": str(10 * FILE_MB)}),
+            "baseline": run(["-d", str(small), "-m", str(work / "small"), *common], env),
             "first": run(["-p", str(corpus), "-m", str(work / "large"), *common], env),
             "cached": run(["-p", str(corpus), "-m", str(work / "large"), *common], env),
         }

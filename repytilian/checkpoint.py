@@ -2,7 +2,7 @@
 
     config.json          format version, model config, tokenizer kind, training config, data, summary
     tokenizer.json       the vocabulary, written by the tokenizer itself
-    model.safetensors    the weights (the output head is tied to `transformer.wte.weight`)
+    model.safetensors    the weights (a tied output head is stored once, as `transformer.wte.weight`)
     trainer_state/       state.json (step, schedule, metrics) + tensors.safetensors (AdamW moments,
                          RNG states): everything `-l` needs to resume exactly
     metrics.jsonl        one JSON line per evaluation
@@ -40,7 +40,13 @@ from .tokenizers import Tokenizer, tokenizer_from_json
 
 FORMAT = "repytilian-model"
 FORMAT_VERSION = 1
-TIED_KEYS = ("lm_head.weight",)  # equal to transformer.wte.weight; stored once
+TIED_KEYS = ("lm_head.weight",)  # equal to transformer.wte.weight where tied; then stored once
+
+
+def stored_weights(model: GPT) -> dict[str, torch.Tensor]:
+    """The tensors model.safetensors holds: the state dict, a tied head only once."""
+    tied = model.config.tie_embeddings
+    return {k: v for k, v in model.state_dict().items() if not (tied and k in TIED_KEYS)}
 OUR_ENTRIES = {"config.json", "tokenizer.json", "model.safetensors", "trainer_state", "metrics.jsonl",
                "README.md", "loss.png"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
@@ -197,7 +203,7 @@ def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], 
                   "model": dataclasses.asdict(model.config), "tokenizer": tokenizer.name, **meta}
         (staging / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
         tokenizer.save(staging / "tokenizer.json")
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in TIED_KEYS}
+        weights = {k: v.detach().cpu().contiguous() for k, v in stored_weights(model).items()}
         save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
         if trainer is not None:
             _write_trainer_state(staging / "trainer_state", trainer)
@@ -295,6 +301,12 @@ def read_config(path: Path) -> dict[str, Any]:
         raise RepytilianError(f"{path} is a file; a model is a folder holding config.json and model.safetensors")
     if not (path / "config.json").is_file():
         pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if (path / "token_embedding_table.pt").is_file():
+            raise RepytilianError(
+                f"{path} is a model folder of the original Repytilian, saved as pickles, which can run code "
+                f"when loaded, so it is not loaded as it is. Convert it (safely) with: "
+                f"repytilian import-legacy {path} NEW_FOLDER"
+            )
         if pickles:
             raise RepytilianError(
                 f"{path} holds {', '.join(sorted(pickles)[:3])}: pickled files, which can run code when loaded, "
@@ -358,11 +370,12 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu", with_tr
             f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens but the model expects {mcfg.vocab_size}"
         )
     with torch.device("meta"):  # shapes only: nothing is allocated for a config we have not checked
-        expected = {k: v.shape for k, v in GPT(mcfg).state_dict().items() if k not in TIED_KEYS}
+        expected = {k: v.shape for k, v in stored_weights(GPT(mcfg)).items()}
     _check_weights(path / "model.safetensors", expected)
     model = GPT(mcfg)
     state = load_file(path / "model.safetensors")
-    state["lm_head.weight"] = state["transformer.wte.weight"]
+    if mcfg.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
     model.load_state_dict(state)
     model.to(device)
     loaded = LoadedModel(path=path, model=model, tokenizer=tokenizer, meta=meta)

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import RepytilianError
@@ -274,8 +275,6 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def plot_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .checkpoint import read_config
     from .report import plot_loss, read_metrics
 
@@ -286,6 +285,43 @@ def plot_command(args: argparse.Namespace) -> int:
         print("note: matplotlib is not installed: pip install 'repytilian[plot]'", file=sys.stderr)
         return 0
     print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def save_converted(out: str, model, tokenizer, meta: dict, what: str) -> None:
+    """Save a model converted from another format as a model folder, and say how to use it."""
+    from .api import LanguageModel
+    from .checkpoint import TargetLock, save_model_dir
+
+    target = Path(out)
+    try:
+        sample = LanguageModel(model, tokenizer).generate("", 200, seed=0)
+    except RepytilianError:
+        sample = None
+    with TargetLock(target):
+        save_model_dir(target, model, tokenizer, meta, card=True, sample=sample)
+    print(f"converted {what} into {target}: {model.num_params() / 1e6:.2f}M parameters, "
+          f"{tokenizer.name} tokenizer ({tokenizer.vocab_size:,} tokens)\n"
+          f"generate with: python3 generate.py -m {target}", file=sys.stderr)
+
+
+def import_legacy_command(args: argparse.Namespace) -> int:
+    from .legacy import convert
+
+    model, tokenizer, meta = convert(args.legacy_dir)
+    save_converted(args.out, model, tokenizer, {"imported_from": {"format": "repytilian-legacy",
+                                                                  "path": str(args.legacy_dir), **meta}},
+                   f"the original Repytilian model {args.legacy_dir}")
+    return 0
+
+
+def import_command(args: argparse.Namespace) -> int:
+    from .nanogpt import convert
+
+    model, tokenizer, info = convert(args.checkpoint, args.data)
+    meta = {"imported_from": {"format": "nanogpt", "path": str(args.checkpoint), **info},
+            "data": {"source": {"kind": "file", "value": str(Path(args.data).resolve())}}}
+    save_converted(args.out, model, tokenizer, meta, f"the nanoGPT checkpoint {args.checkpoint}")
     return 0
 
 
@@ -360,6 +396,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_plot.add_argument("model_dir")
     p_plot.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_plot.set_defaults(handler=plot_command)
+    p_legacy = sub.add_parser("import-legacy", help="convert a model folder of the original Repytilian (pickled .pt "
+                              "files) into a model folder, reading it with torch.load(weights_only=True) only")
+    p_legacy.add_argument("legacy_dir", help="the original's model folder, e.g. models/shakespeare/v2c")
+    p_legacy.add_argument("out", help="the new model folder")
+    p_legacy.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+    p_legacy.set_defaults(handler=import_legacy_command)
+    p_import = sub.add_parser("import", help="convert a nanoGPT checkpoint (ckpt.pt) into a model folder")
+    p_import.add_argument("--from", dest="source_format", choices=("nanogpt",), required=True,
+                          help="the checkpoint's project (nanogpt)")
+    p_import.add_argument("checkpoint", help="nanoGPT's ckpt.pt (read with torch.load(weights_only=True))")
+    p_import.add_argument("out", help="the new model folder")
+    p_import.add_argument("--data", required=True,
+                          help="the text the model was trained on (its characters are the vocabulary; "
+                               "nanoGPT's meta.pkl is never read)")
+    p_import.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+    p_import.set_defaults(handler=import_command)
     p_bench = sub.add_parser("bench", add_help=False,
                              help="measure training speed and quality per time here (repytilian bench --help)")
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -22,7 +22,7 @@ from .datasets import dataset_path
 from .errors import RepytilianError
 from .jsondata import JsonCorpus, read_json_corpus
 from .textfiles import TextFiles, note_skipped, read_text, text_files_under
-from .tokencache import cached_ids, cached_tokenizer
+from .tokencache import cached_ids, cached_tokenizer, read_windows, split_ids
 from .tokenizers import Tokenizer
 
 VAL_FRACTION = 0.1
@@ -160,7 +160,10 @@ class TokenData:
                     val_fraction: float = VAL_FRACTION) -> "TokenData":
         if isinstance(corpus, TextFiles):  # ids memory-mapped from the cache: never all in memory
             ids = cached_ids(corpus, tokenizer)
-            return cls.split(ids, val_fraction, sha256=corpus.sha256, chars=corpus.chars)
+            if not isinstance(ids, np.memmap):  # no tokens at all
+                return cls.split(ids, val_fraction, sha256=corpus.sha256, chars=corpus.chars)
+            train, val = split_ids(ids, len(ids) - int(len(ids) * val_fraction))
+            return cls(train, val, sha256=corpus.sha256, chars=corpus.chars)
         if isinstance(corpus, str):
             return cls.from_text(corpus, tokenizer, val_fraction)
         ids = tokenizer.encode_sequences(corpus.train)
@@ -190,6 +193,9 @@ def get_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows: x (B, T) and y (B, T), y being x shifted left by one token."""
     starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).numpy()
-    windows = ids[starts[:, None] + np.arange(block_size + 1)]  # (B, T+1)
+    if isinstance(ids, np.memmap):  # a large corpus in the token cache
+        windows = read_windows(ids, starts, block_size + 1)
+    else:
+        windows = ids[starts[:, None] + np.arange(block_size + 1)]  # (B, T+1)
     chunk = torch.from_numpy(windows.astype(np.int64))
     return chunk[:, :-1], chunk[:, 1:]

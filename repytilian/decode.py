@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .model import GPT
+from .model import ACTIVATIONS, GPT
 from .precision import BF16_MIN_WIDTH  # narrower models are overhead-bound: bf16 only adds conversions
 
 
@@ -84,7 +84,11 @@ class Decoder:
             for b in t.h
         ]
         self.ln_f = _norm(t.ln_f)
-        self.head = _Linear(self.wte.t().contiguous(), None)  # tied to the token embedding, as in the model
+        if cfg.tie_embeddings:
+            self.head = _Linear(self.wte.t().contiguous(), None)  # the token embedding, as in the model
+        else:
+            self.head = _Linear.of(model.lm_head, torch.float32)
+        self.activation = ACTIVATIONS[cfg.activation]
         self.n_head, self.hs = cfg.n_head, cfg.n_embd // cfg.n_head
         # Per layer, keys and values side by side, so one copy stores both: (B, 2, nh, block, hs)
         shape = (batch_size, 2, cfg.n_head, cfg.block_size, self.hs)
@@ -120,7 +124,7 @@ class Decoder:
             # Prefill starts from an empty cache (causal); a single new token sees every position.
             y = F.scaled_dot_product_attention(qkv[:, 0], kv[:, 0, :, :end], kv[:, 1, :, :end], is_causal=T > 1)
             x = x + c_proj(y.transpose(1, 2).reshape(B * T, C))  # (B*T, C)
-            x = x + mlp_proj(F.gelu(c_fc(torch.layer_norm(x, *ln_2))))
+            x = x + mlp_proj(self.activation(c_fc(torch.layer_norm(x, *ln_2))))
         self.length = end
         last = x.view(B, T, C)[:, -1, :]  # (B, C)
         return self.head(torch.layer_norm(last, *self.ln_f))

@@ -17,6 +17,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 65
@@ -26,6 +29,9 @@ class ModelConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+    activation: str = "gelu"  # of the MLP: "gelu" (GPT-2) or "relu" (the lecture's first model)
+    tie_embeddings: bool = True  # the output head shares the token embedding's matrix
+    head_bias: bool = False  # a bias on the output head (only the original Repytilian's models have one)
 
     def validate(self) -> None:
         """Raise ValueError for shapes no model can have (the CLI turns this into a clear error)."""
@@ -36,6 +42,8 @@ class ModelConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -67,12 +75,12 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.activation = ACTIVATIONS[config.activation]
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -105,10 +113,11 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the same matrix maps ids to vectors and vectors back to id scores,
-        # which saves vocab_size * n_embd parameters and helps small models generalise.
-        self.transformer.wte.weight = self.lm_head.weight
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
+        if config.tie_embeddings:
+            # Weight tying: the same matrix maps ids to vectors and vectors back to id scores,
+            # which saves vocab_size * n_embd parameters and helps small models generalise.
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # Residual projections add into the stream once per layer; scaling their init keeps
         # the stream's variance from growing with depth (GPT-2 paper).
@@ -126,7 +135,7 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings are left out by default, as GPT-2 counts."""
+        """Parameter count (shared matrices once); position embeddings are left out by default, as GPT-2 counts."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()

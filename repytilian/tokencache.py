@@ -122,6 +122,37 @@ def cached_ids(corpus: TextFiles, tokenizer: Tokenizer) -> np.ndarray:
     return ids
 
 
+def split_ids(ids: np.memmap, n_first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two memory maps of the same file, [:n_first] and [n_first:], each with its own offset
+    (read_windows reads the file at a map's offset)."""
+    item = ids.dtype.itemsize
+
+    def part(start: int, count: int) -> np.ndarray:
+        if count == 0:
+            return np.zeros(0, dtype=ids.dtype)
+        return np.memmap(ids.filename, dtype=ids.dtype, mode="r", offset=ids.offset + start * item, shape=(count,))
+
+    return part(0, n_first), part(n_first, len(ids) - n_first)
+
+
+def read_windows(ids: np.memmap, starts: np.ndarray, length: int) -> np.ndarray:
+    """ids[start:start+length] for each start, read from the file rather than through the map.
+
+    Every page read through a memory map stays in the process's resident memory, and the kernel
+    reads ahead around each one, so random windows would grow it towards the whole file over a
+    long run; read() leaves those pages to the kernel's cache.
+    """
+    item = ids.dtype.itemsize
+    out = np.empty((len(starts), length), dtype=ids.dtype)
+    fd = os.open(ids.filename, os.O_RDONLY)
+    try:
+        for row, start in zip(out, starts):
+            row[:] = np.frombuffer(os.pread(fd, length * item, ids.offset + int(start) * item), dtype=ids.dtype)
+    finally:
+        os.close(fd)
+    return out
+
+
 def _open_ids(ids_path: Path, meta_path: Path) -> np.ndarray | None:
     """The ids of a complete cache entry, or None where there is none (or it does not add up)."""
     try:

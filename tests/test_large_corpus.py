@@ -172,3 +172,20 @@ def test_a_100_mb_file_without_a_newline_trains(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "encoding 100 MB" in result.stderr
     assert "val loss over the first 1,000,000 tokens of the validation split" in result.stderr
+
+
+def test_batches_from_the_cache_are_read_from_the_file_and_equal_in_memory_batches(tmp_path, small_reads):
+    import torch
+
+    from repytilian.data import get_batch
+
+    folder = mixed_folder(tmp_path / "data")
+    corpus = TextFiles.scan(textfiles.text_files_under(folder), newline_after_each=True, root=folder)
+    tokenizer = train_tokenizer(tokenizer_class("characters"), corpus)
+    streamed = TokenData.from_corpus(corpus, tokenizer)
+    for split in ("train", "val"):
+        mapped = getattr(streamed, split)
+        plain = np.array(mapped)
+        a = get_batch(mapped, 5, 16, torch.Generator().manual_seed(3))
+        b = get_batch(plain, 5, 16, torch.Generator().manual_seed(3))
+        assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -40,7 +40,7 @@ def test_context_longer_than_block_size_is_rejected():
         GPT(tiny_config())(torch.zeros(1, 17, dtype=torch.long))
 
 
-@pytest.mark.parametrize("bad", [dict(n_embd=10, n_head=3), dict(n_layer=0), dict(dropout=1.5)])
+@pytest.mark.parametrize("bad", [dict(n_embd=10, n_head=3), dict(n_layer=0), dict(dropout=1.5), dict(activation="swish")])
 def test_impossible_configs_are_rejected(bad):
     with pytest.raises(ValueError):
         tiny_config(**bad).validate()
@@ -58,3 +58,28 @@ def test_training_lowers_the_loss():
         loss.backward()
         opt.step()
     assert loss.item() < first.item() / 4
+
+
+def test_an_untied_relu_model_with_a_head_bias_decodes_saves_and_loads(tmp_path):
+    """The original Repytilian's architecture (imported by `repytilian import-legacy`)."""
+    from repytilian.checkpoint import load_model_dir, save_model_dir
+    from repytilian.decode import Decoder
+    from repytilian.tokenizers import CharacterTokenizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                      activation="relu", tie_embeddings=False, head_bias=True)
+    model = GPT(cfg).eval()
+    assert model.lm_head.weight is not model.transformer.wte.weight and model.lm_head.bias is not None
+    with torch.no_grad():
+        model.lm_head.bias.normal_()
+    idx = torch.randint(11, (1, 9))
+    full, _ = model(idx)
+    decoder = Decoder(model)
+    steps = [decoder.forward(idx[:, :4])] + [decoder.forward(idx[:, t:t + 1]) for t in range(4, 9)]
+    assert torch.allclose(torch.stack(steps, 1), full[:, 3:], atol=1e-5)
+    assert not torch.allclose(full, GPT(ModelConfig(**{**cfg.__dict__, "activation": "gelu"})).eval()(idx)[0])
+
+    save_model_dir(tmp_path / "m", model, CharacterTokenizer(list("abcdefghijk")), {})
+    loaded = load_model_dir(tmp_path / "m").model.eval()
+    assert torch.equal(loaded(idx)[0], full)
