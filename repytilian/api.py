@@ -33,6 +33,7 @@ from .errors import RepytilianError
 from .model import GPT
 from .sampling import SamplingOptions, StopFilter, sample_ids
 from .tokenizers import DEFAULT_TOKENIZER, Tokenizer, UnknownTokensError, tokenizer_class
+from .trackers import finish_all, log_all, open_trackers
 from .train import StopRequest, Trainer, TrainState, pick_device
 
 DEFAULT_MODEL_DIR = "models/shakespeare/basic"
@@ -190,6 +191,8 @@ class TrainOptions:
     progress: bool = True
     interrupt_root: str = "models"  # interrupted runs go to <root>/interrupted/<timestamp>/
     stop: StopRequest | None = None  # lets a caller (a test, a server) stop training early
+    wandb: bool = False  # log each evaluation to Weights & Biases
+    tensorboard: str | None = None  # ...and/or to TensorBoard logs in this folder
 
 
 @dataclass
@@ -321,11 +324,15 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
                                 lambda path: save_model_dir(path, model, tokenizer, meta(None, False), trainer))
     started = time.time()
     lock = TargetLock(out).acquire() if out is not None else None
+    trackers = []
     try:
+        trackers = open_trackers(opts.wandb, opts.tensorboard, {**dataclasses.asdict(mcfg), **dataclasses.asdict(tcfg)},
+                                 name=out.name if out is not None else None)
         with opts.stop or StopRequest() as stop:
             # Only now that the handlers are installed is it safe to tell the user to send a signal.
             log(f"training {steps}. PID {pid}: stop and save with Ctrl+C or `kill -USR1 {pid}`")
-            stopped_by = trainer.run(stop, progress=opts.progress, log=log, after_step=checkpoints.maybe_save)
+            stopped_by = trainer.run(stop, progress=opts.progress, log=log, after_step=checkpoints.maybe_save,
+                                     on_eval=lambda entry: log_all(trackers, entry))
             val_loss = None
             if stopped_by:
                 target = interrupted_dir(opts.interrupt_root)
@@ -359,7 +366,10 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
     finally:
         if lock is not None:
             lock.release()
+        if sys.exc_info()[0] is not None:  # training failed: close the trackers' runs all the same
+            finish_all(trackers, {})
     final_meta = meta(val_loss, not stopped_by)
+    finish_all(trackers, final_meta["summary"])
     lm = LanguageModel(model, tokenizer, final_meta, saved_to)
     return TrainResult(lm, saved_to, stopped_by, val_loss, trainer.state)
 

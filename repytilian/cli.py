@@ -83,6 +83,9 @@ def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None 
     group.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="set any field, e.g. --set n_layer=6 --set warmup_iters=50")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log to Weights & Biases (pip install wandb; WANDB_MODE=offline: no network)")
+    parser.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard logs to DIR (pip install tensorboard)")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +147,7 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
         settings=args.settings, iterations=args.iterations,
         overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
         progress=not args.no_progress and not os.environ.get("REPYTILIAN_NO_PROGRESS"),
+        wandb=args.wandb, tensorboard=args.tensorboard,
     )
 
 
@@ -325,6 +329,19 @@ def import_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_command(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model_dir
+    from .hf_export import export_hf
+
+    loaded = load_model_dir(args.model)
+    out = export_hf(loaded.model, loaded.tokenizer, args.out)
+    print(f"exported {args.model} to {out} as a Hugging Face GPT-2 model. In Python:\n"
+          f"  from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+          f"  model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+          f"  tokenizer = AutoTokenizer.from_pretrained({str(out)!r})", file=sys.stderr)
+    return 0
+
+
 def tokenize_command(args: argparse.Namespace) -> int:
     from .tokenstats import print_tokenizer_table
 
@@ -412,6 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "nanoGPT's meta.pkl is never read)")
     p_import.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_import.set_defaults(handler=import_command)
+    p_export = sub.add_parser("export", help="write a model folder in another format (hf: Hugging Face transformers)")
+    p_export.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
+    p_export.add_argument("--format", choices=("hf",), default="hf",
+                          help="hf: a GPT-2 folder for transformers' AutoModelForCausalLM and AutoTokenizer")
+    p_export.add_argument("out", help="the new folder")
+    p_export.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+    p_export.set_defaults(handler=export_command)
     p_bench = sub.add_parser("bench", add_help=False,
                              help="measure training speed and quality per time here (repytilian bench --help)")
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -248,7 +248,8 @@ class Trainer:
         return entry
 
     def run(self, stop: StopRequest | None = None, progress: bool = True,
-            log: Callable[[str], None] | None = None, after_step: Callable[[], None] | None = None) -> str | None:
+            log: Callable[[str], None] | None = None, after_step: Callable[[], None] | None = None,
+            on_eval: Callable[[dict[str, Any]], None] | None = None) -> str | None:
         """Train until the schedule ends or a stop is requested; returns the stop reason or None."""
         stop = stop or StopRequest()
         state, cfg = self.state, self.cfg
@@ -287,6 +288,8 @@ class Trainer:
                     entry = self.record(self.estimate_loss(), learning_rate(state.step - 1, cfg, state))
                     log(f"step {entry['step']}: train loss {entry['train_loss']:.4f}, "
                         f"val loss {entry['val_loss']:.4f}")
+                    if on_eval is not None:
+                        on_eval(entry)  # e.g. experiment trackers
                     last_update += time.perf_counter() - t0  # evaluation time is not training speed
                 if after_step is not None:
                     t0 = time.perf_counter()

@@ -87,3 +87,66 @@ def test_a_text_without_line_breaks_trains_saves_and_starts_generation_at_a_spac
     with pytest.raises(RepytilianError, match="no line break or space to start from; give a prompt with -c"):
         lm.generate("", 10)
     assert lm.generate("ab", 10, seed=1)
+
+
+class FakeWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is not a dependency)."""
+    made = []
+
+    def __init__(self, log_dir):
+        self.log_dir, self.scalars, self.closed = log_dir, [], False
+        FakeWriter.made.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, step, value))
+
+    def add_text(self, tag, text):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+class FakeWandbRun:
+    def __init__(self):
+        self.logged, self.summary, self.finished = [], {}, False
+
+    def log(self, values, step):
+        self.logged.append((step, values))
+
+    def finish(self):
+        self.finished = True
+
+
+def test_trackers_get_every_evaluation_and_the_final_loss(corpus_file, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    board = types.ModuleType("torch.utils.tensorboard")
+    board.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", board)
+    run = FakeWandbRun()
+    wandb = types.ModuleType("wandb")
+    wandb.init = lambda **kwargs: run if kwargs["config"]["n_layer"] == 1 else None
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    result = train(options(corpus_file, tmp_path, wandb=True, tensorboard=str(tmp_path / "tb"),
+                           overrides={**TINY_OVERRIDES, "max_iters": 20}))
+    writer = FakeWriter.made[-1]
+    assert writer.log_dir == str(tmp_path / "tb") and writer.closed
+    assert [step for tag, step, _ in writer.scalars if tag == "loss/val"] == [10, 20]
+    final = [(step, value) for tag, step, value in writer.scalars if tag == "loss/val_whole_split"]
+    assert final == [(20, pytest.approx(result.val_loss, abs=1e-4))]
+    assert [step for step, _ in run.logged] == [10, 20] and set(run.logged[0][1]) >= {"train_loss", "val_loss", "lr"}
+    assert run.finished and run.summary["step"] == 20
+
+
+def test_a_tracker_that_is_not_installed_is_a_clear_error_before_training(corpus_file, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail
+    with pytest.raises(RepytilianError, match="--wandb needs the wandb package: pip install wandb"):
+        train(options(corpus_file, tmp_path, wandb=True))
+    assert not (tmp_path / "model").exists()

@@ -1,0 +1,84 @@
+"""Optional experiment trackers: Weights & Biases (`--wandb`) and TensorBoard (`--tensorboard DIR`).
+
+Off by default, and each library is imported only when its flag is given, so neither is a
+dependency. Every evaluation's figures (train and val loss, learning rate, tokens seen, time)
+go to each tracker, and the final whole-split val loss at the end. W&B's own switch
+WANDB_MODE=offline makes it write locally with no network (`wandb sync` uploads later).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from .errors import RepytilianError
+
+SCALARS = ("train_loss", "val_loss", "lr", "tokens", "time")
+
+
+class Tracker(Protocol):
+    def log(self, entry: dict[str, Any]) -> None: ...
+
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class WandbTracker:
+    def __init__(self, config: dict[str, Any], name: str | None):
+        try:
+            import wandb
+        except ImportError:
+            raise RepytilianError("--wandb needs the wandb package: pip install wandb") from None
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "repytilian"), name=name, config=config)
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.run.log({k: entry[k] for k in SCALARS if k in entry}, step=entry["step"])
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        for key, value in summary.items():
+            self.run.summary[key] = value
+        self.run.finish()
+
+
+class TensorBoardTracker:
+    def __init__(self, log_dir: str, config: dict[str, Any]):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RepytilianError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        try:
+            self.writer = SummaryWriter(log_dir=log_dir)
+        except OSError as e:
+            raise RepytilianError(f"cannot write TensorBoard logs to {log_dir}: {e.strerror or e}") from None
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(config.items())))
+
+    def log(self, entry: dict[str, Any]) -> None:
+        for key in ("train_loss", "val_loss", "lr"):
+            if key in entry:
+                self.writer.add_scalar(key if key == "lr" else f"loss/{key.removesuffix('_loss')}", entry[key],
+                                       entry["step"])
+        self.writer.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if summary.get("val_loss_full") is not None:
+            self.writer.add_scalar("loss/val_whole_split", summary["val_loss_full"], summary.get("step", 0))
+        self.writer.close()
+
+
+def open_trackers(wandb: bool, tensorboard_dir: str | None, config: dict[str, Any],
+                  name: str | None = None) -> list[Tracker]:
+    trackers: list[Tracker] = []
+    if tensorboard_dir:
+        trackers.append(TensorBoardTracker(tensorboard_dir, config))
+    if wandb:
+        trackers.append(WandbTracker(config, name))
+    return trackers
+
+
+def log_all(trackers: Sequence[Tracker], entry: dict[str, Any]) -> None:
+    for tracker in trackers:
+        tracker.log(entry)
+
+
+def finish_all(trackers: Sequence[Tracker], summary: dict[str, Any]) -> None:
+    for tracker in trackers:
+        tracker.finish(summary)
