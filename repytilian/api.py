@@ -27,7 +27,7 @@ from .checkpoint import (
     restore_trainer,
     save_model_dir,
 )
-from .config import ITERATIONS, build_configs, check_configs, split_overrides
+from .config import ARCHS, ITERATIONS, build_configs, check_configs, split_overrides
 from .data import DataSource, TokenData, load_corpus, train_tokenizer
 from .errors import RepytilianError
 from .model import GPT
@@ -182,6 +182,7 @@ class TrainOptions:
     tokenizer: str | None = None  # None: the loaded model's, else characters
     tokenizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 512} for bpe
     settings: str = "default"
+    arch: str | None = None  # None: "classic" (or, with `load`, the loaded model's)
     iterations: str | None = None  # None: "default" (or, with `load`, finish the saved schedule)
     overrides: dict[str, Any] = field(default_factory=dict)  # field name -> value or CLI string
     out: str | None = DEFAULT_MODEL_DIR  # "" or None: save nothing at the end
@@ -207,6 +208,8 @@ class TrainResult:
 def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
     """Train config and state for continuing a saved model, saying what happens to the LR schedule."""
     model_over, train_over = split_overrides(opts.overrides)
+    if opts.arch is not None:
+        model_over = {**ARCHS.get(opts.arch, {}), **model_over}
     mcfg = loaded.model.config
     changed = {k: v for k, v in model_over.items() if k != "dropout" and getattr(mcfg, k) != v}
     if changed:
@@ -224,6 +227,11 @@ def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
         if preset is None:
             raise RepytilianError(f"unknown -i/--iterations preset {opts.iterations!r}; choose one of: {', '.join(ITERATIONS)}")
         tcfg = dataclasses.replace(tcfg, **preset)
+    if train_over.get("optimizer", tcfg.optimizer) != tcfg.optimizer:
+        raise RepytilianError(
+            f"{loaded.path} was trained with {tcfg.optimizer}; -l continues it with the same optimiser "
+            f"(its saved state is {tcfg.optimizer}'s), so drop --optimizer"
+        )
     tcfg = dataclasses.replace(tcfg, **train_over)
     if opts.seed is not None:
         tcfg.seed = opts.seed
@@ -280,7 +288,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
             raise RepytilianError(f"the training data does not fit the vocabulary of {opts.load}: {e}") from None
     else:
         tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
-        mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides)
+        mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides, opts.arch or "classic")
         if opts.seed is not None:
             tcfg.seed = opts.seed
         source = opts.data or DataSource("dataset", "shakespeare")

@@ -83,13 +83,14 @@ def throughput(preset: str, dtype: str, compile: bool, steps: int) -> dict:
     }
 
 
-def quality(preset: str, budget: float, dtype: str) -> dict:
+def quality(preset: str, budget: float, dtype: str, overrides: dict | None = None) -> dict:
     from .api import TrainOptions, train
 
     result = train(TrainOptions(settings=preset, iterations="forever", out=None, progress=False,
-                                overrides={"max_seconds": budget, "dtype": dtype}),
+                                overrides={**(overrides or {}), "max_seconds": budget, "dtype": dtype}),
                    log=lambda msg: None)
-    return {"preset": preset, "budget_s": budget, "dtype": result.language_model.meta["train"]["dtype"],
+    return {"preset": preset, "overrides": overrides or {}, "budget_s": budget,
+            "dtype": result.language_model.meta["train"]["dtype"],
             "steps": result.state.step, "tokens": result.state.tokens_seen,
             "val_loss_full": round(result.val_loss, 4),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "throughput":
             print(json.dumps(throughput(rest[0], rest[1], rest[2] == "1", int(rest[3]))))
         else:
-            print(json.dumps(quality(rest[0], float(rest[1]), rest[2])))
+            print(json.dumps(quality(rest[0], float(rest[1]), rest[2], json.loads(rest[3]) if len(rest) > 3 else None)))
         return 0
 
     peak = {"float32": matmul_gflops(torch.float32), "bfloat16": matmul_gflops(torch.bfloat16)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -48,7 +49,11 @@ def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None 
         parser = root.add_argument_group(heading)
     parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text file to train on")
     parser.add_argument("-p", "--datapath", help="a folder: every text file under it is training data")
-    parser.add_argument("-s", "--settings", default="default", help="model/optimiser preset: tiny, default, hyper")
+    parser.add_argument("-s", "--settings", default="default",
+                        help="model/optimiser preset: tiny, default, speedrun, hyper")
+    parser.add_argument("--arch", choices=("classic", "modern"), default=None,
+                        help="classic: the lecture's GPT (default); modern: rotary positions, RMSNorm, SwiGLU, "
+                             "no biases (Llama's layout)")
     parser.add_argument("-i", "--iterations", default=None,
                         help="how long to train: quick, default, long, forever (until stopped)")
     parser.add_argument("-z", "--tokenizer", default=None,
@@ -72,6 +77,8 @@ def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None 
     group.add_argument("--eval-interval", type=_positive_int)
     group.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                        help="training precision (default auto: bf16 autocast where measured faster)")
+    group.add_argument("--optimizer", choices=("adamw", "muon"),
+                       help="adamw (default), or muon: Muon for the blocks' matrices, AdamW for the rest")
     group.add_argument("--compile", action="store_const", const=True, default=None,
                        help="torch.compile the model (slower to start; falls back to eager if it fails)")
     group.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
@@ -132,7 +139,7 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
     overrides = parse_set_options(args.set)
     for name in ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
                  "learning_rate", "eval_interval", "dtype", "compile", "max_seconds", "checkpoint_every",
-                 "checkpoint_minutes"):
+                 "checkpoint_minutes", "optimizer"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -144,7 +151,7 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
         raise RepytilianError("--json-key, --json-val-key and --json-layout need JSON data: give -d FILE or -p DIR")
     return TrainOptions(
         data=data, tokenizer=args.tokenizer, tokenizer_options={"vocab_size": args.vocab_size},
-        settings=args.settings, iterations=args.iterations,
+        settings=args.settings, arch=args.arch, iterations=args.iterations,
         overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
         progress=not args.no_progress and not os.environ.get("REPYTILIAN_NO_PROGRESS"),
         wandb=args.wandb, tensorboard=args.tensorboard,
@@ -335,7 +342,8 @@ def export_command(args: argparse.Namespace) -> int:
 
     loaded = load_model_dir(args.model)
     out = export_hf(loaded.model, loaded.tokenizer, args.out)
-    print(f"exported {args.model} to {out} as a Hugging Face GPT-2 model. In Python:\n"
+    kind = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"exported {args.model} to {out} for Hugging Face transformers ({kind}). In Python:\n"
           f"  from transformers import AutoModelForCausalLM, AutoTokenizer\n"
           f"  model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
           f"  tokenizer = AutoTokenizer.from_pretrained({str(out)!r})", file=sys.stderr)

@@ -30,6 +30,7 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "auto"  # float32, bfloat16, float16 (CUDA), or auto: measured once, then stored
     compile: bool = False  # torch.compile the model (falls back to eager with a warning if it fails)
+    optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest (optim.py)
     max_seconds: float | None = None  # a training-time budget; the LR schedule then follows time
     checkpoint_every: int | None = None  # save the full state every this many steps...
     checkpoint_minutes: float | None = None  # ...and/or every this many minutes
@@ -48,6 +49,10 @@ class TrainConfig:
             raise ValueError("grad_clip and weight_decay must not be negative")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.dtype == "float16":
+            raise ValueError("--optimizer muon does not work with float16 (its gradient scaler); use bfloat16")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
@@ -66,10 +71,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "default": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
                     batch_size=16, learning_rate=2e-3, min_lr=2e-4, beta2=0.99),
     # For short time budgets (`-s speedrun --budget 90`): fewer layers for more steps, a higher LR,
-    # a short warm-up. Measured at 90 s on 2 cores: val 1.73 (3 layers, lr 3e-3) against 1.74
-    # (4 layers, lr 3e-3), 1.82 (the default's lr 2e-3) and 1.88 (context 128, batch 8).
+    # a short warm-up, and Muon. Measured at 90 s on 2 cores with AdamW: val 1.73 (3 layers, lr 3e-3)
+    # against 1.74 (4 layers, lr 3e-3), 1.82 (the default's lr 2e-3) and 1.88 (context 128, batch
+    # 8); Muon then took the 3-layer model from about 1.70 to 1.63 (README, Benchmarks).
     "speedrun": dict(n_layer=3, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-                     batch_size=16, learning_rate=3e-3, min_lr=3e-4, beta2=0.99, warmup_iters=50),
+                     batch_size=16, learning_rate=3e-3, min_lr=3e-4, beta2=0.99, warmup_iters=50,
+                     optimizer="muon"),
     # The lecture's model: 6 layers, 6 heads, 384 wide, context 256 (10.7M parameters).
     "hyper": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
                   batch_size=64, learning_rate=1e-3, min_lr=1e-4, beta2=0.99),
@@ -85,6 +92,16 @@ ITERATIONS: dict[str, dict[str, Any]] = {
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+# Architectures (model fields on top of any -s preset). "classic" is the lecture's GPT (GPT-2's
+# layout); "modern" swaps in what later GPTs use, chosen by measurement (README, "Architecture").
+ARCHS: dict[str, dict[str, Any]] = {
+    "classic": {"position": "learned", "norm": "layernorm", "activation": "gelu", "bias": True,
+                "tie_embeddings": True},
+    "modern": {"position": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False,
+               "tie_embeddings": True},
+}
 
 
 def _lookup(presets: dict[str, dict[str, Any]], name: str, flag: str) -> dict[str, Any]:
@@ -154,11 +171,13 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 
 
 def build_configs(
-    settings: str = "default", iterations: str = "default", overrides: dict[str, Any] | None = None
+    settings: str = "default", iterations: str = "default", overrides: dict[str, Any] | None = None,
+    arch: str = "classic",
 ) -> tuple[ModelConfig, TrainConfig]:
     """The model config (vocab_size still to be filled in from the tokenizer) and the train config."""
     # Settings win where both set a field (speedrun pins its short warm-up whatever -i says).
-    values = {**_lookup(ITERATIONS, iterations, "-i/--iterations"), **_lookup(SETTINGS, settings, "-s/--settings")}
+    values = {**_lookup(ITERATIONS, iterations, "-i/--iterations"), **_lookup(SETTINGS, settings, "-s/--settings"),
+              **_lookup(ARCHS, arch, "--arch")}
     model_over, train_over = split_overrides(overrides or {})
     model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS} | model_over
     train_values = {k: v for k, v in values.items() if k in TRAIN_FIELDS} | train_over

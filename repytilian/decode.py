@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .model import ACTIVATIONS, GPT
+from .model import ACTIVATIONS, GPT, apply_rope
 from .precision import BF16_MIN_WIDTH  # narrower models are overhead-bound: bf16 only adds conversions
 
 
@@ -47,9 +47,18 @@ class _Linear:
         return torch.addmm(self.bias, x, self.weight)
 
 
-def _norm(layer: torch.nn.LayerNorm) -> tuple:
-    bias = None if layer.bias is None else layer.bias.detach()
-    return (layer.normalized_shape, layer.weight.detach(), bias, layer.eps)
+class _Norm:
+    """A LayerNorm or RMSNorm as one direct call (no module dispatch)."""
+
+    def __init__(self, layer: torch.nn.Module):
+        self.shape, self.weight, self.eps = layer.normalized_shape, layer.weight.detach(), layer.eps
+        self.rms = isinstance(layer, torch.nn.RMSNorm)
+        self.bias = None if self.rms or layer.bias is None else layer.bias.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rms:
+            return torch.rms_norm(x, self.shape, self.weight, self.eps)
+        return torch.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
 
 
 @contextmanager
@@ -77,13 +86,16 @@ class Decoder:
         self.device = model.lm_head.weight.device
         t = model.transformer
         self.wte = t.wte.weight.detach()
-        self.wpe = t.wpe.weight.detach()
+        self.wpe = t.wpe.weight.detach() if "wpe" in t else None
+        self.rope = None if self.wpe is not None else (model.rope_cos, model.rope_sin)
         self.layers = [
-            (_norm(b.ln_1), _Linear.of(b.attn.c_attn, dtype), _Linear.of(b.attn.c_proj, dtype),
-             _norm(b.ln_2), _Linear.of(b.mlp.c_fc, dtype), _Linear.of(b.mlp.c_proj, dtype))
+            (_Norm(b.ln_1), _Linear.of(b.attn.c_attn, dtype), _Linear.of(b.attn.c_proj, dtype),
+             _Norm(b.ln_2), _Linear.of(b.mlp.c_fc, dtype), _Linear.of(b.mlp.c_proj, dtype))
             for b in t.h
         ]
-        self.ln_f = _norm(t.ln_f)
+        self.qk_norms = [(_Norm(b.attn.q_norm), _Norm(b.attn.k_norm)) if cfg.qk_norm else None for b in t.h]
+        self.gated = cfg.activation == "swiglu"
+        self.ln_f = _Norm(t.ln_f)
         if cfg.tie_embeddings:
             self.head = _Linear(self.wte.t().contiguous(), None)  # the token embedding, as in the model
         else:
@@ -113,21 +125,41 @@ class Decoder:
         if end > self.config.block_size:
             raise ValueError(f"the cache holds {self.config.block_size} positions; {end} asked for")
         nh, hs, C = self.n_head, self.hs, self.config.n_embd
-        x = (torch.embedding(self.wte, idx) + self.wpe[start:end]).view(B * T, C)  # (B*T, C)
-        for (ln_1, c_attn, c_proj, ln_2, c_fc, mlp_proj), kv in zip(self.layers, self.kv):
-            qkv = c_attn(torch.layer_norm(x, *ln_1))  # (B*T, 3C)
+        x = torch.embedding(self.wte, idx)
+        if self.wpe is not None:
+            x = x + self.wpe[start:end]
+        x = x.view(B * T, C)  # (B*T, C)
+        rope = None if self.rope is None else (self.rope[0][start:end], self.rope[1][start:end])
+        for (ln_1, c_attn, c_proj, ln_2, c_fc, mlp_proj), kv, qk_norm in zip(self.layers, self.kv, self.qk_norms):
+            qkv = c_attn(ln_1(x))  # (B*T, 3C)
             if T == 1:  # a single position needs no transpose: (B, 3, nh, 1, hs) is already head-major
                 qkv = qkv.view(B, 3, nh, 1, hs)
             else:
                 qkv = qkv.view(B, T, 3, nh, hs).permute(0, 2, 3, 1, 4)  # (B, 3, nh, T, hs)
-            kv[:, :, :, start:end] = qkv[:, 1:]  # keys and values in one copy
+            q = qkv[:, 0]
+            if qk_norm is None and rope is None:
+                kv[:, :, :, start:end] = qkv[:, 1:]  # keys and values in one copy
+            else:
+                k = qkv[:, 1]
+                if qk_norm is not None:
+                    q, k = qk_norm[0](q), qk_norm[1](k)
+                if rope is not None:
+                    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                kv[:, 0, :, start:end] = k
+                kv[:, 1, :, start:end] = qkv[:, 2]
             # Prefill starts from an empty cache (causal); a single new token sees every position.
-            y = F.scaled_dot_product_attention(qkv[:, 0], kv[:, 0, :, :end], kv[:, 1, :, :end], is_causal=T > 1)
+            y = F.scaled_dot_product_attention(q, kv[:, 0, :, :end], kv[:, 1, :, :end], is_causal=T > 1)
             x = x + c_proj(y.transpose(1, 2).reshape(B * T, C))  # (B*T, C)
-            x = x + mlp_proj(self.activation(c_fc(torch.layer_norm(x, *ln_2))))
+            h = c_fc(ln_2(x))
+            if self.gated:
+                gate, up = h.chunk(2, dim=-1)
+                h = self.activation(gate) * up
+            else:
+                h = self.activation(h)
+            x = x + mlp_proj(h)
         self.length = end
         last = x.view(B, T, C)[:, -1, :]  # (B, C)
-        return self.head(torch.layer_norm(last, *self.ln_f))
+        return self.head(self.ln_f(last))
 
     def reset(self) -> None:
         self.length = 0

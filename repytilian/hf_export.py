@@ -1,8 +1,10 @@
 """`repytilian export -m DIR --format hf OUT`: a folder that Hugging Face `transformers` loads.
 
-The classic architecture is GPT-2's, so the export is a GPT-2 model: config.json in transformers'
-GPT2Config fields, model.safetensors under GPT-2's weight names with its Conv1D layout (each
-matrix stored (in, out), the transpose of nn.Linear's), and a tokenizer.json built with the
+The classic architecture is GPT-2's, so it is exported as a GPT-2 model: config.json in
+transformers' GPT2Config fields, model.safetensors under GPT-2's weight names with its Conv1D
+layout (each matrix stored (in, out), the transpose of nn.Linear's). `--arch modern` (rotary
+positions, RMSNorm, SwiGLU, no biases) is Llama's, so it is exported as a Llama model, our fused
+matrices split into Llama's q/k/v and gate/up projections. Both come with a tokenizer.json built with the
 `tokenizers` library that encodes and decodes as ours does, with a tokenizer_config.json, so
 both AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) work.
 Nothing here imports transformers: the files are written from their published formats.
@@ -21,7 +23,7 @@ from safetensors.torch import save_file
 
 from .errors import RepytilianError
 from .fileio import fsync_dir
-from .model import GPT
+from .model import GPT, RMS_EPS, ROPE_THETA
 from .tokenizers import Tokenizer
 from .tokenizers.words import TOKEN_PATTERN
 
@@ -54,6 +56,73 @@ def gpt2_config(model: GPT) -> dict[str, Any]:
         "eos_token_id": None,
         "torch_dtype": "float32",
     }
+
+
+def is_llama(model: GPT) -> bool:
+    """Whether the model is exported as Llama (else GPT-2); a mix of the two is refused."""
+    cfg = model.config
+    modern = (cfg.position == "rope", cfg.norm == "rmsnorm", cfg.activation == "swiglu", not cfg.bias)
+    if all(modern) and not cfg.qk_norm and not cfg.head_bias:
+        return True
+    if cfg.position == "learned" and cfg.norm == "layernorm" and cfg.activation in ACTIVATION_NAMES \
+            and not cfg.qk_norm:
+        return False
+    raise RepytilianError(
+        "this model mixes architecture options that neither GPT-2 nor Llama has (GPT-2: learned positions, "
+        "LayerNorm, GELU or ReLU; Llama: rotary positions, RMSNorm, SwiGLU, no biases, no QK-norm), "
+        "so it cannot be exported for transformers"
+    )
+
+
+def llama_config(model: GPT) -> dict[str, Any]:
+    cfg = model.config
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.mlp_hidden,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.n_embd // cfg.n_head,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": RMS_EPS,
+        "rope_theta": ROPE_THETA,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "torch_dtype": "float32",
+    }
+
+
+def llama_weights(model: GPT) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    C, H = cfg.n_embd, cfg.mlp_hidden
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"], "model.norm.weight": sd["transformer.ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    for i in range(cfg.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        q, k, v = sd[ours + "attn.c_attn.weight"].split(C)
+        gate, up = sd[ours + "mlp.c_fc.weight"].split(H)
+        out |= {
+            theirs + "input_layernorm.weight": sd[ours + "ln_1.weight"],
+            theirs + "self_attn.q_proj.weight": q, theirs + "self_attn.k_proj.weight": k,
+            theirs + "self_attn.v_proj.weight": v, theirs + "self_attn.o_proj.weight": sd[ours + "attn.c_proj.weight"],
+            theirs + "post_attention_layernorm.weight": sd[ours + "ln_2.weight"],
+            theirs + "mlp.gate_proj.weight": gate, theirs + "mlp.up_proj.weight": up,
+            theirs + "mlp.down_proj.weight": sd[ours + "mlp.c_proj.weight"],
+        }
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 def gpt2_weights(model: GPT) -> dict[str, torch.Tensor]:
@@ -110,8 +179,9 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RepytilianError(f"{out} already exists; export into a new folder")
-    config = gpt2_config(model)
-    weights = gpt2_weights(model)
+    llama = is_llama(model)
+    config = llama_config(model) if llama else gpt2_config(model)
+    weights = llama_weights(model) if llama else gpt2_weights(model)
     tokenizer_json = hf_tokenizer_json(tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

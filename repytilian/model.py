@@ -3,7 +3,9 @@
 Notable choices: pre-LayerNorm blocks, causal self-attention through PyTorch's
 `scaled_dot_product_attention` (flash/efficient kernels where available), learned position
 embeddings, the token embedding tied to the output head, and nanoGPT's initialisation (normal
-0.02, residual projections scaled by 1/sqrt(2 * n_layer)).
+0.02, residual projections scaled by 1/sqrt(2 * n_layer)). Opt-in refinements of later GPTs
+(`--arch modern`, or one at a time with --set): rotary positions, RMSNorm, ReLU^2 or SwiGLU MLPs,
+QK-norm, an untied output head.
 
 This module knows nothing of files, tokenizers or devices: it maps token ids to logits.
 """
@@ -17,7 +19,16 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+# MLP activations; "swiglu" is gated (silu(x W_gate) * x W_up, as in Llama) and handled in MLP.
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": relu_squared, "swiglu": F.silu}
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+RMS_EPS = 1e-6  # Llama's
+ROPE_THETA = 10000.0
 
 
 @dataclass
@@ -29,9 +40,20 @@ class ModelConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
-    activation: str = "gelu"  # of the MLP: "gelu" (GPT-2) or "relu" (the lecture's first model)
+    activation: str = "gelu"  # of the MLP: gelu (GPT-2), relu (the lecture's first model), relu2, swiglu (Llama)
     tie_embeddings: bool = True  # the output head shares the token embedding's matrix
     head_bias: bool = False  # a bias on the output head (only the original Repytilian's models have one)
+    position: str = "learned"  # position embeddings (GPT-2), or "rope": rotary, applied to queries and keys
+    norm: str = "layernorm"  # or "rmsnorm" (no mean, no bias)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's inner width: 4x, or for the gated swiglu (three matrices, not two) 8/3x
+        rounded up to a multiple of 32, which keeps the parameter count."""
+        if self.activation == "swiglu":
+            return 32 * math.ceil(8 * self.n_embd / 3 / 32)
+        return 4 * self.n_embd
 
     def validate(self) -> None:
         """Raise ValueError for shapes no model can have (the CLI turns this into a clear error)."""
@@ -42,8 +64,32 @@ class ModelConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        for name, allowed in (("activation", tuple(ACTIVATIONS)), ("position", POSITIONS), ("norm", NORMS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
+
+
+def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=RMS_EPS)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+def rope_tables(block_size: int, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (block_size, head_size) of rotary embeddings, in Llama's layout: the head's
+    first and second halves are the two coordinates of each rotated pair."""
+    inv_freq = 1.0 / ROPE_THETA ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., T, hs) rotated by position: each pair (x_i, x_{i+hs/2}) turns by its angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -56,14 +102,21 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        if config.qk_norm:
+            self.q_norm = nn.RMSNorm(config.n_embd // config.n_head, eps=RMS_EPS)
+            self.k_norm = nn.RMSNorm(config.n_embd // config.n_head, eps=RMS_EPS)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )  # (B, nh, T, hs)
@@ -74,13 +127,21 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = config.mlp_hidden
+        self.gated = config.activation == "swiglu"  # c_fc then holds the gate and the up projection
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.gated else hidden, bias=config.bias)
         self.activation = ACTIVATIONS[config.activation]
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.activation(gate) * up
+        else:
+            h = self.activation(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -88,13 +149,13 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -104,15 +165,19 @@ class GPT(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        parts = dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=make_norm(config, config.n_embd),
         )
+        if config.position == "learned":
+            parts["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:  # computed, not learned: not saved with the weights
+            cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.transformer = nn.ModuleDict(parts)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
         if config.tie_embeddings:
             # Weight tying: the same matrix maps ids to vectors and vectors back to id scores,
@@ -137,7 +202,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count (shared matrices once); position embeddings are left out by default, as GPT-2 counts."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -152,10 +217,15 @@ class GPT(nn.Module):
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(T, dtype=torch.long, device=idx.device))
+        else:
+            rope = (self.rope_cos[:T], self.rope_sin[:T])
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, rope)
         x = self.transformer.ln_f(x)
         if last_only:
             x = x[:, [-1], :]  # (B, 1, C)

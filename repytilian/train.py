@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .data import TokenData, get_batch
 from .errors import RepytilianError
 from .evaluate import evaluate
+from .optim import make_optimizer
 from .model import GPT
 from .precision import autocast, resolve_dtype
 
@@ -140,12 +141,8 @@ class Trainer:
         if cfg.compile:
             self.forward = self._compiled(model)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.optimizer = torch.optim.AdamW(
-            model.optimizer_groups(cfg.weight_decay),
-            lr=cfg.learning_rate,
-            betas=(cfg.beta1, cfg.beta2),
-            **({"fused": True} if device.type in ("cuda", "cpu") else {}),
-        )
+        self.optimizer = make_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay,
+                                        (cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
 
     def _compiled(self, model: GPT):
         try:

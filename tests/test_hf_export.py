@@ -92,3 +92,47 @@ def test_export_from_the_command_line(tmp_path, corpus_file):
     assert hf_tokenizer.decode(out[0]).startswith("the king")
     again = run_script("export", "-m", "m", "hf", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("name", ["characters", "bpe"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_modern_architecture_exports_as_llama_with_the_same_logits_and_greedy_text(tmp_path, name, tied):
+    from repytilian.config import ARCHS
+
+    tokenizer = tokenizer_class(name).train(TEXT, **({"vocab_size": 300} if name == "bpe" else {}))
+    model = random_model(tokenizer.vocab_size, **{**ARCHS["modern"], "tie_embeddings": tied})
+    export_hf(model, tokenizer, tmp_path / "hf")
+    hf_model, hf_tokenizer = load_hf(tmp_path / "hf")
+    assert isinstance(hf_model, transformers.LlamaForCausalLM)
+    idx = torch.randint(tokenizer.vocab_size, (3, 24))
+    with torch.no_grad():
+        assert torch.allclose(hf_model(idx).logits, model(idx)[0], atol=1e-4)
+    prompt = tokenizer.encode("the king")
+    n = 24 - len(prompt)
+    ours = [int(t) for t in sample_ids(model, prompt, n, SamplingOptions(temperature=0))]
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                                   pad_token_id=0)[0, len(prompt):].tolist()
+    assert theirs == ours
+
+
+def test_a_mix_of_gpt2_and_llama_options_is_refused(tmp_path):
+    tokenizer = tokenizer_class("characters").train(TEXT)
+    with pytest.raises(RepytilianError, match="neither GPT-2 nor Llama"):
+        export_hf(random_model(tokenizer.vocab_size, position="rope"), tokenizer, tmp_path / "x")
+
+
+def test_arch_modern_trains_generates_and_exports_as_llama_from_the_command_line(tmp_path, corpus_file):
+    trained = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-i", "quick", "--arch", "modern", *TINY,
+                         cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    from repytilian import load_model
+
+    cfg = load_model(tmp_path / "m").model.config
+    assert (cfg.position, cfg.norm, cfg.activation, cfg.bias) == ("rope", "rmsnorm", "swiglu", False)
+    more = run_script("training.py", "-l", "m", "-m", "m", "--iters", "5", "--arch", "classic", cwd=tmp_path)
+    assert more.returncode == 2 and "cannot change the shape of a trained model" in more.stderr
+    generated = run_script("generate.py", "-m", "m", "-t", "20", "--seed", "1", cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr
+    exported = run_script("export", "-m", "m", "hf", cwd=tmp_path)
+    assert exported.returncode == 0 and "LlamaForCausalLM" in exported.stderr, exported.stderr

@@ -83,3 +83,56 @@ def test_an_untied_relu_model_with_a_head_bias_decodes_saves_and_loads(tmp_path)
     save_model_dir(tmp_path / "m", model, CharacterTokenizer(list("abcdefghijk")), {})
     loaded = load_model_dir(tmp_path / "m").model.eval()
     assert torch.equal(loaded(idx)[0], full)
+
+
+ARCH_VARIANTS = [
+    dict(position="rope"),
+    dict(norm="rmsnorm", bias=False),
+    dict(activation="relu2"),
+    dict(activation="swiglu"),
+    dict(position="rope", qk_norm=True),
+    dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False),
+]
+
+
+@pytest.mark.parametrize("arch", ARCH_VARIANTS)
+def test_every_architecture_option_trains_decodes_with_the_cache_and_round_trips(arch, tmp_path):
+    from repytilian.checkpoint import load_model_dir, save_model_dir
+    from repytilian.decode import Decoder
+    from repytilian.sampling import SamplingOptions, sample_ids
+    from repytilian.tokenizers import CharacterTokenizer
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, **arch))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randint(11, (4, 16))
+    first = None
+    for _ in range(5):
+        _, loss = model(x, x.roll(-1, dims=1))
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+    model.eval()
+    idx = torch.randint(11, (2, 16))
+    full, _ = model(idx)
+    decoder = Decoder(model, batch_size=2)
+    steps = [decoder.forward(idx[:, :5])] + [decoder.forward(idx[:, t:t + 1]) for t in range(5, 16)]
+    assert torch.allclose(torch.stack(steps, 1), full[:, 4:], atol=1e-5)
+    greedy = SamplingOptions(temperature=0)
+    cached = [int(t) for t in sample_ids(model, [1, 2, 3], 40, greedy, use_cache=True)]
+    assert cached == [int(t) for t in sample_ids(model, [1, 2, 3], 40, greedy, use_cache=False)]
+    save_model_dir(tmp_path / "m", model, CharacterTokenizer(list("abcdefghijk")), {})
+    assert torch.equal(load_model_dir(tmp_path / "m").model.eval()(idx)[0], full)
+
+
+def test_rope_makes_attention_depend_on_relative_positions_only():
+    """A model without position embeddings, with RoPE: shifting a window of the same tokens does
+    not change the scores, as the rotation depends only on the distance between positions."""
+    from repytilian.model import apply_rope, rope_tables
+
+    cos, sin = rope_tables(32, 8)
+    q, k = torch.randn(8), torch.randn(8)
+    scores = [(apply_rope(q, cos[i + 3], sin[i + 3]) @ apply_rope(k, cos[i], sin[i])).item() for i in range(20)]
+    assert max(scores) - min(scores) < 1e-4

@@ -32,8 +32,10 @@ def test_training_lowers_the_loss_and_writes_a_complete_model_dir(corpus_file, t
     assert {p.name for p in (model_dir / "trainer_state").iterdir()} == {"state.json", "tensors.safetensors"}
 
 
-def test_resume_is_bit_identical_to_training_in_one_go(corpus_file, tmp_path):
-    over = {**TINY_OVERRIDES, "max_iters": 40, "dropout": 0.1}  # dropout: the RNG state must resume too
+@pytest.mark.parametrize("extra", [{}, {"optimizer": "muon", "position": "rope", "norm": "rmsnorm",
+                                        "activation": "swiglu", "bias": False}])
+def test_resume_is_bit_identical_to_training_in_one_go(corpus_file, tmp_path, extra):
+    over = {**TINY_OVERRIDES, "max_iters": 40, "dropout": 0.1, **extra}  # dropout: the RNG state must resume too
     straight = train(options(corpus_file, tmp_path / "a", overrides=over))
 
     first = train(options(corpus_file, tmp_path / "b", overrides=over, stop=StopRequest(at_step=20)))
@@ -150,3 +152,28 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error_before_training(corpus
     with pytest.raises(RepytilianError, match="--wandb needs the wandb package: pip install wandb"):
         train(options(corpus_file, tmp_path, wandb=True))
     assert not (tmp_path / "model").exists()
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(corpus_file, tmp_path):
+    from repytilian.optim import MuonWithAdamW
+
+    result = train(options(corpus_file, tmp_path, overrides={**TINY_OVERRIDES, "max_iters": 30, "optimizer": "muon"}))
+    metrics = result.state.metrics
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"]
+    model = result.language_model.model
+    optimizer = MuonWithAdamW(model, 1e-3, 0.1, (0.9, 0.99), fused=False)
+    on_muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in on_muon) == (p.dim() == 2 and name.startswith("transformer.h.")), name
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["train"]["optimizer"] == "muon"
+
+
+def test_muon_with_float16_is_refused_with_a_reason(corpus_file, tmp_path):
+    with pytest.raises(RepytilianError, match="muon does not work with float16"):
+        train(options(corpus_file, tmp_path, overrides={**TINY_OVERRIDES, "optimizer": "muon", "dtype": "float16"}))
+
+
+def test_a_resume_cannot_switch_optimiser(corpus_file, tmp_path):
+    train(options(corpus_file, tmp_path))
+    with pytest.raises(RepytilianError, match="was trained with adamw; -l continues it with the same optimiser"):
+        train(options(corpus_file, tmp_path, load=str(tmp_path / "model"), overrides={"optimizer": "muon"}))
