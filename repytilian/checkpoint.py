@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import TrainConfig
 from .errors import RepytilianError
-from .fileio import fsync_dir, pid_alive
+from .fileio import fsync_dir, fsync_tree, pid_alive
 from .model import GPT, ModelConfig
 from .report import model_card, plot_loss
 from .tokenizers import Tokenizer, tokenizer_from_json
@@ -42,14 +42,15 @@ FORMAT = "repytilian-model"
 FORMAT_VERSION = 1
 TIED_KEYS = ("lm_head.weight",)  # equal to transformer.wte.weight where tied; then stored once
 
+OUR_ENTRIES = {"config.json", "tokenizer.json", "model.safetensors", "trainer_state", "metrics.jsonl",
+               "README.md", "loss.png"}
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+
 
 def stored_weights(model: GPT) -> dict[str, torch.Tensor]:
     """The tensors model.safetensors holds: the state dict, a tied head only once."""
     tied = model.config.tie_embeddings
     return {k: v for k, v in model.state_dict().items() if not (tied and k in TIED_KEYS)}
-OUR_ENTRIES = {"config.json", "tokenizer.json", "model.safetensors", "trainer_state", "metrics.jsonl",
-               "README.md", "loss.png"}
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 
 @dataclass
@@ -104,12 +105,6 @@ def _write_trainer_state(folder: Path, trainer: Any) -> None:
     (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(Path(dirpath))
 
 
 class TargetLock:
@@ -213,7 +208,7 @@ def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], 
             (staging / "README.md").write_text(model_card(config, sample), encoding="utf-8")
             if trainer is not None and trainer.state.metrics:
                 plot_loss(trainer.state.metrics, staging / "loss.png", title=str(target))
-        _fsync_tree(staging)
+        fsync_tree(staging)
         with _signals_deferred():  # a Ctrl+C may abandon the save, but never between the two renames
             _swap_in(staging, target)
     except BaseException:

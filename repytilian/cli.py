@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -338,11 +337,11 @@ def import_command(args: argparse.Namespace) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     from .checkpoint import load_model_dir
-    from .hf_export import export_hf
+    from .hf_export import export_hf, is_llama
 
     loaded = load_model_dir(args.model)
     out = export_hf(loaded.model, loaded.tokenizer, args.out)
-    kind = json.loads((out / "config.json").read_text())["architectures"][0]
+    kind = "LlamaForCausalLM" if is_llama(loaded.model) else "GPT2LMHeadModel"
     print(f"exported {args.model} to {out} for Hugging Face transformers ({kind}). In Python:\n"
           f"  from transformers import AutoModelForCausalLM, AutoTokenizer\n"
           f"  model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"

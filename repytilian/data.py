@@ -6,7 +6,8 @@ not read into memory: it is streamed through the token cache (textfiles.py, toke
 its ids are memory-mapped. The last `VAL_FRACTION`
 of the ids is the validation split (nanoGPT's convention, so losses compare), unless JSON data
 has a validation part of its own. Batches are random (B, T) windows of the
-training split, cut out with one numpy fancy-index (no Python loop over rows).
+training split, cut out with one numpy fancy-index (no Python loop over rows), or for cached ids
+read from their file (tokencache.read_windows).
 """
 from __future__ import annotations
 
@@ -159,11 +160,7 @@ class TokenData:
     def from_corpus(cls, corpus: str | TextFiles | JsonCorpus, tokenizer: Tokenizer,
                     val_fraction: float = VAL_FRACTION) -> "TokenData":
         if isinstance(corpus, TextFiles):  # ids memory-mapped from the cache: never all in memory
-            ids = cached_ids(corpus, tokenizer)
-            if not isinstance(ids, np.memmap):  # no tokens at all
-                return cls.split(ids, val_fraction, sha256=corpus.sha256, chars=corpus.chars)
-            train, val = split_ids(ids, len(ids) - int(len(ids) * val_fraction))
-            return cls(train, val, sha256=corpus.sha256, chars=corpus.chars)
+            return cls.split(cached_ids(corpus, tokenizer), val_fraction, sha256=corpus.sha256, chars=corpus.chars)
         if isinstance(corpus, str):
             return cls.from_text(corpus, tokenizer, val_fraction)
         ids = tokenizer.encode_sequences(corpus.train)
@@ -175,6 +172,9 @@ class TokenData:
     def split(cls, ids: np.ndarray, val_fraction: float, **info) -> "TokenData":
         """The last `val_fraction` of the ids is the validation split."""
         n_train = len(ids) - int(len(ids) * val_fraction)
+        if isinstance(ids, np.memmap):  # two maps with their own offsets, which read_windows reads at
+            train, val = split_ids(ids, n_train)
+            return cls(train=train, val=val, **info)
         return cls(train=ids[:n_train], val=ids[n_train:], **info)
 
     def check_block_size(self, block_size: int) -> None:

@@ -12,7 +12,6 @@ Nothing here imports transformers: the files are written from their published fo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,8 +21,9 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import RepytilianError
-from .fileio import fsync_dir
+from .fileio import fsync_dir, fsync_tree
 from .model import GPT, RMS_EPS, ROPE_THETA
+from .sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from .tokenizers import Tokenizer
 from .tokenizers.words import TOKEN_PATTERN
 
@@ -194,11 +194,9 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path) -> Path:
             "model_max_length": model.config.block_size,
             "clean_up_tokenization_spaces": False,
         }, indent=1), encoding="utf-8")
-        (staging / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.8,
-                                                                    "top_k": 200}, indent=1), encoding="utf-8")
-        for f in staging.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        generation = {"do_sample": True, "temperature": DEFAULT_TEMPERATURE, "top_k": DEFAULT_TOP_K}
+        (staging / "generation_config.json").write_text(json.dumps(generation, indent=1), encoding="utf-8")
+        fsync_tree(staging)
         if out.exists():
             out.rmdir()
         staging.rename(out)

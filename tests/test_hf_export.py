@@ -31,6 +31,23 @@ def load_hf(folder):
     return model, transformers.AutoTokenizer.from_pretrained(folder)
 
 
+def assert_same_logits(hf_model, model, batch: int = 3):
+    idx = torch.randint(model.config.vocab_size, (batch, model.config.block_size))
+    with torch.no_grad():
+        assert torch.allclose(hf_model(idx).logits, model(idx)[0], atol=1e-4)
+
+
+def greedy_both(model, hf_model, prompt: list[int]) -> tuple[list[int], list[int]]:
+    """Greedy continuations from ours and from transformers, within the context (GPT-2 and Llama
+    have no window to slide)."""
+    n = model.config.block_size - len(prompt)
+    ours = [int(t) for t in sample_ids(model, prompt, n, SamplingOptions(temperature=0))]
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                                   pad_token_id=0)[0, len(prompt):].tolist()
+    return ours, theirs
+
+
 @pytest.mark.parametrize("name", ["characters", "words", "bpe"])
 def test_the_export_loads_in_transformers_with_the_same_logits_tokens_and_greedy_text(tmp_path, name):
     tokenizer = tokenizer_class(name).train(TEXT, **({"vocab_size": 300} if name == "bpe" else {}))
@@ -38,22 +55,14 @@ def test_the_export_loads_in_transformers_with_the_same_logits_tokens_and_greedy
     export_hf(model, tokenizer, tmp_path / "hf")
     hf_model, hf_tokenizer = load_hf(tmp_path / "hf")
     assert isinstance(hf_model, transformers.GPT2LMHeadModel)
-
-    idx = torch.randint(tokenizer.vocab_size, (3, 24))
-    with torch.no_grad():
-        assert torch.allclose(hf_model(idx).logits, model(idx)[0], atol=1e-4)
+    assert_same_logits(hf_model, model)
 
     sample = "the king and queen walk.\nCafé déjà vu!"
     ids = tokenizer.encode(sample)
     assert hf_tokenizer(sample)["input_ids"] == ids
     assert hf_tokenizer.decode(ids) == tokenizer.decode(ids) == sample
 
-    prompt = tokenizer.encode("the king")
-    n = 24 - len(prompt)  # GPT-2 has no window to slide: stay within the context
-    ours = [int(t) for t in sample_ids(model, prompt, n, SamplingOptions(temperature=0))]
-    with torch.no_grad():
-        theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-                                   pad_token_id=0)[0, len(prompt):].tolist()
+    ours, theirs = greedy_both(model, hf_model, tokenizer.encode("the king"))
     assert theirs == ours
     assert hf_tokenizer.decode(theirs) == tokenizer.decode(ours)
 
@@ -64,9 +73,7 @@ def test_models_without_biases_or_with_a_relu_and_an_untied_head_export_exactly(
     model = random_model(tokenizer.vocab_size, **overrides)
     export_hf(model, tokenizer, tmp_path / "hf")
     hf_model, _ = load_hf(tmp_path / "hf")
-    idx = torch.randint(tokenizer.vocab_size, (2, 24))
-    with torch.no_grad():
-        assert torch.allclose(hf_model(idx).logits, model(idx)[0], atol=1e-4)
+    assert_same_logits(hf_model, model, batch=2)
 
 
 def test_what_gpt2_cannot_hold_is_refused_before_anything_is_written(tmp_path):
@@ -104,15 +111,8 @@ def test_the_modern_architecture_exports_as_llama_with_the_same_logits_and_greed
     export_hf(model, tokenizer, tmp_path / "hf")
     hf_model, hf_tokenizer = load_hf(tmp_path / "hf")
     assert isinstance(hf_model, transformers.LlamaForCausalLM)
-    idx = torch.randint(tokenizer.vocab_size, (3, 24))
-    with torch.no_grad():
-        assert torch.allclose(hf_model(idx).logits, model(idx)[0], atol=1e-4)
-    prompt = tokenizer.encode("the king")
-    n = 24 - len(prompt)
-    ours = [int(t) for t in sample_ids(model, prompt, n, SamplingOptions(temperature=0))]
-    with torch.no_grad():
-        theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-                                   pad_token_id=0)[0, len(prompt):].tolist()
+    assert_same_logits(hf_model, model)
+    ours, theirs = greedy_both(model, hf_model, tokenizer.encode("the king"))
     assert theirs == ours
 
 
