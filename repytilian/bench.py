@@ -3,10 +3,12 @@
 - the machine's yardstick: a 2048x2048 matmul in float32 and bfloat16 (GFLOP/s);
 - training throughput of each preset's shape in float32 and bf16 autocast (optionally compiled):
   tokens/s, achieved model GFLOP/s (6 N + 12 L T C per token, as nanoGPT counts), % of the
-  measured peak for that precision, and the run's peak RSS;
+  measured peak for that precision, the speed-up over the same shape in float32 eager (nanoGPT's
+  way of running it), and the run's peak RSS;
 - quality per time (`--budget SECONDS`): a preset trained on Tiny Shakespeare for that much
   training time, evaluated on the whole validation split.
-Every figure is the median of `--repeats` runs; each run is a fresh process, so RSS is its own.
+Every figure is the median of `--repeats` runs; each run is a fresh process, so RSS is its own,
+and the repeats take turns, so a slow spell of a shared machine does not favour one row.
 """
 from __future__ import annotations
 
@@ -103,10 +105,9 @@ def _in_fresh_process(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _median_run(args: list[str], repeats: int, key: str) -> dict:
-    runs = [_in_fresh_process(args) for _ in range(repeats)]
-    runs.sort(key=lambda r: r[key])
-    return runs[len(runs) // 2]
+def _median(runs: list[dict], key: str) -> dict:
+    """The run with the median `key` (the upper one of an even count)."""
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,23 +136,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"repytilian bench, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print(f"matmul 2048^2: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s")
+    configs = [(preset, dtype, compiled) for preset in args.presets.split(",") for dtype in args.dtypes.split(",")
+               for compiled in ([False, True] if args.compile else [False])]
+    # Repeats go round the configurations (not one configuration's repeats in a row), so a slow
+    # spell of a shared machine hits every configuration alike and the ratios stay fair.
+    runs: dict[tuple, list[dict]] = {c: [] for c in configs}
+    failed: dict[tuple, str] = {}
+    for _ in range(args.repeats):
+        for preset, dtype, compiled in configs:
+            if (preset, dtype, compiled) in failed:
+                continue
+            steps = args.steps or (3 if preset == "hyper" else 30)
+            try:
+                runs[preset, dtype, compiled].append(
+                    _in_fresh_process(["throughput", preset, dtype, "1" if compiled else "0", str(steps)]))
+            except RuntimeError as e:
+                failed[preset, dtype, compiled] = str(e)
     rows = []
     print(f"{'preset':<8} {'dtype':<9} {'compiled':>8} {'params':>7} {'ms/step':>9} {'tokens/s':>9} "
-          f"{'GFLOP/s':>8} {'% peak':>7} {'RSS MB':>7}")
-    for preset in args.presets.split(","):
-        steps = args.steps or (3 if preset == "hyper" else 30)
-        for dtype in args.dtypes.split(","):
-            for compiled in ([False, True] if args.compile else [False]):
-                try:
-                    r = _median_run(["throughput", preset, dtype, "1" if compiled else "0", str(steps)],
-                                    args.repeats, "tokens_per_s")
-                except RuntimeError as e:
-                    print(f"{preset:<8} {dtype:<9} {str(compiled):>8} failed: {e}")
-                    continue
-                r["pct_of_peak"] = round(100 * r["gflops"] / peak[dtype], 1)
-                rows.append(r)
-                print(f"{preset:<8} {dtype:<9} {str(compiled):>8} {r['params_m']:>6}M {r['ms_per_step']:>9} "
-                      f"{r['tokens_per_s']:>9,} {r['gflops']:>8} {r['pct_of_peak']:>6}% {r['peak_rss_mb']:>7}")
+          f"{'GFLOP/s':>8} {'% peak':>7} {'speed-up':>8} {'RSS MB':>7}")
+    for preset, dtype, compiled in configs:
+        if (preset, dtype, compiled) in failed:
+            print(f"{preset:<8} {dtype:<9} {str(compiled):>8} failed: {failed[preset, dtype, compiled]}")
+            continue
+        r = _median(runs[preset, dtype, compiled], "tokens_per_s")
+        r["pct_of_peak"] = round(100 * r["gflops"] / peak[dtype], 1)
+        base = runs.get((preset, "float32", False))
+        r["speedup_vs_float32_eager"] = round(r["tokens_per_s"] / _median(base, "tokens_per_s")["tokens_per_s"], 2) \
+            if base else None
+        rows.append(r)
+        speedup = f"{r['speedup_vs_float32_eager']:.2f}x" if base else "-"
+        print(f"{preset:<8} {dtype:<9} {str(compiled):>8} {r['params_m']:>6}M {r['ms_per_step']:>9} "
+              f"{r['tokens_per_s']:>9,} {r['gflops']:>8} {r['pct_of_peak']:>6}% {speedup:>8} {r['peak_rss_mb']:>7}")
     quality_rows = []
     for budget in args.budget:
         r = _in_fresh_process(["quality", args.quality_preset, str(budget), "auto"])

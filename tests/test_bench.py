@@ -12,4 +12,5 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     report = json.loads((tmp_path / "b.json").read_text())
     row = report["throughput"][0]
     assert row["preset"] == "tiny" and row["tokens_per_s"] > 0 and 0 < row["pct_of_peak"] < 100
+    assert row["speedup_vs_float32_eager"] == 1.0  # the float32 eager row is its own baseline
     assert report["matmul_gflops"]["float32"] > 0

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from repytilian.model import GPT, ModelConfig
+from repytilian.model import GPT, ModelConfig, causal_attention, explicit_causal_attention
 
 
 def tiny_config(**kw) -> ModelConfig:
@@ -33,6 +33,38 @@ def test_attention_is_causal():
     la, _ = model(a)
     lb, _ = model(b)
     assert torch.allclose(la[0, :7], lb[0, :7], atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 5, 64])
+def test_written_out_attention_equals_the_fused_kernel(T):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, T, 8) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(explicit_causal_attention(q, k, v), expected, atol=1e-6)
+    # bf16 inputs (as under autocast) take the written-out path on a CPU for short contexts
+    low = causal_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), expected, atol=0.05)
+
+
+def test_bf16_autocast_training_matches_float32_and_causality_holds():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(dropout=0.1))
+    idx = torch.randint(20, (3, 16))
+    model.eval()
+    ref, ref_loss = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, low_loss = model(idx, idx)
+        b = idx.clone()
+        b[0, 9:] = (b[0, 9:] + 1) % 20
+        changed, _ = model(b)
+    assert abs(low_loss.item() - ref_loss.item()) < 0.02
+    assert torch.allclose(low.float(), ref, atol=0.05)
+    assert torch.equal(changed[0, :9], low[0, :9])  # the future never leaks into the past
+    model.train()  # dropout on the attention weights, then a backward pass through it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_context_longer_than_block_size_is_rejected():
