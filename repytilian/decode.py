@@ -21,7 +21,9 @@ import torch
 from torch.nn import functional as F
 
 from .model import ACTIVATIONS, GPT, apply_rope
-from .precision import BF16_MIN_WIDTH  # narrower models are overhead-bound: bf16 only adds conversions
+
+# Decoding one token at a time is overhead-bound below this width: bf16 only adds conversions.
+BF16_MIN_WIDTH = 256
 
 
 

@@ -21,7 +21,8 @@ def options(corpus_file, tmp_path, **over):
                         interrupt_root=str(tmp_path / "models"), seed=3)
 
 
-def test_auto_keeps_float32_for_narrow_models_on_cpu():
+def test_auto_keeps_float32_where_bf16_only_adds_conversions():
+    # a model this small is all per-operation overhead: bf16 cannot be 1.15x faster
     model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=16))
     assert resolve_dtype("auto", torch.device("cpu"), model, 4) == "float32"
 
@@ -35,6 +36,27 @@ def test_auto_measures_wide_models_without_touching_the_random_stream():
     assert torch.equal(torch.get_rng_state(), before)
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_measured_choice_is_remembered_per_machine_and_shape(monkeypatch, tmp_path):
+    import repytilian.precision as precision
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=32))
+    first = resolve_dtype("auto", torch.device("cpu"), model, 4)
+    assert list(json.loads((tmp_path / precision.CHOICES_FILE).read_text()).values()) == [first]
+
+    def no_more_timing(*a, **kw):
+        raise AssertionError("timed again")
+    monkeypatch.setattr(precision, "_time_steps", no_more_timing)
+    assert resolve_dtype("auto", torch.device("cpu"), model, 4) == first  # the same model, not re-timed
+    wider = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=64))
+    with pytest.raises(AssertionError, match="timed again"):  # another shape is measured anew
+        resolve_dtype("auto", torch.device("cpu"), wider, 4)
+    (tmp_path / precision.CHOICES_FILE).write_text("{not json")  # a damaged file is measured over
+    monkeypatch.undo()
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    assert resolve_dtype("auto", torch.device("cpu"), model, 4) in ("float32", "bfloat16")
 
 
 def test_float16_needs_a_gpu():
