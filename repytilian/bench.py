@@ -5,6 +5,8 @@
   tokens/s, achieved model GFLOP/s (6 N + 12 L T C per token, as nanoGPT counts), % of the
   measured peak for that precision, the speed-up over the same shape in float32 eager (nanoGPT's
   way of running it), and the run's peak RSS;
+- the training loop's overhead: a step inside the real loop (random batches, the LR schedule, the
+  progress bar) against the bare step, at the first preset;
 - quality per time (`--budget SECONDS`): a preset trained on Tiny Shakespeare for that much
   training time, evaluated on the whole validation split.
 Every figure is the median of `--repeats` runs; each run is a fresh process, so RSS is its own,
@@ -85,6 +87,53 @@ def throughput(preset: str, dtype: str, compile: bool, steps: int) -> dict:
     }
 
 
+def loop_overhead(preset: str, dtype: str, steps: int, rounds: int = 5) -> dict:
+    """How much longer a step takes inside the real training loop (random batches from the data,
+    the LR schedule, the progress bar and its loss reads) than the bare step on a fixed batch.
+    The two take turns for `rounds` rounds; the median round is quoted."""
+    import numpy as np
+
+    from .config import build_configs
+    from .data import TokenData
+    from .model import GPT
+    from .precision import autocast
+    from .train import Trainer, TrainState
+
+    mcfg, tcfg = build_configs(preset, "default", {"dropout": 0.0, "dtype": dtype, "eval_iters": 1})
+    mcfg.vocab_size = 65
+    torch.manual_seed(0)
+    model = GPT(mcfg)
+    ids = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
+    tcfg.eval_interval = 10**9
+    trainer = Trainer(model, TokenData.split(ids, 0.1), tcfg, torch.device("cpu"), TrainState(), log=lambda m: None)
+    x = torch.randint(65, (tcfg.batch_size, mcfg.block_size))
+
+    def bare_step() -> None:
+        with autocast(trainer.device, tcfg.dtype):
+            _, loss = model(x, x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    bare_step()
+    trainer.train_step()  # warm-ups
+    bare, loop = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            bare_step()
+        bare.append((time.perf_counter() - t0) / steps)
+        ends: list[float] = []
+        trainer.state.max_iters = trainer.state.step + steps + 1
+        trainer.run(progress=True, after_step=lambda: ends.append(time.perf_counter()))
+        loop.append((ends[-2] - ends[0]) / (len(ends) - 2))  # the last step also evaluates: left out
+    ratios = sorted(lp / b for lp, b in zip(loop, bare))
+    return {"preset": preset, "dtype": tcfg.dtype, "bare_ms": round(1000 * statistics.median(bare), 2),
+            "loop_ms": round(1000 * statistics.median(loop), 2),
+            "overhead_pct": round(100 * (ratios[len(ratios) // 2] - 1), 1)}
+
+
 def quality(preset: str, budget: float, dtype: str, overrides: dict | None = None) -> dict:
     from .api import TrainOptions, train
 
@@ -120,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, action="append", default=[],
                         help="quality per time: train --quality-preset for this many seconds (repeatable)")
     parser.add_argument("--quality-preset", default="default")
+    parser.add_argument("--loop-steps", type=int, default=60,
+                        help="steps per round of the training-loop overhead measurement (first preset)")
+    parser.add_argument("--no-loop", action="store_true", help="skip the training-loop overhead measurement")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement, in this process
     args = parser.parse_args(argv)
@@ -128,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         kind, *rest = args.one
         if kind == "throughput":
             print(json.dumps(throughput(rest[0], rest[1], rest[2] == "1", int(rest[3]))))
+        elif kind == "loop":
+            print(json.dumps(loop_overhead(rest[0], rest[1], int(rest[2]))))
         else:
             print(json.dumps(quality(rest[0], float(rest[1]), rest[2], json.loads(rest[3]) if len(rest) > 3 else None)))
         return 0
@@ -168,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         speedup = f"{r['speedup_vs_float32_eager']:.2f}x" if base else "-"
         print(f"{preset:<8} {dtype:<9} {str(compiled):>8} {r['params_m']:>6}M {r['ms_per_step']:>9} "
               f"{r['tokens_per_s']:>9,} {r['gflops']:>8} {r['pct_of_peak']:>6}% {speedup:>8} {r['peak_rss_mb']:>7}")
+    loop = None
+    if not args.no_loop:
+        loop = _in_fresh_process(["loop", args.presets.split(",")[0], "auto", str(args.loop_steps)])
+        print(f"training loop overhead at {loop['preset']} ({loop['dtype']}): a step takes {loop['loop_ms']} ms in "
+              f"the loop (random batches, LR schedule, progress bar) against {loop['bare_ms']} ms bare: "
+              f"{loop['overhead_pct']:+}%")
     quality_rows = []
     for budget in args.budget:
         r = _in_fresh_process(["quality", args.quality_preset, str(budget), "auto"])
@@ -176,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['tokens']:,} tokens, val loss {r['val_loss_full']} (whole validation split), RSS {r['peak_rss_mb']} MB")
     if args.json:
         Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-                                               "matmul_gflops": peak, "throughput": rows, "quality": quality_rows},
+                                               "matmul_gflops": peak, "throughput": rows, "loop_overhead": loop,
+                                               "quality": quality_rows},
                                               indent=1))
     return 0
 

@@ -6,7 +6,7 @@ from conftest import run_script
 
 def test_bench_prints_a_table_and_writes_json(tmp_path):
     r = run_script("bench", "--presets", "tiny", "--dtypes", "float32", "--steps", "2", "--repeats", "1",
-                   "--json", "b.json", cwd=tmp_path, timeout=300)
+                   "--loop-steps", "3", "--json", "b.json", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "matmul 2048^2: float32" in r.stdout and "tiny" in r.stdout
     report = json.loads((tmp_path / "b.json").read_text())
@@ -14,3 +14,6 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     assert row["preset"] == "tiny" and row["tokens_per_s"] > 0 and 0 < row["pct_of_peak"] < 100
     assert row["speedup_vs_float32_eager"] == 1.0  # the float32 eager row is its own baseline
     assert report["matmul_gflops"]["float32"] > 0
+    assert "training loop overhead at tiny" in r.stdout
+    loop = report["loop_overhead"]
+    assert loop["bare_ms"] > 0 and loop["loop_ms"] > 0 and loop["dtype"] in ("float32", "bfloat16")
