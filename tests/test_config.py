@@ -15,6 +15,14 @@ def test_presets_exist_as_documented():
     assert build_configs("default", "forever")[1].max_iters is None
 
 
+def test_tiny_is_nanogpts_cpu_recipe_and_classic_keeps_the_presets_biases():
+    m, t = build_configs("tiny", "default", arch="classic")
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, t.batch_size, m.dropout) == (4, 4, 128, 64, 12, 0.0)
+    assert m.bias is False  # nanoGPT's default
+    assert build_configs("default", "default", arch="classic")[0].bias is True  # GPT-2's layout
+    assert build_configs("tiny", "default", {"bias": True})[0].bias is True
+
+
 def test_every_field_can_be_overridden_with_types_converted():
     over = parse_set_options(["n_layer=2", "lr=0.01", "iters=none", "bias=false", "batch_size=3"])
     m, t = build_configs("default", "default", over)
