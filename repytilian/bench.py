@@ -9,8 +9,10 @@
   progress bar) against the bare step, at the first preset;
 - quality per time (`--budget SECONDS`): a preset trained on Tiny Shakespeare for that much
   training time, evaluated on the whole validation split.
-Every figure is the median of `--repeats` runs; each run is a fresh process, so RSS is its own,
-and the repeats take turns, so a slow spell of a shared machine does not favour one row.
+The variants of a preset are timed in one process, taking turns for `--repeats` rounds, and the
+median step is quoted: a shared machine's speed drifts by tens of percent within seconds, and
+separate runs one after another would compare its moods, not the variants. Peak RSS comes from a
+fresh process per variant.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .allocator import keep_freed_memory
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     a = torch.randn(n, n, dtype=dtype)
@@ -43,8 +46,8 @@ def model_flops_per_token(n_params: int, n_layer: int, block_size: int, n_embd: 
     return 6 * n_params + 12 * n_layer * block_size * n_embd
 
 
-def throughput(preset: str, dtype: str, compile: bool, steps: int) -> dict:
-    """Train `steps` steps of random data at the preset's shape; tokens/s over the steps after warm-up."""
+def _training_step(preset: str, dtype: str, compile: bool):
+    """A model at the preset's shape and one optimiser step of it on a fixed random batch."""
     from .config import build_configs
     from .model import GPT
     from .precision import autocast
@@ -56,8 +59,7 @@ def throughput(preset: str, dtype: str, compile: bool, steps: int) -> dict:
     forward = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, fused=True)
     device = torch.device("cpu")
-    B, T = tcfg.batch_size, mcfg.block_size
-    x = torch.randint(65, (B, T))
+    x = torch.randint(65, (tcfg.batch_size, mcfg.block_size))
 
     def step() -> None:
         with autocast(device, dtype):
@@ -67,36 +69,78 @@ def throughput(preset: str, dtype: str, compile: bool, steps: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t0 = time.perf_counter()
-    step()  # warm-up (and compilation)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
+    return model, x.shape, step
+
+
+def throughput(preset: str, variants: list[tuple[str, bool]], rounds: int, steps: int,
+               keep_memory: bool = True) -> list[dict]:
+    """Step times of each (dtype, compiled) variant at the preset's shape, all in this process and
+    taking turns `steps` steps at a time for `rounds` rounds: a shared machine's speed drifts by
+    tens of percent within seconds, and turns keep that drift out of the comparison.
+    `keep_memory` tunes the allocator as training does (allocator.py); without it, float32 eager
+    is how nanoGPT runs the same model."""
+    if keep_memory:
+        keep_freed_memory()
+    built = {}
+    for dtype, compiled in variants:
+        model, (B, T), step = _training_step(preset, dtype, compiled)
         t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+        step()  # warm-up (and compilation)
+        first = time.perf_counter() - t0
+        if preset != "hyper":
+            step()
+        built[dtype, compiled] = (model, B, T, step, first, [])
+    for _ in range(rounds):
+        for model, B, T, step, first, times in built.values():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+    return [_row(preset, dtype, compiled, model, B, T, times, first)
+            for (dtype, compiled), (model, B, T, step, first, times) in built.items()]
+
+
+def _row(preset: str, dtype: str, compiled: bool, model, B: int, T: int, times: list[float], first: float) -> dict:
     per_step = statistics.median(times)
     tokens_per_s = B * T / per_step
-    flops = model_flops_per_token(model.num_params(), mcfg.n_layer, T, mcfg.n_embd)
+    flops = model_flops_per_token(model.num_params(), model.config.n_layer, T, model.config.n_embd)
     return {
-        "preset": preset, "dtype": dtype, "compiled": compile, "batch": B, "block": T,
+        "preset": preset, "dtype": dtype, "compiled": compiled, "batch": B, "block": T,
         "params_m": round(model.num_params() / 1e6, 2), "ms_per_step": round(per_step * 1000, 1),
         "tokens_per_s": round(tokens_per_s), "gflops": round(tokens_per_s * flops / 1e9, 1),
-        "first_step_s": round(first, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "first_step_s": round(first, 1), "flops_per_token": flops, "times": [round(t, 6) for t in times],
     }
 
 
-def loop_overhead(preset: str, dtype: str, steps: int, rounds: int = 5) -> dict:
-    """How much longer a step takes inside the real training loop (random batches from the data,
-    the LR schedule, the progress bar and its loss reads) than the bare step on a fixed batch.
-    The two take turns for `rounds` rounds; the median round is quoted."""
+def _remeasured(row: dict, note: str | None = None) -> dict:
+    """A row's figures from all of its step times (merged over processes)."""
+    per_step = statistics.median(row["times"])
+    tokens_per_s = row["batch"] * row["block"] / per_step
+    row = {**row, "ms_per_step": round(per_step * 1000, 1), "tokens_per_s": round(tokens_per_s),
+           "gflops": round(tokens_per_s * row["flops_per_token"] / 1e9, 1), "steps_timed": len(row["times"])}
+    if note:
+        row["note"] = f"float32 ({note})"
+    return row
+
+
+def peak_memory(preset: str, dtype: str, compile: bool) -> dict:
+    """Peak RSS of a fresh process that trains two steps of one variant (allocator as in training)."""
+    keep_freed_memory()
+    _, _, step = _training_step(preset, dtype, compile)
+    step()
+    step()
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def loop_overhead(preset: str, dtype: str, steps: int, rounds: int = 9) -> dict:
+    """What the training loop adds to a step: the time to draw a batch from the data, and how much
+    longer a step takes inside Trainer.run (progress bar, loss reads, stop checks) than
+    Trainer.train_step called alone. The two take turns for `rounds` rounds; the median is quoted."""
     import numpy as np
 
     from .config import build_configs
-    from .data import TokenData
+    from .data import TokenData, get_batch
     from .model import GPT
-    from .precision import autocast
     from .train import Trainer, TrainState
 
     mcfg, tcfg = build_configs(preset, "default", {"dropout": 0.0, "dtype": dtype, "eval_iters": 1})
@@ -106,30 +150,36 @@ def loop_overhead(preset: str, dtype: str, steps: int, rounds: int = 5) -> dict:
     ids = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
     tcfg.eval_interval = 10**9
     trainer = Trainer(model, TokenData.split(ids, 0.1), tcfg, torch.device("cpu"), TrainState(), log=lambda m: None)
-    x = torch.randint(65, (tcfg.batch_size, mcfg.block_size))
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        get_batch(trainer.data.train, tcfg.batch_size, mcfg.block_size, gen)
+    batch_ms = (time.perf_counter() - t0) * 10
+    trainer.train_step()  # warm-up
 
-    def bare_step() -> None:
-        with autocast(trainer.device, tcfg.dtype):
-            _, loss = model(x, x)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-
-    bare_step()
-    trainer.train_step()  # warm-ups
-    bare, loop = [], []
-    for _ in range(rounds):
+    def time_bare() -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
-            bare_step()
-        bare.append((time.perf_counter() - t0) / steps)
+            trainer.train_step()
+        return (time.perf_counter() - t0) / steps
+
+    def time_loop() -> float:
         ends: list[float] = []
         trainer.state.max_iters = trainer.state.step + steps + 1
         trainer.run(progress=True, after_step=lambda: ends.append(time.perf_counter()))
-        loop.append((ends[-2] - ends[0]) / (len(ends) - 2))  # the last step also evaluates: left out
+        return (ends[-2] - ends[0]) / (len(ends) - 2)  # the last step also evaluates: left out
+
+    bare, loop = [], []
+    for i in range(rounds):  # which goes first alternates, so neither always follows the other
+        if i % 2:
+            loop.append(time_loop())
+            bare.append(time_bare())
+        else:
+            bare.append(time_bare())
+            loop.append(time_loop())
     ratios = sorted(lp / b for lp, b in zip(loop, bare))
-    return {"preset": preset, "dtype": tcfg.dtype, "bare_ms": round(1000 * statistics.median(bare), 2),
+    return {"preset": preset, "dtype": tcfg.dtype, "batch_ms": round(batch_ms, 3),
+            "bare_ms": round(1000 * statistics.median(bare), 2),
             "loop_ms": round(1000 * statistics.median(loop), 2),
             "overhead_pct": round(100 * (ratios[len(ratios) // 2] - 1), 1)}
 
@@ -154,22 +204,18 @@ def _in_fresh_process(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _median(runs: list[dict], key: str) -> dict:
-    """The run with the median `key` (the upper one of an even count)."""
-    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="repytilian bench", description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,default,hyper")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd training (slow to start)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default: 30, hyper 3)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per variant and round (default: 20, hyper 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds, the variants taking turns in each")
     parser.add_argument("--budget", type=float, action="append", default=[],
                         help="quality per time: train --quality-preset for this many seconds (repeatable)")
     parser.add_argument("--quality-preset", default="default")
-    parser.add_argument("--loop-steps", type=int, default=60,
+    parser.add_argument("--loop-steps", type=int, default=20,
                         help="steps per round of the training-loop overhead measurement (first preset)")
     parser.add_argument("--no-loop", action="store_true", help="skip the training-loop overhead measurement")
     parser.add_argument("--json", help="also write every figure to this file")
@@ -179,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         kind, *rest = args.one
         if kind == "throughput":
-            print(json.dumps(throughput(rest[0], rest[1], rest[2] == "1", int(rest[3]))))
+            variants = [(v.split(":")[0], v.endswith(":compiled")) for v in rest[1].split(",")]
+            print(json.dumps(throughput(rest[0], variants, int(rest[2]), int(rest[3]), rest[4] == "1")))
+        elif kind == "memory":
+            print(json.dumps(peak_memory(rest[0], rest[1], rest[2] == "1")))
         elif kind == "loop":
             print(json.dumps(loop_overhead(rest[0], rest[1], int(rest[2]))))
         else:
@@ -190,44 +239,51 @@ def main(argv: list[str] | None = None) -> int:
     print(f"repytilian bench, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print(f"matmul 2048^2: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s")
-    configs = [(preset, dtype, compiled) for preset in args.presets.split(",") for dtype in args.dtypes.split(",")
-               for compiled in ([False, True] if args.compile else [False])]
-    # Repeats go round the configurations (not one configuration's repeats in a row), so a slow
-    # spell of a shared machine hits every configuration alike and the ratios stay fair.
-    runs: dict[tuple, list[dict]] = {c: [] for c in configs}
-    failed: dict[tuple, str] = {}
-    for _ in range(args.repeats):
-        for preset, dtype, compiled in configs:
-            if (preset, dtype, compiled) in failed:
-                continue
-            steps = args.steps or (3 if preset == "hyper" else 30)
-            try:
-                runs[preset, dtype, compiled].append(
-                    _in_fresh_process(["throughput", preset, dtype, "1" if compiled else "0", str(steps)]))
-            except RuntimeError as e:
-                failed[preset, dtype, compiled] = str(e)
+    variants = [(dtype, compiled) for dtype in args.dtypes.split(",")
+                for compiled in ([False, True] if args.compile else [False])]
     rows = []
-    print(f"{'preset':<8} {'dtype':<9} {'compiled':>8} {'params':>7} {'ms/step':>9} {'tokens/s':>9} "
+    print(f"{'preset':<8} {'variant':<26} {'params':>7} {'ms/step':>9} {'tokens/s':>9} "
           f"{'GFLOP/s':>8} {'% peak':>7} {'speed-up':>8} {'RSS MB':>7}")
-    for preset, dtype, compiled in configs:
-        if (preset, dtype, compiled) in failed:
-            print(f"{preset:<8} {dtype:<9} {str(compiled):>8} failed: {failed[preset, dtype, compiled]}")
+    names = ",".join(f"{d}:{'compiled' if c else 'eager'}" for d, c in variants)
+    for preset in args.presets.split(","):
+        steps = args.steps or (2 if preset == "hyper" else 20)
+        # The baseline, nanoGPT's way (float32, eager, the allocator left alone), runs in a process of
+        # its own; the two processes take turns, one round each, so both see the same machine.
+        ours = ["throughput", preset, names, "1", str(steps), "1"]
+        baseline = ["throughput", preset, "float32:eager", "1", str(steps), "0"]
+        merged: dict[tuple, dict] = {}
+        try:
+            for i in range(args.repeats):
+                for which, cmd in ((("ours", ours), ("base", baseline)) if i % 2 == 0
+                                   else (("base", baseline), ("ours", ours))):
+                    for r in _in_fresh_process(cmd):
+                        key = (which, r["dtype"], r["compiled"])
+                        if key in merged:
+                            merged[key]["times"] += r["times"]
+                        else:
+                            merged[key] = r
+        except RuntimeError as e:
+            print(f"{preset:<8} failed: {e}")
             continue
-        r = _median(runs[preset, dtype, compiled], "tokens_per_s")
-        r["pct_of_peak"] = round(100 * r["gflops"] / peak[dtype], 1)
-        base = runs.get((preset, "float32", False))
-        r["speedup_vs_float32_eager"] = round(r["tokens_per_s"] / _median(base, "tokens_per_s")["tokens_per_s"], 2) \
-            if base else None
-        rows.append(r)
-        speedup = f"{r['speedup_vs_float32_eager']:.2f}x" if base else "-"
-        print(f"{preset:<8} {dtype:<9} {str(compiled):>8} {r['params_m']:>6}M {r['ms_per_step']:>9} "
-              f"{r['tokens_per_s']:>9,} {r['gflops']:>8} {r['pct_of_peak']:>6}% {speedup:>8} {r['peak_rss_mb']:>7}")
+        base = merged.pop(("base", "float32", False))
+        measured = [_remeasured(base, "nanoGPT's way")] + [_remeasured(r) for r in merged.values()]
+        for r in measured:
+            r["pct_of_peak"] = round(100 * r["gflops"] / peak[r["dtype"]], 1)
+            r["speedup_vs_nanogpt_way"] = round(r["tokens_per_s"] / measured[0]["tokens_per_s"], 2)
+            r["peak_rss_mb"] = _in_fresh_process(["memory", preset, r["dtype"], "1" if r["compiled"] else "0"])[
+                "peak_rss_mb"] if "note" not in r else None
+            del r["times"]
+            rows.append(r)
+            label = r.get("note", f"{r['dtype']}{', compiled' if r['compiled'] else ''}")
+            rss = r["peak_rss_mb"] if r["peak_rss_mb"] is not None else "-"
+            print(f"{preset:<8} {label:<26} {r['params_m']:>6}M {r['ms_per_step']:>9} {r['tokens_per_s']:>9,} "
+                  f"{r['gflops']:>8} {r['pct_of_peak']:>6}% {r['speedup_vs_nanogpt_way']:>7.2f}x {rss:>7}")
     loop = None
     if not args.no_loop:
         loop = _in_fresh_process(["loop", args.presets.split(",")[0], "auto", str(args.loop_steps)])
-        print(f"training loop overhead at {loop['preset']} ({loop['dtype']}): a step takes {loop['loop_ms']} ms in "
-              f"the loop (random batches, LR schedule, progress bar) against {loop['bare_ms']} ms bare: "
-              f"{loop['overhead_pct']:+}%")
+        print(f"training loop overhead at {loop['preset']} ({loop['dtype']}): drawing a batch {loop['batch_ms']} ms "
+              f"({100 * loop['batch_ms'] / loop['bare_ms']:.1f}% of a {loop['bare_ms']} ms step); a step inside the loop "
+              f"(progress bar, loss checks) {loop['loop_ms']} ms: {loop['overhead_pct']:+}%")
     quality_rows = []
     for budget in args.budget:
         r = _in_fresh_process(["quality", args.quality_preset, str(budget), "auto"])

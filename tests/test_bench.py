@@ -12,7 +12,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     report = json.loads((tmp_path / "b.json").read_text())
     row = report["throughput"][0]
     assert row["preset"] == "tiny" and row["tokens_per_s"] > 0 and 0 < row["pct_of_peak"] < 100
-    assert row["speedup_vs_float32_eager"] == 1.0  # the float32 eager row is its own baseline
+    assert row["note"] == "float32 (nanoGPT's way)" and row["speedup_vs_nanogpt_way"] == 1.0  # the baseline
+    assert report["throughput"][1]["dtype"] == "float32" and report["throughput"][1]["peak_rss_mb"] > 0
     assert report["matmul_gflops"]["float32"] > 0
     assert "training loop overhead at tiny" in r.stdout
     loop = report["loop_overhead"]
