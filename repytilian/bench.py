@@ -132,10 +132,10 @@ def peak_memory(preset: str, dtype: str, compile: bool) -> dict:
     return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def loop_overhead(preset: str, dtype: str, steps: int, rounds: int = 9) -> dict:
-    """What the training loop adds to a step: the time to draw a batch from the data, and how much
-    longer a step takes inside Trainer.run (progress bar, loss reads, stop checks) than
-    Trainer.train_step called alone. The two take turns for `rounds` rounds; the median is quoted."""
+def loop_overhead(preset: str, dtype: str, steps: int) -> dict:
+    """What the training loop adds to its steps: the time to draw a batch from the data (part of
+    train_step), and the loop's own time around train_step (progress bar, loss reads, stop checks),
+    both against train_step's time, measured over the same `steps` steps of Trainer.run."""
     import numpy as np
 
     from .config import build_configs
@@ -154,34 +154,16 @@ def loop_overhead(preset: str, dtype: str, steps: int, rounds: int = 9) -> dict:
     t0 = time.perf_counter()
     for _ in range(100):
         get_batch(trainer.data.train, tcfg.batch_size, mcfg.block_size, gen)
-    batch_ms = (time.perf_counter() - t0) * 10
+    batch_s = (time.perf_counter() - t0) / 100
     trainer.train_step()  # warm-up
-
-    def time_bare() -> float:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        return (time.perf_counter() - t0) / steps
-
-    def time_loop() -> float:
-        ends: list[float] = []
-        trainer.state.max_iters = trainer.state.step + steps + 1
-        trainer.run(progress=True, after_step=lambda: ends.append(time.perf_counter()))
-        return (ends[-2] - ends[0]) / (len(ends) - 2)  # the last step also evaluates: left out
-
-    bare, loop = [], []
-    for i in range(rounds):  # which goes first alternates, so neither always follows the other
-        if i % 2:
-            loop.append(time_loop())
-            bare.append(time_bare())
-        else:
-            bare.append(time_bare())
-            loop.append(time_loop())
-    ratios = sorted(lp / b for lp, b in zip(loop, bare))
-    return {"preset": preset, "dtype": tcfg.dtype, "batch_ms": round(batch_ms, 3),
-            "bare_ms": round(1000 * statistics.median(bare), 2),
-            "loop_ms": round(1000 * statistics.median(loop), 2),
-            "overhead_pct": round(100 * (ratios[len(ratios) // 2] - 1), 1)}
+    marks: list[tuple[float, float]] = []  # (wall clock, train_step seconds so far) after each step
+    trainer.state.max_iters = trainer.state.step + steps + 1
+    trainer.run(progress=True, after_step=lambda: marks.append((time.perf_counter(), trainer.state.train_seconds)))
+    (wall0, train0), (wall1, train1) = marks[0], marks[-2]  # the last step also evaluates: left out
+    step_s = (train1 - train0) / (len(marks) - 2)
+    return {"preset": preset, "dtype": tcfg.dtype, "steps": len(marks) - 2, "step_ms": round(1000 * step_s, 2),
+            "batch_ms": round(1000 * batch_s, 3), "batch_pct": round(100 * batch_s / step_s, 2),
+            "loop_pct": round(100 * ((wall1 - wall0) - (train1 - train0)) / (train1 - train0), 2)}
 
 
 def quality(preset: str, budget: float, dtype: str, overrides: dict | None = None) -> dict:
@@ -215,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, action="append", default=[],
                         help="quality per time: train --quality-preset for this many seconds (repeatable)")
     parser.add_argument("--quality-preset", default="default")
-    parser.add_argument("--loop-steps", type=int, default=20,
+    parser.add_argument("--loop-steps", type=int, default=200,
                         help="steps per round of the training-loop overhead measurement (first preset)")
     parser.add_argument("--no-loop", action="store_true", help="skip the training-loop overhead measurement")
     parser.add_argument("--json", help="also write every figure to this file")
@@ -281,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     loop = None
     if not args.no_loop:
         loop = _in_fresh_process(["loop", args.presets.split(",")[0], "auto", str(args.loop_steps)])
-        print(f"training loop overhead at {loop['preset']} ({loop['dtype']}): drawing a batch {loop['batch_ms']} ms "
-              f"({100 * loop['batch_ms'] / loop['bare_ms']:.1f}% of a {loop['bare_ms']} ms step); a step inside the loop "
-              f"(progress bar, loss checks) {loop['loop_ms']} ms: {loop['overhead_pct']:+}%")
+        print(f"training loop overhead at {loop['preset']} ({loop['dtype']}, {loop['steps']} steps of "
+              f"{loop['step_ms']} ms): drawing batches {loop['batch_pct']}%, the loop around the steps "
+              f"(progress bar, loss checks) {loop['loop_pct']}%")
     quality_rows = []
     for budget in args.budget:
         r = _in_fresh_process(["quality", args.quality_preset, str(budget), "auto"])

@@ -17,4 +17,5 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     assert report["matmul_gflops"]["float32"] > 0
     assert "training loop overhead at tiny" in r.stdout
     loop = report["loop_overhead"]
-    assert loop["bare_ms"] > 0 and loop["loop_ms"] > 0 and loop["dtype"] in ("float32", "bfloat16")
+    assert loop["step_ms"] > 0 and 0 < loop["batch_pct"] < 100 and loop["loop_pct"] < 100
+    assert loop["dtype"] in ("float32", "bfloat16")
