@@ -3,16 +3,16 @@
 - the machine's yardstick: a 2048x2048 matmul in float32 and bfloat16 (GFLOP/s);
 - training throughput of each preset's shape in float32 and bf16 autocast (optionally compiled):
   tokens/s, achieved model GFLOP/s (6 N + 12 L T C per token, as nanoGPT counts), % of the
-  measured peak for that precision, the speed-up over the same shape in float32 eager (nanoGPT's
-  way of running it), and the run's peak RSS;
-- the training loop's overhead: a step inside the real loop (random batches, the LR schedule, the
-  progress bar) against the bare step, at the first preset;
+  measured peak for that precision, the speed-up over "nanoGPT's way" of running the same model
+  (float32, eager, the allocator left alone), and each variant's peak RSS;
+- the training loop's overhead at the first preset: drawing batches, and the loop's own time
+  around the steps (progress bar, loss checks), as shares of the step time;
 - quality per time (`--budget SECONDS`): a preset trained on Tiny Shakespeare for that much
   training time, evaluated on the whole validation split.
-The variants of a preset are timed in one process, taking turns for `--repeats` rounds, and the
-median step is quoted: a shared machine's speed drifts by tens of percent within seconds, and
-separate runs one after another would compare its moods, not the variants. Peak RSS comes from a
-fresh process per variant.
+The variants of a preset are timed in one process, taking turns for `--repeats` rounds, with the
+nanoGPT baseline in a process of its own alternating with it, and the median step is quoted: a
+shared machine's speed drifts by tens of percent within seconds, and separate runs one after
+another would compare its moods, not the variants. Peak RSS comes from a fresh process per variant.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .allocator import keep_freed_memory
+
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     a = torch.randn(n, n, dtype=dtype)
@@ -101,25 +102,24 @@ def throughput(preset: str, variants: list[tuple[str, bool]], rounds: int, steps
 
 
 def _row(preset: str, dtype: str, compiled: bool, model, B: int, T: int, times: list[float], first: float) -> dict:
-    per_step = statistics.median(times)
-    tokens_per_s = B * T / per_step
-    flops = model_flops_per_token(model.num_params(), model.config.n_layer, T, model.config.n_embd)
+    """What a variant's measurement carries from its process (figures come from `_figures`)."""
     return {
         "preset": preset, "dtype": dtype, "compiled": compiled, "batch": B, "block": T,
-        "params_m": round(model.num_params() / 1e6, 2), "ms_per_step": round(per_step * 1000, 1),
-        "tokens_per_s": round(tokens_per_s), "gflops": round(tokens_per_s * flops / 1e9, 1),
-        "first_step_s": round(first, 1), "flops_per_token": flops, "times": [round(t, 6) for t in times],
+        "params_m": round(model.num_params() / 1e6, 2), "first_step_s": round(first, 1),
+        "flops_per_token": model_flops_per_token(model.num_params(), model.config.n_layer, T, model.config.n_embd),
+        "times": [round(t, 6) for t in times],
     }
 
 
-def _remeasured(row: dict, note: str | None = None) -> dict:
-    """A row's figures from all of its step times (merged over processes)."""
-    per_step = statistics.median(row["times"])
+def _figures(row: dict, note: str | None = None) -> dict:
+    """A variant's figures from all of its step times (merged over processes), without the times."""
+    times = row.pop("times")
+    per_step = statistics.median(times)
     tokens_per_s = row["batch"] * row["block"] / per_step
-    row = {**row, "ms_per_step": round(per_step * 1000, 1), "tokens_per_s": round(tokens_per_s),
-           "gflops": round(tokens_per_s * row["flops_per_token"] / 1e9, 1), "steps_timed": len(row["times"])}
+    row.update(ms_per_step=round(per_step * 1000, 1), tokens_per_s=round(tokens_per_s),
+               gflops=round(tokens_per_s * row["flops_per_token"] / 1e9, 1), steps_timed=len(times))
     if note:
-        row["note"] = f"float32 ({note})"
+        row["note"] = note
     return row
 
 
@@ -226,19 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'preset':<8} {'variant':<26} {'params':>7} {'ms/step':>9} {'tokens/s':>9} "
           f"{'GFLOP/s':>8} {'% peak':>7} {'speed-up':>8} {'RSS MB':>7}")
-    names = ",".join(f"{d}:{'compiled' if c else 'eager'}" for d, c in variants)
     for preset in args.presets.split(","):
         steps = args.steps or (2 if preset == "hyper" else 20)
-        # The baseline, nanoGPT's way (float32, eager, the allocator left alone), runs in a process of
-        # its own; the two processes take turns, one round each, so both see the same machine.
-        ours = ["throughput", preset, names, "1", str(steps), "1"]
-        baseline = ["throughput", preset, "float32:eager", "1", str(steps), "0"]
+        # Three kinds of process take turns, one round each, in a rotating order, so all see the
+        # same machine: the baseline, nanoGPT's way (float32, eager, the allocator left alone); our
+        # eager variants; our compiled ones (apart, because Inductor's compile workers stay alive
+        # and take CPU from whatever shares their process: measured, bf16 eager lost 10% to them).
+        groups = [("base", "float32:eager", "0")]
+        for compiled in sorted({c for _, c in variants}):
+            names = ",".join(f"{d}:{'compiled' if c else 'eager'}" for d, c in variants if c == compiled)
+            groups.append(("ours", names, "1"))
         merged: dict[tuple, dict] = {}
         try:
             for i in range(args.repeats):
-                for which, cmd in ((("ours", ours), ("base", baseline)) if i % 2 == 0
-                                   else (("base", baseline), ("ours", ours))):
-                    for r in _in_fresh_process(cmd):
+                for which, names, keep in groups[i % len(groups):] + groups[:i % len(groups)]:
+                    for r in _in_fresh_process(["throughput", preset, names, "1", str(steps), keep]):
                         key = (which, r["dtype"], r["compiled"])
                         if key in merged:
                             merged[key]["times"] += r["times"]
@@ -248,13 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{preset:<8} failed: {e}")
             continue
         base = merged.pop(("base", "float32", False))
-        measured = [_remeasured(base, "nanoGPT's way")] + [_remeasured(r) for r in merged.values()]
+        measured = [_figures(base, "float32 (nanoGPT's way)")] + [_figures(r) for r in merged.values()]
         for r in measured:
             r["pct_of_peak"] = round(100 * r["gflops"] / peak[r["dtype"]], 1)
             r["speedup_vs_nanogpt_way"] = round(r["tokens_per_s"] / measured[0]["tokens_per_s"], 2)
             r["peak_rss_mb"] = _in_fresh_process(["memory", preset, r["dtype"], "1" if r["compiled"] else "0"])[
                 "peak_rss_mb"] if "note" not in r else None
-            del r["times"]
             rows.append(r)
             label = r.get("note", f"{r['dtype']}{', compiled' if r['compiled'] else ''}")
             rss = r["peak_rss_mb"] if r["peak_rss_mb"] is not None else "-"
