@@ -4,7 +4,7 @@
 - training throughput of each preset's shape in float32 and bf16 autocast (optionally compiled):
   tokens/s, achieved model GFLOP/s (6 N + 12 L T C per token, as nanoGPT counts), % of the
   measured peak for that precision, the speed-up over "nanoGPT's way" of running the same model
-  (float32, eager, the allocator left alone), and each variant's peak RSS;
+  (float32, eager, the allocator and threads left alone), and each variant's peak RSS;
 - the training loop's overhead at the first preset: drawing batches, and the loop's own time
   around the steps (progress bar, loss checks), as shares of the step time;
 - quality per time (`--budget SECONDS`): a preset trained on Tiny Shakespeare for that much
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .allocator import keep_freed_memory
+from .cpu import tune_for_training
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -74,14 +74,14 @@ def _training_step(preset: str, dtype: str, compile: bool):
 
 
 def throughput(preset: str, variants: list[tuple[str, bool]], rounds: int, steps: int,
-               keep_memory: bool = True) -> list[dict]:
+               tuned: bool = True) -> list[dict]:
     """Step times of each (dtype, compiled) variant at the preset's shape, all in this process and
     taking turns `steps` steps at a time for `rounds` rounds: a shared machine's speed drifts by
     tens of percent within seconds, and turns keep that drift out of the comparison.
-    `keep_memory` tunes the allocator as training does (allocator.py); without it, float32 eager
-    is how nanoGPT runs the same model."""
-    if keep_memory:
-        keep_freed_memory()
+    `tuned` sets the CPU up as training does (cpu.py: allocator, threads); without it, float32
+    eager is how nanoGPT runs the same model."""
+    if tuned:
+        tune_for_training()
     built = {}
     for dtype, compiled in variants:
         model, (B, T), step = _training_step(preset, dtype, compiled)
@@ -124,8 +124,8 @@ def _figures(row: dict, note: str | None = None) -> dict:
 
 
 def peak_memory(preset: str, dtype: str, compile: bool) -> dict:
-    """Peak RSS of a fresh process that trains two steps of one variant (allocator as in training)."""
-    keep_freed_memory()
+    """Peak RSS of a fresh process that trains two steps of one variant (the CPU set up as in training)."""
+    tune_for_training()
     _, _, step = _training_step(preset, dtype, compile)
     step()
     step()
@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     for preset in args.presets.split(","):
         steps = args.steps or (2 if preset == "hyper" else 20)
         # Three kinds of process take turns, one round each, in a rotating order, so all see the
-        # same machine: the baseline, nanoGPT's way (float32, eager, the allocator left alone); our
-        # eager variants; our compiled ones (apart, because Inductor's compile workers stay alive
-        # and take CPU from whatever shares their process: measured, bf16 eager lost 10% to them).
+        # same machine: the baseline, nanoGPT's way (float32, eager, allocator and threads left
+        # alone); our eager variants; our compiled ones (apart, because Inductor's compile workers
+        # stay alive and take CPU from whatever shares their process).
         groups = [("base", "float32:eager", "0")]
         for compiled in sorted({c for _, c in variants}):
             names = ",".join(f"{d}:{'compiled' if c else 'eager'}" for d, c in variants if c == compiled)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .allocator import keep_freed_memory
+from .cpu import tune_for_training
 from .config import TrainConfig
 from .data import TokenData, get_batch
 from .errors import RepytilianError
@@ -137,7 +137,7 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         data.check_block_size(model.config.block_size)
         if device.type == "cpu":
-            keep_freed_memory()  # a fifth of a small model's step went to page faults otherwise
+            tune_for_training()  # malloc thresholds (a fifth of a small step was page faults), threads
         cfg.dtype = resolve_dtype(cfg.dtype, device, model, cfg.batch_size)  # stored: a resume computes the same
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
         self.forward = model
