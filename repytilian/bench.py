@@ -9,10 +9,10 @@
   around the steps (progress bar, loss checks), as shares of the step time;
 - quality per time (`--budget SECONDS`): a preset trained on Tiny Shakespeare for that much
   training time, evaluated on the whole validation split.
-The variants of a preset are timed in one process, taking turns for `--repeats` rounds, with the
-nanoGPT baseline in a process of its own alternating with it, and the median step is quoted: a
-shared machine's speed drifts by tens of percent within seconds, and separate runs one after
-another would compare its moods, not the variants. Peak RSS comes from a fresh process per variant.
+The variants of a preset take turns for `--repeats` rounds in three kinds of process (the nanoGPT
+baseline, our eager variants, our compiled ones) and the median step is quoted: a shared
+machine's speed drifts by tens of percent within seconds, and separate runs one after another
+would compare its moods, not the variants. Peak RSS comes from a fresh process per variant.
 """
 from __future__ import annotations
 
@@ -73,11 +73,9 @@ def _training_step(preset: str, dtype: str, compile: bool):
     return model, x.shape, step
 
 
-def throughput(preset: str, variants: list[tuple[str, bool]], rounds: int, steps: int,
-               tuned: bool = True) -> list[dict]:
-    """Step times of each (dtype, compiled) variant at the preset's shape, all in this process and
-    taking turns `steps` steps at a time for `rounds` rounds: a shared machine's speed drifts by
-    tens of percent within seconds, and turns keep that drift out of the comparison.
+def throughput(preset: str, variants: list[tuple[str, bool]], steps: int, tuned: bool = True) -> list[dict]:
+    """`steps` step times of each (dtype, compiled) variant at the preset's shape, one after the
+    other in this process: one round of the turns that `main` has these processes take.
     `tuned` sets the CPU up as training does (cpu.py: allocator, threads); without it, float32
     eager is how nanoGPT runs the same model."""
     if tuned:
@@ -91,12 +89,11 @@ def throughput(preset: str, variants: list[tuple[str, bool]], rounds: int, steps
         if preset != "hyper":
             step()
         built[dtype, compiled] = (model, B, T, step, first, [])
-    for _ in range(rounds):
-        for model, B, T, step, first, times in built.values():
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - t0)
+    for model, B, T, step, first, times in built.values():
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
     return [_row(preset, dtype, compiled, model, B, T, times, first)
             for (dtype, compiled), (model, B, T, step, first, times) in built.items()]
 
@@ -208,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         kind, *rest = args.one
         if kind == "throughput":
             variants = [(v.split(":")[0], v.endswith(":compiled")) for v in rest[1].split(",")]
-            print(json.dumps(throughput(rest[0], variants, int(rest[2]), int(rest[3]), rest[4] == "1")))
+            print(json.dumps(throughput(rest[0], variants, int(rest[2]), rest[3] == "1")))
         elif kind == "memory":
             print(json.dumps(peak_memory(rest[0], rest[1], rest[2] == "1")))
         elif kind == "loop":
@@ -240,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for i in range(args.repeats):
                 for which, names, keep in groups[i % len(groups):] + groups[:i % len(groups)]:
-                    for r in _in_fresh_process(["throughput", preset, names, "1", str(steps), keep]):
+                    for r in _in_fresh_process(["throughput", preset, names, str(steps), keep]):
                         key = (which, r["dtype"], r["compiled"])
                         if key in merged:
                             merged[key]["times"] += r["times"]

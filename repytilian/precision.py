@@ -65,10 +65,9 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int) 
     # Small batches are dominated by per-operation overheads, which bf16 adds to: time the real
     # batch where it is cheap, at least 4 rows of a long context otherwise.
     batch = min(batch_size, max(4, TIMING_TOKENS // model.config.block_size))
-    key = _choice_key(model, batch)
-    remembered = _read_choices().get(key)
-    if remembered in ("float32", "bfloat16"):
-        return remembered
+    key, choices = _choice_key(model, batch), _read_choices()
+    if choices.get(key) in ("float32", "bfloat16"):
+        return choices[key]
     state = torch.get_rng_state()  # measuring must not shift the training's random stream
     was_training = model.training
     model.eval()  # no dropout: the timing needs no randomness
@@ -78,9 +77,12 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int) 
     finally:
         model.train(was_training)
         torch.set_rng_state(state)
-    choice = "bfloat16" if fp32 / bf16 >= MIN_GAIN else "float32"
-    _remember_choice(key, choice)
-    return choice
+    choices[key] = "bfloat16" if fp32 / bf16 >= MIN_GAIN else "float32"
+    try:
+        atomic_write_bytes(cache_dir() / CHOICES_FILE, json.dumps(choices, indent=1).encode())
+    except OSError:
+        pass  # a read-only cache only costs a measurement next time
+    return choices[key]
 
 
 # The measured choice is remembered per machine and model shape, so that the same seed on the same
@@ -112,11 +114,3 @@ def _read_choices() -> dict:
         return {}
     return choices if isinstance(choices, dict) else {}
 
-
-def _remember_choice(key: str, choice: str) -> None:
-    choices = _read_choices()
-    choices[key] = choice
-    try:
-        atomic_write_bytes(cache_dir() / CHOICES_FILE, json.dumps(choices, indent=1).encode())
-    except OSError:
-        pass  # a read-only cache only costs a measurement next time
