@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 from .cpu import tune_for_training
+from .datasets import dataset_path
+from .errors import EXIT_USER_ERROR, RepytilianError
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -178,9 +180,22 @@ def quality(preset: str, budget: float, dtype: str, overrides: dict | None = Non
 
 def _in_fresh_process(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, "-m", "repytilian.bench", "--one", *args], capture_output=True, text=True)
+    if out.returncode == EXIT_USER_ERROR:  # the measurement's own clear error, whole (it may span lines)
+        raise RepytilianError(out.stderr.strip().removeprefix("error: "))
     if out.returncode:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _measure_one(kind: str, rest: list[str]) -> dict | list[dict]:
+    if kind == "throughput":
+        variants = [(v.split(":")[0], v.endswith(":compiled")) for v in rest[1].split(",")]
+        return throughput(rest[0], variants, int(rest[2]), rest[3] == "1")
+    if kind == "memory":
+        return peak_memory(rest[0], rest[1], rest[2] == "1")
+    if kind == "loop":
+        return loop_overhead(rest[0], rest[1], int(rest[2]))
+    return quality(rest[0], float(rest[1]), rest[2], json.loads(rest[3]) if len(rest) > 3 else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,17 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.one:
-        kind, *rest = args.one
-        if kind == "throughput":
-            variants = [(v.split(":")[0], v.endswith(":compiled")) for v in rest[1].split(",")]
-            print(json.dumps(throughput(rest[0], variants, int(rest[2]), rest[3] == "1")))
-        elif kind == "memory":
-            print(json.dumps(peak_memory(rest[0], rest[1], rest[2] == "1")))
-        elif kind == "loop":
-            print(json.dumps(loop_overhead(rest[0], rest[1], int(rest[2]))))
-        else:
-            print(json.dumps(quality(rest[0], float(rest[1]), rest[2], json.loads(rest[3]) if len(rest) > 3 else None)))
+        try:
+            print(json.dumps(_measure_one(args.one[0], args.one[1:])))
+        except RepytilianError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
         return 0
+    # Mistakes that would only show after minutes of timing are found first.
+    from .config import build_configs
+
+    for preset in args.presets.split(","):
+        build_configs(preset)
+    if args.budget:
+        build_configs(args.quality_preset)
+        dataset_path("shakespeare")
 
     peak = {"float32": matmul_gflops(torch.float32), "bfloat16": matmul_gflops(torch.bfloat16)}
     print(f"repytilian bench, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, "

@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import RepytilianError
+from .errors import EXIT_USER_ERROR, RepytilianError
 
-EXIT_USER_ERROR = 2
 DEFAULT_MODEL_DIR = "models/shakespeare/basic"  # also in api.py, which imports torch
 
 

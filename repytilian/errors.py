@@ -5,6 +5,8 @@ Anything raised as `RepytilianError` is shown by the command line as a single re
 """
 from __future__ import annotations
 
+EXIT_USER_ERROR = 2  # the exit code of a command stopped by a RepytilianError
+
 
 class RepytilianError(Exception):
     """A problem with the user's input, files or environment, with a message that says how to fix it."""

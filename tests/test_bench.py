@@ -1,6 +1,8 @@
 """The benchmark runs and reports (its figures are for people; no timing is asserted here)."""
 import json
 
+import pytest
+
 from conftest import run_script
 
 
@@ -19,3 +21,23 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     loop = report["loop_overhead"]
     assert loop["step_ms"] > 0 and 0 < loop["batch_pct"] < 100 and loop["loop_pct"] < 100
     assert loop["dtype"] in ("float32", "bfloat16")
+
+
+def test_missing_data_or_a_wrong_preset_is_a_clear_error_before_any_timing(tmp_path, monkeypatch):
+    # Was: minutes of throughput timing, then a traceback ending in the last line of the message.
+    monkeypatch.delenv("REPYTILIAN_DATA", raising=False)  # and REPYTILIAN_OFFLINE is set: no Tiny Shakespeare
+    r = run_script("bench", "--presets", "tiny", "--budget", "5", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "the shakespeare data set is not on this machine" in r.stderr and "REPYTILIAN_DATA" in r.stderr
+    assert "matmul" not in r.stdout  # nothing was timed
+    r = run_script("bench", "--presets", "tiny,huge", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown -s/--settings preset 'huge'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_measurement_that_fails_with_a_clear_error_passes_it_on_whole():
+    from repytilian.bench import _in_fresh_process
+    from repytilian.errors import RepytilianError
+
+    with pytest.raises(RepytilianError, match="unknown -s/--settings preset 'huge'; choose one of") as info:
+        _in_fresh_process(["quality", "huge", "1", "auto"])
+    assert "Traceback" not in str(info.value)
