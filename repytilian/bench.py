@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .cpu import tune_for_training
+from .cpu import cpu_name, tune_for_training
 from .datasets import dataset_path
 from .errors import EXIT_USER_ERROR, RepytilianError
 
@@ -200,7 +201,8 @@ def _measure_one(kind: str, rest: list[str]) -> dict | list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="repytilian bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="tiny,default,hyper")
+    parser.add_argument("--presets", default="tiny,default,hyper",
+                        help="presets whose throughput to time, comma-separated; 'none' for the --budget runs alone")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd training (slow to start)")
     parser.add_argument("--steps", type=int, default=None,
@@ -226,22 +228,25 @@ def main(argv: list[str] | None = None) -> int:
     # Mistakes that would only show after minutes of timing are found first.
     from .config import build_configs
 
-    for preset in args.presets.split(","):
+    presets = [p for p in args.presets.split(",") if p and p != "none"]
+    for preset in presets:
         build_configs(preset)
     if args.budget:
         build_configs(args.quality_preset)
         dataset_path("shakespeare")
 
     peak = {"float32": matmul_gflops(torch.float32), "bfloat16": matmul_gflops(torch.bfloat16)}
-    print(f"repytilian bench, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, "
+    machine = f"{cpu_name()} ({platform.machine()}), {os.cpu_count()} CPUs"
+    print(f"repytilian bench, {time.strftime('%Y-%m-%d')}, {machine}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print(f"matmul 2048^2: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s")
     variants = [(dtype, compiled) for dtype in args.dtypes.split(",")
                 for compiled in ([False, True] if args.compile else [False])]
     rows = []
-    print(f"{'preset':<8} {'variant':<26} {'params':>7} {'ms/step':>9} {'tokens/s':>9} "
-          f"{'GFLOP/s':>8} {'% peak':>7} {'speed-up':>8} {'RSS MB':>7}")
-    for preset in args.presets.split(","):
+    if presets:
+        print(f"{'preset':<8} {'variant':<26} {'params':>7} {'ms/step':>9} {'tokens/s':>9} "
+              f"{'GFLOP/s':>8} {'% peak':>7} {'speed-up':>8} {'RSS MB':>7}")
+    for preset in presets:
         steps = args.steps or (2 if preset == "hyper" else 20)
         # Three kinds of process take turns, one round each, in a rotating order, so all see the
         # same machine: the baseline, nanoGPT's way (float32, eager, allocator and threads left
@@ -277,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{preset:<8} {label:<26} {r['params_m']:>6}M {r['ms_per_step']:>9} {r['tokens_per_s']:>9,} "
                   f"{r['gflops']:>8} {r['pct_of_peak']:>6}% {r['speedup_vs_nanogpt_way']:>7.2f}x {rss:>7}")
     loop = None
-    if not args.no_loop:
-        loop = _in_fresh_process(["loop", args.presets.split(",")[0], "auto", str(args.loop_steps)])
+    if presets and not args.no_loop:
+        loop = _in_fresh_process(["loop", presets[0], "auto", str(args.loop_steps)])
         print(f"training loop overhead at {loop['preset']} ({loop['dtype']}, {loop['steps']} steps of "
               f"{loop['step_ms']} ms): drawing batches {loop['batch_pct']}%, the loop around the steps "
               f"(progress bar, loss checks) {loop['loop_pct']}%")
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quality: {r['preset']} for {budget:g} s of training ({r['dtype']}): {r['steps']:,} steps, "
               f"{r['tokens']:,} tokens, val loss {r['val_loss_full']} (whole validation split), RSS {r['peak_rss_mb']} MB")
     if args.json:
-        Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+        Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine,
                                                "matmul_gflops": peak, "throughput": rows, "loop_overhead": loop,
                                                "quality": quality_rows},
                                               indent=1))

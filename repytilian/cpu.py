@@ -3,16 +3,18 @@
 Memory (glibc's malloc, on Linux). Every training step allocates and frees the same activations.
 By default glibc hands large freed blocks back to the system (munmap, heap trimming), so the next
 step faults them back in, page by zero-filled page: measured on 2 cores, that was a fifth of a
-`tiny` step (29 ms -> 23 ms in bf16, 40 ms -> 34 ms in float32 once kept). Raising the mmap and trim thresholds keeps the blocks in the
-heap for reuse, which is what jemalloc or tcmalloc (as PyTorch's CPU performance guide suggests)
-would do, without a dependency or LD_PRELOAD. The process's RSS then stays near the training's
-peak between steps instead of dipping; the peak itself does not grow.
+`tiny` step (29 ms -> 23 ms in bf16, 40 ms -> 34 ms in float32 once kept). Raising the mmap and
+trim thresholds keeps the blocks in the heap for reuse, which is what jemalloc or tcmalloc (as
+PyTorch's CPU performance guide suggests) would do, without a dependency or LD_PRELOAD. The
+process's RSS then stays near the training's peak between steps instead of dipping; the peak
+itself does not grow.
 
-Threads. PyTorch can start one intra-op thread per logical CPU (OpenMP's default); on a CPU with two
-hardware threads per core that puts two threads of matmul on each core's one set of vector units,
-which is usually slower than one. Training lowers the thread count to the physical cores this
-process may run on (never raises it), unless the user chose with OMP_NUM_THREADS or MKL_NUM_THREADS. This machine
-(2 cores, 1 thread each) cannot show the gain; the rule is the one PyTorch's CPU guide gives.
+Threads. PyTorch can start one intra-op thread per logical CPU (OpenMP's default); on a CPU with
+two hardware threads per core that puts two threads of matmul on each core's one set of vector
+units, which is usually slower than one. Training lowers the thread count to the physical cores
+this process may run on (never raises it), unless the user chose with OMP_NUM_THREADS or
+MKL_NUM_THREADS. This machine (2 cores, 1 thread each) cannot show the gain; the rule is the one
+PyTorch's CPU guide gives.
 """
 from __future__ import annotations
 
@@ -78,6 +80,17 @@ def use_physical_cores() -> int:
     if not chosen and cores and torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
     return torch.get_num_threads()
+
+
+def cpu_name() -> str:
+    """The processor's model name, as the kernel reports it (a machine's name in benchmarks)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def tune_for_training() -> None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+from .cpu import cpu_name
 from .datasets import cache_dir
 from .errors import RepytilianError
 from .fileio import atomic_write_bytes
@@ -90,21 +89,11 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int) 
 CHOICES_FILE = "dtype-choices.json"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _choice_key(model: GPT, batch: int) -> str:
     c = model.config
     shape = (f"{c.n_layer}x{c.n_embd}/{c.n_head} T{c.block_size} B{batch} vocab {c.vocab_size} {c.activation} "
              f"{c.position} {c.norm}{' qk_norm' if c.qk_norm else ''}")
-    return f"{_cpu_name()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads, torch {torch.__version__}: {shape}"
+    return f"{cpu_name()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads, torch {torch.__version__}: {shape}"
 
 
 def _read_choices() -> dict:

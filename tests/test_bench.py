@@ -41,3 +41,17 @@ def test_a_measurement_that_fails_with_a_clear_error_passes_it_on_whole():
     with pytest.raises(RepytilianError, match="unknown -s/--settings preset 'huge'; choose one of") as info:
         _in_fresh_process(["quality", "huge", "1", "auto"])
     assert "Traceback" not in str(info.value)
+
+
+def test_quality_alone_on_tiny_shakespeare_names_the_machine(tmp_path):
+    from repytilian.cpu import cpu_name
+
+    r = run_script("bench", "--presets", "none", "--quality-preset", "tiny", "--budget", "1", "--json", "q.json",
+                   cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "tokens/s" not in r.stdout and "loop overhead" not in r.stdout  # no throughput timed
+    assert cpu_name() in r.stdout.splitlines()[0]
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["throughput"] == [] and cpu_name() in report["machine"]
+    (q,) = report["quality"]
+    assert q["preset"] == "tiny" and q["budget_s"] == 1 and q["steps"] > 0 and 1.0 < q["val_loss_full"] < 5.0
