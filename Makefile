@@ -15,7 +15,7 @@ export REPYTILIAN_DATA := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-avx2 clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The tests that depend on the kind of CPU, once more as on an AVX2-only CPU without native bf16
+# (torch's and oneDNN's own switches; ../shared/tools/cpu-kind shows that bf16 slows down under them).
+test-avx2: install
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m machine
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -289,6 +289,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
     else:
         tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
         mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides, opts.arch or "classic")
+        if opts.iterations is None and tcfg.max_seconds is not None and "max_iters" not in opts.overrides:
+            tcfg.max_iters = None  # a time budget alone: the budget, not -i default's 2,000 steps, ends training
         if opts.seed is not None:
             tcfg.seed = opts.seed
         source = opts.data or DataSource("dataset", "shakespeare")
@@ -351,7 +353,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
                     f"resume with: python3 training.py -l {target}{again}")
                 saved_to = target
             else:
-                val_loss = trainer.full_val_loss()
+                val_loss = trainer.full_val_loss(progress=opts.progress)
                 log(f"finished {trainer.state.step:,} steps in {time.time() - started:.0f}s; "
                     f"val loss over {trainer.final_val_scope()}: {val_loss:.4f}")
                 saved_to = None

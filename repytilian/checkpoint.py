@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -73,7 +74,8 @@ class LoadedModel:
 
 
 def check_target(path: Path) -> None:
-    """Refuse, before any training, a target that is a file or a folder with things other than a model."""
+    """Refuse, before any training, a target that is a file, a folder with things other than a
+    model, or a place where nothing can be written (the save, or its lock beside it, would fail)."""
     if path.exists() and not path.is_dir():
         raise RepytilianError(f"cannot save the model to {path}: it is a file, not a folder")
     if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
@@ -81,6 +83,27 @@ def check_target(path: Path) -> None:
             f"{path} already exists and is not a Repytilian model folder; refusing to write into it. "
             "Choose a new folder with -m"
         )
+    # The nearest folder that exists must take a new file (the folders below it are made at the save).
+    existing = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    shown = next((p for p in path.parents if p.absolute() == existing), existing)
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RepytilianError(f"cannot save the model to {path}: {_unwritable(shown, e)}; "
+                              "choose another folder with -m") from None
+
+
+def _unwritable(folder: Path, error: OSError) -> str:
+    """Why nothing can be written in `folder`, in words."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if isinstance(error, PermissionError):
+        return f"no permission to write in {folder}"
+    return f"nothing can be written in {folder} ({error.strerror or type(error).__name__})"
 
 
 def _optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -120,7 +143,10 @@ class TargetLock:
         self.held = False
 
     def acquire(self) -> "TargetLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RepytilianError(f"cannot lock {self.target}: {_unwritable(self.path.parent, e)}") from None
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -133,6 +159,8 @@ class TargetLock:
                     ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
+            except OSError as e:
+                raise RepytilianError(f"cannot lock {self.target}: {_unwritable(self.path.parent, e)}") from None
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
             self.held = True

@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from .model import ACTIVATIONS, GPT, apply_rope
+from .precision import PROBE_SECONDS, decoding_dtype_candidates
 
 # Decoding one token at a time is overhead-bound below this width: bf16 only adds conversions.
 BF16_MIN_WIDTH = 256
@@ -168,20 +169,22 @@ class Decoder:
 
 
 def choose_dtype(model: GPT, batch_size: int = 1) -> torch.dtype:
-    """float32, or bf16 where it makes this model's decoding faster on this machine (measured)."""
+    """float32, or bf16 where it makes this model's decoding faster on this machine (measured, and
+    only where bf16 is native: an emulated bf16 step is never timed)."""
     device = model.lm_head.weight.device
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type != "cpu" or model.config.n_embd < BF16_MIN_WIDTH:
+    candidates = decoding_dtype_candidates(device)
+    if device.type != "cpu" or model.config.n_embd < BF16_MIN_WIDTH or len(candidates) == 1:
         return torch.float32
     timings = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in candidates:
         decoder = Decoder(model, batch_size, dtype)
         idx = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         decoder.forward(idx)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(5):
+        t0, steps = time.perf_counter(), 0
+        while steps < 5 and time.perf_counter() - t0 < PROBE_SECONDS:
             decoder.forward(idx)
-        timings[dtype] = time.perf_counter() - t0
+            steps += 1
+        timings[dtype] = (time.perf_counter() - t0) / steps
     return min(timings, key=timings.get)
-

@@ -9,14 +9,14 @@ different tokenizers comparable.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
-
 from .model import GPT
+from .progress import progress as progress_bar
 
 
 @dataclass
@@ -89,20 +89,27 @@ def count_chars(tokenizer, ids: np.ndarray, chunk: int = 1 << 20) -> int:
 
 @torch.no_grad()
 def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int | None = None,
-             batch_size: int = 32, progress: bool = True) -> EvalReport:
+             batch_size: int = 32, progress: bool = True, max_seconds: float | None = None,
+             desc: str = "evaluating") -> EvalReport:
+    """Every prediction of `ids` scored once; with `max_seconds`, the windows scored by then (the
+    report's `tokens` says how many predictions that was: the first ones of the text)."""
     block = model.config.block_size
     stride = max(1, min(stride or block // 2, block))
     device = next(model.parameters()).device
     model.eval()
-    total = 0.0
-    bar = tqdm(total=count_windows(len(ids), block, stride), unit="window", disable=not progress, leave=False)
-    for group in _batches(windows(len(ids), block, stride), batch_size):
-        new = group[0][2]
-        x = torch.from_numpy(np.stack([ids[s:e] for s, e, _ in group]).astype(np.int64)).to(device)
-        y = torch.from_numpy(np.stack([ids[s + 1:e + 1] for s, e, _ in group]).astype(np.int64)).to(device)
-        logits, _ = model(x)
-        logits, y = logits[:, -new:, :], y[:, -new:]
-        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").item()
-        bar.update(len(group))
-    bar.close()
-    return EvalReport(tokens=max(len(ids) - 1, 0), chars=chars, total_nats=total, block_size=block, stride=stride)
+    total, scored = 0.0, 0
+    started = time.perf_counter()
+    with progress_bar(count_windows(len(ids), block, stride), "window", desc, enabled=progress,
+                      every=10.0, delay=3.0, leave=False) as bar:
+        for group in _batches(windows(len(ids), block, stride), batch_size):
+            new = group[0][2]
+            x = torch.from_numpy(np.stack([ids[s:e] for s, e, _ in group]).astype(np.int64)).to(device)
+            y = torch.from_numpy(np.stack([ids[s + 1:e + 1] for s, e, _ in group]).astype(np.int64)).to(device)
+            logits, _ = model(x)
+            logits, y = logits[:, -new:, :], y[:, -new:]
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").item()
+            scored += y.numel()
+            bar.update(len(group))
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                break
+    return EvalReport(tokens=scored, chars=chars, total_nats=total, block_size=block, stride=stride)

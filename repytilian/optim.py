@@ -1,13 +1,19 @@
 """Optimisers: AdamW for everything, or Muon for the blocks' matrices with AdamW for the rest.
 
-Muon (torch.optim.Muon) orthogonalises each 2-D update with a few Newton-Schulz iterations; with
+Muon orthogonalises each 2-D update with a few Newton-Schulz iterations; with
 `adjust_lr_fn="match_rms_adamw"` its steps have AdamW's size, so one learning rate and schedule
 serve both. Embeddings, the output head, gains and biases stay on AdamW, as Muon's authors use
 it. Measured on 2 CPU cores: the speedrun preset reached val 1.63 in 90 s with Muon against
 about 1.70 with AdamW alone, though each step costs about 40% more (README, "Architecture").
+
+`torch.optim.Muon` runs its iteration in bf16, always: on a CPU without native bf16 that is
+about 100x slower matmuls, and a Muon step there cost more than the whole forward and backward
+pass. `Muon` below is torch's optimiser (its settings, state and checkpoints unchanged) with the
+iteration in a format of our choosing: bf16 where training computes in bf16, float32 elsewhere.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,23 +24,76 @@ OPTIMIZERS = ("adamw", "muon")
 
 
 def make_optimizer(model: GPT, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
-                   fused: bool) -> Any:
+                   fused: bool, ns_dtype: torch.dtype = torch.bfloat16) -> Any:
     if name == "adamw":
         return torch.optim.AdamW(model.optimizer_groups(weight_decay), lr=lr, betas=betas,
                                  **({"fused": True} if fused else {}))
-    return MuonWithAdamW(model, lr, weight_decay, betas, fused)
+    return MuonWithAdamW(model, lr, weight_decay, betas, fused, ns_dtype)
+
+
+def orthogonalise(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration: about U V^T of g = U S V^T (singular values pushed
+    near 1, not exactly to it), computed in `dtype`. The same arithmetic as torch.optim.Muon's."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T  # iterate on the wide side: the Gram matrix x x^T is then the smaller one
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1 (a copy: g may be the momentum buffer)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def adjusted_lr(lr: float, how: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix learning-rate scale."""
+    rows, cols = shape[:2]
+    if how is None or how == "original":
+        return lr * math.sqrt(max(1, rows / cols))
+    if how == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with its Newton-Schulz iteration in `ns_dtype` (torch's: always bf16)."""
+
+    def __init__(self, params: Any, ns_dtype: torch.dtype = torch.bfloat16, **settings: Any):
+        super().__init__(params, **settings)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            lr, momentum = float(group["lr"]), group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                       self.ns_dtype)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
 
 
 class MuonWithAdamW:
     """Two optimisers behind one: param_groups (for the LR schedule), step, zero_grad, and a
     state_dict in torch's usual shape (the two concatenated), so checkpoints save it like any other."""
 
-    def __init__(self, model: GPT, lr: float, weight_decay: float, betas: tuple[float, float], fused: bool):
+    def __init__(self, model: GPT, lr: float, weight_decay: float, betas: tuple[float, float], fused: bool,
+                 ns_dtype: torch.dtype = torch.bfloat16):
         matrices = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("transformer.h.")]
         chosen = {id(p) for p in matrices}
         rest = [p for p in model.parameters() if id(p) not in chosen]
-        self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, momentum=0.95, nesterov=True,
-                                     adjust_lr_fn="match_rms_adamw")
+        self.muon = Muon(matrices, ns_dtype, lr=lr, weight_decay=weight_decay, momentum=0.95, nesterov=True,
+                         adjust_lr_fn="match_rms_adamw")
         self.adamw = torch.optim.AdamW(
             [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],

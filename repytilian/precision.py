@@ -1,19 +1,29 @@
-"""Which number format training computes in: measured on this machine, never assumed.
+"""Which number format training and decoding compute in: known or measured, never assumed.
 
 float32 weights and optimiser state always; the forward pass may run under autocast in bfloat16
-(CPUs with native bf16 and recent GPUs) or float16 (CUDA, with a gradient scaler). On CPUs
-without native bf16, bf16 is many times slower, and for very small models its conversions cost
-more than its faster matmuls save (measured on a 2-core AVX512-BF16 CPU: the 128-wide presets
-train 1.25-1.4x faster in bf16 and reach a lower loss in 90 s, `hyper` about 1.9x faster), so
-`auto` times a few steps of both and keeps the faster. The choice is stored with the model, so a
-resumed run computes exactly as before.
+(CPUs with native bf16 and recent GPUs) or float16 (CUDA, with a gradient scaler).
+
+A CPU is not one kind of machine. Where it has native bf16 (x86 with AVX512-BF16 or AMX, Arm with
+the BF16 extension), bf16 matmuls run about 2x faster than float32, more with AMX; where it has
+not (AVX2-only x86, like most laptops), PyTorch emulates them, about 100x slower. So
+`cpu_bf16()` answers first, from what the CPU says of itself (torch's CPU capability, the
+kernel's CPU flags, oneDNN's ISA cap) and one small matmul timed for milliseconds: a CPU without
+native bf16 never has bf16 timed at length. Where bf16 is native, small models still gain little
+from it (its conversions cost what its faster matmuls save), so `auto` times a few steps of both,
+each timing bounded by `PROBE_SECONDS`, and keeps the faster. The choice is stored with the model,
+so a resumed run computes exactly as before.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -26,6 +36,97 @@ from .model import GPT
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MIN_GAIN = 1.15  # bf16 must be this much faster to be worth its rounding
 TIMING_TOKENS = 1024  # per timed step: enough that small models are timed at their real batch size
+PROBE_SECONDS = 2.0  # a timing of one number format gives up after this long and counts as slower
+NATIVE_MIN_RATIO = 0.5  # a bf16 matmul below this share of float32's speed is emulated, not native
+PROBE_SIZE = 256  # the probe's square matmul: microseconds where bf16 is native, ~20 ms where not
+
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) up to which its bf16 kernels are not yet allowed.
+_ONEDNN_NO_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@dataclass(frozen=True)
+class Bf16Support:
+    native: bool
+    why: str  # what decided it, in words: "AVX512-BF16/AMX", "torch's CPU capability is AVX2", ...
+
+
+def _cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The kernel's CPU flags (x86 'flags', Arm 'Features') of the first CPU; None where unreadable."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return set(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def _up_front_no(machine: str, capability: str, onednn_isa: str, flags: set[str] | None) -> str | None:
+    """Why this CPU has no native bf16, from its description alone; None if it may have it."""
+    x86 = machine.lower() in ("x86_64", "amd64", "i386", "i686")
+    if onednn_isa and onednn_isa.upper() in _ONEDNN_NO_BF16:
+        return f"ONEDNN_MAX_CPU_ISA={onednn_isa} leaves out oneDNN's bf16 kernels"
+    if x86 and not capability.upper().startswith("AVX512"):
+        return f"torch's CPU capability is {capability}, without AVX-512"
+    if flags is not None:
+        if x86 and not flags & {"avx512_bf16", "amx_bf16"}:
+            return "the CPU flags have neither avx512_bf16 nor amx_bf16"
+        if not x86 and "bf16" not in flags:
+            return "the CPU features have no bf16"
+    return None
+
+
+def _matmul_seconds(dtype: torch.dtype, n: int = PROBE_SIZE, repeats: int = 3) -> float:
+    a = torch.randn(n, n).to(dtype)
+    best = float("inf")
+    for i in range(repeats + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        a @ a
+        elapsed = time.perf_counter() - t0
+        if i:
+            best = min(best, elapsed)
+        if elapsed > PROBE_SECONDS / 4:  # already plainly slow: no need to wait for more
+            return elapsed
+    return best
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_slowdown() -> float:
+    """How many times slower a bf16 matmul is than a float32 one on this CPU (below 1: faster)."""
+    state = torch.get_rng_state()  # probing must not shift anybody's random stream
+    try:
+        return _matmul_seconds(torch.bfloat16) / _matmul_seconds(torch.float32)
+    finally:
+        torch.set_rng_state(state)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16() -> Bf16Support:
+    """Whether this CPU computes bf16 natively (fast) or emulates it (very slow)."""
+    no = _up_front_no(platform.machine(), torch.backends.cpu.get_cpu_capability(),
+                      os.environ.get("ONEDNN_MAX_CPU_ISA", ""), _cpu_flags())
+    if no is not None:
+        return Bf16Support(False, no)
+    slowdown = bf16_slowdown()
+    if 1 / slowdown < NATIVE_MIN_RATIO:
+        return Bf16Support(False, f"a bf16 matmul measured {slowdown:.0f}x slower than float32")
+    return Bf16Support(True, "native bf16")
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 computes at least at float32's pace here (so it may be worth measuring)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_bf16().native
+
+
+def machine_summary() -> str:
+    """One line for logs and benchmarks: the CPU's capability and whether bf16 is native."""
+    support = cpu_bf16()
+    return (f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"{'native bf16' if support.native else 'no native bf16 (' + support.why + ')'}")
 
 
 def autocast(device: torch.device, dtype_name: str):
@@ -36,30 +137,40 @@ def autocast(device: torch.device, dtype_name: str):
 
 
 def _time_steps(model: GPT, device: torch.device, dtype_name: str, batch: int) -> float:
+    """The fastest of a few forward+backward steps; infinite if the first one alone takes more than
+    PROBE_SECONDS (a format that slow is not worth waiting for). Never more than about that long."""
     T = model.config.block_size
     x = torch.randint(model.config.vocab_size, (batch, T), device=device)
-    best = float("inf")
-    for _ in range(4):  # the first is a warm-up
+    best, started = float("inf"), time.perf_counter()
+    for i in range(4):  # the first is a warm-up
         t0 = time.perf_counter()
         with autocast(device, dtype_name):
             _, loss = model(x, x)
         loss.backward()
-        best = min(best, time.perf_counter() - t0)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() - started > PROBE_SECONDS:
+            break
     model.zero_grad(set_to_none=True)
     return best
 
 
-def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int) -> str:
+def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int,
+                  warn: Callable[[str], None] | None = None) -> str:
     """The dtype to train in, as a name: `auto` becomes float32, bfloat16 or float16."""
     if name == "float16" and device.type != "cuda":
         raise RepytilianError("--dtype float16 is for CUDA GPUs; use bfloat16 or float32 here")
     if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise RepytilianError("this GPU has no bfloat16; use --dtype float16 or float32")
+    if name == "bfloat16" and device.type == "cpu" and not cpu_bf16().native and warn is not None:
+        warn(f"warning: this CPU has no native bf16 ({cpu_bf16().why}); a bf16 matmul measured "
+             f"{bf16_slowdown():.0f}x slower than float32 here, so training in bfloat16 will be slow "
+             "(--dtype auto or float32 trains at full speed)")
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device.type != "cpu":
+    if device.type != "cpu" or not cpu_bf16().native:
         return "float32"  # MPS: float32 is the safe default there (NaN reports with half precision)
     # Small batches are dominated by per-operation overheads, which bf16 adds to: time the real
     # batch where it is cheap, at least 4 rows of a long context otherwise.
@@ -76,7 +187,7 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int) 
     finally:
         model.train(was_training)
         torch.set_rng_state(state)
-    choices[key] = "bfloat16" if fp32 / bf16 >= MIN_GAIN else "float32"
+    choices[key] = "bfloat16" if bf16 < float("inf") and fp32 / bf16 >= MIN_GAIN else "float32"
     try:
         atomic_write_bytes(cache_dir() / CHOICES_FILE, json.dumps(choices, indent=1).encode())
     except OSError:
@@ -84,8 +195,15 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int) 
     return choices[key]
 
 
+def decoding_dtype_candidates(device: torch.device) -> tuple[torch.dtype, ...]:
+    """The weight formats worth timing for decoding here (bf16 only where it is native)."""
+    return (torch.float32, torch.bfloat16) if fast_bf16(device) else (torch.float32,)
+
+
 # The measured choice is remembered per machine and model shape, so that the same seed on the same
-# machine trains the same model even when a noisy timing would have tipped the other way.
+# machine trains the same model even when a noisy timing would have tipped the other way. The key
+# names the CPU's capability and oneDNN's cap too: the same processor told to act as an AVX2-only
+# one (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) is another machine for this purpose.
 CHOICES_FILE = "dtype-choices.json"
 
 
@@ -93,7 +211,10 @@ def _choice_key(model: GPT, batch: int) -> str:
     c = model.config
     shape = (f"{c.n_layer}x{c.n_embd}/{c.n_head} T{c.block_size} B{batch} vocab {c.vocab_size} {c.activation} "
              f"{c.position} {c.norm}{' qk_norm' if c.qk_norm else ''}")
-    return f"{cpu_name()}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads, torch {torch.__version__}: {shape}"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    machine = (f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}{', oneDNN ' + isa if isa else ''}), "
+               f"{os.cpu_count()} cpus, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    return f"{machine}: {shape}"
 
 
 def _read_choices() -> dict:
@@ -102,4 +223,3 @@ def _read_choices() -> dict:
     except (OSError, ValueError):
         return {}
     return choices if isinstance(choices, dict) else {}
-

@@ -30,11 +30,18 @@ from .evaluate import evaluate
 from .optim import make_optimizer
 from .model import GPT
 from .precision import autocast, resolve_dtype
+from .progress import progress as progress_bar
 
 EVAL_SEED = 2024  # the same evaluation batches every time, so successive estimates compare
 # The loss after training covers the whole validation split up to this many tokens: enough for
-# a figure to 3 decimals, and minutes rather than hours on a CPU for a corpus of gigabytes.
+# a figure to 3 decimals, and minutes rather than hours on a CPU for a corpus of gigabytes. A
+# shorter run evaluates on as many tokens as it trained on (at least FINAL_VAL_MIN_TOKENS), for at
+# most FINAL_VAL_TIME_SHARE of its training time (at least FINAL_VAL_MIN_SECONDS): `-i quick` "to
+# see that it works" must not then wait minutes for a 50k-word softmax over a large split.
 FINAL_VAL_MAX_TOKENS = 1_000_000
+FINAL_VAL_MIN_TOKENS = 65_536
+FINAL_VAL_TIME_SHARE = 0.25
+FINAL_VAL_MIN_SECONDS = 10.0
 
 
 @dataclass
@@ -138,14 +145,18 @@ class Trainer:
         data.check_block_size(model.config.block_size)
         if device.type == "cpu":
             tune_for_training()  # malloc thresholds (a fifth of a small step was page faults), threads
-        cfg.dtype = resolve_dtype(cfg.dtype, device, model, cfg.batch_size)  # stored: a resume computes the same
+        # stored: a resume computes the same
+        cfg.dtype = resolve_dtype(cfg.dtype, device, model, cfg.batch_size, warn=self.log)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
         self.forward = model
         if cfg.compile:
             self.forward = self._compiled(model)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        # Muon's orthogonalisation in bf16 only where training computes in it (never emulated bf16)
+        ns_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" or device.type == "cuda" else torch.float32
         self.optimizer = make_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay,
-                                        (cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
+                                        (cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"),
+                                        ns_dtype=ns_dtype)
 
     def _compiled(self, model: GPT):
         try:
@@ -217,19 +228,33 @@ class Trainer:
             out.append(sum(losses) / len(losses))
         return EvalResult(*out)
 
-    def full_val_loss(self) -> float:
-        """Mean loss over every token of the validation split (its first FINAL_VAL_MAX_TOKENS for
-        very large data), in non-overlapping windows of the context."""
+    def full_val_loss(self, progress: bool = False) -> float:
+        """Mean loss over the validation split in non-overlapping windows of the context: the whole
+        split, or, after a short run or on a large corpus, its first `final_val_tokens()` tokens,
+        and never more than a share of the training time (`final_val_scope` says what it covered)."""
         with autocast(self.device, self.cfg.dtype):
             block = self.model.config.block_size
-            ids = self.data.val[: FINAL_VAL_MAX_TOKENS + 1]
-            return evaluate(self.model, ids, stride=block, batch_size=self.cfg.batch_size, progress=False).loss
+            ids = self.data.val[: self.final_val_tokens() + 1]
+            seconds = max(FINAL_VAL_MIN_SECONDS, FINAL_VAL_TIME_SHARE * self.state.train_seconds)
+            report = evaluate(self.model, ids, stride=block, batch_size=self.cfg.batch_size, progress=progress,
+                              max_seconds=seconds, desc="final val loss")
+        self.final_val_scored = report.tokens
+        return report.loss
+
+    def final_val_tokens(self) -> int:
+        """The evaluation after training is proportional to the run: at least FINAL_VAL_MIN_TOKENS, as
+        many as training saw, at most FINAL_VAL_MAX_TOKENS (a corpus of gigabytes has plenty)."""
+        return min(FINAL_VAL_MAX_TOKENS, max(FINAL_VAL_MIN_TOKENS, self.state.tokens_seen))
 
     def final_val_scope(self) -> str:
-        """What full_val_loss covers, in words."""
-        if len(self.data.val) > FINAL_VAL_MAX_TOKENS + 1:
-            return f"the first {FINAL_VAL_MAX_TOKENS:,} tokens of the validation split"
-        return "the whole validation split"
+        """What full_val_loss covered, in words."""
+        whole = max(len(self.data.val) - 1, 0)
+        scored = getattr(self, "final_val_scored", None)
+        if scored is None:
+            scored = min(whole, self.final_val_tokens())
+        if scored >= whole:
+            return "the whole validation split"
+        return f"{scored:,} tokens (the first of the validation split's {whole:,})"
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -254,12 +279,14 @@ class Trainer:
         stop = stop or StopRequest()
         state, cfg = self.state, self.cfg
         log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-        # Redrawn twice a second on a terminal; in a log file every 30 s, so logs stay readable.
+        # Redrawn twice a second on a terminal; in a log file a plain line every 30 s (progress.py).
         refresh = 0.5 if sys.stderr.isatty() else 30.0
-        bar = tqdm(total=state.max_iters, initial=state.step, unit="step", file=sys.stderr,
-                   disable=not progress, dynamic_ncols=True, smoothing=0.05, mininterval=refresh)
+        bar = progress_bar(state.max_iters, "step", "training", enabled=progress, initial=state.step,
+                           every=refresh, dynamic_ncols=True, smoothing=0.05, mininterval=refresh)
         tokens_per_step = cfg.batch_size * self.model.config.block_size
         last_update, steps_since = time.perf_counter(), 0
+        first_step_done: tuple[int, float] | None = None  # (step, train_seconds) after this run's first
+        announced = False
         try:
             while not self.finished() and stop.reason is None:
                 if stop.at_step is not None and state.step >= stop.at_step:
@@ -269,6 +296,15 @@ class Trainer:
                 loss = self.train_step()
                 state.train_seconds += time.perf_counter() - t0
                 steps_since += 1
+                if first_step_done is None:  # the first step warms up (allocations, kernels): not timed
+                    first_step_done = (state.step, state.train_seconds)
+                elif not announced:
+                    steps, seconds = state.step - first_step_done[0], state.train_seconds - first_step_done[1]
+                    if steps >= 2 and seconds >= EXPECT_AFTER_SECONDS:
+                        announced = True
+                        note = expectation(steps, seconds, tokens_per_step, state, cfg)
+                        if note:
+                            log(note)
                 now = time.perf_counter()
                 done = self.finished()
                 if now - last_update >= refresh or done:
@@ -280,7 +316,9 @@ class Trainer:
                             "your previous model"
                         )
                     rate = steps_since * tokens_per_step / (now - last_update)
-                    bar.set_postfix_str(f"loss {loss_value:.4f}, {rate:,.0f} tok/s", refresh=False)
+                    budget = ("" if cfg.max_seconds is None
+                              else f", {max(0.0, cfg.max_seconds - state.train_seconds):.0f} s of the budget left")
+                    bar.set_postfix_str(f"loss {loss_value:.4f}, {rate:,.0f} tok/s{budget}", refresh=False)
                     bar.update(steps_since)
                     last_update, steps_since = now, 0
                 if state.step % cfg.eval_interval == 0 or done:
@@ -299,6 +337,37 @@ class Trainer:
             bar.update(steps_since)
             bar.close()
         return stop.reason
+
+
+EXPECT_AFTER_SECONDS = 5.0  # steps timed before a long run says how long it will take
+EXPECT_FROM_SECONDS = 120.0  # runs expected to take longer than this say so
+
+
+def expectation(steps: int, seconds: float, tokens_per_step: int, state: TrainState,
+                cfg: TrainConfig) -> str | None:
+    """What a long run should expect, from its first timed steps; None for short or endless runs."""
+    per_step = seconds / steps
+    left = []
+    if state.max_iters is not None:
+        left.append(per_step * (state.max_iters - state.step))
+    if cfg.max_seconds is not None:
+        left.append(cfg.max_seconds - state.train_seconds)
+    if not left or min(left) < EXPECT_FROM_SECONDS:
+        return None
+    remaining = min(left)
+    finish = time.strftime("%H:%M", time.localtime(time.time() + remaining))
+    what = (f"the remaining {state.max_iters - state.step:,} steps" if state.max_iters is not None
+            and remaining == left[0] else "the time budget")
+    return (f"measured {tokens_per_step * steps / seconds:,.0f} tokens/s ({per_step:.2f} s a step) over the "
+            f"first steps: {what} will take about {_duration(remaining)} of training, plus evaluations "
+            f"(until about {finish})")
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{max(minutes, 1)} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -1,10 +1,13 @@
 """Shared fixtures: a small generated corpus, tiny model settings, and an offline, isolated environment."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -48,10 +51,47 @@ def corpus_file(tmp_path) -> Path:
     return path
 
 
-def run_script(*args: str, cwd: Path, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """Run training.py / generate.py / `python -m repytilian` as a user would, from `cwd`."""
+def run_script(*args: str, cwd: Path, timeout: float = 120, process: bool = False,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Run training.py / generate.py / `python -m repytilian` as a user would, from `cwd`.
+
+    By default the command runs in this process, through the very functions the scripts call
+    (cli.training_script, cli.generate_script, cli.main), with stdout and stderr captured: a new
+    Python costs seconds to import torch and its optimisers' compiler, which the suite then pays
+    once, not a hundred times. `process=True` runs a real process, for what only a process shows
+    (the scripts' own start-up, signals, exit codes from the interpreter, environment variables
+    read at import)."""
+    if process or kwargs:
+        return _in_a_process(args, cwd, timeout, **kwargs)
+    return _in_this_process(args, cwd)
+
+
+def _in_a_process(args, cwd, timeout, **kwargs) -> subprocess.CompletedProcess:
     first = args[0]
     cmd = [sys.executable, str(ROOT / first)] if first.endswith(".py") else [sys.executable, "-m", "repytilian"]
     rest = args[1:] if first.endswith(".py") else args
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([*cmd, *rest], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def _in_this_process(args, cwd) -> subprocess.CompletedProcess:
+    from repytilian import cli
+
+    scripts = {"training.py": cli.training_script, "generate.py": cli.generate_script}
+    entry = scripts.get(args[0], cli.main)
+    argv = list(args[1:]) if args[0] in scripts else list(args)
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entry(argv)
+            except SystemExit as e:  # argparse's refusals and --help
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:  # what a real process would show: a traceback and exit status 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess([*args], code, out.getvalue(), err.getvalue())

@@ -101,6 +101,13 @@ CASES = [
     # where the model goes, and continuing one
     (["train", "-d", "corpus.txt", "-i", "quick", "-m", "a_file", *TINY], "is a file, not a folder"),
     (["train", "-d", "corpus.txt", "-i", "quick", "-m", "not_a_model", *TINY], "not a Repytilian model folder"),
+    # Were tracebacks (PermissionError, FileExistsError, FileNotFoundError) from the lock beside the folder.
+    (["train", "-d", "corpus.txt", "-i", "quick", "-m", "/sys/kernel/x", *TINY],
+     "cannot save the model to /sys/kernel/x: no permission to write in /sys/kernel"),
+    (["train", "-d", "corpus.txt", "-i", "quick", "-m", "a_file/sub", *TINY],
+     "cannot save the model to a_file/sub: a_file is a file, not a folder"),
+    (["train", "-d", "corpus.txt", "-i", "quick", "-m", "/proc/nope", *TINY],
+     "cannot save the model to /proc/nope: nothing can be written in /proc"),
     (["train", "-l", "model", "-z", "words", "-m", "model"], "trained with the 'characters' tokenizer"),
     (["train", "-l", "model", "--n-layer", "5", "-m", "model"], "cannot change the shape"),
     (["train", "-l", "model", "-d", "latin1.txt", "-m", "model"], "is not UTF-8 text"),

@@ -34,8 +34,9 @@ print(default, faults_after_churn())
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     default, tuned = map(int, out.stdout.split())
-    assert default > 4900  # at least a 20 MB block's worth of pages faulted in again (seen: 19k-34k)
-    assert tuned < default / 10
+    # How many faults a 20 MB block costs depends on the kernel (4 KiB pages: ~5,000 each, seen 19k-34k
+    # for the ten; transparent huge pages: far fewer): tuned, the blocks are reused and cost next to none.
+    assert tuned * 10 <= default or tuned < 100, (default, tuned)
 
 
 def write_topology(root, siblings: dict[int, str]):

@@ -1,5 +1,4 @@
 """Generation: the KV cache changes speed, not results; sampling controls; the Python API."""
-import time
 
 import pytest
 import torch
@@ -30,6 +29,7 @@ def random_model(block_size=16) -> GPT:
     return GPT(ModelConfig(vocab_size=11, block_size=block_size, n_layer=2, n_head=2, n_embd=16)).eval()
 
 
+@pytest.mark.machine
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)])
 def test_cached_decoding_gives_the_full_forward_logits(dtype, atol):
     model = random_model()
@@ -43,6 +43,7 @@ def test_cached_decoding_gives_the_full_forward_logits(dtype, atol):
         decoder.forward(idx[:, :1])
 
 
+@pytest.mark.machine
 @pytest.mark.parametrize("prompt_len", [1, 5, 20])
 def test_greedy_output_is_identical_with_and_without_the_cache(prompt_len):
     model = random_model(block_size=16)
@@ -54,6 +55,7 @@ def test_greedy_output_is_identical_with_and_without_the_cache(prompt_len):
     assert with_cache == without and len(with_cache) == n
 
 
+@pytest.mark.machine
 def test_sampling_with_the_cache_matches_without_for_the_same_seed():
     model = random_model()
     opts = SamplingOptions(temperature=1.0, seed=3)
@@ -119,9 +121,9 @@ def test_stop_strings_and_max_time_end_generation(model_dir):
     cut = lm.generate("the", 200, seed=4, stop=[stop])
     assert cut == free[: free.index(stop)] and stop not in cut
     assert "".join(lm.stream("the", 200, seed=4, stop=[stop])) == cut
-    t0 = time.perf_counter()
+    # --max-time ends it: some text, far short of 100,000 tokens (which take minutes on any CPU)
     short = lm.generate("the", 100_000, seed=4, max_time=0.2)
-    assert time.perf_counter() - t0 < 5 and 0 < len(short) < 100_000
+    assert 0 < len(short) < 100_000
 
 
 def test_generate_cli_sampling_flags(model_dir, tmp_path):

@@ -46,6 +46,7 @@ def test_written_out_attention_equals_the_fused_kernel(T):
     assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), expected, atol=0.05)
 
 
+@pytest.mark.machine
 def test_bf16_autocast_training_matches_float32_and_causality_holds():
     torch.manual_seed(0)
     model = GPT(tiny_config(dropout=0.1))
@@ -127,6 +128,7 @@ ARCH_VARIANTS = [
 ]
 
 
+@pytest.mark.machine
 @pytest.mark.parametrize("arch", ARCH_VARIANTS)
 def test_every_architecture_option_trains_decodes_with_the_cache_and_round_trips(arch, tmp_path):
     from repytilian.checkpoint import load_model_dir, save_model_dir

@@ -154,6 +154,7 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error_before_training(corpus
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.machine
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(corpus_file, tmp_path):
     from repytilian.optim import MuonWithAdamW
 

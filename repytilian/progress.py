@@ -1,0 +1,73 @@
+"""Progress for people: a tqdm bar on a terminal, plain periodic lines anywhere else.
+
+A bar redraws itself with carriage returns; written to a log file or a pipe (`2> log`, `| tee`)
+those frames pile up on one line. Off a terminal the same information (count, share, the bar's
+postfix such as loss and tokens/s, elapsed time, ETA) comes as one line every `every` seconds
+and once at the end. `delay` holds back anything for work that ends quickly (an evaluation of a
+few seconds says nothing), as tqdm's own `delay` does.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+
+class LineProgress:
+    """The part of tqdm's interface the project uses, written as plain lines."""
+
+    def __init__(self, total: int | None, unit: str, desc: str, initial: int = 0, file: TextIO | None = None,
+                 every: float = 30.0, delay: float = 0.0):
+        self.total, self.unit, self.desc = total, unit, desc
+        self.n = self.initial = initial
+        self.file = file or sys.stderr
+        self.every, self.delay = every, delay
+        self.postfix = ""
+        self.started = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.started >= self.delay and now - self.last >= self.every:
+            self._write(now)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = False) -> None:
+        self.postfix = s
+
+    def close(self) -> None:
+        now = time.monotonic()
+        if self.n > self.initial and now - self.started >= self.delay:
+            self._write(now)
+        self.n = self.initial  # closing twice writes once
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _write(self, now: float) -> None:
+        self.last = now
+        elapsed = now - self.started
+        parts = [f"{self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}s"]
+        if self.total:
+            parts[0] += f" ({100 * self.n / self.total:.0f}%)"
+        if self.postfix:
+            parts.append(self.postfix)
+        parts.append(f"{tqdm.format_interval(elapsed)} elapsed")
+        done = self.n - self.initial
+        if self.total and 0 < done and self.n < self.total:
+            parts.append(f"ETA {tqdm.format_interval(elapsed / done * (self.total - self.n))}")
+        print(f"{self.desc}: {', '.join(parts)}", file=self.file, flush=True)
+
+
+def progress(total: int | None, unit: str, desc: str, enabled: bool = True, initial: int = 0,
+             every: float = 30.0, delay: float = 0.0, **bar: Any) -> Any:
+    """A tqdm bar on a terminal (stderr), LineProgress elsewhere, or a bar that shows nothing."""
+    if not enabled:
+        return tqdm(total=total, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr, delay=delay, **bar)
+    return LineProgress(total, unit, desc, initial, sys.stderr, every, delay)
