@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) training.py -t 500
+	$(PY) training.py -s speedrun --budget 100 -t 500
 
 test: install
 	$(PY) -m pytest -q

@@ -66,10 +66,10 @@ def _cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
 def _up_front_no(machine: str, capability: str, onednn_isa: str, flags: set[str] | None) -> str | None:
     """Why this CPU has no native bf16, from its description alone; None if it may have it."""
     x86 = machine.lower() in ("x86_64", "amd64", "i386", "i686")
-    if onednn_isa and onednn_isa.upper() in _ONEDNN_NO_BF16:
-        return f"ONEDNN_MAX_CPU_ISA={onednn_isa} leaves out oneDNN's bf16 kernels"
     if x86 and not capability.upper().startswith("AVX512"):
         return f"torch's CPU capability is {capability}, without AVX-512"
+    if onednn_isa and onednn_isa.upper() in _ONEDNN_NO_BF16:
+        return f"ONEDNN_MAX_CPU_ISA={onednn_isa} leaves out oneDNN's bf16 kernels"
     if flags is not None:
         if x86 and not flags & {"avx512_bf16", "amx_bf16"}:
             return "the CPU flags have neither avx512_bf16 nor amx_bf16"

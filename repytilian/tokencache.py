@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .datasets import cache_dir
 from .errors import RepytilianError
 from .fileio import atomic_write_bytes, fsync_dir, pid_alive
+from .progress import progress
 from .tokenizers import Tokenizer
 
 if TYPE_CHECKING:
@@ -48,9 +48,9 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _progress(corpus: TextFiles, what: str) -> tqdm:
-    return tqdm(total=corpus.chars, unit="char", unit_scale=True, desc=what, leave=False,
-                disable=bool(os.environ.get("REPYTILIAN_NO_PROGRESS")))
+def _progress(corpus: TextFiles, what: str):
+    return progress(corpus.chars, "char", what, enabled=not os.environ.get("REPYTILIAN_NO_PROGRESS"),
+                    every=15.0, delay=2.0, unit_scale=True, leave=False)
 
 
 def _write_error(where: Path, e: OSError) -> RepytilianError:
@@ -79,7 +79,7 @@ def cached_tokenizer(corpus: TextFiles, cls: type[Tokenizer], options: dict[str,
     return tokenizer
 
 
-def _counted(chunks, bar: tqdm):
+def _counted(chunks, bar):
     for chunk in chunks:
         bar.update(len(chunk))
         yield chunk

@@ -355,7 +355,7 @@ def expectation(steps: int, seconds: float, tokens_per_step: int, state: TrainSt
     if not left or min(left) < EXPECT_FROM_SECONDS:
         return None
     remaining = min(left)
-    finish = time.strftime("%H:%M", time.localtime(time.time() + remaining))
+    finish = time.strftime("%a %H:%M" if remaining > 12 * 3600 else "%H:%M", time.localtime(time.time() + remaining))
     what = (f"the remaining {state.max_iters - state.step:,} steps" if state.max_iters is not None
             and remaining == left[0] else "the time budget")
     return (f"measured {tokens_per_step * steps / seconds:,.0f} tokens/s ({per_step:.2f} s a step) over the "
