@@ -25,6 +25,7 @@ class LineProgress:
         self.file = file or sys.stderr
         self.every, self.delay = every, delay
         self.postfix = ""
+        self.written: int | None = None  # the count the last line showed
         self.started = self.last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
@@ -38,9 +39,9 @@ class LineProgress:
 
     def close(self) -> None:
         now = time.monotonic()
-        if self.n > self.initial and now - self.started >= self.delay:
+        if self.n > self.initial and self.n != self.written and now - self.started >= self.delay:
             self._write(now)
-        self.n = self.initial  # closing twice writes once
+        self.written = self.n  # closing twice, or after a line that said it all, writes nothing more
 
     def __enter__(self) -> "LineProgress":
         return self
@@ -49,7 +50,7 @@ class LineProgress:
         self.close()
 
     def _write(self, now: float) -> None:
-        self.last = now
+        self.last, self.written = now, self.n
         elapsed = now - self.started
         parts = [f"{self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}s"]
         if self.total:

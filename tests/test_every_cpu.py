@@ -218,14 +218,20 @@ def test_progress_off_a_terminal_is_plain_lines(corpus_file, tmp_path, monkeypat
 
 
 def test_line_progress_writes_every_so_often_and_at_the_end(capsys):
-    bar = LineProgress(200, "step", "training", every=0.0)
+    bar = LineProgress(200, "step", "training", every=0.0)  # a line at every update
     bar.set_postfix_str("loss 2.5000, 900 tok/s")
     bar.update(50)
-    bar.close()
-    bar.close()
+    bar.update(50)
+    bar.close()  # the last update's line already said 100/200: nothing more
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("training: 50/200 steps (25%), loss 2.5000, 900 tok/s, 00:00 elapsed, ETA 00:00")
-    assert len(lines) == 2  # the update and the close; closing twice writes once
+    assert len(lines) == 2 and lines[1].startswith("training: 100/200 steps (50%)")
+    bar = LineProgress(200, "step", "training", every=3600.0)  # no line due before the end
+    bar.update(200)
+    bar.close()
+    bar.close()  # closing twice writes once
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("training: 200/200 steps (100%), 00:00 elapsed") and "ETA" not in line
     quiet = LineProgress(None, "window", "evaluating", every=0.0, delay=60.0)
     quiet.update(5)
     quiet.close()
