@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from repytilian.bench import _in_fresh_process  # noqa: E402
+from repytilian.cli.bench import _in_fresh_process  # noqa: E402
 
 VARIANTS = [
     "optimizer=adamw",

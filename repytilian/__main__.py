@@ -1,6 +1,6 @@
 """`python -m repytilian` is the `repytilian` command."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

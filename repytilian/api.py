@@ -18,22 +18,27 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (
+from .config import ARCHS, ITERATIONS, build_configs, check_configs, split_overrides
+from .data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
+from .errors import RepytilianError
+from .interop.trackers import finish_all, log_all, open_trackers
+from .model import GPT
+from .sampling import SamplingOptions, StopFilter, sample_ids
+from .store.folder import (
     LoadedModel,
-    TargetLock,
     check_target,
     interrupted_dir,
     load_model_dir,
     restore_trainer,
     save_model_dir,
 )
-from .config import ARCHS, ITERATIONS, build_configs, check_configs, split_overrides
-from .data import DataSource, TokenData, load_corpus, train_tokenizer
-from .errors import RepytilianError
-from .model import GPT
-from .sampling import SamplingOptions, StopFilter, sample_ids
-from .tokenizers import DEFAULT_TOKENIZER, Tokenizer, UnknownTokensError, tokenizer_class
-from .trackers import finish_all, log_all, open_trackers
+from .store.lock import TargetLock
+from .tokenizers import (
+    DEFAULT_TOKENIZER,
+    Tokenizer,
+    UnknownTokensError,
+    tokenizer_class,
+)
 from .train import StopRequest, Trainer, TrainState, pick_device
 
 DEFAULT_MODEL_DIR = "models/shakespeare/basic"

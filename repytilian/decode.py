@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from .model import ACTIVATIONS, GPT, apply_rope
-from .precision import PROBE_SECONDS, decoding_dtype_candidates
+from .runtime.precision import PROBE_SECONDS, decoding_dtype_candidates
 
 # Decoding one token at a time is overhead-bound below this width: bf16 only adds conversions.
 BF16_MIN_WIDTH = 256

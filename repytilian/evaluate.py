@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.nn import functional as F
+
 from .model import GPT
-from .progress import progress as progress_bar
+from .runtime.progress import progress as progress_bar
 
 
 @dataclass

@@ -22,15 +22,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .cpu import tune_for_training
 from .config import TrainConfig
-from .data import TokenData, get_batch
+from .data.corpus import TokenData, get_batch
 from .errors import RepytilianError
 from .evaluate import evaluate
-from .optim import make_optimizer
 from .model import GPT
-from .precision import autocast, resolve_dtype
-from .progress import progress as progress_bar
+from .optim import make_optimizer
+from .runtime.cpu import tune_for_training
+from .runtime.precision import autocast, resolve_dtype
+from .runtime.progress import progress as progress_bar
 
 EVAL_SEED = 2024  # the same evaluation batches every time, so successive estimates compare
 # The loss after training covers the whole validation split up to this many tokens: enough for

@@ -8,12 +8,11 @@ import pickle
 import sys
 
 import pytest
+from conftest import TINY, TINY_OVERRIDES, make_corpus
 
 from repytilian import cli
 from repytilian.api import TrainOptions, train
 from repytilian.data import DataSource
-
-from conftest import TINY, TINY_OVERRIDES, make_corpus
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from conftest import run_script
 
 pytestmark = pytest.mark.machine  # the dtype and timings depend on the CPU: CI runs these as on AVX2 too
@@ -37,7 +36,7 @@ def test_missing_data_or_a_wrong_preset_is_a_clear_error_before_any_timing(tmp_p
 
 
 def test_a_measurement_that_fails_with_a_clear_error_passes_it_on_whole():
-    from repytilian.bench import _in_fresh_process
+    from repytilian.cli.bench import _in_fresh_process
     from repytilian.errors import RepytilianError
 
     with pytest.raises(RepytilianError, match="unknown -s/--settings preset 'huge'; choose one of") as info:
@@ -46,7 +45,7 @@ def test_a_measurement_that_fails_with_a_clear_error_passes_it_on_whole():
 
 
 def test_quality_alone_on_tiny_shakespeare_names_the_machine(tmp_path):
-    from repytilian.cpu import cpu_name
+    from repytilian.runtime.cpu import cpu_name
 
     r = run_script("bench", "--presets", "none", "--quality-preset", "tiny", "--budget", "1", "--json", "q.json",
                    cwd=tmp_path, timeout=300)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from repytilian.checkpoint import FORMAT_VERSION, load_model_dir, save_model_dir
 from repytilian.errors import RepytilianError
 from repytilian.model import GPT, ModelConfig
+from repytilian.store.folder import FORMAT_VERSION, load_model_dir, save_model_dir
 from repytilian.tokenizers import CharacterTokenizer
 
 
@@ -60,7 +60,7 @@ def test_a_crash_during_the_save_leaves_the_previous_model(saved, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("repytilian.checkpoint.save_file", crash)
+    monkeypatch.setattr("repytilian.store.folder.save_file", crash)
     with pytest.raises(RepytilianError, match="No space left on device; the model that was there is intact"):
         save_model_dir(path, model, tok, {})
     assert (path / "model.safetensors").read_bytes() == before

@@ -3,7 +3,6 @@ import json
 import random
 
 import pytest
-
 from conftest import TINY, run_script
 
 CHORDS = [[60, 64, 67], [62, 65, 69], [64, 67, 71], [65, 69, 72], [67, 71, 74], "rest"]

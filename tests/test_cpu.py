@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -27,7 +26,7 @@ def faults_after_churn():
         torch.ones(5_000_000)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 default = faults_after_churn()
-from repytilian.cpu import keep_freed_memory
+from repytilian.runtime.cpu import keep_freed_memory
 assert keep_freed_memory() and keep_freed_memory()  # idempotent
 print(default, faults_after_churn())
 """
@@ -47,7 +46,7 @@ def write_topology(root, siblings: dict[int, str]):
 
 
 def test_physical_cores_count_each_core_once(tmp_path):
-    from repytilian.cpu import physical_cores
+    from repytilian.runtime.cpu import physical_cores
 
     write_topology(tmp_path, {0: "0,4", 1: "1,5", 2: "2,6", 3: "3,7", 4: "0,4", 5: "1,5", 6: "2,6", 7: "3,7"})
     assert physical_cores(tmp_path, allowed=set(range(8))) == 4  # 8 logical CPUs, 4 cores
@@ -58,7 +57,7 @@ def test_physical_cores_count_each_core_once(tmp_path):
 def test_threads_drop_to_physical_cores_unless_the_user_chose(monkeypatch):
     import torch
 
-    import repytilian.cpu as cpu
+    import repytilian.runtime.cpu as cpu
 
     before = torch.get_num_threads()
     try:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from repytilian import datasets
+from repytilian.data import datasets
 from repytilian.data import (
     VAL_FRACTION,
     DataSource,

@@ -5,12 +5,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, run_script
 
 from repytilian.evaluate import evaluate, windows
 from repytilian.model import GPT, ModelConfig
-from repytilian.report import model_card, plot_loss
-
-from conftest import TINY, run_script
+from repytilian.store.card import model_card, plot_loss
 
 
 @pytest.mark.parametrize("n, block, stride", [(2, 8, 4), (9, 8, 4), (100, 8, 4), (100, 8, 8), (37, 16, 5)])

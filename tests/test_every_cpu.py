@@ -11,17 +11,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, TINY, TINY_OVERRIDES, run_script
 
-import repytilian.precision as precision
+import repytilian.runtime.precision as precision
 from repytilian.api import TrainOptions, train
 from repytilian.config import TrainConfig
 from repytilian.data import DataSource, TokenData
 from repytilian.model import GPT, ModelConfig
 from repytilian.optim import Muon, orthogonalise
-from repytilian.progress import LineProgress
+from repytilian.runtime.progress import LineProgress
 from repytilian.train import Trainer, TrainState, expectation
-
-from conftest import ROOT, TINY, TINY_OVERRIDES, run_script
 
 pytestmark = pytest.mark.machine
 
@@ -57,7 +56,7 @@ PROBE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import torch
-import repytilian.precision as precision
+import repytilian.runtime.precision as precision
 from repytilian.decode import choose_dtype
 from repytilian.model import GPT, ModelConfig
 timed = []

@@ -2,16 +2,15 @@
 
 import pytest
 import torch
+from conftest import TINY_OVERRIDES, make_corpus, run_script
 
 from repytilian import load_model
 from repytilian.api import TrainOptions, train
 from repytilian.data import DataSource
-from repytilian.errors import RepytilianError
 from repytilian.decode import Decoder
+from repytilian.errors import RepytilianError
 from repytilian.model import GPT, ModelConfig
 from repytilian.sampling import SamplingOptions, StopFilter, sample_ids
-
-from conftest import TINY_OVERRIDES, make_corpus, run_script
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY, make_corpus, run_script
+
 from repytilian.errors import RepytilianError
-from repytilian.hf_export import export_hf
+from repytilian.interop.hf import export_hf
 from repytilian.model import GPT, ModelConfig
 from repytilian.sampling import SamplingOptions, sample_ids
 from repytilian.tokenizers import tokenizer_class

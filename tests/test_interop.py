@@ -9,12 +9,12 @@ import types
 import pytest
 import torch
 import torch.nn as nn
+from conftest import run_script
 from torch.nn import functional as F
 
-from conftest import run_script
 from repytilian import load_model
 from repytilian.errors import RepytilianError
-from repytilian.legacy import convert
+from repytilian.interop.legacy import convert
 
 # --- a model laid out and saved the way the original Repytilian did (src/llm_bigram.py) -----------
 
@@ -199,7 +199,7 @@ def test_an_incomplete_legacy_folder_says_what_is_missing(legacy_folder):
 def test_the_plain_pickle_reader_reads_plain_data_of_every_modern_protocol(protocol):
     import pickle
 
-    from repytilian.legacy import read_plain_pickle
+    from repytilian.interop.legacy import read_plain_pickle
 
     value = {"tokens": ["a", "é", "\n"], "n": [0, -1, 2**40, 2.5, None, True, False], "t": (1, (2, 3)),
              "shared": [[1]] * 2}
@@ -275,7 +275,7 @@ def write_nanogpt_checkpoint(path, text, bias=True, compiled=False, non_flash=Fa
 
 @pytest.mark.parametrize("variant", [dict(), dict(bias=False), dict(compiled=True, non_flash=True)])
 def test_a_nanogpt_checkpoint_imports_to_the_same_function(tmp_path, variant):
-    from repytilian.nanogpt import convert as convert_nanogpt
+    from repytilian.interop.nanogpt import convert as convert_nanogpt
 
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
     (tmp_path / "input.txt").write_text(text)

@@ -7,16 +7,21 @@ import random
 
 import numpy as np
 import pytest
+from conftest import TINY, make_corpus, run_script
 
-from repytilian import textfiles, tokencache
-from repytilian.data import DataSource, TokenData, load_corpus, read_text_dir, train_tokenizer
+from repytilian.data import textfiles, tokencache
+from repytilian.data import (
+    DataSource,
+    TokenData,
+    load_corpus,
+    read_text_dir,
+    train_tokenizer,
+)
+from repytilian.data.textfiles import TextFiles, file_pieces
 from repytilian.errors import RepytilianError
 from repytilian.evaluate import count_chars
-from repytilian.textfiles import TextFiles, file_pieces
 from repytilian.tokenizers import tokenizer_class
 from repytilian.tokenizers.base import text_chunks
-
-from conftest import TINY, make_corpus, run_script
 
 
 @pytest.fixture

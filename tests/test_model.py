@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from repytilian.model import GPT, ModelConfig, causal_attention, explicit_causal_attention
+from repytilian.model import (
+    GPT,
+    ModelConfig,
+    causal_attention,
+    explicit_causal_attention,
+)
 
 
 def tiny_config(**kw) -> ModelConfig:
@@ -95,8 +100,8 @@ def test_training_lowers_the_loss():
 
 def test_an_untied_relu_model_with_a_head_bias_decodes_saves_and_loads(tmp_path):
     """The original Repytilian's architecture (imported by `repytilian import-legacy`)."""
-    from repytilian.checkpoint import load_model_dir, save_model_dir
     from repytilian.decode import Decoder
+    from repytilian.store.folder import load_model_dir, save_model_dir
     from repytilian.tokenizers import CharacterTokenizer
 
     torch.manual_seed(0)
@@ -131,9 +136,9 @@ ARCH_VARIANTS = [
 @pytest.mark.machine
 @pytest.mark.parametrize("arch", ARCH_VARIANTS)
 def test_every_architecture_option_trains_decodes_with_the_cache_and_round_trips(arch, tmp_path):
-    from repytilian.checkpoint import load_model_dir, save_model_dir
     from repytilian.decode import Decoder
     from repytilian.sampling import SamplingOptions, sample_ids
+    from repytilian.store.folder import load_model_dir, save_model_dir
     from repytilian.tokenizers import CharacterTokenizer
 
     torch.manual_seed(0)

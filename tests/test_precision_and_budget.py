@@ -3,16 +3,15 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, TINY_OVERRIDES, run_script
 
 from repytilian.api import TrainOptions, train
 from repytilian.config import TrainConfig
 from repytilian.data import DataSource
 from repytilian.errors import RepytilianError
 from repytilian.model import GPT, ModelConfig
-from repytilian.precision import resolve_dtype
+from repytilian.runtime.precision import resolve_dtype
 from repytilian.train import TrainState, learning_rate
-
-from conftest import TINY, TINY_OVERRIDES, run_script
 
 pytestmark = pytest.mark.machine  # the dtype and timings depend on the CPU: CI runs these as on AVX2 too
 
@@ -41,7 +40,7 @@ def test_auto_measures_wide_models_without_touching_the_random_stream():
 
 
 def test_the_measured_choice_is_remembered_per_machine_and_shape(monkeypatch, tmp_path):
-    import repytilian.precision as precision
+    import repytilian.runtime.precision as precision
 
     monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
     # the mechanism, on any CPU: where bf16 is emulated nothing is measured, so nothing is remembered
@@ -115,7 +114,9 @@ def test_budget_from_the_command_line(corpus_file, tmp_path):
     # Ended by the budget (an endless run finished), not before it, with the schedule at its end;
     # how many steps fit in 1.5 s depends on the machine, so it is not asserted.
     assert summary["finished"] and summary["train_seconds"] >= 1.5 and summary["step"] >= 1
-    assert summary["last_eval"]["lr"] == pytest.approx(saved["train"]["min_lr"])
+    # (a machine so loaded that the budget ended inside the warm-up is still warming up)
+    in_warmup = summary["step"] <= saved["train"]["warmup_iters"]
+    assert in_warmup or summary["last_eval"]["lr"] == pytest.approx(saved["train"]["min_lr"])
 
 
 @pytest.mark.parametrize("args, message", [

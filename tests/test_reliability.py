@@ -8,14 +8,14 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT, TINY, run_script
 
-from repytilian.checkpoint import TargetLock, load_model_dir, save_model_dir
 from repytilian.errors import RepytilianError
 from repytilian.model import GPT, ModelConfig
+from repytilian.store.folder import load_model_dir, save_model_dir
+from repytilian.store.lock import TargetLock
 from repytilian.tokenizers import CharacterTokenizer
 from repytilian.train import StopRequest
-
-from conftest import ROOT, TINY, run_script
 
 
 def start_training(corpus_file, cwd, *extra) -> subprocess.Popen:
@@ -89,7 +89,7 @@ def _tiny_model():
 def test_a_second_ctrl_c_during_a_save_abandons_it_and_keeps_the_old_model(tmp_path, monkeypatch):
     model, tok = _tiny_model()
     path = save_model_dir(tmp_path / "m", model, tok, {"version": "old"})
-    import repytilian.checkpoint as checkpoint
+    import repytilian.store.folder as checkpoint
 
     real_save_file = checkpoint.save_file
 
@@ -108,7 +108,7 @@ def test_a_second_ctrl_c_during_a_save_abandons_it_and_keeps_the_old_model(tmp_p
 def test_a_signal_during_the_swap_waits_until_the_new_model_is_in_place(tmp_path, monkeypatch):
     model, tok = _tiny_model()
     path = save_model_dir(tmp_path / "m", model, tok, {"version": "old"})
-    import repytilian.checkpoint as checkpoint
+    import repytilian.store.folder as checkpoint
 
     real_swap = checkpoint._swap_in
 

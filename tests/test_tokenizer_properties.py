@@ -4,8 +4,13 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from repytilian.jsondata import JsonCorpus
-from repytilian.tokenizers import BPETokenizer, CharacterTokenizer, JsonTokenizer, WordTokenizer
+from repytilian.data.jsondata import JsonCorpus
+from repytilian.tokenizers import (
+    BPETokenizer,
+    CharacterTokenizer,
+    JsonTokenizer,
+    WordTokenizer,
+)
 from repytilian.tokenizers.base import text_chunks
 from repytilian.tokenizers.json_tokens import canonical
 

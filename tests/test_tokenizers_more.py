@@ -4,9 +4,15 @@ import json
 import pytest
 
 from repytilian.data import DataSource, TokenData, load_corpus
+from repytilian.data.jsondata import read_json_corpus
 from repytilian.errors import RepytilianError
-from repytilian.jsondata import read_json_corpus
-from repytilian.tokenizers import BPETokenizer, GPT2Tokenizer, JsonTokenizer, UnknownTokensError, tokenizer_from_json
+from repytilian.tokenizers import (
+    BPETokenizer,
+    GPT2Tokenizer,
+    JsonTokenizer,
+    UnknownTokensError,
+    tokenizer_from_json,
+)
 from repytilian.tokenizers import gpt2 as gpt2_module
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 30

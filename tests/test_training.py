@@ -3,15 +3,14 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_OVERRIDES
 
 from repytilian.api import TrainOptions, train
-from repytilian.checkpoint import load_model_dir
+from repytilian.config import TrainConfig
 from repytilian.data import DataSource
 from repytilian.errors import RepytilianError
+from repytilian.store.folder import load_model_dir
 from repytilian.train import StopRequest, TrainState, learning_rate
-from repytilian.config import TrainConfig
-
-from conftest import TINY_OVERRIDES
 
 
 def options(corpus_file, tmp_path, **kw) -> TrainOptions:

@@ -7,7 +7,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import RepytilianError
-from .base import CHUNK_CHARS, Tokenizer, UnknownTokensError, check_vocab, reject_options
+from .base import (
+    CHUNK_CHARS,
+    Tokenizer,
+    UnknownTokensError,
+    check_vocab,
+    reject_options,
+)
 
 
 class CharacterTokenizer(Tokenizer):

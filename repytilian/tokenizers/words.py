@@ -11,7 +11,13 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .base import Tokenizer, UnknownTokensError, check_vocab, reject_options, text_chunks
+from .base import (
+    Tokenizer,
+    UnknownTokensError,
+    check_vocab,
+    reject_options,
+    text_chunks,
+)
 
 TOKEN_PATTERN = re.compile(r"\w+|\W", re.UNICODE)
 

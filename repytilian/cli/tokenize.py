@@ -5,9 +5,9 @@ import argparse
 import time
 from dataclasses import dataclass
 
-from .data import DataSource, load_corpus
-from .errors import RepytilianError
-from .tokenizers import REGISTRY, tokenizer_class
+from ..data.corpus import DataSource, load_corpus
+from ..errors import RepytilianError
+from ..tokenizers import REGISTRY, tokenizer_class
 
 
 @dataclass

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import RepytilianError
+from ..runtime.fileio import atomic_write_bytes, fsync_dir, pid_alive
+from ..runtime.progress import progress
+from ..tokenizers import Tokenizer
 from .datasets import cache_dir
-from .errors import RepytilianError
-from .fileio import atomic_write_bytes, fsync_dir, pid_alive
-from .progress import progress
-from .tokenizers import Tokenizer
 
 if TYPE_CHECKING:
     from .textfiles import TextFiles

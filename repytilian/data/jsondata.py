@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RepytilianError
-from .fileio import read_user_file
+from ..errors import RepytilianError
+from ..runtime.fileio import read_user_file
 
 LAYOUTS = ("sequence", "sequences")
 

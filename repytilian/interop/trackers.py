@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .errors import RepytilianError
+from ..errors import RepytilianError
 
 SCALARS = ("train_loss", "val_loss", "lr", "tokens", "time")
 

@@ -13,8 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RepytilianError
-from .fileio import atomic_write_bytes
+from ..errors import RepytilianError
+from ..runtime.fileio import atomic_write_bytes
 
 
 @dataclass(frozen=True)

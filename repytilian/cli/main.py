@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
-from .errors import EXIT_USER_ERROR, RepytilianError
+from .. import __version__
+from ..errors import EXIT_USER_ERROR, RepytilianError
 
 DEFAULT_MODEL_DIR = "models/shakespeare/basic"  # also in api.py, which imports torch
 
@@ -130,9 +130,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
-    from .api import TrainOptions
-    from .config import parse_set_options
-    from .data import DataSource
+    from ..api import TrainOptions
+    from ..config import parse_set_options
+    from ..data.corpus import DataSource
 
     overrides = parse_set_options(args.set)
     for name in ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
@@ -157,7 +157,7 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from .api import train
+    from ..api import train
 
     result = train(_train_options(args, out=args.model or None, load=args.load))
     if args.tokens and not result.stopped_by:
@@ -223,8 +223,8 @@ def _batch_samples(lm, prompt: str, tokens: int, file_tokens: int, num_samples: 
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from .api import load_model, train
-    from .sampling import SamplingOptions, check_lengths
+    from ..api import load_model, train
+    from ..sampling import SamplingOptions, check_lengths
 
     sampling = SamplingOptions(
         temperature=0.8 if args.temperature is None else args.temperature,
@@ -252,10 +252,10 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from .api import load_model
-    from .data import DataSource, TokenData, load_corpus
-    from .evaluate import count_chars, evaluate
-    from .textfiles import TextFiles
+    from ..api import load_model
+    from ..data.corpus import DataSource, TokenData, load_corpus
+    from ..data.textfiles import TextFiles
+    from ..evaluate import count_chars, evaluate
 
     lm = load_model(args.model, device=args.device)
     tokenizer = lm.tokenizer
@@ -284,8 +284,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def plot_command(args: argparse.Namespace) -> int:
-    from .checkpoint import read_config
-    from .report import plot_loss, read_metrics
+    from ..store.card import plot_loss, read_metrics
+    from ..store.folder import read_config
 
     folder = Path(args.model_dir)
     read_config(folder)  # a clear error if it is not a model folder
@@ -299,8 +299,9 @@ def plot_command(args: argparse.Namespace) -> int:
 
 def save_converted(out: str, model, tokenizer, meta: dict, what: str) -> None:
     """Save a model converted from another format as a model folder, and say how to use it."""
-    from .api import LanguageModel
-    from .checkpoint import TargetLock, save_model_dir
+    from ..api import LanguageModel
+    from ..store.folder import save_model_dir
+    from ..store.lock import TargetLock
 
     target = Path(out)
     try:
@@ -315,7 +316,7 @@ def save_converted(out: str, model, tokenizer, meta: dict, what: str) -> None:
 
 
 def import_legacy_command(args: argparse.Namespace) -> int:
-    from .legacy import convert
+    from ..interop.legacy import convert
 
     model, tokenizer, meta = convert(args.legacy_dir)
     save_converted(args.out, model, tokenizer, {"imported_from": {"format": "repytilian-legacy",
@@ -325,7 +326,7 @@ def import_legacy_command(args: argparse.Namespace) -> int:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    from .nanogpt import convert
+    from ..interop.nanogpt import convert
 
     model, tokenizer, info = convert(args.checkpoint, args.data)
     meta = {"imported_from": {"format": "nanogpt", "path": str(args.checkpoint), **info},
@@ -335,8 +336,8 @@ def import_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model_dir
-    from .hf_export import export_hf, is_llama
+    from ..interop.hf import export_hf, is_llama
+    from ..store.folder import load_model_dir
 
     loaded = load_model_dir(args.model)
     out = export_hf(loaded.model, loaded.tokenizer, args.out)
@@ -349,7 +350,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def tokenize_command(args: argparse.Namespace) -> int:
-    from .tokenstats import print_tokenizer_table
+    from .tokenize import print_tokenizer_table
 
     print_tokenizer_table(args)
     return 0

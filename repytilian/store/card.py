@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import RepytilianError
+from ..errors import RepytilianError
 
 
 def read_metrics(model_dir: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import RepytilianError
+from ..errors import RepytilianError
 
 
 def read_user_file(path: Path) -> bytes:

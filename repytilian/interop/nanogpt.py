@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .data import read_text_file
-from .errors import RepytilianError
-from .model import GPT, ModelConfig
-from .tokenizers import CharacterTokenizer
+from ..data.corpus import read_text_file
+from ..errors import RepytilianError
+from ..model import GPT, ModelConfig
+from ..tokenizers import CharacterTokenizer
 
 COMPILED_PREFIX = "_orig_mod."
 ARG_NAMES = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")

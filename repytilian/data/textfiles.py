@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RepytilianError
-from .tokenizers.base import CHUNK_CHARS, last_safe_cut
+from ..errors import RepytilianError
+from ..tokenizers.base import CHUNK_CHARS, last_safe_cut
 
 READ_BYTES = 8 << 20  # bytes read at a time: large enough for speed, small against memory
 BINARY_PROBE = 8192  # a NUL byte among the first bytes marks a binary file

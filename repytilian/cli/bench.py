@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from .cpu import cpu_name, tune_for_training
-from .datasets import dataset_path
-from .errors import EXIT_USER_ERROR, RepytilianError
-from .precision import DTYPES, cpu_bf16, machine_summary
+from ..data.datasets import dataset_path
+from ..errors import EXIT_USER_ERROR, RepytilianError
+from ..runtime.cpu import cpu_name, tune_for_training
+from ..runtime.precision import DTYPES, cpu_bf16, machine_summary
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -54,9 +54,9 @@ def model_flops_per_token(n_params: int, n_layer: int, block_size: int, n_embd: 
 
 def _training_step(preset: str, dtype: str, compile: bool):
     """A model at the preset's shape and one optimiser step of it on a fixed random batch."""
-    from .config import build_configs
-    from .model import GPT
-    from .precision import autocast
+    from ..config import build_configs
+    from ..model import GPT
+    from ..runtime.precision import autocast
 
     mcfg, tcfg = build_configs(preset, "default", {"dropout": 0.0})
     mcfg.vocab_size = 65
@@ -140,10 +140,10 @@ def loop_overhead(preset: str, dtype: str, steps: int) -> dict:
     both against train_step's time, measured over the same `steps` steps of Trainer.run."""
     import numpy as np
 
-    from .config import build_configs
-    from .data import TokenData, get_batch
-    from .model import GPT
-    from .train import Trainer, TrainState
+    from ..config import build_configs
+    from ..data.corpus import TokenData, get_batch
+    from ..model import GPT
+    from ..train import Trainer, TrainState
 
     mcfg, tcfg = build_configs(preset, "default", {"dropout": 0.0, "dtype": dtype, "eval_iters": 1})
     mcfg.vocab_size = 65
@@ -169,7 +169,7 @@ def loop_overhead(preset: str, dtype: str, steps: int) -> dict:
 
 
 def quality(preset: str, budget: float, dtype: str, overrides: dict | None = None) -> dict:
-    from .api import TrainOptions, train
+    from ..api import TrainOptions, train
 
     result = train(TrainOptions(settings=preset, iterations="forever", out=None, progress=False,
                                 overrides={**(overrides or {}), "max_seconds": budget, "dtype": dtype}),
@@ -182,7 +182,7 @@ def quality(preset: str, budget: float, dtype: str, overrides: dict | None = Non
 
 
 def _in_fresh_process(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-m", "repytilian.bench", "--one", *args], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "repytilian.cli.bench", "--one", *args], capture_output=True, text=True)
     if out.returncode == EXIT_USER_ERROR:  # the measurement's own clear error, whole (it may span lines)
         raise RepytilianError(out.stderr.strip().removeprefix("error: "))
     if out.returncode:
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USER_ERROR
         return 0
     # Mistakes that would only show after minutes of timing are found first.
-    from .config import build_configs
+    from ..config import build_configs
 
     presets = [p for p in args.presets.split(",") if p and p != "none"]
     for preset in presets:

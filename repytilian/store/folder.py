@@ -31,13 +31,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .config import TrainConfig
-from .errors import RepytilianError
-from .fileio import fsync_dir, fsync_tree, pid_alive
-from .model import GPT, ModelConfig
-from .report import model_card, plot_loss
-from .tokenizers import Tokenizer, tokenizer_from_json
+from .. import __version__
+from ..config import TrainConfig
+from ..errors import RepytilianError
+from ..model import GPT, ModelConfig
+from ..runtime.fileio import fsync_dir, fsync_tree, pid_alive
+from ..tokenizers import Tokenizer, tokenizer_from_json
+from .card import model_card, plot_loss
+from .lock import why_unwritable
 
 FORMAT = "repytilian-model"
 FORMAT_VERSION = 1
@@ -93,17 +94,8 @@ def check_target(path: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise RepytilianError(f"cannot save the model to {path}: {_unwritable(shown, e)}; "
+        raise RepytilianError(f"cannot save the model to {path}: {why_unwritable(shown, e)}; "
                               "choose another folder with -m") from None
-
-
-def _unwritable(folder: Path, error: OSError) -> str:
-    """Why nothing can be written in `folder`, in words."""
-    if folder.exists() and not folder.is_dir():
-        return f"{folder} is a file, not a folder"
-    if isinstance(error, PermissionError):
-        return f"no permission to write in {folder}"
-    return f"nothing can be written in {folder} ({error.strerror or type(error).__name__})"
 
 
 def _optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -128,61 +120,6 @@ def _write_trainer_state(folder: Path, trainer: Any) -> None:
     (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
-
-
-class TargetLock:
-    """`.<name>.lock` beside a model folder, holding the PID of the run that will write it.
-
-    A second run aimed at the same folder is refused while the first is alive; a lock left by a
-    process that no longer exists (kill -9, a crash) is taken over.
-    """
-
-    def __init__(self, target: Path):
-        self.target = target
-        self.path = target.parent / f".{target.name}.lock"
-        self.held = False
-
-    def acquire(self) -> "TargetLock":
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RepytilianError(f"cannot lock {self.target}: {_unwritable(self.path.parent, e)}") from None
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner != os.getpid() and pid_alive(owner):
-                    raise RepytilianError(
-                        f"another training run (PID {owner}) is writing {self.target}; wait for it, stop it "
-                        f"(kill -USR1 {owner}), or choose another folder with -m"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except OSError as e:
-                raise RepytilianError(f"cannot lock {self.target}: {_unwritable(self.path.parent, e)}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.held = True
-            return self
-        raise RepytilianError(f"cannot lock {self.target} (another run keeps taking {self.path})")
-
-    def _owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> "TargetLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
@@ -425,7 +362,7 @@ def _read_trainer_state(folder: Path) -> dict[str, Any]:
 
 def restore_trainer(trainer: Any, payload: dict[str, Any]) -> None:
     """Put optimiser moments, RNG states and the step counter back, exactly as they were saved."""
-    from .train import TrainState
+    from ..train import TrainState
 
     tensors = payload["tensors"]
     optim_state: dict[int, dict[str, torch.Tensor]] = {}

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .errors import RepytilianError
-from .fileio import fsync_dir, fsync_tree
-from .model import GPT, RMS_EPS, ROPE_THETA
-from .sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
-from .tokenizers import Tokenizer
-from .tokenizers.words import TOKEN_PATTERN
+from ..errors import RepytilianError
+from ..model import GPT, RMS_EPS, ROPE_THETA
+from ..runtime.fileio import fsync_dir, fsync_tree
+from ..sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from ..tokenizers import Tokenizer
+from ..tokenizers.words import TOKEN_PATTERN
 
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2 stores these (in, out)
 ACTIVATION_NAMES = {"gelu": "gelu", "relu": "relu"}  # ours -> transformers' ACT2FN names (exact GELU)

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from .errors import RepytilianError
-from .model import GPT, ModelConfig
-from .tokenizers import CharacterTokenizer, Tokenizer
+from ..errors import RepytilianError
+from ..model import GPT, ModelConfig
+from ..tokenizers import CharacterTokenizer, Tokenizer
 
 PARTS = ("token_embedding_table", "position_embedding_table", "blocks", "ln_f", "lm_head")
 

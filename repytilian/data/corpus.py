@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import RepytilianError
+from ..tokenizers import Tokenizer
 from .datasets import dataset_path
-from .errors import RepytilianError
 from .jsondata import JsonCorpus, read_json_corpus
 from .textfiles import TextFiles, note_skipped, read_text, text_files_under
 from .tokencache import cached_ids, cached_tokenizer, read_windows, split_ids
-from .tokenizers import Tokenizer
 
 VAL_FRACTION = 0.1
 STREAM_MB = 64  # see stream_threshold
