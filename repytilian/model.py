@@ -1,14 +1,26 @@
 """The GPT of Karpathy's "Let's build GPT" lecture, written for reading.
 
-Notable choices: pre-LayerNorm blocks, causal self-attention through PyTorch's
-`scaled_dot_product_attention` (flash/efficient kernels; written out for contexts up to 256 on a
-CPU in bf16, where that is faster), learned position
-embeddings, the token embedding tied to the output head, and nanoGPT's initialisation (normal
-0.02, residual projections scaled by 1/sqrt(2 * n_layer)). Opt-in refinements of later GPTs
-(`--arch modern`, or one at a time with --set): rotary positions, RMSNorm, ReLU^2 or SwiGLU MLPs,
-QK-norm, an untied output head.
+The lecture builds it in steps; each lives here:
+- the bigram model (a table of next-token scores): `transformer.wte`, read back through `lm_head`
+  (tied to it: one matrix both ways), in `GPT.forward`;
+- one head of self-attention: one head's slice of `CausalSelfAttention.c_attn`'s queries, keys
+  and values, and `attention.causal_attention` (softmax(q k^T / sqrt(hs)), the future masked);
+- multi-head attention: the `view(B, T, n_head, hs).transpose(1, 2)` in `CausalSelfAttention`,
+  then the heads side by side again and `c_proj`;
+- the feed-forward layer: `MLP` (4x wider, GELU);
+- residual connections: the `x = x + ...` of `Block.forward`;
+- LayerNorm: `Block.ln_1`, `Block.ln_2` (before each branch: pre-norm) and `transformer.ln_f`;
+- dropout: `transformer.drop`, the attention weights, `resid_dropout`, `MLP.dropout`;
+- positions: `transformer.wpe`, a learned embedding per position, added to the tokens'.
 
-This module knows nothing of files, tokenizers or devices: it maps token ids to logits.
+Notable choices: nanoGPT's names and initialisation (normal 0.02, residual projections scaled by
+1/sqrt(2 * n_layer)); weight tying; attention through attention.py, which picks PyTorch's fused
+kernel or the written-out form, whichever is faster where it runs. Opt-in refinements of later
+GPTs (`--arch modern`, or one at a time with --set): rotary positions, RMSNorm, ReLU^2 or SwiGLU
+MLPs, QK-norm, an untied output head.
+
+This module knows nothing of files, tokenizers, devices or number formats: it maps token ids to
+logits. Generation one token at a time goes through decode.py, which adds a KV cache.
 """
 from __future__ import annotations
 
@@ -18,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from .attention import causal_attention
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
@@ -87,34 +101,6 @@ def rope_tables(block_size: int, head_size: int) -> tuple[torch.Tensor, torch.Te
     return angles.cos(), angles.sin()
 
 
-# Up to this context length a CPU computes bf16 attention faster written out (two matmuls and a
-# softmax, as in the lecture) than through scaled_dot_product_attention's flash kernel, whose bf16
-# backward is slow there. Measured on 2 cores: `tiny` (T 64) trains 1.3x faster in bf16 with it
-# instead of not at all, `hyper` (T 256) 2.07x faster than float32 instead of 1.8x. The (T, T)
-# score matrix it builds is what caps it: longer contexts keep the flash kernel.
-EXPLICIT_ATTENTION_MAX_T = 256
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """Causal self-attention of (B, nh, T, hs) queries, keys and values."""
-    if q.device.type == "cpu" and v.dtype != torch.float32 and q.size(-2) <= EXPLICIT_ATTENTION_MAX_T:
-        return explicit_causal_attention(q, k, v, dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-
-
-def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hs), the future masked out) v: what the fused kernel computes, written out."""
-    T = q.size(-2)
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
-    # The future is masked by adding -inf rather than by masked_fill: the same scores, but an
-    # addition needs no work in the backward pass (measured: 2-10% of a bf16 `tiny` step).
-    future = torch.full((T, T), float("-inf"), dtype=scores.dtype, device=q.device).triu(1)
-    weights = (scores + future).softmax(dim=-1)
-    if dropout_p > 0.0:
-        weights = F.dropout(weights, dropout_p)
-    return weights @ v
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (..., T, hs) rotated by position: each pair (x_i, x_{i+hs/2}) turns by its angle."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -131,9 +117,9 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        if config.qk_norm:
-            self.q_norm = nn.RMSNorm(config.n_embd // config.n_head, eps=RMS_EPS)
-            self.k_norm = nn.RMSNorm(config.n_embd // config.n_head, eps=RMS_EPS)
+        hs = config.n_embd // config.n_head
+        self.q_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
@@ -142,7 +128,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if hasattr(self, "q_norm"):
+        if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -239,7 +225,6 @@ class GPT(nn.Module):
         """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
 
         `last_only` computes logits for the last position alone (all that sampling needs).
-        Generation one token at a time goes through decode.py, which adds a KV cache.
         """
         B, T = idx.size()
         if T > self.config.block_size:

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from repytilian.data import datasets
 from repytilian.data import (
     VAL_FRACTION,
     DataSource,
     TokenData,
+    datasets,
     get_batch,
     load_text,
     read_text_dir,

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from conftest import TINY, make_corpus, run_script
 
-from repytilian.data import textfiles, tokencache
 from repytilian.data import (
     DataSource,
     TokenData,
     load_corpus,
     read_text_dir,
+    textfiles,
+    tokencache,
     train_tokenizer,
 )
 from repytilian.data.textfiles import TextFiles, file_pieces

@@ -3,12 +3,8 @@ import math
 import pytest
 import torch
 
-from repytilian.model import (
-    GPT,
-    ModelConfig,
-    causal_attention,
-    explicit_causal_attention,
-)
+from repytilian.attention import causal_attention, explicit_causal_attention
+from repytilian.model import GPT, ModelConfig
 
 
 def tiny_config(**kw) -> ModelConfig:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import __version__
 from ..errors import EXIT_USER_ERROR, RepytilianError
+from ..runtime.paths import progress_wanted
 
 DEFAULT_MODEL_DIR = "models/shakespeare/basic"  # also in api.py, which imports torch
 
@@ -151,7 +151,7 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
         data=data, tokenizer=args.tokenizer, tokenizer_options={"vocab_size": args.vocab_size},
         settings=args.settings, arch=args.arch, iterations=args.iterations,
         overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
-        progress=not args.no_progress and not os.environ.get("REPYTILIAN_NO_PROGRESS"),
+        progress=not args.no_progress and progress_wanted(),
         wandb=args.wandb, tensorboard=args.tensorboard,
     )
 
@@ -275,7 +275,7 @@ def eval_command(args: argparse.Namespace) -> int:
         data = TokenData.from_corpus(load_corpus(source, tokenizer.input_format), tokenizer)
         ids = data.val
         chars = count_chars(tokenizer, ids) if tokenizer.input_format == "text" else None
-    r = evaluate(lm.model, ids, chars, stride=args.stride, progress=not os.environ.get("REPYTILIAN_NO_PROGRESS"))
+    r = evaluate(lm.model, ids, chars, stride=args.stride, progress=progress_wanted())
     bpc = "" if r.bits_per_char is None else f", {r.bits_per_char:.4f} bits per character"
     print(f"{what}: loss {r.loss:.4f} nats per token, perplexity {r.perplexity:.3f}{bpc} "
           f"({r.tokens:,} tokens scored{'' if r.chars is None else f', {r.chars:,} characters'}; "

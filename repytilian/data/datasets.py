@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import RepytilianError
 from ..runtime.fileio import atomic_write_bytes
+from ..runtime.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,6 @@ DATASETS: dict[str, NamedDataset] = {
         size=1_115_394,
     ),
 }
-
-
-def cache_dir() -> Path:
-    home = os.environ.get("REPYTILIAN_HOME")
-    return Path(home) if home else Path.home() / ".cache" / "repytilian"
 
 
 def _sha256(data: bytes) -> str:

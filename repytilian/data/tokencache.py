@@ -26,9 +26,9 @@ import numpy as np
 
 from ..errors import RepytilianError
 from ..runtime.fileio import atomic_write_bytes, fsync_dir, pid_alive
+from ..runtime.paths import cache_dir, progress_wanted
 from ..runtime.progress import progress
 from ..tokenizers import Tokenizer
-from .datasets import cache_dir
 
 if TYPE_CHECKING:
     from .textfiles import TextFiles
@@ -49,7 +49,7 @@ def _say(message: str) -> None:
 
 
 def _progress(corpus: TextFiles, what: str):
-    return progress(corpus.chars, "char", what, enabled=not os.environ.get("REPYTILIAN_NO_PROGRESS"),
+    return progress(corpus.chars, "char", what, enabled=progress_wanted(),
                     every=15.0, delay=2.0, unit_scale=True, leave=False)
 
 

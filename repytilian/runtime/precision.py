@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import cache_dir
 from ..errors import RepytilianError
 from ..model import GPT
 from .cpu import cpu_name
 from .fileio import atomic_write_bytes
+from .paths import cache_dir
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MIN_GAIN = 1.15  # bf16 must be this much faster to be worth its rounding

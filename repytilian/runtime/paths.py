@@ -1,0 +1,22 @@
+"""Where Repytilian keeps things on this machine, and the environment variables that move them.
+
+- REPYTILIAN_HOME: the cache (default ~/.cache/repytilian): datasets/ (downloaded data sets),
+  tokens/ (large corpora tokenized once), dtype-choices.json (number formats measured here);
+- REPYTILIAN_DATA: a folder holding data set files (a mirror for machines without network);
+- REPYTILIAN_OFFLINE: never download (data sets, tiktoken's encodings);
+- REPYTILIAN_NO_PROGRESS: no progress bars or lines (logs only);
+- REPYTILIAN_STREAM_MB: text from this size on is streamed, never read whole (default 64).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    home = os.environ.get("REPYTILIAN_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "repytilian"
+
+
+def progress_wanted() -> bool:
+    return not os.environ.get("REPYTILIAN_NO_PROGRESS")

@@ -1,0 +1,71 @@
+"""The layout is the architecture: docs/architecture.md's import rules hold in the code."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "repytilian"
+
+# docs/architecture.md, "What may import what": a part may import its own layer and those below.
+LAYERS = {
+    "errors": 0, "tokenizers": 1, "attention": 2, "model": 3, "runtime": 4,
+    "config": 5, "data": 5, "optim": 5, "evaluate": 5, "decode": 5, "sampling": 5,
+    "train": 6, "store": 7, "interop": 8, "api": 8, "cli": 9,
+    "__init__": 10, "__main__": 10, "_bootstrap": 10,
+}
+
+
+def part_of(module: str) -> str:
+    """repytilian.data.corpus -> data; repytilian.model -> model; repytilian -> __init__."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    """(absolute repytilian module, line) for every import of the package in a file, lazy ones too."""
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    here = list(rel.parts[:-1])  # the package the file is in (for __init__.py: its own)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                if not node.module:  # `from . import x`: x may be a module of that package
+                    for alias in node.names:
+                        found.append((f"{target}.{alias.name}" if alias.name != "__version__" else target,
+                                      node.lineno))
+                    continue
+            else:
+                target = node.module or ""
+            if target.split(".")[0] == "repytilian":
+                found.append((target, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == "repytilian"]
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_part_has_a_layer():
+    parts = {part_of(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)) for p in MODULES}
+    assert parts <= set(LAYERS), parts - set(LAYERS)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(PACKAGE)) for p in MODULES])
+def test_no_part_imports_one_above_it(path):
+    me = part_of(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts))
+    wrong = [f"line {line}: {target}" for target, line in imports_of(path)
+             if target != "repytilian" and LAYERS[part_of(target)] > LAYERS[me]]
+    assert not wrong, f"{path.relative_to(PACKAGE)} ({me}, layer {LAYERS[me]}) imports above itself: {wrong}"
+
+
+def test_tokenizers_and_the_model_know_no_files_or_machines():
+    for path in (PACKAGE / "tokenizers").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(n.split(".")[0] == "torch" for n in names), path.name
+    model = (PACKAGE / "model.py").read_text()
+    assert "device.type" not in model and "bfloat16" not in model and "open(" not in model
