@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from .config import ARCHS, ITERATIONS, build_configs, check_configs, split_overrides
+from .config import (
+    ARCHS,
+    DEFAULT_MODEL_DIR,
+    ITERATIONS,
+    build_configs,
+    check_configs,
+    split_overrides,
+)
 from .data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
 from .errors import RepytilianError
 from .interop.trackers import finish_all, log_all, open_trackers
@@ -40,8 +47,6 @@ from .tokenizers import (
     tokenizer_class,
 )
 from .train import StopRequest, Trainer, TrainState, pick_device
-
-DEFAULT_MODEL_DIR = "models/shakespeare/basic"
 
 
 def _say(msg: str) -> None:

@@ -1,39 +1,108 @@
-"""Configuration as data: the training dataclass, the named presets, and CLI-style overrides.
+"""Configuration as data: the model and training dataclasses, the named presets, each list of
+choices once, and typed overrides.
 
 `-s/--settings` presets set the model's shape and the optimiser's values; `-i/--iterations`
 presets set how long to train. A preset is only a dict of overrides on the dataclass defaults,
-so every field can also be set by name (`--set n_layer=6`).
+so every field can also be set by name (`--set n_layer=6`). A field with a `flag` in its metadata
+also gets a command-line flag of its own (cli/main.py builds them from here, help text included).
+
+This module imports no torch, so the command line can build its parsers (and answer --help) fast.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import RepytilianError
-from .model import ModelConfig
+
+DEFAULT_MODEL_DIR = "models/shakespeare/basic"
+ACTIVATION_NAMES = ("gelu", "relu", "relu2", "swiglu")  # model.ACTIVATIONS maps them to functions
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("adamw", "muon")
+RMS_EPS = 1e-6  # Llama's
+ROPE_THETA = 10000.0
+DEFAULT_TEMPERATURE = 0.8  # sampling's defaults (sampling.py, the CLI's help, Hugging Face exports)
+DEFAULT_TOP_K = 200
+
+
+def setting(default: Any, help: str = "", flag: str | None = None, **argument: Any) -> Any:
+    """A config field; with `flag`, also a command-line flag (`argument`: choices, metavar, minimum)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, **argument})
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 65
+    block_size: int = setting(128, "context length in tokens", "--block-size", minimum=1)  # the longest context
+    n_layer: int = setting(4, "transformer blocks", "--n-layer", minimum=1)
+    n_head: int = setting(4, "attention heads per block", "--n-head", minimum=1)
+    n_embd: int = setting(128, "width of the residual stream", "--n-embd", minimum=1)
+    dropout: float = setting(0.0, "dropout probability", "--dropout")
+    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+    activation: str = "gelu"  # of the MLP: gelu (GPT-2), relu (the lecture's first model), relu2, swiglu (Llama)
+    tie_embeddings: bool = True  # the output head shares the token embedding's matrix
+    head_bias: bool = False  # a bias on the output head (only the original Repytilian's models have one)
+    position: str = "learned"  # position embeddings (GPT-2), or "rope": rotary, applied to queries and keys
+    norm: str = "layernorm"  # or "rmsnorm" (no mean, no bias)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's inner width: 4x, or for the gated swiglu (three matrices, not two) 8/3x
+        rounded up to a multiple of 32, which keeps the parameter count."""
+        if self.activation == "swiglu":
+            return 32 * math.ceil(8 * self.n_embd / 3 / 32)
+        return 4 * self.n_embd
+
+    def validate(self) -> None:
+        """Raise ValueError for shapes no model can have (the CLI turns this into a clear error)."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("activation", ACTIVATION_NAMES), ("position", POSITIONS), ("norm", NORMS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 16
-    learning_rate: float = 2e-3
+    batch_size: int = setting(16, "sequences per step", "--batch-size", minimum=1)
+    learning_rate: float = setting(2e-3, "peak learning rate", "--lr")
     min_lr: float = 2e-4  # the end of the cosine decay
     warmup_iters: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
-    max_iters: int | None = 2000  # None trains until stopped (constant LR after warm-up)
-    eval_interval: int = 500
+    # None trains until stopped (constant LR after warm-up)
+    max_iters: int | None = setting(2000, "number of training steps", "--iters", minimum=1)
+    eval_interval: int = setting(500, "steps between evaluations", "--eval-interval", minimum=1)
     eval_iters: int = 20  # batches per periodic estimate; the final evaluation uses the whole split
     seed: int = 1337
-    dtype: str = "auto"  # float32, bfloat16, float16 (CUDA), or auto: measured once, then stored
-    compile: bool = False  # torch.compile the model (falls back to eager with a warning if it fails)
-    optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest (optim.py)
-    max_seconds: float | None = None  # a training-time budget; the LR schedule then follows time
-    checkpoint_every: int | None = None  # save the full state every this many steps...
-    checkpoint_minutes: float | None = None  # ...and/or every this many minutes
+    dtype: str = setting("auto", "training precision (default auto: bf16 autocast where native and measured "
+                         "faster)", "--dtype", choices=DTYPE_CHOICES)  # auto is measured once, then stored
+    compile: bool = setting(False, "torch.compile the model (slower to start; falls back to eager if it fails)",
+                            "--compile")
+    optimizer: str = setting("adamw", "adamw (default), or muon: Muon for the blocks' matrices, AdamW for the rest",
+                             "--optimizer", choices=OPTIMIZERS)
+    max_seconds: float | None = setting(None, "a training-time budget: the learning-rate schedule ends when it is "
+                                        "spent", "--budget", metavar="SECONDS")
+    checkpoint_every: int | None = setting(None, "save the full training state every this many steps (into -m)",
+                                           "--checkpoint-every", metavar="STEPS", minimum=1)
+    checkpoint_minutes: float | None = setting(None, "...and/or every this many minutes (default 10 for -i long "
+                                               "and forever)", "--checkpoint-minutes", metavar="MINUTES")
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -47,10 +116,10 @@ class TrainConfig:
                 raise ValueError(f"{name} is out of range: {getattr(self, name)}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("grad_clip and weight_decay must not be negative")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"dtype must be {', '.join(DTYPE_CHOICES[:-1])} or {DTYPE_CHOICES[-1]}, got {self.dtype!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be {' or '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon" and self.dtype == "float16":
             raise ValueError("--optimizer muon does not work with float16 (its gradient scaler); use bfloat16")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
@@ -59,6 +128,20 @@ class TrainConfig:
             raise ValueError(f"checkpoint_minutes must be more than 0, got {self.checkpoint_minutes}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"the time budget must be more than 0 seconds, got {self.max_seconds}")
+
+
+def field_type(cls: type, name: str) -> tuple[type, bool]:
+    """A field's type, read from its annotation (not its text): (bool/int/float/str, whether None is allowed)."""
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def flag_fields() -> list[tuple[type, dataclasses.Field]]:
+    """(config class, field) of every field with a command-line flag of its own, in declaration order."""
+    return [(cls, f) for cls in (ModelConfig, TrainConfig) for f in fields(cls) if f.metadata.get("flag")]
 
 
 # -s presets: model shape plus the optimiser values that suit it.
@@ -112,34 +195,24 @@ def _lookup(presets: dict[str, dict[str, Any]], name: str, flag: str) -> dict[st
         raise RepytilianError(f"unknown {flag} preset {name!r}; choose one of: {', '.join(presets)}") from None
 
 
-def _type_name(target: type | str) -> str:
-    text = str(target)
-    for name in ("bool", "int", "float"):  # bool first: str(bool) does not contain "int", but be explicit
-        if name in text:
-            return name
-    return "str"
-
-
-def _convert(name: str, value: Any, target: type | str) -> Any:
+def _convert(name: str, value: Any) -> Any:
     """Turn a CLI string into the field's type ('none' allowed where the field is optional)."""
     if not isinstance(value, str):
         return value
-    if "None" in str(target) and value.lower() in ("none", "forever"):
+    kind, optional = field_type(ModelConfig if name in MODEL_FIELDS else TrainConfig, name)
+    if optional and value.lower() in ("none", "forever"):
         return None
-    kind = _type_name(target)
     try:
-        if kind == "bool":
+        if kind is bool:
             if value.lower() in ("1", "true", "yes", "on"):
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
+        if kind in (int, float):
+            return kind(value)
     except ValueError:
-        raise RepytilianError(f"{name}={value!r} is not a valid {kind}") from None
+        raise RepytilianError(f"{name}={value!r} is not a valid {kind.__name__}") from None
     return value
 
 
@@ -161,12 +234,11 @@ def parse_set_options(pairs: list[str]) -> dict[str, str]:
 
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Typed (model, train) overrides from a flat dict of names to values or CLI strings."""
-    types = {f.name: f.type for f in fields(ModelConfig)} | {f.name: f.type for f in fields(TrainConfig)}
     model_over, train_over = {}, {}
     for key, value in overrides.items():
         if value is None and key != "max_iters":
             continue
-        typed = _convert(key, value, types[key])
+        typed = _convert(key, value)
         (model_over if key in MODEL_FIELDS else train_over)[key] = typed
     return model_over, train_over
 

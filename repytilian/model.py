@@ -25,13 +25,13 @@ logits. Generation one token at a time goes through decode.py, which adds a KV c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 from .attention import causal_attention
+from .config import ACTIVATION_NAMES, RMS_EPS, ROPE_THETA, ModelConfig  # noqa: F401 (ModelConfig: for importers)
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
@@ -40,50 +40,7 @@ def relu_squared(x: torch.Tensor) -> torch.Tensor:
 
 # MLP activations; "swiglu" is gated (silu(x W_gate) * x W_up, as in Llama) and handled in MLP.
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": relu_squared, "swiglu": F.silu}
-POSITIONS = ("learned", "rope")
-NORMS = ("layernorm", "rmsnorm")
-RMS_EPS = 1e-6  # Llama's
-ROPE_THETA = 10000.0
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 65
-    block_size: int = 128  # the longest context the model sees
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
-    activation: str = "gelu"  # of the MLP: gelu (GPT-2), relu (the lecture's first model), relu2, swiglu (Llama)
-    tie_embeddings: bool = True  # the output head shares the token embedding's matrix
-    head_bias: bool = False  # a bias on the output head (only the original Repytilian's models have one)
-    position: str = "learned"  # position embeddings (GPT-2), or "rope": rotary, applied to queries and keys
-    norm: str = "layernorm"  # or "rmsnorm" (no mean, no bias)
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
-
-    @property
-    def mlp_hidden(self) -> int:
-        """The MLP's inner width: 4x, or for the gated swiglu (three matrices, not two) 8/3x
-        rounded up to a multiple of 32, which keeps the parameter count."""
-        if self.activation == "swiglu":
-            return 32 * math.ceil(8 * self.n_embd / 3 / 32)
-        return 4 * self.n_embd
-
-    def validate(self) -> None:
-        """Raise ValueError for shapes no model can have (the CLI turns this into a clear error)."""
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name, allowed in (("activation", tuple(ACTIVATIONS)), ("position", POSITIONS), ("norm", NORMS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # config.py lists them without importing torch
 
 
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:

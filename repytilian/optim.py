@@ -20,8 +20,6 @@ import torch
 
 from .model import GPT
 
-OPTIMIZERS = ("adamw", "muon")
-
 
 def make_optimizer(model: GPT, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
                    fused: bool, ns_dtype: torch.dtype = torch.bfloat16) -> Any:

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from .config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from .decode import Decoder, choose_dtype
 from .errors import RepytilianError
 from .model import GPT
 
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_K = 200
 KEEP_FRACTION = 0.5  # after a slide the model sees half a block, then a growing context; a re-prefill every block/2 tokens
 MAX_NEW_TOKENS = 1_000_000
 MAX_SAMPLES = 1024

@@ -12,10 +12,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import __version__
+from ..config import (
+    ARCHS,
+    DEFAULT_MODEL_DIR,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    field_type,
+    flag_fields,
+)
 from ..errors import EXIT_USER_ERROR, RepytilianError
 from ..runtime.paths import progress_wanted
-
-DEFAULT_MODEL_DIR = "models/shakespeare/basic"  # also in api.py, which imports torch
 
 
 def _nonnegative_int(text: str) -> int:
@@ -35,10 +41,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _debug_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+    return parser
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same machine: same result)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
+    _debug_flag(parser)
+
+
+def _flag_argument(cls: type, f: dataclasses.Field) -> dict:
+    """argparse's arguments for a config field's flag: its type, choices, help and metavar."""
+    kind, _ = field_type(cls, f.name)
+    meta = f.metadata
+    argument = {"dest": f.name, "default": None, "help": meta.get("help") or None}
+    if kind is bool:
+        return {**argument, "action": "store_const", "const": True}
+    argument["type"] = _positive_int if kind is int and meta.get("minimum") == 1 else kind
+    for key in ("choices", "metavar"):
+        if key in meta:
+            argument[key] = meta[key]
+    return argument
 
 
 def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None = None) -> None:
@@ -49,7 +74,7 @@ def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None 
     parser.add_argument("-p", "--datapath", help="a folder: every text file under it is training data")
     parser.add_argument("-s", "--settings", default="default",
                         help="model/optimiser preset: tiny, default, speedrun, hyper")
-    parser.add_argument("--arch", choices=("classic", "modern"), default=None,
+    parser.add_argument("--arch", choices=tuple(ARCHS), default=None,
                         help="classic: the lecture's GPT (default); modern: rotary positions, RMSNorm, SwiGLU, "
                              "no biases (Llama's layout)")
     parser.add_argument("-i", "--iterations", default=None,
@@ -64,27 +89,8 @@ def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None 
                         help="-z json: read an array of arrays as one sequence of list tokens, or as many "
                              "sequences (default: many sequences, with a note)")
     group = root.add_argument_group("overrides (any preset field)")
-    group.add_argument("--iters", dest="max_iters", type=_positive_int, help="number of training steps")
-    group.add_argument("--batch-size", type=_positive_int)
-    group.add_argument("--block-size", type=_positive_int, help="context length in tokens")
-    group.add_argument("--n-layer", type=_positive_int)
-    group.add_argument("--n-head", type=_positive_int)
-    group.add_argument("--n-embd", type=_positive_int)
-    group.add_argument("--dropout", type=float)
-    group.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate")
-    group.add_argument("--eval-interval", type=_positive_int)
-    group.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
-                       help="training precision (default auto: bf16 autocast where measured faster)")
-    group.add_argument("--optimizer", choices=("adamw", "muon"),
-                       help="adamw (default), or muon: Muon for the blocks' matrices, AdamW for the rest")
-    group.add_argument("--compile", action="store_const", const=True, default=None,
-                       help="torch.compile the model (slower to start; falls back to eager if it fails)")
-    group.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
-                       help="save the full training state every this many steps (into -m)")
-    group.add_argument("--checkpoint-minutes", type=float, metavar="MINUTES",
-                       help="...and/or every this many minutes (default 10 for -i long and forever)")
-    group.add_argument("--budget", dest="max_seconds", type=float, metavar="SECONDS",
-                       help="a training-time budget: the learning-rate schedule ends when it is spent")
+    for cls, f in flag_fields():  # one flag per config field that has one, typed by the field
+        group.add_argument(f.metadata["flag"], **_flag_argument(cls, f))
     group.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="set any field, e.g. --set n_layer=6 --set warmup_iters=50")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -113,9 +119,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens to write into the file, if different from -t")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", type=float, default=None,
-                          help="0 is greedy (always the likeliest token); higher is more varied (default 0.8)")
+                          help="0 is greedy (always the likeliest token); higher is more varied "
+                               f"(default {DEFAULT_TEMPERATURE})")
     sampling.add_argument("--top-k", type=int, default=None,
-                          help="sample among the k likeliest tokens (default 200, or the whole vocabulary if smaller)")
+                          help=f"sample among the k likeliest tokens (default {DEFAULT_TOP_K}, or the whole "
+                               "vocabulary if smaller)")
     sampling.add_argument("--top-p", type=float, default=1.0,
                           help="sample among the likeliest tokens whose probabilities add up to p (default 1: all)")
     sampling.add_argument("--num-samples", type=int, default=1, help="how many samples, generated as one batch")
@@ -135,12 +143,9 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
     from ..data.corpus import DataSource
 
     overrides = parse_set_options(args.set)
-    for name in ("max_iters", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
-                 "learning_rate", "eval_interval", "dtype", "compile", "max_seconds", "checkpoint_every",
-                 "checkpoint_minutes", "optimizer"):
-        value = getattr(args, name)
-        if value is not None:
-            overrides[name] = value
+    for _, f in flag_fields():
+        if getattr(args, f.name) is not None:
+            overrides[f.name] = getattr(args, f.name)
     data = None
     if args.datafile or args.datapath:
         data = dataclasses.replace(DataSource.from_args(args.datafile, args.datapath), json_key=args.json_key,
@@ -227,8 +232,8 @@ def generate_command(args: argparse.Namespace) -> int:
     from ..sampling import SamplingOptions, check_lengths
 
     sampling = SamplingOptions(
-        temperature=0.8 if args.temperature is None else args.temperature,
-        top_k=200 if args.top_k is None else args.top_k,
+        temperature=DEFAULT_TEMPERATURE if args.temperature is None else args.temperature,
+        top_k=DEFAULT_TOP_K if args.top_k is None else args.top_k,
         top_p=args.top_p, seed=args.seed,
     )
     sampling.validate()  # before any training or loading, so a typo costs nothing
@@ -390,13 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "and generate text from them")
     parser.add_argument("--version", action="version", version=f"repytilian {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    debug = _debug_flag(argparse.ArgumentParser(add_help=False))  # every verb has --debug
     p_train = sub.add_parser("train", help="train a model (the same flags as training.py)")
     add_train_arguments(p_train)
     p_train.set_defaults(handler=train_command)
     p_gen = sub.add_parser("generate", help="generate text from a model (the same flags as generate.py)")
     add_generate_arguments(p_gen)
     p_gen.set_defaults(handler=generate_command)
-    p_tok = sub.add_parser("tokenize", aliases=["data"],
+    p_tok = sub.add_parser("tokenize", parents=[debug], aliases=["data"],
                            help="compare tokenizers on a corpus: vocabulary, tokens, characters per token, speed")
     p_tok.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text (or, with -z json, JSON) file")
     p_tok.add_argument("-p", "--datapath", help="a folder of text (or .json) files")
@@ -406,27 +412,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_tok.add_argument("--json-key")
     p_tok.add_argument("--json-val-key")
     p_tok.add_argument("--json-layout", choices=("sequence", "sequences"), default=None)
-    p_tok.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_tok.set_defaults(handler=tokenize_command)
-    p_eval = sub.add_parser("eval", help="loss, perplexity and bits per character of a model on text")
+    p_eval = sub.add_parser("eval", parents=[debug],
+                            help="loss, perplexity and bits per character of a model on text")
     p_eval.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
     p_eval.add_argument("-d", "--datafile", "--data", dest="datafile", help="a file to evaluate on")
     p_eval.add_argument("-p", "--datapath", help="a folder to evaluate on (default: the model's validation split)")
     p_eval.add_argument("--stride", type=_positive_int, default=None, help="window step (default: half the context)")
     p_eval.add_argument("--device", default="auto")
-    p_eval.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_eval.set_defaults(handler=eval_command)
-    p_plot = sub.add_parser("plot", help="draw loss.png (train/val loss and learning rate) in a model folder")
+    p_plot = sub.add_parser("plot", parents=[debug],
+                            help="draw loss.png (train/val loss and learning rate) in a model folder")
     p_plot.add_argument("model_dir")
-    p_plot.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_plot.set_defaults(handler=plot_command)
-    p_legacy = sub.add_parser("import-legacy", help="convert a model folder of the original Repytilian (pickled .pt "
+    p_legacy = sub.add_parser("import-legacy", parents=[debug],
+                              help="convert a model folder of the original Repytilian (pickled .pt "
                               "files) into a model folder, reading it with torch.load(weights_only=True) only")
     p_legacy.add_argument("legacy_dir", help="the original's model folder, e.g. models/shakespeare/v2c")
     p_legacy.add_argument("out", help="the new model folder")
-    p_legacy.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_legacy.set_defaults(handler=import_legacy_command)
-    p_import = sub.add_parser("import", help="convert a nanoGPT checkpoint (ckpt.pt) into a model folder")
+    p_import = sub.add_parser("import", parents=[debug],
+                              help="convert a nanoGPT checkpoint (ckpt.pt) into a model folder")
     p_import.add_argument("--from", dest="source_format", choices=("nanogpt",), required=True,
                           help="the checkpoint's project (nanogpt)")
     p_import.add_argument("checkpoint", help="nanoGPT's ckpt.pt (read with torch.load(weights_only=True))")
@@ -434,14 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_import.add_argument("--data", required=True,
                           help="the text the model was trained on (its characters are the vocabulary; "
                                "nanoGPT's meta.pkl is never read)")
-    p_import.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_import.set_defaults(handler=import_command)
-    p_export = sub.add_parser("export", help="write a model folder in another format (hf: Hugging Face transformers)")
+    p_export = sub.add_parser("export", parents=[debug],
+                              help="write a model folder in another format (hf: Hugging Face transformers)")
     p_export.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
     p_export.add_argument("--format", choices=("hf",), default="hf",
                           help="hf: a GPT-2 folder for transformers' AutoModelForCausalLM and AutoTokenizer")
     p_export.add_argument("out", help="the new folder")
-    p_export.add_argument("--debug", action="store_true", help="show Python tracebacks (for developers)")
     p_export.set_defaults(handler=export_command)
     p_bench = sub.add_parser("bench", add_help=False,
                              help="measure training speed and quality per time here (repytilian bench --help)")

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, RMS_EPS, ROPE_THETA
 from ..errors import RepytilianError
-from ..model import GPT, RMS_EPS, ROPE_THETA
+from ..model import GPT
 from ..runtime.fileio import fsync_dir, fsync_tree
-from ..sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from ..tokenizers import Tokenizer
 from ..tokenizers.words import TOKEN_PATTERN
 

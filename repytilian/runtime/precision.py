@@ -27,13 +27,15 @@ from pathlib import Path
 
 import torch
 
+from ..config import DTYPE_CHOICES
 from ..errors import RepytilianError
 from ..model import GPT
 from .cpu import cpu_name
 from .fileio import atomic_write_bytes
 from .paths import cache_dir
 
-DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # autocast's format
+assert set(DTYPES) == set(DTYPE_CHOICES) - {"auto"}  # the choices are listed once, in config.py
 MIN_GAIN = 1.15  # bf16 must be this much faster to be worth its rounding
 TIMING_TOKENS = 1024  # per timed step: enough that small models are timed at their real batch size
 PROBE_SECONDS = 2.0  # a timing of one number format gives up after this long and counts as slower
