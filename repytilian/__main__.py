@@ -1,6 +1,6 @@
 """`python -m repytilian` is the `repytilian` command."""
 import sys
 
-from .cli.main import main
+from .cli import main
 
 sys.exit(main())

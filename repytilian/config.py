@@ -4,7 +4,7 @@ choices once, and typed overrides.
 `-s/--settings` presets set the model's shape and the optimiser's values; `-i/--iterations`
 presets set how long to train. A preset is only a dict of overrides on the dataclass defaults,
 so every field can also be set by name (`--set n_layer=6`). A field with a `flag` in its metadata
-also gets a command-line flag of its own (cli/main.py builds them from here, help text included).
+also gets a command-line flag of its own (cli/commands.py builds them from here, help text included).
 
 This module imports no torch, so the command line can build its parsers (and answer --help) fast.
 """
