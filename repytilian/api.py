@@ -30,13 +30,14 @@ from .data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
 from .errors import RepytilianError
 from .interop.trackers import finish_all, log_all, open_trackers
 from .model import GPT
+from .runtime.cpu import tune_for_training
+from .runtime.precision import resolve_dtype
 from .sampling import SamplingOptions, StopFilter, sample_ids
 from .store.folder import (
     LoadedModel,
     check_target,
     interrupted_dir,
     load_model_dir,
-    restore_trainer,
     save_model_dir,
 )
 from .store.lock import TargetLock
@@ -271,55 +272,84 @@ def _plan_schedule(state: TrainState, more_steps: int | None, asked: bool) -> Tr
     return state
 
 
+@dataclass
+class _Run:
+    """What a training run is made of, before the loop starts."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    data: TokenData
+    source: DataSource
+    mcfg: Any
+    tcfg: Any
+    loaded: LoadedModel | None = None
+
+
+def _fresh_run(opts: TrainOptions, device: torch.device, log: Callable[[str], None]) -> _Run:
+    """A new model: settings from the presets and overrides, a tokenizer trained on the data."""
+    tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
+    mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides, opts.arch or "classic")
+    if opts.iterations is None and tcfg.max_seconds is not None and "max_iters" not in opts.overrides:
+        tcfg.max_iters = None  # a time budget alone: the budget, not -i default's 2,000 steps, ends training
+    if opts.seed is not None:
+        tcfg.seed = opts.seed
+    source = opts.data or DataSource("dataset", "shakespeare")
+    corpus = load_corpus(source, tokenizer_cls.input_format)
+    started_tokenizing = time.perf_counter()
+    tokenizer = train_tokenizer(tokenizer_cls, corpus, **opts.tokenizer_options)
+    data = TokenData.from_corpus(corpus, tokenizer)
+    if time.perf_counter() - started_tokenizing > 2:
+        log(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s")
+    mcfg.vocab_size = tokenizer.vocab_size
+    torch.manual_seed(tcfg.seed)
+    return _Run(GPT(mcfg).to(device), tokenizer, data, source, mcfg, tcfg)
+
+
+def _resumed_run(opts: TrainOptions, device: torch.device) -> _Run:
+    """A saved model with its optimiser state, its tokenizer, and its data unless other data is given."""
+    loaded = load_model_dir(opts.load, device, with_trainer=True)
+    if opts.tokenizer and opts.tokenizer != loaded.tokenizer.name:
+        raise RepytilianError(
+            f"{opts.load} was trained with the {loaded.tokenizer.name!r} tokenizer, not {opts.tokenizer!r}; "
+            f"drop -z (or use -z {loaded.tokenizer.name}) to continue it"
+        )
+    mcfg, tcfg = _resume_setup(opts, loaded)
+    if any(v is not None for v in opts.tokenizer_options.values()):
+        raise RepytilianError("the tokenizer of a saved model cannot change; drop --vocab-size with -l")
+    saved_source = loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"})
+    source = opts.data or DataSource.from_dict(saved_source)
+    corpus = load_corpus(source, loaded.tokenizer.input_format)
+    try:
+        data = TokenData.from_corpus(corpus, loaded.tokenizer)
+    except UnknownTokensError as e:
+        raise RepytilianError(f"the training data does not fit the vocabulary of {opts.load}: {e}") from None
+    return _Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
+
+
 def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
+    """Train a new model, or continue a saved one (`opts.load`), and save it to `opts.out`."""
     device = pick_device(opts.device)
     out = Path(opts.out) if opts.out else None
     if out is not None:
         check_target(out)
-
-    loaded = None
-    if opts.load:
-        loaded = load_model_dir(opts.load, device, with_trainer=True)
-        if opts.tokenizer and opts.tokenizer != loaded.tokenizer.name:
-            raise RepytilianError(
-                f"{opts.load} was trained with the {loaded.tokenizer.name!r} tokenizer, not {opts.tokenizer!r}; "
-                f"drop -z (or use -z {loaded.tokenizer.name}) to continue it"
-            )
-        mcfg, tcfg = _resume_setup(opts, loaded)
-        if any(v is not None for v in opts.tokenizer_options.values()):
-            raise RepytilianError("the tokenizer of a saved model cannot change; drop --vocab-size with -l")
-        saved_source = loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"})
-        source = opts.data or DataSource.from_dict(saved_source)
-        tokenizer, model = loaded.tokenizer, loaded.model
-        corpus = load_corpus(source, tokenizer.input_format)
-        try:
-            data = TokenData.from_corpus(corpus, tokenizer)
-        except UnknownTokensError as e:
-            raise RepytilianError(f"the training data does not fit the vocabulary of {opts.load}: {e}") from None
-    else:
-        tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
-        mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides, opts.arch or "classic")
-        if opts.iterations is None and tcfg.max_seconds is not None and "max_iters" not in opts.overrides:
-            tcfg.max_iters = None  # a time budget alone: the budget, not -i default's 2,000 steps, ends training
-        if opts.seed is not None:
-            tcfg.seed = opts.seed
-        source = opts.data or DataSource("dataset", "shakespeare")
-        corpus = load_corpus(source, tokenizer_cls.input_format)
-        started_tokenizing = time.perf_counter()
-        tokenizer = train_tokenizer(tokenizer_cls, corpus, **opts.tokenizer_options)
-        data = TokenData.from_corpus(corpus, tokenizer)
-        if time.perf_counter() - started_tokenizing > 2:
-            log(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s")
-        mcfg.vocab_size = tokenizer.vocab_size
-        torch.manual_seed(tcfg.seed)
-        model = GPT(mcfg).to(device)
-
-    trainer = Trainer(model, data, tcfg, device, log=log)
-    if loaded is not None:
-        restore_trainer(trainer, loaded.trainer)
+    run = _resumed_run(opts, device) if opts.load else _fresh_run(opts, device, log)
+    run.data.check_block_size(run.mcfg.block_size)  # before anything runs the model at that length
+    if device.type == "cpu":
+        tune_for_training()  # before any timing: the threads the measurement and the training use
+    # The number format is settled before the trainer exists (and stored: a resume computes the same).
+    run.tcfg.dtype = resolve_dtype(run.tcfg.dtype, device, run.model, run.tcfg.batch_size, warn=log)
+    trainer = Trainer(run.model, run.data, run.tcfg, device, log=log)
+    if run.loaded is not None:
+        trainer.load_state_dict(run.loaded.trainer)
         asked = opts.iterations is not None or "max_iters" in opts.overrides
-        trainer.state = _plan_schedule(trainer.state, tcfg.max_iters, asked)
+        trainer.state = _plan_schedule(trainer.state, run.tcfg.max_iters, asked)
+    return _run_and_save(opts, run, trainer, device, out, log)
 
+
+def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch.device, out: Path | None,
+                  log: Callable[[str], None]) -> TrainResult:
+    """The loop, then the save: to `out` when finished, to interrupted/ when stopped."""
+    model, tokenizer, data, source, mcfg, tcfg = run.model, run.tokenizer, run.data, run.source, run.mcfg, run.tcfg
     pid = os.getpid()
     log(f"training on {source.describe()}: {data.chars:,} characters, {tokenizer.name} tokenizer "
         f"({tokenizer.vocab_size:,} tokens), {len(data.train):,} train / {len(data.val):,} val tokens")
@@ -341,7 +371,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
         }
 
     checkpoints = _Checkpointer(trainer, out, opts.interrupt_root, log,
-                                lambda path: save_model_dir(path, model, tokenizer, meta(None, False), trainer))
+                                lambda path: save_model_dir(path, model, tokenizer, meta(None, False), trainer.state_dict()))
     started = time.time()
     lock = TargetLock(out).acquire() if out is not None else None
     trackers = []
@@ -357,7 +387,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
             if stopped_by:
                 target = interrupted_dir(opts.interrupt_root)
                 stop.saving = True
-                save_model_dir(target, model, tokenizer, meta(None, False), trainer, card=True)
+                save_model_dir(target, model, tokenizer, meta(None, False), trainer.state_dict(), card=True)
                 again = f" -m {out}" if out else ' -m ""'
                 log(f"stopped by {stopped_by} at step {trainer.state.step}; saved everything to {target}\n"
                     f"resume with: python3 training.py -l {target}{again}")
@@ -374,7 +404,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
                         sample = None
                         log(f"note: no sample for the model card ({e})")
                     stop.saving = True
-                    saved_to = save_model_dir(out, model, tokenizer, meta(val_loss, True), trainer,
+                    saved_to = save_model_dir(out, model, tokenizer, meta(val_loss, True), trainer.state_dict(),
                                               card=True, sample=sample)
                     if not (saved_to / "loss.png").exists() and trainer.state.metrics:
                         log("note: matplotlib is not installed, so there is no loss.png "

@@ -29,7 +29,7 @@ from .evaluate import evaluate
 from .model import GPT
 from .optim import make_optimizer
 from .runtime.cpu import tune_for_training
-from .runtime.precision import autocast, resolve_dtype
+from .runtime.precision import DTYPES, autocast
 from .runtime.progress import progress as progress_bar
 
 EVAL_SEED = 2024  # the same evaluation batches every time, so successive estimates compare
@@ -143,10 +143,11 @@ class Trainer:
         self.state = state or TrainState(max_iters=cfg.max_iters)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         data.check_block_size(model.config.block_size)
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"the Trainer computes in a resolved format, not {cfg.dtype!r}: "
+                             "settle it first with runtime.precision.resolve_dtype")
         if device.type == "cpu":
             tune_for_training()  # malloc thresholds (a fifth of a small step was page faults), threads
-        # stored: a resume computes the same
-        cfg.dtype = resolve_dtype(cfg.dtype, device, model, cfg.batch_size, warn=self.log)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
         self.forward = model
         if cfg.compile:
@@ -157,6 +158,39 @@ class Trainer:
         self.optimizer = make_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay,
                                         (cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"),
                                         ns_dtype=ns_dtype)
+
+    # --- the state that makes a resume exact: plain data and tensors, for the model folder ---
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"state": TrainState as a dict, "param_groups": the optimiser's, "tensors": its moments and
+        the random-number states}: all a resume needs, with nothing of this object's classes."""
+        sd = self.optimizer.state_dict()
+        tensors = {f"optim.{idx}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
+                   for idx, pstate in sd["state"].items() for key, value in pstate.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.batches"] = self.generator.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"state": self.state.to_dict(), "param_groups": [dict(g) for g in sd["param_groups"]],
+                "tensors": tensors}
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        """Put optimiser moments, random-number states and the step counter back, exactly as saved."""
+        tensors = payload["tensors"]
+        optim_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                optim_state.setdefault(int(idx), {})[name] = value
+        try:
+            self.optimizer.load_state_dict({"state": optim_state, "param_groups": payload["param_groups"]})
+        except (ValueError, KeyError) as e:
+            raise RepytilianError(f"the saved optimiser state does not fit this model ({e})") from None
+        torch.set_rng_state(tensors["rng.torch"])
+        self.generator.set_state(tensors["rng.batches"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.state = TrainState.from_dict(payload["state"])
 
     def _compiled(self, model: GPT):
         try:

@@ -33,7 +33,7 @@ import torch
 from ..data.datasets import dataset_path
 from ..errors import EXIT_USER_ERROR, RepytilianError
 from ..runtime.cpu import cpu_name, tune_for_training
-from ..runtime.precision import DTYPES, cpu_bf16, machine_summary
+from ..runtime.precision import DTYPES, cpu_bf16, machine_summary, resolve_dtype
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -151,6 +151,8 @@ def loop_overhead(preset: str, dtype: str, steps: int) -> dict:
     model = GPT(mcfg)
     ids = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
     tcfg.eval_interval = 10**9
+    tune_for_training()
+    tcfg.dtype = resolve_dtype(tcfg.dtype, torch.device("cpu"), model, tcfg.batch_size)
     trainer = Trainer(model, TokenData.split(ids, 0.1), tcfg, torch.device("cpu"), TrainState(), log=lambda m: None)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()

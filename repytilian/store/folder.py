@@ -98,33 +98,19 @@ def check_target(path: Path) -> None:
                               "choose another folder with -m") from None
 
 
-def _optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    sd = optimizer.state_dict()
-    tensors = {}
-    for idx, pstate in sd["state"].items():
-        for key, value in pstate.items():
-            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    return groups, tensors
-
-
-def _write_trainer_state(folder: Path, trainer: Any) -> None:
+def _write_trainer_state(folder: Path, trainer_state: dict[str, Any]) -> None:
+    """A Trainer.state_dict(): its tensors to safetensors, the rest to JSON."""
     folder.mkdir()
-    groups, tensors = _optimizer_payload(trainer.optimizer)
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.batches"] = trainer.generator.get_state()
-    if trainer.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
-    save_file(tensors, folder / "tensors.safetensors")
-    state = {"state": trainer.state.to_dict(), "param_groups": groups}
+    save_file(trainer_state["tensors"], folder / "tensors.safetensors")
+    state = {"state": trainer_state["state"], "param_groups": trainer_state["param_groups"]}
     (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
-
-
 def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
-                   trainer: Any | None = None, card: bool = False, sample: str | None = None) -> Path:
+                   trainer_state: dict[str, Any] | None = None, card: bool = False, sample: str | None = None) -> Path:
     """Write a complete model directory at `path`, atomically replacing any model there.
+
+    `trainer_state` is a Trainer.state_dict() (plain data and tensors): with it, `-l` continues exactly.
 
     A failure (a full disk, a folder without write permission) is a RepytilianError, and leaves
     whatever model was at `path` as it was.
@@ -132,7 +118,7 @@ def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dic
     target = Path(path)
     check_target(target)
     try:
-        return _save(target, model, tokenizer, meta, trainer, card, sample)
+        return _save(target, model, tokenizer, meta, trainer_state, card, sample)
     except OSError as e:
         had = " the model that was there is intact;" if (target / "config.json").is_file() else ""
         raise RepytilianError(f"could not save to {target}: {e.strerror or e};{had} free some space or "
@@ -152,8 +138,8 @@ def _clean_leftovers(target: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], trainer: Any | None,
-          card: bool = False, sample: str | None = None) -> Path:
+def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
+          trainer_state: dict[str, Any] | None, card: bool = False, sample: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(target)
     staging = target.parent / f".{target.name}.saving-{os.getpid()}"
@@ -165,14 +151,15 @@ def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], 
         tokenizer.save(staging / "tokenizer.json")
         weights = {k: v.detach().cpu().contiguous() for k, v in stored_weights(model).items()}
         save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
-        if trainer is not None:
-            _write_trainer_state(staging / "trainer_state", trainer)
-            lines = "".join(json.dumps(m) + "\n" for m in trainer.state.metrics)
+        metrics = [] if trainer_state is None else trainer_state["state"].get("metrics", [])
+        if trainer_state is not None:
+            _write_trainer_state(staging / "trainer_state", trainer_state)
+            lines = "".join(json.dumps(m) + "\n" for m in metrics)
             (staging / "metrics.jsonl").write_text(lines, encoding="utf-8")
         if card:  # the model card and loss plot: for finished and interrupted runs, not every checkpoint
             (staging / "README.md").write_text(model_card(config, sample), encoding="utf-8")
-            if trainer is not None and trainer.state.metrics:
-                plot_loss(trainer.state.metrics, staging / "loss.png", title=str(target))
+            if metrics:
+                plot_loss(metrics, staging / "loss.png", title=str(target))
         fsync_tree(staging)
         with _signals_deferred():  # a Ctrl+C may abandon the save, but never between the two renames
             _swap_in(staging, target)
@@ -360,22 +347,3 @@ def _read_trainer_state(folder: Path) -> dict[str, Any]:
     return {"state": info.get("state", {}), "param_groups": info.get("param_groups", []), "tensors": tensors}
 
 
-def restore_trainer(trainer: Any, payload: dict[str, Any]) -> None:
-    """Put optimiser moments, RNG states and the step counter back, exactly as they were saved."""
-    from ..train import TrainState
-
-    tensors = payload["tensors"]
-    optim_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            optim_state.setdefault(int(idx), {})[name] = value
-    try:
-        trainer.optimizer.load_state_dict({"state": optim_state, "param_groups": payload["param_groups"]})
-    except (ValueError, KeyError) as e:
-        raise RepytilianError(f"the saved optimiser state does not fit this model ({e})") from None
-    torch.set_rng_state(tensors["rng.torch"])
-    trainer.generator.set_state(tensors["rng.batches"])
-    if trainer.device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
-    trainer.state = TrainState.from_dict(payload["state"])
