@@ -28,6 +28,18 @@ from .config import (
 )
 from .data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
 from .errors import RepytilianError
+from .events import (
+    CheckpointSaved,
+    Finished,
+    Listener,
+    Note,
+    NothingSaved,
+    Prepared,
+    Saved,
+    Started,
+    Stopped,
+    in_words,
+)
 from .interop.trackers import finish_all, log_all, open_trackers
 from .model import GPT
 from .runtime.cpu import tune_for_training
@@ -259,16 +271,16 @@ def _set_dropout(model: GPT, p: float) -> GPT:
     return model
 
 
-def _plan_schedule(state: TrainState, more_steps: int | None, asked: bool) -> TrainState:
+def _plan_schedule(state: TrainState, more_steps: int | None, asked: bool, report: Listener) -> TrainState:
     """Continue an unfinished schedule exactly; extend a finished one (or on request) with a new one."""
     if not asked and not state.finished:
         left = "until stopped" if state.max_iters is None else f"to step {state.max_iters}"
-        _say(f"resuming at step {state.step}, continuing the saved schedule {left}")
+        report(Note(f"resuming at step {state.step}, continuing the saved schedule {left}"))
         return state
     state.schedule_start = state.step
     state.max_iters = None if more_steps is None else state.step + more_steps
     what = "until stopped" if more_steps is None else f"{more_steps} more steps (to step {state.max_iters})"
-    _say(f"resuming at step {state.step}: training {what} with a new warm-up and decay of the learning rate")
+    report(Note(f"resuming at step {state.step}: training {what} with a new warm-up and decay of the learning rate"))
     return state
 
 
@@ -285,7 +297,7 @@ class _Run:
     loaded: LoadedModel | None = None
 
 
-def _fresh_run(opts: TrainOptions, device: torch.device, log: Callable[[str], None]) -> _Run:
+def _fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> _Run:
     """A new model: settings from the presets and overrides, a tokenizer trained on the data."""
     tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
     mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides, opts.arch or "classic")
@@ -299,7 +311,7 @@ def _fresh_run(opts: TrainOptions, device: torch.device, log: Callable[[str], No
     tokenizer = train_tokenizer(tokenizer_cls, corpus, **opts.tokenizer_options)
     data = TokenData.from_corpus(corpus, tokenizer)
     if time.perf_counter() - started_tokenizing > 2:
-        log(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s")
+        report(Note(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s"))
     mcfg.vocab_size = tokenizer.vocab_size
     torch.manual_seed(tcfg.seed)
     return _Run(GPT(mcfg).to(device), tokenizer, data, source, mcfg, tcfg)
@@ -326,41 +338,44 @@ def _resumed_run(opts: TrainOptions, device: torch.device) -> _Run:
     return _Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
 
 
-def train(opts: TrainOptions, log: Callable[[str], None] = _say) -> TrainResult:
-    """Train a new model, or continue a saved one (`opts.load`), and save it to `opts.out`."""
+def train(opts: TrainOptions, log: Callable[[str], None] = _say, on_event: Listener | None = None) -> TrainResult:
+    """Train a new model, or continue a saved one (`opts.load`), and save it to `opts.out`.
+
+    What happens is reported as events (events.py) to `on_event`; without one, their words go to
+    `log` (stderr by default)."""
+    report = on_event or in_words(log)
     device = pick_device(opts.device)
     out = Path(opts.out) if opts.out else None
     if out is not None:
         check_target(out)
-    run = _resumed_run(opts, device) if opts.load else _fresh_run(opts, device, log)
+    run = _resumed_run(opts, device) if opts.load else _fresh_run(opts, device, report)
     run.data.check_block_size(run.mcfg.block_size)  # before anything runs the model at that length
     if device.type == "cpu":
         tune_for_training()  # before any timing: the threads the measurement and the training use
     # The number format is settled before the trainer exists (and stored: a resume computes the same).
-    run.tcfg.dtype = resolve_dtype(run.tcfg.dtype, device, run.model, run.tcfg.batch_size, warn=log)
-    trainer = Trainer(run.model, run.data, run.tcfg, device, log=log)
+    run.tcfg.dtype = resolve_dtype(run.tcfg.dtype, device, run.model, run.tcfg.batch_size,
+                                   warn=lambda text: report(Note(text, "warning")))
+    trainer = Trainer(run.model, run.data, run.tcfg, device, report=report)
     if run.loaded is not None:
         trainer.load_state_dict(run.loaded.trainer)
         asked = opts.iterations is not None or "max_iters" in opts.overrides
-        trainer.state = _plan_schedule(trainer.state, run.tcfg.max_iters, asked)
-    return _run_and_save(opts, run, trainer, device, out, log)
+        trainer.state = _plan_schedule(trainer.state, run.tcfg.max_iters, asked, report)
+    return _run_and_save(opts, run, trainer, device, out, report)
 
 
 def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch.device, out: Path | None,
-                  log: Callable[[str], None]) -> TrainResult:
+                  report: Listener) -> TrainResult:
     """The loop, then the save: to `out` when finished, to interrupted/ when stopped."""
     model, tokenizer, data, source, mcfg, tcfg = run.model, run.tokenizer, run.data, run.source, run.mcfg, run.tcfg
     pid = os.getpid()
-    log(f"training on {source.describe()}: {data.chars:,} characters, {tokenizer.name} tokenizer "
-        f"({tokenizer.vocab_size:,} tokens), {len(data.train):,} train / {len(data.val):,} val tokens")
-    log(f"model: {mcfg.n_layer} layers, {mcfg.n_head} heads, {mcfg.n_embd} wide, context {mcfg.block_size}, "
-        f"{model.num_params() / 1e6:.2f}M parameters; batch {tcfg.batch_size}, lr {tcfg.learning_rate:g}, "
-        f"device {device.type}, {tcfg.dtype}{', compiled' if trainer.forward is not model else ''}")
+    report(Prepared(source.describe(), data.chars, tokenizer.name, tokenizer.vocab_size, len(data.train),
+                    len(data.val), mcfg.n_layer, mcfg.n_head, mcfg.n_embd, mcfg.block_size, model.num_params(),
+                    tcfg.batch_size, tcfg.learning_rate, device.type, tcfg.dtype, trainer.forward is not model))
     steps = "until stopped" if trainer.state.max_iters is None else f"to step {trainer.state.max_iters:,}"
     if tcfg.max_seconds is not None:
         steps = f"for {tcfg.max_seconds:g} s of training" + ("" if trainer.state.max_iters is None else f" or {steps}")
     if out is not None and (out / "config.json").is_file():
-        log(f"note: the model in {out} will be replaced when training finishes (interruptions save elsewhere)")
+        report(Note(f"note: the model in {out} will be replaced when training finishes (interruptions save elsewhere)"))
 
     def meta(val_loss: float | None, finished: bool) -> dict[str, Any]:
         return {
@@ -370,7 +385,7 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
             "summary": _summary(trainer, device, val_loss, finished),
         }
 
-    checkpoints = _Checkpointer(trainer, out, opts.interrupt_root, log,
+    checkpoints = _Checkpointer(trainer, out, opts.interrupt_root, report,
                                 lambda path: save_model_dir(path, model, tokenizer, meta(None, False), trainer.state_dict()))
     started = time.time()
     lock = TargetLock(out).acquire() if out is not None else None
@@ -380,39 +395,36 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
                                  name=out.name if out is not None else None)
         with opts.stop or StopRequest() as stop:
             # Only now that the handlers are installed is it safe to tell the user to send a signal.
-            log(f"training {steps}. PID {pid}: stop and save with Ctrl+C or `kill -USR1 {pid}`")
-            stopped_by = trainer.run(stop, progress=opts.progress, log=log, after_step=checkpoints.maybe_save,
+            report(Started(pid, steps))
+            stopped_by = trainer.run(stop, progress=opts.progress, report=report, after_step=checkpoints.maybe_save,
                                      on_eval=lambda entry: log_all(trackers, entry))
             val_loss = None
             if stopped_by:
                 target = interrupted_dir(opts.interrupt_root)
                 stop.saving = True
                 save_model_dir(target, model, tokenizer, meta(None, False), trainer.state_dict(), card=True)
-                again = f" -m {out}" if out else ' -m ""'
-                log(f"stopped by {stopped_by} at step {trainer.state.step}; saved everything to {target}\n"
-                    f"resume with: python3 training.py -l {target}{again}")
+                report(Stopped(stopped_by, trainer.state.step, target, out))
                 saved_to = target
             else:
                 val_loss = trainer.full_val_loss(progress=opts.progress)
-                log(f"finished {trainer.state.step:,} steps in {time.time() - started:.0f}s; "
-                    f"val loss over {trainer.final_val_scope()}: {val_loss:.4f}")
+                report(Finished(trainer.state.step, time.time() - started, val_loss, trainer.final_val_scope()))
                 saved_to = None
                 if out is not None:
                     try:
                         sample = LanguageModel(model, tokenizer).generate("", 300, seed=0)
                     except RepytilianError as e:  # the model is saved all the same
                         sample = None
-                        log(f"note: no sample for the model card ({e})")
+                        report(Note(f"note: no sample for the model card ({e})"))
                     stop.saving = True
                     saved_to = save_model_dir(out, model, tokenizer, meta(val_loss, True), trainer.state_dict(),
                                               card=True, sample=sample)
                     if not (saved_to / "loss.png").exists() and trainer.state.metrics:
-                        log("note: matplotlib is not installed, so there is no loss.png "
-                            "(pip install 'repytilian[plot]', then repytilian plot DIR)")
-                    log(f"saved the model to {saved_to}; generate with: python3 generate.py -m {saved_to}")
+                        report(Note("note: matplotlib is not installed, so there is no loss.png "
+                                    "(pip install 'repytilian[plot]', then repytilian plot DIR)"))
+                    report(Saved(saved_to))
                 else:
                     checkpoints.discard()
-                    log("nothing saved (-m \"\")")
+                    report(NothingSaved())
     finally:
         if lock is not None:
             lock.release()
@@ -428,10 +440,10 @@ class _Checkpointer:
     """Saves the full state every `checkpoint_every` steps and/or `checkpoint_minutes` minutes: into
     the -m folder, or, with -m "", into one interrupted/ folder for this run."""
 
-    def __init__(self, trainer: Trainer, out: Path | None, interrupt_root: str, log: Callable[[str], None],
+    def __init__(self, trainer: Trainer, out: Path | None, interrupt_root: str, report: Listener,
                  save: Callable[[Path], Any]):
         self.trainer, self.cfg = trainer, trainer.cfg
-        self.out, self.root, self.log, self.save = out, interrupt_root, log, save
+        self.out, self.root, self.report, self.save = out, interrupt_root, report, save
         self.last_time = time.monotonic()
         self.path: Path | None = out
 
@@ -445,7 +457,7 @@ class _Checkpointer:
             self.path = interrupted_dir(self.root)
         self.save(self.path)
         self.last_time = time.monotonic()
-        self.log(f"checkpoint at step {step}: saved the full training state to {self.path}")
+        self.report(CheckpointSaved(step, self.path))
 
     def discard(self) -> None:
         """With -m "", a finished run keeps nothing, checkpoints included."""

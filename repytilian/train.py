@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .data.corpus import TokenData, get_batch
 from .errors import RepytilianError
 from .evaluate import evaluate
+from .events import Evaluated, Listener, Note, in_words
 from .model import GPT
 from .optim import make_optimizer
 from .runtime.cpu import tune_for_training
@@ -135,13 +136,13 @@ class EvalResult:
 
 class Trainer:
     def __init__(self, model: GPT, data: TokenData, cfg: TrainConfig, device: torch.device,
-                 state: TrainState | None = None, log: Callable[[str], None] | None = None):
+                 state: TrainState | None = None, report: Listener | None = None):
         self.model = model
         self.data = data
         self.cfg = cfg
         self.device = device
         self.state = state or TrainState(max_iters=cfg.max_iters)
-        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.report = report or in_words(lambda msg: print(msg, file=sys.stderr))  # events.py
         data.check_block_size(model.config.block_size)
         if cfg.dtype not in DTYPES:
             raise ValueError(f"the Trainer computes in a resolved format, not {cfg.dtype!r}: "
@@ -196,7 +197,8 @@ class Trainer:
         try:
             return torch.compile(model)
         except Exception as e:  # e.g. no compiler on this platform
-            self.log(f"warning: torch.compile is not available here ({type(e).__name__}: {e}); training eagerly")
+            self.report(Note(f"warning: torch.compile is not available here ({type(e).__name__}: {e}); "
+                             "training eagerly", "warning"))
             return model
 
     def finished(self) -> bool:
@@ -239,7 +241,7 @@ class Trainer:
                 if self.forward is self.model:
                     raise
                 # A compiled model fails at its first call if the compiler cannot build it.
-                self.log(f"warning: torch.compile failed ({type(e).__name__}); training eagerly")
+                self.report(Note(f"warning: torch.compile failed ({type(e).__name__}); training eagerly", "warning"))
                 self.forward = self.model
                 _, loss = self.model(x, y)
         return loss
@@ -307,12 +309,13 @@ class Trainer:
         return entry
 
     def run(self, stop: StopRequest | None = None, progress: bool = True,
-            log: Callable[[str], None] | None = None, after_step: Callable[[], None] | None = None,
+            report: Listener | None = None, after_step: Callable[[], None] | None = None,
             on_eval: Callable[[dict[str, Any]], None] | None = None) -> str | None:
-        """Train until the schedule ends or a stop is requested; returns the stop reason or None."""
+        """Train until the schedule ends or a stop is requested; returns the stop reason or None.
+        Evaluations and what to expect are reported as events (events.py)."""
         stop = stop or StopRequest()
         state, cfg = self.state, self.cfg
-        log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+        report = report or in_words(lambda msg: tqdm.write(msg, file=sys.stderr))  # words between bar frames
         # Redrawn twice a second on a terminal; in a log file a plain line every 30 s (progress.py).
         refresh = 0.5 if sys.stderr.isatty() else 30.0
         bar = progress_bar(state.max_iters, "step", "training", enabled=progress, initial=state.step,
@@ -338,7 +341,7 @@ class Trainer:
                         announced = True
                         note = expectation(steps, seconds, tokens_per_step, state, cfg)
                         if note:
-                            log(note)
+                            report(Note(note))
                 now = time.perf_counter()
                 done = self.finished()
                 if now - last_update >= refresh or done:
@@ -358,8 +361,7 @@ class Trainer:
                 if state.step % cfg.eval_interval == 0 or done:
                     t0 = time.perf_counter()
                     entry = self.record(self.estimate_loss(), learning_rate(state.step - 1, cfg, state))
-                    log(f"step {entry['step']}: train loss {entry['train_loss']:.4f}, "
-                        f"val loss {entry['val_loss']:.4f}")
+                    report(Evaluated(**entry))
                     if on_eval is not None:
                         on_eval(entry)  # e.g. experiment trackers
                     last_update += time.perf_counter() - t0  # evaluation time is not training speed

@@ -164,7 +164,7 @@ def test_training_picks_the_orthogonalisation_format_with_the_training_one(corpu
     model = GPT(ModelConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=32))
     for dtype, expected in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         trainer = Trainer(model, TokenData.split(ids, 0.1), TrainConfig(dtype=dtype, optimizer="muon"),
-                          torch.device("cpu"), log=lambda m: None)
+                          torch.device("cpu"), report=lambda e: None)
         assert trainer.optimizer.muon.ns_dtype == expected
 
 
@@ -175,7 +175,7 @@ def _trainer(n_ids=1_000_000, **cfg):
     ids = np.random.default_rng(0).integers(0, 20, n_ids).astype(np.uint16)
     model = GPT(ModelConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16))
     return Trainer(model, TokenData.split(ids, 0.1), TrainConfig(batch_size=64, dtype="float32", **cfg),
-                   torch.device("cpu"), log=lambda m: None)
+                   torch.device("cpu"), report=lambda e: None)
 
 
 def test_the_final_evaluation_is_proportional_to_the_run(monkeypatch):

@@ -153,7 +153,7 @@ def loop_overhead(preset: str, dtype: str, steps: int) -> dict:
     tcfg.eval_interval = 10**9
     tune_for_training()
     tcfg.dtype = resolve_dtype(tcfg.dtype, torch.device("cpu"), model, tcfg.batch_size)
-    trainer = Trainer(model, TokenData.split(ids, 0.1), tcfg, torch.device("cpu"), TrainState(), log=lambda m: None)
+    trainer = Trainer(model, TokenData.split(ids, 0.1), tcfg, torch.device("cpu"), TrainState(), report=lambda e: None)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(100):

@@ -161,10 +161,29 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
     )
 
 
+def speak(event) -> None:
+    """Training's events in words on stderr (between the progress bar's frames), with what only the
+    command line knows: the command that resumes a stopped run, and the one that samples a saved model."""
+    from tqdm import tqdm
+
+    from ..events import NothingSaved, Saved, Stopped
+
+    text = event.words()
+    if isinstance(event, Stopped):
+        again = f" -m {event.out}" if event.out else ' -m ""'
+        text += f"\nresume with: python3 training.py -l {event.path}{again}"
+    elif isinstance(event, Saved):
+        text += f"; generate with: python3 generate.py -m {event.path}"
+    elif isinstance(event, NothingSaved):
+        text = 'nothing saved (-m "")'
+    tqdm.write(text, file=sys.stderr)
+    sys.stderr.flush()
+
+
 def train_command(args: argparse.Namespace) -> int:
     from ..api import train
 
-    result = train(_train_options(args, out=args.model or None, load=args.load))
+    result = train(_train_options(args, out=args.model or None, load=args.load), on_event=speak)
     if args.tokens and not result.stopped_by:
         print("--- sample ---", file=sys.stderr)
         write_generation(result.language_model, "", args.tokens, {"seed": args.seed})
@@ -241,7 +260,7 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.max_time is not None and args.max_time <= 0:
         raise RepytilianError(f"--max-time must be more than 0 seconds, got {args.max_time}")
     if not args.model:  # the seed's `generate.py -m ""`: train, show a sample, save nothing
-        lm = train(_train_options(args, out=None, load=None)).language_model
+        lm = train(_train_options(args, out=None, load=None), on_event=speak).language_model
     else:
         lm = load_model(args.model, device=args.device)
     options = {**dataclasses.asdict(sampling), "stop": args.stop, "max_time": args.max_time,

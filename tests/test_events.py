@@ -1,0 +1,61 @@
+"""Training reports events, as data: the CLI speaks them, and anything else can use them as they are."""
+import dataclasses
+import json
+
+from conftest import TINY_OVERRIDES
+
+from repytilian.api import TrainOptions, train
+from repytilian.data import DataSource
+from repytilian.events import (
+    CheckpointSaved,
+    Evaluated,
+    Finished,
+    NothingSaved,
+    Prepared,
+    Saved,
+    Started,
+    Stopped,
+)
+from repytilian.train import StopRequest
+
+
+def test_a_finished_run_reports_in_order_and_prints_nothing(corpus_file, tmp_path, capsys):
+    events = []
+    train(TrainOptions(data=DataSource("file", str(corpus_file)), iterations="quick", progress=False,
+                       overrides={**TINY_OVERRIDES, "checkpoint_every": 20}, out=str(tmp_path / "m")),
+          on_event=events.append)
+    kinds = [type(e) for e in events]
+    assert kinds.index(Prepared) < kinds.index(Started) < kinds.index(Evaluated) < kinds.index(Finished)
+    assert kinds[-1] is Saved and events[-1].path == tmp_path / "m"
+    assert [e.step for e in events if isinstance(e, Evaluated)] == [10, 20, 30, 40, 50]
+    assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [20, 40]
+    assert capsys.readouterr().err == ""  # the library said nothing itself
+    json.dumps([dataclasses.asdict(e) for e in events], default=str)  # as a server would send them
+
+
+def test_a_stopped_run_says_where_everything_is_and_the_cli_adds_how_to_resume(corpus_file, tmp_path):
+
+    events = []
+    opts = TrainOptions(data=DataSource("file", str(corpus_file)), iterations="quick", progress=False,
+                        overrides=dict(TINY_OVERRIDES), out=None, interrupt_root=str(tmp_path / "models"),
+                        stop=StopRequest(at_step=7))
+    result = train(opts, on_event=events.append)
+    (stopped,) = [e for e in events if isinstance(e, Stopped)]
+    assert stopped.step == 7 and stopped.path == result.saved_to and stopped.out is None
+    assert "resume" not in stopped.words()  # command lines are the CLI's words
+    nothing = train(TrainOptions(data=DataSource("file", str(corpus_file)), iterations="quick", progress=False,
+                                 overrides=dict(TINY_OVERRIDES), out=None), on_event=events.append)
+    assert nothing.saved_to is None and isinstance(events[-1], NothingSaved)
+
+
+def test_the_cli_speaks_the_events(capsys, tmp_path):
+    from repytilian.cli.commands import speak
+
+    speak(Stopped("SIGINT", 12, tmp_path / "i", None))
+    speak(Saved(tmp_path / "m"))
+    speak(NothingSaved())
+    err = capsys.readouterr().err
+    assert f"stopped by SIGINT at step 12; saved everything to {tmp_path / 'i'}" in err
+    assert f'resume with: python3 training.py -l {tmp_path / "i"} -m ""' in err
+    assert f"saved the model to {tmp_path / 'm'}; generate with: python3 generate.py -m {tmp_path / 'm'}" in err
+    assert 'nothing saved (-m "")' in err
