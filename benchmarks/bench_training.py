@@ -1,4 +1,4 @@
-"""Training speed and quality per time: the same as `repytilian bench` (see repytilian/bench.py).
+"""Training speed and quality per time: the same as `repytilian bench` (see repytilian/cli/bench.py).
 
     python benchmarks/bench_training.py                       # throughput table for tiny, default, hyper
     python benchmarks/bench_training.py --budget 90 --budget 600 --json train.json

@@ -30,12 +30,21 @@ from repytilian.runtime.cpu import keep_freed_memory
 assert keep_freed_memory() and keep_freed_memory()  # idempotent
 print(default, faults_after_churn())
 """
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    default, tuned = map(int, out.stdout.split())
     # How many faults a 20 MB block costs depends on the kernel (4 KiB pages: ~5,000 each, seen 19k-34k
     # for the ten; transparent huge pages: far fewer): tuned, the blocks are reused and cost next to none.
-    assert tuned * 10 <= default or tuned < 100, (default, tuned)
+    # A kernel that reclaims idle memory behind malloc's back (DAMON, on one VM here: seen once in a
+    # busy suite, tuned 29,297 against 24,414) can fault them in again, so up to three tries: a
+    # tuning that does nothing never passes.
+    seen = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        default, tuned = map(int, out.stdout.split())
+        seen.append((default, tuned))
+        if tuned * 10 <= default or tuned < 100:
+            break
+    else:
+        raise AssertionError(f"freed blocks faulted in again after tuning, three times: {seen}")
 
 
 def write_topology(root, siblings: dict[int, str]):

@@ -86,6 +86,33 @@ def _tiny_model():
     return GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8)), tok
 
 
+def test_a_save_over_a_model_swaps_in_one_step_where_the_system_can(tmp_path, monkeypatch):
+    # Was: two renames, and a kill -9 between them (seen in the kill -9 test) left no folder at -m,
+    # only .m.old-PID, which the next load could not open.
+    import repytilian.store.folder as folder
+    from repytilian.runtime.fileio import exchange_paths
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "x").write_text(d.name)
+    if not exchange_paths(a, b):
+        pytest.skip("this system or filesystem cannot exchange two paths")
+    assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+    model, tok = _tiny_model()
+    target = save_model_dir(tmp_path / "m", model, tok, {"version": "old"})
+    (target / "notes.txt").write_text("mine")
+    real_rename = os.rename
+
+    def never_moving_the_model_aside(src, dst):
+        assert os.fspath(src) != os.fspath(target), "the model was renamed away: a moment without it"
+        return real_rename(src, dst)
+    monkeypatch.setattr(folder.os, "rename", never_moving_the_model_aside)
+    save_model_dir(target, model, tok, {"version": "new"})
+    assert folder.read_config(target)["version"] == "new" and (target / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")] == []
+
+
 def test_a_second_ctrl_c_during_a_save_abandons_it_and_keeps_the_old_model(tmp_path, monkeypatch):
     model, tok = _tiny_model()
     path = save_model_dir(tmp_path / "m", model, tok, {"version": "old"})

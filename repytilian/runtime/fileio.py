@@ -5,7 +5,10 @@ the directory so the rename itself survives a power cut.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -71,3 +74,24 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # linux/fcntl.h, linux/fs.h
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux's renameat2 with RENAME_EXCHANGE): there is no
+    moment at which either name is missing, which two renames cannot promise (a kill -9 between
+    them leaves no folder at the target). False where the system or filesystem cannot do it."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc before 2.28, musl)
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # this filesystem (or kernel) has no exchange: the caller renames twice
+    raise OSError(err, os.strerror(err), str(a))

@@ -35,7 +35,7 @@ from .. import __version__
 from ..config import TrainConfig
 from ..errors import RepytilianError
 from ..model import GPT, ModelConfig
-from ..runtime.fileio import fsync_dir, fsync_tree, pid_alive
+from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive
 from ..tokenizers import Tokenizer, tokenizer_from_json
 from .card import model_card, plot_loss
 from .lock import why_unwritable
@@ -135,6 +135,8 @@ def _clean_leftovers(target: Path) -> None:
                 continue
             if ".old-" in leftover.name and not (target / "config.json").is_file():
                 continue  # the only complete copy: _explain_missing tells the user where it is
+            if (target / "config.json").is_file():
+                _keep_users_files(leftover, target)  # a kill -9 after a swap: the user's files survive
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -199,14 +201,24 @@ def _swap_in(staging: Path, target: Path) -> None:
     if not target.exists():
         os.rename(staging, target)
     else:
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.rename(target, old)
-        os.rename(staging, target)
-        for entry in old.iterdir():  # keep what the user put beside the model (notes, plots)
-            if entry.name not in OUR_ENTRIES:
-                os.rename(entry, target / entry.name)
+        # One atomic exchange where the system has it (the previous model then sits at the staging
+        # name); two renames elsewhere, with a moment in which only `.old-` holds the model.
+        if exchange_paths(staging, target):
+            old = staging
+        else:
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.rename(target, old)
+            os.rename(staging, target)
+        _keep_users_files(old, target)
         shutil.rmtree(old)
     fsync_dir(target.parent)
+
+
+def _keep_users_files(old: Path, target: Path) -> None:
+    """Move what the user put beside the model (notes, plots) from a previous copy into the new one."""
+    for entry in old.iterdir():
+        if entry.name not in OUR_ENTRIES and not (target / entry.name).exists():
+            os.rename(entry, target / entry.name)
 
 
 def interrupted_dir(root: str | Path = "models") -> Path:
