@@ -22,6 +22,8 @@ from .config import (
     ARCHS,
     DEFAULT_MODEL_DIR,
     ITERATIONS,
+    ModelConfig,
+    TrainConfig,
     build_configs,
     check_configs,
     split_overrides,
@@ -292,8 +294,8 @@ class _Run:
     tokenizer: Tokenizer
     data: TokenData
     source: DataSource
-    mcfg: Any
-    tcfg: Any
+    mcfg: ModelConfig
+    tcfg: TrainConfig
     loaded: LoadedModel | None = None
 
 

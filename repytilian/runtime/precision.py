@@ -50,7 +50,7 @@ CPUINFO = Path("/proc/cpuinfo")
 @dataclass(frozen=True)
 class Bf16Support:
     native: bool
-    why: str  # what decided it, in words: "AVX512-BF16/AMX", "torch's CPU capability is AVX2", ...
+    why: str  # what decided it, in words: "native bf16", "torch's CPU capability is AVX2, ...", ...
 
 
 def _cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
