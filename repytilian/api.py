@@ -41,6 +41,8 @@ from .events import (
     Started,
     Stopped,
     in_words,
+    note,
+    notes_to,
 )
 from .interop.trackers import finish_all, log_all, open_trackers
 from .model import GPT
@@ -104,7 +106,7 @@ class LanguageModel:
             return self.tokenizer.start_ids()
         block = self.model.config.block_size
         if len(ids) > block:
-            _say(f"note: the prompt has {len(ids)} tokens; the model sees only the last {block}")
+            note(f"note: the prompt has {len(ids)} tokens; the model sees only the last {block}")
         return ids
 
     def token_batches(self, prompt_ids: list[int], max_new_tokens: int, num_samples: int = 1,
@@ -344,8 +346,13 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say, on_event: Liste
     """Train a new model, or continue a saved one (`opts.load`), and save it to `opts.out`.
 
     What happens is reported as events (events.py) to `on_event`; without one, their words go to
-    `log` (stderr by default)."""
+    `log` (stderr by default), as do the notes of the code it calls (events.note)."""
     report = on_event or in_words(log)
+    with notes_to(report):
+        return _train(opts, report)
+
+
+def _train(opts: TrainOptions, report: Listener) -> TrainResult:
     device = pick_device(opts.device)
     out = Path(opts.out) if opts.out else None
     if out is not None:

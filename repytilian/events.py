@@ -4,10 +4,17 @@
 them into words on stderr, adding what only it knows (the command that resumes a stopped run); a
 server would send them as JSON (`dataclasses.asdict`), a second rank would drop them. `words()` is
 an event's plain sentence, with no command-line flags in it.
+
+Library code outside a training run (reading data, a signal received, a prompt cut to the
+context) says what it has to say through `note()`: to the listener of the innermost `notes_to`
+block of this thread or task, else as a line on stderr.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -134,3 +141,25 @@ Listener = Callable[[Any], None]
 def in_words(log: Callable[[str], None]) -> Listener:
     """A listener that hands each event's words to `log` (e.g. print to stderr)."""
     return lambda event: log(event.words())
+
+
+_note_listener: ContextVar[Listener | None] = ContextVar("repytilian_note_listener", default=None)
+
+
+def note(text: str, kind: str = "note") -> None:
+    """Tell whoever listens for notes (see `notes_to`); by default a line on stderr."""
+    listener = _note_listener.get()
+    if listener is None:
+        print(text, file=sys.stderr, flush=True)
+    else:
+        listener(Note(text, kind))
+
+
+@contextmanager
+def notes_to(listener: Listener | None) -> Iterator[None]:
+    """Within the block, `note()` hands its Note events to `listener` (None: to stderr)."""
+    token = _note_listener.set(listener)
+    try:
+        yield
+    finally:
+        _note_listener.reset(token)

@@ -5,8 +5,8 @@ The lecture builds it in steps; each lives here:
   (tied to it: one matrix both ways), in `GPT.forward`;
 - one head of self-attention: one head's slice of `CausalSelfAttention.c_attn`'s queries, keys
   and values, and `attention.causal_attention` (softmax(q k^T / sqrt(hs)), the future masked);
-- multi-head attention: the `view(B, T, n_head, hs).transpose(1, 2)` in `CausalSelfAttention`,
-  then the heads side by side again and `c_proj`;
+- multi-head attention: the `view(B, T, 3, n_head, hs)` and `permute` in `CausalSelfAttention`
+  (each head its own slice), then the heads side by side again and `c_proj`;
 - the feed-forward layer: `MLP` (4x wider, GELU);
 - residual connections: the `x = x + ...` of `Block.forward`;
 - LayerNorm: `Block.ln_1`, `Block.ln_2` (before each branch: pre-norm) and `transformer.ln_f`;
@@ -20,7 +20,8 @@ GPTs (`--arch modern`, or one at a time with --set): rotary positions, RMSNorm, 
 MLPs, QK-norm, an untied output head.
 
 This module knows nothing of files, tokenizers, devices or number formats: it maps token ids to
-logits. Generation one token at a time goes through decode.py, which adds a KV cache.
+logits. Generation passes a `KVCache` (attention.py) so that each step feeds only the new token;
+decode.py holds that cache and the ways decoding is made fast on a CPU, from outside the model.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from .attention import causal_attention
+from .attention import KVCache, causal_attention
 from .config import ACTIVATION_NAMES, RMS_EPS, ROPE_THETA, ModelConfig  # noqa: F401 (ModelConfig: for importers)
 
 
@@ -65,8 +66,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        self.layer = layer  # its slot in a KV cache
         # query, key and value for all heads in one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -78,18 +80,21 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        # Each head gets its own hs-wide slice of the queries, keys and values: (B, nh, T, hs) each
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        start = 0
+        if cache is not None:  # attend to the positions seen before as well
+            start = cache.length
+            k, v = cache.extend(self.layer, k, v)  # (B, nh, start+T, hs)
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, start)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -117,15 +122,16 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Communication (attention) then computation (MLP), each on a normalised residual branch."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = make_norm(config, config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -138,7 +144,7 @@ class GPT(nn.Module):
         parts = dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
             ln_f=make_norm(config, config.n_embd),
         )
         if config.position == "learned":
@@ -177,32 +183,46 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
 
         `last_only` computes logits for the last position alone (all that sampling needs).
+        With a `cache` (see `new_cache`), idx are the tokens after the cached ones.
         """
         B, T = idx.size()
-        if T > self.config.block_size:
+        start = 0
+        if cache is not None:
+            cache.check_room(T)
+            start = cache.length
+        elif T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
-        if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(torch.arange(T, dtype=torch.long, device=idx.device))
+        if "wpe" in self.transformer:  # the embeddings of positions start..start+T-1
+            x = x + self.transformer.wpe.weight[start:start + T]
         else:
-            rope = (self.rope_cos[:T], self.rope_sin[:T])
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope)
+            x = block(x, rope, cache)
+        if cache is not None:
+            cache.advance(T)
         x = self.transformer.ln_f(x)
         if last_only:
-            x = x[:, [-1], :]  # (B, 1, C)
+            x = x[:, -1:, :]  # (B, 1, C)
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        """An empty KV cache for decoding `batch_size` sequences of up to block_size tokens."""
+        c = self.config
+        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head,
+                       self.lm_head.weight.device)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """Decay the 2-D weights (matmuls, embeddings); never biases or LayerNorm gains."""

@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .data.corpus import TokenData, get_batch
 from .errors import RepytilianError
 from .evaluate import evaluate
-from .events import Evaluated, Listener, Note, in_words
+from .events import Evaluated, Listener, Note, in_words, note
 from .model import GPT
 from .optim import make_optimizer
 from .runtime.cpu import tune_for_training
@@ -107,13 +107,13 @@ class StopRequest:
         name = signal.Signals(signum).name
         if self.saving:
             if signum == signal.SIGINT:  # the impatient second Ctrl+C: give up this save, cleanly
-                print("\nCtrl+C again: abandoning the save; earlier saved models are untouched", file=sys.stderr)
+                note("\nCtrl+C again: abandoning the save; earlier saved models are untouched")
                 raise KeyboardInterrupt
-            print(f"\n{name}: still saving, please wait (Ctrl+C abandons the save)", file=sys.stderr)
+            note(f"\n{name}: still saving, please wait (Ctrl+C abandons the save)")
             return
         if self.reason is None:
-            print(f"\n{name} received: finishing this step, then saving "
-                  "(press Ctrl+C again during the save to abandon it)", file=sys.stderr)
+            note(f"\n{name} received: finishing this step, then saving "
+                 "(press Ctrl+C again during the save to abandon it)")
         self.request(name)
 
     def __enter__(self) -> "StopRequest":

@@ -59,3 +59,26 @@ def test_the_cli_speaks_the_events(capsys, tmp_path):
     assert f'resume with: python3 training.py -l {tmp_path / "i"} -m ""' in err
     assert f"saved the model to {tmp_path / 'm'}; generate with: python3 generate.py -m {tmp_path / 'm'}" in err
     assert 'nothing saved (-m "")' in err
+
+
+def test_notes_of_the_code_training_calls_go_to_its_listener_too(tmp_path, capsys):
+    """Reading data is outside the Trainer: its notes (here, a skipped binary file) reach
+    on_event as Note events, not stderr, so a server or a second rank can drop or forward them."""
+    from conftest import make_corpus
+
+    from repytilian.events import Note, note, notes_to
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "play.txt").write_text(make_corpus())
+    (folder / "picture.bin").write_bytes(bytes(range(256)) * 4)
+    events = []
+    train(TrainOptions(data=DataSource("dir", str(folder)), iterations="quick", progress=False,
+                       overrides=dict(TINY_OVERRIDES), out=None), on_event=events.append)
+    assert any(isinstance(e, Note) and "skipped 1" in e.text for e in events)
+    assert capsys.readouterr().err == ""
+    heard = []
+    with notes_to(heard.append):
+        note("inside")
+    note("outside")
+    assert [e.text for e in heard] == ["inside"] and capsys.readouterr().err == "outside\n"

@@ -171,3 +171,37 @@ def test_rope_makes_attention_depend_on_relative_positions_only():
     q, k = torch.randn(8), torch.randn(8)
     scores = [(apply_rope(q, cos[i + 3], sin[i + 3]) @ apply_rope(k, cos[i], sin[i])).item() for i in range(20)]
     assert max(scores) - min(scores) < 1e-4
+
+
+@pytest.mark.parametrize("arch", [dict(), dict(position="rope", qk_norm=True)])
+def test_the_model_with_a_kv_cache_gives_its_logits_without_one_in_chunks_of_any_size(arch):
+    """One forward pass: GPT.forward with a cache (prefill, then chunks that start after cached
+    positions and so need a mask, then single tokens) equals the whole sequence at once."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, **arch)).eval()
+    idx = torch.randint(11, (2, 16))
+    full, _ = model(idx)
+    cache = model.new_cache(batch_size=2)
+    pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 4), (4, 7), (7, 8), (8, 13), (13, 16)]]
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+    assert cache.length == 16
+    with pytest.raises(ValueError, match="holds 16 positions; 17"):
+        model(idx[:, :1], cache=cache)
+
+
+def test_decoding_leaves_the_model_as_it_was_and_shares_its_weights():
+    from repytilian.decode import Decoder
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [type(m) for m in model.modules()]
+    decoder = Decoder(model, dtype=torch.bfloat16)
+    decoder.forward(torch.zeros(1, 3, dtype=torch.long))
+    assert [type(m) for m in model.modules()] == modules
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert decoder.model.transformer.wte.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # shared
+    model.train()
+    _, loss = model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+    loss.backward()  # the model still trains after a decoder was made from it
+    assert model.lm_head.weight.grad is not None

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import RepytilianError
+from ..events import note
 from ..runtime.fileio import read_user_file
 
 LAYOUTS = ("sequence", "sequences")
@@ -131,8 +131,8 @@ def read_json_corpus(kind: str, value: str, key: str | None = None, val_key: str
             val.extend(s for s in v if s)
         digest.update(text.encode("utf-8"))
         chars += len(text)
-    for note in notes[:3]:
-        print(f"note: {note}", file=sys.stderr)
+    for text in notes[:3]:
+        note(f"note: {text}")
     where = value if kind == "file" else f"the .json files under {value}"
     if not train:
         raise RepytilianError(f"{where}: no tokens to train on (every sequence is empty)")

@@ -9,12 +9,12 @@ the text is needed (tokenizer training, encoding), and keyed by the hash of thei
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RepytilianError
+from ..events import note
 from ..tokenizers.base import CHUNK_CHARS, last_safe_cut
 
 READ_BYTES = 8 << 20  # bytes read at a time: large enough for speed, small against memory
@@ -92,7 +92,7 @@ def note_skipped(root: Path, skipped: Sequence[Path]) -> None:
     if skipped:
         names = ", ".join(str(s.relative_to(root)) for s in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        print(f"note: skipped {len(skipped)} empty, binary or non-UTF-8 file(s) in {root}: {names}{more}", file=sys.stderr)
+        note(f"note: skipped {len(skipped)} empty, binary or non-UTF-8 file(s) in {root}: {names}{more}")
 
 
 @dataclass(frozen=True)

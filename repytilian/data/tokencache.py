@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import RepytilianError
+from ..events import note
 from ..runtime.fileio import atomic_write_bytes, fsync_dir, pid_alive
 from ..runtime.paths import cache_dir, progress_wanted
 from ..runtime.progress import progress
@@ -44,8 +44,6 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _progress(corpus: TextFiles, what: str):
@@ -69,7 +67,7 @@ def cached_tokenizer(corpus: TextFiles, cls: type[Tokenizer], options: dict[str,
             return cls.from_json(path.read_text(encoding="utf-8"), str(path))
         except (RepytilianError, OSError, UnicodeDecodeError):
             pass  # a damaged entry is built again
-    _say(f"training the {cls.name} tokenizer on {corpus.size_bytes / 2**20:,.0f} MB of text, read piece by piece")
+    note(f"training the {cls.name} tokenizer on {corpus.size_bytes / 2**20:,.0f} MB of text, read piece by piece")
     with _progress(corpus, "tokenizer") as bar:
         tokenizer = cls.train_chunks(_counted(corpus.chunks(), bar), **options)
     try:
@@ -92,10 +90,10 @@ def cached_ids(corpus: TextFiles, tokenizer: Tokenizer) -> np.ndarray:
     ids_path, meta_path = folder / f"{name}.bin", folder / f"{name}.json"
     ids = _open_ids(ids_path, meta_path)
     if ids is not None:
-        _say(f"token ids from the cache: {ids_path}")
+        note(f"token ids from the cache: {ids_path}")
         return ids
     _remove_abandoned(folder)
-    _say(f"encoding {corpus.size_bytes / 2**20:,.0f} MB of text into {ids_path}")
+    note(f"encoding {corpus.size_bytes / 2**20:,.0f} MB of text into {ids_path}")
     dtype = tokenizer.id_dtype.newbyteorder("<")
     tmp = folder / f".{name}.{os.getpid()}.tmp"
     tokens = 0

@@ -202,6 +202,23 @@ def decoding_dtype_candidates(device: torch.device) -> tuple[torch.dtype, ...]:
     return (torch.float32, torch.bfloat16) if fast_bf16(device) else (torch.float32,)
 
 
+# Decoding one token at a time is overhead-bound below this width: bf16 only adds conversions.
+BF16_DECODING_MIN_WIDTH = 256
+
+
+def decoding_dtype(device: torch.device, width: int, seconds_per_token) -> torch.dtype:
+    """The format of the matrices for generating on `device` with a model `width` wide: bf16 on a
+    GPU that has it; on a CPU, float32 unless bf16 is native, the model wide enough for the
+    weights' bytes to matter, and `seconds_per_token(dtype)` (a bounded timing) says bf16 is faster."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    candidates = decoding_dtype_candidates(device)
+    if device.type != "cpu" or width < BF16_DECODING_MIN_WIDTH or len(candidates) == 1:
+        return torch.float32
+    timings = {dtype: seconds_per_token(dtype) for dtype in candidates}
+    return min(timings, key=timings.get)
+
+
 # The measured choice is remembered per machine and model shape, so that the same seed on the same
 # machine trains the same model even when a noisy timing would have tipped the other way. The key
 # names the CPU's capability and oneDNN's cap too: the same processor told to act as an AVX2-only
