@@ -29,7 +29,7 @@ from .config import (
     split_overrides,
 )
 from .data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
-from .errors import RepytilianError
+from .errors import RepytilianError, SettingError
 from .events import (
     CheckpointSaved,
     Finished,
@@ -115,7 +115,7 @@ class LanguageModel:
         """Per step, the new id of each sample, or None for a sample that has ended (end token)."""
         opts = SamplingOptions(**sampling)
         if max_time is not None and max_time <= 0:
-            raise RepytilianError(f"--max-time must be more than 0 seconds, got {max_time}")
+            raise SettingError("max_time", f"must be more than 0 seconds, got {max_time}")
         deadline = None if max_time is None else time.perf_counter() + max_time
         eos = self.tokenizer.eos_id
         ended = [False] * num_samples
@@ -252,7 +252,7 @@ def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
     if opts.iterations is not None:
         preset = ITERATIONS.get(opts.iterations)
         if preset is None:
-            raise RepytilianError(f"unknown -i/--iterations preset {opts.iterations!r}; choose one of: {', '.join(ITERATIONS)}")
+            raise SettingError("iterations", f"unknown {{setting}} preset {opts.iterations!r}; choose one of: {', '.join(ITERATIONS)}")
         tcfg = dataclasses.replace(tcfg, **preset)
     if train_over.get("optimizer", tcfg.optimizer) != tcfg.optimizer:
         raise RepytilianError(
@@ -331,7 +331,7 @@ def _resumed_run(opts: TrainOptions, device: torch.device) -> _Run:
         )
     mcfg, tcfg = _resume_setup(opts, loaded)
     if any(v is not None for v in opts.tokenizer_options.values()):
-        raise RepytilianError("the tokenizer of a saved model cannot change; drop --vocab-size with -l")
+        raise SettingError("vocab_size", "cannot be given when continuing a saved model: its tokenizer cannot change")
     saved_source = loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"})
     source = opts.data or DataSource.from_dict(saved_source)
     corpus = load_corpus(source, loaded.tokenizer.input_format)

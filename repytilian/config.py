@@ -121,7 +121,7 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be {' or '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon" and self.dtype == "float16":
-            raise ValueError("--optimizer muon does not work with float16 (its gradient scaler); use bfloat16")
+            raise ValueError("optimizer muon does not work with float16 (its gradient scaler); use dtype bfloat16")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:

@@ -10,3 +10,19 @@ EXIT_USER_ERROR = 2  # the exit code of a command stopped by a RepytilianError
 
 class RepytilianError(Exception):
     """A problem with the user's input, files or environment, with a message that says how to fix it."""
+
+
+class SettingError(RepytilianError):
+    """A setting has a value that cannot work. `setting` is its name in the library (a config
+    field or a sampling option, e.g. "top_k"), so each caller says it in its own terms: the command
+    line as its flag (--top-k), a server as the request's parameter. The message is `problem` after
+    the setting's name, or with the name where `problem` says "{setting}"."""
+
+    def __init__(self, setting: str, problem: str):
+        self.setting, self.problem = setting, problem
+        super().__init__(self.in_terms_of(setting))
+
+    def in_terms_of(self, name: str) -> str:
+        if "{setting}" in self.problem:
+            return self.problem.replace("{setting}", name)
+        return f"{name} {self.problem}"

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from .config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from .decode import Decoder, choose_dtype
-from .errors import RepytilianError
+from .errors import RepytilianError, SettingError
 from .model import GPT
 
 KEEP_FRACTION = 0.5  # after a slide the model sees half a block, then a growing context; a re-prefill every block/2 tokens
@@ -36,18 +36,18 @@ class SamplingOptions:
 
     def validate(self) -> None:
         if not self.temperature >= 0:  # also catches NaN
-            raise RepytilianError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
+            raise SettingError("temperature", f"must be 0 (greedy) or more, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
-            raise RepytilianError(f"--top-k must be at least 1, got {self.top_k}")
+            raise SettingError("top_k", f"must be at least 1, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise RepytilianError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise SettingError("top_p", f"must be in (0, 1], got {self.top_p}")
 
 
 def check_lengths(max_new_tokens: int, num_samples: int = 1) -> None:
     if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise RepytilianError(f"the number of tokens must be between 0 and {MAX_NEW_TOKENS:,}, got {max_new_tokens:,}")
     if not 1 <= num_samples <= MAX_SAMPLES:
-        raise RepytilianError(f"--num-samples must be between 1 and {MAX_SAMPLES}, got {num_samples}")
+        raise SettingError("num_samples", f"must be between 1 and {MAX_SAMPLES}, got {num_samples}")
 
 
 def choose_next(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None) -> torch.Tensor:

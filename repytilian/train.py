@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .config import TrainConfig
 from .data.corpus import TokenData, get_batch
-from .errors import RepytilianError
+from .errors import RepytilianError, SettingError
 from .evaluate import evaluate
 from .events import Evaluated, Listener, Note, in_words, note
 from .model import GPT
@@ -419,8 +419,8 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise RepytilianError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RepytilianError("--device cuda was asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+        raise SettingError("device", "cuda was asked for, but this PyTorch sees no CUDA GPU; use cpu")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RepytilianError("--device mps was asked for, but MPS is not available here; use --device cpu")
+        raise SettingError("device", "mps was asked for, but MPS is not available here; use cpu")
     return device
 

@@ -8,7 +8,7 @@ from repytilian import load_model
 from repytilian.api import TrainOptions, train
 from repytilian.data import DataSource
 from repytilian.decode import Decoder
-from repytilian.errors import RepytilianError
+from repytilian.errors import RepytilianError, SettingError
 from repytilian.model import GPT, ModelConfig
 from repytilian.sampling import SamplingOptions, StopFilter, sample_ids
 
@@ -80,15 +80,20 @@ def test_a_batch_of_samples_differs_but_repeats_with_the_seed():
     assert len({tuple(row.tolist()) for row in batch}) > 1
 
 
-@pytest.mark.parametrize("opts, message", [
-    (dict(temperature=-0.1), "--temperature must be 0"),
-    (dict(top_p=0.0), "--top-p must be in"),
-    (dict(top_p=1.5), "--top-p must be in"),
-    (dict(top_k=0), "--top-k must be at least 1"),
+@pytest.mark.parametrize("opts, setting, message", [
+    (dict(temperature=-0.1), "temperature", "--temperature must be 0"),
+    (dict(top_p=0.0), "top_p", "--top-p must be in"),
+    (dict(top_p=1.5), "top_p", "--top-p must be in"),
+    (dict(top_k=0), "top_k", "--top-k must be at least 1"),
 ])
-def test_bad_sampling_options(opts, message):
-    with pytest.raises(RepytilianError, match=message):
+def test_bad_sampling_options(opts, setting, message):
+    """The library names the setting (as a server's JSON would); the command line, its flag."""
+    from repytilian.cli.flags import in_flags
+
+    with pytest.raises(SettingError) as caught:
         next(sample_ids(random_model(), [1], 5, SamplingOptions(**opts)))
+    assert caught.value.setting == setting and str(caught.value).startswith(f"{setting} ")
+    assert in_flags(caught.value).startswith(message)
 
 
 def test_stop_filter_never_shows_part_of_a_stop_string():

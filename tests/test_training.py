@@ -148,7 +148,7 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error_before_training(corpus
     import sys
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail
-    with pytest.raises(RepytilianError, match="--wandb needs the wandb package: pip install wandb"):
+    with pytest.raises(RepytilianError, match="^wandb needs the wandb package: pip install wandb"):
         train(options(corpus_file, tmp_path, wandb=True))
     assert not (tmp_path / "model").exists()
 

@@ -34,6 +34,7 @@ from ..data.datasets import dataset_path
 from ..errors import EXIT_USER_ERROR, RepytilianError
 from ..runtime.cpu import cpu_name, tune_for_training
 from ..runtime.precision import DTYPES, cpu_bf16, machine_summary, resolve_dtype
+from .flags import in_flags
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(json.dumps(_measure_one(args.one[0], args.one[1:])))
         except RepytilianError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {in_flags(e)}", file=sys.stderr)
             return EXIT_USER_ERROR
         return 0
     # Mistakes that would only show after minutes of timing are found first.

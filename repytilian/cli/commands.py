@@ -22,6 +22,7 @@ from ..config import (
 )
 from ..errors import EXIT_USER_ERROR, RepytilianError
 from ..runtime.paths import progress_wanted
+from .flags import in_flags
 
 
 def _nonnegative_int(text: str) -> int:
@@ -387,7 +388,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except RepytilianError as e:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {in_flags(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:  # outside training (which saves on Ctrl+C): just stop
         print("\ninterrupted", file=sys.stderr)

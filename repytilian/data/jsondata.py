@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import RepytilianError
+from ..errors import RepytilianError, SettingError
 from ..events import note
 from ..runtime.fileio import read_user_file
 
@@ -101,7 +101,7 @@ def _expect_list(value: Any, where: str) -> list[Any]:
 def read_json_corpus(kind: str, value: str, key: str | None = None, val_key: str | None = None,
                      layout: str | None = None) -> JsonCorpus:
     if layout is not None and layout not in LAYOUTS:
-        raise RepytilianError(f"--json-layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        raise SettingError("json_layout", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if kind == "file":
         files = [Path(value)]
         if files[0].is_dir():

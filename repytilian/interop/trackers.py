@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..errors import RepytilianError
+from ..errors import RepytilianError, SettingError
 
 SCALARS = ("train_loss", "val_loss", "lr", "tokens", "time")
 
@@ -27,7 +27,7 @@ class WandbTracker:
         try:
             import wandb
         except ImportError:
-            raise RepytilianError("--wandb needs the wandb package: pip install wandb") from None
+            raise SettingError("wandb", "needs the wandb package: pip install wandb") from None
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "repytilian"), name=name, config=config)
 
     def log(self, entry: dict[str, Any]) -> None:
@@ -44,7 +44,7 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise RepytilianError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            raise SettingError("tensorboard", "needs the tensorboard package: pip install tensorboard") from None
         try:
             self.writer = SummaryWriter(log_dir=log_dir)
         except OSError as e:

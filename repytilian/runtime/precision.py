@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..config import DTYPE_CHOICES
-from ..errors import RepytilianError
+from ..errors import SettingError
 from ..model import GPT
 from .cpu import cpu_name
 from .fileio import atomic_write_bytes
@@ -161,9 +161,9 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int,
                   warn: Callable[[str], None] | None = None) -> str:
     """The dtype to train in, as a name: `auto` becomes float32, bfloat16 or float16."""
     if name == "float16" and device.type != "cuda":
-        raise RepytilianError("--dtype float16 is for CUDA GPUs; use bfloat16 or float32 here")
+        raise SettingError("dtype", "float16 is for CUDA GPUs; use bfloat16 or float32 here")
     if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise RepytilianError("this GPU has no bfloat16; use --dtype float16 or float32")
+        raise SettingError("dtype", "bfloat16 is not supported by this GPU; use float16 or float32")
     if name == "bfloat16" and device.type == "cpu" and not cpu_bf16().native and warn is not None:
         warn(f"warning: this CPU has no native bf16 ({cpu_bf16().why}); a bf16 matmul measured "
              f"{bf16_slowdown():.0f}x slower than float32 here, so training in bfloat16 will be slow "

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RepytilianError
+from ..errors import RepytilianError, SettingError
 from .base import Tokenizer, reject_options, text_chunks
 
 DEFAULT_VOCAB_SIZE = 512
@@ -49,7 +49,7 @@ class BPETokenizer(Tokenizer):
         reject_options(cls.name, options)
         vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
         if vocab_size < MIN_VOCAB_SIZE:
-            raise RepytilianError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} for byte-level BPE, got {vocab_size}")
+            raise SettingError("vocab_size", f"must be at least {MIN_VOCAB_SIZE} for byte-level BPE, got {vocab_size}")
         hf = tk.Tokenizer(tk.models.BPE())
         # No prefix space and no offset trimming: nothing is added or dropped, so decoding is exact.
         hf.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
