@@ -324,14 +324,15 @@ def _fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> _R
 def _resumed_run(opts: TrainOptions, device: torch.device) -> _Run:
     """A saved model with its optimiser state, its tokenizer, and its data unless other data is given."""
     loaded = load_model_dir(opts.load, device, with_trainer=True)
-    if opts.tokenizer and opts.tokenizer != loaded.tokenizer.name:
+    if opts.tokenizer and tokenizer_class(opts.tokenizer).name != loaded.tokenizer.name:
         raise RepytilianError(
             f"{opts.load} was trained with the {loaded.tokenizer.name!r} tokenizer, not {opts.tokenizer!r}; "
             f"drop -z (or use -z {loaded.tokenizer.name}) to continue it"
         )
     mcfg, tcfg = _resume_setup(opts, loaded)
-    if any(v is not None for v in opts.tokenizer_options.values()):
-        raise SettingError("vocab_size", "cannot be given when continuing a saved model: its tokenizer cannot change")
+    given = [k for k, v in opts.tokenizer_options.items() if v is not None]
+    if given:
+        raise SettingError(given[0], "cannot be given when continuing a saved model: its tokenizer cannot change")
     saved_source = loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"})
     source = opts.data or DataSource.from_dict(saved_source)
     corpus = load_corpus(source, loaded.tokenizer.input_format)

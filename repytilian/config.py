@@ -21,8 +21,8 @@ from .errors import RepytilianError
 
 DEFAULT_MODEL_DIR = "models/shakespeare/basic"
 ACTIVATION_NAMES = ("gelu", "relu", "relu2", "swiglu")  # model.ACTIVATIONS maps them to functions
-POSITIONS = ("learned", "rope")
-NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope", "none")  # none: the lecture's bigram model sees no positions
+NORMS = ("layernorm", "rmsnorm", "none")  # none: the lecture's steps before LayerNorm
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
 RMS_EPS = 1e-6  # Llama's
@@ -51,6 +51,9 @@ class ModelConfig:
     position: str = "learned"  # position embeddings (GPT-2), or "rope": rotary, applied to queries and keys
     norm: str = "layernorm"  # or "rmsnorm" (no mean, no bias)
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+    # The lecture's steps towards the GPT (--arch bigram, one-head, ...); both True in a GPT
+    residual: bool = True  # each block adds its branches to the stream (x = x + f(x)), not replaces it
+    mlp: bool = True  # each block has a feed-forward layer after its attention
 
     @property
     def mlp_hidden(self) -> int:
@@ -62,9 +65,11 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError for shapes no model can have (the CLI turns this into a clear error)."""
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_layer < 0 or (self.n_layer == 0 and self.position != "none"):
+            raise ValueError(f"n_layer must be at least 1 (0 only for the bigram model), got {self.n_layer}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
@@ -181,7 +186,28 @@ TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 # Architectures (model fields on top of any -s preset). "classic" is the lecture's GPT (GPT-2's
 # layout; biases as the preset says: GPT-2 has them, nanoGPT's `tiny` recipe not); "modern" swaps
 # in what later GPTs use, chosen by measurement (README, "Architecture").
+# The lecture's steps, from the bigram table to the GPT (`repytilian ladder` trains each in turn):
+# what each adds is in LECTURE_STEPS. The table is kept as two matrices (wte, lm_head untied), whose
+# product can be any vocab x vocab table when n_embd is at least the vocabulary.
+_BEFORE_BLOCKS = {"n_layer": 1, "residual": False, "mlp": False, "norm": "none", "dropout": 0.0,
+                  "position": "learned", "tie_embeddings": False}
+LECTURE_STEPS: dict[str, dict[str, Any]] = {
+    "bigram": {"n_layer": 0, "position": "none", "norm": "none", "tie_embeddings": False, "dropout": 0.0},
+    "one-head": {**_BEFORE_BLOCKS, "n_head": 1},
+    "multi-head": {**_BEFORE_BLOCKS, "n_head": 4},
+    "feed-forward": {**_BEFORE_BLOCKS, "n_head": 4, "mlp": True},
+    "blocks": {"residual": True, "mlp": True, "norm": "layernorm", "dropout": 0.0, "tie_embeddings": False},
+}
+LECTURE_STEP_ABOUT = {
+    "bigram": "a table of next-token scores, read by the current token alone",
+    "one-head": "+ positions and one head of self-attention: tokens look back at each other",
+    "multi-head": "+ several heads side by side, each a slice of the width",
+    "feed-forward": "+ a feed-forward layer: each token thinks about what it gathered",
+    "blocks": "+ several blocks with residual connections and LayerNorm",
+    "classic": "+ dropout: the GPT",
+}
 ARCHS: dict[str, dict[str, Any]] = {
+    **LECTURE_STEPS,
     "classic": {"position": "learned", "norm": "layernorm", "activation": "gelu", "tie_embeddings": True},
     "modern": {"position": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False,
                "tie_embeddings": True},

@@ -95,7 +95,7 @@ def for_decoding(model: GPT, dtype: torch.dtype) -> GPT:
     is untouched."""
     shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}  # deepcopy keeps these as they are
     fast = copy.deepcopy(model, memo=shared).eval()
-    inside_blocks = [m for b in fast.transformer.h for m in (b, b.attn, b.mlp)]
+    inside_blocks = [m for b in fast.transformer.h for m in (b, b.attn, b.mlp) if m is not None]
     for parent in [fast, fast.transformer, *inside_blocks]:
         for name, child in list(parent.named_children()):
             if name == "wpe":

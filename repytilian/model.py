@@ -2,7 +2,8 @@
 
 The lecture builds it in steps; each lives here:
 - the bigram model (a table of next-token scores): `transformer.wte`, read back through `lm_head`
-  (tied to it: one matrix both ways), in `GPT.forward`;
+  (tied to it: one matrix both ways), in `GPT.forward`; `--arch bigram` is that model alone (no
+  blocks, no positions; wte and lm_head untied, so that their product is any table);
 - one head of self-attention: one head's slice of `CausalSelfAttention.c_attn`'s queries, keys
   and values, and `attention.causal_attention` (softmax(q k^T / sqrt(hs)), the future masked);
 - multi-head attention: the `view(B, T, 3, n_head, hs)` and `permute` in `CausalSelfAttention`
@@ -11,6 +12,8 @@ The lecture builds it in steps; each lives here:
 - residual connections: the `x = x + ...` of `Block.forward`;
 - LayerNorm: `Block.ln_1`, `Block.ln_2` (before each branch: pre-norm) and `transformer.ln_f`;
 - dropout: `transformer.drop`, the attention weights, `resid_dropout`, `MLP.dropout`;
+- the steps in between (`--arch one-head`, `multi-head`, `feed-forward`, `blocks`; config.py's
+  LECTURE_STEPS) switch parts off: `ModelConfig.residual`, `.mlp`, `norm="none"`;
 - positions: `transformer.wpe`, a learned embedding per position, added to the tokens'.
 
 Notable choices: nanoGPT's names and initialisation (normal 0.02, residual projections scaled by
@@ -47,6 +50,8 @@ assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # config.py lists them without im
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(dim, eps=RMS_EPS)
+    if config.norm == "none":  # the lecture's steps before LayerNorm
+        return nn.Identity()
     return nn.LayerNorm(dim, bias=config.bias)
 
 
@@ -127,12 +132,17 @@ class Block(nn.Module):
         self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config, config.n_embd)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config) if config.mlp else None
+        self.residual = config.residual
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
+        if not self.residual:  # the lecture's steps before residual connections: each layer replaces x
+            x = self.attn(self.ln_1(x), rope, cache)
+            return x if self.mlp is None else self.mlp(self.ln_2(x))
         x = x + self.attn(self.ln_1(x), rope, cache)
-        x = x + self.mlp(self.ln_2(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln_2(x))
         return x
 
 
@@ -149,7 +159,7 @@ class GPT(nn.Module):
         )
         if config.position == "learned":
             parts["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:  # computed, not learned: not saved with the weights
+        elif config.position == "rope":  # computed, not learned: not saved with the weights
             cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
@@ -202,7 +212,7 @@ class GPT(nn.Module):
         rope = None
         if "wpe" in self.transformer:  # the embeddings of positions start..start+T-1
             x = x + self.transformer.wpe.weight[start:start + T]
-        else:
+        elif self.config.position == "rope":
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.transformer.drop(x)
         for block in self.transformer.h:

@@ -20,7 +20,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     assert report["matmul_gflops"]["float32"] > 0
     assert "training loop overhead at tiny" in r.stdout
     loop = report["loop_overhead"]
-    assert loop["step_ms"] > 0 and 0 < loop["batch_pct"] < 100 and loop["loop_pct"] < 100
+    # batch_pct is rounded: on a busy machine a step can be so slow that the batch share shows 0.00
+    assert loop["step_ms"] > 0 and loop["batch_ms"] > 0 and 0 <= loop["batch_pct"] < 100 and loop["loop_pct"] < 100
     assert loop["dtype"] in ("float32", "bfloat16")
 
 

@@ -178,3 +178,60 @@ def test_gpt2_with_a_local_encoding_round_trips_and_saves(monkeypatch):
     assert tok.vocab_size == 258
     assert tok.decode(tok.encode("the theme 😀")) == "the theme 😀"
     assert tokenizer_from_json(tok.to_json()).encode("the") == [257]
+
+
+# --- the original Repytilian's names: tiktoken (o200k_base) and jsontoken ------------------------
+
+def small_encoding_named(name: str):
+    import tiktoken
+
+    base = small_gpt2_like_encoding()
+    return tiktoken.Encoding(name=name, pat_str=base._pat_str, mergeable_ranks=base._mergeable_ranks,
+                             special_tokens={})
+
+
+def test_tiktoken_uses_the_seeds_o200k_base_unless_told_another_encoding(monkeypatch):
+    from repytilian.tokenizers import TiktokenTokenizer, tokenizer_class
+
+    asked = []
+    monkeypatch.setattr(gpt2_module, "load_encoding", lambda name: asked.append(name) or small_encoding_named(name))
+    assert tokenizer_class("tiktoken") is TiktokenTokenizer
+    seed_default = TiktokenTokenizer.train("ignored")
+    other = TiktokenTokenizer.train("ignored", encoding="cl100k_base")
+    assert asked == ["o200k_base", "cl100k_base"]
+    again = tokenizer_from_json(other.to_json())  # the saved encoding is the one loaded back
+    assert asked[-1] == "cl100k_base" and again.decode(again.encode("the end")) == "the end"
+    assert seed_default.to_dict() == {"encoding": "o200k_base"}
+    with pytest.raises(RepytilianError, match="--encoding does not apply to the gpt2 tokenizer"):
+        GPT2Tokenizer.train("ignored", encoding="o200k_base")
+
+
+def test_tiktoken_without_its_encoding_is_one_line_naming_the_cache_and_bpe(tmp_path, monkeypatch):
+    from conftest import run_script
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("REPYTILIAN_OFFLINE", "1")
+    (tmp_path / "t.txt").write_text("some text to train on\n" * 50)
+    r = run_script("training.py", "-d", str(tmp_path / "t.txt"), "-z", "tiktoken", "-m", "", cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "'o200k_base'" in line and "TIKTOKEN_CACHE_DIR" in line and "-z bpe" in line
+    unknown = run_script("training.py", "-d", str(tmp_path / "t.txt"), "-z", "tiktoken", "--encoding", "nope",
+                         "-m", "", cwd=tmp_path)
+    assert unknown.returncode == 2 and "no encoding 'nope'" in unknown.stderr
+
+
+def test_jsontoken_is_the_json_tokenizer_under_the_seeds_name(tmp_path):
+    import json as jsonlib
+
+    from conftest import run_script
+    data = tmp_path / "music.json"
+    data.write_text(jsonlib.dumps([[["C4", 1], ["E4", 1], ["G4", 2]] * 30]))
+    r = run_script("training.py", "-d", str(data), "-z", "jsontoken", "-s", "tiny", "-i", "quick",
+                   "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=2", "--set", "block_size=8",
+                   "-t", "0", "-m", str(tmp_path / "m"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert jsonlib.loads((tmp_path / "m" / "config.json").read_text())["tokenizer"] == "json"
+    again = run_script("training.py", "-l", str(tmp_path / "m"), "-z", "jsontoken", "-i", "quick", "-t", "0",
+                       "-m", str(tmp_path / "m"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # -l with the seed's name for the same tokenizer

@@ -23,6 +23,8 @@ from ..config import (
 from ..errors import EXIT_USER_ERROR, RepytilianError
 from ..runtime.paths import progress_wanted
 from .flags import in_flags
+from .ladder import add_arguments as add_ladder_arguments
+from .ladder import ladder_command
 
 
 def _nonnegative_int(text: str) -> int:
@@ -81,7 +83,9 @@ def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None 
     parser.add_argument("-i", "--iterations", default=None,
                         help="how long to train: quick, default, long, forever (until stopped)")
     parser.add_argument("-z", "--tokenizer", default=None,
-                        help="characters (default), words, bpe, json or gpt2")
+                        help="characters (default), words, bpe, json (or jsontoken), tiktoken (o200k_base) or gpt2")
+    parser.add_argument("--encoding", default=None, metavar="NAME",
+                        help="-z tiktoken: which tiktoken encoding (default o200k_base, as the original Repytilian)")
     parser.add_argument("--vocab-size", type=_positive_int, default=None,
                         help="vocabulary size for -z bpe (default 512)")
     parser.add_argument("--json-key", help="-z json: the key of a top-level object that holds the sequences")
@@ -154,7 +158,7 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
     elif args.json_key or args.json_val_key or args.json_layout:
         raise RepytilianError("--json-key, --json-val-key and --json-layout need JSON data: give -d FILE or -p DIR")
     return TrainOptions(
-        data=data, tokenizer=args.tokenizer, tokenizer_options={"vocab_size": args.vocab_size},
+        data=data, tokenizer=args.tokenizer, tokenizer_options={"vocab_size": args.vocab_size, "encoding": args.encoding},
         settings=args.settings, arch=args.arch, iterations=args.iterations,
         overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
         progress=not args.no_progress and progress_wanted(),
@@ -468,6 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="hf: a GPT-2 folder for transformers' AutoModelForCausalLM and AutoTokenizer")
     p_export.add_argument("out", help="the new folder")
     p_export.set_defaults(handler=export_command)
+    p_ladder = sub.add_parser("ladder", parents=[debug],
+                              help="the lecture's steps from a bigram table to the GPT, each trained as long, "
+                                   "compared in one table")
+    add_ladder_arguments(p_ladder)
+    p_ladder.set_defaults(handler=ladder_command)
     p_bench = sub.add_parser("bench", add_help=False,
                              help="measure training speed and quality per time here (repytilian bench --help)")
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)

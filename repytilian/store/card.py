@@ -101,9 +101,15 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
     elif last:
         lines.append(f"| last evaluation | step {last.get('step')}: train {last.get('train_loss')}, "
                      f"val {last.get('val_loss')} (training was not finished) |")
+    weights = meta.get("weights")
+    if weights:
+        lines.append(f"| weights | stored in {weights['dtype']}: whole-split val loss {weights['val_loss_float32']:.4f} "
+                     f"in float32, {weights['val_loss_stored']:.4f} as stored |")
     lines += ["", "![loss](loss.png)", "",
               "Generate: `python3 generate.py -m <this folder>`; continue training: "
               "`python3 training.py -l <this folder>`."]
+    if meta.get("retrain"):
+        lines += ["", f"Trained from scratch again, and this card rewritten, by `{meta['retrain']}`."]
     if sample:
         lines += ["", "## A sample", "", "```", sample.strip("\n")[:2000], "```"]
     return "\n".join(lines) + "\n"

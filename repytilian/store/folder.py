@@ -107,10 +107,14 @@ def _write_trainer_state(folder: Path, trainer_state: dict[str, Any]) -> None:
 
 
 def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
-                   trainer_state: dict[str, Any] | None = None, card: bool = False, sample: str | None = None) -> Path:
+                   trainer_state: dict[str, Any] | None = None, card: bool = False, sample: str | None = None,
+                   metrics: list[dict[str, Any]] | None = None) -> Path:
     """Write a complete model directory at `path`, atomically replacing any model there.
 
     `trainer_state` is a Trainer.state_dict() (plain data and tensors): with it, `-l` continues exactly.
+    `metrics` (the evaluations, for metrics.jsonl and the loss plot) are the trainer state's if not given.
+    The weights are stored in the dtype the model holds them in (float32, or float16/bf16 for a
+    smaller folder); loading gives float32 whatever they are stored in.
 
     A failure (a full disk, a folder without write permission) is a RepytilianError, and leaves
     whatever model was at `path` as it was.
@@ -118,7 +122,7 @@ def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dic
     target = Path(path)
     check_target(target)
     try:
-        return _save(target, model, tokenizer, meta, trainer_state, card, sample)
+        return _save(target, model, tokenizer, meta, trainer_state, card, sample, metrics)
     except OSError as e:
         had = " the model that was there is intact;" if (target / "config.json").is_file() else ""
         raise RepytilianError(f"could not save to {target}: {e.strerror or e};{had} free some space or "
@@ -141,7 +145,8 @@ def _clean_leftovers(target: Path) -> None:
 
 
 def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
-          trainer_state: dict[str, Any] | None, card: bool = False, sample: str | None = None) -> Path:
+          trainer_state: dict[str, Any] | None, card: bool = False, sample: str | None = None,
+          metrics: list[dict[str, Any]] | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(target)
     staging = target.parent / f".{target.name}.saving-{os.getpid()}"
@@ -153,9 +158,11 @@ def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
         tokenizer.save(staging / "tokenizer.json")
         weights = {k: v.detach().cpu().contiguous() for k, v in stored_weights(model).items()}
         save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
-        metrics = [] if trainer_state is None else trainer_state["state"].get("metrics", [])
+        if metrics is None:
+            metrics = [] if trainer_state is None else trainer_state["state"].get("metrics", [])
         if trainer_state is not None:
             _write_trainer_state(staging / "trainer_state", trainer_state)
+        if trainer_state is not None or metrics:
             lines = "".join(json.dumps(m) + "\n" for m in metrics)
             (staging / "metrics.jsonl").write_text(lines, encoding="utf-8")
         if card:  # the model card and loss plot: for finished and interrupted runs, not every checkpoint

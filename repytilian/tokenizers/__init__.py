@@ -9,21 +9,24 @@ from ..errors import RepytilianError
 from .base import StreamDecoder, Tokenizer, UnknownTokensError
 from .bpe import BPETokenizer
 from .characters import CharacterTokenizer
-from .gpt2 import GPT2Tokenizer
+from .gpt2 import GPT2Tokenizer, TiktokenTokenizer
 from .json_tokens import JsonTokenizer
 from .words import WordTokenizer
 
 REGISTRY: dict[str, type[Tokenizer]] = {
-    cls.name: cls for cls in (CharacterTokenizer, WordTokenizer, BPETokenizer, JsonTokenizer, GPT2Tokenizer)
+    cls.name: cls for cls in (CharacterTokenizer, WordTokenizer, BPETokenizer, JsonTokenizer, TiktokenTokenizer,
+                              GPT2Tokenizer)
 }
+# The original Repytilian's names for ours (models save the name in REGISTRY)
+ALIASES = {"jsontoken": "json"}
 DEFAULT_TOKENIZER = "characters"
 
 
 def tokenizer_class(name: str) -> type[Tokenizer]:
     try:
-        return REGISTRY[name]
+        return REGISTRY[ALIASES.get(name, name)]
     except KeyError:
-        known = ", ".join(REGISTRY)
+        known = ", ".join([*REGISTRY, *ALIASES])
         raise RepytilianError(f"unknown tokenizer {name!r}; choose one of: {known}") from None
 
 
@@ -52,6 +55,7 @@ __all__ = [
     "BPETokenizer",
     "JsonTokenizer",
     "GPT2Tokenizer",
+    "TiktokenTokenizer",
     "tokenizer_class",
     "tokenizer_from_json",
 ]

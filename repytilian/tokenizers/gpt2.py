@@ -1,8 +1,10 @@
-"""GPT-2's BPE vocabulary (50,257 tokens) through `tiktoken`, as the original Repytilian offered.
+"""OpenAI's fixed BPE vocabularies through `tiktoken`: `-z tiktoken`, the original Repytilian's
+tokenizer, with its `o200k_base` encoding (200,019 tokens) or another one (`--encoding NAME`), and
+`-z gpt2`, GPT-2's 50,257-token encoding (the one Hugging Face's GPT-2 models use).
 
-tiktoken downloads the encoding's two files once and caches them (`TIKTOKEN_CACHE_DIR`); with no
-network and no cached copy this tokenizer cannot work, and says so. Note the size: a 50,257-token
-embedding table dwarfs a small model (see the README's tokenizer table).
+tiktoken downloads an encoding's file once and caches it (`TIKTOKEN_CACHE_DIR`); with no network
+and no cached copy these tokenizers cannot work, and say so. Note the size: a 50,257- or
+200,019-token embedding table dwarfs a small model (see the README's tokenizer table).
 """
 from __future__ import annotations
 
@@ -44,8 +46,10 @@ def load_encoding(name: str = ENCODING) -> Any:
         import tiktoken
     except ImportError:
         raise RepytilianError(
-            "the gpt2 tokenizer needs the 'tiktoken' package: pip install 'repytilian[gpt2]'"
+            "the tiktoken and gpt2 tokenizers need the 'tiktoken' package: pip install 'repytilian[gpt2]'"
         ) from None
+    if name not in tiktoken.list_encoding_names():
+        raise RepytilianError(f"tiktoken has no encoding {name!r}; it has: {', '.join(tiktoken.list_encoding_names())}")
     try:
         with _no_downloads():
             return tiktoken.get_encoding(name)
@@ -57,19 +61,23 @@ def load_encoding(name: str = ENCODING) -> Any:
         ) from None
 
 
-class GPT2Tokenizer(Tokenizer):
-    name = "gpt2"
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken encoding as it is: nothing is trained, the text only chooses nothing."""
+
+    name = "tiktoken"
+    default_encoding = "o200k_base"  # the original Repytilian's
+    fixed_encoding = False
 
     def __init__(self, encoding: Any):
         self.enc = encoding
 
     @classmethod
-    def train(cls, corpus: str, **options: Any) -> "GPT2Tokenizer":
-        reject_options(cls.name, options)
-        return cls(load_encoding())
+    def train(cls, corpus: str, encoding: str | None = None, **options: Any) -> "TiktokenTokenizer":
+        reject_options(cls.name, {**options, "encoding": encoding if cls.fixed_encoding else None})
+        return cls(load_encoding(encoding or cls.default_encoding))
 
     @classmethod
-    def train_chunks(cls, chunks: Iterable[str], **options: Any) -> "GPT2Tokenizer":
+    def train_chunks(cls, chunks: Iterable[str], **options: Any) -> "TiktokenTokenizer":
         return cls.train("", **options)  # a fixed vocabulary: nothing to read
 
     @property
@@ -86,7 +94,14 @@ class GPT2Tokenizer(Tokenizer):
         return {"encoding": self.enc.name}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GPT2Tokenizer":
-        if data.get("encoding") != ENCODING:
-            raise RepytilianError(f"gpt2 tokenizer: unknown encoding {data.get('encoding')!r}")
-        return cls(load_encoding(data["encoding"]))
+    def from_dict(cls, data: dict[str, Any]) -> "TiktokenTokenizer":
+        name = data.get("encoding")
+        if not isinstance(name, str) or (cls.fixed_encoding and name != cls.default_encoding):
+            raise RepytilianError(f"{cls.name} tokenizer: unknown encoding {name!r}")
+        return cls(load_encoding(name))
+
+
+class GPT2Tokenizer(TiktokenTokenizer):
+    name = "gpt2"
+    default_encoding = ENCODING
+    fixed_encoding = True

@@ -1,0 +1,62 @@
+"""The learning path: the lecture's steps as architectures, and `repytilian ladder` comparing them."""
+import json
+
+import pytest
+import torch
+from conftest import run_script
+
+from repytilian.config import ARCHS, LECTURE_STEP_ABOUT, ModelConfig
+from repytilian.errors import RepytilianError
+from repytilian.model import GPT
+
+
+def step_model(step: str, **shape) -> GPT:
+    torch.manual_seed(0)
+    base = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    return GPT(ModelConfig(**{**base, **ARCHS[step], **shape})).eval()
+
+
+def test_the_bigram_model_is_a_table_read_by_the_current_token_alone():
+    model = step_model("bigram")
+    assert len(model.transformer.h) == 0 and "wpe" not in model.transformer
+    assert model.lm_head.weight is not model.transformer.wte.weight  # untied: any table
+    a = torch.tensor([[1, 2, 3, 4, 5]])
+    b = torch.tensor([[7, 0, 9, 6, 5]])  # same last token, different past
+    assert torch.equal(model(a)[0][0, -1], model(b)[0][0, -1])
+    table = model.lm_head(model.transformer.wte.weight)  # (vocab, vocab): row i scores what follows token i
+    assert torch.allclose(model(a)[0][0], table[a[0]])
+
+
+def test_each_step_adds_what_the_lecture_adds():
+    one, multi, ff, blocks = (step_model(s) for s in ("one-head", "multi-head", "feed-forward", "blocks"))
+    assert one.config.n_head == 1 and multi.config.n_head == 4 and not one.config.residual
+    assert one.transformer.h[0].mlp is None and ff.transformer.h[0].mlp is not None
+    assert isinstance(ff.transformer.h[0].ln_1, torch.nn.Identity)
+    assert blocks.config.residual and isinstance(blocks.transformer.h[0].ln_1, torch.nn.LayerNorm)
+    # past tokens matter from the first attention step on
+    a, b = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[7, 0, 9, 6, 5]])
+    assert not torch.allclose(one(a)[0][0, -1], one(b)[0][0, -1])
+    assert list(LECTURE_STEP_ABOUT) == ["bigram", "one-head", "multi-head", "feed-forward", "blocks", "classic"]
+
+
+def test_a_step_of_the_ladder_is_refused_by_the_hugging_face_export_with_a_reason(tmp_path):
+    from repytilian.interop.hf import export_hf
+    from repytilian.tokenizers import CharacterTokenizer
+
+    with pytest.raises(RepytilianError, match="lecture's steps"):
+        export_hf(step_model("bigram"), CharacterTokenizer(list("abcdefghijk")), tmp_path / "hf")
+
+
+def test_repytilian_ladder_trains_each_step_and_prints_one_table(corpus_file, tmp_path):
+    r = run_script("ladder", "-d", str(corpus_file), "--budget", "1", "--steps", "bigram,one-head,classic",
+                   "--seed", "3", "--out", str(tmp_path / "ladder"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "ladder" / "ladder.json").read_text())["rows"]
+    assert [row["step"] for row in rows] == ["bigram", "one-head", "classic"]
+    assert all(row["val_loss"] > 0 and row["sample"] for row in rows)
+    assert rows[0]["parameters"] < rows[1]["parameters"] < rows[2]["parameters"]
+    for row in rows:
+        assert f"{row['step']:<13}" in r.stdout and f"{row['val_loss']:.4f}" in r.stdout
+    assert (tmp_path / "ladder" / "bigram" / "model.safetensors").is_file()  # each step can be sampled later
+    bad = run_script("ladder", "-d", str(corpus_file), "--steps", "bigram,trigram", cwd=tmp_path)
+    assert bad.returncode == 2 and "--steps has unknown step(s) trigram" in bad.stderr
