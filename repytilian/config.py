@@ -83,7 +83,10 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = setting(16, "sequences per step", "--batch-size", minimum=1)
+    batch_size: int = setting(16, "sequences per step (with --grad-accum: per micro-batch)", "--batch-size", minimum=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step: each step learns from batch-size x this "
+                              "sequences, as one batch that large would (for a large batch in little memory)",
+                              "--grad-accum", metavar="N", minimum=1)
     learning_rate: float = setting(2e-3, "peak learning rate", "--lr")
     min_lr: float = 2e-4  # the end of the cosine decay
     warmup_iters: int = 100
@@ -112,6 +115,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be at least 1, got {self.grad_accum}")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"the number of iterations must be at least 1, got {self.max_iters}")
         if self.learning_rate <= 0 or self.min_lr < 0:

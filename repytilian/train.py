@@ -212,15 +212,22 @@ class Trainer:
         lr = learning_rate(self.state.step, cfg, self.state)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(self.data.train, cfg.batch_size, model.config.block_size, self.generator)
+        # The step's windows are drawn at once, then fed in grad_accum micro-batches: each one's
+        # mean loss, divided by their number, adds up to the gradient of the whole batch's mean.
+        n = cfg.grad_accum
+        x, y = get_batch(self.data.train, cfg.batch_size * n, model.config.block_size, self.generator)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         model.train()
-        loss = self._loss(x, y)
+        total = torch.zeros((), device=self.device)
+        for xs, ys in zip(x.chunk(n), y.chunk(n)):
+            loss = self._loss(xs, ys) / n
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            total += loss.detach()
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if self.scaler is not None:
@@ -231,7 +238,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens_seen += x.numel()
-        return loss.detach()
+        return total
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.cfg.dtype):

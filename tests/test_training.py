@@ -177,3 +177,16 @@ def test_a_resume_cannot_switch_optimiser(corpus_file, tmp_path):
     train(options(corpus_file, tmp_path))
     with pytest.raises(RepytilianError, match="was trained with adamw; -l continues it with the same optimiser"):
         train(options(corpus_file, tmp_path, load=str(tmp_path / "model"), overrides={"optimizer": "muon"}))
+
+
+def test_gradient_accumulation_learns_what_one_big_batch_would(corpus_file, tmp_path):
+    """--grad-accum 4 with --batch-size 4 takes the same steps as --batch-size 16 (float32)."""
+    def weights(batch: int, accum: int) -> dict:
+        over = {**TINY_OVERRIDES, "batch_size": batch, "grad_accum": accum, "max_iters": 6, "dtype": "float32",
+                "dropout": 0.0, "eval_interval": 100}
+        model = train(options(corpus_file, tmp_path, overrides=over, out=None)).language_model.model
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    one, accumulated = weights(16, 1), weights(4, 4)
+    assert all(torch.allclose(one[k], accumulated[k], rtol=1e-4, atol=1e-6) for k in one)
+    assert not torch.equal(one["lm_head.weight"], weights(4, 1)["lm_head.weight"])  # a smaller batch differs
