@@ -119,6 +119,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f'model folder (default {DEFAULT_MODEL_DIR}); "" trains a model first and saves nothing')
     parser.add_argument("-t", "--tokens", type=_nonnegative_int, default=500, help="tokens to generate (default 500)")
     parser.add_argument("-c", "--continue", dest="prompt", default="", help="continue generation from this text")
+    parser.add_argument("--prompt-file", metavar="FILE", default=None,
+                        help="continue generation from the text of this file (UTF-8), for prompts too long to type")
     parser.add_argument("-f", "--filename", help="also write the generated text to this file")
     parser.add_argument("-ft", "--filetokens", type=_nonnegative_int, default=None,
                         help="tokens to write into the file, if different from -t")
@@ -251,6 +253,33 @@ def _batch_samples(lm, prompt: str, tokens: int, file_tokens: int, num_samples: 
     return render(tokens), render(file_tokens)
 
 
+def _read_prompt_file(path: str, prompt: str) -> str:
+    if prompt:
+        raise RepytilianError("give the prompt either with -c TEXT or with --prompt-file FILE, not both")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RepytilianError(f"--prompt-file: {path} does not exist") from None
+    except IsADirectoryError:
+        raise RepytilianError(f"--prompt-file: {path} is a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise RepytilianError(f"--prompt-file: {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise RepytilianError(f"--prompt-file: cannot read {path}: {e.strerror or e}") from None
+
+
+def info_command(args: argparse.Namespace) -> int:
+    """The model card of a model folder (its README.md, or one made from its config.json)."""
+    from ..store.card import model_card
+    from ..store.folder import read_config
+
+    folder = Path(args.model_dir)
+    meta = read_config(folder)  # a clear error for anything that is not a model folder
+    card = folder / "README.md"
+    print(card.read_text(encoding="utf-8") if card.is_file() else model_card(meta), end="")
+    return 0
+
+
 def generate_command(args: argparse.Namespace) -> int:
     from ..api import load_model, train
     from ..sampling import SamplingOptions, check_lengths
@@ -264,6 +293,8 @@ def generate_command(args: argparse.Namespace) -> int:
     check_lengths(max(args.tokens, args.filetokens or 0), args.num_samples)
     if args.max_time is not None and args.max_time <= 0:
         raise RepytilianError(f"--max-time must be more than 0 seconds, got {args.max_time}")
+    if args.prompt_file is not None:
+        args.prompt = _read_prompt_file(args.prompt_file, args.prompt)
     if not args.model:  # the seed's `generate.py -m ""`: train, show a sample, save nothing
         lm = train(_train_options(args, out=None, load=None), on_event=speak).language_model
     else:
@@ -445,6 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--stride", type=_positive_int, default=None, help="window step (default: half the context)")
     p_eval.add_argument("--device", default="auto")
     p_eval.set_defaults(handler=eval_command)
+    p_info = sub.add_parser("info", parents=[debug], help="print a model folder's card: its shape, data, "
+                            "training, loss and a sample")
+    p_info.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR,
+                        help=f"model folder (default {DEFAULT_MODEL_DIR})")
+    p_info.set_defaults(handler=info_command)
     p_plot = sub.add_parser("plot", parents=[debug],
                             help="draw loss.png (train/val loss and learning rate) in a model folder")
     p_plot.add_argument("model_dir")
