@@ -12,7 +12,8 @@ made fast at batch 1 on a CPU, where a step's time is mostly not the arithmetic:
   held in bf16 (half the bytes), where this machine is measured to be faster so
   (runtime/precision.decoding_dtype);
 - for one token, oneDNN is switched off where PyTorch's own kernels are faster (`Decoder.forward`).
-The copy shares the model's embeddings and norms; the model itself is never changed.
+The copy shares the model's embeddings and norms (its matrices are laid-out copies); the model
+itself is never changed.
 """
 from __future__ import annotations
 
@@ -90,16 +91,14 @@ def _lean(child: nn.Module, dtype: torch.dtype):
 
 def for_decoding(model: GPT, dtype: torch.dtype) -> GPT:
     """The model's structure for decoding one token at a time: the same forward pass (GPT.forward),
-    with its blocks' layers swapped for plain callables (`_lean`; the blocks' matrices held in
-    `dtype`). A new module tree that shares the model's embeddings, norms and head; the model itself
-    is untouched."""
+    with its leaf layers swapped for plain callables (`_lean`; the blocks' matrices held in `dtype`,
+    the head's in float32). A new module tree that shares the model's embeddings and norms (the
+    matrices are laid-out copies); the model itself is untouched."""
     shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}  # deepcopy keeps these as they are
     fast = copy.deepcopy(model, memo=shared).eval()
     inside_blocks = [m for b in fast.transformer.h for m in (b, b.attn, b.mlp) if m is not None]
     for parent in [fast, fast.transformer, *inside_blocks]:
         for name, child in list(parent.named_children()):
-            if name == "wpe":
-                continue  # GPT.forward asks whether the model has it
             lean = _lean(child, dtype if parent in inside_blocks else torch.float32)
             if lean is not None:
                 delattr(parent, name)  # out of the module tree: a plain attribute from here on

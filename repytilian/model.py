@@ -210,7 +210,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
-        if "wpe" in self.transformer:  # the embeddings of positions start..start+T-1
+        if self.config.position == "learned":  # the embeddings of positions start..start+T-1
             x = x + self.transformer.wpe.weight[start:start + T]
         elif self.config.position == "rope":
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])

@@ -76,16 +76,23 @@ def whole_split_loss(model, val: Any) -> float:
     return evaluate(model, val, stride=model.config.block_size, batch_size=32, progress=False).loss
 
 
-def storage_dtype(model, val: Any) -> tuple[torch.dtype, float, float]:
-    """The smallest number format whose rounding keeps the val loss within MAX_LOSS_CHANGE."""
+def rounded_to(model, dtype: torch.dtype):
+    """A float32 copy of the model whose weights went through `dtype`: what loading it stored so gives."""
+    copy = type(model)(model.config)
+    copy.load_state_dict({k: v.to(dtype).float() for k, v in model.state_dict().items()})
+    return copy.eval()
+
+
+def storage_dtype(model, val: Any) -> tuple[torch.dtype, Any, float, float]:
+    """The smallest number format whose rounding keeps the val loss within MAX_LOSS_CHANGE, the
+    model as rounded to it, and the loss before and after."""
     before = whole_split_loss(model, val)
     for dtype in (torch.float16, torch.bfloat16):
-        rounded = type(model)(model.config)
-        rounded.load_state_dict({k: v.to(dtype).float() for k, v in model.state_dict().items()})
-        after = whole_split_loss(rounded.eval(), val)
+        rounded = rounded_to(model, dtype)
+        after = whole_split_loss(rounded, val)
         if abs(after - before) <= MAX_LOSS_CHANGE:
-            return dtype, before, after
-    return torch.float32, before, before
+            return dtype, rounded, before, after
+    return torch.float32, model, before, before
 
 
 def ship(name: str, recipe: Recipe) -> None:
@@ -103,10 +110,8 @@ def ship(name: str, recipe: Recipe) -> None:
     model = loaded.model.eval()
     text = dataset_path("shakespeare").read_text(encoding="utf-8")
     val = TokenData.from_text(text, loaded.tokenizer).val
-    dtype, before, after = storage_dtype(model, val)
-    stored = type(model)(model.config)
-    stored.load_state_dict({k: v.to(dtype).float() for k, v in model.state_dict().items()})
-    sample = LanguageModel(stored.eval(), loaded.tokenizer).generate("", 400, seed=0)
+    dtype, stored, before, after = storage_dtype(model, val)
+    sample = LanguageModel(stored, loaded.tokenizer).generate("", 400, seed=0)
     meta = {k: v for k, v in loaded.meta.items() if k not in ("format", "format_version", "created_by", "model",
                                                               "tokenizer")}
     meta["weights"] = {"dtype": str(dtype).removeprefix("torch."), "val_loss_float32": round(before, 4),

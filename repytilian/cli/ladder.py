@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import LECTURE_STEP_ABOUT
 from ..data import DataSource
+from ..errors import SettingError
 
 STEPS = tuple(LECTURE_STEP_ABOUT)  # bigram ... classic, in the lecture's order
 LAST_STEP_DROPOUT = 0.1  # the GPT's dropout; the lecture's 0.2 is for a model 3x wider trained far longer
@@ -44,8 +45,6 @@ def climb(args: argparse.Namespace) -> list[dict[str, Any]]:
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
-        from ..errors import SettingError
-
         raise SettingError("steps", f"has unknown step(s) {', '.join(unknown)}; the steps are {', '.join(STEPS)}")
     source = DataSource.from_args(args.datafile, args.datapath)
     out = Path(args.out)

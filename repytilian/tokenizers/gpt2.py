@@ -62,7 +62,7 @@ def load_encoding(name: str = ENCODING) -> Any:
 
 
 class TiktokenTokenizer(Tokenizer):
-    """A tiktoken encoding as it is: nothing is trained, the text only chooses nothing."""
+    """A tiktoken encoding used as it is: its vocabulary is fixed, so nothing is learnt from the text."""
 
     name = "tiktoken"
     default_encoding = "o200k_base"  # the original Repytilian's
