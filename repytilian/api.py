@@ -7,6 +7,7 @@ returned (the CLI decides what reaches stdout).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import sys
@@ -29,6 +30,7 @@ from .config import (
     split_overrides,
 )
 from .data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
+from .distributed import World
 from .errors import RepytilianError, SettingError
 from .events import (
     CheckpointSaved,
@@ -47,7 +49,7 @@ from .events import (
 from .interop.trackers import finish_all, log_all, open_trackers
 from .model import GPT
 from .runtime.cpu import tune_for_training
-from .runtime.precision import resolve_dtype
+from .runtime.precision import DTYPES, resolve_dtype
 from .sampling import SamplingOptions, StopFilter, sample_ids
 from .store.folder import (
     LoadedModel,
@@ -63,7 +65,7 @@ from .tokenizers import (
     UnknownTokensError,
     tokenizer_class,
 )
-from .train import StopRequest, Trainer, TrainState, pick_device
+from .train import StopRequest, Trainer, TrainState, pick_device, plan_batches
 
 
 def _say(msg: str) -> None:
@@ -230,6 +232,7 @@ class TrainResult:
     stopped_by: str | None  # the signal that stopped training early, or None
     val_loss: float | None  # over the whole validation split, for finished runs
     state: TrainState
+    main: bool = True  # False in the processes of a torchrun job other than rank 0 (which saved and spoke)
 
 
 def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
@@ -349,23 +352,46 @@ def train(opts: TrainOptions, log: Callable[[str], None] = _say, on_event: Liste
     What happens is reported as events (events.py) to `on_event`; without one, their words go to
     `log` (stderr by default), as do the notes of the code it calls (events.note)."""
     report = on_event or in_words(log)
-    with notes_to(report):
-        return _train(opts, report)
+    return _train(opts, report)
 
 
 def _train(opts: TrainOptions, report: Listener) -> TrainResult:
-    device = pick_device(opts.device)
+    world = World.from_env()  # under torchrun: this process's rank among the others
+    device = world.place(pick_device(opts.device))
+    if not world.is_main:
+        report = _quiet  # rank 0 speaks for all; errors still reach each process's stderr
+        opts = dataclasses.replace(opts, progress=False)
+    if device.type == "cpu":
+        tune_for_training()  # before any timing: the threads the measurement and the training use
+    world.start(device)
+    try:
+        with notes_to(report):
+            return _train_in(opts, report, world, device)
+    finally:
+        world.close()
+
+
+def _quiet(event: Any) -> None:
+    pass
+
+
+def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.device) -> TrainResult:
     out = Path(opts.out) if opts.out else None
-    if out is not None:
+    if out is not None and world.is_main:
         check_target(out)
     run = _resumed_run(opts, device) if opts.load else _fresh_run(opts, device, report)
     run.data.check_block_size(run.mcfg.block_size)  # before anything runs the model at that length
-    if device.type == "cpu":
-        tune_for_training()  # before any timing: the threads the measurement and the training use
-    # The number format is settled before the trainer exists (and stored: a resume computes the same).
-    run.tcfg.dtype = resolve_dtype(run.tcfg.dtype, device, run.model, run.tcfg.batch_size,
-                                   warn=lambda text: report(Note(text, "warning")))
-    trainer = Trainer(run.model, run.data, run.tcfg, device, report=report)
+    world.same_everywhere(_fingerprint(run), "data or tokenizers")
+    # The number format is settled before the trainer exists (and stored: a resume computes the same);
+    # with several processes rank 0 measures (when auto asks for it) and the others take its choice.
+    if world.is_main or run.tcfg.dtype != "auto":
+        run.tcfg.dtype = resolve_dtype(run.tcfg.dtype, device, run.model, run.tcfg.micro_batch or run.tcfg.batch_size,
+                                       warn=lambda text: report(Note(text, "warning")))
+    run.tcfg.dtype = world.from_main(run.tcfg.dtype if run.tcfg.dtype in DTYPES else "float32", tuple(DTYPES))
+    plan = plan_batches(run.tcfg, run.mcfg, world.size, device, run.tcfg.dtype)
+    if plan.why:
+        report(Note(plan.why))
+    trainer = Trainer(run.model, run.data, run.tcfg, device, report=report, world=world, plan=plan)
     if run.loaded is not None:
         trainer.load_state_dict(run.loaded.trainer)
         asked = opts.iterations is not None or "max_iters" in opts.overrides
@@ -373,17 +399,29 @@ def _train(opts: TrainOptions, report: Listener) -> TrainResult:
     return _run_and_save(opts, run, trainer, device, out, report)
 
 
+def _fingerprint(run: "_Run") -> str:
+    """What every process must have prepared alike: the data's text, the tokenizer's ids for it."""
+    head = run.data.train[:100_000]
+    return f"{run.data.sha256}:{len(run.data.train)}:{len(run.data.val)}:{run.tokenizer.vocab_size}:" + \
+        hashlib.sha256(head.astype("int64").tobytes()).hexdigest()
+
+
 def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch.device, out: Path | None,
                   report: Listener) -> TrainResult:
     """The loop, then the save: to `out` when finished, to interrupted/ when stopped."""
     model, tokenizer, data, source, mcfg, tcfg = run.model, run.tokenizer, run.data, run.source, run.mcfg, run.tcfg
+    world = trainer.world
+    if not world.is_main:
+        return _follow(opts, run, trainer)
     pid = os.getpid()
     report(Prepared(source.describe(), data.chars, tokenizer.name, tokenizer.vocab_size, len(data.train),
                     len(data.val), mcfg.n_layer, mcfg.n_head, mcfg.n_embd, mcfg.block_size, model.num_params(),
-                    tcfg.batch_size, tcfg.learning_rate, device.type, tcfg.dtype, trainer.forward is not model))
+                    tcfg.batch_size, tcfg.learning_rate, device.type, tcfg.dtype, trainer.compiled is not None))
     steps = "until stopped" if trainer.state.max_iters is None else f"to step {trainer.state.max_iters:,}"
     if tcfg.max_seconds is not None:
         steps = f"for {tcfg.max_seconds:g} s of training" + ("" if trainer.state.max_iters is None else f" or {steps}")
+    if trainer.plan.accum > 1 or world.distributed:
+        report(Note(f"each step learns from {tcfg.batch_size} windows: {trainer.plan.describe()}"))
     if out is not None and (out / "config.json").is_file():
         report(Note(f"note: the model in {out} will be replaced when training finishes (interruptions save elsewhere)"))
 
@@ -405,7 +443,7 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
                                  name=out.name if out is not None else None)
         with opts.stop or StopRequest() as stop:
             # Only now that the handlers are installed is it safe to tell the user to send a signal.
-            report(Started(pid, steps))
+            report(Started(pid, steps, world.size))
             stopped_by = trainer.run(stop, progress=opts.progress, report=report, after_step=checkpoints.maybe_save,
                                      on_eval=lambda entry: log_all(trackers, entry))
             val_loss = None
@@ -413,7 +451,7 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
                 target = interrupted_dir(opts.interrupt_root)
                 stop.saving = True
                 save_model_dir(target, model, tokenizer, meta(None, False), trainer.state_dict(), card=True)
-                report(Stopped(stopped_by, trainer.state.step, target, out))
+                report(Stopped(stopped_by, trainer.state.step, target, out, world.size))
                 saved_to = target
             else:
                 val_loss = trainer.full_val_loss(progress=opts.progress)
@@ -444,6 +482,14 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
     finish_all(trackers, final_meta["summary"])
     lm = LanguageModel(model, tokenizer, final_meta, saved_to)
     return TrainResult(lm, saved_to, stopped_by, val_loss, trainer.state)
+
+
+def _follow(opts: TrainOptions, run: _Run, trainer: Trainer) -> TrainResult:
+    """A process other than rank 0: trains its share, step for step with the others, and saves
+    nothing (rank 0 evaluates the whole split, writes the model folder and the checkpoints)."""
+    with opts.stop or StopRequest() as stop:
+        stopped_by = trainer.run(stop, progress=False, report=_quiet)
+    return TrainResult(LanguageModel(run.model, run.tokenizer), None, stopped_by, None, trainer.state, main=False)
 
 
 class _Checkpointer:

@@ -83,10 +83,14 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = setting(16, "sequences per step (with --grad-accum: per micro-batch)", "--batch-size", minimum=1)
-    grad_accum: int = setting(1, "micro-batches per optimizer step: each step learns from batch-size x this "
-                              "sequences, as one batch that large would (for a large batch in little memory)",
-                              "--grad-accum", metavar="N", minimum=1)
+    batch_size: int = setting(16, "sequences per optimizer step, over all processes and micro-batches (what a "
+                              "step learns from)", "--batch-size", minimum=1)
+    grad_accum: int | None = setting(None, "micro-batches per step on each process (default: as few as fit in "
+                                     "memory); the step still learns from --batch-size sequences, as one batch",
+                                     "--grad-accum", metavar="N", minimum=1)
+    micro_batch: int | None = setting(None, "sequences per forward pass on each process (the other way to say "
+                                      "--grad-accum: batch-size / (processes x micro-batch) micro-batches)",
+                                      "--micro-batch", metavar="N", minimum=1)
     learning_rate: float = setting(2e-3, "peak learning rate", "--lr")
     min_lr: float = 2e-4  # the end of the cosine decay
     warmup_iters: int = 100
@@ -101,8 +105,8 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = setting("auto", "training precision (default auto: bf16 autocast where native and measured "
                          "faster)", "--dtype", choices=DTYPE_CHOICES)  # auto is measured once, then stored
-    compile: bool = setting(False, "torch.compile the model (slower to start; falls back to eager if it fails)",
-                            "--compile")
+    compile: bool | None = setting(None, "torch.compile the model (default: on CUDA GPUs, off elsewhere; slower "
+                                   "to start; falls back to eager if it fails)", "--compile")
     optimizer: str = setting("adamw", "adamw (default), or muon: Muon for the blocks' matrices, AdamW for the rest",
                              "--optimizer", choices=OPTIMIZERS)
     max_seconds: float | None = setting(None, "a training-time budget: the learning-rate schedule ends when it is "
@@ -115,8 +119,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be at least 1, got {self.grad_accum}")
+        for name in ("grad_accum", "micro_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"the number of iterations must be at least 1, got {self.max_iters}")
         if self.learning_rate <= 0 or self.min_lr < 0:

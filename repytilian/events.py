@@ -66,8 +66,12 @@ class Started:
 
     pid: int
     until: str  # "to step 2,000", "for 90 s of training", "until stopped"
+    processes: int = 1  # under torchrun: how many train together (pid is rank 0's)
 
     def words(self) -> str:
+        if self.processes > 1:
+            return (f"training {self.until} on {self.processes} processes. Stop and save with Ctrl+C (or kill "
+                    f"-TERM) to torchrun, or `kill -USR1 {self.pid}` (rank 0; any rank's PID does the same)")
         return f"training {self.until}. PID {self.pid}: stop and save with Ctrl+C or `kill -USR1 {self.pid}`"
 
 
@@ -101,6 +105,7 @@ class Stopped:
     step: int
     path: Path
     out: Path | None  # where the run was to save when finished
+    processes: int = 1  # under torchrun: how many trained together
 
     def words(self) -> str:
         return f"stopped by {self.reason} at step {self.step}; saved everything to {self.path}"

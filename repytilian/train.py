@@ -22,14 +22,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .config import TrainConfig
+from .config import ModelConfig, TrainConfig
 from .data.corpus import TokenData, get_batch
+from .distributed import World
+from .distributed.world import is_communication_failure
 from .errors import RepytilianError, SettingError
 from .evaluate import evaluate
 from .events import Evaluated, Listener, Note, in_words, note
 from .model import GPT
 from .optim import make_optimizer
 from .runtime.cpu import tune_for_training
+from .runtime.memory import available_bytes, largest_fitting, training_bytes_per_window
 from .runtime.precision import DTYPES, autocast
 from .runtime.progress import progress as progress_bar
 
@@ -129,6 +132,61 @@ class StopRequest:
 
 
 @dataclass
+class BatchPlan:
+    """How a step's `batch_size` windows go through the model: shared by `ranks` processes, each
+    feeding its share in `accum` micro-batches of `micro_batch` windows."""
+
+    micro_batch: int
+    accum: int
+    ranks: int = 1
+    why: str | None = None  # said when the windows were split to fit in memory
+
+    def describe(self) -> str:
+        parts = [f"{self.micro_batch} windows a forward pass"]
+        if self.accum > 1:
+            parts.append(f"{self.accum} micro-batches a step")
+        if self.ranks > 1:
+            parts.append(f"on each of {self.ranks} processes")
+        return ", ".join(parts)
+
+
+def plan_batches(cfg: TrainConfig, mcfg: ModelConfig, ranks: int = 1, device: torch.device | None = None,
+                 dtype: str = "float32", available: int | None = -1) -> BatchPlan:
+    """The micro-batches of a step: as --grad-accum or --micro-batch say, else as few as fit in the
+    device's free memory (`available`: -1 asks the device). The step learns from the same windows
+    either way, so only speed and memory depend on it."""
+    B = cfg.batch_size
+    if B % ranks:
+        raise SettingError("batch_size", f"{{setting}} {B} cannot be shared by {ranks} processes: use a multiple of "
+                           f"{ranks} (each process takes batch-size / {ranks} windows of every step)")
+    per = B // ranks
+    where = f"each of {ranks} processes' {per}" if ranks > 1 else f"the {per}"
+    if cfg.grad_accum is not None and per % cfg.grad_accum:
+        raise SettingError("grad_accum", f"{where} windows of a step do not split into {cfg.grad_accum} "
+                           "micro-batches: use a divisor")
+    if cfg.micro_batch is not None and per % cfg.micro_batch:
+        raise SettingError("micro_batch", f"{where} windows of a step do not split into micro-batches of "
+                           f"{cfg.micro_batch}: use a divisor")
+    if cfg.grad_accum is not None and cfg.micro_batch is not None and cfg.grad_accum * cfg.micro_batch != per:
+        raise SettingError("micro_batch", f"and --grad-accum {cfg.grad_accum} disagree ({cfg.grad_accum} x "
+                           f"{cfg.micro_batch} is not {per}): give one of them")
+    if cfg.grad_accum is not None:
+        return BatchPlan(per // cfg.grad_accum, cfg.grad_accum, ranks)
+    if cfg.micro_batch is not None:
+        return BatchPlan(cfg.micro_batch, per // cfg.micro_batch, ranks)
+    device = device or torch.device("cpu")
+    free = available_bytes(device) if available == -1 else available
+    per_window = training_bytes_per_window(mcfg, dtype)
+    micro = largest_fitting(per, per_window, free)
+    why = None
+    if micro < per:
+        why = (f"note: {per} windows of {mcfg.block_size} tokens need about {per * per_window / 2**30:.1f} GiB "
+               f"for one pass, more than half the {free / 2**30:.1f} GiB free: each step feeds them in "
+               f"{per // micro} micro-batches of {micro} (same result, --micro-batch sets it)")
+    return BatchPlan(micro, per // micro, ranks, why)
+
+
+@dataclass
 class EvalResult:
     train_loss: float
     val_loss: float
@@ -136,8 +194,11 @@ class EvalResult:
 
 class Trainer:
     def __init__(self, model: GPT, data: TokenData, cfg: TrainConfig, device: torch.device,
-                 state: TrainState | None = None, report: Listener | None = None):
+                 state: TrainState | None = None, report: Listener | None = None,
+                 world: World | None = None, plan: BatchPlan | None = None):
         self.model = model
+        self.world = world or World(device=device)
+        self.plan = plan or plan_batches(cfg, model.config, self.world.size, device, cfg.dtype)
         self.data = data
         self.cfg = cfg
         self.device = device
@@ -149,11 +210,17 @@ class Trainer:
                              "settle it first with runtime.precision.resolve_dtype")
         if device.type == "cpu":
             tune_for_training()  # malloc thresholds (a fifth of a small step was page faults), threads
+        elif device.type == "cuda":
+            # float32 matmuls on tensor cores (TF32) where autocast leaves them in float32: the
+            # optimiser's and the loss's, or all of them with --dtype float32
+            torch.set_float32_matmul_precision("high")
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
-        self.forward = model
-        if cfg.compile:
-            self.forward = self._compiled(model)
+        compile_it = cfg.compile if cfg.compile is not None else device.type == "cuda"
+        self.compiled = self._compiled(model) if compile_it else None
+        # DistributedDataParallel (with several processes) around the compiled model, as nanoGPT does
+        self.forward = self.world.wrap(self.compiled if self.compiled is not None else model)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self._own_dropout_stream()
         # Muon's orthogonalisation in bf16 only where training computes in it (never emulated bf16)
         ns_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" or device.type == "cuda" else torch.float32
         self.optimizer = make_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay,
@@ -192,6 +259,13 @@ class Trainer:
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.state = TrainState.from_dict(payload["state"])
+        self._own_dropout_stream()
+
+    def _own_dropout_stream(self) -> None:
+        """Rank 0 keeps the stream a single process has (a resume of its checkpoint is exact there);
+        each other process draws its dropout masks from a stream of its own."""
+        if self.world.rank > 0:
+            torch.manual_seed(self.cfg.seed + 7919 * self.world.rank + self.state.step)
 
     def _compiled(self, model: GPT):
         try:
@@ -199,7 +273,7 @@ class Trainer:
         except Exception as e:  # e.g. no compiler on this platform
             self.report(Note(f"warning: torch.compile is not available here ({type(e).__name__}: {e}); "
                              "training eagerly", "warning"))
-            return model
+            return None
 
     def finished(self) -> bool:
         over_time = self.cfg.max_seconds is not None and self.state.train_seconds >= self.cfg.max_seconds
@@ -212,19 +286,26 @@ class Trainer:
         lr = learning_rate(self.state.step, cfg, self.state)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # The step's windows are drawn at once, then fed in grad_accum micro-batches: each one's
-        # mean loss, divided by their number, adds up to the gradient of the whole batch's mean.
-        n = cfg.grad_accum
-        x, y = get_batch(self.data.train, cfg.batch_size * n, model.config.block_size, self.generator)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        # Every process draws all the step's windows from the one stream and reads only its share
+        # (distributed/world.py says why); its share goes through the model in micro-batches, each
+        # one's mean loss divided by their number, so the gradients add up to the whole batch's mean
+        # (and DistributedDataParallel averages them over the processes).
+        plan, world = self.plan, self.world
+        share = cfg.batch_size // world.size
+        x, y = get_batch(self.data.train, cfg.batch_size, model.config.block_size, self.generator,
+                         slice(world.rank * share, (world.rank + 1) * share))
+        pinned = self.device.type == "cuda"
+        x, y = (t.pin_memory().to(self.device, non_blocking=True) if pinned else t.to(self.device) for t in (x, y))
         model.train()
         total = torch.zeros((), device=self.device)
-        for xs, ys in zip(x.chunk(n), y.chunk(n)):
-            loss = self._loss(xs, ys) / n
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
+        n = plan.accum
+        for i, (xs, ys) in enumerate(zip(x.split(plan.micro_batch), y.split(plan.micro_batch))):
+            with world.no_sync(self.forward, last=i == n - 1):
+                loss = self._loss(xs, ys) / n
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
             total += loss.detach()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -237,7 +318,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        self.state.tokens_seen += x.numel()
+        self.state.tokens_seen += cfg.batch_size * model.config.block_size
         return total
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -245,12 +326,14 @@ class Trainer:
             try:
                 _, loss = self.forward(x, y)
             except Exception as e:
-                if self.forward is self.model:
+                if self.compiled is None or is_communication_failure(e):
                     raise
-                # A compiled model fails at its first call if the compiler cannot build it.
+                # A compiled model fails at its first call if the compiler cannot build it (on
+                # every process alike, so each wraps the eager model anew).
                 self.report(Note(f"warning: torch.compile failed ({type(e).__name__}); training eagerly", "warning"))
-                self.forward = self.model
-                _, loss = self.model(x, y)
+                self.compiled = None
+                self.forward = self.world.wrap(self.model)
+                _, loss = self.forward(x, y)
         return loss
 
     # --- evaluation ----------------------------------------------------------------------
@@ -259,17 +342,24 @@ class Trainer:
     def estimate_loss(self) -> EvalResult:
         """Mean loss over `eval_iters` random batches of each split (the same batches every time)."""
         self.model.eval()
-        out = []
+        world, micro = self.world, self.plan.micro_batch
+        sums = []
         for ids in (self.data.train, self.data.val):
             gen = torch.Generator().manual_seed(EVAL_SEED)
-            losses = []
-            for _ in range(self.cfg.eval_iters):
+            total = 0.0
+            for i in range(self.cfg.eval_iters):
                 x, y = get_batch(ids, self.cfg.batch_size, self.model.config.block_size, gen)
-                with autocast(self.device, self.cfg.dtype):
-                    _, loss = self.model(x.to(self.device), y.to(self.device))
-                losses.append(loss.item())
-            out.append(sum(losses) / len(losses))
-        return EvalResult(*out)
+                if i % world.size != world.rank:  # with several processes each scores its share
+                    continue
+                parts = []
+                for xs, ys in zip(x.split(micro), y.split(micro)):
+                    with autocast(self.device, self.cfg.dtype):
+                        _, loss = self.model(xs.to(self.device), ys.to(self.device))
+                    parts.append(loss.item())
+                total += sum(parts) / len(parts)
+            sums.append(total)
+        train, val = world.total(sums)
+        return EvalResult(train / self.cfg.eval_iters, val / self.cfg.eval_iters)
 
     def full_val_loss(self, progress: bool = False) -> float:
         """Mean loss over the validation split in non-overlapping windows of the context: the whole
@@ -279,7 +369,7 @@ class Trainer:
             block = self.model.config.block_size
             ids = self.data.val[: self.final_val_tokens() + 1]
             seconds = max(FINAL_VAL_MIN_SECONDS, FINAL_VAL_TIME_SHARE * self.state.train_seconds)
-            report = evaluate(self.model, ids, stride=block, batch_size=self.cfg.batch_size, progress=progress,
+            report = evaluate(self.model, ids, stride=block, batch_size=self.plan.micro_batch, progress=progress,
                               max_seconds=seconds, desc="final val loss")
         self.final_val_scored = report.tokens
         return report.loss
@@ -331,14 +421,27 @@ class Trainer:
         last_update, steps_since = time.perf_counter(), 0
         first_step_done: tuple[int, float] | None = None  # (step, train_seconds) after this run's first
         announced = False
+        world = self.world
+        agreed: str | None = None  # with several processes: the stop they all agreed on
         try:
-            while not self.finished() and stop.reason is None:
+            while not self.finished():
+                if not world.distributed and stop.reason is not None:
+                    break
                 if stop.at_step is not None and state.step >= stop.at_step:
                     stop.request("request")
+                    agreed = stop.reason
                     break
                 t0 = time.perf_counter()
                 loss = self.train_step()
-                state.train_seconds += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                loss_value = None
+                if world.distributed:
+                    # One small all-reduce a step: the processes stop at the same step (a signal may
+                    # reach one of them), and their clocks agree for the time budget and schedule.
+                    wants, seconds, loss_value = world.agree_step(stop.reason is not None, seconds, loss)
+                    if wants:
+                        agreed = stop.reason or ("torchrun's exit" if world.orphaned() else "another process's stop")
+                state.train_seconds += seconds
                 steps_since += 1
                 if first_step_done is None:  # the first step warms up (allocations, kernels): not timed
                     first_step_done = (state.step, state.train_seconds)
@@ -351,14 +454,16 @@ class Trainer:
                             report(Note(note))
                 now = time.perf_counter()
                 done = self.finished()
-                if now - last_update >= refresh or done:
-                    loss_value = loss.item()  # a host sync only when the bar is refreshed
+                if loss_value is not None or now - last_update >= refresh or done:
+                    if loss_value is None:
+                        loss_value = loss.item()  # a host sync only when the bar is refreshed
                     if not math.isfinite(loss_value):
                         raise RepytilianError(
                             f"the loss became {loss_value} at step {state.step}: training diverged. "
                             "Try a lower learning rate (--lr) or a smaller model; nothing was saved over "
                             "your previous model"
                         )
+                if now - last_update >= refresh or done:
                     rate = steps_since * tokens_per_step / (now - last_update)
                     budget = ("" if cfg.max_seconds is None
                               else f", {max(0.0, cfg.max_seconds - state.train_seconds):.0f} s of the budget left")
@@ -376,10 +481,16 @@ class Trainer:
                     t0 = time.perf_counter()
                     after_step()  # e.g. a periodic checkpoint
                     last_update += time.perf_counter() - t0
+                if agreed is not None:
+                    break
+        except Exception as e:
+            if world.distributed and is_communication_failure(e) and not isinstance(e, RepytilianError):
+                raise world.lost(e, state.step) from None
+            raise
         finally:
             bar.update(steps_since)
             bar.close()
-        return stop.reason
+        return agreed if world.distributed else stop.reason
 
 
 EXPECT_AFTER_SECONDS = 5.0  # steps timed before a long run says how long it will take

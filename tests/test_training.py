@@ -1,4 +1,5 @@
 """Training through the library API: the loss falls, and resuming is exact."""
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from conftest import TINY_OVERRIDES
 from repytilian.api import TrainOptions, train
 from repytilian.config import TrainConfig
 from repytilian.data import DataSource
-from repytilian.errors import RepytilianError
+from repytilian.errors import RepytilianError, SettingError
 from repytilian.store.folder import load_model_dir
 from repytilian.train import StopRequest, TrainState, learning_rate
 
@@ -180,13 +181,40 @@ def test_a_resume_cannot_switch_optimiser(corpus_file, tmp_path):
 
 
 def test_gradient_accumulation_learns_what_one_big_batch_would(corpus_file, tmp_path):
-    """--grad-accum 4 with --batch-size 4 takes the same steps as --batch-size 16 (float32)."""
-    def weights(batch: int, accum: int) -> dict:
-        over = {**TINY_OVERRIDES, "batch_size": batch, "grad_accum": accum, "max_iters": 6, "dtype": "float32",
-                "dropout": 0.0, "eval_interval": 100}
+    """--batch-size 16 in 4 micro-batches (--grad-accum 4), or in micro-batches of 2 (--micro-batch 2),
+    takes the same steps as in one pass (float32)."""
+    def weights(batch: int, **split) -> dict:
+        over = {**TINY_OVERRIDES, "batch_size": batch, "max_iters": 6, "dtype": "float32",
+                "dropout": 0.0, "eval_interval": 100, **split}
         model = train(options(corpus_file, tmp_path, overrides=over, out=None)).language_model.model
         return {k: v.clone() for k, v in model.state_dict().items()}
 
-    one, accumulated = weights(16, 1), weights(4, 4)
-    assert all(torch.allclose(one[k], accumulated[k], rtol=1e-4, atol=1e-6) for k in one)
-    assert not torch.equal(one["lm_head.weight"], weights(4, 1)["lm_head.weight"])  # a smaller batch differs
+    one = weights(16, grad_accum=1)
+    for split in ({"grad_accum": 4}, {"micro_batch": 2}):
+        accumulated = weights(16, **split)
+        assert all(torch.allclose(one[k], accumulated[k], rtol=1e-4, atol=1e-5) for k in one), split
+    assert not torch.equal(one["lm_head.weight"], weights(4)["lm_head.weight"])  # a smaller batch differs
+
+
+def test_the_micro_batches_are_chosen_to_fit_in_memory():
+    from repytilian.config import ModelConfig, TrainConfig
+    from repytilian.runtime.memory import training_bytes_per_window
+    from repytilian.train import plan_batches
+
+    mcfg, tcfg = ModelConfig(), TrainConfig(batch_size=64)
+    per_window = training_bytes_per_window(mcfg, "float32")
+    assert plan_batches(tcfg, mcfg, available=None).accum == 1  # memory unknown: one pass
+    roomy = plan_batches(tcfg, mcfg, available=1000 * 64 * per_window)
+    assert (roomy.micro_batch, roomy.accum, roomy.why) == (64, 1, None)
+    tight = plan_batches(tcfg, mcfg, available=int(2.2 * 10 * per_window))  # half of it holds 11 windows
+    assert (tight.micro_batch, tight.accum) == (8, 8) and "8 micro-batches of 8" in tight.why
+    two = plan_batches(tcfg, mcfg, ranks=2, available=None)
+    assert (two.micro_batch, two.accum) == (32, 1) and "on each of 2 processes" in two.describe()
+    assert plan_batches(dataclasses.replace(tcfg, micro_batch=16), mcfg, ranks=2).accum == 2
+    for cfg, ranks, setting in ((TrainConfig(batch_size=10), 4, "batch_size"),
+                                (TrainConfig(batch_size=12, grad_accum=5), 1, "grad_accum"),
+                                (TrainConfig(batch_size=12, micro_batch=5), 1, "micro_batch"),
+                                (TrainConfig(batch_size=12, micro_batch=4, grad_accum=2), 1, "micro_batch")):
+        with pytest.raises(SettingError) as caught:
+            plan_batches(cfg, mcfg, ranks=ranks, available=None)
+        assert caught.value.setting == setting

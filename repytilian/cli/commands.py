@@ -178,7 +178,11 @@ def speak(event) -> None:
     text = event.words()
     if isinstance(event, Stopped):
         again = f" -m {event.out}" if event.out else ' -m ""'
-        text += f"\nresume with: python3 training.py -l {event.path}{again}"
+        if event.processes > 1:
+            text += (f"\nresume with: torchrun --nproc_per_node {event.processes} training.py -l {event.path}{again}"
+                     f"\n(on any number of processes, or on one: python3 training.py -l {event.path}{again})")
+        else:
+            text += f"\nresume with: python3 training.py -l {event.path}{again}"
     elif isinstance(event, Saved):
         text += f"; generate with: python3 generate.py -m {event.path}"
     elif isinstance(event, NothingSaved):
@@ -191,7 +195,7 @@ def train_command(args: argparse.Namespace) -> int:
     from ..api import train
 
     result = train(_train_options(args, out=args.model or None, load=args.load), on_event=speak)
-    if args.tokens and not result.stopped_by:
+    if args.tokens and not result.stopped_by and result.main:
         print("--- sample ---", file=sys.stderr)
         write_generation(result.language_model, "", args.tokens, {"seed": args.seed})
     return 0

@@ -189,10 +189,12 @@ class TokenData:
 
 
 def get_batch(
-    ids: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator
+    ids: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
+    part: slice = slice(None),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows: x (B, T) and y (B, T), y being x shifted left by one token."""
-    starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).numpy()
+    """Random windows: x (B, T) and y (B, T), y being x shifted left by one token. With `part`,
+    only those of the B windows are read (one process's share; the stream moves on by all B)."""
+    starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).numpy()[part]
     if isinstance(ids, np.memmap):  # a large corpus in the token cache
         windows = read_windows(ids, starts, block_size + 1)
     else:

@@ -5,7 +5,9 @@
 - REPYTILIAN_DATA: a folder holding data set files (a mirror for machines without network);
 - REPYTILIAN_OFFLINE: never download (data sets, tiktoken's encodings);
 - REPYTILIAN_NO_PROGRESS: no progress bars or lines (logs only);
-- REPYTILIAN_STREAM_MB: text from this size on is streamed, never read whole (default 64).
+- REPYTILIAN_STREAM_MB: text from this size on is streamed, never read whole (default 64);
+- REPYTILIAN_DIST_TIMEOUT: under torchrun, seconds a process waits for the others (default 300;
+  distributed/world.py reads it).
 """
 from __future__ import annotations
 
