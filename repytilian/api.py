@@ -58,6 +58,7 @@ from .store.folder import (
     load_model_dir,
     save_model_dir,
 )
+from .store.live import LiveMetrics
 from .store.lock import TargetLock
 from .tokenizers import (
     DEFAULT_TOKENIZER,
@@ -438,14 +439,16 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
     started = time.time()
     lock = TargetLock(out).acquire() if out is not None else None
     trackers = []
+    live = None
     try:
+        live = LiveMetrics(out, trainer.state.metrics) if out is not None else None  # for repytilian serve
         trackers = open_trackers(opts.wandb, opts.tensorboard, {**dataclasses.asdict(mcfg), **dataclasses.asdict(tcfg)},
                                  name=out.name if out is not None else None)
         with opts.stop or StopRequest() as stop:
             # Only now that the handlers are installed is it safe to tell the user to send a signal.
             report(Started(pid, steps, world.size))
             stopped_by = trainer.run(stop, progress=opts.progress, report=report, after_step=checkpoints.maybe_save,
-                                     on_eval=lambda entry: log_all(trackers, entry))
+                                     on_eval=lambda entry: _on_eval(entry, trackers, live))
             val_loss = None
             if stopped_by:
                 target = interrupted_dir(opts.interrupt_root)
@@ -474,6 +477,8 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
                     checkpoints.discard()
                     report(NothingSaved())
     finally:
+        if live is not None:
+            live.close()
         if lock is not None:
             lock.release()
         if sys.exc_info()[0] is not None:  # training failed: close the trackers' runs all the same
@@ -482,6 +487,15 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
     finish_all(trackers, final_meta["summary"])
     lm = LanguageModel(model, tokenizer, final_meta, saved_to)
     return TrainResult(lm, saved_to, stopped_by, val_loss, trainer.state)
+
+
+def _on_eval(entry: dict[str, Any], trackers: list, live: LiveMetrics | None) -> None:
+    log_all(trackers, entry)
+    if live is not None:
+        try:
+            live.append(entry)
+        except OSError:
+            pass  # watching is a nicety: a full disk or a removed folder must not stop training
 
 
 def _follow(opts: TrainOptions, run: _Run, trainer: Trainer) -> TrainResult:

@@ -71,7 +71,6 @@ def choose_next(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Ge
         raise RepytilianError(f"the model produced invalid probabilities ({e}); its weights may be damaged") from None
 
 
-@torch.no_grad()
 def sample_ids(
     model: GPT,
     prompt_ids: Sequence[int],
@@ -86,6 +85,22 @@ def sample_ids(
     With the cache (decode.py), `dtype` None picks float32 or, where measured faster, bf16; the
     path without it runs the model itself in float32, the reference the cache is tested against.
     """
+    for ids, _ in sample_steps(model, prompt_ids, max_new_tokens, opts, num_samples, use_cache, dtype):
+        yield ids
+
+
+@torch.no_grad()
+def sample_steps(
+    model: GPT,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    opts: SamplingOptions | None = None,
+    num_samples: int = 1,
+    use_cache: bool = True,
+    dtype: torch.dtype | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """As `sample_ids`, with what the model thought at each step: (next ids (B,), logits (B, vocab)
+    in float32, before temperature and filtering), for showing the probabilities it gave."""
     opts = opts or SamplingOptions()
     opts.validate()
     check_lengths(max_new_tokens, num_samples)
@@ -124,7 +139,7 @@ def sample_ids(
         next_ids = choose_next(logits, opts, generator)  # (B, 1)
         window[:, length] = next_ids[:, 0]
         length += 1
-        yield next_ids[:, 0]
+        yield next_ids[:, 0], logits
 
 class StopFilter:
     """Passes text through until one of the stop strings appears, and cuts it there.

@@ -473,9 +473,9 @@ class Trainer:
                 if state.step % cfg.eval_interval == 0 or done:
                     t0 = time.perf_counter()
                     entry = self.record(self.estimate_loss(), learning_rate(state.step - 1, cfg, state))
-                    report(Evaluated(**entry))
                     if on_eval is not None:
-                        on_eval(entry)  # e.g. experiment trackers
+                        on_eval(entry)  # e.g. experiment trackers, the live metrics (before anyone is told)
+                    report(Evaluated(**entry))
                     last_update += time.perf_counter() - t0  # evaluation time is not training speed
                 if after_step is not None:
                     t0 = time.perf_counter()

@@ -10,8 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "repytilian"
 LAYERS = {
     "errors": 0, "tokenizers": 1, "config": 2, "events": 2, "attention": 2, "model": 3, "runtime": 4, "distributed": 4,
     "data": 5, "optim": 5, "evaluate": 5, "decode": 5, "sampling": 5,
-    "train": 6, "store": 7, "interop": 8, "api": 8, "cli": 9,
-    "__init__": 10, "__main__": 10, "_bootstrap": 10,
+    "train": 6, "store": 7, "interop": 8, "api": 8, "serve": 9, "cli": 10,
+    "__init__": 11, "__main__": 11, "_bootstrap": 11,
 }
 
 

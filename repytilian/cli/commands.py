@@ -25,6 +25,7 @@ from ..runtime.paths import progress_wanted
 from .flags import in_flags
 from .ladder import add_arguments as add_ladder_arguments
 from .ladder import ladder_command
+from .serve import add_serve_arguments, serve_command
 
 
 def _nonnegative_int(text: str) -> int:
@@ -517,6 +518,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "compared in one table")
     add_ladder_arguments(p_ladder)
     p_ladder.set_defaults(handler=ladder_command)
+    p_serve = sub.add_parser("serve", parents=[debug],
+                             help="a web playground and an OpenAI-compatible API for your models, on this machine")
+    add_serve_arguments(p_serve)
+    p_serve.set_defaults(handler=serve_command)
     p_bench = sub.add_parser("bench", add_help=False,
                              help="measure training speed and quality per time here (repytilian bench --help)")
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)

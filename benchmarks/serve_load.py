@@ -1,0 +1,119 @@
+"""Load test for `repytilian serve`: C clients x R requests on 127.0.0.1, then latency and throughput.
+
+    python3 benchmarks/serve_load.py [--clients 8] [--requests 50] [--tokens 32] [--model shakespeare/v2c]
+
+It starts the server itself (the real command line, on a free port), runs a fixed number of
+requests (the loops are bounded: it stops by itself), stops the server and prints one table:
+errors, p50/p99 latency, requests/s and generated tokens/s. The server's queue is sized to the
+number of clients, so any error here is a real failure, not a refusal by design.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_server(models: Path, clients: int, concurrent: int) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "repytilian", "serve", "--models", str(models), "--port", "0",
+                             "--max-concurrent", str(concurrent), "--max-queue", str(clients)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        found = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", line)
+        if found:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return proc, found.group(1)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def run(url: str, model: str, clients: int, requests: int, tokens: int, stream: bool) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    generated = [0]
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            for i in range(requests):  # bounded: each client makes exactly `requests` requests
+                body = {"model": model, "prompt": "ROMEO:", "max_tokens": tokens, "seed": k * 1000 + i,
+                        "stream": stream}
+                t0 = time.perf_counter()
+                try:
+                    if stream:
+                        with http.stream("POST", "/v1/completions", json=body) as r:
+                            count = sum(1 for line in r.iter_lines() if line.startswith("data: {"))
+                            ok, what = r.status_code == 200, f"HTTP {r.status_code}"
+                            produced = max(0, count - 1)
+                    else:
+                        r = http.post("/v1/completions", json=body)
+                        ok, what = r.status_code == 200, f"HTTP {r.status_code}: {r.text[:120]}"
+                        produced = r.json()["usage"]["completion_tokens"] if ok else 0
+                except httpx.HTTPError as e:
+                    ok, what, produced = False, f"{type(e).__name__}: {e}", 0
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    generated[0] += produced
+                    if not ok:
+                        errors.append(what)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    return {"requests": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else None,
+            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * percentile(latencies, 99),
+            "requests_per_s": len(latencies) / wall, "tokens_per_s": generated[0] / wall, "seconds": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=str(ROOT / "models"), help="models folder to serve")
+    parser.add_argument("--model", default="shakespeare/v2c", help="model id to ask for")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=50, help="per client")
+    parser.add_argument("--tokens", type=int, default=32, help="max_tokens of each request")
+    parser.add_argument("--concurrent", type=int, default=2, help="the server's --max-concurrent")
+    parser.add_argument("--stream", action="store_true", help="streaming requests (server-sent events)")
+    args = parser.parse_args(argv)
+    proc, url = start_server(Path(args.models), args.clients, args.concurrent)
+    try:
+        result = run(url, args.model, args.clients, args.requests, args.tokens, args.stream)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"{args.clients} clients x {args.requests} requests of {args.tokens} tokens ({args.model}, "
+          f"{'streaming' if args.stream else 'whole answers'}, {args.concurrent} at once):")
+    print(f"  requests {result['requests']}, errors {result['errors']}"
+          + (f" (first: {result['first_error']})" if result["errors"] else ""))
+    print(f"  latency p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "
+          f"{result['requests_per_s']:.1f} requests/s, {result['tokens_per_s']:,.0f} tokens/s "
+          f"({result['seconds']:.1f} s)")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

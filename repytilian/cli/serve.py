@@ -1,0 +1,91 @@
+"""`repytilian serve`: the playground and the OpenAI-compatible API on one local server."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+from ..errors import RepytilianError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..serve.limits import Limits  # torch-free: --help stays fast
+
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("-m", "--model", help="serve this one model folder")
+    which.add_argument("--models", default="models",
+                       help="serve every model folder under this folder (default: models)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--device", default="cpu", help="where the models run (default cpu)")
+    d = Limits()
+    parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"most tokens a request may ask for (default {d.max_tokens})")
+    parser.add_argument("--max-concurrent", type=int, default=d.max_active,
+                        help=f"generations at once (default {d.max_active}); more wait in a queue")
+    parser.add_argument("--max-queue", type=int, default=d.max_waiting,
+                        help=f"requests that may wait for a turn (default {d.max_waiting}); beyond: 429")
+    parser.add_argument("--max-seconds", type=float, default=d.max_seconds,
+                        help=f"generation time per request (default {d.max_seconds:g} s)")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..serve.app import create_app
+    except ImportError as e:
+        raise RepytilianError(f"repytilian serve needs the serve extra ({e.name} is missing): "
+                              "pip install 'repytilian[serve]'") from None
+    from ..serve.limits import Limits
+    from ..serve.registry import Registry
+
+    for name in ("max_tokens", "max_concurrent", "max_queue"):
+        if getattr(args, name) < 1:
+            raise RepytilianError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.max_seconds > 0:
+        raise RepytilianError("--max-seconds must be more than 0")
+    if not 0 <= args.port <= 65535:
+        raise RepytilianError(f"--port must be from 0 to 65535, got {args.port}")
+    registry = (Registry(single=Path(args.model), device=args.device) if args.model
+                else Registry(root=Path(args.models), device=args.device))
+    limits = Limits(max_tokens=args.max_tokens, max_active=args.max_concurrent, max_waiting=args.max_queue,
+                    max_seconds=args.max_seconds)
+    app = create_app(registry, limits)
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can "
+              "use these models (there is no login); use --host 127.0.0.1 for this machine only",
+              file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    models = registry.scan()
+    what = ", ".join(m.id for m in models[:6]) + (" ..." if len(models) > 6 else "") or "none yet"
+    print(f"models: {what}", file=sys.stderr, flush=True)
+
+    started = server.startup
+
+    async def announce(*a, **k):  # the real port, once it is bound (--port 0 picks one)
+        await started(*a, **k)
+        for s in server.servers:
+            for sock in s.sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                print(f"serving on http://{shown}:{port}/ (playground) and http://{shown}:{port}/v1 "
+                      "(OpenAI-compatible API); Ctrl+C stops", file=sys.stderr, flush=True)
+                return
+
+    server.startup = announce
+    server.run()
+    return 0

@@ -1,0 +1,148 @@
+"""Which model folders the server may open: those under its models folder, found by a scan.
+
+A request names a model by its id (its path under the models folder, e.g. `shakespeare/v2c`), and
+only ids the scan found are opened, so no request can reach a folder elsewhere: `..` in an id,
+an absolute path, or a symlink that leads out of the models folder are never in the list.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..api import LanguageModel
+from ..errors import RepytilianError
+from ..store.folder import load_model_dir
+
+MAX_DEPTH = 4  # models/<group>/<name> and a little more; the scan stays quick on a big folder
+
+
+class ModelNotFound(RepytilianError):
+    pass
+
+
+@dataclass
+class ModelInfo:
+    id: str
+    path: Path
+    tokenizer: str
+    parameters: int | None
+    val_loss: float | None
+    steps: int | None
+    created: int
+    ready: bool = True  # False: a first run is still training into this folder; nothing saved yet
+
+    @property
+    def is_text(self) -> bool:
+        return self.tokenizer != "json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "tokenizer": self.tokenizer, "parameters": self.parameters, "val_loss": self.val_loss,
+                "steps": self.steps, "chat": self.is_text and self.ready, "ready": self.ready}
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve(strict=True).relative_to(root)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _info(model_id: str, folder: Path) -> ModelInfo | None:
+    try:
+        meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != "repytilian-model":
+        return None
+    summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else {}
+    tokenizer = meta.get("tokenizer")
+    if isinstance(tokenizer, dict):
+        tokenizer = tokenizer.get("kind") or tokenizer.get("name")
+    return ModelInfo(model_id, folder, str(tokenizer or "?"), summary.get("parameters"),
+                     summary.get("val_loss_full"), summary.get("step"),
+                     int((folder / "config.json").stat().st_mtime))
+
+
+class Registry:
+    """The models under `root` (or the one folder `single`), each loaded on first use and kept."""
+
+    def __init__(self, root: Path | None = None, single: Path | None = None, device: str = "cpu"):
+        if (root is None) == (single is None):
+            raise ValueError("give a models folder or one model folder")
+        self.single = single.resolve() if single is not None else None
+        self.root = (root or single.parent).resolve()
+        self.device = device
+        self._loaded: dict[str, tuple[int, LanguageModel]] = {}
+        self._lock = threading.Lock()
+        if self.single is not None and _info(self.single.name, self.single) is None:
+            raise RepytilianError(f"{single} is not a model folder (no Repytilian config.json in it)")
+        if self.single is None and not self.root.is_dir():
+            raise RepytilianError(f"{root} is not a folder; give the folder your models are in with --models")
+
+    def scan(self, training: bool = False) -> list[ModelInfo]:
+        """The model folders; with `training`, also those a first run is training into (no model yet)."""
+        if self.single is not None:
+            info = _info(self.single.name, self.single)
+            return [info] if info else []
+        found: list[ModelInfo] = []
+        self._walk(self.root, 0, found)
+        return sorted((m for m in found if training or m.ready), key=lambda m: m.id)
+
+    def _walk(self, folder: Path, depth: int, found: list[ModelInfo]) -> None:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            return
+        children = [p for p in entries if not p.name.startswith(".")]
+        names = {p.name for p in children}
+        for entry in entries:  # `.<name>.live.jsonl`: a run training into <name> (store/live.py)
+            name = entry.name
+            if name.startswith(".") and name.endswith(".live.jsonl") and name[1:-len(".live.jsonl")] not in names:
+                target = folder / name[1:-len(".live.jsonl")]
+                if _inside(entry, self.root):
+                    found.append(ModelInfo(target.relative_to(self.root).as_posix(), target, "?", None, None, None,
+                                           int(time.time()), ready=False))
+        for child in children:
+            if not child.is_dir() or not _inside(child, self.root):  # a symlink out of the root is skipped
+                continue
+            if (child / "config.json").is_file():
+                info = _info(child.relative_to(self.root).as_posix(), child)
+                if info is not None:
+                    found.append(info)
+                    continue
+            if depth + 1 < MAX_DEPTH:
+                self._walk(child, depth + 1, found)
+
+    def find(self, model_id: Any, training: bool = False) -> ModelInfo:
+        if isinstance(model_id, str):
+            for info in self.scan(training=True):
+                if info.id == model_id and (info.ready or training):
+                    return info
+                if info.id == model_id:
+                    raise ModelNotFound(f"{model_id} is still training its first model; nothing is saved to "
+                                        "generate from yet")
+        raise ModelNotFound(f"no model {model_id!r} here; GET /v1/models lists them")
+
+    def default(self) -> ModelInfo:
+        models = self.scan()
+        if not models:
+            raise ModelNotFound(f"there is no model under {self.root} yet; train one with training.py -m DIR")
+        return models[0]
+
+    def load(self, info: ModelInfo) -> LanguageModel:
+        with self._lock:  # one load per folder, however many requests ask at once
+            kept = self._loaded.get(info.id)
+            if kept is not None and kept[0] == info.created:
+                return kept[1]
+            # New, or retrained in place since it was loaded (its config.json is newer)
+            loaded = load_model_dir(info.path, torch.device(self.device))
+            lm = LanguageModel(loaded.model, loaded.tokenizer, loaded.meta, loaded.path)
+            self._loaded[info.id] = (info.created, lm)
+            return lm

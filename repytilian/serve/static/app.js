@@ -1,0 +1,335 @@
+// The playground: pick a model, stream a continuation token by token, see what the model thought.
+// Plain JavaScript, no build step, nothing loaded from elsewhere.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  models: [],
+  controller: null,   // the AbortController of the running generation (Stop aborts it)
+  promptIds: [],      // the ids the current text started from
+  promptLabels: [],
+  tokens: [],         // generated: {id, label, prob, top}
+  json: false,
+  cardTimer: null,
+};
+
+function pct(p) {
+  if (p >= 0.995) return "100%";
+  if (p >= 0.1) return (p * 100).toFixed(0) + "%";
+  if (p >= 0.001) return (p * 100).toFixed(1) + "%";
+  return p > 0 ? "<0.1%" : "0%";
+}
+
+function shown(label) {
+  // A line break needs something to hover on: a mark, then the break itself (outside the button)
+  return label.replace(/\n/g, "\u21b5");
+}
+
+async function loadModels() {
+  const response = await fetch("/api/models");
+  const data = await response.json();
+  state.models = data.models || [];
+  const select = $("model");
+  select.innerHTML = "";
+  for (const m of state.models) {
+    const option = document.createElement("option");
+    option.value = m.id;
+    const size = m.parameters ? ` · ${(m.parameters / 1e6).toFixed(2)}M params` : "";
+    const loss = m.val_loss != null ? ` · val loss ${m.val_loss.toFixed(3)}` : "";
+    option.textContent = `${m.id} (${m.tokenizer}${size}${loss})`;
+    select.appendChild(option);
+  }
+  if (!state.models.length) {
+    $("model-info").textContent = "No models here yet: train one with training.py -m models/NAME.";
+  }
+  describeModel();
+}
+
+function currentModel() {
+  return state.models.find((m) => m.id === $("model").value);
+}
+
+function describeModel() {
+  const m = currentModel();
+  if (!m) return;
+  const parts = [`tokenizer ${m.tokenizer}`];
+  if (m.parameters) parts.push(`${m.parameters.toLocaleString()} parameters`);
+  if (m.steps) parts.push(`${m.steps.toLocaleString()} steps`);
+  if (m.val_loss != null) parts.push(`val loss ${m.val_loss.toFixed(4)}`);
+  if (m.training) parts.push("training now");
+  $("model-info").textContent = parts.join(" · ");
+  if (m.tokenizer === "json" && $("prompt").value === "ROMEO:") $("prompt").value = "";
+  if (!$("view-card").hidden) loadCard();
+}
+
+// --- generation -----------------------------------------------------------------------------
+
+function settings() {
+  const number = (id) => ($(id).value === "" ? null : Number($(id).value));
+  return {
+    model: $("model").value,
+    temperature: number("temperature"),
+    top_k: number("top_k") || 0,
+    top_p: number("top_p"),
+    max_tokens: number("max_tokens"),
+    seed: number("seed"),
+  };
+}
+
+async function generate(body, keepTokens) {
+  stopGeneration();
+  closeAlternatives();
+  const controller = new AbortController();
+  state.controller = controller;
+  $("generate").disabled = true;
+  $("stop").disabled = false;
+  $("stats").textContent = "generating…";
+  if (!keepTokens) state.tokens = [];
+  try {
+    const response = await fetch("/api/generate", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal: controller.signal,
+    });
+    if (!response.ok) {
+      const error = await response.json().catch(() => ({}));
+      throw new Error((error.error && error.error.message) || `HTTP ${response.status}`);
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const line = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        if (line.startsWith("data: ")) handle(JSON.parse(line.slice(6)), keepTokens);
+      }
+    }
+  } catch (error) {
+    if (error.name === "AbortError") {
+      $("stats").textContent = `stopped after ${state.tokens.length} tokens`;
+    } else {
+      $("stats").textContent = `error: ${error.message}`;
+    }
+  } finally {
+    if (state.controller === controller) {
+      state.controller = null;
+      $("generate").disabled = false;
+      $("stop").disabled = true;
+    }
+  }
+}
+
+function handle(event, keepTokens) {
+  if (event.type === "start") {
+    state.json = event.json;
+    if (!keepTokens) {
+      state.promptIds = event.prompt_ids;
+      state.promptLabels = event.prompt_labels;
+    }
+    render();
+  } else if (event.type === "token") {
+    state.tokens.push(event);
+    appendToken(event, state.tokens.length - 1);
+  } else if (event.type === "end") {
+    const why = event.finish_reason === "stop" ? "the model ended it" : "length reached";
+    $("stats").textContent = `${state.tokens.length} tokens · ${event.tokens_per_second} tokens/s · ${why}`;
+  } else if (event.type === "error") {
+    $("stats").textContent = `error: ${event.message}`;
+  }
+}
+
+function render() {
+  const out = $("output");
+  out.innerHTML = "";
+  out.classList.toggle("json", state.json);
+  if (state.json) {
+    const list = document.createElement("ol");
+    list.id = "token-list";
+    for (const label of state.promptLabels) {
+      const item = document.createElement("li");
+      item.className = "prompt";
+      item.textContent = label;
+      list.appendChild(item);
+    }
+    out.appendChild(list);
+  } else {
+    const prompt = document.createElement("span");
+    prompt.className = "prompt";
+    prompt.textContent = $("prompt").dataset.shownPrompt || "";
+    out.appendChild(prompt);
+  }
+  state.tokens.forEach((t, i) => appendToken(t, i));
+}
+
+function appendToken(token, index) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "tok";
+  button.dataset.index = String(index);
+  button.textContent = state.json ? token.label : shown(token.label);
+  button.style.setProperty("--p", String(Math.max(0.04, token.prob * 0.85)));
+  if (token.prob > 0.6) button.classList.add("dark");
+  if (token.picked) button.classList.add("picked");
+  button.setAttribute("aria-label", `${JSON.stringify(token.label)}, probability ${pct(token.prob)}`);
+  button.addEventListener("mouseenter", () => openAlternatives(index, button));
+  button.addEventListener("focus", () => openAlternatives(index, button));
+  button.addEventListener("click", () => openAlternatives(index, button, true));
+  if (state.json) {
+    const item = document.createElement("li");
+    item.appendChild(button);
+    $("token-list").appendChild(item);
+  } else {
+    $("output").appendChild(button);
+    const breaks = (token.label.match(/\n/g) || []).length;
+    if (breaks) $("output").appendChild(document.createTextNode("\n".repeat(breaks)));
+  }
+}
+
+// --- the alternatives: choose your own path --------------------------------------------------
+
+let pinned = false;
+
+function openAlternatives(index, anchor, pin) {
+  if (pinned && !pin) return;
+  pinned = Boolean(pin);
+  const token = state.tokens[index];
+  const box = $("alternatives");
+  box.innerHTML = "";
+  const title = document.createElement("h2");
+  title.textContent = `token ${index + 1}: the model's 10 likeliest here`;
+  box.appendChild(title);
+  for (const alt of token.top) {
+    const choice = document.createElement("button");
+    choice.type = "button";
+    if (alt.id === token.id) choice.classList.add("chosen");
+    const label = document.createElement("span");
+    label.textContent = JSON.stringify(alt.label);
+    const p = document.createElement("span");
+    p.textContent = pct(alt.prob);
+    choice.append(label, p);
+    choice.style.setProperty("--w", `${Math.round(alt.prob * 100)}%`);
+    choice.setAttribute("aria-label", `continue with ${JSON.stringify(alt.label)} (${pct(alt.prob)})`);
+    choice.addEventListener("click", () => continueWith(index, alt));
+    box.appendChild(choice);
+  }
+  const rect = anchor.getBoundingClientRect();
+  box.hidden = false;
+  const left = Math.min(window.scrollX + rect.left, window.scrollX + document.documentElement.clientWidth - box.offsetWidth - 8);
+  box.style.setProperty("left", `${Math.max(4, left)}px`);
+  box.style.setProperty("top", `${window.scrollY + rect.bottom + 4}px`);
+  if (pin) box.querySelector("button").focus();
+}
+
+function closeAlternatives() {
+  pinned = false;
+  $("alternatives").hidden = true;
+}
+
+function continueWith(index, alt) {
+  closeAlternatives();
+  const kept = state.tokens.slice(0, index);
+  const chosen = { ...state.tokens[index], id: alt.id, label: alt.label, prob: alt.prob, picked: true };
+  state.tokens = [...kept, chosen];
+  render();
+  const ids = [...state.promptIds, ...state.tokens.map((t) => t.id)];
+  const left = Math.max(1, settings().max_tokens - state.tokens.length);
+  generate({ ...settings(), prompt_ids: ids, max_tokens: left }, true);
+}
+
+function stopGeneration() {
+  if (state.controller) state.controller.abort();
+}
+
+// --- the model card and the loss plot -------------------------------------------------------
+
+async function loadCard() {
+  const m = currentModel();
+  if (!m) return;
+  const response = await fetch(`/api/card?model=${encodeURIComponent(m.id)}`);
+  const data = await response.json();
+  if (!response.ok) {
+    $("card-status").textContent = (data.error && data.error.message) || "no card";
+    return;
+  }
+  $("card").textContent = data.card || "(this folder has no model card yet)";
+  $("card-status").textContent = data.training
+    ? `training now: ${data.metrics.length} evaluations so far (updates every 2 s)`
+    : `${data.metrics.length} evaluations`;
+  drawPlot(data.metrics);
+  clearTimeout(state.cardTimer);
+  if (!$("view-card").hidden) state.cardTimer = setTimeout(loadCard, data.training ? 2000 : 10000);
+}
+
+function drawPlot(metrics) {
+  const canvas = $("plot");
+  const g = canvas.getContext("2d");
+  const W = canvas.width, H = canvas.height, pad = 44;
+  g.clearRect(0, 0, W, H);
+  g.font = "12px system-ui, sans-serif";
+  g.fillStyle = "#5f6368";
+  if (!metrics.length) {
+    g.fillText("no evaluations yet", pad, H / 2);
+    return;
+  }
+  const steps = metrics.map((m) => m.step);
+  const losses = metrics.flatMap((m) => [m.train_loss, m.val_loss]).filter((v) => v != null);
+  const x0 = Math.min(...steps), x1 = Math.max(...steps, x0 + 1);
+  const y0 = Math.min(...losses), y1 = Math.max(...losses, y0 + 1e-3);
+  const X = (s) => pad + ((s - x0) / (x1 - x0)) * (W - 2 * pad);
+  const Y = (v) => H - pad + 8 - ((v - y0) / (y1 - y0)) * (H - 2 * pad);
+  g.strokeStyle = "#d0d4d9";
+  g.strokeRect(pad, pad - 8, W - 2 * pad, H - 2 * pad);
+  g.fillText(y1.toFixed(2), 4, pad);
+  g.fillText(y0.toFixed(2), 4, H - pad + 8);
+  g.fillText(`step ${x0}`, pad, H - pad + 26);
+  g.fillText(`${x1}`, W - pad - 30, H - pad + 26);
+  const series = [["train_loss", "#2457c5", "train"], ["val_loss", "#d9480f", "val"]];
+  series.forEach(([key, color, name], k) => {
+    g.strokeStyle = color;
+    g.lineWidth = 2;
+    g.beginPath();
+    metrics.forEach((m, i) => (i ? g.lineTo : g.moveTo).call(g, X(m.step), Y(m[key])));
+    g.stroke();
+    g.fillStyle = color;
+    g.fillText(`${name} ${metrics[metrics.length - 1][key].toFixed(4)}`, W - pad - 120, pad + 8 + 16 * k);
+  });
+}
+
+// --- wiring ---------------------------------------------------------------------------------
+
+function showTab(name) {
+  for (const [tab, view] of [["tab-generate", "view-generate"], ["tab-card", "view-card"]]) {
+    const on = tab === `tab-${name}`;
+    $(tab).setAttribute("aria-selected", String(on));
+    $(view).hidden = !on;
+  }
+  closeAlternatives();
+  if (name === "card") loadCard();
+  else clearTimeout(state.cardTimer);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    $("prompt").dataset.shownPrompt = $("prompt").value;
+    state.tokens = [];
+    generate({ ...settings(), prompt: $("prompt").value }, false);
+  });
+  $("stop").addEventListener("click", stopGeneration);
+  $("model").addEventListener("change", describeModel);
+  $("tab-generate").addEventListener("click", () => showTab("generate"));
+  $("tab-card").addEventListener("click", () => showTab("card"));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") closeAlternatives();
+  });
+  document.addEventListener("click", (event) => {
+    if (!event.target.closest(".tok") && !event.target.closest("#alternatives")) closeAlternatives();
+  });
+  loadModels();
+});

@@ -1,0 +1,467 @@
+"""repytilian serve: every endpoint and error in-process (Starlette's test client), then the real
+thing: the command line starting uvicorn on a free local port, the official `openai` client
+against it, a client that goes away, a full queue."""
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_script
+
+pytest.importorskip("starlette")
+from starlette.testclient import TestClient  # noqa: E402
+
+from repytilian.serve.app import create_app  # noqa: E402
+from repytilian.serve.limits import Limits  # noqa: E402
+from repytilian.serve.registry import Registry  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "shakespeare" / "v1c"
+TEXT = "shakespeare/v1c"
+MUSIC = "music/chords"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """A models folder: a shipped character model, a JSON-token model, and traps for path tricks."""
+    root = tmp_path_factory.mktemp("served") / "models"
+    shutil.copytree(SHIPPED, root / TEXT)
+    rng = random.Random(0)
+    chords = [[60, 64, 67], [62, 65, 69], [64, 67, 71], "rest"]
+    doc = {"train": [[rng.choice(chords) for _ in range(30)] for _ in range(30)],
+           "valid": [[rng.choice(chords) for _ in range(30)] for _ in range(4)]}
+    (root.parent / "chords.json").write_text(json.dumps(doc))
+    r = run_script("training.py", "-d", "chords.json", "-z", "json", "--json-key", "train", "--json-val-key", "valid",
+                   "-m", f"models/{MUSIC}", "-i", "quick", "-t", "0", *TINY, cwd=root.parent)
+    assert r.returncode == 0, r.stderr
+    outside = root.parent / "secret"  # a model folder outside the models folder...
+    shutil.copytree(SHIPPED, outside)
+    (root / "escape").symlink_to(outside, target_is_directory=True)  # ...reachable only by a symlink
+    (root / "not-a-model").mkdir()
+    (root / "not-a-model" / "config.json").write_text("{}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(models):
+    app = create_app(Registry(root=models), Limits(max_tokens=300, max_body_bytes=20_000, max_prompt_chars=2_000))
+    with TestClient(app) as c:
+        yield c
+
+
+def sse(text: str) -> list:
+    out = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            payload = block[len("data: "):]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def assert_error(response, status: int, param=None, words: str = ""):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param
+    assert words in error["message"]
+    assert "Traceback" not in response.text
+
+
+def test_models_lists_only_model_folders_inside_the_models_folder(client):
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == [MUSIC, TEXT]  # not the symlinked folder outside, not a folder without a real config
+    playground = client.get("/api/models").json()["models"]
+    text = next(m for m in playground if m["id"] == TEXT)
+    assert text["tokenizer"] == "characters" and text["chat"] and text["val_loss"] > 0 and text["parameters"] > 0
+    assert not next(m for m in playground if m["id"] == MUSIC)["chat"]
+
+
+@pytest.mark.parametrize("name", ["../secret", "escape", "escape/", "/etc", "shakespeare/../../secret",
+                                  "shakespeare", "not-a-model", str(SHIPPED), 7])
+def test_no_request_opens_a_folder_outside_the_list(client, name):
+    r = client.post("/v1/completions", json={"model": name, "prompt": "a", "max_tokens": 2})
+    assert_error(r, 404, "model", "GET /v1/models lists them")
+    assert client.get("/api/card", params={"model": str(name)}).status_code == 404
+
+
+def test_a_completion_with_logprobs_and_a_seed(client):
+    body = {"model": TEXT, "prompt": "ROMEO:", "max_tokens": 12, "temperature": 0.8, "seed": 5, "logprobs": 3}
+    first, again = client.post("/v1/completions", json=body).json(), client.post("/v1/completions", json=body).json()
+    assert first["object"] == "text_completion" and first["model"] == TEXT
+    choice = first["choices"][0]
+    assert choice["text"] == again["choices"][0]["text"] and len(choice["text"]) == 12  # one character a token
+    assert choice["finish_reason"] == "length"
+    assert first["usage"] == {"prompt_tokens": 6, "completion_tokens": 12, "total_tokens": 18}
+    lp = choice["logprobs"]
+    assert "".join(lp["tokens"]) == choice["text"] and len(lp["token_logprobs"]) == 12
+    assert all(len(top) == 3 and all(v <= 0 for v in top.values()) for top in lp["top_logprobs"])
+    assert lp["text_offset"] == list(range(12))
+    other = client.post("/v1/completions", json={**body, "seed": 6}).json()["choices"][0]["text"]
+    assert other != choice["text"]
+
+
+def test_streaming_gives_the_same_text_as_one_answer(client):
+    body = {"model": TEXT, "prompt": "KING", "max_tokens": 20, "seed": 1, "n": 2}
+    whole = client.post("/v1/completions", json=body).json()
+    r = client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse(r.text)
+    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == 40
+    for i in range(2):
+        streamed = "".join(c["text"] for e in events[:-2] for c in e["choices"] if c["index"] == i)
+        assert streamed == whole["choices"][i]["text"]
+    assert whole["choices"][0]["text"] != whole["choices"][1]["text"]
+    assert [c["finish_reason"] for e in events[:-2] for c in e["choices"] if c["finish_reason"]] == ["length"] * 2
+
+
+def test_stop_strings_and_token_id_prompts(client):
+    free = client.post("/v1/completions", json={"model": TEXT, "prompt": "A", "max_tokens": 60, "seed": 3,
+                                                "temperature": 0}).json()["choices"][0]["text"]
+    cut = free.strip()[2:4]
+    stopped = client.post("/v1/completions", json={"model": TEXT, "prompt": "A", "max_tokens": 60, "seed": 3,
+                                                   "temperature": 0, "stop": [cut]}).json()["choices"][0]
+    assert stopped["finish_reason"] == "stop" and stopped["text"] == free[: free.index(cut)]
+    ids = client.post("/api/generate", json={"model": TEXT, "prompt": "A", "max_tokens": 1}).text
+    prompt_ids = sse(ids)[0]["prompt_ids"]
+    by_ids = client.post("/v1/completions", json={"model": TEXT, "prompt": prompt_ids, "max_tokens": 60,
+                                                  "temperature": 0}).json()["choices"][0]["text"]
+    assert by_ids == free
+
+
+def test_chat_completions_use_the_script_template(client):
+    body = {"model": TEXT, "messages": [{"role": "system", "content": "A play."},
+                                        {"role": "user", "content": [{"type": "text", "text": "Good morrow!"}]}],
+            "max_tokens": 40, "seed": 2, "logprobs": True, "top_logprobs": 2}
+    answer = client.post("/v1/chat/completions", json=body).json()
+    assert answer["object"] == "chat.completion"
+    message = answer["choices"][0]["message"]
+    assert message["role"] == "assistant" and "\n\n" not in message["content"]
+    content = answer["choices"][0]["logprobs"]["content"]
+    assert "".join(t["token"] for t in content).startswith(message["content"])
+    assert all(len(t["top_logprobs"]) == 2 and t["bytes"] == list(t["token"].encode()) for t in content)
+    events = sse(client.post("/v1/chat/completions", json={**body, "stream": True}).text)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == message["content"]
+    assert events[-1] == "[DONE]"
+
+
+def test_a_json_token_model_is_not_a_chat_model_but_completes_token_ids(client):
+    r = client.post("/v1/chat/completions", json={"model": MUSIC, "messages": [{"role": "user", "content": "hi"}]})
+    assert_error(r, 400, "model", "is not a chat model")
+    assert r.json()["error"]["code"] == "model_not_chat"
+    events = sse(client.post("/api/generate", json={"model": MUSIC, "prompt": "", "max_tokens": 5, "seed": 1}).text)
+    assert events[0]["json"] is True
+    tokens = [e for e in events if e["type"] == "token"]
+    assert tokens and all(json.loads(t["label"]) in ([60, 64, 67], [62, 65, 69], [64, 67, 71], "rest")
+                          or t["label"] == "(end)" for t in tokens)
+
+
+def test_the_playground_stream_has_probabilities_and_ten_alternatives(client):
+    events = sse(client.post("/api/generate", json={"model": TEXT, "prompt": "ROMEO:", "max_tokens": 8,
+                                                    "temperature": 1.0, "top_k": 5, "seed": 4}).text)
+    start, *tokens, end = events
+    assert start["type"] == "start" and start["prompt_labels"] == list("ROMEO:")
+    assert [t["type"] for t in tokens] == ["token"] * 8 and end["type"] == "end" and end["tokens"] == 8
+    for t in tokens:
+        probs = [a["prob"] for a in t["top"]]
+        assert len(probs) == 10 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+        assert t["id"] in [a["id"] for a in t["top"][:5]]  # top-k 5 sampled among the five likeliest
+        assert 0 < t["prob"] <= 1
+    # Continuing from a chosen alternative: the prompt is the ids so far plus the choice
+    chosen = tokens[0]["top"][3]
+    again = sse(client.post("/api/generate", json={"model": TEXT, "prompt_ids": start["prompt_ids"] + [chosen["id"]],
+                                                   "max_tokens": 3, "seed": 4}).text)
+    assert again[0]["prompt_ids"][-1] == chosen["id"] and len([e for e in again if e["type"] == "token"]) == 3
+
+
+@pytest.mark.parametrize("body, status, param, words", [
+    ({"model": TEXT, "prompt": "a", "temperature": -1}, 400, "temperature", "from 0 to 2"),
+    ({"model": TEXT, "prompt": "a", "temperature": "hot"}, 400, "temperature", "must be a number"),
+    ({"model": TEXT, "prompt": "a", "max_tokens": 301}, 400, "max_tokens", "from 0 to 300"),
+    ({"model": TEXT, "prompt": "a", "top_p": 0}, 400, "top_p", "more than 0"),
+    ({"model": TEXT, "prompt": "a", "n": 0}, 400, "n", "from 1"),
+    ({"model": TEXT, "prompt": "a", "seed": 1.5}, 400, "seed", "integer"),
+    ({"model": TEXT, "prompt": "a", "stop": [1]}, 400, "stop", "at most 4 strings"),
+    ({"model": TEXT, "prompt": "a", "logprobs": 11}, 400, "logprobs", "from 0 to 10"),
+    ({"model": TEXT, "prompt": "a", "echo": True}, 400, "echo", "not supported"),
+    ({"model": TEXT, "prompt": "☃ snow"}, 400, "prompt", "cannot continue from this prompt"),
+    ({"model": TEXT, "prompt": "x" * 2001}, 400, "prompt", "the limit is 2,000"),
+    ({"model": TEXT, "prompt": [1, 10**6]}, 400, "prompt", "token ids must be between 0 and"),
+    ({"model": TEXT, "prompt": ["a", "b"]}, 400, "prompt", "one prompt per request"),
+    ({"model": TEXT, "prompt": {"a": 1}}, 400, "prompt", "a string or a list of token ids"),
+])
+def test_bad_requests_are_4xx_with_openai_errors(client, body, status, param, words):
+    assert_error(client.post("/v1/completions", json=body), status, param, words)
+
+
+def test_bad_bodies_methods_and_paths(client):
+    assert_error(client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}),
+                 400, None, "not valid JSON")
+    assert_error(client.post("/v1/completions", json=[1, 2]), 400, None, "a JSON object")
+    assert_error(client.post("/v1/completions", content=b"x" * 20_001), 413, None, "the limit is 20,000")
+    assert_error(client.get("/v1/completions"), 405, None, "does not take that method")
+    assert_error(client.get("/v1/nothing"), 404, None, "no such page")
+    bad_chat = client.post("/v1/chat/completions", json={"model": TEXT, "messages": [{"role": "robot", "content": "x"}]})
+    assert_error(bad_chat, 400, "messages[0].role", "must be one of")
+    assert_error(client.post("/v1/chat/completions", json={"model": TEXT, "messages": []}), 400, "messages")
+    assert client.get("/api/status").json()["active"] == 0  # the server is alive and idle after all that
+
+
+def test_the_page_and_its_files_come_from_the_server(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "Repytilian playground" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert not re.search(r"https?://", page.text)  # no CDN: it works offline
+    for name in ("app.js", "style.css"):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and not re.search(r"(src|href)=\"https?://|import .* from \"http", r.text)
+    assert client.get("/static/../app.py").status_code == 404
+
+
+def test_the_card_view_shows_the_loss_curve_live_while_a_run_trains(models, client, tmp_path):
+    from conftest import TINY_OVERRIDES
+
+    from repytilian.api import TrainOptions, train
+    from repytilian.data import DataSource
+    from repytilian.events import Evaluated
+
+    card = client.get("/api/card", params={"model": TEXT}).json()
+    assert card["training"] is False and card["metrics"] and "v1c" in card["card"]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the king walks to the castle. " * 200)
+    seen = []
+
+    def watch(event):
+        if isinstance(event, Evaluated):  # the server sees each evaluation as soon as it is made
+            live = client.get("/api/card", params={"model": "fresh/run"}).json()
+            seen.append((live["training"], [m["step"] for m in live["metrics"]]))
+
+    target = models / "fresh" / "run"
+    train(TrainOptions(data=DataSource("file", str(corpus)), overrides={**TINY_OVERRIDES, "max_iters": 30},
+                       out=str(target), progress=False), on_event=watch)
+    assert seen == [(True, [10]), (True, [10, 20]), (True, [10, 20, 30])]
+    after = client.get("/api/card", params={"model": "fresh/run"}).json()
+    assert after["training"] is False and [m["step"] for m in after["metrics"]] == [10, 20, 30]
+    shutil.rmtree(target.parent)
+
+
+# --- the real server --------------------------------------------------------------------------
+
+
+class RealServer:
+    def __init__(self, models: Path, *flags: str):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "repytilian", "serve", "--models", str(models),
+                                      "--port", "0", *flags], stderr=subprocess.PIPE, text=True, env=env)
+        self.lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            found = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", line)
+            if found:
+                self.url = found.group(1)
+                threading.Thread(target=self._drain, daemon=True).start()
+                return
+        self.stop()
+        pytest.fail("the server did not start:\n" + "".join(self.lines))
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    s = RealServer(models, "--max-concurrent", "1", "--max-queue", "1", "--max-tokens", "100000")
+    yield s
+    s.stop()
+
+
+@pytest.mark.slow
+def test_the_openai_client_works_unchanged(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed")
+    assert [m.id for m in client.models.list()] == [MUSIC, TEXT]
+    done = client.completions.create(model=TEXT, prompt="ROMEO:", max_tokens=10, seed=1, logprobs=2)
+    assert len(done.choices[0].text) == 10 and done.usage.completion_tokens == 10
+    assert len(done.choices[0].logprobs.top_logprobs[0]) == 2
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=TEXT, prompt="ROMEO:", max_tokens=10, seed=1, stream=True) if c.choices)
+    assert streamed == done.choices[0].text
+    chat = client.chat.completions.create(model=TEXT, messages=[{"role": "user", "content": "Speak!"}],
+                                          max_tokens=30, seed=3)
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=TEXT, messages=[{"role": "user", "content": "Speak!"}], max_tokens=30, seed=3, stream=True)
+        if c.choices]
+    assert "".join(pieces) == chat.choices[0].message.content
+    with pytest.raises(openai.NotFoundError, match="no model"):
+        client.completions.create(model="../secret", prompt="a", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="not a chat model"):
+        client.chat.completions.create(model=MUSIC, messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.slow
+def test_a_client_that_goes_away_stops_its_generation_and_a_full_queue_answers_429(server):
+    import httpx
+
+    long = {"model": TEXT, "prompt": "ROMEO:", "max_tokens": 100000, "stream": True}
+    clients = [httpx.Client(base_url=server.url, timeout=60) for _ in range(4)]  # one connection each
+    first, second, third, watcher = clients
+    try:
+        with first.stream("POST", "/v1/completions", json=long) as streaming:
+            lines = streaming.iter_lines()  # kept: dropping it would close the stream
+            next(lines)  # generating: the one turn is taken
+            queued = threading.Thread(target=lambda: second.post("/v1/completions", json={**long, "stream": False,
+                                                                                           "max_tokens": 5}))
+            queued.start()
+            deadline = time.monotonic() + 10
+            while watcher.get("/api/status").json()["waiting"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refused = third.post("/v1/completions", json=long)  # one running, one waiting: full
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        first.close()
+        # The first client has gone: its 100,000 tokens stop being made, the queued one runs and ends
+        queued.join(30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            status = watcher.get("/api/status").json()
+            if status["active"] == 0 and status["waiting"] == 0:
+                break
+            time.sleep(0.1)
+        assert status["active"] == 0 and status["generated_tokens"] < 50000
+        assert third.post("/v1/completions", json={"model": TEXT, "prompt": "A", "max_tokens": 3}).status_code == 200
+    finally:
+        for c in clients:
+            c.close()
+    assert server.proc.poll() is None and not any("Traceback" in line for line in server.lines)
+
+
+def test_serving_beyond_this_machine_warns(models):
+    from repytilian.cli.serve import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    r = run_script("serve", "--models", str(models / "nowhere"), cwd=models)
+    assert r.returncode == 2 and "is not a folder" in r.stderr
+
+
+# --- the playground in a real browser ---------------------------------------------------------
+
+ARTIFACTS = ROOT / "tests" / "artifacts"  # the screenshot lands here (ignored by git)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_or_skip() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    missing = None if path else "Debian's chromium is not installed (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = missing or "playwright is not installed (pip install playwright)"
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs the browser test: {missing}")
+        pytest.skip(missing)
+    return path
+
+
+@pytest.mark.slow
+def test_the_playground_in_a_real_browser(server):
+    chromium = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            # The page forbids eval (its CSP); the test's own probes need it, the page's code does not
+            page = browser.new_page(viewport={"width": 900, "height": 900}, bypass_csp=True)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.select_option("#model", TEXT)
+            expect(page.locator("#model-info")).to_contain_text("tokenizer characters")
+            page.fill("#prompt", "ROMEO:")
+            page.fill("#max_tokens", "1500")
+            page.fill("#seed", "7")
+            page.click("#generate")
+            # Tokens arrive while it is still generating: some are there before the end
+            page.wait_for_function("document.querySelectorAll('#output .tok').length >= 5")
+            assert page.locator("#stop").is_enabled()
+            arrived = page.locator("#output .tok").count()
+            expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
+            total = page.locator("#output .tok").count()
+            assert 5 <= arrived < total == 1500
+            # Hover a token: its ten likeliest alternatives, with probabilities
+            token = page.locator("#output .tok").nth(4)
+            token.hover()
+            box = page.locator("#alternatives")
+            expect(box).to_be_visible()
+            choices = box.locator("button")
+            expect(choices).to_have_count(10)
+            assert "%" in choices.nth(0).inner_text()
+            # Pick one that was not sampled: the text continues from it
+            token.click()
+            pick = box.locator("button:not(.chosen)").first
+            label = json.loads(pick.locator("span").first.inner_text())
+            pick.click()
+            expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
+            picked = page.locator("#output .tok").nth(4)
+            assert "picked" in picked.get_attribute("class")
+            assert picked.inner_text() == label.replace("\n", "\u21b5")
+            assert page.locator("#output .tok").count() > 5
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.locator("#output .tok").nth(12).hover()
+            page.screenshot(path=str(ARTIFACTS / "playground.png"))
+            # Stop: a long generation ends when asked
+            page.fill("#max_tokens", "4000")
+            page.click("#generate")
+            page.wait_for_function("document.querySelectorAll('#output .tok').length >= 3")
+            page.click("#stop")
+            expect(page.locator("#stats")).to_contain_text("stopped after", timeout=10_000)
+            # The keyboard reaches the tokens; Escape closes the alternatives
+            page.locator("#output .tok").nth(1).focus()
+            expect(box).to_be_visible()
+            page.keyboard.press("Escape")
+            expect(box).to_be_hidden()
+            # The card view: the loss curve and the card
+            page.click("#tab-card")
+            expect(page.locator("#card")).to_contain_text("v1c")
+            expect(page.locator("#card-status")).to_contain_text("evaluations")
+            # A phone's width: nothing wider than the screen
+            page.set_viewport_size({"width": 375, "height": 800})
+            page.click("#tab-generate")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 376
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_the_load_benchmark_runs_bounded_and_clean(server):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # One generation at a time and one waiting (this server's limits): two clients never overflow it
+    result = bench.run(server.url, TEXT, clients=2, requests=3, tokens=8, stream=True)
+    assert result["requests"] == 6 and result["errors"] == 0, result["first_error"]
+    assert result["p99_ms"] >= result["p50_ms"] > 0 and result["tokens_per_s"] > 0
