@@ -326,14 +326,23 @@ def _fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> _R
 
 
 def _resumed_run(opts: TrainOptions, device: torch.device) -> _Run:
-    """A saved model with its optimiser state, its tokenizer, and its data unless other data is given."""
-    loaded = load_model_dir(opts.load, device, with_trainer=True)
+    """A saved model with its optimiser state, its tokenizer, and its data unless other data is given.
+    A folder saved without optimiser state (an imported or shipped model) is fine-tuned: its weights
+    are the start of a new run with a fresh optimiser."""
+    fine_tune = not (Path(opts.load) / "trainer_state").is_dir()
+    loaded = load_model_dir(opts.load, device, with_trainer=not fine_tune)
     if opts.tokenizer and tokenizer_class(opts.tokenizer).name != loaded.tokenizer.name:
         raise RepytilianError(
             f"{opts.load} was trained with the {loaded.tokenizer.name!r} tokenizer, not {opts.tokenizer!r}; "
             f"drop -z (or use -z {loaded.tokenizer.name}) to continue it"
         )
+    if fine_tune and "train" not in loaded.meta:  # imported: the training settings of -s and -i
+        _, preset = build_configs(opts.settings, "default", {}, "classic")
+        loaded.meta["train"] = dataclasses.asdict(preset)
     mcfg, tcfg = _resume_setup(opts, loaded)
+    if fine_tune and "learning_rate" not in opts.overrides:
+        # Pretrained weights are near a good solution: a tenth of the from-scratch peak keeps them there
+        tcfg.learning_rate, tcfg.min_lr = tcfg.learning_rate / 10, tcfg.min_lr / 10
     given = [k for k, v in opts.tokenizer_options.items() if v is not None]
     if given:
         raise SettingError(given[0], "cannot be given when continuing a saved model: its tokenizer cannot change")
@@ -393,7 +402,11 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
     if plan.why:
         report(Note(plan.why))
     trainer = Trainer(run.model, run.data, run.tcfg, device, report=report, world=world, plan=plan)
-    if run.loaded is not None:
+    if run.loaded is not None and run.loaded.trainer is None:
+        report(Note(f"fine-tuning {opts.load}: it was saved without optimiser state (imported or shipped), so its "
+                    f"weights start a new run of {run.tcfg.max_iters or 'endless'} steps with a fresh optimiser, "
+                    f"peak learning rate {run.tcfg.learning_rate:g} (--lr sets it)"))
+    elif run.loaded is not None:
         trainer.load_state_dict(run.loaded.trainer)
         asked = opts.iterations is not None or "max_iters" in opts.overrides
         trainer.state = _plan_schedule(trainer.state, run.tcfg.max_iters, asked, report)

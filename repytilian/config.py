@@ -20,7 +20,7 @@ from typing import Any
 from .errors import RepytilianError
 
 DEFAULT_MODEL_DIR = "models/shakespeare/basic"
-ACTIVATION_NAMES = ("gelu", "relu", "relu2", "swiglu")  # model.ACTIVATIONS maps them to functions
+ACTIVATION_NAMES = ("gelu", "relu", "relu2", "swiglu", "gelu_tanh")  # model.ACTIVATIONS maps them to functions
 POSITIONS = ("learned", "rope", "none")  # none: the lecture's bigram model sees no positions
 NORMS = ("layernorm", "rmsnorm", "none")  # none: the lecture's steps before LayerNorm
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -45,7 +45,7 @@ class ModelConfig:
     n_embd: int = setting(128, "width of the residual stream", "--n-embd", minimum=1)
     dropout: float = setting(0.0, "dropout probability", "--dropout")
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
-    activation: str = "gelu"  # of the MLP: gelu (GPT-2), relu (the lecture's first model), relu2, swiglu (Llama)
+    activation: str = "gelu"  # of the MLP: gelu, relu (the lecture's first model), relu2, swiglu (Llama), gelu_tanh (OpenAI's GPT-2)
     tie_embeddings: bool = True  # the output head shares the token embedding's matrix
     head_bias: bool = False  # a bias on the output head (only the original Repytilian's models have one)
     position: str = "learned"  # position embeddings (GPT-2), or "rope": rotary, applied to queries and keys

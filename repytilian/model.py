@@ -43,7 +43,12 @@ def relu_squared(x: torch.Tensor) -> torch.Tensor:
 
 
 # MLP activations; "swiglu" is gated (silu(x W_gate) * x W_up, as in Llama) and handled in MLP.
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": relu_squared, "swiglu": F.silu}
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation, which OpenAI's GPT-2 was trained with (transformers' gelu_new)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": relu_squared, "swiglu": F.silu, "gelu_tanh": gelu_tanh}
 assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # config.py lists them without importing torch
 
 

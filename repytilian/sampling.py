@@ -30,15 +30,15 @@ MAX_SAMPLES = 1024
 @dataclass
 class SamplingOptions:
     temperature: float = DEFAULT_TEMPERATURE  # 0 is greedy: always the likeliest token
-    top_k: int | None = DEFAULT_TOP_K  # only the k likeliest tokens (None: all)
+    top_k: int | None = DEFAULT_TOP_K  # only the k likeliest tokens (None or 0: all, as in transformers)
     top_p: float = 1.0  # only the likeliest tokens whose probabilities add up to top_p (1: all)
     seed: int | None = None
 
     def validate(self) -> None:
         if not self.temperature >= 0:  # also catches NaN
             raise SettingError("temperature", f"must be 0 (greedy) or more, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise SettingError("top_k", f"must be at least 1, got {self.top_k}")
+        if self.top_k is not None and self.top_k < 0:
+            raise SettingError("top_k", f"must be 0 (off: every token) or more, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise SettingError("top_p", f"must be in (0, 1], got {self.top_p}")
 
@@ -55,7 +55,7 @@ def choose_next(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Ge
     if opts.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / opts.temperature
-    if opts.top_k is not None and opts.top_k < logits.size(-1):
+    if opts.top_k and opts.top_k < logits.size(-1):
         kth = torch.topk(logits, opts.top_k).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))  # -inf, never a small number
     probs = F.softmax(logits, dim=-1)

@@ -117,7 +117,7 @@ CASES = [
     (["generate", "-m", "model", "--temperature", "-1"], "--temperature must be 0"),
     (["generate", "-m", "model", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["generate", "-m", "model", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
-    (["generate", "-m", "model", "--top-k", "0"], "--top-k must be at least 1"),
+    (["generate", "-m", "model", "--top-k", "-1"], "--top-k must be 0 (off: every token) or more"),
     (["generate", "-m", "model", "--num-samples", "0"], "--num-samples must be between 1"),
     (["generate", "-m", "model", "--max-time", "0"], "--max-time must be more than 0"),
     (["generate", "-m", "model", "-c", "QZX"], "unknown characters"),

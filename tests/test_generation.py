@@ -84,7 +84,7 @@ def test_a_batch_of_samples_differs_but_repeats_with_the_seed():
     (dict(temperature=-0.1), "temperature", "--temperature must be 0"),
     (dict(top_p=0.0), "top_p", "--top-p must be in"),
     (dict(top_p=1.5), "top_p", "--top-p must be in"),
-    (dict(top_k=0), "top_k", "--top-k must be at least 1"),
+    (dict(top_k=-1), "top_k", "--top-k must be 0 (off: every token) or more"),
 ])
 def test_bad_sampling_options(opts, setting, message):
     """The library names the setting (as a server's JSON would); the command line, its flag."""
@@ -160,7 +160,7 @@ def test_generate_cli_stop_and_num_samples(model_dir, tmp_path):
     (["--temperature", "-1"], "--temperature must be 0"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--top-p", "2"], "--top-p must be in (0, 1]"),
-    (["--top-k", "0"], "--top-k must be at least 1"),
+    (["--top-k", "-1"], "--top-k must be 0 (off: every token) or more"),
     (["-t", "5000000000"], "between 0 and 1,000,000"),
     (["-t", "-3"], "must not be negative"),
     (["--num-samples", "0"], "--num-samples must be between 1"),

@@ -32,3 +32,30 @@ def test_repytilian_info_prints_the_model_card(tmp_path):
     assert r.stdout == (V2C / "README.md").read_text()
     nothing = run_script("info", str(tmp_path / "no-model"), cwd=tmp_path)
     assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
+
+
+def test_top_k_0_means_every_token(tmp_path):
+    from repytilian import load_model
+
+    lm = load_model(V2C)
+    off = lm.generate("ROMEO:", 40, seed=3, top_k=0)
+    assert off == lm.generate("ROMEO:", 40, seed=3, top_k=None)  # 0 is "off", as in transformers
+    assert off != lm.generate("ROMEO:", 40, seed=3, top_k=2)
+    r = run_script("generate.py", "-m", str(V2C), "--top-k", "0", "-t", "40", "--seed", "3", "-c", "ROMEO:",
+                   cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == "ROMEO:" + off + "\n"
+
+
+def test_num_samples_into_a_folder_writes_one_file_each(tmp_path):
+    r = run_script("generate.py", "-m", str(V2C), "--num-samples", "3", "-f", "out/", "-t", "20", "--seed", "2",
+                   "-c", "KING:", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    files = sorted((tmp_path / "out").iterdir())
+    assert [f.name for f in files] == ["sample_1.txt", "sample_2.txt", "sample_3.txt"]
+    texts = [f.read_text(encoding="utf-8") for f in files]
+    assert all(t.startswith("KING:") and len(t) == len("KING:") + 20 for t in texts) and len(set(texts)) == 3
+    assert r.stdout == "\n\n---\n\n".join(texts) + "\n"  # the screen shows the same samples
+    assert "wrote 3 samples of up to 20 tokens to out/" in r.stderr
+    (tmp_path / "taken").write_text("a file")
+    bad = run_script("generate.py", "-m", str(V2C), "-f", "taken/x/", "-t", "5", cwd=tmp_path)
+    assert bad.returncode == 2 and "cannot write into taken/x" in bad.stderr

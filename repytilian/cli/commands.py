@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -122,7 +123,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--continue", dest="prompt", default="", help="continue generation from this text")
     parser.add_argument("--prompt-file", metavar="FILE", default=None,
                         help="continue generation from the text of this file (UTF-8), for prompts too long to type")
-    parser.add_argument("-f", "--filename", help="also write the generated text to this file")
+    parser.add_argument("-f", "--filename", help="also write the generated text to this file (a folder, "
+                                                 "ending in /: one file per sample)")
     parser.add_argument("-ft", "--filetokens", type=_nonnegative_int, default=None,
                         help="tokens to write into the file, if different from -t")
     sampling = parser.add_argument_group("sampling")
@@ -131,7 +133,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                                f"(default {DEFAULT_TEMPERATURE})")
     sampling.add_argument("--top-k", type=int, default=None,
                           help=f"sample among the k likeliest tokens (default {DEFAULT_TOP_K}, or the whole "
-                               "vocabulary if smaller)")
+                               "vocabulary if smaller; 0: off, every token)")
     sampling.add_argument("--top-p", type=float, default=1.0,
                           help="sample among the likeliest tokens whose probabilities add up to p (default 1: all)")
     sampling.add_argument("--num-samples", type=int, default=1, help="how many samples, generated as one batch")
@@ -207,6 +209,9 @@ def write_generation(lm, prompt: str, tokens: int, sampling: dict, filename: str
     """Write `tokens` new tokens to stdout and `file_tokens` to `filename` from one sampling run,
     so the shorter output is a prefix of the longer. One sample streams as it is sampled."""
     file_tokens = (tokens if file_tokens is None else file_tokens) if filename else 0
+    if filename and (filename.endswith(("/", os.sep)) or Path(filename).is_dir()):
+        _write_sample_files(lm, prompt, tokens, file_tokens, num_samples, sampling, Path(filename))
+        return
     total = max(tokens, file_tokens)
     out_file = None
     if filename:
@@ -256,6 +261,34 @@ def _batch_samples(lm, prompt: str, tokens: int, file_tokens: int, num_samples: 
         return "\n\n---\n\n".join(texts)
 
     return render(tokens), render(file_tokens)
+
+
+def _write_sample_files(lm, prompt: str, tokens: int, file_tokens: int, num_samples: int, sampling: dict,
+                        folder: Path) -> None:
+    """-f DIR/: each sample in a file of its own (sample_1.txt, ...; .json for JSON-token models)."""
+    sampling = dict(sampling)
+    stop = sampling.pop("stop", ())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RepytilianError(f"cannot write into {folder}: {e.strerror or e}") from None
+    prompt_ids = lm.encode_prompt(prompt)
+    produced = lm.sample_batch(prompt_ids, max(tokens, file_tokens), num_samples, **sampling)
+    if tokens:
+        texts = [lm.render_ids(prompt, prompt_ids, ids[:tokens], stop) for ids in produced]
+        sys.stdout.write("\n\n---\n\n".join(texts) + "\n")
+    suffix = ".json" if lm.tokenizer.input_format == "json" else ".txt"
+    width = len(str(num_samples))
+    names = []
+    for i, ids in enumerate(produced, start=1):
+        path = folder / f"sample_{i:0{width}d}{suffix}"
+        try:
+            path.write_text(lm.render_ids(prompt, prompt_ids, ids[:file_tokens], stop), encoding="utf-8")
+        except OSError as e:
+            raise RepytilianError(f"cannot write {path}: {e.strerror or e}") from None
+        names.append(path.name)
+    print(f"wrote {num_samples} sample{'s' if num_samples > 1 else ''} of up to {file_tokens} tokens to {folder}/ "
+          f"({names[0]}{' ... ' + names[-1] if len(names) > 1 else ''})", file=sys.stderr)
 
 
 def _read_prompt_file(path: str, prompt: str) -> str:
@@ -391,8 +424,22 @@ def import_legacy_command(args: argparse.Namespace) -> int:
 
 
 def import_command(args: argparse.Namespace) -> int:
+    if args.source_format == "hf":
+        from ..interop.hf_import import import_hf
+
+        if args.data:
+            raise RepytilianError("--data is for nanoGPT checkpoints; a Hugging Face folder brings its own tokenizer")
+        model, tokenizer, source = import_hf(args.checkpoint)
+        save_converted(args.out, model, tokenizer, {"imported_from": source},
+                       f"the Hugging Face model {args.checkpoint}")
+        print(f"fine-tune it on your text with: python3 training.py -l {args.out} -d my_book.txt -m models/my_book",
+              file=sys.stderr)
+        return 0
     from ..interop.nanogpt import convert
 
+    if not args.data:
+        raise RepytilianError("--data is required with --from nanogpt: the text the model was trained on "
+                              "(its characters are the vocabulary)")
     model, tokenizer, info = convert(args.checkpoint, args.data)
     meta = {"imported_from": {"format": "nanogpt", "path": str(args.checkpoint), **info},
             "data": {"source": {"kind": "file", "value": str(Path(args.data).resolve())}}}
@@ -497,14 +544,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_legacy.add_argument("out", help="the new model folder")
     p_legacy.set_defaults(handler=import_legacy_command)
     p_import = sub.add_parser("import", parents=[debug],
-                              help="convert a nanoGPT checkpoint (ckpt.pt) into a model folder")
-    p_import.add_argument("--from", dest="source_format", choices=("nanogpt",), required=True,
-                          help="the checkpoint's project (nanogpt)")
-    p_import.add_argument("checkpoint", help="nanoGPT's ckpt.pt (read with torch.load(weights_only=True))")
+                              help="convert a Hugging Face GPT-2-family folder or a nanoGPT checkpoint into a model "
+                                   "folder (to fine-tune or sample it)")
+    p_import.add_argument("--from", dest="source_format", choices=("hf", "nanogpt"), required=True,
+                          help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer.json), e.g. gpt2 "
+                               "or distilgpt2 from your HF cache; nanogpt: nanoGPT's ckpt.pt")
+    p_import.add_argument("checkpoint", help="the Hugging Face folder, or nanoGPT's ckpt.pt (read with "
+                                             "torch.load(weights_only=True))")
     p_import.add_argument("out", help="the new model folder")
-    p_import.add_argument("--data", required=True,
-                          help="the text the model was trained on (its characters are the vocabulary; "
-                               "nanoGPT's meta.pkl is never read)")
+    p_import.add_argument("--data",
+                          help="--from nanogpt: the text the model was trained on (its characters are the "
+                               "vocabulary; nanoGPT's meta.pkl is never read)")
     p_import.set_defaults(handler=import_command)
     p_export = sub.add_parser("export", parents=[debug],
                               help="write a model folder in another format (hf: Hugging Face transformers)")

@@ -28,7 +28,7 @@ from ..tokenizers import Tokenizer
 from ..tokenizers.words import TOKEN_PATTERN
 
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2 stores these (in, out)
-ACTIVATION_NAMES = {"gelu": "gelu", "relu": "relu"}  # ours -> transformers' ACT2FN names (exact GELU)
+ACTIVATION_NAMES = {"gelu": "gelu", "relu": "relu", "gelu_tanh": "gelu_new"}  # ours -> transformers' ACT2FN names
 
 
 def gpt2_config(model: GPT) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""repytilian import --from hf: a GPT-2 built by transformers itself (tiny, random, on disk; nothing
+is downloaded) becomes a model folder with the same logits, fine-tunes with -l and generates; our
+own exports (GPT-2 and Llama) import back with identical logits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_corpus, run_script
+from safetensors.torch import load_file
+
+from repytilian.errors import RepytilianError
+from repytilian.interop.hf import export_hf
+from repytilian.interop.hf_import import import_hf
+from repytilian.store.folder import load_model_dir
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+TEXT = make_corpus(120) + "Café déjà vu!\n"
+
+
+def byte_level_bpe(vocab_size: int = 300):
+    tk = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([TEXT], trainer=trainer)
+    return tk
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(tmp_path_factory):
+    """A GPT-2 as transformers makes and saves it (gelu_new, Conv1D weights, safetensors)."""
+    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    tk = byte_level_bpe()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk).save_pretrained(folder)
+    config = transformers.GPT2Config(vocab_size=tk.get_vocab_size(), n_positions=48, n_embd=32, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # away from the init, so every weight matters
+    model.save_pretrained(folder)
+    return folder, model, tk
+
+
+def test_a_transformers_gpt2_imports_with_the_same_logits_and_tokens(hf_gpt2, tmp_path):
+    folder, hf_model, tk = hf_gpt2
+    r = run_script("import", "--from", "hf", str(folder), "mine", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "fine-tune it on your text with: python3 training.py -l mine" in r.stderr
+    loaded = load_model_dir(tmp_path / "mine")
+    assert loaded.model.config.activation == "gelu_tanh" and loaded.model.config.block_size == 48
+    text = "the king and queen walk to the castle. Café!"
+    ids = loaded.tokenizer.encode(text)
+    assert ids == tk.encode(text).ids and loaded.tokenizer.decode(ids) == text
+    idx = torch.randint(tk.get_vocab_size(), (2, 48))
+    with torch.no_grad():
+        assert torch.allclose(hf_model(idx).logits, loaded.model(idx)[0], atol=1e-4)
+    meta = json.loads((tmp_path / "mine" / "config.json").read_text())
+    assert meta["imported_from"]["format"] == "huggingface" and meta["tokenizer"] == "bpe"
+
+
+def test_the_imported_model_fine_tunes_and_generates(hf_gpt2, tmp_path, corpus_file):
+    folder, _, _ = hf_gpt2
+    assert run_script("import", "--from", "hf", str(folder), "pre", cwd=tmp_path).returncode == 0
+    r = run_script("training.py", "-l", "pre", "-d", str(corpus_file), "-m", "tuned", "--iters", "6",
+                   "--batch-size", "4", "--eval-interval", "3", "-t", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "fine-tuning pre: it was saved without optimiser state" in r.stderr
+    before, after = load_file(tmp_path / "pre" / "model.safetensors"), load_file(tmp_path / "tuned" / "model.safetensors")
+    assert not torch.equal(before["transformer.h.0.attn.c_attn.weight"], after["transformer.h.0.attn.c_attn.weight"])
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["summary"]["step"] == 6
+    g = run_script("generate.py", "-m", "tuned", "-c", "the king", "-t", "8", cwd=tmp_path)
+    assert g.returncode == 0 and g.stdout.startswith("the king")
+    # ...and the fine-tuned folder, which has its optimiser state, resumes exactly as any other
+    again = run_script("training.py", "-l", "tuned", "-d", str(corpus_file), "-m", "tuned2", "--iters", "2",
+                       "-t", "0", cwd=tmp_path)
+    assert again.returncode == 0 and "resuming at step 6" in again.stderr
+
+
+@pytest.mark.parametrize("arch", ["classic", "modern"])
+def test_our_own_exports_import_back_identically(tmp_path, corpus_file, arch):
+    r = run_script("training.py", "-d", str(corpus_file), "-z", "bpe", "--vocab-size", "280", "--arch", arch,
+                   "-m", "m", "-i", "quick", "-t", "0", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+                   "--block-size", "32", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    original = load_model_dir(tmp_path / "m")
+    export_hf(original.model, original.tokenizer, tmp_path / "hf")
+    model, tokenizer, _ = import_hf(tmp_path / "hf")
+    idx = torch.randint(original.model.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        assert torch.allclose(model(idx)[0], original.model(idx)[0], atol=1e-6)
+    assert tokenizer.encode("the fool laughs") == original.tokenizer.encode("the fool laughs")
+
+
+def test_gpt2s_own_vocab_and_merges_files_are_read(hf_gpt2, tmp_path):
+    folder, _, tk = hf_gpt2
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (plain / name).write_bytes((folder / name).read_bytes())
+    tk.model.save(str(plain))  # vocab.json and merges.txt, as the original GPT-2 release has them
+    model, tokenizer, _ = import_hf(plain)
+    assert tokenizer.encode("my lady speaks") == tk.encode("my lady speaks").ids
+
+
+def test_what_cannot_be_imported_is_refused_clearly(hf_gpt2, tmp_path):
+    folder, _, _ = hf_gpt2
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_bytes((folder / "config.json").read_bytes())
+    (pickled / "pytorch_model.bin").write_bytes(b"not opened")
+    with pytest.raises(RepytilianError, match="a pickle, which Repytilian never loads"):
+        import_hf(pickled)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(RepytilianError, match="imports GPT-2-family models"):
+        import_hf(odd)
+    r = run_script("import", "--from", "hf", str(tmp_path / "nowhere"), "x", cwd=tmp_path)
+    assert r.returncode == 2 and "is not a folder" in r.stderr
+    r = run_script("import", "--from", "nanogpt", "ckpt.pt", "x", cwd=tmp_path)
+    assert r.returncode == 2 and "--data is required with --from nanogpt" in r.stderr
