@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import shutil
 import sys
@@ -25,6 +26,7 @@ from .config import (
     ITERATIONS,
     ModelConfig,
     TrainConfig,
+    auto_settings,
     build_configs,
     check_configs,
     split_overrides,
@@ -66,7 +68,7 @@ from .tokenizers import (
     UnknownTokensError,
     tokenizer_class,
 )
-from .train import StopRequest, Trainer, TrainState, pick_device, plan_batches
+from .train import Diverged, StopRequest, Trainer, TrainState, pick_device, plan_batches
 
 
 def _say(msg: str) -> None:
@@ -308,7 +310,8 @@ class _Run:
 def _fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> _Run:
     """A new model: settings from the presets and overrides, a tokenizer trained on the data."""
     tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
-    mcfg, tcfg = build_configs(opts.settings, opts.iterations or "default", opts.overrides, opts.arch or "classic")
+    mcfg, tcfg = build_configs("default" if opts.settings == "auto" else opts.settings, opts.iterations or "default",
+                               opts.overrides, opts.arch or "classic")
     if opts.iterations is None and tcfg.max_seconds is not None and "max_iters" not in opts.overrides:
         tcfg.max_iters = None  # a time budget alone: the budget, not -i default's 2,000 steps, ends training
     if opts.seed is not None:
@@ -320,6 +323,18 @@ def _fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> _R
     data = TokenData.from_corpus(corpus, tokenizer)
     if time.perf_counter() - started_tokenizing > 2:
         report(Note(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s"))
+    if opts.settings == "auto":  # the shape follows the data (and the steps, unless told)
+        given = opts.iterations is not None or "max_iters" in opts.overrides or tcfg.max_seconds is not None
+        chosen, why = auto_settings(len(data.train), tokenizer.vocab_size, given)
+        report(Note(why))
+        mcfg, tcfg = build_configs("default", opts.iterations or "default", {**chosen, **opts.overrides},
+                                   opts.arch or "classic")
+        if not given:
+            tcfg.max_iters = chosen["max_iters"]
+        elif opts.iterations is None and tcfg.max_seconds is not None and "max_iters" not in opts.overrides:
+            tcfg.max_iters = None
+        if opts.seed is not None:
+            tcfg.seed = opts.seed
     mcfg.vocab_size = tokenizer.vocab_size
     torch.manual_seed(tcfg.seed)
     return _Run(GPT(mcfg).to(device), tokenizer, data, source, mcfg, tcfg)
@@ -434,17 +449,20 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
     steps = "until stopped" if trainer.state.max_iters is None else f"to step {trainer.state.max_iters:,}"
     if tcfg.max_seconds is not None:
         steps = f"for {tcfg.max_seconds:g} s of training" + ("" if trainer.state.max_iters is None else f" or {steps}")
+    report_data_size(len(data.train), model.num_params(), trainer, report, auto=opts.settings == "auto")
     if trainer.plan.accum > 1 or world.distributed:
         report(Note(f"each step learns from {tcfg.batch_size} windows: {trainer.plan.describe()}"))
     if out is not None and (out / "config.json").is_file():
         report(Note(f"note: the model in {out} will be replaced when training finishes (interruptions save elsewhere)"))
 
-    def meta(val_loss: float | None, finished: bool) -> dict[str, Any]:
+    best, watch = _Best(), _OverfitWatch()
+
+    def meta(val_loss: float | None, finished: bool, summary: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "train": dataclasses.asdict(tcfg),
             "data": {"source": source.to_dict(), "sha256": data.sha256, "chars": data.chars,
                      "train_tokens": int(len(data.train)), "val_tokens": int(len(data.val))},
-            "summary": _summary(trainer, device, val_loss, finished),
+            "summary": {**_summary(trainer, device, val_loss, finished), **(summary or {})},
         }
 
     checkpoints = _Checkpointer(trainer, out, opts.interrupt_root, report,
@@ -460,8 +478,13 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
         with opts.stop or StopRequest() as stop:
             # Only now that the handlers are installed is it safe to tell the user to send a signal.
             report(Started(pid, steps, world.size))
-            stopped_by = trainer.run(stop, progress=opts.progress, report=report, after_step=checkpoints.maybe_save,
-                                     on_eval=lambda entry: _on_eval(entry, trackers, live))
+            try:
+                stopped_by = trainer.run(stop, progress=opts.progress, report=report,
+                                         after_step=checkpoints.maybe_save,
+                                         on_eval=lambda entry: (watch.offer(entry, best, report), best.offer(entry, model),
+                                   _on_eval(entry, trackers, live)))
+            except Diverged as e:
+                raise _keep_the_last_good(e, best, model, tokenizer, meta, checkpoints, opts.interrupt_root) from None
             val_loss = None
             if stopped_by:
                 target = interrupted_dir(opts.interrupt_root)
@@ -480,8 +503,7 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
                         sample = None
                         report(Note(f"note: no sample for the model card ({e})"))
                     stop.saving = True
-                    saved_to = save_model_dir(out, model, tokenizer, meta(val_loss, True), trainer.state_dict(),
-                                              card=True, sample=sample)
+                    saved_to = _save_finished(out, trainer, tokenizer, best, meta, val_loss, sample, opts, report)
                     if not (saved_to / "loss.png").exists() and trainer.state.metrics:
                         report(Note("note: matplotlib is not installed, so there is no loss.png "
                                     "(pip install 'repytilian[plot]', then repytilian plot DIR)"))
@@ -500,6 +522,118 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
     finish_all(trackers, final_meta["summary"])
     lm = LanguageModel(model, tokenizer, final_meta, saved_to)
     return TrainResult(lm, saved_to, stopped_by, val_loss, trainer.state)
+
+
+OVERFIT_RISE = 0.05  # the val loss this far above its best, while the train loss falls, is over-fitting
+
+
+def report_data_size(train_tokens: int, params: int, trainer: Trainer, report: Listener, auto: bool = False) -> None:
+    """Tokens per parameter, and a warning when the text is small for the model."""
+    per_param = train_tokens / max(params, 1)
+    state = trainer.state
+    text = f"{train_tokens:,} training tokens for {params / 1e6:.2f}M parameters: {per_param:.2g} tokens per parameter"
+    if state.max_iters is not None and train_tokens:
+        seen = (state.max_iters - state.step) * trainer.cfg.batch_size * trainer.model.config.block_size
+        text += f"; the {state.max_iters - state.step:,} steps see each token about {seen / train_tokens:.3g} times"
+    report(Note(text))
+    if per_param < 1:
+        smaller = "more text" if auto else "a smaller model (-s tiny, or -s auto to fit it to the data)"
+        report(Note("warning: the text is small for this model: it can learn it by heart and will over-fit (the "
+                    f"val loss rises after a while). {smaller[0].upper() + smaller[1:]}, --dropout 0.2 or fewer "
+                    "steps help; the best model by val loss is kept in best/ meanwhile", "warning"))
+
+
+class _OverfitWatch:
+    """Says once when the val loss climbs away from its best while the train loss keeps falling."""
+
+    def __init__(self) -> None:
+        self.said = False
+
+    def offer(self, entry: dict[str, Any], best: "_Best", report: Listener) -> None:
+        if self.said or best.val_loss is None or best.train_loss is None:
+            return
+        val, train = entry["val_loss"], entry["train_loss"]
+        if val > best.val_loss * (1 + OVERFIT_RISE) and train < best.train_loss:
+            self.said = True
+            report(Note(f"warning: step {entry['step']}: the val loss ({val:.4f}) has risen "
+                        f"{100 * (val / best.val_loss - 1):.0f}% above its best ({best.val_loss:.4f} at step "
+                        f"{best.step}) while the train loss fell to {train:.4f}: the model is over-fitting. The best "
+                        "model is kept for best/; a smaller model, --dropout, more text or fewer steps would help",
+                        "warning"))
+
+
+class _Best:
+    """The weights at the best evaluation so far (lowest val loss estimate), kept on the CPU: for
+    best/, and as the last good model should the loss diverge."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.val_loss: float | None = None
+        self.train_loss: float | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, entry: dict[str, Any], model: GPT) -> None:
+        val = entry["val_loss"]
+        if math.isfinite(val) and (self.val_loss is None or val < self.val_loss):
+            self.step, self.val_loss, self.train_loss = entry["step"], val, entry["train_loss"]
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def model(self, like: GPT) -> GPT:
+        copy = GPT(like.config).to(next(like.parameters()).device)
+        copy.load_state_dict(self.weights)
+        return copy.to(next(like.parameters()).dtype).eval()
+
+
+def _save_finished(out: Path, trainer: Trainer, tokenizer: Tokenizer, best: _Best, meta: Callable,
+                   val_loss: float, sample: str | None, opts: TrainOptions, report: Listener) -> Path:
+    """The finished run's folder: the last model (and, with --keep both, best/), or the best alone."""
+    model, keep, step = trainer.model, trainer.cfg.keep, trainer.state.step
+    if keep == "last" or best.weights is None or best.step == step:
+        where = None if best.step is None else "this folder (the last evaluation was the best)"
+        extra = {"best": {"step": best.step, "val_loss": best.val_loss, "kept": where}} if best.step else None
+        return save_model_dir(out, model, tokenizer, meta(val_loss, True, extra), trainer.state_dict(),
+                              card=True, sample=sample)
+    best_model = best.model(model)
+    best_full = trainer.full_val_loss(progress=opts.progress, model=best_model)
+    info = {"step": best.step, "val_loss": best.val_loss, "val_loss_full": round(best_full, 5),
+            "last_val_loss_full": round(val_loss, 5)}
+    metrics = trainer.state.metrics
+    if keep == "best":
+        info["kept"] = "this folder (the last model was not kept: --keep best)"
+        summary = {"best": info, "step": best.step, "val_loss_full": round(best_full, 5), "best_of_steps": step}
+        saved = save_model_dir(out, best_model, tokenizer, meta(best_full, True, summary), None, card=True,
+                               metrics=metrics)
+        report(Note(f"kept the best model, step {best.step} of {step} (whole-split val loss {best_full:.4f}, the "
+                    f"last {val_loss:.4f}) in {out}; it has no optimiser state, so -l fine-tunes it afresh"))
+        return saved
+    info["kept"] = "best/"
+    best_summary = {"best": {**info, "kept": "this folder"}, "step": best.step, "val_loss_full": round(best_full, 5),
+                    "best_of": str(out)}
+    saved = save_model_dir(out, model, tokenizer, meta(val_loss, True, {"best": info}), trainer.state_dict(), card=True,
+                           sample=sample, inside=lambda folder: save_model_dir(
+                               folder / "best", best_model, tokenizer, meta(best_full, True, best_summary), None,
+                               card=True, metrics=metrics))
+    better = "better" if best_full < val_loss else "no better over the whole split"
+    report(Note(f"the best evaluation was at step {best.step} (val {best.val_loss:.4f}): kept in {out}/best/, "
+                f"whole-split val loss {best_full:.4f} against the last model's {val_loss:.4f} ({better}). "
+                f"generate.py -m {out} uses the last model (training continues it exactly with -l); "
+                f"-m {out}/best samples the best"))
+    return saved
+
+
+def _keep_the_last_good(error: Diverged, best: _Best, model: GPT, tokenizer: Tokenizer, meta: Callable,
+                        checkpoints: "_Checkpointer", root: str) -> Diverged:
+    """A diverged run keeps what was good: the best evaluated weights, saved to interrupted/."""
+    kept = []
+    if checkpoints.saved:
+        kept.append(f"the last checkpoint, {checkpoints.path}, is as it was")
+    if best.weights is not None:
+        target = interrupted_dir(root)
+        summary = {"step": best.step, "diverged_at": error.step, "best": {"step": best.step, "val_loss": best.val_loss}}
+        save_model_dir(target, best.model(model), tokenizer, meta(None, False, summary), None, card=True)
+        kept.append(f"the last good model (step {best.step}, val loss {best.val_loss:.4f}) is saved in {target} "
+                    f"(generate.py -m {target}; training.py -l {target} fine-tunes it)")
+    return Diverged(error.loss, error.step, "; " + "; ".join(kept) if kept else "")
 
 
 def _on_eval(entry: dict[str, Any], trackers: list, live: LiveMetrics | None) -> None:
@@ -529,6 +663,7 @@ class _Checkpointer:
         self.out, self.root, self.report, self.save = out, interrupt_root, report, save
         self.last_time = time.monotonic()
         self.path: Path | None = out
+        self.saved = False  # whether this run has written a checkpoint
 
     def maybe_save(self) -> None:
         step = self.trainer.state.step
@@ -539,6 +674,7 @@ class _Checkpointer:
         if self.path is None:
             self.path = interrupted_dir(self.root)
         self.save(self.path)
+        self.saved = True
         self.last_time = time.monotonic()
         self.report(CheckpointSaved(step, self.path))
 

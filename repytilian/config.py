@@ -109,6 +109,9 @@ class TrainConfig:
                                    "to start; falls back to eager if it fails)", "--compile")
     optimizer: str = setting("adamw", "adamw (default), or muon: Muon for the blocks' matrices, AdamW for the rest",
                              "--optimizer", choices=OPTIMIZERS)
+    keep: str = setting("both", "which models the -m folder keeps: both (the last, and the best by val loss in "
+                        "best/), last, or best (the best only; it cannot resume exactly)", "--keep",
+                        choices=("both", "last", "best"))
     max_seconds: float | None = setting(None, "a training-time budget: the learning-rate schedule ends when it is "
                                         "spent", "--budget", metavar="SECONDS")
     checkpoint_every: int | None = setting(None, "save the full training state every this many steps (into -m)",
@@ -277,6 +280,37 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
         typed = _convert(key, value)
         (model_over if key in MODEL_FIELDS else train_over)[key] = typed
     return model_over, train_over
+
+
+# -s auto: shapes from small to large (layers, heads, width, context, batch, learning rate); the
+# largest that still has at least one training token per parameter is taken.
+AUTO_SHAPES = ((1, 2, 32, 32, 16, 3e-3), (2, 2, 64, 64, 16, 3e-3), (4, 4, 128, 64, 16, 2e-3), (4, 4, 192, 128, 32, 1.5e-3),
+               (6, 6, 256, 128, 32, 1e-3), (6, 6, 384, 256, 64, 1e-3))
+AUTO_EPOCHS = 10  # without a step or time budget, -s auto trains on each token about this many times
+
+
+def approx_params(n_layer: int, n_embd: int, block_size: int, vocab_size: int) -> int:
+    """A GPT's parameters: 12 d^2 a block (attention 4 d^2, MLP 8 d^2) and the embeddings."""
+    return 12 * n_layer * n_embd ** 2 + (vocab_size + block_size) * n_embd
+
+
+def auto_settings(train_tokens: int, vocab_size: int, steps_given: bool) -> tuple[dict[str, Any], str]:
+    """-s auto: a shape for the data's size (and steps, unless -i, --iters or --budget say), and why."""
+    fitting = [s for s in AUTO_SHAPES if approx_params(s[0], s[2], s[3], vocab_size) <= train_tokens] or [AUTO_SHAPES[0]]
+    n_layer, n_head, n_embd, block, batch, lr = fitting[-1]
+    params = approx_params(n_layer, n_embd, block, vocab_size)
+    per_param = train_tokens / params
+    chosen = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block, "batch_size": batch,
+              "learning_rate": lr, "min_lr": lr / 10, "dropout": 0.1 if per_param < 10 else 0.0}
+    why = (f"-s auto: {train_tokens:,} training tokens, so {n_layer} layers x {n_head} heads x {n_embd} wide, "
+           f"context {block} (about {params / 1e6:.2f}M parameters, {per_param:.1f} tokens each)"
+           + (", dropout 0.1" if chosen["dropout"] else "")
+           + ("; the smallest shape: the text is small for any GPT" if per_param < 1 else ""))
+    if not steps_given:
+        steps = max(200, min(20_000, round(AUTO_EPOCHS * train_tokens / (batch * block))))
+        chosen["max_iters"] = steps
+        why += f"; {steps:,} steps (each token seen about {steps * batch * block / train_tokens:.0f} times)"
+    return chosen, why
 
 
 def build_configs(

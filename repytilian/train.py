@@ -131,6 +131,15 @@ class StopRequest:
         self._previous.clear()
 
 
+class Diverged(RepytilianError):
+    """The loss became NaN or infinite: the weights are lost from this step on."""
+
+    def __init__(self, loss: float, step: int, kept: str = ""):
+        self.loss, self.step = loss, step
+        super().__init__(f"the loss became {loss} at step {step}: training diverged. Try a lower learning rate (--lr) "
+                         f"or a smaller model; nothing was saved over your previous model{kept}")
+
+
 @dataclass
 class BatchPlan:
     """How a step's `batch_size` windows go through the model: shared by `ranks` processes, each
@@ -361,7 +370,7 @@ class Trainer:
         train, val = world.total(sums)
         return EvalResult(train / self.cfg.eval_iters, val / self.cfg.eval_iters)
 
-    def full_val_loss(self, progress: bool = False) -> float:
+    def full_val_loss(self, progress: bool = False, model: GPT | None = None) -> float:
         """Mean loss over the validation split in non-overlapping windows of the context: the whole
         split, or, after a short run or on a large corpus, its first `final_val_tokens()` tokens,
         and never more than a share of the training time (`final_val_scope` says what it covered)."""
@@ -369,7 +378,8 @@ class Trainer:
             block = self.model.config.block_size
             ids = self.data.val[: self.final_val_tokens() + 1]
             seconds = max(FINAL_VAL_MIN_SECONDS, FINAL_VAL_TIME_SHARE * self.state.train_seconds)
-            report = evaluate(self.model, ids, stride=block, batch_size=self.plan.micro_batch, progress=progress,
+            report = evaluate(model or self.model, ids, stride=block, batch_size=self.plan.micro_batch,
+                              progress=progress,
                               max_seconds=seconds, desc="final val loss")
         self.final_val_scored = report.tokens
         return report.loss
@@ -458,11 +468,7 @@ class Trainer:
                     if loss_value is None:
                         loss_value = loss.item()  # a host sync only when the bar is refreshed
                     if not math.isfinite(loss_value):
-                        raise RepytilianError(
-                            f"the loss became {loss_value} at step {state.step}: training diverged. "
-                            "Try a lower learning rate (--lr) or a smaller model; nothing was saved over "
-                            "your previous model"
-                        )
+                        raise Diverged(loss_value, state.step)
                 if now - last_update >= refresh or done:
                     rate = steps_since * tokens_per_step / (now - last_update)
                     budget = ("" if cfg.max_seconds is None
@@ -472,7 +478,11 @@ class Trainer:
                     last_update, steps_since = now, 0
                 if state.step % cfg.eval_interval == 0 or done:
                     t0 = time.perf_counter()
-                    entry = self.record(self.estimate_loss(), learning_rate(state.step - 1, cfg, state))
+                    result = self.estimate_loss()
+                    if not (math.isfinite(result.train_loss) and math.isfinite(result.val_loss)):
+                        raise Diverged(result.train_loss if not math.isfinite(result.train_loss) else result.val_loss,
+                                       state.step)
+                    entry = self.record(result, learning_rate(state.step - 1, cfg, state))
                     if on_eval is not None:
                         on_eval(entry)  # e.g. experiment trackers, the live metrics (before anyone is told)
                     report(Evaluated(**entry))

@@ -101,6 +101,13 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
     elif last:
         lines.append(f"| last evaluation | step {last.get('step')}: train {last.get('train_loss')}, "
                      f"val {last.get('val_loss')} (training was not finished) |")
+    best = summary.get("best") or {}
+    if best.get("step") is not None and best.get("kept"):
+        full = f", whole split {best['val_loss_full']:.4f}" if best.get("val_loss_full") is not None else ""
+        last = (f" (the last model: {best['last_val_loss_full']:.4f})" if best.get("last_val_loss_full") is not None
+                else "")
+        lines.append(f"| best | step {best['step']}: val estimate {fmt(best.get('val_loss'), '.4f')}{full}{last}; "
+                     f"kept in {best['kept']} |")
     weights = meta.get("weights")
     if weights:
         lines.append(f"| weights | stored in {weights['dtype']}: whole-split val loss {weights['val_loss_float32']:.4f} "

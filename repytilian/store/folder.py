@@ -21,7 +21,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 TIED_KEYS = ("lm_head.weight",)  # equal to transformer.wte.weight where tied; then stored once
 
 OUR_ENTRIES = {"config.json", "tokenizer.json", "model.safetensors", "trainer_state", "metrics.jsonl",
-               "README.md", "loss.png"}
+               "README.md", "loss.png", "best"}  # best/: the best model by val loss, a model folder itself
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 
@@ -108,12 +108,14 @@ def _write_trainer_state(folder: Path, trainer_state: dict[str, Any]) -> None:
 
 def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
                    trainer_state: dict[str, Any] | None = None, card: bool = False, sample: str | None = None,
-                   metrics: list[dict[str, Any]] | None = None) -> Path:
+                   metrics: list[dict[str, Any]] | None = None,
+                   inside: Callable[[Path], Any] | None = None) -> Path:
     """Write a complete model directory at `path`, atomically replacing any model there.
 
     `trainer_state` is a Trainer.state_dict() (plain data and tensors): with it, `-l` continues exactly.
     `metrics` (the evaluations, for metrics.jsonl and the loss plot) are the trainer state's if not given.
-    The weights are stored in the dtype the model holds them in (float32, or float16/bf16 for a
+    `inside(folder)` adds to the new folder before it is swapped in (the best model's best/, so the
+    folder and its best/ appear together). The weights are stored in the dtype the model holds them in (float32, or float16/bf16 for a
     smaller folder); loading gives float32 whatever they are stored in.
 
     A failure (a full disk, a folder without write permission) is a RepytilianError, and leaves
@@ -122,7 +124,7 @@ def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dic
     target = Path(path)
     check_target(target)
     try:
-        return _save(target, model, tokenizer, meta, trainer_state, card, sample, metrics)
+        return _save(target, model, tokenizer, meta, trainer_state, card, sample, metrics, inside)
     except OSError as e:
         had = " the model that was there is intact;" if (target / "config.json").is_file() else ""
         raise RepytilianError(f"could not save to {target}: {e.strerror or e};{had} free some space or "
@@ -146,7 +148,7 @@ def _clean_leftovers(target: Path) -> None:
 
 def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
           trainer_state: dict[str, Any] | None, card: bool = False, sample: str | None = None,
-          metrics: list[dict[str, Any]] | None = None) -> Path:
+          metrics: list[dict[str, Any]] | None = None, inside: Callable[[Path], Any] | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(target)
     staging = target.parent / f".{target.name}.saving-{os.getpid()}"
@@ -169,6 +171,8 @@ def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
             (staging / "README.md").write_text(model_card(config, sample), encoding="utf-8")
             if metrics:
                 plot_loss(metrics, staging / "loss.png", title=str(target))
+        if inside is not None:
+            inside(staging)
         fsync_tree(staging)
         with _signals_deferred():  # a Ctrl+C may abandon the save, but never between the two renames
             _swap_in(staging, target)

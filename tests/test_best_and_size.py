@@ -1,0 +1,113 @@
+"""Issue 18, items 2, 3 and 6: the best model is kept (best/, --keep), the data's size is weighed
+against the model's (tokens per parameter, -s auto, over-fitting said once), and a diverged run
+keeps its last good model."""
+import json
+
+import pytest
+import torch
+from conftest import run_script
+
+# A model far too big for 3,600 tokens, trained hard: it over-fits within a few hundred steps.
+OVERFIT = ["--n-layer", "2", "--n-head", "2", "--n-embd", "128", "--block-size", "32", "--batch-size", "32",
+           "--iters", "400", "--eval-interval", "50", "--lr", "5e-3", "--dtype", "float32", "--seed", "1",
+           "-t", "0", "--set", "eval_iters=4"]
+
+
+@pytest.fixture
+def small_text(tmp_path) -> str:
+    import random
+
+    rng = random.Random(0)
+    words = "the king queen castle lady fool moon light window love speaks walks laughs".split()
+    lines = [" ".join(rng.choice(words) for _ in range(8)) + "." for _ in range(90)]
+    path = tmp_path / "small.txt"
+    path.write_text("\n".join(lines)[:3600], encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def overfitted(tmp_path_factory):
+    here = tmp_path_factory.mktemp("overfit")
+    text = here / "small.txt"
+    text.write_text("".join(f"{i} little lines of text, number {i * 7 % 13}.\n" for i in range(120))[:3600])
+    r = run_script("training.py", "-d", str(text), "-m", "m", *OVERFIT, cwd=here)
+    assert r.returncode == 0, r.stderr
+    return here, r.stderr, text
+
+
+def test_the_best_model_is_kept_in_best_and_the_card_lists_both(overfitted):
+    here, stderr, _ = overfitted
+    assert "tokens per parameter" in stderr and "warning: the text is small for this model" in stderr
+    assert stderr.count("the model is over-fitting") == 1  # said once
+    meta = json.loads((here / "m" / "config.json").read_text())
+    best = meta["summary"]["best"]
+    assert best["kept"] == "best/" and best["step"] < 400
+    assert best["val_loss_full"] < best["last_val_loss_full"] == meta["summary"]["val_loss_full"]
+    card = (here / "m" / "README.md").read_text()
+    assert f"| best | step {best['step']}" in card and "kept in best/" in card
+    inner = json.loads((here / "m" / "best" / "config.json").read_text())
+    assert inner["summary"]["step"] == best["step"] and not (here / "m" / "best" / "trainer_state").exists()
+    assert "generate.py -m m uses the last model" in stderr and "-m m/best samples the best" in stderr
+    g = run_script("generate.py", "-m", "m/best", "-t", "10", "-c", "1", cwd=here)
+    assert g.returncode == 0 and g.stdout.startswith("1")
+    # The last model stays the folder's own (it resumes exactly); a new save replaces best/ with it
+    again = run_script("training.py", "-l", "m", "-m", "m", "--iters", "2", "-t", "0", cwd=here)
+    assert again.returncode == 0 and "resuming at step 400" in again.stderr
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_best_or_last(overfitted, keep):
+    here, _, text = overfitted
+    r = run_script("training.py", "-d", str(text), "-m", keep, "--keep", keep, *OVERFIT, cwd=here)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((here / keep / "config.json").read_text())
+    assert not (here / keep / "best").exists()
+    if keep == "best":
+        assert meta["summary"]["step"] < 400 and not (here / keep / "trainer_state").exists()
+        assert "kept the best model, step" in r.stderr and "-l fine-tunes it afresh" in r.stderr
+    else:
+        assert meta["summary"]["step"] == 400 and (here / keep / "trainer_state").is_dir()
+
+
+def test_s_auto_fits_the_shape_and_steps_to_the_data(tmp_path, small_text):
+    r = run_script("training.py", "-d", small_text, "-s", "auto", "-m", "m", "-t", "0", "--iters", "20", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "-s auto: " in r.stderr and "training tokens, so 1 layers" in r.stderr
+    model = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
+    assert (model["n_layer"], model["n_embd"]) == (1, 32)
+    from repytilian.config import auto_settings
+
+    big, why = auto_settings(5_000_000, 65, steps_given=False)
+    assert (big["n_layer"], big["n_embd"], big["dropout"]) == (6, 256, 0.1) and big["max_iters"] == 12_207
+    assert "12,207 steps" in why
+    huge, _ = auto_settings(200_000_000, 65, steps_given=True)
+    assert huge["n_embd"] == 384 and huge["dropout"] == 0.0 and "max_iters" not in huge
+
+
+def test_a_diverged_run_keeps_its_last_good_model(tmp_path, small_text, monkeypatch):
+    from repytilian.api import TrainOptions, train
+    from repytilian.data import DataSource
+    from repytilian.errors import RepytilianError
+    from repytilian.train import Trainer
+
+    real = Trainer._loss
+
+    def poisoned(self, x, y):  # the loss of step 25 on is NaN, as after an exploding update
+        loss = real(self, x, y)
+        return loss * float("nan") if self.state.step >= 24 else loss
+
+    monkeypatch.setattr(Trainer, "_loss", poisoned)
+    opts = TrainOptions(data=DataSource("file", small_text), out=str(tmp_path / "m"), progress=False,
+                        interrupt_root=str(tmp_path / "models"),
+                        overrides={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8,
+                                   "eval_iters": 2, "eval_interval": 10, "max_iters": 100, "dtype": "float32"})
+    with pytest.raises(RepytilianError, match="training diverged") as caught:
+        train(opts)
+    message = str(caught.value)
+    assert "the last good model (step 20" in message and not (tmp_path / "m").exists()
+    kept = next((tmp_path / "models" / "interrupted").iterdir())
+    assert str(kept) in message
+    from repytilian.store.folder import load_model_dir
+
+    model = load_model_dir(kept).model
+    assert all(torch.isfinite(p).all() for p in model.parameters())
