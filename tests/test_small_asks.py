@@ -59,3 +59,24 @@ def test_num_samples_into_a_folder_writes_one_file_each(tmp_path):
     (tmp_path / "taken").write_text("a file")
     bad = run_script("generate.py", "-m", str(V2C), "-f", "taken/x/", "-t", "5", cwd=tmp_path)
     assert bad.returncode == 2 and "cannot write into taken/x" in bad.stderr
+
+
+def test_words_for_text_without_spaces(tmp_path):
+    from repytilian.tokenizers.words import WordTokenizer, split_words
+
+    text = "我爱北京天安门。東京は日本の首都です。Hello, wörld ภาษาไทย 한국어 문장\n" * 30
+    assert split_words("北京天安门。Hello 한국어")[:7] == ["北", "京", "天", "安", "门", "。", "Hello"]
+    assert "한국어" in split_words(text)  # Korean is written with spaces: its words stay words
+    tok = WordTokenizer.train(text)
+    assert tok.decode(tok.encode(text)) == text and tok.vocab_size < 60
+    (tmp_path / "zh.txt").write_text(text, encoding="utf-8")
+    r = run_script("training.py", "-d", "zh.txt", "-z", "words", "-m", "zh", "-i", "quick", "-t", "0",
+                   "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "16", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    g = run_script("generate.py", "-m", "zh", "-c", "北京", "-t", "10", cwd=tmp_path)
+    assert g.returncode == 0 and g.stdout.startswith("北京")
+    tokenizers = __import__("pytest").importorskip("tokenizers")
+    from repytilian.interop.hf import hf_tokenizer_json
+
+    hf = tokenizers.Tokenizer.from_str(hf_tokenizer_json(tok))  # the export splits as we do
+    assert hf.encode(text[:80]).ids == tok.encode(text[:80])

@@ -120,6 +120,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR,
                         help=f'model folder (default {DEFAULT_MODEL_DIR}); "" trains a model first and saves nothing')
     parser.add_argument("-t", "--tokens", type=_nonnegative_int, default=500, help="tokens to generate (default 500)")
+    parser.add_argument("--interactive", action="store_true",
+                        help="talk to the model in a loop, as repytilian chat (-t: tokens per answer)")
     parser.add_argument("-c", "--continue", dest="prompt", default="", help="continue generation from this text")
     parser.add_argument("--prompt-file", metavar="FILE", default=None,
                         help="continue generation from the text of this file (UTF-8), for prompts too long to type")
@@ -337,10 +339,29 @@ def generate_command(args: argparse.Namespace) -> int:
         lm = train(_train_options(args, out=None, load=None), on_event=speak).language_model
     else:
         lm = load_model(args.model, device=args.device)
+    if args.interactive:
+        from ..serve.chat import END_OF_TURN
+        from .chat import chat_loop
+
+        return chat_loop(lm, args.tokens or 200, args.temperature, args.top_k, args.top_p, args.seed,
+                         stop=args.stop[0] if args.stop else END_OF_TURN)
     options = {**dataclasses.asdict(sampling), "stop": args.stop, "max_time": args.max_time,
                "use_cache": not args.no_cache}
     write_generation(lm, args.prompt, args.tokens, options, args.filename, args.filetokens, args.num_samples)
     return 0
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    from ..api import load_model
+    from ..sampling import SamplingOptions
+    from ..serve.chat import END_OF_TURN
+    from .chat import chat_loop
+
+    SamplingOptions(temperature=DEFAULT_TEMPERATURE if args.temperature is None else args.temperature,
+                    top_k=args.top_k, top_p=args.top_p).validate()
+    lm = load_model(args.model, device=args.device)
+    return chat_loop(lm, args.tokens or 200, args.temperature, args.top_k, args.top_p, args.seed,
+                     stop=args.stop or END_OF_TURN)
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -452,6 +473,14 @@ def export_command(args: argparse.Namespace) -> int:
     from ..store.folder import load_model_dir
 
     loaded = load_model_dir(args.model)
+    if args.format == "gguf":
+        from ..interop.gguf_export import export_gguf
+
+        out = export_gguf(loaded.model, loaded.tokenizer, args.out, name=Path(args.model).name)
+        arch = "llama" if is_llama(loaded.model) else "gpt2"
+        print(f"exported {args.model} to {out} ({arch} architecture, float32, {out.stat().st_size / 1e6:.1f} MB) for "
+              f"llama.cpp and Ollama, e.g.:\n  llama-cli -m {out} -p 'ROMEO:' -n 100", file=sys.stderr)
+        return 0
     out = export_hf(loaded.model, loaded.tokenizer, args.out)
     kind = "LlamaForCausalLM" if is_llama(loaded.model) else "GPT2LMHeadModel"
     print(f"exported {args.model} to {out} for Hugging Face transformers ({kind}). In Python:\n"
@@ -559,15 +588,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export = sub.add_parser("export", parents=[debug],
                               help="write a model folder in another format (hf: Hugging Face transformers)")
     p_export.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
-    p_export.add_argument("--format", choices=("hf",), default="hf",
-                          help="hf: a GPT-2 folder for transformers' AutoModelForCausalLM and AutoTokenizer")
-    p_export.add_argument("out", help="the new folder")
+    p_export.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                          help="hf: a folder for transformers' AutoModelForCausalLM and AutoTokenizer; gguf: one "
+                               "file for llama.cpp and Ollama (bpe tokenizers)")
+    p_export.add_argument("out", help="the new folder (hf) or file (gguf)")
     p_export.set_defaults(handler=export_command)
     p_ladder = sub.add_parser("ladder", parents=[debug],
                               help="the lecture's steps from a bigram table to the GPT, each trained as long, "
                                    "compared in one table")
     add_ladder_arguments(p_ladder)
     p_ladder.set_defaults(handler=ladder_command)
+    p_chat = sub.add_parser("chat", parents=[debug], help="talk to a model in a loop (/temp, /topk, /reset, /quit)")
+    p_chat.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
+    p_chat.add_argument("-t", "--tokens", type=_nonnegative_int, default=200, help="most tokens an answer may have")
+    p_chat.add_argument("--temperature", type=float, default=None)
+    p_chat.add_argument("--top-k", type=int, default=None, help="0: off")
+    p_chat.add_argument("--top-p", type=float, default=1.0)
+    p_chat.add_argument("--seed", type=int, default=None)
+    p_chat.add_argument("--stop", default=None, metavar="TEXT",
+                        help="where an answer ends (default: a blank line, the end of a speech)")
+    p_chat.add_argument("--device", default="auto")
+    p_chat.set_defaults(handler=chat_command)
     p_serve = sub.add_parser("serve", parents=[debug],
                              help="a web playground and an OpenAI-compatible API for your models, on this machine")
     add_serve_arguments(p_serve)

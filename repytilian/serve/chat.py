@@ -49,6 +49,12 @@ def _content(message: dict[str, Any], where: str) -> str:
     raise ChatError(f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
 
 
+def script(turns: list[tuple[str, str]]) -> str:
+    """(role, text) turns as the template's text, ending where the assistant speaks next."""
+    parts = [f"{ROLES[role]}:\n{text.strip()}{END_OF_TURN}" for role, text in turns]
+    return "".join(parts) + f"{ROLES['assistant']}:\n"
+
+
 def chat_prompt(messages: Any, info: ModelInfo) -> tuple[str, list[str]]:
     """The prompt text for `messages`, and the stop strings that end the assistant's turn."""
     if not info.is_text:
@@ -58,11 +64,10 @@ def chat_prompt(messages: Any, info: ModelInfo) -> tuple[str, list[str]]:
         raise ChatError("messages must be a non-empty list of {role, content} objects")
     if len(messages) > MAX_MESSAGES:
         raise ChatError(f"at most {MAX_MESSAGES} messages per request")
-    lines = []
+    turns = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ChatError(f"{where}.role must be one of {', '.join(ROLES)}", param=f"{where}.role")
-        lines.append(f"{ROLES[message['role']]}:\n{_content(message, where).strip()}{END_OF_TURN}")
-    lines.append(f"{ROLES['assistant']}:\n")
-    return "".join(lines), [END_OF_TURN]
+        turns.append((message["role"], _content(message, where)))
+    return script(turns), [END_OF_TURN]

@@ -3,6 +3,10 @@
 Splitting into words (`\\w+`) and single non-word characters keeps every character of the text,
 so `decode(encode(text)) == text` for any text made of known tokens, newlines included.
 Words are case-sensitive: "Luke" and "luke" are different tokens.
+
+Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Burmese) have
+no words to split at, so each of their characters is a token: a sentence is not one "word" seen
+once. Korean, written with spaces, splits into words as other scripts do.
 """
 from __future__ import annotations
 
@@ -19,7 +23,15 @@ from .base import (
     text_chunks,
 )
 
-TOKEN_PATTERN = re.compile(r"\w+|\W", re.UNICODE)
+# The characters of scripts without spaces, as literal ranges (the pattern is also given to the
+# `tokenizers` library's regex engine by the Hugging Face export)
+NO_SPACE_SCRIPTS = ("\u0e00-\u0eff"  # Thai, Lao
+                    "\u1000-\u109f"  # Myanmar
+                    "\u1780-\u17ff"  # Khmer
+                    "\u3040-\u30ff"  # Hiragana, Katakana
+                    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
+                    "\uff66-\uff9f")  # half-width Katakana
+TOKEN_PATTERN = re.compile(f"[{NO_SPACE_SCRIPTS}]|[^\\W{NO_SPACE_SCRIPTS}]+|\\W", re.UNICODE)
 
 
 def split_words(text: str) -> list[str]:

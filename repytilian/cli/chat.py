@@ -1,0 +1,101 @@
+"""`repytilian chat -m DIR` (and `generate.py -m DIR --interactive`): talk to a model in a loop.
+
+The model is loaded once. Each answer streams as it is sampled; the conversation so far is the
+prompt of the next answer (in the same script template as the server's chat API, serve/chat.py),
+and the model sees as much of it as its context holds. Ctrl+C stops the answer being written,
+not the program; /quit or Ctrl+D ends it.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from ..errors import RepytilianError
+from ..serve.chat import END_OF_TURN, script
+
+HELP = ("commands: /temp T (temperature, 0 is greedy), /topk K (0: off), /reset (forget the conversation), "
+        "/quit (or Ctrl+D); Ctrl+C stops an answer")
+
+
+def chat_loop(lm, max_tokens: int = 200, temperature: float | None = None, top_k: int | None = None,
+              top_p: float = 1.0, seed: int | None = None, stop: str = END_OF_TURN,
+              stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if lm.tokenizer.input_format == "json":
+        raise RepytilianError("this model's tokens are JSON values, not text: it is not a chat model "
+                              "(generate.py -c '[...]' continues a sequence)")
+    settings: dict[str, Any] = {"temperature": DEFAULT_TEMPERATURE if temperature is None else temperature,
+                                "top_k": DEFAULT_TOP_K if top_k is None else top_k, "top_p": top_p}
+    turns: list[tuple[str, str]] = []
+    answers = 0
+    name = lm.path.name if lm.path is not None else "the model"
+    print(f"chatting with {name} ({lm.model.num_params() / 1e6:.2f}M parameters, context "
+          f"{lm.model.config.block_size} tokens). {HELP}", file=sys.stderr, flush=True)
+    while True:
+        try:
+            stdout.write("you> ")
+            stdout.flush()
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            stdout.write("\n(/quit or Ctrl+D to leave)\n")
+            continue
+        if not line:  # Ctrl+D, or the end of piped input
+            stdout.write("\n")
+            return 0
+        text = line.rstrip("\n")
+        if text.startswith("/"):
+            if _command(text, settings, turns, stdout):
+                return 0
+            continue
+        if not text.strip():
+            continue
+        turns.append(("user", text))
+        stdout.write("model> ")
+        stdout.flush()
+        answer = []
+        try:
+            sampling = {**settings, "seed": None if seed is None else seed + answers}
+            for piece in lm.render(script(turns), max_tokens, stop=[stop], **sampling):
+                if piece.kind == "text":
+                    answer.append(piece.text)
+                    stdout.write(piece.text)
+                    stdout.flush()
+        except KeyboardInterrupt:
+            stdout.write(" [stopped]")
+        except RepytilianError as e:  # e.g. a character the model has never seen
+            turns.pop()
+            stdout.write(f"\n(error: {e})\n")
+            continue
+        answers += 1
+        turns.append(("assistant", "".join(answer)))
+        stdout.write("\n")
+        stdout.flush()
+
+
+def _command(text: str, settings: dict[str, Any], turns: list, stdout: TextIO) -> bool:
+    """Run a /command; True to quit."""
+    word, _, value = text.partition(" ")
+    try:
+        if word in ("/quit", "/exit", "/q"):
+            return True
+        if word == "/reset":
+            turns.clear()
+            stdout.write("(the conversation is forgotten)\n")
+        elif word == "/temp":
+            t = float(value)
+            if not t >= 0:
+                raise ValueError
+            settings["temperature"] = t
+            stdout.write(f"(temperature {t:g})\n")
+        elif word == "/topk":
+            k = int(value)
+            if k < 0:
+                raise ValueError
+            settings["top_k"] = k or None
+            stdout.write(f"(top-k {k or 'off'})\n")
+        else:
+            stdout.write(f"({HELP})\n")
+    except ValueError:
+        stdout.write(f"({word} needs a number: {word} {'0.8' if word == '/temp' else '40'})\n")
+    return False

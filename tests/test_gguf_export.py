@@ -1,0 +1,87 @@
+"""repytilian export --format gguf: read back with gguf's own reader, tensor by tensor."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script
+
+from repytilian.errors import RepytilianError
+from repytilian.interop.gguf_export import _permute_for_rope, export_gguf
+from repytilian.store.folder import load_model_dir
+
+gguf = pytest.importorskip("gguf")
+
+
+def field(reader, name):
+    f = reader.fields[name]
+    if len(f.data) == 1:
+        part = f.parts[f.data[0]]
+        return bytes(part).decode() if f.types[0] == gguf.GGUFValueType.STRING else part.tolist()[0]
+    return [bytes(f.parts[i]).decode() for i in f.data]
+
+
+@pytest.fixture(scope="module")
+def bpe_models(tmp_path_factory):
+    here = tmp_path_factory.mktemp("gguf")
+    (here / "c.txt").write_text("the king and the queen walk to the castle.\n" * 80 + "Café!\n")
+    for arch in ("classic", "modern"):
+        r = run_script("training.py", "-d", "c.txt", "-z", "bpe", "--vocab-size", "300", "--arch", arch, "-m", arch,
+                       "-i", "quick", "-t", "0", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+                       "--block-size", "16", cwd=here)
+        assert r.returncode == 0, r.stderr
+    return here
+
+
+@pytest.mark.parametrize("arch", ["classic", "modern"])
+def test_the_gguf_file_holds_the_model_and_its_tokenizer(bpe_models, arch):
+    here = bpe_models
+    r = run_script("export", "-m", arch, "--format", "gguf", f"{arch}.gguf", cwd=here)
+    assert r.returncode == 0, r.stderr
+    loaded = load_model_dir(here / arch)
+    cfg, sd = loaded.model.config, loaded.model.state_dict()
+    reader = gguf.GGUFReader(str(here / f"{arch}.gguf"))
+    name = "llama" if arch == "modern" else "gpt2"
+    assert field(reader, "general.architecture") == name
+    assert field(reader, f"{name}.block_count") == cfg.n_layer
+    assert field(reader, f"{name}.context_length") == cfg.block_size
+    assert field(reader, f"{name}.embedding_length") == cfg.n_embd
+    assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    vocab = json.loads(loaded.tokenizer.hf.to_str())["model"]["vocab"]
+    assert len(tokens) == cfg.vocab_size and all(tokens[i] == t for t, i in vocab.items())
+    assert len(field(reader, "tokenizer.ggml.merges")) > 0
+    tensors = {t.name: np.asarray(t.data).reshape([int(d) for d in reversed(t.shape)]) for t in reader.tensors}
+    assert np.array_equal(tensors["token_embd.weight"], sd["transformer.wte.weight"].numpy())
+    assert np.array_equal(tensors["output.weight"], sd["lm_head.weight"].numpy())
+    if arch == "classic":
+        assert np.array_equal(tensors["position_embd.weight"], sd["transformer.wpe.weight"].numpy())
+        assert np.array_equal(tensors["blk.1.attn_qkv.weight"], sd["transformer.h.1.attn.c_attn.weight"].numpy())
+        assert np.array_equal(tensors["blk.0.ffn_down.bias"], sd["transformer.h.0.mlp.c_proj.bias"].numpy())
+        assert len(tensors) == 5 + 12 * cfg.n_layer
+    else:
+        q = sd["transformer.h.0.attn.c_attn.weight"][: cfg.n_embd]
+        assert np.array_equal(tensors["blk.0.attn_q.weight"], _permute_for_rope(q, cfg.n_head).numpy())
+        assert not np.array_equal(tensors["blk.0.attn_q.weight"], q.numpy())  # reordered for GGML's rotary layout
+        gate = sd["transformer.h.1.mlp.c_fc.weight"][: cfg.mlp_hidden]
+        assert np.array_equal(tensors["blk.1.ffn_gate.weight"], gate.numpy())
+        assert len(tensors) == 3 + 9 * cfg.n_layer
+
+
+def test_what_llama_cpp_cannot_load_is_refused(tmp_path, bpe_models):
+    from pathlib import Path
+
+    v2c = Path(__file__).resolve().parent.parent / "models" / "shakespeare" / "v2c"
+    r = run_script("export", "-m", str(v2c), "--format", "gguf", "x.gguf", cwd=tmp_path)
+    assert r.returncode == 2 and "the characters tokenizer has no form llama.cpp can load" in r.stderr
+    assert not (tmp_path / "x.gguf").exists()
+    loaded = load_model_dir(bpe_models / "classic")
+    (tmp_path / "taken.gguf").write_text("")
+    with pytest.raises(RepytilianError, match="already exists"):
+        export_gguf(loaded.model, loaded.tokenizer, tmp_path / "taken.gguf")
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_rope_reordering_pairs_each_heads_halves():
+    w = torch.arange(8.0).repeat_interleave(2).reshape(8, 2)  # one head, 8 rows: pairs (i, i + 4) to (2i, 2i + 1)
+    assert _permute_for_rope(w, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
