@@ -85,3 +85,35 @@ def test_what_llama_cpp_cannot_load_is_refused(tmp_path, bpe_models):
 def test_rope_reordering_pairs_each_heads_halves():
     w = torch.arange(8.0).repeat_interleave(2).reshape(8, 2)  # one head, 8 rows: pairs (i, i + 4) to (2i, 2i + 1)
     assert _permute_for_rope(w, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+@pytest.mark.parametrize("arch", ["modern", "classic"])
+def test_llama_cpp_reads_the_file_and_continues_greedily_as_we_do(bpe_models, tmp_path, arch):
+    """Runs where llama-cpp-python is installed (it compiles llama.cpp: not part of the dev extra)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from repytilian.sampling import SamplingOptions, sample_ids
+
+    folder = bpe_models / arch
+    if arch == "classic":  # llama.cpp's gpt2 computes GELU's tanh form: train one that uses it
+        folder = bpe_models / "classic-tanh"
+        if not folder.exists():
+            r = run_script("training.py", "-d", "c.txt", "-z", "bpe", "--vocab-size", "300", "-m", "classic-tanh",
+                           "-i", "quick", "-t", "0", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+                           "--block-size", "16", "--set", "activation=gelu_tanh", cwd=bpe_models)
+            assert r.returncode == 0, r.stderr
+    loaded = load_model_dir(folder)
+    path = export_gguf(loaded.model, loaded.tokenizer, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=16, logits_all=True, verbose=False)
+    prompt = "the king and"
+    ids = loaded.tokenizer.encode(prompt)
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=False) == ids
+    n = loaded.model.config.block_size - len(ids)
+    ours = [int(t) for t in sample_ids(loaded.model, ids, n, SamplingOptions(temperature=0))]
+    theirs = []
+    llm.reset()
+    llm.eval(ids)
+    for _ in range(n):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        theirs.append(token)
+        llm.eval([token])
+    assert theirs == ours
