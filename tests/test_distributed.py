@@ -222,3 +222,19 @@ def test_the_readme_torchrun_lines_parse():
             assert launcher.training_script == "training.py"
         args = ours.parse_args(rest)
         assert args.settings == "hyper"
+
+
+@pytest.mark.slow
+def test_a_single_process_checkpoint_resumes_on_two_processes(job):
+    here, args = job
+    root = here / "from-one"
+    root.mkdir()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "training.py"), *args, "-m", "one"], cwd=root,
+                            env=environment(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    wait_for(proc, "step 40:")
+    proc.send_signal(signal.SIGUSR1)
+    code, rest = finish(proc)
+    assert code == 0 and "stopped by SIGUSR1" in rest, rest
+    saved = next((root / "models" / "interrupted").iterdir())
+    run(torchrun(2, "-l", str(saved), "-m", "two", "--no-progress", "-t", "0"), root)
+    assert_same_weights(weights(here / "single"), weights(root / "two"))

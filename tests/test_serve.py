@@ -465,3 +465,15 @@ def test_the_load_benchmark_runs_bounded_and_clean(server):
     result = bench.run(server.url, TEXT, clients=2, requests=3, tokens=8, stream=True)
     assert result["requests"] == 6 and result["errors"] == 0, result["first_error"]
     assert result["p99_ms"] >= result["p50_ms"] > 0 and result["tokens_per_s"] > 0
+
+
+def test_one_model_folder_can_be_served_alone(models):
+    with TestClient(create_app(Registry(single=models / TEXT))) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["v1c"]
+        done = c.post("/v1/completions", json={"prompt": "A", "max_tokens": 2})  # no model named: the one
+        assert done.status_code == 200 and done.json()["model"] == "v1c"
+        assert_error(c.post("/v1/completions", json={"model": MUSIC, "prompt": "a"}), 404, "model")
+    from repytilian.errors import RepytilianError
+
+    with pytest.raises(RepytilianError, match="is not a model folder"):
+        Registry(single=models / "not-a-model")
