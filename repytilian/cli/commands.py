@@ -473,6 +473,15 @@ def export_command(args: argparse.Namespace) -> int:
     from ..store.folder import load_model_dir
 
     loaded = load_model_dir(args.model)
+    if args.format == "onnx":
+        from ..interop.onnx_export import export_onnx
+
+        out = export_onnx(loaded.model, args.out)
+        print(f"exported {args.model} to {out} ({out.stat().st_size / 1e6:.1f} MB): input_ids (batch, tokens up to "
+              f"{loaded.model.config.block_size}) -> logits; its tokenizer is {Path(args.model) / 'tokenizer.json'}. "
+              f"In Python:\n  import onnxruntime\n  session = onnxruntime.InferenceSession({str(out)!r})\n"
+              "  logits = session.run(None, {'input_ids': ids})[0]", file=sys.stderr)
+        return 0
     if args.format == "gguf":
         from ..interop.gguf_export import export_gguf
 
@@ -588,10 +597,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export = sub.add_parser("export", parents=[debug],
                               help="write a model folder in another format (hf: Hugging Face transformers)")
     p_export.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
-    p_export.add_argument("--format", choices=("hf", "gguf"), default="hf",
+    p_export.add_argument("--format", choices=("hf", "gguf", "onnx"), default="hf",
                           help="hf: a folder for transformers' AutoModelForCausalLM and AutoTokenizer; gguf: one "
-                               "file for llama.cpp and Ollama (bpe tokenizers)")
-    p_export.add_argument("out", help="the new folder (hf) or file (gguf)")
+                               "file for llama.cpp and Ollama (bpe tokenizers); onnx: one graph for onnxruntime")
+    p_export.add_argument("out", help="the new folder (hf) or file (gguf, onnx)")
     p_export.set_defaults(handler=export_command)
     p_ladder = sub.add_parser("ladder", parents=[debug],
                               help="the lecture's steps from a bigram table to the GPT, each trained as long, "

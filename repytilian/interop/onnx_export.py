@@ -1,0 +1,63 @@
+"""`repytilian export --format onnx`: the model as one ONNX graph (ids in, logits out), for
+onnxruntime and the tools built on it. torch.onnx's exporter (torch.export underneath, which needs
+the `onnx` and `onnxscript` packages: `pip install 'repytilian[onnx]'`) writes it with the batch
+and the number of tokens left free, up to the model's context. The tokenizer is not part of the
+graph: the model folder's tokenizer.json encodes and decodes for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import RepytilianError
+from ..model import GPT
+from ..runtime.fileio import fsync_dir
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)[0]
+
+
+def export_onnx(model: GPT, out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists():
+        raise RepytilianError(f"{out} already exists; export into a new file")
+    for name in ("onnx", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise RepytilianError(f"exporting to ONNX needs the '{name}' package: pip install 'repytilian[onnx]'") from None
+    model = model.eval()
+    block = model.config.block_size
+    example = torch.zeros(1, min(8, block), dtype=torch.long)
+    dims = {"input_ids": {0: torch.export.Dim("batch", min=1, max=4096),
+                          1: torch.export.Dim("tokens", min=1, max=block)}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):  # the exporter narrates each pass; keep stdout for results
+            torch.onnx.export(_Logits(model), (example,), tmp, dynamo=True, input_names=["input_ids"],
+                              output_names=["logits"], dynamic_shapes=dims, external_data=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except Exception as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, RepytilianError):
+            raise
+        raise RepytilianError(f"torch.onnx could not export this model ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300] if str(e) else ''})") from None
+    return out
