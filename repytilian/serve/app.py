@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import threading
 import time
@@ -29,10 +30,10 @@ from ..api import LanguageModel
 from ..errors import RepytilianError, SettingError
 from ..events import notes_to
 from ..sampling import SamplingOptions
-from ..store.live import current_metrics
+from ..store.live import current_metrics, live_path
 from ..tokenizers import UnknownTokensError
 from .chat import ChatError, chat_prompt
-from .generation import ChoiceEnd, Job, TextOut, TokenOut, run_job
+from .generation import ChoiceEnd, Job, TextOut, TokenOut, run_job, token_label
 from .limits import Limits
 from .registry import ModelInfo, ModelNotFound, Registry
 
@@ -350,21 +351,27 @@ async def completions(request: Request) -> Response:
 
         return _stream(await _first_then_rest(chunks()))
 
+    texts, tokens, reasons = await _collect(server, request, lm, job)
+    choices = [{"text": texts[i], "index": i,
+                "logprobs": _completion_logprobs(tokens[i]) if logprobs is not None else None,
+                "finish_reason": reasons[i]} for i in range(job.n)]
+    return JSONResponse({**base, "choices": choices, "usage": _usage(len(ids), sum(map(len, tokens)))})
+
+
+async def _collect(server: Server, request: Request, lm: LanguageModel, job: Job
+                   ) -> tuple[list[str], list[list[TokenOut]], list[str]]:
+    """A whole answer: each choice's text, its tokens and why it ended."""
     texts = [""] * job.n
     tokens: list[list[TokenOut]] = [[] for _ in range(job.n)]
     reasons = ["length"] * job.n
     async for event in server.events(request, lm, job):
         if isinstance(event, TokenOut):
             tokens[event.choice].append(event)
-            texts[event.choice] += event.text
-        elif isinstance(event, TextOut):
+        if isinstance(event, (TokenOut, TextOut)):
             texts[event.choice] += event.text
         elif isinstance(event, ChoiceEnd):
             reasons[event.choice] = event.finish_reason
-    choices = [{"text": texts[i], "index": i,
-                "logprobs": _completion_logprobs(tokens[i]) if logprobs is not None else None,
-                "finish_reason": reasons[i]} for i in range(job.n)]
-    return JSONResponse({**base, "choices": choices, "usage": _usage(len(ids), sum(map(len, tokens)))})
+    return texts, tokens, reasons
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -425,17 +432,7 @@ async def chat_completions(request: Request) -> Response:
 
         return _stream(await _first_then_rest(chunks()))
 
-    texts = [""] * job.n
-    tokens: list[list[TokenOut]] = [[] for _ in range(job.n)]
-    reasons = ["length"] * job.n
-    async for event in server.events(request, lm, job):
-        if isinstance(event, TokenOut):
-            tokens[event.choice].append(event)
-            texts[event.choice] += event.text
-        elif isinstance(event, TextOut):
-            texts[event.choice] += event.text
-        elif isinstance(event, ChoiceEnd):
-            reasons[event.choice] = event.finish_reason
+    texts, tokens, reasons = await _collect(server, request, lm, job)
     choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
                 "logprobs": {"content": [_chat_logprob(t) for t in tokens[i]]} if want_logprobs else None,
                 "finish_reason": reasons[i]} for i in range(job.n)]
@@ -450,8 +447,7 @@ async def playground_models(request: Request) -> Response:
     server: Server = request.app.state.server
     models = []
     for m in server.registry.scan(training=True):
-        _, live = current_metrics(m.path)
-        models.append({**m.to_dict(), "training": live})
+        models.append({**m.to_dict(), "training": live_path(m.path).is_file()})
     return JSONResponse({"models": models, "limits": {"max_tokens": server.limits.max_tokens}})
 
 
@@ -477,7 +473,6 @@ async def playground_generate(request: Request) -> Response:
     ids = server.prompt_ids(lm, source)
     job = server.job({**body, "n": 1}, ids, 200)
     job.alternatives = server.limits.max_alternatives
-    from .generation import token_label
 
     async def chunks() -> AsyncIterator[str]:
         yield _sse({"type": "start", "model": info.id, "prompt_ids": ids,
@@ -503,8 +498,6 @@ async def playground_generate(request: Request) -> Response:
 
 
 def _prob(logprob: float) -> float:
-    import math
-
     return round(math.exp(logprob), 6) if logprob > -9999 else 0.0
 
 

@@ -16,6 +16,7 @@ import torch
 from ..api import LanguageModel
 from ..sampling import SamplingOptions, StopFilter, sample_steps
 from ..tokenizers import Tokenizer
+from ..tokenizers.json_tokens import display
 
 
 @dataclass
@@ -64,9 +65,7 @@ def token_label(tokenizer: Tokenizer, token_id: int) -> str:
     if tokenizer.name == "json" and values is not None:
         if token_id == tokenizer.eos_id:
             return "(end)"
-        import json
-
-        return json.dumps(values[token_id], ensure_ascii=False)
+        return display(values[token_id])
     return tokenizer.decode([token_id])
 
 
