@@ -2,6 +2,10 @@
 
 If torch cannot be imported and the project's `.venv` exists, run the script again with its
 Python; otherwise say how to install, instead of an ImportError traceback.
+
+Whether this Python already is the venv's is read from `sys.prefix`, never from the interpreter's
+path: a venv's `bin/python` is a symlink to the very interpreter it was made from, so the two
+resolve to the same file although only one of them sees the venv's packages.
 """
 from __future__ import annotations
 
@@ -10,17 +14,32 @@ import sys
 from pathlib import Path
 
 
+def _venv_python(venv: Path) -> Path | None:
+    for candidate in (venv / "bin" / "python", venv / "Scripts" / "python.exe"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _running_in(venv: Path) -> bool:
+    try:
+        return Path(sys.prefix).resolve() == venv.resolve()
+    except OSError:
+        return False
+
+
 def ensure_dependencies(script: str) -> None:
     try:
         import numpy  # noqa: F401
         import torch  # noqa: F401
     except ImportError as e:
         root = Path(script).resolve().parent
-        venv_python = root / ".venv" / "bin" / "python"
-        if venv_python.is_file() and Path(sys.executable).resolve() != venv_python.resolve() \
-                and not os.environ.get("REPYTILIAN_REEXEC"):
-            os.environ["REPYTILIAN_REEXEC"] = "1"
-            os.execv(str(venv_python), [str(venv_python), script, *sys.argv[1:]])
-        print(f"error: {e.name} is not installed. Run `make install` in {root} "
+        venv = root / ".venv"
+        python = _venv_python(venv)
+        if python is not None and not _running_in(venv) and not os.environ.get("REPYTILIAN_REEXEC"):
+            os.environ["REPYTILIAN_REEXEC"] = "1"  # once: a broken venv must not loop
+            os.execv(str(python), [str(python), script, *sys.argv[1:]])
+        where = f" in {venv}" if python is not None else ""
+        print(f"error: {e.name} is not installed{where}. Run `make install` in {root} "
               "(or `pip install -e .`) and try again", file=sys.stderr)
         sys.exit(2)

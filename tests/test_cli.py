@@ -1,5 +1,6 @@
 """The seed README's commands, run as a user runs them: real processes, real signals."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -177,3 +178,21 @@ def test_bootstrap_message_without_dependencies(tmp_path):
                         f"sys.argv = [{script!r}]; runpy.run_path({script!r}, run_name='__main__')"],
                        cwd=scratch, capture_output=True, text=True)
     assert r.returncode == 2 and "make install" in r.stderr
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="the suite is not running inside a virtual environment")
+def test_the_system_python_runs_the_scripts_under_the_checkouts_venv(tmp_path):
+    # A checkout whose .venv is the venv these tests run in, started by the interpreter that venv
+    # was made from, without its site-packages (-S): no torch there, so the script must re-run
+    # itself under .venv/bin/python, which is a symlink to that very interpreter.
+    scratch = tmp_path / "checkout"
+    scratch.mkdir()
+    (scratch / "repytilian").symlink_to(ROOT / "repytilian")
+    (scratch / ".venv").symlink_to(sys.prefix)
+    (scratch / "generate.py").write_text((ROOT / "generate.py").read_text())
+    env = {k: v for k, v in os.environ.items() if k not in ("REPYTILIAN_REEXEC", "PYTHONPATH", "VIRTUAL_ENV")}
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    r = subprocess.run([base, "-S", str(scratch / "generate.py"), "--help"], cwd=scratch, capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--temperature" in r.stdout and "not installed" not in r.stderr
