@@ -12,8 +12,6 @@ loads, so those models are refused with a clear message. `gguf` is optional
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ import torch
 from ..config import RMS_EPS, ROPE_THETA
 from ..errors import RepytilianError
 from ..model import GPT
-from ..runtime.fileio import fsync_dir
+from ..runtime.fileio import atomic_output
 from ..tokenizers import Tokenizer
 from .hf import is_llama
 
@@ -114,11 +112,8 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: str | Path, name: str = "
     tokens, merges, types = bpe_vocabulary(tokenizer)
     tensors = gguf_tensors(model)
     arch = "llama" if llama else "gpt2"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
+    with atomic_output(out) as tmp:
+        w = gguf.GGUFWriter(str(tmp), arch)
         w.add_name(name)
         w.add_file_type(gguf.LlamaFileType.ALL_F32)
         w.add_context_length(cfg.block_size)
@@ -145,11 +140,4 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: str | Path, name: str = "
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out

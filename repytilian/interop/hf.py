@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, RMS_EPS, ROPE_THETA
 from ..errors import RepytilianError
 from ..model import GPT
-from ..runtime.fileio import fsync_dir, fsync_tree
+from ..runtime.fileio import fsync_dir, fsync_tree, shareable
 from ..tokenizers import Tokenizer
 from ..tokenizers.words import TOKEN_PATTERN
 
@@ -200,6 +200,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path) -> Path:
         }, indent=1), encoding="utf-8")
         generation = {"do_sample": True, "temperature": DEFAULT_TEMPERATURE, "top_k": DEFAULT_TOP_K}
         (staging / "generation_config.json").write_text(json.dumps(generation, indent=1), encoding="utf-8")
+        shareable(staging)
         fsync_tree(staging)
         if out.exists():
             out.rmdir()

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import RepytilianError
 from ..model import GPT
-from ..runtime.fileio import fsync_dir
+from ..runtime.fileio import atomic_output
 
 
 class _Logits(torch.nn.Module):
@@ -42,20 +40,12 @@ def export_onnx(model: GPT, out: str | Path) -> Path:
     example = torch.zeros(1, min(8, block), dtype=torch.long)
     dims = {"input_ids": {0: torch.export.Dim("batch", min=1, max=4096),
                           1: torch.export.Dim("tokens", min=1, max=block)}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     said = io.StringIO()
     try:
-        with contextlib.redirect_stdout(said):  # the exporter narrates each pass; keep stdout for results
-            torch.onnx.export(_Logits(model), (example,), tmp, dynamo=True, input_names=["input_ids"],
+        with atomic_output(out) as tmp, contextlib.redirect_stdout(said):  # the exporter narrates each pass
+            torch.onnx.export(_Logits(model), (example,), str(tmp), dynamo=True, input_names=["input_ids"],
                               output_names=["logits"], dynamic_shapes=dims, external_data=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
     except Exception as e:
-        Path(tmp).unlink(missing_ok=True)
         if isinstance(e, RepytilianError):
             raise
         raise RepytilianError(f"torch.onnx could not export this model ({type(e).__name__}: "

@@ -10,6 +10,8 @@ import errno
 import os
 import platform
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import RepytilianError
@@ -48,6 +50,37 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where the system can (os.umask can only
+    read it by setting it, which another thread could see in between)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: Path | str) -> None:
+    """Give `path` (and everything under it, for a folder) the permissions a plain open() or mkdir()
+    would have: temporary files and folders are made private (0600/0700) and safetensors writes
+    0600, and renaming keeps that mode, so a saved model would be unreadable to a web server, a
+    colleague or Ollama while the shipped ones are 0644."""
+    mask = _umask()
+    path = Path(path)
+    if not path.is_dir():
+        os.chmod(path, 0o666 & ~mask)
+        return
+    for dirpath, _, filenames in os.walk(path):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+
+
 def fsync_tree(root: Path) -> None:
     """Flush every file under `root`, and every folder, to disk."""
     for dirpath, _, filenames in os.walk(root):
@@ -62,6 +95,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        shareable(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -72,6 +106,27 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_output(path: Path | str) -> Iterator[Path]:
+    """A temporary file name beside `path` for writers that want a name rather than bytes (GGUF's,
+    ONNX's): when the block ends it is flushed, made shareable and renamed over `path`; when the
+    block raises it is removed, and `path` is as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        shareable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 

@@ -35,7 +35,7 @@ from .. import __version__
 from ..config import TrainConfig
 from ..errors import RepytilianError
 from ..model import GPT, ModelConfig
-from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive
+from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive, shareable
 from ..tokenizers import Tokenizer, tokenizer_from_json
 from .card import model_card, plot_loss
 from .lock import why_unwritable
@@ -173,6 +173,7 @@ def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
                 plot_loss(metrics, staging / "loss.png", title=str(target))
         if inside is not None:
             inside(staging)
+        shareable(staging)
         fsync_tree(staging)
         with _signals_deferred():  # a Ctrl+C may abandon the save, but never between the two renames
             _swap_in(staging, target)
