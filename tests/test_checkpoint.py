@@ -104,7 +104,7 @@ def test_extra_or_renamed_weights_are_rejected(saved):
 
 
 def test_not_a_model_folder(tmp_path):
-    with pytest.raises(RepytilianError, match="no model at .*train one first"):
+    with pytest.raises(RepytilianError, match="no model at .*train one there on your own text"):
         load_model_dir(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(RepytilianError, match="not a Repytilian model folder"):

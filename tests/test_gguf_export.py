@@ -51,6 +51,11 @@ def test_the_gguf_file_holds_the_model_and_its_tokenizer(bpe_models, arch):
     vocab = json.loads(loaded.tokenizer.hf.to_str())["model"]["vocab"]
     assert len(tokens) == cfg.vocab_size and all(tokens[i] == t for t, i in vocab.items())
     assert len(field(reader, "tokenizer.ggml.merges")) > 0
+    # An end-of-text id that no text contains (the byte 0xFF), no start token added: without them
+    # llama.cpp took id 11 for both, an ordinary token, and cut generation there.
+    assert tokens[field(reader, "tokenizer.ggml.eos_token_id")] == "\u00ff"
+    assert field(reader, "tokenizer.ggml.bos_token_id") == field(reader, "tokenizer.ggml.eos_token_id")
+    assert field(reader, "tokenizer.ggml.add_bos_token") is False
     tensors = {t.name: np.asarray(t.data).reshape([int(d) for d in reversed(t.shape)]) for t in reader.tensors}
     assert np.array_equal(tensors["token_embd.weight"], sd["transformer.wte.weight"].numpy())
     assert np.array_equal(tensors["output.weight"], sd["lm_head.weight"].numpy())
@@ -117,3 +122,42 @@ def test_llama_cpp_reads_the_file_and_continues_greedily_as_we_do(bpe_models, tm
         theirs.append(token)
         llm.eval([token])
     assert theirs == ours
+
+
+def test_the_suggested_llama_cpp_command_stays_within_the_models_context(tmp_path):
+    import shlex
+    from pathlib import Path
+
+    bpe = Path(__file__).resolve().parent.parent / "models" / "shakespeare" / "bpe"
+    r = run_script("export", "-m", str(bpe), "--format", "gguf", "bpe.gguf", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = next(x.strip() for x in r.stderr.splitlines() if x.strip().startswith("llama-completion "))
+    words = shlex.split(line)
+    flag = {words[i]: words[i + 1] for i in range(1, len(words) - 1, 2)}
+    loaded = load_model_dir(bpe)
+    block = loaded.model.config.block_size
+    assert flag["-m"] == "bpe.gguf" and int(flag["-c"]) == block
+    assert 0 < int(flag["-n"]) and int(flag["-n"]) + len(loaded.tokenizer.encode(flag["-p"])) <= block
+
+
+def test_llama_cpp_runs_the_shipped_bpe_model_to_its_length_as_we_do(tmp_path):
+    """Before the fix llama.cpp ended this at the first comma (its default end id, 11, is `,` here)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from pathlib import Path
+
+    from repytilian.sampling import SamplingOptions, sample_ids
+
+    bpe = Path(__file__).resolve().parent.parent / "models" / "shakespeare" / "bpe"
+    loaded = load_model_dir(bpe)
+    path = export_gguf(loaded.model, loaded.tokenizer, tmp_path / "bpe.gguf")
+    block = loaded.model.config.block_size
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=block, verbose=False)
+    assert llm.detokenize([llm.token_eos()]) != b","
+    prompt = "ROMEO:"
+    ids = loaded.tokenizer.encode(prompt)
+    assert llm.tokenize(prompt.encode()) == ids  # nothing added before the prompt
+    n = block - len(ids)
+    ours = loaded.tokenizer.decode([int(t) for t in sample_ids(loaded.model, ids, n, SamplingOptions(temperature=0))])
+    assert "," in ours  # the text goes past commas...
+    answer = llm.create_completion(prompt, max_tokens=n, temperature=0.0)["choices"][0]
+    assert answer["finish_reason"] == "length" and answer["text"] == ours  # ...in llama.cpp as in ours

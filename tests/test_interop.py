@@ -176,15 +176,42 @@ def test_a_malicious_legacy_file_is_refused_and_never_run(legacy_folder, planted
         (folder / planted).write_bytes(pickle.dumps(Exploit(str(marker))))
     else:
         torch.save({"x": Exploit(str(marker))}, folder / planted)
-    with pytest.raises(RepytilianError, match="cannot be read safely"):
+    with pytest.raises(RepytilianError, match="cannot be read safely") as refused:
         convert(folder)
     assert not marker.exists()
+    # In our words, whole: never torch's advice to load it with weights_only=False
+    message = str(refused.value)
+    assert "weights_only" not in message and "likely succeed" not in message and "(1)" not in message
+    if planted == "blocks.pt":
+        assert "it asks for builtins.open" in message or "it asks for io.open" in message, message
 
 
-def test_a_words_model_of_the_original_is_refused_with_the_reason(legacy_folder):
+def test_a_words_model_of_the_original_converts_and_keeps_its_words(tmp_path, monkeypatch):
+    # The original's words tokenizer: sorted(set(text.split())), encoded by split(), joined by spaces.
+    monkeypatch.setitem(sys.modules, "src", types.ModuleType("src"))
+    monkeypatch.setitem(sys.modules, "src.llm_bigram", legacy_module)
+    text = "Luke looks at the stars .\nHan laughs , Luke runs .\nthe stars wait for Luke"
+    tokens = sorted(set(text.split()))
+    torch.manual_seed(1)
+    legacy = LegacyModel(len(tokens)).eval()
+    legacy.export(tmp_path / "v1w", tokens)
+    (tmp_path / "v1w" / "tokens.type").write_text("words")
+    model, tokenizer, meta = convert(tmp_path / "v1w")
+    assert tokenizer.name == "spaced_words" and meta["legacy_tokenizer"] == "words"
+    ids = tokenizer.encode("Luke runs ,\n Han")
+    assert ids == [tokens.index(w) for w in ("Luke", "runs", ",", "Han")]
+    assert tokenizer.decode(ids) == "Luke runs , Han"
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        assert torch.allclose(model(idx)[0], legacy(idx), atol=1e-5)
+    with pytest.raises(RepytilianError, match="did you mean 'Luke'"):
+        tokenizer.encode("luke")
+
+
+def test_an_unknown_legacy_tokenizer_is_refused_with_the_reason(legacy_folder):
     folder, _, _ = legacy_folder
-    (folder / "tokens.type").write_text("words")
-    with pytest.raises(RepytilianError, match="only characters models are converted"):
+    (folder / "tokens.type").write_text("tiktoken")
+    with pytest.raises(RepytilianError, match="only models of its characters and words tokenizers are converted"):
         convert(folder)
 
 
@@ -307,3 +334,34 @@ def test_import_from_nanogpt_on_the_command_line_and_its_errors(tmp_path):
     torch.save({"weights": {}}, tmp_path / "plain.pt")
     plain = run_script("import", "--from", "nanogpt", "plain.pt", "z", "--data", "input.txt", cwd=tmp_path)
     assert plain.returncode == 2 and "is not a nanoGPT checkpoint" in plain.stderr
+
+
+def run_advice(command: str, cwd):
+    """Run a command that an error message suggested, as pasted into a shell in `cwd`."""
+    import shlex
+    import subprocess
+
+    words = shlex.split(command)
+    if words[:2] == ["python3", "training.py"] or words[:2] == ["python3", "generate.py"]:
+        return run_script(words[1], *words[2:], cwd=cwd)
+    return subprocess.run(words, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_the_advice_to_convert_an_original_words_model_works(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "src", types.ModuleType("src"))
+    monkeypatch.setitem(sys.modules, "src.llm_bigram", legacy_module)
+    text = "Luke looks at the stars . Han laughs , Luke runs . the stars wait for Luke"
+    tokens = sorted(set(text.split()))
+    LegacyModel(len(tokens)).export(tmp_path / "models" / "starwars" / "v1w", tokens)
+    (tmp_path / "models" / "starwars" / "v1w" / "tokens.type").write_text("words")
+    refused = run_script("generate.py", "-m", "models/starwars/v1w", "-c", "Luke", cwd=tmp_path)
+    assert refused.returncode == 2
+    advice = refused.stderr.split("Convert it (safely) with: ")[1].strip()
+    done = run_advice(advice, tmp_path)
+    assert done.returncode == 0, done.stderr
+    converted = advice.split()[-1]
+    assert converted == "models/starwars/v1w-converted"
+    out = run_script("generate.py", "-m", converted, "-c", "Luke", "-t", "6", "--seed", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    words = out.stdout.split()
+    assert words[0] == "Luke" and len(words) == 7 and set(words) <= set(tokens)

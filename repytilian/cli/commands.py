@@ -416,6 +416,15 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def llama_cpp_command(gguf: Path, loaded, prompt: str = "ROMEO:") -> str:
+    """A llama.cpp command line that continues `prompt` as far as the model's context allows:
+    llama.cpp's default context is longer than these models', and its gpt2 architecture reads
+    position embeddings past the end of the table (an assertion failure) beyond it."""
+    block = loaded.model.config.block_size
+    prompt_tokens = len(loaded.tokenizer.encode(prompt)) if loaded.tokenizer.input_format == "text" else 1
+    return f"llama-completion -m {gguf} -c {block} -n {max(1, block - prompt_tokens)} -p '{prompt}'"
+
+
 def save_converted(out: str, model, tokenizer, meta: dict, what: str) -> None:
     """Save a model converted from another format as a model folder, and say how to use it."""
     from ..api import LanguageModel
@@ -488,7 +497,10 @@ def export_command(args: argparse.Namespace) -> int:
         out = export_gguf(loaded.model, loaded.tokenizer, args.out, name=Path(args.model).name)
         arch = "llama" if is_llama(loaded.model) else "gpt2"
         print(f"exported {args.model} to {out} ({arch} architecture, float32, {out.stat().st_size / 1e6:.1f} MB) for "
-              f"llama.cpp and Ollama, e.g.:\n  llama-cli -m {out} -p 'ROMEO:' -n 100", file=sys.stderr)
+              f"llama.cpp and Ollama, e.g.:\n  {llama_cpp_command(out, loaded)}\n"
+              f"(-c: llama.cpp must not open it with a context longer than the model's "
+              f"{loaded.model.config.block_size} tokens; before llama.cpp b7348 the program was llama-cli)",
+              file=sys.stderr)
         return 0
     out = export_hf(loaded.model, loaded.tokenizer, args.out)
     kind = "LlamaForCausalLM" if is_llama(loaded.model) else "GPT2LMHeadModel"

@@ -6,7 +6,9 @@ query and key matrices are reordered for GGML's rotary layout as llama.cpp's own
 Weights are stored in float32, in nn.Linear's (out, in) layout, which is GGUF's too. The
 tokenizer goes in as llama.cpp's byte-level BPE ("gpt2" tokenizer model): bpe models and models
 imported from Hugging Face have one; character and word vocabularies have no form llama.cpp
-loads, so those models are refused with a clear message. `gguf` is optional
+loads, so those models are refused with a clear message. The file names an end-of-text token
+(`end_of_text_id`) and asks for no start token, so llama.cpp neither stops early nor adds to the
+prompt. `gguf` is optional
 (`pip install 'repytilian[gguf]'`).
 """
 from __future__ import annotations
@@ -63,6 +65,31 @@ def bpe_vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[str], list[int
     return tokens, merges, types
 
 
+# Text ends here: the names models imported from Hugging Face use for their end-of-text token.
+END_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+# Bytes that UTF-8 never contains (0xFF, 0xFE ... 0xF5, 0xC1, 0xC0), as byte-level BPE writes them.
+NEVER_IN_TEXT = tuple(chr(b) for b in range(0xFF, 0xF4, -1)) + ("\u00c1", "\u00c0")
+
+
+def end_of_text_id(tokens: list[str], types: list[int]) -> int:
+    """The id llama.cpp should take for the start and end of text.
+
+    Without one, llama.cpp takes id 11 for both: a model trained here has no end token, and id 11
+    is an ordinary piece of text (`,` in the shipped bpe model), so generation stopped at the first
+    comma. A model with a real end-of-text token uses it. Otherwise the token of a byte that UTF-8
+    never contains stands in: no training text has it, so the model has learnt never to predict it,
+    and llama.cpp generates until its length limit, as we do.
+    """
+    for i, (token, kind) in enumerate(zip(tokens, types)):
+        if kind == 3 and token in END_TOKENS:
+            return i
+    for byte in NEVER_IN_TEXT:
+        if byte in tokens:
+            return tokens.index(byte)
+    raise RepytilianError("this byte-level vocabulary lacks the bytes that UTF-8 never uses: it cannot be "
+                          "given an end-of-text token llama.cpp would not cut text at")
+
+
 def _permute_for_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """Rows of each head from (first half, second half) pairing to GGML's interleaved pairing."""
     rows, cols = w.shape
@@ -110,6 +137,7 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: str | Path, name: str = "
         raise RepytilianError(f"llama.cpp's gpt2 computes GELU; this model uses {cfg.activation}")
     llama = is_llama(model)
     tokens, merges, types = bpe_vocabulary(tokenizer)
+    end = end_of_text_id(tokens, types)
     tensors = gguf_tensors(model)
     arch = "llama" if llama else "gpt2"
     with atomic_output(out) as tmp:
@@ -134,6 +162,10 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: str | Path, name: str = "
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
+        w.add_bos_token_id(end)
+        w.add_eos_token_id(end)
+        w.add_add_bos_token(False)  # the prompt is encoded as we encode it, nothing put before it
+        w.add_add_eos_token(False)
         for tensor_name, array in tensors.items():
             w.add_tensor(tensor_name, array)
         w.write_header_to_file()

@@ -28,7 +28,8 @@ import torch
 
 from ..errors import RepytilianError
 from ..model import GPT, ModelConfig
-from ..tokenizers import CharacterTokenizer, Tokenizer
+from ..tokenizers import CharacterTokenizer, SpacedWordTokenizer, Tokenizer
+from .refusals import refusal
 
 PARTS = ("token_embedding_table", "position_embedding_table", "blocks", "ln_f", "lm_head")
 
@@ -73,11 +74,10 @@ def _safe_load(data: bytes, names: Iterable[str], what: str) -> Any:
         try:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # the unpickler raises several types; none of them ran the file's code
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RepytilianError(
-                f"{what} cannot be read safely: torch.load(weights_only=True) refused it ({first[:300]}). "
-                "Repytilian never loads a pickle any other way, so this folder cannot be converted; "
-                "retrain the model with python3 training.py on the same data"
+                f"{what} cannot be read safely: {refusal(e, 'tensors, plain data and model classes of the original')}. Repytilian reads the original's model files "
+                "without running any code in them, and this one needs more than that, so the folder cannot be "
+                "converted; retrain the model with python3 training.py on the same text"
             ) from None
 
 
@@ -232,10 +232,11 @@ def _legacy_tokens(folder: Path) -> tuple[str, list[str]]:
 def _tokenizer(kind: str, tokens: list[str], folder: Path) -> Tokenizer:
     if kind == "characters":
         return CharacterTokenizer(tokens)
+    if kind == "words":  # split at whitespace, joined with spaces: SpacedWordTokenizer does the same
+        return SpacedWordTokenizer(tokens)
     raise RepytilianError(
-        f"{folder} uses the original's {kind!r} tokenizer, which has no exact counterpart here "
-        "(its words split on spaces alone and are joined with spaces; Repytilian's words keep punctuation "
-        "and spacing as tokens), so only characters models are converted; retrain with -z words"
+        f"{folder} uses the original's {kind!r} tokenizer, which has no counterpart here: only models of "
+        "its characters and words tokenizers are converted. Retrain on the same text with python3 training.py"
     )
 
 

@@ -20,6 +20,7 @@ from ..data.corpus import read_text_file
 from ..errors import RepytilianError
 from ..model import GPT, ModelConfig
 from ..tokenizers import CharacterTokenizer
+from .refusals import refusal
 
 COMPILED_PREFIX = "_orig_mod."
 ARG_NAMES = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
@@ -32,11 +33,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # damaged files and refused pickles raise several types; none ran code
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RepytilianError(
-            f"{path} cannot be read safely as a nanoGPT checkpoint: torch.load(weights_only=True) "
-            f"refused it ({first[:300]})"
-        ) from None
+        raise RepytilianError(f"{path} cannot be read safely as a nanoGPT checkpoint: {refusal(e)}; "
+                              "Repytilian never runs code from a checkpoint") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("model_args"), dict):
         raise RepytilianError(f"{path} is not a nanoGPT checkpoint (no 'model' and 'model_args' in it)")
     return ckpt

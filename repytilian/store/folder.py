@@ -14,6 +14,7 @@ Loading checks every header against the config before a tensor is built.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import shutil
@@ -32,10 +33,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from ..config import TrainConfig
+from ..config import DEFAULT_MODEL_DIR, TrainConfig
 from ..errors import RepytilianError
 from ..model import GPT, ModelConfig
 from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive, shareable
+from ..runtime.paths import repytilian_command
 from ..tokenizers import Tokenizer, tokenizer_from_json
 from .card import model_card, plot_loss
 from .lock import why_unwritable
@@ -262,7 +264,40 @@ def _explain_missing(path: Path) -> RepytilianError:
             f"no model at {path}, but a save into it was interrupted; the previous model is in "
             f"{leftovers[-1]}: rename that folder to {path} to use it"
         )
-    return RepytilianError(f"no model at {path}; train one first, e.g.: python3 training.py -m {path}")
+    return RepytilianError(f"no model at {path}; {_how_to_get(path)}")
+
+
+# The original Repytilian's models that its README names and Repytilian does not ship.
+ORIGINAL_ONLY = ("models/starwars/v0c", "models/starwars/v1w", "models/steev/v2w")
+
+
+def _how_to_get(path: Path) -> str:
+    """What would put a model at `path`: advice whose command does what the user meant (a
+    command that trained Tiny Shakespeare into models/starwars would not)."""
+    nearby = _model_folders_near(path)
+    close = difflib.get_close_matches(path.name, [p.name for p in nearby], n=1, cutoff=0.75)
+    if close:
+        return f"did you mean {path.parent / close[0]}?"
+    if path.absolute() == Path(DEFAULT_MODEL_DIR).absolute():
+        return "train it first (Tiny Shakespeare, the default): python3 training.py"
+    shown = path.as_posix()
+    if any(shown.endswith(name) for name in ORIGINAL_ONLY):
+        return (f"the original Repytilian shipped {shown}, Repytilian does not (it ships models/shakespeare/v1c, "
+                f"v2c, v3c, words and bpe). With that folder from the original project, convert it: "
+                f"{repytilian_command()} import-legacy ORIGINAL_FOLDER {path}")
+    return (f"train one there on your own text: python3 training.py -d YOUR_TEXT.txt -m {path} "
+            "(or -p FOLDER for a folder of text files)")
+
+
+def _converted_name(path: Path) -> Path:
+    return path.with_name(path.name + "-converted")
+
+
+def _model_folders_near(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.parent.iterdir() if (p / "config.json").is_file()]
+    except OSError:
+        return []
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -276,7 +311,7 @@ def read_config(path: Path) -> dict[str, Any]:
             raise RepytilianError(
                 f"{path} is a model folder of the original Repytilian, saved as pickles, which can run code "
                 f"when loaded, so it is not loaded as it is. Convert it (safely) with: "
-                f"repytilian import-legacy {path} NEW_FOLDER"
+                f"{repytilian_command()} import-legacy {path} {_converted_name(path)}"
             )
         if pickles:
             raise RepytilianError(

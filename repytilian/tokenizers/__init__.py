@@ -11,11 +11,12 @@ from .bpe import BPETokenizer
 from .characters import CharacterTokenizer
 from .gpt2 import GPT2Tokenizer, TiktokenTokenizer
 from .json_tokens import JsonTokenizer
+from .spaced_words import SpacedWordTokenizer
 from .words import WordTokenizer
 
 REGISTRY: dict[str, type[Tokenizer]] = {
     cls.name: cls for cls in (CharacterTokenizer, WordTokenizer, BPETokenizer, JsonTokenizer, TiktokenTokenizer,
-                              GPT2Tokenizer)
+                              GPT2Tokenizer, SpacedWordTokenizer)
 }
 # The original Repytilian's names for ours (models save the name in REGISTRY)
 ALIASES = {"jsontoken": "json"}
@@ -52,6 +53,7 @@ __all__ = [
     "UnknownTokensError",
     "CharacterTokenizer",
     "WordTokenizer",
+    "SpacedWordTokenizer",
     "BPETokenizer",
     "JsonTokenizer",
     "GPT2Tokenizer",
