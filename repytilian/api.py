@@ -55,6 +55,7 @@ from .runtime.precision import DTYPES, resolve_dtype
 from .sampling import SamplingOptions, StopFilter, sample_ids
 from .store.folder import (
     LoadedModel,
+    better_best,
     check_target,
     interrupted_dir,
     load_model_dir,
@@ -98,6 +99,7 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.meta = meta or {}
         self.path = path
+        self.best: dict[str, Any] | None = None  # load_model: the run's best model was chosen over its last
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt ids (the tokenizer's start token for an empty prompt)."""
@@ -200,9 +202,18 @@ class LanguageModel:
         return [StopFilter(stop).cut(self.tokenizer.decode(ids)) for ids in produced]
 
 
-def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto") -> LanguageModel:
-    loaded = load_model_dir(path, pick_device(device))
-    return LanguageModel(loaded.model, loaded.tokenizer, loaded.meta, loaded.path)
+def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto", which: str = "best") -> LanguageModel:
+    """The model of a folder, to sample or evaluate. `which="best"`: where the run kept a best model
+    (best/) that is better over the whole validation split than its last, that one, and
+    `.best` says so (step and losses); `which="last"`: the folder's own, last model."""
+    if which not in ("best", "last"):
+        raise SettingError("which", f"is 'best' or 'last', not {which!r}")
+    path = Path(path)
+    best = better_best(path) if which == "best" else None
+    loaded = load_model_dir(path / "best" if best else path, pick_device(device))
+    lm = LanguageModel(loaded.model, loaded.tokenizer, loaded.meta, loaded.path)
+    lm.best = best
+    return lm
 
 
 # --- training ----------------------------------------------------------------------------
@@ -613,11 +624,13 @@ def _save_finished(out: Path, trainer: Trainer, tokenizer: Tokenizer, best: _Bes
                            sample=sample, inside=lambda folder: save_model_dir(
                                folder / "best", best_model, tokenizer, meta(best_full, True, best_summary), None,
                                card=True, metrics=metrics))
-    better = "better" if best_full < val_loss else "no better over the whole split"
+    if best_full < val_loss:
+        used = (f"sampling {out} takes this best model; the last one stays in {out} itself, which training "
+                "continues exactly")
+    else:
+        used = f"no better over the whole split, so sampling {out} takes the last model"
     report(Note(f"the best evaluation was at step {best.step} (val {best.val_loss:.4f}): kept in {out}/best/, "
-                f"whole-split val loss {best_full:.4f} against the last model's {val_loss:.4f} ({better}). "
-                f"generate.py -m {out} uses the last model (training continues it exactly with -l); "
-                f"-m {out}/best samples the best"))
+                f"whole-split val loss {best_full:.4f} against the last model's {val_loss:.4f}; {used}"))
     return saved
 
 

@@ -47,12 +47,39 @@ def test_the_best_model_is_kept_in_best_and_the_card_lists_both(overfitted):
     assert f"| best | step {best['step']}" in card and "kept in best/" in card
     inner = json.loads((here / "m" / "best" / "config.json").read_text())
     assert inner["summary"]["step"] == best["step"] and not (here / "m" / "best" / "trainer_state").exists()
-    assert "generate.py -m m uses the last model" in stderr and "-m m/best samples the best" in stderr
+    assert "sampling m takes this best model; the last one stays in m itself" in stderr
     g = run_script("generate.py", "-m", "m/best", "-t", "10", "-c", "1", cwd=here)
     assert g.returncode == 0 and g.stdout.startswith("1")
+    check_the_best_is_what_people_sample(here, best)
     # The last model stays the folder's own (it resumes exactly); a new save replaces best/ with it
     again = run_script("training.py", "-l", "m", "-m", "m", "--iters", "2", "-t", "0", cwd=here)
     assert again.returncode == 0 and "resuming at step 400" in again.stderr
+
+
+def check_the_best_is_what_people_sample(here, best):
+    """Over-fitted from the first evaluations, the last model is far worse than best/: generate,
+    chat, eval, export, the server and load_model take best/ and say so; --last the last."""
+    from repytilian import load_model
+    from repytilian.serve.registry import Registry
+
+    sample = ["-t", "12", "-c", "1", "--seed", "5"]
+    chosen = run_script("generate.py", "-m", "m", *sample, cwd=here)
+    assert chosen.returncode == 0, chosen.stderr
+    assert f"note: sampling m/best, the best model of this run (step {best['step']}" in chosen.stderr
+    assert chosen.stdout == run_script("generate.py", "-m", "m/best", *sample, cwd=here).stdout
+    last = run_script("generate.py", "-m", "m", "--last", *sample, cwd=here)
+    assert last.returncode == 0 and "best" not in last.stderr
+    lm = load_model(here / "m")
+    assert lm.path == here / "m" / "best" and lm.best["step"] == best["step"]
+    assert load_model(here / "m", which="last").path == here / "m"
+    ev = run_script("eval", "-m", "m", cwd=here)
+    assert ev.returncode == 0 and "note: evaluating m/best" in ev.stderr
+    ev_last = run_script("eval", "-m", "m", "--last", cwd=here)
+    loss = [float(r.stdout.split(": loss ")[1].split()[0]) for r in (ev, ev_last)]
+    assert loss[0] < loss[1]
+    registry = Registry(root=here)
+    info = next(m for m in registry.scan() if m.id == "m")
+    assert info.val_loss == best["val_loss_full"] and registry.load(info).path == here / "m" / "best"
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])

@@ -145,6 +145,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                           help="stop after this many seconds")
     sampling.add_argument("--no-cache", action="store_true",
                           help="recompute the whole context for every token (slow; for comparison)")
+    _last_flag(parser)
     _common(parser)
     _add_data_and_settings(parser, 'with -m "" (train a model first; as in training.py)')
 
@@ -308,6 +309,26 @@ def _read_prompt_file(path: str, prompt: str) -> str:
         raise RepytilianError(f"--prompt-file: cannot read {path}: {e.strerror or e}") from None
 
 
+def _last_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--last", action="store_true",
+                        help="the run's last model, even where it kept a better one in best/ (which is the default)")
+
+
+def open_model(args: argparse.Namespace, verb: str = "sampling"):
+    """The model a command samples: the run's best where it kept a better one, and says so."""
+    from ..api import load_model
+
+    lm = load_model(args.model, device=getattr(args, "device", "cpu"),
+                    which="last" if getattr(args, "last", False) else "best")
+    if lm.best:
+        b = lm.best
+        last = f"step {b['last_step']}, " if b.get("last_step") is not None else ""
+        print(f"note: {verb} {Path(args.model) / 'best'}, the best model of this run (step {b['step']}, whole-split "
+              f"val loss {b['val_loss_full']:.4f}; the last model, {last}{b['last_val_loss_full']:.4f}: --last)",
+              file=sys.stderr)
+    return lm
+
+
 def info_command(args: argparse.Namespace) -> int:
     """The model card of a model folder (its README.md, or one made from its config.json)."""
     from ..store.card import model_card
@@ -321,7 +342,7 @@ def info_command(args: argparse.Namespace) -> int:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from ..api import load_model, train
+    from ..api import train
     from ..sampling import SamplingOptions, check_lengths
 
     sampling = SamplingOptions(
@@ -338,7 +359,7 @@ def generate_command(args: argparse.Namespace) -> int:
     if not args.model:  # the seed's `generate.py -m ""`: train, show a sample, save nothing
         lm = train(_train_options(args, out=None, load=None), on_event=speak).language_model
     else:
-        lm = load_model(args.model, device=args.device)
+        lm = open_model(args)
     if args.interactive:
         from ..serve.chat import END_OF_TURN
         from .chat import chat_loop
@@ -352,14 +373,13 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def chat_command(args: argparse.Namespace) -> int:
-    from ..api import load_model
     from ..sampling import SamplingOptions
     from ..serve.chat import END_OF_TURN
     from .chat import chat_loop
 
     SamplingOptions(temperature=DEFAULT_TEMPERATURE if args.temperature is None else args.temperature,
                     top_k=args.top_k, top_p=args.top_p).validate()
-    lm = load_model(args.model, device=args.device)
+    lm = open_model(args)
     return chat_loop(lm, args.tokens or 200, args.temperature, args.top_k, args.top_p, args.seed,
                      stop=args.stop or END_OF_TURN)
 
@@ -371,12 +391,11 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from ..api import load_model
     from ..data.corpus import DataSource, TokenData, load_corpus
     from ..data.textfiles import TextFiles
     from ..evaluate import count_chars, evaluate
 
-    lm = load_model(args.model, device=args.device)
+    lm = open_model(args, "evaluating")
     tokenizer = lm.tokenizer
     if args.datafile or args.datapath:
         source = DataSource.from_args(args.datafile, args.datapath)
@@ -479,15 +498,14 @@ def import_command(args: argparse.Namespace) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     from ..interop.hf import export_hf, is_llama
-    from ..store.folder import load_model_dir
 
-    loaded = load_model_dir(args.model)
+    loaded = open_model(args, "exporting")
     if args.format == "onnx":
         from ..interop.onnx_export import export_onnx
 
         out = export_onnx(loaded.model, args.out)
         print(f"exported {args.model} to {out} ({out.stat().st_size / 1e6:.1f} MB): input_ids (batch, tokens up to "
-              f"{loaded.model.config.block_size}) -> logits; its tokenizer is {Path(args.model) / 'tokenizer.json'}. "
+              f"{loaded.model.config.block_size}) -> logits; its tokenizer is {loaded.path / 'tokenizer.json'}. "
               f"In Python:\n  import onnxruntime\n  session = onnxruntime.InferenceSession({str(out)!r})\n"
               "  logits = session.run(None, {'input_ids': ids})[0]", file=sys.stderr)
         return 0
@@ -577,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("-p", "--datapath", help="a folder to evaluate on (default: the model's validation split)")
     p_eval.add_argument("--stride", type=_positive_int, default=None, help="window step (default: half the context)")
     p_eval.add_argument("--device", default="auto")
+    _last_flag(p_eval)
     p_eval.set_defaults(handler=eval_command)
     p_info = sub.add_parser("info", parents=[debug], help="print a model folder's card: its shape, data, "
                             "training, loss and a sample")
@@ -607,12 +626,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "vocabulary; nanoGPT's meta.pkl is never read)")
     p_import.set_defaults(handler=import_command)
     p_export = sub.add_parser("export", parents=[debug],
-                              help="write a model folder in another format (hf: Hugging Face transformers)")
+                              help="write a model in another format: hf (Hugging Face transformers), gguf (llama.cpp, "
+                                   "Ollama) or onnx (onnxruntime)")
     p_export.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
     p_export.add_argument("--format", choices=("hf", "gguf", "onnx"), default="hf",
                           help="hf: a folder for transformers' AutoModelForCausalLM and AutoTokenizer; gguf: one "
                                "file for llama.cpp and Ollama (bpe tokenizers); onnx: one graph for onnxruntime")
     p_export.add_argument("out", help="the new folder (hf) or file (gguf, onnx)")
+    _last_flag(p_export)
     p_export.set_defaults(handler=export_command)
     p_ladder = sub.add_parser("ladder", parents=[debug],
                               help="the lecture's steps from a bigram table to the GPT, each trained as long, "
@@ -629,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_chat.add_argument("--stop", default=None, metavar="TEXT",
                         help="where an answer ends (default: a blank line, the end of a speech)")
     p_chat.add_argument("--device", default="auto")
+    _last_flag(p_chat)
     p_chat.set_defaults(handler=chat_command)
     p_serve = sub.add_parser("serve", parents=[debug],
                              help="a web playground and an OpenAI-compatible API for your models, on this machine")

@@ -17,7 +17,7 @@ import torch
 
 from ..api import LanguageModel
 from ..errors import RepytilianError
-from ..store.folder import load_model_dir
+from ..store.folder import better_best, load_model_dir
 
 MAX_DEPTH = 4  # models/<group>/<name> and a little more; the scan stays quick on a big folder
 
@@ -65,8 +65,13 @@ def _info(model_id: str, folder: Path) -> ModelInfo | None:
     tokenizer = meta.get("tokenizer")
     if isinstance(tokenizer, dict):
         tokenizer = tokenizer.get("kind") or tokenizer.get("name")
+    best = summary.get("best") if isinstance(summary.get("best"), dict) else {}
+    val_loss = summary.get("val_loss_full")
+    if best.get("kept") == "best/" and isinstance(best.get("val_loss_full"), (int, float)) \
+            and isinstance(val_loss, (int, float)) and best["val_loss_full"] < val_loss:
+        val_loss = best["val_loss_full"]  # the best/ model is the one served
     return ModelInfo(model_id, folder, str(tokenizer or "?"), summary.get("parameters"),
-                     summary.get("val_loss_full"), summary.get("step"),
+                     val_loss, summary.get("step"),
                      int((folder / "config.json").stat().st_mtime))
 
 
@@ -142,7 +147,8 @@ class Registry:
             if kept is not None and kept[0] == info.created:
                 return kept[1]
             # New, or retrained in place since it was loaded (its config.json is newer)
-            loaded = load_model_dir(info.path, torch.device(self.device))
+            best = better_best(info.path)  # the model people sample is the run's best, as everywhere
+            loaded = load_model_dir(info.path / "best" if best else info.path, torch.device(self.device))
             lm = LanguageModel(loaded.model, loaded.tokenizer, loaded.meta, loaded.path)
             self._loaded[info.id] = (info.created, lm)
             return lm

@@ -300,6 +300,25 @@ def _model_folders_near(path: Path) -> list[Path]:
         return []
 
 
+def better_best(path: Path) -> dict[str, Any] | None:
+    """What `path/best/` holds, where it is a better model than `path` itself over the whole
+    validation split: the best evaluation of the run, kept beside the last model (--keep both).
+    None where there is no best/ or the last model is at least as good. The model people sample is
+    this one; `-l` still continues the last, which alone has the optimiser's state."""
+    if not (path / "best" / "config.json").is_file() or not (path / "config.json").is_file():
+        return None
+    try:
+        best = json.loads((path / "config.json").read_text(encoding="utf-8"))["summary"]["best"]
+        better = best["val_loss_full"] < best["last_val_loss_full"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not better or best.get("kept") != "best/":
+        return None
+    summary = json.loads((path / "config.json").read_text(encoding="utf-8"))["summary"]
+    return {"step": best["step"], "val_loss_full": best["val_loss_full"],
+            "last_step": summary.get("step"), "last_val_loss_full": best["last_val_loss_full"]}
+
+
 def read_config(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise _explain_missing(path)
