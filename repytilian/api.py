@@ -459,7 +459,7 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
                     tcfg.batch_size, tcfg.learning_rate, device.type, tcfg.dtype, trainer.compiled is not None))
     steps = "until stopped" if trainer.state.max_iters is None else f"to step {trainer.state.max_iters:,}"
     if tcfg.max_seconds is not None:
-        steps = f"for {tcfg.max_seconds:g} s of training" + ("" if trainer.state.max_iters is None else f" or {steps}")
+        steps = f"for {tcfg.max_seconds:g} s" + ("" if trainer.state.max_iters is None else f" or {steps}")
     report_data_size(len(data.train), model.num_params(), trainer, report, auto=opts.settings == "auto")
     if trainer.plan.accum > 1 or world.distributed:
         report(Note(f"each step learns from {tcfg.batch_size} windows: {trainer.plan.describe()}"))
@@ -542,12 +542,14 @@ def report_data_size(train_tokens: int, params: int, trainer: Trainer, report: L
     """Tokens per parameter, and a warning when the text is small for the model."""
     per_param = train_tokens / max(params, 1)
     state = trainer.state
-    text = f"{train_tokens:,} training tokens for {params / 1e6:.2f}M parameters: {per_param:.2g} tokens per parameter"
+    size = f"{params / 1e6:.2f}M" if params >= 10_000 else f"{params:,}"
+    text = f"{train_tokens:,} training tokens for {size} parameters: {per_param:.2g} tokens per parameter"
+    passes = None  # how often the run sees each token; unknown for runs until stopped or timed
     if state.max_iters is not None and train_tokens:
-        seen = (state.max_iters - state.step) * trainer.cfg.batch_size * trainer.model.config.block_size
-        text += f"; the {state.max_iters - state.step:,} steps see each token about {seen / train_tokens:.3g} times"
+        passes = (state.max_iters - state.step) * trainer.cfg.batch_size * trainer.model.config.block_size / train_tokens
+        text += f"; the {state.max_iters - state.step:,} steps see each token about {passes:.3g} times"
     report(Note(text))
-    if per_param < 1:
+    if per_param < 1 and (passes is None or passes >= 1):  # seen less than once, nothing is learnt by heart
         smaller = "more text" if auto else "a smaller model (-s tiny, or -s auto to fit it to the data)"
         report(Note("warning: the text is small for this model: it can learn it by heart and will over-fit (the "
                     f"val loss rises after a while). {smaller[0].upper() + smaller[1:]}, --dropout 0.2 or fewer "

@@ -65,7 +65,7 @@ class Started:
     """The loop starts; signals to `pid` now stop it at a step boundary and save."""
 
     pid: int
-    until: str  # "to step 2,000", "for 90 s of training", "until stopped"
+    until: str  # "to step 2,000", "for 90 s", "until stopped"
     processes: int = 1  # under torchrun: how many train together (pid is rank 0's)
 
     def words(self) -> str:

@@ -397,7 +397,8 @@ class Trainer:
             scored = min(whole, self.final_val_tokens())
         if scored >= whole:
             return "the whole validation split"
-        return f"{scored:,} tokens (the first of the validation split's {whole:,})"
+        # `scored` predictions read scored + 1 tokens: counted as the split's tokens are at the start
+        return f"the first {scored + 1:,} of the validation split's {len(self.data.val):,} tokens"
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -138,3 +138,19 @@ def test_a_diverged_run_keeps_its_last_good_model(tmp_path, small_text, monkeypa
 
     model = load_model_dir(kept).model
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_run_too_short_to_see_the_text_twice_is_not_warned_of_learning_it_by_heart(tmp_path):
+    # 0.02 passes over a text smaller than the model: it cannot learn it by heart, so no warning
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"line {i} of a small text.\n" for i in range(400)))
+    r = run_script("training.py", "-d", str(text), "-m", "", "--n-layer", "2", "--n-head", "2", "--n-embd", "96",
+                   "--block-size", "8", "--batch-size", "2", "--iters", "5", "-t", "0", "--set", "eval_iters=1",
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "tokens per parameter" in r.stderr and "see each token about 0.00" in r.stderr
+    assert "small for this model" not in r.stderr
+    # ...and the lines of one run count the validation split alike
+    val = int(r.stderr.split(" val tokens")[0].rsplit("/ ", 1)[1].replace(",", ""))
+    scope = r.stderr.split("val loss over ")[1].split(":")[0]
+    assert scope == "the whole validation split" or f"split's {val:,} tokens" in scope

@@ -186,14 +186,15 @@ def test_the_final_evaluation_is_proportional_to_the_run(monkeypatch):
     trainer.state.tokens_seen = 1_000  # a quick run: the smallest evaluation
     trainer.full_val_loss()
     assert trainer.final_val_scored == train_module.FINAL_VAL_MIN_TOKENS
-    assert trainer.final_val_scope() == f"65,536 tokens (the first of the validation split's {whole:,})"
+    # counted as the run's first line counts the split (its tokens), not its predictions (one fewer)
+    assert trainer.final_val_scope() == f"the first 65,537 of the validation split's {whole + 1:,} tokens"
     trainer.state.tokens_seen = 10**7  # a long run: the whole split
     trainer.full_val_loss()
     assert trainer.final_val_scored == whole and trainer.final_val_scope() == "the whole validation split"
     # and it never takes more than its share of the training time: here none, so one batch
     monkeypatch.setattr(train_module, "FINAL_VAL_MIN_SECONDS", 0.0)
     trainer.full_val_loss()
-    assert trainer.final_val_scored == 64 * 16 and "1,024 tokens (the first" in trainer.final_val_scope()
+    assert trainer.final_val_scored == 64 * 16 and "the first 1,025 of" in trainer.final_val_scope()
 
 
 def test_a_long_run_says_what_to_expect():

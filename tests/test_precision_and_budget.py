@@ -134,7 +134,7 @@ def test_a_budget_alone_is_not_cut_short_by_the_default_steps(corpus_file):
     result = train(TrainOptions(data=DataSource("file", str(corpus_file)), progress=False, out=None,
                                 overrides={**TINY_OVERRIDES, "max_seconds": 0.5}), log=lines.append)
     assert result.state.max_iters is None and result.state.train_seconds >= 0.5
-    assert any(line.startswith("training for 0.5 s of training. PID") for line in lines), lines
+    assert any(line.startswith("training for 0.5 s. PID") for line in lines), lines
     capped = train(TrainOptions(data=DataSource("file", str(corpus_file)), progress=False, out=None, iterations="quick",
                                 overrides={**TINY_OVERRIDES, "max_seconds": 60}), log=lambda m: None)
     assert capped.state.step == 50  # with -i, whichever ends first
