@@ -51,7 +51,7 @@ from .events import (
 from .interop.trackers import finish_all, log_all, open_trackers
 from .model import GPT
 from .runtime.cpu import tune_for_training
-from .runtime.precision import DTYPES, resolve_dtype
+from .runtime.precision import DTYPES, DtypeRecheck, resolve_dtype
 from .sampling import SamplingOptions, StopFilter, sample_ids
 from .store.folder import (
     LoadedModel,
@@ -237,6 +237,7 @@ class TrainOptions:
     stop: StopRequest | None = None  # lets a caller (a test, a server) stop training early
     wandb: bool = False  # log each evaluation to Weights & Biases
     tensorboard: str | None = None  # ...and/or to TensorBoard logs in this folder
+    measure_dtype: bool = False  # --dtype auto: measure again instead of taking the remembered choice
 
 
 @dataclass
@@ -420,9 +421,11 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
     world.same_everywhere(_fingerprint(run), "data or tokenizers")
     # The number format is settled before the trainer exists (and stored: a resume computes the same);
     # with several processes rank 0 measures (when auto asks for it) and the others take its choice.
-    if world.is_main or run.tcfg.dtype != "auto":
+    auto = run.tcfg.dtype == "auto"
+    if world.is_main or not auto:
         run.tcfg.dtype = resolve_dtype(run.tcfg.dtype, device, run.model, run.tcfg.micro_batch or run.tcfg.batch_size,
-                                       warn=lambda text: report(Note(text, "warning")))
+                                       warn=lambda text: report(Note(text, "warning")),
+                                       tell=lambda text: report(Note(text)), remeasure=opts.measure_dtype)
     run.tcfg.dtype = world.from_main(run.tcfg.dtype if run.tcfg.dtype in DTYPES else "float32", tuple(DTYPES))
     plan = plan_batches(run.tcfg, run.mcfg, world.size, device, run.tcfg.dtype)
     if plan.why:
@@ -436,7 +439,30 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
         trainer.load_state_dict(run.loaded.trainer)
         asked = opts.iterations is not None or "max_iters" in opts.overrides
         trainer.state = _plan_schedule(trainer.state, run.tcfg.max_iters, asked, report)
-    return _run_and_save(opts, run, trainer, device, out, report)
+    recheck = None
+    if auto and not world.distributed and trainer.compiled is None:
+        recheck = DtypeRecheck(run.model, device, run.tcfg.micro_batch or run.tcfg.batch_size, run.tcfg.dtype)
+    return _run_and_save(opts, run, trainer, device, out, report, recheck)
+
+
+def _recheck_dtype(recheck: DtypeRecheck | None, trainer: Trainer, report: Listener) -> None:
+    """After a few steps: where they ran faster than the remembered measurement of the number format
+    allows, that measurement was taken on a busy machine; measured again, a different answer is used
+    from the next step on (and remembered)."""
+    if recheck is None or recheck.done:
+        return
+    state = trainer.state
+    choice = recheck.after_step(state.step, state.train_seconds, trainer.cfg.batch_size * trainer.model.config.block_size)
+    if choice is None:
+        return
+    f = choice.figures
+    said = (f"the remembered choice of {recheck.dtype} was measured on a busy machine (this run takes "
+            f"{f['run_ms_per_token']:.4f} ms a token, faster than that measurement's {f['kept_ms_per_token']:.4f}); "
+            f"measured again: {choice.words()}")
+    if choice.dtype != trainer.cfg.dtype:
+        trainer.cfg.dtype = choice.dtype
+        said += f"; training continues in {choice.dtype} from step {state.step + 1}"
+    report(Note(said))
 
 
 def _fingerprint(run: "_Run") -> str:
@@ -447,7 +473,7 @@ def _fingerprint(run: "_Run") -> str:
 
 
 def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch.device, out: Path | None,
-                  report: Listener) -> TrainResult:
+                  report: Listener, recheck: DtypeRecheck | None = None) -> TrainResult:
     """The loop, then the save: to `out` when finished, to interrupted/ when stopped."""
     model, tokenizer, data, source, mcfg, tcfg = run.model, run.tokenizer, run.data, run.source, run.mcfg, run.tcfg
     world = trainer.world
@@ -491,7 +517,8 @@ def _run_and_save(opts: TrainOptions, run: _Run, trainer: Trainer, device: torch
             report(Started(pid, steps, world.size))
             try:
                 stopped_by = trainer.run(stop, progress=opts.progress, report=report,
-                                         after_step=checkpoints.maybe_save,
+                                         after_step=lambda: (_recheck_dtype(recheck, trainer, report),
+                                                             checkpoints.maybe_save()),
                                          on_eval=lambda entry: (watch.offer(entry, best, report), best.offer(entry, model),
                                    _on_eval(entry, trackers, live)))
             except Diverged as e:

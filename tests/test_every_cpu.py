@@ -60,8 +60,8 @@ import repytilian.runtime.precision as precision
 from repytilian.decode import choose_dtype
 from repytilian.model import GPT, ModelConfig
 timed = []
-real = precision._time_steps
-precision._time_steps = lambda *a: timed.append(a[2]) or real(*a)
+real = precision._one_step
+precision._one_step = lambda *a: timed.append(a[2]) or real(*a)
 wide = GPT(ModelConfig(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=256))
 warnings = []
 asked = precision.resolve_dtype("bfloat16", torch.device("cpu"), wide, 16, warn=warnings.append)
@@ -92,10 +92,11 @@ def test_a_probe_gives_up_after_its_time_and_counts_as_slower(monkeypatch):
     steps = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda *a, **k: steps.append(1) or forward(*a, **k))
-    assert precision._time_steps(model, torch.device("cpu"), "bfloat16", 4) == math.inf
-    assert len(steps) == 1  # the warm-up step, then it gave up
+    f = precision.measure_formats(model, torch.device("cpu"), 4)
+    assert f["float32"] == f["bfloat16"] == math.inf
+    assert len(steps) == 2  # one warm-up step of each format, then they gave up
     assert precision.resolve_dtype("auto", torch.device("cpu"), model, 4) == "float32"
-    assert len(steps) == 3  # one step of each format
+    assert len(steps) == 4
 
 
 def test_bfloat16_on_a_cpu_without_it_warns_once_and_trains(corpus_file, tmp_path, monkeypatch):

@@ -45,13 +45,16 @@ def test_the_measured_choice_is_remembered_per_machine_and_shape(monkeypatch, tm
     monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
     # the mechanism, on any CPU: where bf16 is emulated nothing is measured, so nothing is remembered
     monkeypatch.setattr(precision, "cpu_bf16", lambda: precision.Bf16Support(True, "said so by the test"))
+    real_step = precision._one_step  # the mechanism: steady timings, as a quiet machine gives
+    monkeypatch.setattr(precision, "_one_step", lambda m, d, name, x: real_step(m, d, name, x) * 0 + 0.010)
     model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=32))
     first = resolve_dtype("auto", torch.device("cpu"), model, 4)
-    assert list(json.loads((tmp_path / precision.CHOICES_FILE).read_text()).values()) == [first]
+    kept = list(json.loads((tmp_path / precision.CHOICES_FILE).read_text()).values())
+    assert [k["dtype"] for k in kept] == [first] and kept[0]["float32"] > 0 and kept[0]["tokens"] == 32
 
     def no_more_timing(*a, **kw):
         raise AssertionError("timed again")
-    monkeypatch.setattr(precision, "_time_steps", no_more_timing)
+    monkeypatch.setattr(precision, "measure_formats", no_more_timing)
     assert resolve_dtype("auto", torch.device("cpu"), model, 4) == first  # the same model, not re-timed
     wider = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=64))
     with pytest.raises(AssertionError, match="timed again"):  # another shape is measured anew
@@ -138,3 +141,67 @@ def test_a_budget_alone_is_not_cut_short_by_the_default_steps(corpus_file):
     capped = train(TrainOptions(data=DataSource("file", str(corpus_file)), progress=False, out=None, iterations="quick",
                                 overrides={**TINY_OVERRIDES, "max_seconds": 60}), log=lambda m: None)
     assert capped.state.step == 50  # with -i, whichever ends first
+
+
+def scripted_steps(busy_from: int, busy_factor: float = 3.0, fp32: float = 0.010, bf16: float = 0.006):
+    """A step timer for a CPU where bf16 is 1.67x faster, while another program takes the cores from
+    the `busy_from`-th timed step on."""
+    calls = []
+
+    def step(model, device, name, x):
+        calls.append(name)
+        seconds = fp32 if name == "float32" else bf16
+        return seconds * (busy_factor if len(calls) > busy_from else 1.0)
+    return step, calls
+
+
+def test_the_choice_holds_up_when_the_machine_gets_busy_halfway(monkeypatch, tmp_path):
+    import repytilian.runtime.precision as precision
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: precision.Bf16Support(True, "said so by the test"))
+    # Busy from the 5th step on: timed one format after the other, every bf16 step fell in the busy
+    # half and float32 won (the remembered mistake); timed in turn, both see quiet steps.
+    step, calls = scripted_steps(busy_from=4)
+    monkeypatch.setattr(precision, "_one_step", step)
+    model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=32))
+    told = []
+    assert resolve_dtype("auto", torch.device("cpu"), model, 4, tell=told.append) == "bfloat16"
+    assert calls[2:6] == ["float32", "bfloat16", "bfloat16", "float32"]  # after the two warm-ups: in turn
+    (words,) = told
+    assert "number format bfloat16" in words and "10.0 ms in float32, 6.0 ms in bfloat16, 1.67x" in words
+    # ...and a measurement that busy is not remembered: the next run measures again
+    assert "not remembered" in words and not (tmp_path / precision.CHOICES_FILE).exists()
+    quiet, _ = scripted_steps(busy_from=10**6)
+    monkeypatch.setattr(precision, "_one_step", quiet)
+    assert resolve_dtype("auto", torch.device("cpu"), model, 4) == "bfloat16"
+    assert (tmp_path / precision.CHOICES_FILE).exists()
+    # --measure-dtype measures a remembered choice again
+    slower_bf16, calls = scripted_steps(busy_from=10**6, bf16=0.012)
+    monkeypatch.setattr(precision, "_one_step", slower_bf16)
+    assert resolve_dtype("auto", torch.device("cpu"), model, 4) == "bfloat16" and calls == []
+    assert resolve_dtype("auto", torch.device("cpu"), model, 4, remeasure=True) == "float32" and calls
+
+
+def test_a_run_faster_than_its_remembered_figures_measures_again_and_switches(monkeypatch, tmp_path, corpus_file):
+    import repytilian.runtime.precision as precision
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: precision.Bf16Support(True, "said so by the test"))
+    monkeypatch.setattr(precision, "RECHECK_SECONDS", 0.0)
+    # Remembered: float32, from figures taken on a busy machine (a step of 32 tokens took 5 s)
+    vocab = len(set(corpus_file.read_text(encoding="utf-8")))  # the characters tokenizer's
+    model = GPT(ModelConfig(vocab_size=vocab, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    key = precision._choice_key(model, precision.timing_batch(model, 8))
+    (tmp_path / precision.CHOICES_FILE).write_text(json.dumps({key: {
+        "dtype": "float32", "float32": 5.0, "bfloat16": 5.0, "batch": 8, "tokens": 256, "spread": 1.0,
+        "date": "2026-12-01"}}))
+    step, _ = scripted_steps(busy_from=10**6)  # measured again on a quiet machine: bf16 is faster
+    monkeypatch.setattr(precision, "_one_step", step)
+    lines = []
+    result = train(options(corpus_file, tmp_path, dtype="auto", max_iters=30), log=lines.append)
+    said = [line for line in lines if "measured on a busy machine" in line]
+    assert len(said) == 1 and "training continues in bfloat16 from step" in said[0], lines
+    assert result.language_model.meta["train"]["dtype"] == "bfloat16"  # what a resume computes in
+    kept = json.loads((tmp_path / precision.CHOICES_FILE).read_text())[key]
+    assert kept["dtype"] == "bfloat16" and kept["float32"] == 0.010

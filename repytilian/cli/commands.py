@@ -100,6 +100,9 @@ def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None 
         group.add_argument(f.metadata["flag"], **_flag_argument(cls, f))
     group.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="set any field, e.g. --set n_layer=6 --set warmup_iters=50")
+    parser.add_argument("--measure-dtype", action="store_true",
+                        help="--dtype auto: measure float32 against bf16 again on this machine for this shape, "
+                             "replacing the remembered choice")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("--wandb", action="store_true",
                         help="log to Weights & Biases (pip install wandb; WANDB_MODE=offline: no network)")
@@ -170,7 +173,7 @@ def _train_options(args: argparse.Namespace, out: str | None, load: str | None):
         settings=args.settings, arch=args.arch, iterations=args.iterations,
         overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
         progress=not args.no_progress and progress_wanted(),
-        wandb=args.wandb, tensorboard=args.tensorboard,
+        wandb=args.wandb, tensorboard=args.tensorboard, measure_dtype=args.measure_dtype,
     )
 
 

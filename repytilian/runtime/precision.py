@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ TIMING_TOKENS = 1024  # per timed step: enough that small models are timed at th
 PROBE_SECONDS = 2.0  # a timing of one number format gives up after this long and counts as slower
 NATIVE_MIN_RATIO = 0.5  # a bf16 matmul below this share of float32's speed is emulated, not native
 PROBE_SIZE = 256  # the probe's square matmul: microseconds where bf16 is native, ~20 ms where not
+MEASURE_ROUNDS = 6  # float32 and bf16 steps timed in turn, 3 pairs each way
+NOISY_SPREAD = 1.3  # a format's repeats further apart than this: the machine was busy, not remembered
+RECHECK_STEPS, RECHECK_SECONDS = 10, 3.0  # the run's own steps that may contradict a remembered choice
+RECHECK_BELOW = 0.8  # the run's time per token below this share of the remembered measurement's
 
 # oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) up to which its bf16 kernels are not yet allowed.
 _ONEDNN_NO_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
@@ -138,28 +143,95 @@ def autocast(device: torch.device, dtype_name: str):
     return torch.autocast(device_type=device.type, dtype=amp)
 
 
-def _time_steps(model: GPT, device: torch.device, dtype_name: str, batch: int) -> float:
-    """The fastest of a few forward+backward steps; infinite if the first one alone takes more than
-    PROBE_SECONDS (a format that slow is not worth waiting for). Never more than about that long."""
-    T = model.config.block_size
-    x = torch.randint(model.config.vocab_size, (batch, T), device=device)
-    best, started = float("inf"), time.perf_counter()
-    for i in range(4):  # the first is a warm-up
-        t0 = time.perf_counter()
-        with autocast(device, dtype_name):
-            _, loss = model(x, x)
-        loss.backward()
-        if i:
-            best = min(best, time.perf_counter() - t0)
-        if time.perf_counter() - started > PROBE_SECONDS:
-            break
-    model.zero_grad(set_to_none=True)
-    return best
+def _one_step(model: GPT, device: torch.device, dtype_name: str, x: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    with autocast(device, dtype_name):
+        _, loss = model(x, x)
+    loss.backward()
+    return time.perf_counter() - t0
+
+
+def measure_formats(model: GPT, device: torch.device, batch: int, step: Callable | None = None) -> dict[str, float]:
+    """Seconds of one forward+backward step in float32 and in bf16: the fastest of repeats taken in
+    turn (float32, bf16, bf16, float32, ...), so that another program busy on the same cores for a
+    while slows both alike instead of the one timed during it. A format whose step alone takes more
+    than PROBE_SECONDS counts as infinitely slow. `spread` is how far a format's repeats
+    disagree (median over fastest): a busy machine shows in it."""
+    step = step or _one_step
+    state = torch.get_rng_state()  # measuring must not shift the training's random stream
+    was_training = model.training
+    model.eval()  # no dropout: the timing needs no randomness
+    x = torch.randint(model.config.vocab_size, (batch, model.config.block_size), device=device)
+    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    started = time.perf_counter()
+    try:
+        for name in times:  # warm-ups, not counted
+            if step(model, device, name, x) > PROBE_SECONDS:
+                times[name] = [float("inf")]
+        for round_ in range(MEASURE_ROUNDS):
+            for name in (("float32", "bfloat16") if round_ % 2 == 0 else ("bfloat16", "float32")):
+                if times[name] != [float("inf")]:
+                    times[name].append(step(model, device, name, x))
+            if time.perf_counter() - started > 2 * PROBE_SECONDS and round_ >= 1:
+                break
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        torch.set_rng_state(state)
+    best = {name: min(t) for name, t in times.items()}
+    spread = max((statistics.median(t) / min(t) for t in times.values() if min(t) < float("inf") and len(t) > 1),
+                 default=1.0)  # the median, not the slowest: one late step is a hiccup, not a busy machine
+    return {**best, "spread": spread}
+
+
+@dataclass
+class DtypeChoice:
+    """What `--dtype auto` chose on a CPU with native bf16, and from which figures."""
+
+    dtype: str
+    figures: dict  # float32 / bfloat16 seconds a step, batch, tokens a step, spread, date
+    remembered: bool  # taken from an earlier measurement on this machine, for this shape
+
+    def words(self) -> str:
+        f = self.figures
+        when = f"measured here on {f['date']}" if self.remembered else "measured just now"
+        ratio = f["float32"] / f["bfloat16"] if f["bfloat16"] < float("inf") else 0.0
+        return (f"number format {self.dtype} (--dtype auto, {when}: a step of {f['tokens']:,} tokens took "
+                f"{1000 * f['float32']:.1f} ms in float32, {1000 * f['bfloat16']:.1f} ms in bfloat16, "
+                f"{ratio:.2f}x; bf16 needs {MIN_GAIN:g}x. Remembered in {cache_dir() / CHOICES_FILE}; "
+                "--measure-dtype measures again)")
+
+
+def choose_dtype(model: GPT, device: torch.device, batch: int, remeasure: bool = False) -> DtypeChoice:
+    """float32 or bfloat16 for this shape on this CPU: remembered, or measured and remembered.
+
+    A measurement whose repeats disagree by more than NOISY_SPREAD (another program took the cores
+    meanwhile) still decides this run, but is not remembered: the next run measures again."""
+    key, choices = _choice_key(model, batch), _read_choices()
+    kept = choices.get(key)
+    if not remeasure and isinstance(kept, dict) and kept.get("dtype") in ("float32", "bfloat16"):
+        return DtypeChoice(kept["dtype"], kept, remembered=True)
+    f = measure_formats(model, device, batch)
+    dtype = "bfloat16" if f["bfloat16"] < float("inf") and f["float32"] / f["bfloat16"] >= MIN_GAIN else "float32"
+    figures = {"dtype": dtype, "float32": f["float32"], "bfloat16": f["bfloat16"], "batch": batch,
+               "tokens": batch * model.config.block_size, "spread": round(f["spread"], 3),
+               "date": time.strftime("%Y-%m-%d")}
+    if f["spread"] <= NOISY_SPREAD:
+        choices[key] = figures
+        try:
+            atomic_write_bytes(cache_dir() / CHOICES_FILE, json.dumps(choices, indent=1).encode())
+        except OSError:
+            pass  # a read-only cache only costs a measurement next time
+    elif key in choices:
+        del choices[key]
+    return DtypeChoice(dtype, figures, remembered=False)
 
 
 def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int,
-                  warn: Callable[[str], None] | None = None) -> str:
-    """The dtype to train in, as a name: `auto` becomes float32, bfloat16 or float16."""
+                  warn: Callable[[str], None] | None = None, tell: Callable[[str], None] | None = None,
+                  remeasure: bool = False) -> str:
+    """The dtype to train in, as a name: `auto` becomes float32, bfloat16 or float16. `tell` hears
+    how an auto choice was made (the figures), `warn` what will be slow."""
     if name == "float16" and device.type != "cuda":
         raise SettingError("dtype", "float16 is for CUDA GPUs; use bfloat16 or float32 here")
     if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -174,27 +246,54 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int,
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     if device.type != "cpu" or not cpu_bf16().native:
         return "float32"  # MPS: float32 is the safe default there (NaN reports with half precision)
-    # Small batches are dominated by per-operation overheads, which bf16 adds to: time the real
-    # batch where it is cheap, at least 4 rows of a long context otherwise.
-    batch = min(batch_size, max(4, TIMING_TOKENS // model.config.block_size))
-    key, choices = _choice_key(model, batch), _read_choices()
-    if choices.get(key) in ("float32", "bfloat16"):
-        return choices[key]
-    state = torch.get_rng_state()  # measuring must not shift the training's random stream
-    was_training = model.training
-    model.eval()  # no dropout: the timing needs no randomness
-    try:
-        fp32 = _time_steps(model, device, "float32", batch)
-        bf16 = _time_steps(model, device, "bfloat16", batch)
-    finally:
-        model.train(was_training)
-        torch.set_rng_state(state)
-    choices[key] = "bfloat16" if bf16 < float("inf") and fp32 / bf16 >= MIN_GAIN else "float32"
-    try:
-        atomic_write_bytes(cache_dir() / CHOICES_FILE, json.dumps(choices, indent=1).encode())
-    except OSError:
-        pass  # a read-only cache only costs a measurement next time
-    return choices[key]
+    choice = choose_dtype(model, device, timing_batch(model, batch_size), remeasure)
+    if tell is not None:
+        tell(choice.words() + ("" if choice.figures["spread"] <= NOISY_SPREAD else
+                               f"; its repeats differed {choice.figures['spread']:.1f}x (a busy machine), "
+                               "so it is not remembered"))
+    return choice.dtype
+
+
+def timing_batch(model: GPT, batch_size: int) -> int:
+    """Small batches are dominated by per-operation overheads, which bf16 adds to: time the real
+    batch where it is cheap, at least 4 rows of a long context otherwise."""
+    return min(batch_size, max(4, TIMING_TOKENS // model.config.block_size))
+
+
+class DtypeRecheck:
+    """Measures a remembered choice again when the run's own steps contradict its figures.
+
+    A run computes more per step than the measurement (the optimiser, the data), so its time per
+    token can only be above the remembered one; below RECHECK_BELOW of it, the remembered figure was
+    taken while something else slowed the machine, and the choice it made is measured again."""
+
+    def __init__(self, model: GPT, device: torch.device, batch_size: int, dtype: str):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.batch = timing_batch(model, batch_size)
+        kept = _read_choices().get(_choice_key(model, self.batch))
+        self.kept = kept if isinstance(kept, dict) and kept.get("dtype") == dtype else None
+        self.start: tuple[int, float] | None = None
+        self.done = self.kept is None or device.type != "cpu"
+
+    def after_step(self, step: int, train_seconds: float, tokens_per_step: int) -> DtypeChoice | None:
+        """A new choice where the measurement taken again differs; None otherwise (and from then on)."""
+        if self.done:
+            return None
+        if self.start is None:  # the first step warms up: timed from the next
+            self.start = (step, train_seconds)
+            return None
+        steps, seconds = step - self.start[0], train_seconds - self.start[1]
+        if steps < RECHECK_STEPS or seconds < RECHECK_SECONDS:
+            return None
+        self.done = True
+        run_per_token = seconds / (steps * tokens_per_step)
+        kept_per_token = self.kept[self.dtype] / self.kept["tokens"]
+        if run_per_token >= RECHECK_BELOW * kept_per_token:
+            return None
+        choice = choose_dtype(self.model, self.device, self.batch, remeasure=True)
+        choice.figures["run_ms_per_token"] = 1000 * run_per_token
+        choice.figures["kept_ms_per_token"] = 1000 * kept_per_token
+        return choice
 
 
 def decoding_dtype_candidates(device: torch.device) -> tuple[torch.dtype, ...]:
@@ -219,8 +318,10 @@ def decoding_dtype(device: torch.device, width: int, seconds_per_token) -> torch
     return min(timings, key=timings.get)
 
 
-# The measured choice is remembered per machine and model shape, so that the same seed on the same
-# machine trains the same model even when a noisy timing would have tipped the other way. The key
+# The measured choice is remembered per machine and model shape, with its figures, so that the same
+# seed on the same machine trains the same model even when a noisy timing would have tipped the
+# other way. A measurement taken on a busy machine is not remembered (its repeats disagree), and
+# one that slipped through is measured again when a run's own steps are faster than its figures. The key
 # names the CPU's capability and oneDNN's cap too: the same processor told to act as an AVX2-only
 # one (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) is another machine for this purpose.
 CHOICES_FILE = "dtype-choices.json"
