@@ -483,3 +483,113 @@ def test_one_model_folder_can_be_served_alone(models):
 
     with pytest.raises(RepytilianError, match="is not a model folder"):
         Registry(single=models / "not-a-model")
+
+
+CONTRAST = """
+() => {
+  const lum = (rgb) => rgb.map((v) => v / 255).map((c) => c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4)
+    .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
+  const parse = (css) => css.match(/[\\d.]+/g).map(Number);
+  let worst = 99;
+  for (const tok of document.querySelectorAll("#output .tok")) {
+    const style = getComputedStyle(tok);
+    const [r, g, b, a = 1] = parse(style.backgroundColor);
+    const back = [r, g, b].map((v) => v * a + 255 * (1 - a));  // on the white page
+    const ink = parse(style.color).slice(0, 3);
+    const [hi, lo] = [lum(back), lum(ink)].sort((x, y) => y - x);
+    worst = Math.min(worst, (hi + 0.05) / (lo + 0.05));
+  }
+  return worst;
+}
+"""
+
+CURVE_PIXELS = """
+() => {
+  const c = document.getElementById("plot");
+  const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  const colours = [[36, 87, 197], [217, 72, 15]];
+  let top = c.height, bottom = -1;
+  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+    const i = 4 * (y * c.width + x);
+    if (data[i + 3] < 200) continue;
+    if (colours.some(([r, g, b]) => Math.abs(data[i] - r) + Math.abs(data[i + 1] - g) + Math.abs(data[i + 2] - b) < 40)) {
+      top = Math.min(top, y); bottom = Math.max(bottom, y);
+    }
+  }
+  return {top, bottom, height: c.height};
+}
+"""
+
+
+@pytest.mark.slow
+def test_the_playgrounds_rough_edges_are_gone_in_a_real_browser(server):
+    """Issue 23, item 6, each seen in headless Chromium before its fix."""
+    chromium = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 900}, bypass_csp=True)
+            failed = []
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+            page.goto(server.url + "/")
+            page.select_option("#model", TEXT)
+            box = page.locator("#alternatives")
+            # A resting pointer where tokens will stream in: the popup must not open by itself
+            out = page.locator("#output").bounding_box()
+            rest = (out["x"] + 30, out["y"] + 40)
+            page.mouse.move(*rest)
+            page.fill("#max_tokens", "600")
+            page.fill("#seed", "3")
+            page.click("#generate")
+            page.mouse.move(*rest)  # the click moved it: back to rest, before tokens reach that line
+            expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
+            under = page.evaluate(f"document.elementFromPoint({rest[0]}, {rest[1]}).className")
+            assert "tok" in under  # a token did arrive under the pointer...
+            assert box.is_hidden()  # ...and opened nothing
+            # Hover opens it for that token, marked; leaving closes it
+            token = page.locator("#output .tok").nth(3)
+            token.hover()
+            expect(box).to_be_visible()
+            expect(token).to_have_class(re.compile(r"\bopen\b"))
+            assert page.locator("#output .tok.open").count() == 1
+            page.mouse.move(5, 5)
+            expect(box).to_be_hidden(timeout=2_000)
+            assert page.locator("#output .tok.open").count() == 0
+            # ...but not on the way into the popup, where the alternatives are picked
+            token.hover()
+            expect(box).to_be_visible()
+            first = box.locator("button").first.bounding_box()
+            page.mouse.move(first["x"] + 10, first["y"] + 5, steps=4)
+            page.wait_for_timeout(500)
+            expect(box).to_be_visible()
+            # Every tint leaves the text readable (WCAG AA: 4.5:1)
+            assert page.evaluate(CONTRAST) >= 4.5
+            # The Generate tab does not look like the Generate button
+            tab_bg = page.evaluate("getComputedStyle(document.getElementById('tab-generate')).backgroundColor")
+            button_bg = page.evaluate("getComputedStyle(document.getElementById('generate')).backgroundColor")
+            assert tab_bg != button_bg
+            # An error takes the previous output away with it
+            page.mouse.move(5, 5)
+            page.fill("#prompt", "\u2603 is not in this model's vocabulary")
+            page.click("#generate")
+            expect(page.locator("#stats")).to_contain_text("error", timeout=10_000)
+            assert page.locator("#output .tok").count() == 0 and page.locator("#output").inner_text() == ""
+            # The model card: Markdown drawn as such, and the loss curves inside their frame
+            page.click("#tab-card")
+            expect(page.locator("#card table")).to_have_count(1)
+            card = page.locator("#card").inner_text()
+            assert "|---" not in card and "![" not in card and "```" not in card and "# Repytilian" not in card
+            expect(page.locator("#card pre")).to_have_count(1)
+            page.wait_for_timeout(300)
+            curves = page.evaluate(CURVE_PIXELS)
+            pad = 44
+            assert curves["bottom"] > 0 and pad - 3 <= curves["top"] and curves["bottom"] <= curves["height"] - pad + 3
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "playground-card.png"), full_page=True)
+            # No request of the page failed: /favicon.ico included
+            assert page.request.get(server.url + "/favicon.ico").status == 200
+            assert failed == [f"400 {server.url}/api/generate"], failed  # only the error asked for above
+        finally:
+            browser.close()

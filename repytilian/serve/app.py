@@ -512,6 +512,11 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers=_page_headers())
 
 
+async def favicon(request: Request) -> Response:
+    # Browsers ask for /favicon.ico whatever the page says; an SVG answers them (a 404 was logged)
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+
 def _page_headers() -> dict[str, str]:
     # Everything the page needs comes from this server: no CDN, no inline scripts.
     return {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'",
@@ -549,6 +554,7 @@ def create_app(registry: Registry, limits: Limits | None = None) -> Starlette:
 
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/v1/models", list_models),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

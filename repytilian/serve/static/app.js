@@ -20,6 +20,14 @@ function pct(p) {
   return p > 0 ? "<0.1%" : "0%";
 }
 
+// The deepest tint: the ink keeps a contrast of at least 4.5:1 on it (WCAG AA); at 0.85 with white
+// text, tokens of middling probability were dark on dark.
+const TINT_MAX = 0.5;
+
+function tint(prob) {
+  return Math.max(0.04, Math.min(1, prob) * TINT_MAX);
+}
+
 function shown(label) {
   // A line break needs something to hover on: a mark, then the break itself (outside the button)
   return label.replace(/\n/g, "\u21b5");
@@ -84,7 +92,10 @@ async function generate(body, keepTokens) {
   $("generate").disabled = true;
   $("stop").disabled = false;
   $("stats").textContent = "generating…";
-  if (!keepTokens) state.tokens = [];
+  if (!keepTokens) {  // nothing of the previous text stays on screen, should this request fail
+    state.tokens = [];
+    $("output").innerHTML = "";
+  }
   try {
     const response = await fetch("/api/generate", {
       method: "POST",
@@ -114,7 +125,7 @@ async function generate(body, keepTokens) {
     if (error.name === "AbortError") {
       $("stats").textContent = `stopped after ${state.tokens.length} tokens`;
     } else {
-      $("stats").textContent = `error: ${error.message}`;
+      showError(error.message, keepTokens);
     }
   } finally {
     if (state.controller === controller) {
@@ -140,8 +151,14 @@ function handle(event, keepTokens) {
     const why = event.finish_reason === "stop" ? "the model ended it" : "length reached";
     $("stats").textContent = `${state.tokens.length} tokens · ${event.tokens_per_second} tokens/s · ${why}`;
   } else if (event.type === "error") {
-    $("stats").textContent = `error: ${event.message}`;
+    showError(event.message, keepTokens);
   }
+}
+
+function showError(message, keepTokens) {
+  // What was generated before the error belongs to this request only when it continues a text
+  if (!keepTokens && !state.tokens.length) $("output").innerHTML = "";
+  $("stats").textContent = `error: ${message}`;
 }
 
 function render() {
@@ -173,11 +190,9 @@ function appendToken(token, index) {
   button.className = "tok";
   button.dataset.index = String(index);
   button.textContent = state.json ? token.label : shown(token.label);
-  button.style.setProperty("--p", String(Math.max(0.04, token.prob * 0.85)));
-  if (token.prob > 0.6) button.classList.add("dark");
+  button.style.setProperty("--p", String(tint(token.prob)));
   if (token.picked) button.classList.add("picked");
   button.setAttribute("aria-label", `${JSON.stringify(token.label)}, probability ${pct(token.prob)}`);
-  button.addEventListener("mouseenter", () => openAlternatives(index, button));
   button.addEventListener("focus", () => openAlternatives(index, button));
   button.addEventListener("click", () => openAlternatives(index, button, true));
   if (state.json) {
@@ -194,10 +209,47 @@ function appendToken(token, index) {
 // --- the alternatives: choose your own path --------------------------------------------------
 
 let pinned = false;
+let anchorButton = null;
+let closeTimer = null;
+
+// Hover follows the pointer's own movements (pointermove with new coordinates), never mouseenter:
+// a token streamed in under a resting pointer gets a mouseenter too, and opened the popup by itself.
+let lastPointer = "";
+
+function followPointer(event) {
+  if (event.pointerType && event.pointerType !== "mouse") return;  // touch: tap (click) opens
+  const where = `${event.clientX},${event.clientY}`;
+  if (where === lastPointer) return;
+  lastPointer = where;
+  const token = event.target.closest ? event.target.closest("#output .tok") : null;
+  if (token) {
+    if (token === anchorButton) clearTimeout(closeTimer);
+    else openAlternatives(Number(token.dataset.index), token);
+  } else if (!event.target.closest || !event.target.closest("#alternatives")) {
+    closeSoon();
+  }
+}
+
+function closeSoon() {
+  // Unless the pointer reaches the popup (or another token) first: time to cross the gap
+  if (pinned) return;
+  clearTimeout(closeTimer);
+  closeTimer = setTimeout(() => {
+    if (!pinned && !$("alternatives").matches(":hover")) closeAlternatives();
+  }, 250);
+}
 
 function openAlternatives(index, anchor, pin) {
   if (pinned && !pin) return;
+  clearTimeout(closeTimer);
   pinned = Boolean(pin);
+  if (anchorButton) {
+    anchorButton.classList.remove("open");
+    anchorButton.removeAttribute("aria-expanded");
+  }
+  anchorButton = anchor;
+  anchor.classList.add("open");  // which token the popup belongs to
+  anchor.setAttribute("aria-expanded", "true");
   const token = state.tokens[index];
   const box = $("alternatives");
   box.innerHTML = "";
@@ -228,6 +280,12 @@ function openAlternatives(index, anchor, pin) {
 
 function closeAlternatives() {
   pinned = false;
+  clearTimeout(closeTimer);
+  if (anchorButton) {
+    anchorButton.classList.remove("open");
+    anchorButton.removeAttribute("aria-expanded");
+    anchorButton = null;
+  }
   $("alternatives").hidden = true;
 }
 
@@ -257,13 +315,106 @@ async function loadCard() {
     $("card-status").textContent = (data.error && data.error.message) || "no card";
     return;
   }
-  $("card").textContent = data.card || "(this folder has no model card yet)";
+  renderMarkdown($("card"), data.card || "(this folder has no model card yet)");
   $("card-status").textContent = data.training
     ? `training now: ${data.metrics.length} evaluations so far (updates every 2 s)`
     : `${data.metrics.length} evaluations`;
   drawPlot(data.metrics);
   clearTimeout(state.cardTimer);
   if (!$("view-card").hidden) state.cardTimer = setTimeout(loadCard, data.training ? 2000 : 10000);
+}
+
+// The model card is Markdown: its headings, tables, code blocks and lists are drawn as such.
+// Built node by node with textContent, never innerHTML: the card is a file's text, not page code.
+function renderMarkdown(root, text) {
+  root.replaceChildren();
+  const lines = text.replace(/\r\n/g, "\n").split("\n");
+  let i = 0;
+  let paragraph = [];
+  const flush = () => {
+    if (paragraph.length) root.appendChild(inline("p", paragraph.join(" ")));
+    paragraph = [];
+  };
+  while (i < lines.length) {
+    const line = lines[i];
+    if (line.startsWith("```")) {
+      flush();
+      const code = [];
+      for (i += 1; i < lines.length && !lines[i].startsWith("```"); i += 1) code.push(lines[i]);
+      const pre = document.createElement("pre");
+      const c = document.createElement("code");
+      c.textContent = code.join("\n");
+      pre.appendChild(c);
+      root.appendChild(pre);
+      i += 1;
+      continue;
+    }
+    const heading = line.match(/^(#{1,6})\s+(.*)$/);
+    if (heading) {
+      flush();
+      root.appendChild(inline(`h${Math.min(3, heading[1].length)}`, heading[2]));
+    } else if (line.trim().startsWith("|")) {
+      flush();
+      const rows = [];
+      for (; i < lines.length && lines[i].trim().startsWith("|"); i += 1) rows.push(lines[i]);
+      root.appendChild(table(rows));
+      continue;
+    } else if (/^\s*[-*]\s+/.test(line)) {
+      flush();
+      const list = document.createElement("ul");
+      for (; i < lines.length && /^\s*[-*]\s+/.test(lines[i]); i += 1) {
+        list.appendChild(inline("li", lines[i].replace(/^\s*[-*]\s+/, "")));
+      }
+      root.appendChild(list);
+      continue;
+    } else if (/^!\[[^\]]*\]\([^)]*\)\s*$/.test(line.trim())) {
+      flush();  // the card's loss.png: the same curves are drawn above, live
+    } else if (!line.trim()) {
+      flush();
+    } else {
+      paragraph.push(line.trim());
+    }
+    i += 1;
+  }
+  flush();
+}
+
+function table(rows) {
+  const cells = (row) => row.trim().replace(/^\|/, "").replace(/\|$/, "").split("|").map((c) => c.trim());
+  const t = document.createElement("table");
+  const body = document.createElement("tbody");
+  rows.forEach((row, n) => {
+    if (/^\|?\s*:?-{3,}/.test(row.trim()) && n === 1) return;  // the header's rule
+    const tr = document.createElement("tr");
+    const header = n === 0 && rows.length > 1 && /^\|?\s*:?-{3,}/.test(rows[1].trim());
+    const values = cells(row);
+    if (header && values.every((v) => !v)) return;  // a table without a header row
+    for (const value of values) tr.appendChild(inline(header ? "th" : "td", value));
+    body.appendChild(tr);
+  });
+  t.appendChild(body);
+  return t;
+}
+
+function inline(tag, text) {
+  // `code` and **bold**; links show their text
+  const el = document.createElement(tag);
+  const parts = text.replace(/\[([^\]]*)\]\([^)]*\)/g, "$1").split(/(`[^`]*`|\*\*[^*]+\*\*)/);
+  for (const part of parts) {
+    if (!part) continue;
+    if (part.startsWith("`") && part.endsWith("`") && part.length > 1) {
+      const c = document.createElement("code");
+      c.textContent = part.slice(1, -1);
+      el.appendChild(c);
+    } else if (part.startsWith("**") && part.endsWith("**") && part.length > 4) {
+      const b = document.createElement("strong");
+      b.textContent = part.slice(2, -2);
+      el.appendChild(b);
+    } else {
+      el.appendChild(document.createTextNode(part));
+    }
+  }
+  return el;
 }
 
 function drawPlot(metrics) {
@@ -281,14 +432,16 @@ function drawPlot(metrics) {
   const losses = metrics.flatMap((m) => [m.train_loss, m.val_loss]).filter((v) => v != null);
   const x0 = Math.min(...steps), x1 = Math.max(...steps, x0 + 1);
   const y0 = Math.min(...losses), y1 = Math.max(...losses, y0 + 1e-3);
+  // One frame, one mapping: the frame spans pad .. W - pad and pad .. H - pad, and so do the curves
   const X = (s) => pad + ((s - x0) / (x1 - x0)) * (W - 2 * pad);
-  const Y = (v) => H - pad + 8 - ((v - y0) / (y1 - y0)) * (H - 2 * pad);
+  const Y = (v) => H - pad - ((v - y0) / (y1 - y0)) * (H - 2 * pad);
   g.strokeStyle = "#d0d4d9";
-  g.strokeRect(pad, pad - 8, W - 2 * pad, H - 2 * pad);
-  g.fillText(y1.toFixed(2), 4, pad);
-  g.fillText(y0.toFixed(2), 4, H - pad + 8);
-  g.fillText(`step ${x0}`, pad, H - pad + 26);
-  g.fillText(`${x1}`, W - pad - 30, H - pad + 26);
+  g.lineWidth = 1;
+  g.strokeRect(pad, pad, W - 2 * pad, H - 2 * pad);
+  g.fillText(y1.toFixed(2), 4, pad + 4);
+  g.fillText(y0.toFixed(2), 4, H - pad + 4);
+  g.fillText(`step ${x0}`, pad, H - pad + 18);
+  g.fillText(`${x1}`, W - pad - 30, H - pad + 18);
   const series = [["train_loss", "#2457c5", "train"], ["val_loss", "#d9480f", "val"]];
   series.forEach(([key, color, name], k) => {
     g.strokeStyle = color;
@@ -297,7 +450,7 @@ function drawPlot(metrics) {
     metrics.forEach((m, i) => (i ? g.lineTo : g.moveTo).call(g, X(m.step), Y(m[key])));
     g.stroke();
     g.fillStyle = color;
-    g.fillText(`${name} ${metrics[metrics.length - 1][key].toFixed(4)}`, W - pad - 120, pad + 8 + 16 * k);
+    g.fillText(`${name} ${metrics[metrics.length - 1][key].toFixed(4)}`, W - pad - 120, pad + 16 + 16 * k);
   });
 }
 
@@ -325,6 +478,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("model").addEventListener("change", describeModel);
   $("tab-generate").addEventListener("click", () => showTab("generate"));
   $("tab-card").addEventListener("click", () => showTab("card"));
+  document.addEventListener("pointermove", followPointer, { passive: true });
+  document.documentElement.addEventListener("mouseleave", () => closeSoon());  // out of the window
+  $("alternatives").addEventListener("mouseenter", () => clearTimeout(closeTimer));
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") closeAlternatives();
   });
