@@ -539,11 +539,10 @@ def test_the_playgrounds_rough_edges_are_gone_in_a_real_browser(server):
             # A resting pointer where tokens will stream in: the popup must not open by itself
             out = page.locator("#output").bounding_box()
             rest = (out["x"] + 30, out["y"] + 40)
-            page.mouse.move(*rest)
             page.fill("#max_tokens", "600")
             page.fill("#seed", "3")
-            page.click("#generate")
-            page.mouse.move(*rest)  # the click moved it: back to rest, before tokens reach that line
+            page.mouse.move(*rest)
+            page.press("#seed", "Enter")  # submitted from the keyboard: the pointer stays where it rests
             expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
             under = page.evaluate(f"document.elementFromPoint({rest[0]}, {rest[1]}).className")
             assert "tok" in under  # a token did arrive under the pointer...
