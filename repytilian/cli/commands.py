@@ -85,7 +85,8 @@ def _add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None 
     parser.add_argument("-i", "--iterations", default=None,
                         help="how long to train: quick, default, long, forever (until stopped)")
     parser.add_argument("-z", "--tokenizer", default=None,
-                        help="characters (default), words, bpe, json (or jsontoken), tiktoken (o200k_base) or gpt2")
+                        help="characters (default), words, bpe, json (or jsontoken), tiktoken (o200k_base), gpt2, or "
+                             "spaced_words (the original Repytilian's words: split at whitespace)")
     parser.add_argument("--encoding", default=None, metavar="NAME",
                         help="-z tiktoken: which tiktoken encoding (default o200k_base, as the original Repytilian)")
     parser.add_argument("--vocab-size", type=_positive_int, default=None,
