@@ -365,3 +365,16 @@ def test_the_advice_to_convert_an_original_words_model_works(tmp_path, monkeypat
     assert out.returncode == 0, out.stderr
     words = out.stdout.split()
     assert words[0] == "Luke" and len(words) == 7 and set(words) <= set(tokens)
+
+
+def test_spaced_words_train_and_generate_from_the_command_line(tmp_path):
+    (tmp_path / "t.txt").write_text("Luke runs to the ship . Han waits , and Luke runs .\n" * 40)
+    r = run_script("training.py", "-d", "t.txt", "-z", "spaced_words", "-m", "m", "--iters", "10", "-t", "0",
+                   "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    words = set("Luke runs to the ship . Han waits , and".split())
+    alone = run_script("generate.py", "-m", "m", "-t", "6", "--seed", "2", cwd=tmp_path)
+    assert alone.returncode == 0 and not alone.stdout.startswith(" ")  # no space before the first word
+    assert len(alone.stdout.split()) == 6 and set(alone.stdout.split()) <= words
+    cont = run_script("generate.py", "-m", "m", "-c", "Han  waits", "-t", "3", "--seed", "2", cwd=tmp_path)
+    assert cont.stdout.startswith("Han  waits ") and len(cont.stdout.split()) == 5

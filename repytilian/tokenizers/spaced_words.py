@@ -57,7 +57,7 @@ class _SpacedStream(StreamDecoder):
         self.started = False
 
     def head(self, prompt: str, prompt_ids: list[int]) -> str:
-        self.started = bool(prompt_ids)
+        self.started = bool(prompt.strip())  # an empty prompt starts from id 0, which is not shown
         return prompt
 
     def push(self, token_id: int) -> str:
