@@ -1,6 +1,7 @@
 """repytilian serve: every endpoint and error in-process (Starlette's test client), then the real
 thing: the command line starting uvicorn on a free local port, the official `openai` client
 against it, a client that goes away, a full queue."""
+import contextlib
 import json
 import os
 import random
@@ -383,75 +384,83 @@ def chromium_or_skip() -> str:
     return path
 
 
-@pytest.mark.slow
-def test_the_playground_in_a_real_browser(server):
+@contextlib.contextmanager
+def browser_page():
+    """A page in Debian's headless Chromium, 900 x 900. The page forbids eval (its CSP); the tests'
+    own probes need it, the page's code does not."""
     chromium = chromium_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
-            # The page forbids eval (its CSP); the test's own probes need it, the page's code does not
-            page = browser.new_page(viewport={"width": 900, "height": 900}, bypass_csp=True)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + "/")
-            page.select_option("#model", TEXT)
-            expect(page.locator("#model-info")).to_contain_text("tokenizer characters")
-            page.fill("#prompt", "ROMEO:")
-            page.fill("#max_tokens", "1500")
-            page.fill("#seed", "7")
-            page.click("#generate")
-            # Tokens arrive while it is still generating: some are there before the end
-            page.wait_for_function("document.querySelectorAll('#output .tok').length >= 5")
-            assert page.locator("#stop").is_enabled()
-            arrived = page.locator("#output .tok").count()
-            expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
-            total = page.locator("#output .tok").count()
-            assert 5 <= arrived < total == 1500
-            # Hover a token: its ten likeliest alternatives, with probabilities
-            token = page.locator("#output .tok").nth(4)
-            token.hover()
-            box = page.locator("#alternatives")
-            expect(box).to_be_visible()
-            choices = box.locator("button")
-            expect(choices).to_have_count(10)
-            assert "%" in choices.nth(0).inner_text()
-            # Pick one that was not sampled: the text continues from it
-            token.click()
-            pick = box.locator("button:not(.chosen)").first
-            label = json.loads(pick.locator("span").first.inner_text())
-            pick.click()
-            expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
-            picked = page.locator("#output .tok").nth(4)
-            assert "picked" in picked.get_attribute("class")
-            assert picked.inner_text() == label.replace("\n", "\u21b5")
-            assert page.locator("#output .tok").count() > 5
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.locator("#output .tok").nth(12).hover()
-            page.screenshot(path=str(ARTIFACTS / "playground.png"))
-            # Stop: a long generation ends when asked
-            page.fill("#max_tokens", "4000")
-            page.click("#generate")
-            page.wait_for_function("document.querySelectorAll('#output .tok').length >= 3")
-            page.click("#stop")
-            expect(page.locator("#stats")).to_contain_text("stopped after", timeout=10_000)
-            # The keyboard reaches the tokens; Escape closes the alternatives
-            page.locator("#output .tok").nth(1).focus()
-            expect(box).to_be_visible()
-            page.keyboard.press("Escape")
-            expect(box).to_be_hidden()
-            # The card view: the loss curve and the card
-            page.click("#tab-card")
-            expect(page.locator("#card")).to_contain_text("v1c")
-            expect(page.locator("#card-status")).to_contain_text("evaluations")
-            # A phone's width: nothing wider than the screen
-            page.set_viewport_size({"width": 375, "height": 800})
-            page.click("#tab-generate")
-            assert page.evaluate("document.documentElement.scrollWidth") <= 376
-            assert not errors, errors
+            yield browser.new_page(viewport={"width": 900, "height": 900}, bypass_csp=True)
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_the_playground_in_a_real_browser(server):
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.select_option("#model", TEXT)
+        expect(page.locator("#model-info")).to_contain_text("tokenizer characters")
+        page.fill("#prompt", "ROMEO:")
+        page.fill("#max_tokens", "1500")
+        page.fill("#seed", "7")
+        page.click("#generate")
+        # Tokens arrive while it is still generating: some are there before the end
+        page.wait_for_function("document.querySelectorAll('#output .tok').length >= 5")
+        assert page.locator("#stop").is_enabled()
+        arrived = page.locator("#output .tok").count()
+        expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
+        total = page.locator("#output .tok").count()
+        assert 5 <= arrived < total == 1500
+        # Hover a token: its ten likeliest alternatives, with probabilities
+        token = page.locator("#output .tok").nth(4)
+        token.hover()
+        box = page.locator("#alternatives")
+        expect(box).to_be_visible()
+        choices = box.locator("button")
+        expect(choices).to_have_count(10)
+        assert "%" in choices.nth(0).inner_text()
+        # Pick one that was not sampled: the text continues from it
+        token.click()
+        pick = box.locator("button:not(.chosen)").first
+        label = json.loads(pick.locator("span").first.inner_text())
+        pick.click()
+        expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
+        picked = page.locator("#output .tok").nth(4)
+        assert "picked" in picked.get_attribute("class")
+        assert picked.inner_text() == label.replace("\n", "\u21b5")
+        assert page.locator("#output .tok").count() > 5
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#output .tok").nth(12).hover()
+        page.screenshot(path=str(ARTIFACTS / "playground.png"))
+        # Stop: a long generation ends when asked
+        page.fill("#max_tokens", "4000")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#output .tok').length >= 3")
+        page.click("#stop")
+        expect(page.locator("#stats")).to_contain_text("stopped after", timeout=10_000)
+        # The keyboard reaches the tokens; Escape closes the alternatives
+        page.locator("#output .tok").nth(1).focus()
+        expect(box).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(box).to_be_hidden()
+        # The card view: the loss curve and the card
+        page.click("#tab-card")
+        expect(page.locator("#card")).to_contain_text("v1c")
+        expect(page.locator("#card-status")).to_contain_text("evaluations")
+        # A phone's width: nothing wider than the screen
+        page.set_viewport_size({"width": 375, "height": 800})
+        page.click("#tab-generate")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 376
+        assert not errors, errors
 
 
 @pytest.mark.slow
@@ -524,71 +533,65 @@ CURVE_PIXELS = """
 @pytest.mark.slow
 def test_the_playgrounds_rough_edges_are_gone_in_a_real_browser(server):
     """Issue 23, item 6, each seen in headless Chromium before its fix."""
-    chromium = chromium_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 900}, bypass_csp=True)
-            failed = []
-            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-            page.goto(server.url + "/")
-            page.select_option("#model", TEXT)
-            box = page.locator("#alternatives")
-            # A resting pointer where tokens will stream in: the popup must not open by itself
-            out = page.locator("#output").bounding_box()
-            rest = (out["x"] + 30, out["y"] + 40)
-            page.fill("#max_tokens", "600")
-            page.fill("#seed", "3")
-            page.mouse.move(*rest)
-            page.press("#seed", "Enter")  # submitted from the keyboard: the pointer stays where it rests
-            expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
-            under = page.evaluate(f"document.elementFromPoint({rest[0]}, {rest[1]}).className")
-            assert "tok" in under  # a token did arrive under the pointer...
-            assert box.is_hidden()  # ...and opened nothing
-            # Hover opens it for that token, marked; leaving closes it
-            token = page.locator("#output .tok").nth(3)
-            token.hover()
-            expect(box).to_be_visible()
-            expect(token).to_have_class(re.compile(r"\bopen\b"))
-            assert page.locator("#output .tok.open").count() == 1
-            page.mouse.move(5, 5)
-            expect(box).to_be_hidden(timeout=2_000)
-            assert page.locator("#output .tok.open").count() == 0
-            # ...but not on the way into the popup, where the alternatives are picked
-            token.hover()
-            expect(box).to_be_visible()
-            first = box.locator("button").first.bounding_box()
-            page.mouse.move(first["x"] + 10, first["y"] + 5, steps=4)
-            page.wait_for_timeout(500)
-            expect(box).to_be_visible()
-            # Every tint leaves the text readable (WCAG AA: 4.5:1)
-            assert page.evaluate(CONTRAST) >= 4.5
-            # The Generate tab does not look like the Generate button
-            tab_bg = page.evaluate("getComputedStyle(document.getElementById('tab-generate')).backgroundColor")
-            button_bg = page.evaluate("getComputedStyle(document.getElementById('generate')).backgroundColor")
-            assert tab_bg != button_bg
-            # An error takes the previous output away with it
-            page.mouse.move(5, 5)
-            page.fill("#prompt", "\u2603 is not in this model's vocabulary")
-            page.click("#generate")
-            expect(page.locator("#stats")).to_contain_text("error", timeout=10_000)
-            assert page.locator("#output .tok").count() == 0 and page.locator("#output").inner_text() == ""
-            # The model card: Markdown drawn as such, and the loss curves inside their frame
-            page.click("#tab-card")
-            expect(page.locator("#card table")).to_have_count(1)
-            card = page.locator("#card").inner_text()
-            assert "|---" not in card and "![" not in card and "```" not in card and "# Repytilian" not in card
-            expect(page.locator("#card pre")).to_have_count(1)
-            page.wait_for_timeout(300)
-            curves = page.evaluate(CURVE_PIXELS)
-            pad = 44
-            assert curves["bottom"] > 0 and pad - 3 <= curves["top"] and curves["bottom"] <= curves["height"] - pad + 3
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "playground-card.png"), full_page=True)
-            # No request of the page failed: /favicon.ico included
-            assert page.request.get(server.url + "/favicon.ico").status == 200
-            assert failed == [f"400 {server.url}/api/generate"], failed  # only the error asked for above
-        finally:
-            browser.close()
+    with browser_page() as page:
+        failed = []
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.goto(server.url + "/")
+        page.select_option("#model", TEXT)
+        box = page.locator("#alternatives")
+        # A resting pointer where tokens will stream in: the popup must not open by itself
+        out = page.locator("#output").bounding_box()
+        rest = (out["x"] + 30, out["y"] + 40)
+        page.fill("#max_tokens", "600")
+        page.fill("#seed", "3")
+        page.mouse.move(*rest)
+        page.press("#seed", "Enter")  # submitted from the keyboard: the pointer stays where it rests
+        expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
+        under = page.evaluate(f"document.elementFromPoint({rest[0]}, {rest[1]}).className")
+        assert "tok" in under  # a token did arrive under the pointer...
+        assert box.is_hidden()  # ...and opened nothing
+        # Hover opens it for that token, marked; leaving closes it
+        token = page.locator("#output .tok").nth(3)
+        token.hover()
+        expect(box).to_be_visible()
+        expect(token).to_have_class(re.compile(r"\bopen\b"))
+        assert page.locator("#output .tok.open").count() == 1
+        page.mouse.move(5, 5)
+        expect(box).to_be_hidden(timeout=2_000)
+        assert page.locator("#output .tok.open").count() == 0
+        # ...but not on the way into the popup, where the alternatives are picked
+        token.hover()
+        expect(box).to_be_visible()
+        first = box.locator("button").first.bounding_box()
+        page.mouse.move(first["x"] + 10, first["y"] + 5, steps=4)
+        page.wait_for_timeout(500)
+        expect(box).to_be_visible()
+        # Every tint leaves the text readable (WCAG AA: 4.5:1)
+        assert page.evaluate(CONTRAST) >= 4.5
+        # The Generate tab does not look like the Generate button
+        tab_bg = page.evaluate("getComputedStyle(document.getElementById('tab-generate')).backgroundColor")
+        button_bg = page.evaluate("getComputedStyle(document.getElementById('generate')).backgroundColor")
+        assert tab_bg != button_bg
+        # An error takes the previous output away with it
+        page.mouse.move(5, 5)
+        page.fill("#prompt", "\u2603 is not in this model's vocabulary")
+        page.click("#generate")
+        expect(page.locator("#stats")).to_contain_text("error", timeout=10_000)
+        assert page.locator("#output .tok").count() == 0 and page.locator("#output").inner_text() == ""
+        # The model card: Markdown drawn as such, and the loss curves inside their frame
+        page.click("#tab-card")
+        expect(page.locator("#card table")).to_have_count(1)
+        card = page.locator("#card").inner_text()
+        assert "|---" not in card and "![" not in card and "```" not in card and "# Repytilian" not in card
+        expect(page.locator("#card pre")).to_have_count(1)
+        page.wait_for_timeout(300)
+        curves = page.evaluate(CURVE_PIXELS)
+        pad = 44
+        assert curves["bottom"] > 0 and pad - 3 <= curves["top"] and curves["bottom"] <= curves["height"] - pad + 3
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "playground-card.png"), full_page=True)
+        # No request of the page failed: /favicon.ico included
+        assert page.request.get(server.url + "/favicon.ico").status == 200
+        assert failed == [f"400 {server.url}/api/generate"], failed  # only the error asked for above
