@@ -43,7 +43,7 @@ def export_onnx(model: GPT, out: str | Path) -> Path:
     said = io.StringIO()
     try:
         with atomic_output(out) as tmp, contextlib.redirect_stdout(said):  # the exporter narrates each pass
-            torch.onnx.export(_Logits(model), (example,), str(tmp), dynamo=True, input_names=["input_ids"],
+            torch.onnx.export(_Logits(model).eval(), (example,), str(tmp), dynamo=True, input_names=["input_ids"],
                               output_names=["logits"], dynamic_shapes=dims, external_data=False)
     except Exception as e:
         if isinstance(e, RepytilianError):
