@@ -47,6 +47,7 @@ from .events import (
     in_words,
     note,
     notes_to,
+    parameter_count,
 )
 from .interop.trackers import finish_all, log_all, open_trackers
 from .model import GPT
@@ -569,8 +570,7 @@ def report_data_size(train_tokens: int, params: int, trainer: Trainer, report: L
     """Tokens per parameter, and a warning when the text is small for the model."""
     per_param = train_tokens / max(params, 1)
     state = trainer.state
-    size = f"{params / 1e6:.2f}M" if params >= 10_000 else f"{params:,}"
-    text = f"{train_tokens:,} training tokens for {size} parameters: {per_param:.2g} tokens per parameter"
+    text = f"{train_tokens:,} training tokens for {parameter_count(params)} parameters: {per_param:.2g} tokens per parameter"
     passes = None  # how often the run sees each token; unknown for runs until stopped or timed
     if state.max_iters is not None and train_tokens:
         passes = (state.max_iters - state.step) * trainer.cfg.batch_size * trainer.model.config.block_size / train_tokens

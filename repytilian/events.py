@@ -56,8 +56,13 @@ class Prepared:
         return (f"training on {self.source}: {self.chars:,} characters, {self.tokenizer} tokenizer "
                 f"({self.vocab_size:,} tokens), {self.train_tokens:,} train / {self.val_tokens:,} val tokens\n"
                 f"model: {self.n_layer} layers, {self.n_head} heads, {self.n_embd} wide, context "
-                f"{self.block_size}, {self.parameters / 1e6:.2f}M parameters; batch {self.batch_size}, "
+                f"{self.block_size}, {parameter_count(self.parameters)} parameters; batch {self.batch_size}, "
                 f"lr {self.learning_rate:g}, device {self.device}, {self.dtype}{', compiled' if self.compiled else ''}")
+
+
+def parameter_count(n: int) -> str:
+    """0.80M for a model; the count itself below 10,000, which would read 0.00M."""
+    return f"{n / 1e6:.2f}M" if n >= 10_000 else f"{n:,}"
 
 
 @dataclass(frozen=True)

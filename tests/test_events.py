@@ -82,3 +82,13 @@ def test_notes_of_the_code_training_calls_go_to_its_listener_too(tmp_path, capsy
         note("inside")
     note("outside")
     assert [e.text for e in heard] == ["inside"] and capsys.readouterr().err == "outside\n"
+
+
+def test_a_tiny_models_parameters_are_counted_not_rounded_to_nothing():
+    from repytilian.events import Prepared
+
+    words = Prepared("a file", 100, "characters", 10, 90, 10, 1, 2, 16, 8, 3_472, 16, 2e-3, "cpu", "float32",
+                     False).words()
+    assert "3,472 parameters" in words and "0.00M" not in words
+    assert "0.80M parameters" in Prepared("a file", 100, "characters", 10, 90, 10, 1, 2, 16, 8, 800_000, 16, 2e-3,
+                                          "cpu", "float32", False).words()

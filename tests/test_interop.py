@@ -370,7 +370,8 @@ def test_the_advice_to_convert_an_original_words_model_works(tmp_path, monkeypat
 def test_spaced_words_train_and_generate_from_the_command_line(tmp_path):
     (tmp_path / "t.txt").write_text("Luke runs to the ship . Han waits , and Luke runs .\n" * 40)
     r = run_script("training.py", "-d", "t.txt", "-z", "spaced_words", "-m", "m", "--iters", "10", "-t", "0",
-                   "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", cwd=tmp_path)
+                   "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--set", "eval_iters=1",
+                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     words = set("Luke runs to the ship . Han waits , and".split())
     alone = run_script("generate.py", "-m", "m", "-t", "6", "--seed", "2", cwd=tmp_path)
