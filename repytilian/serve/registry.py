@@ -13,11 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..api import LanguageModel
+from ..api import LanguageModel, load_model
 from ..errors import RepytilianError
-from ..store.folder import better_best, load_model_dir
 
 MAX_DEPTH = 4  # models/<group>/<name> and a little more; the scan stays quick on a big folder
 
@@ -146,9 +143,8 @@ class Registry:
             kept = self._loaded.get(info.id)
             if kept is not None and kept[0] == info.created:
                 return kept[1]
-            # New, or retrained in place since it was loaded (its config.json is newer)
-            best = better_best(info.path)  # the model people sample is the run's best, as everywhere
-            loaded = load_model_dir(info.path / "best" if best else info.path, torch.device(self.device))
-            lm = LanguageModel(loaded.model, loaded.tokenizer, loaded.meta, loaded.path)
+            # New, or retrained in place since it was loaded (its config.json is newer). Opened as
+            # every surface opens a folder: its best model where the run kept a better one.
+            lm = load_model(info.path, device=self.device)
             self._loaded[info.id] = (info.created, lm)
             return lm
