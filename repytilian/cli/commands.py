@@ -444,8 +444,8 @@ def llama_cpp_command(gguf: Path, loaded, prompt: str = "ROMEO:") -> str:
     llama.cpp's default context is longer than these models', and its gpt2 architecture reads
     position embeddings past the end of the table (an assertion failure) beyond it."""
     block = loaded.model.config.block_size
-    prompt_tokens = len(loaded.tokenizer.encode(prompt)) if loaded.tokenizer.input_format == "text" else 1
-    return f"llama-completion -m {gguf} -c {block} -n {max(1, block - prompt_tokens)} -p '{prompt}'"
+    length = max(1, block - len(loaded.tokenizer.encode(prompt)))
+    return f"llama-completion -m {gguf} -c {block} -n {length} -p '{prompt}'"
 
 
 def save_converted(out: str, model, tokenizer, meta: dict, what: str) -> None:

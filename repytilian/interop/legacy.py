@@ -74,9 +74,10 @@ def _safe_load(data: bytes, names: Iterable[str], what: str) -> Any:
         try:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # the unpickler raises several types; none of them ran the file's code
+            why = refusal(e, "tensors, plain data and model classes of the original")
             raise RepytilianError(
-                f"{what} cannot be read safely: {refusal(e, 'tensors, plain data and model classes of the original')}. Repytilian reads the original's model files "
-                "without running any code in them, and this one needs more than that, so the folder cannot be "
+                f"{what} cannot be read safely: {why}. Repytilian reads the original's model files without "
+                "running any code in them, and this one needs more than that, so the folder cannot be "
                 "converted; retrain the model with python3 training.py on the same text"
             ) from None
 

@@ -1,6 +1,6 @@
 """Why torch's safe unpickler (torch.load(weights_only=True)) refused a file, in our words.
 
-Its own message goes on to advise loading the file again with weights_only=False, which runs
+Its own message goes on to advise loading the file again without that safeguard, which runs
 whatever code the file holds: that advice never reaches a user of Repytilian.
 """
 from __future__ import annotations

@@ -196,10 +196,12 @@ class DtypeChoice:
         f = self.figures
         when = f"measured here on {f['date']}" if self.remembered else "measured just now"
         ratio = f["float32"] / f["bfloat16"] if f["bfloat16"] < float("inf") else 0.0
+        noisy = (f"; its repeats differed {f['spread']:.1f}x (a busy machine), so it is not remembered"
+                 if f["spread"] > NOISY_SPREAD else "")
         return (f"number format {self.dtype} (--dtype auto, {when}: a step of {f['tokens']:,} tokens took "
                 f"{1000 * f['float32']:.1f} ms in float32, {1000 * f['bfloat16']:.1f} ms in bfloat16, "
                 f"{ratio:.2f}x; bf16 needs {MIN_GAIN:g}x. Remembered in {cache_dir() / CHOICES_FILE}; "
-                "--measure-dtype measures again)")
+                f"--measure-dtype measures again){noisy}")
 
 
 def choose_dtype(model: GPT, device: torch.device, batch: int, remeasure: bool = False) -> DtypeChoice:
@@ -248,9 +250,7 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int,
         return "float32"  # MPS: float32 is the safe default there (NaN reports with half precision)
     choice = choose_dtype(model, device, timing_batch(model, batch_size), remeasure)
     if tell is not None:
-        tell(choice.words() + ("" if choice.figures["spread"] <= NOISY_SPREAD else
-                               f"; its repeats differed {choice.figures['spread']:.1f}x (a busy machine), "
-                               "so it is not remembered"))
+        tell(choice.words())
     return choice.dtype
 
 

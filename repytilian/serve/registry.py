@@ -15,6 +15,7 @@ from typing import Any
 
 from ..api import LanguageModel, load_model
 from ..errors import RepytilianError
+from ..store.folder import best_in
 
 MAX_DEPTH = 4  # models/<group>/<name> and a little more; the scan stays quick on a big folder
 
@@ -62,11 +63,8 @@ def _info(model_id: str, folder: Path) -> ModelInfo | None:
     tokenizer = meta.get("tokenizer")
     if isinstance(tokenizer, dict):
         tokenizer = tokenizer.get("kind") or tokenizer.get("name")
-    best = summary.get("best") if isinstance(summary.get("best"), dict) else {}
-    val_loss = summary.get("val_loss_full")
-    if best.get("kept") == "best/" and isinstance(best.get("val_loss_full"), (int, float)) \
-            and isinstance(val_loss, (int, float)) and best["val_loss_full"] < val_loss:
-        val_loss = best["val_loss_full"]  # the best/ model is the one served
+    best = best_in(summary)
+    val_loss = best["val_loss_full"] if best else summary.get("val_loss_full")  # best/ is what is served
     return ModelInfo(model_id, folder, str(tokenizer or "?"), summary.get("parameters"),
                      val_loss, summary.get("step"),
                      int((folder / "config.json").stat().st_mtime))

@@ -305,16 +305,24 @@ def better_best(path: Path) -> dict[str, Any] | None:
     validation split: the best evaluation of the run, kept beside the last model (--keep both).
     None where there is no best/ or the last model is at least as good. The model people sample is
     this one; `-l` still continues the last, which alone has the optimiser's state."""
-    if not (path / "best" / "config.json").is_file() or not (path / "config.json").is_file():
+    if not (path / "best" / "config.json").is_file():
         return None
     try:
-        best = json.loads((path / "config.json").read_text(encoding="utf-8"))["summary"]["best"]
-        better = best["val_loss_full"] < best["last_val_loss_full"]
+        summary = json.loads((path / "config.json").read_text(encoding="utf-8"))["summary"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not better or best.get("kept") != "best/":
+    return best_in(summary)
+
+
+def best_in(summary: Any) -> dict[str, Any] | None:
+    """better_best's rule, read from a config's summary: best/ was kept and beats the last model
+    over the whole validation split."""
+    best = summary.get("best") if isinstance(summary, dict) else None
+    try:
+        if best.get("kept") != "best/" or not best["val_loss_full"] < best["last_val_loss_full"]:
+            return None
+    except (AttributeError, KeyError, TypeError):
         return None
-    summary = json.loads((path / "config.json").read_text(encoding="utf-8"))["summary"]
     return {"step": best["step"], "val_loss_full": best["val_loss_full"],
             "last_step": summary.get("step"), "last_val_loss_full": best["last_val_loss_full"]}
 
