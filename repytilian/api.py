@@ -1,8 +1,8 @@
 """The library entry points that the command lines are thin layers over: `train` and `load_model`.
 
 `train` ties the pieces together (data -> tokenizer -> model -> trainer -> model directory);
-`load_model` gives a `LanguageModel` that generates text. Messages go to stderr, results are
-returned (the CLI decides what reaches stdout).
+`load_model` gives a `LanguageModel` that generates text. What happens is reported as events
+(events.py), results are returned; nothing is printed (the CLI decides what reaches the terminal).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,15 @@ from .events import (
     Started,
     Stopped,
     in_words,
-    note,
     notes_to,
+    to_logging,
     parameter_count,
 )
 from .interop.trackers import finish_all, log_all, open_trackers
+from .language_model import LanguageModel
 from .model import GPT
 from .runtime.cpu import tune_for_training
 from .runtime.precision import DTYPES, DtypeRecheck, resolve_dtype
-from .sampling import SamplingOptions, StopFilter, sample_ids
 from .store.folder import (
     LoadedModel,
     better_best,
@@ -73,134 +73,7 @@ from .tokenizers import (
 from .train import Diverged, StopRequest, Trainer, TrainState, pick_device, plan_batches
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# --- generation --------------------------------------------------------------------------
-
-
-@dataclass
-class Piece:
-    """A bit of rendered output: the prompt ("head"), generated text ("text", `tokens` generated
-    so far), or closing syntax ("close", e.g. JSON's bracket)."""
-
-    kind: str
-    text: str
-    tokens: int = 0
-
-
-class LanguageModel:
-    """A trained model with its tokenizer: text in, text out. Safe to share between threads
-    only if each call passes its own seed; it holds no per-call state."""
-
-    def __init__(self, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any] | None = None,
-                 path: Path | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.meta = meta or {}
-        self.path = path
-        self.best: dict[str, Any] | None = None  # load_model: the run's best model was chosen over its last
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Prompt ids (the tokenizer's start token for an empty prompt)."""
-        if not prompt:
-            return self.tokenizer.start_ids()
-        try:
-            ids = self.tokenizer.encode(prompt)
-        except UnknownTokensError as e:
-            raise UnknownTokensError(f"cannot continue from this prompt: {e}") from None
-        if not ids:
-            return self.tokenizer.start_ids()
-        block = self.model.config.block_size
-        if len(ids) > block:
-            note(f"note: the prompt has {len(ids)} tokens; the model sees only the last {block}")
-        return ids
-
-    def token_batches(self, prompt_ids: list[int], max_new_tokens: int, num_samples: int = 1,
-                      max_time: float | None = None, use_cache: bool = True,
-                      **sampling: Any) -> Iterator[list[int | None]]:
-        """Per step, the new id of each sample, or None for a sample that has ended (end token)."""
-        opts = SamplingOptions(**sampling)
-        if max_time is not None and max_time <= 0:
-            raise SettingError("max_time", f"must be more than 0 seconds, got {max_time}")
-        deadline = None if max_time is None else time.perf_counter() + max_time
-        eos = self.tokenizer.eos_id
-        ended = [False] * num_samples
-        for step in sample_ids(self.model, prompt_ids, max_new_tokens, opts, num_samples, use_cache):
-            row: list[int | None] = []
-            for i, token in enumerate(step.tolist()):
-                ended[i] = ended[i] or token == eos
-                row.append(None if ended[i] else token)
-            if all(ended):
-                return
-            yield row
-            if deadline is not None and time.perf_counter() > deadline:
-                return
-
-    def tokens(self, prompt_ids: list[int], max_new_tokens: int, **sampling: Any) -> Iterator[int]:
-        """New ids of one sample, ending early at the tokenizer's end-of-sequence token."""
-        for row in self.token_batches(prompt_ids, max_new_tokens, 1, **sampling):
-            if row[0] is None:
-                return
-            yield row[0]
-
-    def render(self, prompt: str = "", max_new_tokens: int = 500, stop: Sequence[str] = (),
-               **sampling: Any) -> Iterator[Piece]:
-        """One sample as display pieces: the prompt, the text as it is sampled (cut at the first
-        stop string), and any closing syntax."""
-        prompt_ids = self.encode_prompt(prompt)
-        decoder = self.tokenizer.stream_decoder()
-        stops = StopFilter(stop)
-        yield Piece("head", decoder.head(prompt, prompt_ids))
-        n = 0
-        for n, token in enumerate(self.tokens(prompt_ids, max_new_tokens, **sampling), start=1):
-            text = stops.push(decoder.push(token))
-            if text:
-                yield Piece("text", text, n)
-            if stops.stopped:
-                break
-        rest = stops.push(decoder.flush()) + stops.flush()
-        if rest:
-            yield Piece("text", rest, n)
-        yield Piece("close", decoder.close())  # held-back text is flushed above: only syntax is left
-
-    def render_ids(self, prompt: str, prompt_ids: list[int], ids: Sequence[int], stop: Sequence[str] = ()) -> str:
-        """The whole display text of one finished sample, as `render` would have shown it."""
-        decoder, stops = self.tokenizer.stream_decoder(), StopFilter(stop)
-        parts = [decoder.head(prompt, prompt_ids)]
-        for token in ids:
-            parts.append(stops.push(decoder.push(token)))
-            if stops.stopped:
-                break
-        parts += [stops.push(decoder.flush()), stops.flush(), decoder.close()]
-        return "".join(parts)
-
-    def stream(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> Iterator[str]:
-        """The continuation of `prompt`, piece by piece as it is sampled."""
-        for piece in self.render(prompt, max_new_tokens, **kwargs):
-            if piece.kind == "text":
-                yield piece.text
-
-    def generate(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> str:
-        """The continuation of `prompt` (for JSON models: the JSON array of the new tokens)."""
-        return self.samples(prompt, max_new_tokens, num_samples=1, **kwargs)[0]
-
-    def sample_batch(self, prompt_ids: list[int], max_new_tokens: int, num_samples: int,
-                     **sampling: Any) -> list[list[int]]:
-        """The new ids of `num_samples` continuations, sampled together as one batch."""
-        produced: list[list[int]] = [[] for _ in range(num_samples)]
-        for row in self.token_batches(prompt_ids, max_new_tokens, num_samples, **sampling):
-            for ids, token in zip(produced, row):
-                if token is not None:
-                    ids.append(token)
-        return produced
-
-    def samples(self, prompt: str = "", max_new_tokens: int = 500, num_samples: int = 1,
-                stop: Sequence[str] = (), **sampling: Any) -> list[str]:
-        """`num_samples` continuations, sampled together as one batch."""
-        produced = self.sample_batch(self.encode_prompt(prompt), max_new_tokens, num_samples, **sampling)
-        return [StopFilter(stop).cut(self.tokenizer.decode(ids)) for ids in produced]
+# --- opening a model folder -------------------------------------------------------------
 
 
 def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto", which: str = "best") -> LanguageModel:
@@ -384,12 +257,14 @@ def _resumed_run(opts: TrainOptions, device: torch.device) -> _Run:
     return _Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
 
 
-def train(opts: TrainOptions, log: Callable[[str], None] = _say, on_event: Listener | None = None) -> TrainResult:
+def train(opts: TrainOptions, log: Callable[[str], None] | None = None, on_event: Listener | None = None
+          ) -> TrainResult:
     """Train a new model, or continue a saved one (`opts.load`), and save it to `opts.out`.
 
-    What happens is reported as events (events.py) to `on_event`; without one, their words go to
-    `log` (stderr by default), as do the notes of the code it calls (events.note)."""
-    report = on_event or in_words(log)
+    What happens is reported as events (events.py) to `on_event`, as are the notes of the code it
+    calls (events.note) and its progress; or their words to `log` (e.g. `print`); with neither, to
+    Python's logging (logger "repytilian")."""
+    report = on_event or (in_words(log) if log is not None else to_logging)
     return _train(opts, report)
 
 

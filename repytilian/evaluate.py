@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from .model import GPT
-from .runtime.progress import progress as progress_bar
+from .events import ProgressTracker
 
 
 @dataclass
@@ -27,6 +27,7 @@ class EvalReport:
     total_nats: float
     block_size: int
     stride: int
+    scope: str = ""  # what was scored, in words ("the validation split of ...")
 
     @property
     def loss(self) -> float:
@@ -100,8 +101,7 @@ def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int 
     model.eval()
     total, scored = 0.0, 0
     started = time.perf_counter()
-    with progress_bar(count_windows(len(ids), block, stride), "window", desc, enabled=progress,
-                      every=10.0, delay=3.0, leave=False) as bar:
+    with ProgressTracker(desc, "window", count_windows(len(ids), block, stride), enabled=progress) as bar:
         for group in _batches(windows(len(ids), block, stride), batch_size):
             new = group[0][2]
             x = torch.from_numpy(np.stack([ids[s:e] for s, e, _ in group]).astype(np.int64)).to(device)
@@ -114,3 +114,29 @@ def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int 
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 break
     return EvalReport(tokens=scored, chars=chars, total_nats=total, block_size=block, stride=stride)
+
+
+def evaluate_model(lm, source=None, stride: int | None = None, progress: bool = False) -> EvalReport:
+    """A `LanguageModel` scored on the text of `source` (a data.corpus.DataSource), or, without one,
+    on the validation split of the data it was trained on."""
+    from .data.corpus import DataSource, TokenData, load_corpus
+    from .data.textfiles import TextFiles
+
+    tokenizer = lm.tokenizer
+    if source is not None:
+        scope = source.describe()
+        corpus = load_corpus(source, tokenizer.input_format)
+        if isinstance(corpus, TextFiles):
+            ids, chars = TokenData.from_corpus(corpus, tokenizer, val_fraction=0).train, corpus.chars
+        elif isinstance(corpus, str):
+            ids, chars = tokenizer.encode_array(corpus), len(corpus)
+        else:
+            ids, chars = tokenizer.encode_sequences(corpus.train + (corpus.val or [])), None
+    else:
+        source = DataSource.from_dict(lm.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"}))
+        scope = f"the validation split of {source.describe()}"
+        ids = TokenData.from_corpus(load_corpus(source, tokenizer.input_format), tokenizer).val
+        chars = count_chars(tokenizer, ids) if tokenizer.input_format == "text" else None
+    report = evaluate(lm.model, ids, chars, stride=stride, progress=progress)
+    report.scope = scope
+    return report

@@ -6,12 +6,16 @@ server would send them as JSON (`dataclasses.asdict`), a second rank would drop 
 an event's plain sentence, with no command-line flags in it.
 
 Library code outside a training run (reading data, a signal received, a prompt cut to the
-context) says what it has to say through `note()`: to the listener of the innermost `notes_to`
-block of this thread or task, else as a line on stderr.
+context) says what it has to say through `note()`, and how far long work has come through a
+`ProgressTracker` (`Progress` events): to the listener of the innermost `notes_to` block of this
+thread or task. Without one, notes go to Python's `logging` (logger "repytilian"; warnings reach
+stderr through logging's last-resort handler, notes only where logging is set up) and progress
+goes nowhere. The library itself never prints: drawing a bar is the command line's job.
 """
 from __future__ import annotations
 
-import sys
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -144,25 +148,110 @@ class NothingSaved:
         return "nothing saved (no output folder was given)"
 
 
-Event = Union[Note, Prepared, Started, Evaluated, CheckpointSaved, Stopped, Finished, Saved, NothingSaved]
+@dataclass(frozen=True)
+class Progress:
+    """How far a long piece of work has come: `done` of `total` `unit`s (total None: open-ended),
+    counted from `initial` in this process (a resumed run starts past 0); `details` such as the
+    loss and tokens/s; `finished` on the last event of the work."""
+
+    task: str
+    unit: str
+    done: int
+    total: int | None
+    initial: int = 0
+    details: str = ""
+    finished: bool = False
+    elapsed: float = 0.0  # seconds since the work began
+
+    def words(self) -> str:
+        share = f"/{self.total:,}" if self.total else ""
+        return f"{self.task}: {self.done:,}{share} {self.unit}s" + (f", {self.details}" if self.details else "")
+
+
+Event = Union[Note, Progress, Prepared, Started, Evaluated, CheckpointSaved, Stopped, Finished, Saved, NothingSaved]
 Listener = Callable[[Any], None]
 
 
 def in_words(log: Callable[[str], None]) -> Listener:
-    """A listener that hands each event's words to `log` (e.g. print to stderr)."""
-    return lambda event: log(event.words())
+    """A listener that hands each event's words to `log` (e.g. `print`); progress events are for
+    bars, not lines, so it leaves them out."""
+
+    def listener(event: Any) -> None:
+        if not isinstance(event, Progress):
+            log(event.words())
+
+    return listener
 
 
 _note_listener: ContextVar[Listener | None] = ContextVar("repytilian_note_listener", default=None)
 
 
-def note(text: str, kind: str = "note") -> None:
-    """Tell whoever listens for notes (see `notes_to`); by default a line on stderr."""
-    listener = _note_listener.get()
-    if listener is None:
-        print(text, file=sys.stderr, flush=True)
+_log = logging.getLogger("repytilian")
+
+
+def to_logging(event: Any) -> None:
+    """The listener of a library call given none: events in words to Python's logging (warnings
+    as warnings, the rest as information), progress left out."""
+    if isinstance(event, Progress):
+        return
+    if getattr(event, "kind", None) == "warning":
+        _log.warning(event.words())
     else:
-        listener(Note(text, kind))
+        _log.info(event.words())
+
+
+def note(text: str, kind: str = "note") -> None:
+    """Tell whoever listens for notes (see `notes_to`); without a listener, Python's logging."""
+    (_note_listener.get() or to_logging)(Note(text, kind))
+
+
+def listening() -> Listener | None:
+    """The listener of the innermost `notes_to` block, if any."""
+    return _note_listener.get()
+
+
+PROGRESS_SECONDS = 0.5  # the least time between two Progress events of one piece of work
+
+
+class ProgressTracker:
+    """Counts a long piece of work and reports `Progress` to a listener (by default the one of the
+    innermost `notes_to` block) at most every PROGRESS_SECONDS, and once at the end."""
+
+    def __init__(self, task: str, unit: str, total: int | None, initial: int = 0, enabled: bool = True,
+                 report: Listener | None = None):
+        self.task, self.unit, self.total, self.initial = task, unit, total, initial
+        self.report = (report or listening()) if enabled else None
+        self.done = initial
+        self.details = ""
+        self.started = self.last = time.monotonic()
+        self.closed = False
+
+    def update(self, n: int = 1, force: bool = False) -> None:
+        """`n` more done; `force`: report now (for callers that pace their own updates)."""
+        self.done += n
+        now = time.monotonic()
+        if self.report is not None and (force or now - self.last >= PROGRESS_SECONDS):
+            self.last = now
+            self._send(False, now)
+
+    def due(self) -> bool:
+        """Whether the next update will be reported (callers compute costly details only then)."""
+        return self.report is not None and time.monotonic() - self.last >= PROGRESS_SECONDS
+
+    def close(self) -> None:
+        if not self.closed and self.report is not None:
+            self._send(True, time.monotonic())
+        self.closed = True
+
+    def _send(self, finished: bool, now: float) -> None:
+        self.report(Progress(self.task, self.unit, self.done, self.total, self.initial, self.details, finished,
+                             now - self.started))
+
+    def __enter__(self) -> "ProgressTracker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 @contextmanager

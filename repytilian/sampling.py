@@ -1,8 +1,8 @@
 """Sampling token ids from a model: temperature, top-k, top-p, seeds, a KV cache, batches of samples.
 
-The sampler knows token ids, not text: callers encode the prompt and decode what it yields, so it
-works the same from the CLI, a notebook or a server. `StopFilter` is the one text-level helper:
-it cuts a stream of text at the first stop string without ever showing part of one.
+The sampler knows token ids, not text: the generation engine (engine.py) encodes, decodes and
+stops; this module steps the model. `SamplingOptions` holds the one set of sampling defaults that
+the command line, Python and the server all use.
 
 The context window: the model sees at most block_size tokens. When the window is full, the
 last KEEP_FRACTION of it is kept and re-encoded in one pass (with the cache, a "re-prefill"),
@@ -29,6 +29,10 @@ MAX_SAMPLES = 1024
 
 @dataclass
 class SamplingOptions:
+    """How the next token is chosen. The defaults (temperature 0.8, the 200 likeliest tokens, top-p
+    off) are nanoGPT's sample.py's; a field left out anywhere (a flag, a keyword, a JSON field)
+    takes them."""
+
     temperature: float = DEFAULT_TEMPERATURE  # 0 is greedy: always the likeliest token
     top_k: int | None = DEFAULT_TOP_K  # only the k likeliest tokens (None or 0: all, as in transformers)
     top_p: float = 1.0  # only the likeliest tokens whose probabilities add up to top_p (1: all)
@@ -140,36 +144,3 @@ def sample_steps(
         window[:, length] = next_ids[:, 0]
         length += 1
         yield next_ids[:, 0], logits
-
-class StopFilter:
-    """Passes text through until one of the stop strings appears, and cuts it there.
-
-    Text that could be the beginning of a stop string is held back until it is clear that it is
-    not, so a stop string is never half-shown.
-    """
-
-    def __init__(self, stops: Sequence[str] = ()):
-        self.stops = [s for s in stops if s]
-        self.buffer = ""
-        self.stopped = False
-
-    def push(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self.buffer += text
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.buffer, self.stopped = self.buffer[: min(hits)], "", True
-            return out
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
-        out = self.buffer[: len(self.buffer) - hold]
-        self.buffer = self.buffer[len(out):]
-        return out
-
-    def flush(self) -> str:
-        out, self.buffer = self.buffer, ""
-        return out
-
-    def cut(self, text: str) -> str:
-        """A whole text, up to the first stop string."""
-        return self.push(text) + self.flush()

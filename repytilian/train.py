@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .config import ModelConfig, TrainConfig
 from .data.corpus import TokenData, get_batch
@@ -28,13 +26,12 @@ from .distributed import World
 from .distributed.world import is_communication_failure
 from .errors import RepytilianError, SettingError
 from .evaluate import evaluate
-from .events import Evaluated, Listener, Note, in_words, note
+from .events import PROGRESS_SECONDS, Evaluated, Listener, Note, ProgressTracker, note, to_logging
 from .model import GPT
 from .optim import make_optimizer
 from .runtime.cpu import tune_for_training
 from .runtime.memory import available_bytes, largest_fitting, training_bytes_per_window
 from .runtime.precision import DTYPES, autocast
-from .runtime.progress import progress as progress_bar
 
 EVAL_SEED = 2024  # the same evaluation batches every time, so successive estimates compare
 # The loss after training covers the whole validation split up to this many tokens: enough for
@@ -212,7 +209,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         self.state = state or TrainState(max_iters=cfg.max_iters)
-        self.report = report or in_words(lambda msg: print(msg, file=sys.stderr))  # events.py
+        self.report = report or to_logging  # events.py
         data.check_block_size(model.config.block_size)
         if cfg.dtype not in DTYPES:
             raise ValueError(f"the Trainer computes in a resolved format, not {cfg.dtype!r}: "
@@ -423,11 +420,9 @@ class Trainer:
         Evaluations and what to expect are reported as events (events.py)."""
         stop = stop or StopRequest()
         state, cfg = self.state, self.cfg
-        report = report or in_words(lambda msg: tqdm.write(msg, file=sys.stderr))  # words between bar frames
-        # Redrawn twice a second on a terminal; in a log file a plain line every 30 s (progress.py).
-        refresh = 0.5 if sys.stderr.isatty() else 30.0
-        bar = progress_bar(state.max_iters, "step", "training", enabled=progress, initial=state.step,
-                           every=refresh, dynamic_ncols=True, smoothing=0.05, mininterval=refresh)
+        report = report or self.report
+        tracker = ProgressTracker("training", "step", state.max_iters, state.step, enabled=progress, report=report)
+        refresh = PROGRESS_SECONDS  # how often the loss is read (a host sync) and progress reported
         tokens_per_step = cfg.batch_size * self.model.config.block_size
         last_update, steps_since = time.perf_counter(), 0
         first_step_done: tuple[int, float] | None = None  # (step, train_seconds) after this run's first
@@ -474,8 +469,8 @@ class Trainer:
                     rate = steps_since * tokens_per_step / (now - last_update)
                     budget = ("" if cfg.max_seconds is None
                               else f", {max(0.0, cfg.max_seconds - state.train_seconds):.0f} s of the budget left")
-                    bar.set_postfix_str(f"loss {loss_value:.4f}, {rate:,.0f} tok/s{budget}", refresh=False)
-                    bar.update(steps_since)
+                    tracker.details = f"loss {loss_value:.4f}, {rate:,.0f} tok/s{budget}"
+                    tracker.update(steps_since, force=True)
                     last_update, steps_since = now, 0
                 if state.step % cfg.eval_interval == 0 or done:
                     t0 = time.perf_counter()
@@ -499,8 +494,8 @@ class Trainer:
                 raise world.lost(e, state.step) from None
             raise
         finally:
-            bar.update(steps_since)
-            bar.close()
+            tracker.update(steps_since)
+            tracker.close()
         return agreed if world.distributed else stop.reason
 
 

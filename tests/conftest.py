@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import random
 import subprocess
@@ -18,6 +19,8 @@ if "REPYTILIAN_DATA" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt")
     os.environ["REPYTILIAN_DATA"] = str(SHARED_DATA)
 os.environ["REPYTILIAN_OFFLINE"] = "1"  # tests never touch the network
 os.environ["REPYTILIAN_NO_PROGRESS"] = "1"
+# The library logs the notes nobody listens for (events.note): the tests read them through caplog
+logging.getLogger("repytilian").setLevel(logging.INFO)
 
 # A model small enough to train in about a second on 2 cores.
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",

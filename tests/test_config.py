@@ -53,7 +53,8 @@ def test_every_flag_of_a_config_field_reaches_the_config_typed():
     by the field's annotation (no list of names kept by hand, no reading of type names as text)."""
     import argparse
 
-    from repytilian.cli.commands import _train_options, add_train_arguments
+    from repytilian.cli.train import add_train_arguments
+    from repytilian.cli.train import train_options as _train_options
     from repytilian.config import build_configs, field_type, flag_fields
 
     parser = argparse.ArgumentParser()

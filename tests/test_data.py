@@ -46,7 +46,7 @@ def test_missing_file_and_folder_given_as_file(tmp_path):
         read_text_dir(tmp_path / "nope")
 
 
-def test_directory_is_read_recursively_in_sorted_order_without_gluing_files(tmp_path, capsys):
+def test_directory_is_read_recursively_in_sorted_order_without_gluing_files(tmp_path, caplog):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "2.txt").write_text("second", encoding="utf-8")
     (tmp_path / "a.txt").write_text("first", encoding="utf-8")
@@ -54,7 +54,7 @@ def test_directory_is_read_recursively_in_sorted_order_without_gluing_files(tmp_
     (tmp_path / ".hidden.txt").write_text("secret", encoding="utf-8")
     (tmp_path / "image.png").write_bytes(b"\x89PNG\x00\x00")
     assert read_text_dir(tmp_path) == "first\nsecond\nthird\n"
-    assert "skipped 1" in capsys.readouterr().err
+    assert "skipped 1" in caplog.text
 
 
 def test_directory_without_text_is_an_error(tmp_path):

@@ -204,7 +204,7 @@ def test_the_readme_torchrun_lines_parse():
 
     from torch.distributed.run import parse_args
 
-    from repytilian.cli.commands import add_train_arguments
+    from repytilian.cli.train import add_train_arguments
 
     text = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
     lines = [line for line in text.splitlines() if line.startswith("torchrun ")]

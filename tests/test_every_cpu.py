@@ -19,7 +19,7 @@ from repytilian.config import TrainConfig
 from repytilian.data import DataSource, TokenData
 from repytilian.model import GPT, ModelConfig
 from repytilian.optim import Muon, orthogonalise
-from repytilian.runtime.progress import LineProgress
+from repytilian.cli.progress import LineProgress
 from repytilian.train import Trainer, TrainState, expectation
 
 pytestmark = pytest.mark.machine

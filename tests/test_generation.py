@@ -10,7 +10,8 @@ from repytilian.data import DataSource
 from repytilian.decode import Decoder
 from repytilian.errors import RepytilianError, SettingError
 from repytilian.model import GPT, ModelConfig
-from repytilian.sampling import SamplingOptions, StopFilter, sample_ids
+from repytilian.sampling import SamplingOptions, sample_ids
+from repytilian.stops import StopFilter
 
 
 @pytest.fixture(scope="module")

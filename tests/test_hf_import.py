@@ -124,4 +124,4 @@ def test_what_cannot_be_imported_is_refused_clearly(hf_gpt2, tmp_path):
     r = run_script("import", "--from", "hf", str(tmp_path / "nowhere"), "x", cwd=tmp_path)
     assert r.returncode == 2 and "is not a folder" in r.stderr
     r = run_script("import", "--from", "nanogpt", "ckpt.pt", "x", cwd=tmp_path)
-    assert r.returncode == 2 and "--data is required with --from nanogpt" in r.stderr
+    assert r.returncode == 2 and "--data is required with the nanogpt format" in r.stderr

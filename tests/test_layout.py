@@ -1,18 +1,29 @@
 """The layout is the architecture: docs/architecture.md's import rules hold in the code."""
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "repytilian"
 
-# docs/architecture.md, "What may import what": a part may import its own layer and those below.
-LAYERS = {
-    "errors": 0, "tokenizers": 1, "config": 2, "events": 2, "attention": 2, "model": 3, "runtime": 4, "distributed": 4,
-    "data": 5, "optim": 5, "evaluate": 5, "decode": 5, "sampling": 5,
-    "train": 6, "store": 7, "interop": 8, "api": 8, "serve": 9, "cli": 10,
-    "__init__": 11, "__main__": 11, "_bootstrap": 11,
-}
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def read_layers() -> dict[str, int]:
+    """docs/architecture.md's "What may import what", the one list of layers: each numbered item's
+    parts in backquotes outside parentheses ("`data/`" -> data); a part may import its own layer
+    and those before it."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text.split("## What may import what", 1)[1].split("\n## ", 1)[0]
+    layers = {}
+    for number, item in re.findall(r"^(\d+)\. (.*?)(?=^\d+\. |^$|\Z)", section, flags=re.M | re.S):
+        for name in re.findall(r"`(\w+)/?`", re.sub(r"\([^)]*\)", "", item)):
+            layers[name] = int(number)
+    return layers
+
+
+LAYERS = read_layers()
 
 
 def part_of(module: str) -> str:

@@ -97,11 +97,11 @@ def test_many_sequences_with_a_validation_part_end_with_eos(tmp_path):
     assert tok.start_ids() == [tok.eos_id]
 
 
-def test_array_of_arrays_is_ambiguous_and_the_flag_decides(tmp_path, capsys):
+def test_array_of_arrays_is_ambiguous_and_the_flag_decides(tmp_path, caplog):
     path = write(tmp_path, "chords.json", [[60, 64, 67], [62, 65, 69], [60, 64, 67]])
     guessed = read_json_corpus("file", str(path))
     assert len(guessed.train) == 3  # read as three sequences of numbers...
-    assert "--json-layout sequence" in capsys.readouterr().err  # ...and the user is told how to flip it
+    assert "--json-layout sequence" in caplog.text  # ...and the user is told how to flip it
     chords = read_json_corpus("file", str(path), layout="sequence")
     assert chords.train == [[[60, 64, 67], [62, 65, 69], [60, 64, 67]]]
     assert JsonTokenizer.train(chords).vocab_size == 2

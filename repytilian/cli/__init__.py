@@ -1,7 +1,9 @@
 """The command lines: `repytilian VERB`, and the seed's `training.py` and `generate.py`.
 
-The CLI only asks and speaks: it parses flags, calls the library (api.py), and turns its results
-and errors into words on stdout and stderr. commands.py holds the parsers and the verbs; bench.py and
-tokenize.py are the `bench` and `tokenize` verbs.
+The CLI only asks and speaks: it parses flags, builds the library's typed options once, calls one
+library function per verb, and turns its results, events and errors into words on stdout and
+stderr. The library below it prints nothing. verbs.py holds the parser; each verb has a module.
 """
-from .commands import generate_script, main, training_script  # noqa: F401
+from .generate import generate_script  # noqa: F401
+from .verbs import main  # noqa: F401
+from .train import training_script  # noqa: F401

@@ -7,31 +7,34 @@ not the program; /quit or Ctrl+D ends it.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any, TextIO
 
-from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from ..engine import Ended, Token
 from ..errors import RepytilianError
+from ..sampling import SamplingOptions
 from ..serve.chat import END_OF_TURN, script
+from .common import device_flag, last_flag, model_flag, nonnegative_int, open_model, say
 
 HELP = ("commands: /temp T (temperature, 0 is greedy), /topk K (0: off), /reset (forget the conversation), "
         "/quit (or Ctrl+D); Ctrl+C stops an answer")
 
 
-def chat_loop(lm, max_tokens: int = 200, temperature: float | None = None, top_k: int | None = None,
-              top_p: float = 1.0, seed: int | None = None, stop: str = END_OF_TURN,
+def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None, stop: str = END_OF_TURN,
               stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if lm.tokenizer.input_format == "json":
         raise RepytilianError("this model's tokens are JSON values, not text: it is not a chat model "
                               "(generate.py -c '[...]' continues a sequence)")
-    settings: dict[str, Any] = {"temperature": DEFAULT_TEMPERATURE if temperature is None else temperature,
-                                "top_k": DEFAULT_TOP_K if top_k is None else top_k, "top_p": top_p}
+    sampling = sampling or SamplingOptions()
+    settings: dict[str, Any] = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
+    seed = sampling.seed
     turns: list[tuple[str, str]] = []
     answers = 0
     name = lm.path.name if lm.path is not None else "the model"
-    print(f"chatting with {name} ({lm.model.num_params() / 1e6:.2f}M parameters, context "
-          f"{lm.model.config.block_size} tokens). {HELP}", file=sys.stderr, flush=True)
+    say(f"chatting with {name} ({lm.model.num_params() / 1e6:.2f}M parameters, context "
+        f"{lm.model.config.block_size} tokens). {HELP}")
     while True:
         try:
             stdout.write("you> ")
@@ -56,10 +59,10 @@ def chat_loop(lm, max_tokens: int = 200, temperature: float | None = None, top_k
         answer = []
         try:
             sampling = {**settings, "seed": None if seed is None else seed + answers}
-            for piece in lm.render(script(turns), max_tokens, stop=[stop], **sampling):
-                if piece.kind == "text":
-                    answer.append(piece.text)
-                    stdout.write(piece.text)
+            for event in lm.events(script(turns), max_tokens, stop=[stop], **sampling):
+                if isinstance(event, (Token, Ended)) and event.text:
+                    answer.append(event.text)
+                    stdout.write(event.text)
                     stdout.flush()
         except KeyboardInterrupt:
             stdout.write(" [stopped]")
@@ -99,3 +102,25 @@ def _command(text: str, settings: dict[str, Any], turns: list, stdout: TextIO) -
     except ValueError:
         stdout.write(f"({word} needs a number: {word} {'0.8' if word == '/temp' else '40'})\n")
     return False
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    from .generate import sampling_options
+
+    sampling = sampling_options(args)
+    return chat_loop(open_model(args), args.tokens or 200, sampling, stop=args.stop or END_OF_TURN)
+
+
+def register(sub, debug: argparse.ArgumentParser) -> None:
+    from .generate import add_sampling_arguments
+
+    parser = sub.add_parser("chat", parents=[debug], help="talk to a model in a loop (/temp, /topk, /reset, /quit)")
+    model_flag(parser)
+    parser.add_argument("-t", "--tokens", type=nonnegative_int, default=200, help="most tokens an answer may have")
+    add_sampling_arguments(parser)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", default=None, metavar="TEXT",
+                        help="where an answer ends (default: a blank line, the end of a speech)")
+    device_flag(parser)
+    last_flag(parser)
+    parser.set_defaults(handler=chat_command)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..data.corpus import DataSource, load_corpus
 from ..errors import RepytilianError
 from ..tokenizers import REGISTRY, tokenizer_class
+from .common import positive_int
 
 
 @dataclass
@@ -64,3 +65,22 @@ def print_tokenizer_table(args: argparse.Namespace) -> None:
             continue
         print(f"{s.name:<11} {s.vocab_size:>7,} {s.tokens:>11,} {s.chars_per_token:>11.2f} "
               f"{s.train_seconds:>8.2f} {s.mb_per_second:>11.1f}")
+
+
+def tokenize_command(args: argparse.Namespace) -> int:
+    print_tokenizer_table(args)
+    return 0
+
+
+def register(sub, debug: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("tokenize", parents=[debug], aliases=["data"],
+                            help="compare tokenizers on a corpus: vocabulary, tokens, characters per token, speed")
+    parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text (or, with -z json, JSON) file")
+    parser.add_argument("-p", "--datapath", help="a folder of text (or .json) files")
+    parser.add_argument("-z", "--tokenizer", action="append", default=None,
+                        help="tokenizer(s) to compare (repeatable; default: every text tokenizer)")
+    parser.add_argument("--vocab-size", type=positive_int, default=None, help="for bpe (default 512)")
+    parser.add_argument("--json-key")
+    parser.add_argument("--json-val-key")
+    parser.add_argument("--json-layout", choices=("sequence", "sequences"), default=None)
+    parser.set_defaults(handler=tokenize_command)

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import RepytilianError
-from ..events import note
+from ..events import ProgressTracker, note
 from ..runtime.fileio import atomic_write_bytes, fsync_dir, pid_alive
-from ..runtime.paths import cache_dir, progress_wanted
-from ..runtime.progress import progress
+from ..runtime.paths import cache_dir
 from ..tokenizers import Tokenizer
 
 if TYPE_CHECKING:
@@ -46,9 +45,8 @@ def _short_hash(text: str) -> str:
 
 
 
-def _progress(corpus: TextFiles, what: str):
-    return progress(corpus.chars, "char", what, enabled=progress_wanted(),
-                    every=15.0, delay=2.0, unit_scale=True, leave=False)
+def _progress(corpus: TextFiles, what: str) -> ProgressTracker:
+    return ProgressTracker(what, "char", corpus.chars)
 
 
 def _write_error(where: Path, e: OSError) -> RepytilianError:

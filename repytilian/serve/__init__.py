@@ -1,6 +1,6 @@
 """`repytilian serve`: a web playground and an OpenAI-compatible API for the models on this machine.
 
 An ASGI app (Starlette) on uvicorn, both in the optional extra `pip install 'repytilian[serve]'`.
-Generation is the library's own (sampling.sample_steps, the tokenizers' stream decoders), run in
+Generation is the library's engine (engine.py), the same as every other surface's, run in
 worker threads off the event loop; each model folder is loaded once and shared.
 """

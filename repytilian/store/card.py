@@ -120,3 +120,22 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
     if sample:
         lines += ["", "## A sample", "", "```", sample.strip("\n")[:2000], "```"]
     return "\n".join(lines) + "\n"
+
+
+def card_of(folder: str | Path) -> str:
+    """The model card of a model folder: its README.md, or one made from its config.json."""
+    from .folder import read_config
+
+    folder = Path(folder)
+    meta = read_config(folder)  # a clear error for anything that is not a model folder
+    card = folder / "README.md"
+    return card.read_text(encoding="utf-8") if card.is_file() else model_card(meta)
+
+
+def plot_folder(folder: str | Path) -> Path | None:
+    """Draw loss.png (train/val loss and learning rate) in a model folder; None without matplotlib."""
+    from .folder import read_config
+
+    folder = Path(folder)
+    read_config(folder)  # a clear error if it is not a model folder
+    return plot_loss(read_metrics(folder), folder / "loss.png", title=str(folder))

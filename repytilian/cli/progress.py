@@ -1,4 +1,6 @@
-"""Progress for people: a tqdm bar on a terminal, plain periodic lines anywhere else.
+"""Progress for people: the library's `Progress` events (events.py) drawn as a tqdm bar on a
+terminal, as plain periodic lines anywhere else. The library only counts; drawing is the
+command line's.
 
 A bar redraws itself with carriage returns; written to a log file or a pipe (`2> log`, `| tee`)
 those frames pile up on one line. Off a terminal the same information (count, share, the bar's
@@ -13,6 +15,8 @@ import time
 from typing import Any, TextIO
 
 from tqdm import tqdm
+
+from ..events import Progress
 
 
 class LineProgress:
@@ -72,3 +76,32 @@ def progress(total: int | None, unit: str, desc: str, enabled: bool = True, init
     if sys.stderr.isatty():
         return tqdm(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr, delay=delay, **bar)
     return LineProgress(total, unit, desc, initial, sys.stderr, every, delay)
+
+
+# Per task: seconds between lines off a terminal, seconds before anything shows (quick work says
+# nothing), whether the bar stays when done, and tqdm's own options.
+_TRAINING = {"every": 30.0, "delay": 0.0, "leave": True, "dynamic_ncols": True, "smoothing": 0.05}
+_OTHER = {"every": 15.0, "delay": 2.0, "leave": False}
+
+
+class Bars:
+    """A listener for Progress events: one bar per task while it runs."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, event: Progress) -> None:
+        bar = self.bars.get(event.task)
+        if bar is None:
+            options = dict(_TRAINING if event.task == "training" else _OTHER)
+            if event.unit == "char":
+                options["unit_scale"] = True
+            if event.finished and event.elapsed < options["delay"]:
+                return
+            bar = self.bars[event.task] = progress(event.total, event.unit, event.task, initial=event.initial,
+                                                   **options)
+        bar.set_postfix_str(event.details, refresh=False)
+        bar.update(event.done - bar.n)
+        if event.finished:
+            bar.close()
+            del self.bars[event.task]

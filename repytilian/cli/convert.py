@@ -1,0 +1,102 @@
+"""`repytilian import`, `import-legacy` and `export`: models in and out of other formats
+(interop.convert's `import_model` and `export_model`), with what to do next in words."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import DEFAULT_MODEL_DIR
+from ..interop.convert import EXPORT_FORMATS
+from .common import last_flag, open_model, say
+
+
+def llama_cpp_command(gguf: Path, lm, prompt: str = "ROMEO:") -> str:
+    """A llama.cpp command line that continues `prompt` as far as the model's context allows:
+    llama.cpp's default context is longer than these models', and its gpt2 architecture reads
+    position embeddings past the end of the table (an assertion failure) beyond it."""
+    block = lm.model.config.block_size
+    length = max(1, block - len(lm.tokenizer.encode(prompt)))
+    return f"llama-completion -m {gguf} -c {block} -n {length} -p '{prompt}'"
+
+
+def _converted(lm, what: str) -> None:
+    say(f"converted {what} into {lm.path}: {lm.model.num_params() / 1e6:.2f}M parameters, "
+        f"{lm.tokenizer.name} tokenizer ({lm.tokenizer.vocab_size:,} tokens)\n"
+        f"generate with: python3 generate.py -m {lm.path}")
+
+
+def import_legacy_command(args: argparse.Namespace) -> int:
+    from ..interop.convert import import_model
+
+    lm = import_model("legacy", args.legacy_dir, args.out)
+    _converted(lm, f"the original Repytilian model {args.legacy_dir}")
+    return 0
+
+
+def import_command(args: argparse.Namespace) -> int:
+    from ..interop.convert import import_model
+
+    lm = import_model(args.source_format, args.checkpoint, args.out, data=args.data)
+    if args.source_format == "hf":
+        _converted(lm, f"the Hugging Face model {args.checkpoint}")
+        say(f"fine-tune it on your text with: python3 training.py -l {args.out} -d my_book.txt -m models/my_book")
+    else:
+        _converted(lm, f"the nanoGPT checkpoint {args.checkpoint}")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from ..interop.convert import export_model
+    from ..interop.hf import is_llama
+
+    lm = open_model(args, "exporting")
+    out = export_model(lm, args.format, args.out, name=Path(args.model).name)
+    if args.format == "onnx":
+        say(f"exported {args.model} to {out} ({out.stat().st_size / 1e6:.1f} MB): input_ids (batch, tokens up to "
+            f"{lm.model.config.block_size}) -> logits; its tokenizer is {lm.path / 'tokenizer.json'}. "
+            f"In Python:\n  import onnxruntime\n  session = onnxruntime.InferenceSession({str(out)!r})\n"
+            "  logits = session.run(None, {'input_ids': ids})[0]")
+    elif args.format == "gguf":
+        arch = "llama" if is_llama(lm.model) else "gpt2"
+        say(f"exported {args.model} to {out} ({arch} architecture, float32, {out.stat().st_size / 1e6:.1f} MB) for "
+            f"llama.cpp and Ollama, e.g.:\n  {llama_cpp_command(out, lm)}\n"
+            f"(-c: llama.cpp must not open it with a context longer than the model's "
+            f"{lm.model.config.block_size} tokens; before llama.cpp b7348 the program was llama-cli)")
+    else:
+        kind = "LlamaForCausalLM" if is_llama(lm.model) else "GPT2LMHeadModel"
+        say(f"exported {args.model} to {out} for Hugging Face transformers ({kind}). In Python:\n"
+            f"  from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"  model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+            f"  tokenizer = AutoTokenizer.from_pretrained({str(out)!r})")
+    return 0
+
+
+def register(sub, debug: argparse.ArgumentParser) -> None:
+    legacy = sub.add_parser("import-legacy", parents=[debug],
+                            help="convert a model folder of the original Repytilian (pickled .pt "
+                            "files) into a model folder, reading it with torch.load(weights_only=True) only")
+    legacy.add_argument("legacy_dir", help="the original's model folder, e.g. models/shakespeare/v2c")
+    legacy.add_argument("out", help="the new model folder")
+    legacy.set_defaults(handler=import_legacy_command)
+    imp = sub.add_parser("import", parents=[debug],
+                         help="convert a Hugging Face GPT-2-family folder or a nanoGPT checkpoint into a model "
+                              "folder (to fine-tune or sample it)")
+    imp.add_argument("--from", dest="source_format", choices=("hf", "nanogpt"), required=True,
+                     help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer.json), e.g. gpt2 "
+                          "or distilgpt2 from your HF cache; nanogpt: nanoGPT's ckpt.pt")
+    imp.add_argument("checkpoint", help="the Hugging Face folder, or nanoGPT's ckpt.pt (read with "
+                                        "torch.load(weights_only=True))")
+    imp.add_argument("out", help="the new model folder")
+    imp.add_argument("--data", help="--from nanogpt: the text the model was trained on (its characters are the "
+                                    "vocabulary; nanoGPT's meta.pkl is never read)")
+    imp.set_defaults(handler=import_command)
+    export = sub.add_parser("export", parents=[debug],
+                            help="write a model in another format: hf (Hugging Face transformers), gguf (llama.cpp, "
+                                 "Ollama) or onnx (onnxruntime)")
+    export.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="hf",
+                        help="hf: a folder for transformers' AutoModelForCausalLM and AutoTokenizer; gguf: one "
+                             "file for llama.cpp and Ollama (bpe tokenizers); onnx: one graph for onnxruntime")
+    export.add_argument("out", help="the new folder (hf) or file (gguf, onnx)")
+    last_flag(export)
+    export.set_defaults(handler=export_command)

@@ -1,0 +1,128 @@
+"""`repytilian train` and the seed's `training.py`: flags in, `api.train` called, its events in words.
+
+The flags become a `TrainOptions` once (`train_options`); `speak` words the library's events for
+a terminal, between the progress bar's frames, with what only the command line knows (the
+command that resumes a stopped run, the one that samples the saved model).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+
+from ..config import ARCHS, DEFAULT_MODEL_DIR, field_type, flag_fields
+from ..errors import RepytilianError
+from ..runtime.paths import progress_wanted
+from .common import nonnegative_int, positive_int, run, say, seed_device_debug, speak
+
+
+def _flag_argument(cls: type, f: dataclasses.Field) -> dict:
+    """argparse's arguments for a config field's flag: its type, choices, help and metavar."""
+    kind, _ = field_type(cls, f.name)
+    meta = f.metadata
+    argument = {"dest": f.name, "default": None, "help": meta.get("help") or None}
+    if kind is bool:
+        return {**argument, "action": "store_const", "const": True}
+    argument["type"] = positive_int if kind is int and meta.get("minimum") == 1 else kind
+    for key in ("choices", "metavar"):
+        if key in meta:
+            argument[key] = meta[key]
+    return argument
+
+
+def add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None = None) -> None:
+    root = parser
+    if heading:  # generate.py: the same flags, under their own heading
+        parser = root.add_argument_group(heading)
+    parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text file to train on")
+    parser.add_argument("-p", "--datapath", help="a folder: every text file under it is training data")
+    parser.add_argument("-s", "--settings", default="default",
+                        help="model/optimiser preset: tiny, default, speedrun, hyper")
+    parser.add_argument("--arch", choices=tuple(ARCHS), default=None,
+                        help="classic: the lecture's GPT (default); modern: rotary positions, RMSNorm, SwiGLU, "
+                             "no biases (Llama's layout)")
+    parser.add_argument("-i", "--iterations", default=None,
+                        help="how long to train: quick, default, long, forever (until stopped)")
+    parser.add_argument("-z", "--tokenizer", default=None,
+                        help="characters (default), words, bpe, json (or jsontoken), tiktoken (o200k_base), gpt2, or "
+                             "spaced_words (the original Repytilian's words: split at whitespace)")
+    parser.add_argument("--encoding", default=None, metavar="NAME",
+                        help="-z tiktoken: which tiktoken encoding (default o200k_base, as the original Repytilian)")
+    parser.add_argument("--vocab-size", type=positive_int, default=None,
+                        help="vocabulary size for -z bpe (default 512)")
+    parser.add_argument("--json-key", help="-z json: the key of a top-level object that holds the sequences")
+    parser.add_argument("--json-val-key", help="-z json: the key whose sequences are the validation split")
+    parser.add_argument("--json-layout", choices=("sequence", "sequences"), default=None,
+                        help="-z json: read an array of arrays as one sequence of list tokens, or as many "
+                             "sequences (default: many sequences, with a note)")
+    group = root.add_argument_group("overrides (any preset field)")
+    for cls, f in flag_fields():  # one flag per config field that has one, typed by the field
+        group.add_argument(f.metadata["flag"], **_flag_argument(cls, f))
+    group.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="set any field, e.g. --set n_layer=6 --set warmup_iters=50")
+    parser.add_argument("--measure-dtype", action="store_true",
+                        help="--dtype auto: measure float32 against bf16 again on this machine for this shape, "
+                             "replacing the remembered choice")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log to Weights & Biases (pip install wandb; WANDB_MODE=offline: no network)")
+    parser.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard logs to DIR (pip install tensorboard)")
+
+
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-l", "--load", help="continue training a saved model folder (exactly where it stopped)")
+    parser.add_argument("-m", "--model", "--out", dest="model", default=DEFAULT_MODEL_DIR,
+                        help=f'folder to save the model in (default {DEFAULT_MODEL_DIR}); "" saves nothing')
+    parser.add_argument("-t", "--tokens", type=nonnegative_int, default=300,
+                        help="print a sample of this many tokens after training (0: none; default 300)")
+    add_data_and_settings(parser)
+    seed_device_debug(parser)
+
+
+def train_options(args: argparse.Namespace, out: str | None, load: str | None):
+    from ..api import TrainOptions
+    from ..config import parse_set_options
+    from ..data.corpus import DataSource
+
+    overrides = parse_set_options(args.set)
+    for _, f in flag_fields():
+        if getattr(args, f.name) is not None:
+            overrides[f.name] = getattr(args, f.name)
+    data = None
+    if args.datafile or args.datapath:
+        data = dataclasses.replace(DataSource.from_args(args.datafile, args.datapath), json_key=args.json_key,
+                                   json_val_key=args.json_val_key, json_layout=args.json_layout)
+    elif args.json_key or args.json_val_key or args.json_layout:
+        raise RepytilianError("--json-key, --json-val-key and --json-layout need JSON data: give -d FILE or -p DIR")
+    return TrainOptions(
+        data=data, tokenizer=args.tokenizer, tokenizer_options={"vocab_size": args.vocab_size, "encoding": args.encoding},
+        settings=args.settings, arch=args.arch, iterations=args.iterations,
+        overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
+        progress=not args.no_progress and progress_wanted(),
+        wandb=args.wandb, tensorboard=args.tensorboard, measure_dtype=args.measure_dtype,
+    )
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from ..api import train
+    from .generate import write_generation
+
+    result = train(train_options(args, out=args.model or None, load=args.load), on_event=speak)
+    if args.tokens and not result.stopped_by and result.main:
+        say("--- sample ---")
+        write_generation(result.language_model, "", args.tokens, {"seed": args.seed})
+    return 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("train", help="train a model (the same flags as training.py)")
+    add_train_arguments(parser)
+    parser.set_defaults(handler=train_command)
+
+
+def training_script(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="training.py", description="Train a GPT language model on text")
+    add_train_arguments(parser)
+    return run(train_command, parser.parse_args(argv))

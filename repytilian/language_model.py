@@ -1,0 +1,89 @@
+"""`LanguageModel`: a trained model with its tokenizer, text in and text out, for Python users.
+
+A thin front over the generation engine (engine.py): it encodes the prompt, builds a `Request`
+and gathers the engine's events into what a caller wants (the text, pieces of it as they come,
+several samples). It prints nothing and knows nothing of command lines or HTTP.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import Ended, Engine, Event, Request, Token, shown_text
+from .events import note
+from .model import GPT
+from .sampling import SamplingOptions
+from .tokenizers import Tokenizer, UnknownTokensError
+
+
+class LanguageModel:
+    """A trained model with its tokenizer. Safe to share between threads only if each call passes
+    its own seed; it holds no per-call state."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any] | None = None,
+                 path: Path | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta or {}
+        self.path = path
+        self.best: dict[str, Any] | None = None  # load_model: the run's best model was chosen over its last
+        self.engine = Engine(model, tokenizer)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt ids (the tokenizer's start token for an empty prompt)."""
+        if not prompt:
+            return self.tokenizer.start_ids()
+        try:
+            ids = self.tokenizer.encode(prompt)
+        except UnknownTokensError as e:
+            raise UnknownTokensError(f"cannot continue from this prompt: {e}") from None
+        if not ids:
+            return self.tokenizer.start_ids()
+        block = self.model.config.block_size
+        if len(ids) > block:
+            note(f"note: the prompt has {len(ids)} tokens; the model sees only the last {block}")
+        return ids
+
+    def request(self, prompt: str = "", max_new_tokens: int = 500, *, num_samples: int = 1,
+                stop: Sequence[str] = (), max_time: float | None = None, use_cache: bool = True,
+                logprobs: bool = False, alternatives: int = 0, cancelled: Callable[[], bool] | None = None,
+                dtype: torch.dtype | None = None, **sampling: Any) -> Request:
+        """The engine's request for a text prompt; `sampling` are `SamplingOptions`'s fields
+        (temperature, top_k, top_p, seed), each with its documented default."""
+        return Request(self.encode_prompt(prompt), max_new_tokens, SamplingOptions(**sampling), num_samples, stop,
+                       logprobs, alternatives, max_time, cancelled, prompt, use_cache, dtype)
+
+    def events(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> Iterator[Event]:
+        """The engine's events for `prompt`: Begun, a Token per token, Ended, for each sample."""
+        return self.engine.run(self.request(prompt, max_new_tokens, **kwargs))
+
+    def stream(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> Iterator[str]:
+        """The continuation of `prompt`, piece by piece as it is sampled."""
+        for event in self.events(prompt, max_new_tokens, **kwargs):
+            if isinstance(event, (Token, Ended)) and event.text:
+                yield event.text
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> str:
+        """The continuation of `prompt` (for JSON models: the JSON array of the new tokens)."""
+        return self.samples(prompt, max_new_tokens, num_samples=1, **kwargs)[0]
+
+    def samples(self, prompt: str = "", max_new_tokens: int = 500, num_samples: int = 1, **kwargs: Any) -> list[str]:
+        """`num_samples` continuations, sampled together as one batch."""
+        texts = [""] * num_samples
+        ids: list[list[int]] = [[] for _ in range(num_samples)]
+        for event in self.events(prompt, max_new_tokens, num_samples=num_samples, **kwargs):
+            if isinstance(event, Token):
+                ids[event.sample].append(event.id)
+            if isinstance(event, (Token, Ended)):
+                texts[event.sample] += event.text
+        if self.tokenizer.input_format == "json":  # the values as JSON, not the display's layout
+            return [self.tokenizer.decode(new) for new in ids]
+        return texts
+
+    def shown(self, prompt: str, prompt_ids: list[int], ids: Sequence[int], stop: Sequence[str] = ()) -> str:
+        """The whole display text (prompt, text, closing syntax) of a sample whose new ids are `ids`,
+        as the engine's events show it: for showing the first tokens of a longer sample."""
+        return shown_text(self.tokenizer, prompt, prompt_ids, ids, stop)

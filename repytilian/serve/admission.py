@@ -1,0 +1,200 @@
+"""Admission: which requests generate, and when. Knows the models, the limits and the worker
+threads; turns a request's JSON into the engine's `Request`; runs the engine in a worker thread
+and hands its events to the event loop.
+
+Every request that generates passes a gate first: at most `max_active` generations run at once
+(worker threads: generation never runs on the event loop), at most `max_waiting` more wait for a
+turn, and anything beyond is refused at once with a 429, so a busy server answers quickly
+instead of piling up work. A client that goes away cancels its generation at the next token.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from starlette.requests import Request as HttpRequest
+
+from ..engine import Request, Token
+from ..errors import RepytilianError
+from ..events import notes_to
+from ..language_model import LanguageModel
+from ..sampling import SamplingOptions
+from ..tokenizers import UnknownTokensError
+from .http import ApiError, number, stop_strings, whole
+from .limits import Limits
+from .registry import ModelInfo, ModelNotFound, Registry
+
+
+class Gate:
+    """At most `active` at once, `waiting` more in the queue; the rest are refused."""
+
+    def __init__(self, active: int, waiting: int, wait_seconds: float):
+        self.semaphore = asyncio.Semaphore(active)
+        self.active_limit, self.waiting_limit, self.wait_seconds = active, waiting, wait_seconds
+        self.active = 0
+        self.waiting = 0
+
+    async def enter(self) -> None:
+        if self.waiting >= self.waiting_limit and self.active >= self.active_limit:
+            raise ApiError(429, f"the server is busy: {self.active} generations running and {self.waiting} waiting; "
+                                "try again in a moment", "rate_limit_exceeded", code="rate_limit_exceeded")
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self.semaphore.acquire(), self.wait_seconds)
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"no turn came within {self.wait_seconds:g} s; the server is busy, try again later",
+                           "server_busy", code="server_busy") from None
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        self.semaphore.release()
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class Server:
+    def __init__(self, registry: Registry, limits: Limits | None = None):
+        self.registry = registry
+        self.limits = limits or Limits()
+        self.executor = ThreadPoolExecutor(max_workers=self.limits.max_active, thread_name_prefix="generate")
+        self._gate: Gate | None = None
+        self.started = time.time()
+        self.generated = 0  # tokens, for /api/status
+
+    @property
+    def gate(self) -> Gate:
+        if self._gate is None:  # made on the event loop that serves the requests
+            self._gate = Gate(self.limits.max_active, self.limits.max_waiting, self.limits.wait_seconds)
+        return self._gate
+
+    async def body(self, request: HttpRequest) -> dict[str, Any]:
+        limit = self.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"the request body is {int(declared):,} bytes; the limit is {limit:,}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit:,} bytes")
+            chunks.append(chunk)
+        try:
+            data = json.loads(b"".join(chunks) or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return data
+
+    def model(self, body: dict[str, Any]) -> tuple[ModelInfo, LanguageModel]:
+        name = body.get("model")
+        try:
+            info = self.registry.default() if name in (None, "") else self.registry.find(name)
+        except ModelNotFound as e:
+            raise ApiError(404, str(e), param="model", code="model_not_found") from None
+        try:
+            return info, self.registry.load(info)
+        except RepytilianError as e:
+            raise ApiError(500, f"model {info.id} could not be loaded: {e}", "server_error") from None
+
+    def prompt_ids(self, lm: LanguageModel, prompt: Any, param: str = "prompt") -> list[int]:
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            if len(prompt) > self.limits.max_prompt_chars:
+                raise ApiError(400, f"the prompt has {len(prompt):,} characters; the limit is "
+                                    f"{self.limits.max_prompt_chars:,}", param=param)
+            try:
+                with notes_to(lambda event: None):  # "the model sees only the last N": expected here
+                    return lm.encode_prompt(prompt)
+            except UnknownTokensError as e:
+                raise ApiError(400, str(e), param=param) from None
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            vocab = lm.tokenizer.vocab_size
+            if len(prompt) > self.limits.max_prompt_chars:
+                raise ApiError(400, f"the prompt has {len(prompt):,} tokens; the limit is "
+                                    f"{self.limits.max_prompt_chars:,}", param=param)
+            if not all(0 <= t < vocab for t in prompt):
+                raise ApiError(400, f"token ids must be between 0 and {vocab - 1} for this model", param=param)
+            return list(prompt)
+        if isinstance(prompt, list) and len(prompt) > 1:
+            raise ApiError(400, "one prompt per request (use n for several completions of it)", param=param)
+        raise ApiError(400, "the prompt must be a string or a list of token ids", param=param)
+
+    def request(self, body: dict[str, Any], ids: list[int], default_max: int, stop: list[str] | None = None,
+                max_name: str = "max_tokens") -> Request:
+        """The engine's request for a JSON body. Sampling fields left out take SamplingOptions's
+        defaults, as on the command line and in Python; a request without a seed gets a fresh one."""
+        lim, defaults = self.limits, SamplingOptions()
+        max_tokens = whole(body, max_name, default_max, 0, lim.max_tokens)
+        top_p = number(body, "top_p", defaults.top_p, 0.0, 1.0)
+        if top_p == 0:
+            raise ApiError(400, "top_p must be more than 0", param="top_p")
+        seed = body.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ApiError(400, "seed must be an integer", param="seed")
+        sampling = SamplingOptions(temperature=number(body, "temperature", defaults.temperature, 0.0, 2.0),
+                                   top_k=whole(body, "top_k", defaults.top_k, 0, 1_000_000),  # not OpenAI's; 0 is off
+                                   top_p=top_p,
+                                   seed=seed if seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "big"))
+        return Request(ids, max_tokens, sampling, whole(body, "n", 1, 1, lim.max_n),
+                       stop_strings(body.get("stop")) + list(stop or []), logprobs=True, max_seconds=lim.max_seconds)
+
+    async def events(self, http: HttpRequest, lm: LanguageModel, request: Request) -> AsyncIterator[Any]:
+        """Run the request in a worker thread once the gate lets it in; its events, as they come."""
+        await self.gate.enter()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        request.cancelled = cancel.is_set
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone (shutting down): nobody is listening
+                cancel.set()
+
+        def work() -> None:
+            try:
+                with notes_to(lambda event: None):
+                    for event in lm.engine.run(request):
+                        put(event)
+            except BaseException as e:  # noqa: BLE001 - handed to the request, which answers with it
+                put(_Failure(e))
+            finally:
+                put(_DONE)
+
+        future = loop.run_in_executor(self.executor, work)
+        future.add_done_callback(lambda _: self.gate.leave())  # the turn ends when the work does
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), 1.0)
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():
+                        return
+                    continue
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                if isinstance(item, Token):
+                    self.generated += 1
+                yield item
+        finally:
+            cancel.set()  # a client gone, or an error: the worker stops at its next token
