@@ -3,8 +3,10 @@ choices once, and typed overrides.
 
 `-s/--settings` presets set the model's shape and the optimiser's values; `-i/--iterations`
 presets set how long to train. A preset is only a dict of overrides on the dataclass defaults,
-so every field can also be set by name (`--set n_layer=6`). A field with a `flag` in its metadata
-also gets a command-line flag of its own (cli/commands.py builds them from here, help text included).
+so every field can also be set by name, with a value of the field's type (the library takes typed
+values only: the command line turns its text into them, cli/flags.py). A field's `help` and its
+`argument` metadata (choices, metavar, minimum) describe it to people; which fields have a
+command-line flag of their own, and which flag, is the command line's (cli/flags.FIELD_FLAGS).
 
 This module imports no torch, so the command line can build its parsers (and answer --help) fast.
 """
@@ -17,7 +19,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import RepytilianError
+from .errors import RepytilianError, SettingError
 
 DEFAULT_MODEL_DIR = "models/shakespeare/basic"
 ACTIVATION_NAMES = ("gelu", "relu", "relu2", "swiglu", "gelu_tanh")  # model.ACTIVATIONS maps them to functions
@@ -31,19 +33,19 @@ DEFAULT_TEMPERATURE = 0.8  # sampling's defaults (sampling.py, the CLI's help, H
 DEFAULT_TOP_K = 200
 
 
-def setting(default: Any, help: str = "", flag: str | None = None, **argument: Any) -> Any:
-    """A config field; with `flag`, also a command-line flag (`argument`: choices, metavar, minimum)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, **argument})
+def setting(default: Any, help: str = "", **argument: Any) -> Any:
+    """A config field described for people (`argument`: choices, metavar, minimum)."""
+    return dataclasses.field(default=default, metadata={"help": help, **argument})
 
 
 @dataclass
 class ModelConfig:
     vocab_size: int = 65
-    block_size: int = setting(128, "context length in tokens", "--block-size", minimum=1)  # the longest context
-    n_layer: int = setting(4, "transformer blocks", "--n-layer", minimum=1)
-    n_head: int = setting(4, "attention heads per block", "--n-head", minimum=1)
-    n_embd: int = setting(128, "width of the residual stream", "--n-embd", minimum=1)
-    dropout: float = setting(0.0, "dropout probability", "--dropout")
+    block_size: int = setting(128, "context length in tokens", minimum=1)  # the longest context
+    n_layer: int = setting(4, "transformer blocks", minimum=1)
+    n_head: int = setting(4, "attention heads per block", minimum=1)
+    n_embd: int = setting(128, "width of the residual stream", minimum=1)
+    dropout: float = setting(0.0, "dropout probability")
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
     activation: str = "gelu"  # of the MLP: gelu, relu (the lecture's first model), relu2, swiglu (Llama), gelu_tanh (OpenAI's GPT-2)
     tie_embeddings: bool = True  # the output head shares the token embedding's matrix
@@ -84,14 +86,14 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = setting(16, "sequences per optimizer step, over all processes and micro-batches (what a "
-                              "step learns from)", "--batch-size", minimum=1)
+                              "step learns from)", minimum=1)
     grad_accum: int | None = setting(None, "micro-batches per step on each process (default: as few as fit in "
-                                     "memory); the step still learns from --batch-size sequences, as one batch",
-                                     "--grad-accum", metavar="N", minimum=1)
+                                     "memory); the step still learns from batch_size sequences, as one batch",
+                                     metavar="N", minimum=1)
     micro_batch: int | None = setting(None, "sequences per forward pass on each process (the other way to say "
-                                      "--grad-accum: batch-size / (processes x micro-batch) micro-batches)",
-                                      "--micro-batch", metavar="N", minimum=1)
-    learning_rate: float = setting(2e-3, "peak learning rate", "--lr")
+                                      "grad_accum: batch_size / (processes x micro_batch) micro-batches)",
+                                      metavar="N", minimum=1)
+    learning_rate: float = setting(2e-3, "peak learning rate")
     min_lr: float = 2e-4  # the end of the cosine decay
     warmup_iters: int = 100
     weight_decay: float = 0.1
@@ -99,25 +101,25 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
     # None trains until stopped (constant LR after warm-up)
-    max_iters: int | None = setting(2000, "number of training steps", "--iters", minimum=1)
-    eval_interval: int = setting(500, "steps between evaluations", "--eval-interval", minimum=1)
+    max_iters: int | None = setting(2000, "number of training steps", minimum=1)
+    eval_interval: int = setting(500, "steps between evaluations", minimum=1)
     eval_iters: int = 20  # batches per periodic estimate; the final evaluation uses the whole split
     seed: int = 1337
     dtype: str = setting("auto", "training precision (default auto: bf16 autocast where native and measured "
-                         "faster)", "--dtype", choices=DTYPE_CHOICES)  # auto is measured once, then stored
+                         "faster)", choices=DTYPE_CHOICES)  # auto is measured once, then stored
     compile: bool | None = setting(None, "torch.compile the model (default: on CUDA GPUs, off elsewhere; slower "
-                                   "to start; falls back to eager if it fails)", "--compile")
+                                   "to start; falls back to eager if it fails)")
     optimizer: str = setting("adamw", "adamw (default), or muon: Muon for the blocks' matrices, AdamW for the rest",
-                             "--optimizer", choices=OPTIMIZERS)
-    keep: str = setting("both", "which models the -m folder keeps: both (the last, and the best by val loss in "
-                        "best/), last, or best (the best only; it cannot resume exactly)", "--keep",
+                             choices=OPTIMIZERS)
+    keep: str = setting("both", "which models the output folder keeps: both (the last, and the best by val loss in "
+                        "best/), last, or best (the best only; it cannot resume exactly)",
                         choices=("both", "last", "best"))
     max_seconds: float | None = setting(None, "a training-time budget: the learning-rate schedule ends when it is "
-                                        "spent", "--budget", metavar="SECONDS")
-    checkpoint_every: int | None = setting(None, "save the full training state every this many steps (into -m)",
-                                           "--checkpoint-every", metavar="STEPS", minimum=1)
-    checkpoint_minutes: float | None = setting(None, "...and/or every this many minutes (default 10 for -i long "
-                                               "and forever)", "--checkpoint-minutes", metavar="MINUTES")
+                                        "spent", metavar="SECONDS")
+    checkpoint_every: int | None = setting(None, "save the full training state every this many steps (into the "
+                                           "output folder)", metavar="STEPS", minimum=1)
+    checkpoint_minutes: float | None = setting(None, "...and/or every this many minutes (default 10 when the iterations "
+                                               "are long or forever)", metavar="MINUTES")
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -155,11 +157,6 @@ def field_type(cls: type, name: str) -> tuple[type, bool]:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0], True
     return hint, False
-
-
-def flag_fields() -> list[tuple[type, dataclasses.Field]]:
-    """(config class, field) of every field with a command-line flag of its own, in declaration order."""
-    return [(cls, f) for cls in (ModelConfig, TrainConfig) for f in fields(cls) if f.metadata.get("flag")]
 
 
 # -s presets: model shape plus the optimiser values that suit it.
@@ -231,54 +228,41 @@ def _lookup(presets: dict[str, dict[str, Any]], name: str, flag: str) -> dict[st
     try:
         return presets[name]
     except KeyError:
-        raise RepytilianError(f"unknown {flag} preset {name!r}; choose one of: {', '.join(presets)}") from None
+        raise RepytilianError(f"unknown `{flag}` preset {name!r}; choose one of: {', '.join(presets)}", (flag,)) from None
 
 
-def _convert(name: str, value: Any) -> Any:
-    """Turn a CLI string into the field's type ('none' allowed where the field is optional)."""
-    if not isinstance(value, str):
-        return value
-    kind, optional = field_type(ModelConfig if name in MODEL_FIELDS else TrainConfig, name)
-    if optional and value.lower() in ("none", "forever"):
+def field_of(name: str) -> tuple[type, dataclasses.Field]:
+    """(config class, field) of a setting's name; a SettingError for a name no config has."""
+    for cls in (ModelConfig, TrainConfig):
+        for f in fields(cls):
+            if f.name == name:
+                return cls, f
+    known = ", ".join(sorted(MODEL_FIELDS | TRAIN_FIELDS))
+    raise SettingError(name, f"is not a setting; the settings are: {known}")
+
+
+def typed(name: str, value: Any) -> Any:
+    """`value` checked against the field's annotation (an int is a float's value too); a string for
+    a number or a yes/no is refused: text is turned into values by whoever reads it (cli/flags.py)."""
+    cls, _ = field_of(name)
+    kind, optional = field_type(cls, name)
+    if value is None and optional:
         return None
-    try:
-        if kind is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if kind in (int, float):
-            return kind(value)
-    except ValueError:
-        raise RepytilianError(f"{name}={value!r} is not a valid {kind.__name__}") from None
-    return value
-
-
-def parse_set_options(pairs: list[str]) -> dict[str, str]:
-    """`["n_layer=6", "lr=1e-3"]` -> {"n_layer": "6", "learning_rate": "1e-3"}."""
-    out: dict[str, str] = {}
-    aliases = {"lr": "learning_rate", "iters": "max_iters", "batch": "batch_size", "block": "block_size"}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = aliases.get(key.strip(), key.strip())
-        if not sep or not key:
-            raise RepytilianError(f"--set expects NAME=VALUE, got {pair!r}")
-        if key not in MODEL_FIELDS | TRAIN_FIELDS:
-            known = ", ".join(sorted(MODEL_FIELDS | TRAIN_FIELDS))
-            raise RepytilianError(f"--set: unknown setting {key!r}; known settings: {known}")
-        out[key] = value.strip()
-    return out
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    article = "an" if kind is int else "a"
+    raise SettingError(name, f"must be {'None or ' if optional else ''}{article} {kind.__name__}, got {value!r}")
 
 
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Typed (model, train) overrides from a flat dict of names to values or CLI strings."""
+    """(model, train) overrides from a flat dict of setting names to values of their types."""
     model_over, train_over = {}, {}
     for key, value in overrides.items():
         if value is None and key != "max_iters":
             continue
-        typed = _convert(key, value)
-        (model_over if key in MODEL_FIELDS else train_over)[key] = typed
+        (model_over if key in MODEL_FIELDS else train_over)[key] = typed(key, value)
     return model_over, train_over
 
 
@@ -302,7 +286,7 @@ def auto_settings(train_tokens: int, vocab_size: int, steps_given: bool) -> tupl
     per_param = train_tokens / params
     chosen = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block, "batch_size": batch,
               "learning_rate": lr, "min_lr": lr / 10, "dropout": 0.1 if per_param < 10 else 0.0}
-    why = (f"-s auto: {train_tokens:,} training tokens, so {n_layer} layers x {n_head} heads x {n_embd} wide, "
+    why = (f"`settings` auto: {train_tokens:,} training tokens, so {n_layer} layers x {n_head} heads x {n_embd} wide, "
            f"context {block} (about {params / 1e6:.2f}M parameters, {per_param:.1f} tokens each)"
            + (", dropout 0.1" if chosen["dropout"] else "")
            + ("; the smallest shape: the text is small for any GPT" if per_param < 1 else ""))
@@ -319,8 +303,8 @@ def build_configs(
 ) -> tuple[ModelConfig, TrainConfig]:
     """The model config (vocab_size still to be filled in from the tokenizer) and the train config."""
     # Settings win where both set a field (speedrun pins its short warm-up whatever -i says).
-    values = {**_lookup(ITERATIONS, iterations, "-i/--iterations"), **_lookup(SETTINGS, settings, "-s/--settings"),
-              **_lookup(ARCHS, arch, "--arch")}
+    values = {**_lookup(ITERATIONS, iterations, "iterations"), **_lookup(SETTINGS, settings, "settings"),
+              **_lookup(ARCHS, arch, "arch")}
     model_over, train_over = split_overrides(overrides or {})
     model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS} | model_over
     train_values = {k: v for k, v in values.items() if k in TRAIN_FIELDS} | train_over

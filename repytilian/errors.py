@@ -9,7 +9,15 @@ EXIT_USER_ERROR = 2  # the exit code of a command stopped by a RepytilianError
 
 
 class RepytilianError(Exception):
-    """A problem with the user's input, files or environment, with a message that says how to fix it."""
+    """A problem with the user's input, files or environment, with a message that says how to fix it.
+
+    The message names settings as the library does, in backquotes (`block_size`, `data_file`), never
+    as a command line's flag; `settings` lists those it names, so each caller can word them its own
+    way (the command line as flags: cli/flags.py; the server as the request's JSON fields)."""
+
+    def __init__(self, message: str = "", settings: tuple[str, ...] | list[str] = ()):
+        super().__init__(message)
+        self.settings = tuple(settings)
 
 
 class SettingError(RepytilianError):
@@ -18,9 +26,9 @@ class SettingError(RepytilianError):
     line as its flag (--top-k), a server as the request's parameter. The message is `problem` after
     the setting's name, or with the name where `problem` says "{setting}"."""
 
-    def __init__(self, setting: str, problem: str):
+    def __init__(self, setting: str, problem: str, also: tuple[str, ...] = ()):
         self.setting, self.problem = setting, problem
-        super().__init__(self.in_terms_of(setting))
+        super().__init__(self.in_terms_of(setting), (setting, *also))
 
     def in_terms_of(self, name: str) -> str:
         if "{setting}" in self.problem:

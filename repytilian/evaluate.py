@@ -16,8 +16,18 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .model import GPT
 from .events import ProgressTracker
+from .model import GPT
+
+# The loss after training covers the whole validation split up to this many tokens: enough for
+# a figure to 3 decimals, and minutes rather than hours on a CPU for a corpus of gigabytes. A
+# shorter run evaluates on as many tokens as it trained on (at least FINAL_VAL_MIN_TOKENS), for at
+# most FINAL_VAL_TIME_SHARE of its training time (at least FINAL_VAL_MIN_SECONDS): `-i quick` "to
+# see that it works" must not then wait minutes for a 50k-word softmax over a large split.
+FINAL_VAL_MAX_TOKENS = 1_000_000
+FINAL_VAL_MIN_TOKENS = 65_536
+FINAL_VAL_TIME_SHARE = 0.25
+FINAL_VAL_MIN_SECONDS = 10.0
 
 
 @dataclass
@@ -140,3 +150,30 @@ def evaluate_model(lm, source=None, stride: int | None = None, progress: bool = 
     report = evaluate(lm.model, ids, chars, stride=stride, progress=progress)
     report.scope = scope
     return report
+
+
+def final_val_tokens(tokens_seen: int) -> int:
+    """The evaluation after training is proportional to the run: at least FINAL_VAL_MIN_TOKENS, as
+    many as training saw, at most FINAL_VAL_MAX_TOKENS (a corpus of gigabytes has plenty)."""
+    return min(FINAL_VAL_MAX_TOKENS, max(FINAL_VAL_MIN_TOKENS, tokens_seen))
+
+
+def final_val_loss(model: GPT, val: np.ndarray, tokens_seen: int, train_seconds: float, batch_size: int,
+                   progress: bool = False) -> EvalReport:
+    """The loss after training: non-overlapping windows of the context over the validation split, as
+    far as `final_val_tokens` and a share of the training time (FINAL_VAL_TIME_SHARE) go."""
+    seconds = max(FINAL_VAL_MIN_SECONDS, FINAL_VAL_TIME_SHARE * train_seconds)
+    block = model.config.block_size
+    return evaluate(model, val[: final_val_tokens(tokens_seen) + 1], stride=block, batch_size=batch_size,
+                    progress=progress, max_seconds=seconds, desc="final val loss")
+
+
+def final_val_scope(val_tokens: int, tokens_seen: int, scored: int | None = None) -> str:
+    """What the loss after training covered, in words (`scored`: the predictions it scored)."""
+    whole = max(val_tokens - 1, 0)
+    if scored is None:
+        scored = min(whole, final_val_tokens(tokens_seen))
+    if scored >= whole:
+        return "the whole validation split"
+    # `scored` predictions read scored + 1 tokens: counted as the split's tokens are at the start
+    return f"the first {scored + 1:,} of the validation split's {val_tokens:,} tokens"

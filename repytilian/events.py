@@ -30,6 +30,7 @@ class Note:
 
     text: str
     kind: str = "note"
+    settings: tuple[str, ...] = ()  # the settings the text names, as the library does (see errors.py)
 
     def words(self) -> str:
         return self.text
@@ -200,9 +201,9 @@ def to_logging(event: Any) -> None:
         _log.info(event.words())
 
 
-def note(text: str, kind: str = "note") -> None:
+def note(text: str, kind: str = "note", settings: tuple[str, ...] = ()) -> None:
     """Tell whoever listens for notes (see `notes_to`); without a listener, Python's logging."""
-    (_note_listener.get() or to_logging)(Note(text, kind))
+    (_note_listener.get() or to_logging)(Note(text, kind, settings))
 
 
 def listening() -> Listener | None:

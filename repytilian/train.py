@@ -11,121 +11,38 @@ time, so saving or evaluating never shifts the random stream that training sees.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .config import ModelConfig, TrainConfig
+from .config import TrainConfig
 from .data.corpus import TokenData, get_batch
 from .distributed import World
 from .distributed.world import is_communication_failure
-from .errors import RepytilianError, SettingError
-from .evaluate import evaluate
-from .events import PROGRESS_SECONDS, Evaluated, Listener, Note, ProgressTracker, note, to_logging
+from .errors import RepytilianError
+from .evaluate import final_val_loss, final_val_scope
+from .events import (
+    PROGRESS_SECONDS,
+    Evaluated,
+    Listener,
+    Note,
+    ProgressTracker,
+    to_logging,
+)
 from .model import GPT
 from .optim import make_optimizer
+from .runtime.batches import BatchPlan, plan_batches
 from .runtime.cpu import tune_for_training
-from .runtime.memory import available_bytes, largest_fitting, training_bytes_per_window
+from .runtime.eta import EXPECT_AFTER_SECONDS, expectation
 from .runtime.precision import DTYPES, autocast
+from .runtime.signals import StopRequest
+from .schedule import TrainState, learning_rate
 
 EVAL_SEED = 2024  # the same evaluation batches every time, so successive estimates compare
-# The loss after training covers the whole validation split up to this many tokens: enough for
-# a figure to 3 decimals, and minutes rather than hours on a CPU for a corpus of gigabytes. A
-# shorter run evaluates on as many tokens as it trained on (at least FINAL_VAL_MIN_TOKENS), for at
-# most FINAL_VAL_TIME_SHARE of its training time (at least FINAL_VAL_MIN_SECONDS): `-i quick` "to
-# see that it works" must not then wait minutes for a 50k-word softmax over a large split.
-FINAL_VAL_MAX_TOKENS = 1_000_000
-FINAL_VAL_MIN_TOKENS = 65_536
-FINAL_VAL_TIME_SHARE = 0.25
-FINAL_VAL_MIN_SECONDS = 10.0
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimiser steps taken in total
-    schedule_start: int = 0  # the step at which the current LR schedule began (0, or where a run was extended)
-    max_iters: int | None = None  # the step at which the schedule ends; None trains until stopped
-    tokens_seen: int = 0
-    train_seconds: float = 0.0
-    best_val_loss: float | None = None
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainState":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
-    @property
-    def finished(self) -> bool:
-        return self.max_iters is not None and self.step >= self.max_iters
-
-
-def learning_rate(step: int, cfg: TrainConfig, state: TrainState) -> float:
-    """Linear warm-up, then cosine decay to min_lr at the end of the schedule (constant if endless).
-
-    The end is the step budget, the time budget (cfg.max_seconds), or whichever is nearer.
-    """
-    it = step - state.schedule_start
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    fractions = []
-    if state.max_iters is not None:
-        decay_steps = max(1, state.max_iters - state.schedule_start - cfg.warmup_iters)
-        fractions.append((it - cfg.warmup_iters) / decay_steps)
-    if cfg.max_seconds is not None:
-        fractions.append(state.train_seconds / cfg.max_seconds)
-    if not fractions:
-        return cfg.learning_rate
-    progress = min(1.0, max(fractions))
-    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM/SIGUSR1 (or by code, e.g. a server) to end training at the next step boundary."""
-
-    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s)
-
-    def __init__(self, at_step: int | None = None) -> None:
-        self.reason: str | None = None
-        self.at_step = at_step  # also stop (as if signalled) once this many steps are done
-        self.saving = False
-        self._previous: dict[int, Any] = {}
-
-    def request(self, reason: str) -> None:
-        self.reason = self.reason or reason
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.saving:
-            if signum == signal.SIGINT:  # the impatient second Ctrl+C: give up this save, cleanly
-                note("\nCtrl+C again: abandoning the save; earlier saved models are untouched")
-                raise KeyboardInterrupt
-            note(f"\n{name}: still saving, please wait (Ctrl+C abandons the save)")
-            return
-        if self.reason is None:
-            note(f"\n{name} received: finishing this step, then saving "
-                 "(press Ctrl+C again during the save to abandon it)")
-        self.request(name)
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():  # signals only work there
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 class Diverged(RepytilianError):
@@ -133,63 +50,8 @@ class Diverged(RepytilianError):
 
     def __init__(self, loss: float, step: int, kept: str = ""):
         self.loss, self.step = loss, step
-        super().__init__(f"the loss became {loss} at step {step}: training diverged. Try a lower learning rate (--lr) "
-                         f"or a smaller model; nothing was saved over your previous model{kept}")
-
-
-@dataclass
-class BatchPlan:
-    """How a step's `batch_size` windows go through the model: shared by `ranks` processes, each
-    feeding its share in `accum` micro-batches of `micro_batch` windows."""
-
-    micro_batch: int
-    accum: int
-    ranks: int = 1
-    why: str | None = None  # said when the windows were split to fit in memory
-
-    def describe(self) -> str:
-        parts = [f"{self.micro_batch} windows a forward pass"]
-        if self.accum > 1:
-            parts.append(f"{self.accum} micro-batches a step")
-        if self.ranks > 1:
-            parts.append(f"on each of {self.ranks} processes")
-        return ", ".join(parts)
-
-
-def plan_batches(cfg: TrainConfig, mcfg: ModelConfig, ranks: int = 1, device: torch.device | None = None,
-                 dtype: str = "float32", available: int | None = -1) -> BatchPlan:
-    """The micro-batches of a step: as --grad-accum or --micro-batch say, else as few as fit in the
-    device's free memory (`available`: -1 asks the device). The step learns from the same windows
-    either way, so only speed and memory depend on it."""
-    B = cfg.batch_size
-    if B % ranks:
-        raise SettingError("batch_size", f"{{setting}} {B} cannot be shared by {ranks} processes: use a multiple of "
-                           f"{ranks} (each process takes batch-size / {ranks} windows of every step)")
-    per = B // ranks
-    where = f"each of {ranks} processes' {per}" if ranks > 1 else f"the {per}"
-    if cfg.grad_accum is not None and per % cfg.grad_accum:
-        raise SettingError("grad_accum", f"{where} windows of a step do not split into {cfg.grad_accum} "
-                           "micro-batches: use a divisor")
-    if cfg.micro_batch is not None and per % cfg.micro_batch:
-        raise SettingError("micro_batch", f"{where} windows of a step do not split into micro-batches of "
-                           f"{cfg.micro_batch}: use a divisor")
-    if cfg.grad_accum is not None and cfg.micro_batch is not None and cfg.grad_accum * cfg.micro_batch != per:
-        raise SettingError("micro_batch", f"and --grad-accum {cfg.grad_accum} disagree ({cfg.grad_accum} x "
-                           f"{cfg.micro_batch} is not {per}): give one of them")
-    if cfg.grad_accum is not None:
-        return BatchPlan(per // cfg.grad_accum, cfg.grad_accum, ranks)
-    if cfg.micro_batch is not None:
-        return BatchPlan(cfg.micro_batch, per // cfg.micro_batch, ranks)
-    device = device or torch.device("cpu")
-    free = available_bytes(device) if available == -1 else available
-    per_window = training_bytes_per_window(mcfg, dtype)
-    micro = largest_fitting(per, per_window, free)
-    why = None
-    if micro < per:
-        why = (f"note: {per} windows of {mcfg.block_size} tokens need about {per * per_window / 2**30:.1f} GiB "
-               f"for one pass, more than half the {free / 2**30:.1f} GiB free: each step feeds them in "
-               f"{per // micro} micro-batches of {micro} (same result, --micro-batch sets it)")
-    return BatchPlan(micro, per // micro, ranks, why)
+        super().__init__(f"the loss became {loss} at step {step}: training diverged. Try a lower `learning_rate` "
+                         f"or a smaller model; nothing was saved over your previous model{kept}", ("learning_rate",))
 
 
 @dataclass
@@ -368,34 +230,17 @@ class Trainer:
         return EvalResult(train / self.cfg.eval_iters, val / self.cfg.eval_iters)
 
     def full_val_loss(self, progress: bool = False, model: GPT | None = None) -> float:
-        """Mean loss over the validation split in non-overlapping windows of the context: the whole
-        split, or, after a short run or on a large corpus, its first `final_val_tokens()` tokens,
-        and never more than a share of the training time (`final_val_scope` says what it covered)."""
+        """Mean loss over the validation split (evaluate.final_val_loss: the whole split, or after a
+        short run or on a large corpus its first tokens; `final_val_scope` says what it covered)."""
         with autocast(self.device, self.cfg.dtype):
-            block = self.model.config.block_size
-            ids = self.data.val[: self.final_val_tokens() + 1]
-            seconds = max(FINAL_VAL_MIN_SECONDS, FINAL_VAL_TIME_SHARE * self.state.train_seconds)
-            report = evaluate(model or self.model, ids, stride=block, batch_size=self.plan.micro_batch,
-                              progress=progress,
-                              max_seconds=seconds, desc="final val loss")
+            report = final_val_loss(model or self.model, self.data.val, self.state.tokens_seen,
+                                    self.state.train_seconds, self.plan.micro_batch, progress)
         self.final_val_scored = report.tokens
         return report.loss
 
-    def final_val_tokens(self) -> int:
-        """The evaluation after training is proportional to the run: at least FINAL_VAL_MIN_TOKENS, as
-        many as training saw, at most FINAL_VAL_MAX_TOKENS (a corpus of gigabytes has plenty)."""
-        return min(FINAL_VAL_MAX_TOKENS, max(FINAL_VAL_MIN_TOKENS, self.state.tokens_seen))
-
     def final_val_scope(self) -> str:
         """What full_val_loss covered, in words."""
-        whole = max(len(self.data.val) - 1, 0)
-        scored = getattr(self, "final_val_scored", None)
-        if scored is None:
-            scored = min(whole, self.final_val_tokens())
-        if scored >= whole:
-            return "the whole validation split"
-        # `scored` predictions read scored + 1 tokens: counted as the split's tokens are at the start
-        return f"the first {scored + 1:,} of the validation split's {len(self.data.val):,} tokens"
+        return final_val_scope(len(self.data.val), self.state.tokens_seen, getattr(self, "final_val_scored", None))
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -417,17 +262,10 @@ class Trainer:
             report: Listener | None = None, after_step: Callable[[], None] | None = None,
             on_eval: Callable[[dict[str, Any]], None] | None = None) -> str | None:
         """Train until the schedule ends or a stop is requested; returns the stop reason or None.
-        Evaluations and what to expect are reported as events (events.py)."""
+        Evaluations, progress and what to expect are reported as events (events.py)."""
         stop = stop or StopRequest()
-        state, cfg = self.state, self.cfg
-        report = report or self.report
-        tracker = ProgressTracker("training", "step", state.max_iters, state.step, enabled=progress, report=report)
-        refresh = PROGRESS_SECONDS  # how often the loss is read (a host sync) and progress reported
-        tokens_per_step = cfg.batch_size * self.model.config.block_size
-        last_update, steps_since = time.perf_counter(), 0
-        first_step_done: tuple[int, float] | None = None  # (step, train_seconds) after this run's first
-        announced = False
-        world = self.world
+        state, world = self.state, self.world
+        pace = _Pace(self, report or self.report, progress)
         agreed: str | None = None  # with several processes: the stop they all agreed on
         try:
             while not self.finished():
@@ -439,8 +277,7 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 loss = self.train_step()
-                seconds = time.perf_counter() - t0
-                loss_value = None
+                seconds, loss_value = time.perf_counter() - t0, None
                 if world.distributed:
                     # One small all-reduce a step: the processes stop at the same step (a signal may
                     # reach one of them), and their clocks agree for the time budget and schedule.
@@ -448,45 +285,13 @@ class Trainer:
                     if wants:
                         agreed = stop.reason or ("torchrun's exit" if world.orphaned() else "another process's stop")
                 state.train_seconds += seconds
-                steps_since += 1
-                if first_step_done is None:  # the first step warms up (allocations, kernels): not timed
-                    first_step_done = (state.step, state.train_seconds)
-                elif not announced:
-                    steps, seconds = state.step - first_step_done[0], state.train_seconds - first_step_done[1]
-                    if steps >= 2 and seconds >= EXPECT_AFTER_SECONDS:
-                        announced = True
-                        note = expectation(steps, seconds, tokens_per_step, state, cfg)
-                        if note:
-                            report(Note(note))
-                now = time.perf_counter()
-                done = self.finished()
-                if loss_value is not None or now - last_update >= refresh or done:
-                    if loss_value is None:
-                        loss_value = loss.item()  # a host sync only when the bar is refreshed
-                    if not math.isfinite(loss_value):
-                        raise Diverged(loss_value, state.step)
-                if now - last_update >= refresh or done:
-                    rate = steps_since * tokens_per_step / (now - last_update)
-                    budget = ("" if cfg.max_seconds is None
-                              else f", {max(0.0, cfg.max_seconds - state.train_seconds):.0f} s of the budget left")
-                    tracker.details = f"loss {loss_value:.4f}, {rate:,.0f} tok/s{budget}"
-                    tracker.update(steps_since, force=True)
-                    last_update, steps_since = now, 0
-                if state.step % cfg.eval_interval == 0 or done:
-                    t0 = time.perf_counter()
-                    result = self.estimate_loss()
-                    if not (math.isfinite(result.train_loss) and math.isfinite(result.val_loss)):
-                        raise Diverged(result.train_loss if not math.isfinite(result.train_loss) else result.val_loss,
-                                       state.step)
-                    entry = self.record(result, learning_rate(state.step - 1, cfg, state))
-                    if on_eval is not None:
-                        on_eval(entry)  # e.g. experiment trackers, the live metrics (before anyone is told)
-                    report(Evaluated(**entry))
-                    last_update += time.perf_counter() - t0  # evaluation time is not training speed
+                pace.stepped(loss, loss_value, self.finished())
+                if state.step % self.cfg.eval_interval == 0 or self.finished():
+                    with pace.paused():
+                        self._evaluate_and_tell(pace.report, on_eval)
                 if after_step is not None:
-                    t0 = time.perf_counter()
-                    after_step()  # e.g. a periodic checkpoint
-                    last_update += time.perf_counter() - t0
+                    with pace.paused():
+                        after_step()  # e.g. a periodic checkpoint
                 if agreed is not None:
                     break
         except Exception as e:
@@ -494,57 +299,76 @@ class Trainer:
                 raise world.lost(e, state.step) from None
             raise
         finally:
-            tracker.update(steps_since)
-            tracker.close()
+            pace.close()
         return agreed if world.distributed else stop.reason
 
-
-EXPECT_AFTER_SECONDS = 5.0  # steps timed before a long run says how long it will take
-EXPECT_FROM_SECONDS = 120.0  # runs expected to take longer than this say so
-
-
-def expectation(steps: int, seconds: float, tokens_per_step: int, state: TrainState,
-                cfg: TrainConfig) -> str | None:
-    """What a long run should expect, from its first timed steps; None for short or endless runs."""
-    per_step = seconds / steps
-    left = []
-    if state.max_iters is not None:
-        left.append(per_step * (state.max_iters - state.step))
-    if cfg.max_seconds is not None:
-        left.append(cfg.max_seconds - state.train_seconds)
-    if not left or min(left) < EXPECT_FROM_SECONDS:
-        return None
-    remaining = min(left)
-    finish = time.strftime("%a %H:%M" if remaining > 12 * 3600 else "%H:%M", time.localtime(time.time() + remaining))
-    what = (f"the remaining {state.max_iters - state.step:,} steps" if state.max_iters is not None
-            and remaining == left[0] else "the time budget")
-    return (f"measured {tokens_per_step * steps / seconds:,.0f} tokens/s ({per_step:.2f} s a step) over the "
-            f"first steps: {what} will take about {_duration(remaining)} of training, plus evaluations "
-            f"(until about {finish})")
+    def _evaluate_and_tell(self, report: Listener, on_eval: Callable[[dict[str, Any]], None] | None) -> None:
+        result = self.estimate_loss()
+        if not (math.isfinite(result.train_loss) and math.isfinite(result.val_loss)):
+            raise Diverged(result.train_loss if not math.isfinite(result.train_loss) else result.val_loss,
+                           self.state.step)
+        entry = self.record(result, learning_rate(self.state.step - 1, self.cfg, self.state))
+        if on_eval is not None:
+            on_eval(entry)  # e.g. experiment trackers, the live metrics (before anyone is told)
+        report(Evaluated(**entry))
 
 
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{max(minutes, 1)} min"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
+class _Pace:
+    """The loop's clock: tokens/s, the loss read when progress is due (a host sync), divergence
+    caught there, the time a long run will take (after its first timed steps), Progress events."""
 
+    def __init__(self, trainer: Trainer, report: Listener, progress: bool):
+        self.trainer, self.report = trainer, report
+        state = trainer.state
+        self.tracker = ProgressTracker("training", "step", state.max_iters, state.step, enabled=progress,
+                                       report=report)
+        self.tokens_per_step = trainer.cfg.batch_size * trainer.model.config.block_size
+        self.last_update, self.steps_since = time.perf_counter(), 0
+        self.first_step_done: tuple[int, float] | None = None  # (step, train_seconds) after this run's first
+        self.announced = False
 
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU; or exactly the device asked for."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RepytilianError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SettingError("device", "cuda was asked for, but this PyTorch sees no CUDA GPU; use cpu")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise SettingError("device", "mps was asked for, but MPS is not available here; use cpu")
-    return device
+    def stepped(self, loss: torch.Tensor, loss_value: float | None, done: bool) -> None:
+        state, cfg = self.trainer.state, self.trainer.cfg
+        self.steps_since += 1
+        self._maybe_announce()
+        now = time.perf_counter()
+        due = now - self.last_update >= PROGRESS_SECONDS or done
+        if loss_value is not None or due:
+            if loss_value is None:
+                loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise Diverged(loss_value, state.step)
+        if due:
+            rate = self.steps_since * self.tokens_per_step / (now - self.last_update)
+            budget = ("" if cfg.max_seconds is None
+                      else f", {max(0.0, cfg.max_seconds - state.train_seconds):.0f} s of the budget left")
+            self.tracker.details = f"loss {loss_value:.4f}, {rate:,.0f} tok/s{budget}"
+            self.tracker.update(self.steps_since, force=True)
+            self.last_update, self.steps_since = now, 0
 
+    def _maybe_announce(self) -> None:
+        state = self.trainer.state
+        if self.first_step_done is None:  # the first step warms up (allocations, kernels): not timed
+            self.first_step_done = (state.step, state.train_seconds)
+            return
+        if self.announced:
+            return
+        steps, seconds = state.step - self.first_step_done[0], state.train_seconds - self.first_step_done[1]
+        if steps >= 2 and seconds >= EXPECT_AFTER_SECONDS:
+            self.announced = True
+            said = expectation(steps, seconds, self.tokens_per_step, state, self.trainer.cfg)
+            if said:
+                self.report(Note(said))
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent in the block (evaluations, checkpoints) is not training speed."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_update += time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.tracker.update(self.steps_since)
+        self.tracker.close()

@@ -80,8 +80,8 @@ CASES = [
     (["train", "--json-key", "train", *Q], "need JSON data"),
     # names and values
     (["train", "-d", "corpus.txt", "-z", "bytes", *Q], "unknown tokenizer 'bytes'"),
-    (["train", "-d", "corpus.txt", "-s", "giant", *Q], "unknown -s/--settings preset 'giant'"),
-    (["train", "-d", "corpus.txt", "-i", "sometimes", "-m", "out"], "unknown -i/--iterations preset"),
+    (["train", "-d", "corpus.txt", "-s", "giant", *Q], "unknown -s preset 'giant'"),
+    (["train", "-d", "corpus.txt", "-i", "sometimes", "-m", "out"], "unknown -i preset"),
     (["train", "-d", "corpus.txt", "--set", "layers", *Q], "NAME=VALUE"),
     (["train", "-d", "corpus.txt", "--set", "wings=2", *Q], "unknown setting 'wings'"),
     (["train", "-d", "corpus.txt", "-i", "quick", "-m", "out", "--set", "n_layer=abc"], "n_layer='abc' is not a valid int"),

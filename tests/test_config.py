@@ -1,6 +1,7 @@
 import pytest
 
-from repytilian.config import ITERATIONS, SETTINGS, build_configs, parse_set_options
+from repytilian.cli.flags import parse_set_options
+from repytilian.config import ITERATIONS, SETTINGS, build_configs
 from repytilian.data import DataSource
 from repytilian.errors import RepytilianError
 
@@ -55,14 +56,15 @@ def test_every_flag_of_a_config_field_reaches_the_config_typed():
 
     from repytilian.cli.train import add_train_arguments
     from repytilian.cli.train import train_options as _train_options
-    from repytilian.config import build_configs, field_type, flag_fields
+    from repytilian.cli.flags import FIELD_FLAGS, flag_fields
+    from repytilian.config import build_configs, field_type
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     argv, expected = [], {}
     for cls, f in flag_fields():
         kind, _ = field_type(cls, f.name)
-        flag = f.metadata["flag"]
+        flag = FIELD_FLAGS[f.name]
         if kind is bool:
             argv.append(flag)
             expected[f.name] = True
@@ -80,3 +82,18 @@ def test_every_flag_of_a_config_field_reaches_the_config_typed():
     for cls, f in flag_fields():
         assert getattr(mcfg if cls.__name__ == "ModelConfig" else tcfg, f.name) == expected[f.name]
     assert len(flag_fields()) >= 15  # every flag the README lists under overrides
+
+
+def test_the_library_takes_typed_settings_and_the_command_line_turns_text_into_them():
+    from repytilian.cli.flags import parse_set_options
+    from repytilian.errors import SettingError
+
+    assert parse_set_options(["n_layer=6", "lr=1e-3", "iters=none", "compile=yes"]) == \
+        {"n_layer": 6, "learning_rate": 0.001, "max_iters": None, "compile": True}
+    for name, text in [("n_layer", "6"), ("learning_rate", "1e-3"), ("bias", "false")]:
+        with pytest.raises(SettingError, match=f"{name} must be"):  # text is the command line's to read
+            build_configs("default", "default", {name: text})
+    m, t = build_configs("default", "default", {"learning_rate": 1, "n_layer": 2})  # an int is a float's value
+    assert t.learning_rate == 1.0 and isinstance(t.learning_rate, float) and m.n_layer == 2
+    with pytest.raises(SettingError, match="wings is not a setting"):
+        build_configs("default", "default", {"wings": 2})

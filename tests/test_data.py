@@ -40,7 +40,7 @@ def test_bad_files_are_clear_errors(tmp_path, content, message):
 def test_missing_file_and_folder_given_as_file(tmp_path):
     with pytest.raises(RepytilianError, match="no such file"):
         read_text_file(tmp_path / "nope.txt")
-    with pytest.raises(RepytilianError, match="use -p"):
+    with pytest.raises(RepytilianError, match="use `data_path`"):
         read_text_file(tmp_path)
     with pytest.raises(RepytilianError, match="no such folder"):
         read_text_dir(tmp_path / "nope")

@@ -180,7 +180,7 @@ def _trainer(n_ids=1_000_000, **cfg):
 
 
 def test_the_final_evaluation_is_proportional_to_the_run(monkeypatch):
-    import repytilian.train as train_module
+    import repytilian.evaluate as train_module  # where the policy of the evaluation after training lives
 
     trainer = _trainer()
     whole = len(trainer.data.val) - 1

@@ -82,3 +82,17 @@ def test_tokenizers_and_the_model_know_no_files_or_machines():
     assert not [n for n in ast.walk(config) if isinstance(n, ast.Import) and any("torch" in a.name for a in n.names)]
     model = (PACKAGE / "model.py").read_text()
     assert "device.type" not in model and "bfloat16" not in model and "open(" not in model
+
+
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 400
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(PACKAGE)) for p in MODULES])
+def test_rooms_stay_small(path):
+    """Modules of at most 400 lines, functions of at most 60: a room that grows past them holds two ideas."""
+    source = path.read_text(encoding="utf-8")
+    assert source.count("\n") <= MAX_MODULE_LINES, f"{path.name} has {source.count(chr(10))} lines"
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"{path.name}: {', '.join(long)}"

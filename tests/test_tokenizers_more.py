@@ -101,7 +101,7 @@ def test_array_of_arrays_is_ambiguous_and_the_flag_decides(tmp_path, caplog):
     path = write(tmp_path, "chords.json", [[60, 64, 67], [62, 65, 69], [60, 64, 67]])
     guessed = read_json_corpus("file", str(path))
     assert len(guessed.train) == 3  # read as three sequences of numbers...
-    assert "--json-layout sequence" in caplog.text  # ...and the user is told how to flip it
+    assert "`json_layout` sequence" in caplog.text  # ...and the user is told how to flip it (the CLI: --json-layout)
     chords = read_json_corpus("file", str(path), layout="sequence")
     assert chords.train == [[[60, 64, 67], [62, 65, 69], [60, 64, 67]]]
     assert JsonTokenizer.train(chords).vocab_size == 2
@@ -122,7 +122,7 @@ def test_folder_of_json_files(tmp_path):
 @pytest.mark.parametrize("content, kwargs, message", [
     ('{"a": [1, 2,, 3]}', {}, r"bad.json: invalid JSON at line 1, column 13"),
     ('{"train": [[1]]}', {"key": "tracks"}, r"has no key 'tracks' \(its keys: 'train'\)"),
-    ('{"train": [[1]]}', {}, "name the key that holds the tokens with --json-key"),
+    ('{"train": [[1]]}', {}, "name the key that holds the tokens with `json_key`"),
     ('[[], []]', {}, "no tokens to train on"),
     ('{"train": [[1]], "valid": [[]]}', {"key": "train", "val_key": "valid"}, "validation part .* has no tokens"),
     ('"just a string"', {}, "expected an array"),
@@ -157,7 +157,7 @@ def test_json_prompts_and_output(tmp_path):
 # --- gpt2 ---------------------------------------------------------------------------------------
 
 def test_gpt2_without_its_encoding_says_so_and_how_to_fix_it():
-    with pytest.raises(RepytilianError, match="'gpt2' encoding is not on this machine.*-z bpe"):
+    with pytest.raises(RepytilianError, match="'gpt2' encoding is not on this machine.*`tokenizer` bpe"):
         GPT2Tokenizer.train("text")
 
 

@@ -86,7 +86,7 @@ def test_a_text_without_line_breaks_trains_saves_and_starts_generation_at_a_spac
     train(options(solid, tmp_path, out=str(tmp_path / "solid")), log=logs.append)
     assert any("no sample for the model card" in line for line in logs)
     lm = load_model(tmp_path / "solid")
-    with pytest.raises(RepytilianError, match="no line break or space to start from; give a prompt with -c"):
+    with pytest.raises(RepytilianError, match="no line break or space to start from; give a `prompt`"):
         lm.generate("", 10)
     assert lm.generate("ab", 10, seed=1)
 
@@ -176,7 +176,7 @@ def test_muon_with_float16_is_refused_with_a_reason(corpus_file, tmp_path):
 
 def test_a_resume_cannot_switch_optimiser(corpus_file, tmp_path):
     train(options(corpus_file, tmp_path))
-    with pytest.raises(RepytilianError, match="was trained with adamw; -l continues it with the same optimiser"):
+    with pytest.raises(RepytilianError, match="was trained with adamw; `load` continues it with the same optimiser"):
         train(options(corpus_file, tmp_path, load=str(tmp_path / "model"), overrides={"optimizer": "muon"}))
 
 

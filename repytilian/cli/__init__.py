@@ -5,5 +5,5 @@ library function per verb, and turns its results, events and errors into words o
 stderr. The library below it prints nothing. verbs.py holds the parser; each verb has a module.
 """
 from .generate import generate_script  # noqa: F401
-from .verbs import main  # noqa: F401
 from .train import training_script  # noqa: F401
+from .verbs import main  # noqa: F401

@@ -204,7 +204,7 @@ def _measure_one(kind: str, rest: list[str]) -> dict | list[dict]:
     return quality(rest[0], float(rest[1]), rest[2], json.loads(rest[3]) if len(rest) > 3 else None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repytilian bench", description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,default,hyper",
                         help="presets whose throughput to time, comma-separated; 'none' for the --budget runs alone")
@@ -221,25 +221,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-loop", action="store_true", help="skip the training-loop overhead measurement")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement, in this process
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.one:
-        try:
-            print(json.dumps(_measure_one(args.one[0], args.one[1:])))
-        except RepytilianError as e:
-            print(f"error: {in_flags(e)}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        return 0
-    # Mistakes that would only show after minutes of timing are found first.
-    from ..config import build_configs
 
-    presets = [p for p in args.presets.split(",") if p and p != "none"]
-    for preset in presets:
-        build_configs(preset)
-    if args.budget:
-        build_configs(args.quality_preset)
-        dataset_path("shakespeare")
+def _one(what: list[str]) -> int:
+    try:
+        print(json.dumps(_measure_one(what[0], what[1:])))
+    except RepytilianError as e:
+        print(f"error: {in_flags(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
 
+
+def _preset_rows(preset: str, args: argparse.Namespace, variants: list[tuple[str, bool]],
+                 peak: dict[str, float]) -> list[dict]:
+    """One preset's throughput rows, printed as they are measured."""
+    steps = args.steps or (2 if preset == "hyper" else 20)
+    # Three kinds of process take turns, one round each, in a rotating order, so all see the
+    # same machine: the baseline, nanoGPT's way (float32, eager, allocator and threads left
+    # alone); our eager variants; our compiled ones (apart, because Inductor's compile workers
+    # stay alive and take CPU from whatever shares their process).
+    groups = [("base", "float32:eager", "0")]
+    for compiled in sorted({c for _, c in variants}):
+        names = ",".join(f"{d}:{'compiled' if c else 'eager'}" for d, c in variants if c == compiled)
+        groups.append(("ours", names, "1"))
+    merged: dict[tuple, dict] = {}
+    try:
+        for i in range(args.repeats):
+            for which, names, keep in groups[i % len(groups):] + groups[:i % len(groups)]:
+                for r in _in_fresh_process(["throughput", preset, names, str(steps), keep]):
+                    key = (which, r["dtype"], r["compiled"])
+                    if key in merged:
+                        merged[key]["times"] += r["times"]
+                    else:
+                        merged[key] = r
+    except RuntimeError as e:
+        print(f"{preset:<8} failed: {e}")
+        return []
+    base = merged.pop(("base", "float32", False))
+    measured = [_figures(base, "float32 (nanoGPT's way)")] + [_figures(r) for r in merged.values()]
+    for r in measured:
+        r["pct_of_peak"] = round(100 * r["gflops"] / peak[r["dtype"]], 1)
+        r["speedup_vs_nanogpt_way"] = round(r["tokens_per_s"] / measured[0]["tokens_per_s"], 2)
+        r["peak_rss_mb"] = _in_fresh_process(["memory", preset, r["dtype"], "1" if r["compiled"] else "0"])[
+            "peak_rss_mb"] if "note" not in r else None
+        label = r.get("note", f"{r['dtype']}{', compiled' if r['compiled'] else ''}")
+        rss = r["peak_rss_mb"] if r["peak_rss_mb"] is not None else "-"
+        print(f"{preset:<8} {label:<26} {r['params_m']:>6}M {r['ms_per_step']:>9} {r['tokens_per_s']:>9,} "
+              f"{r['gflops']:>8} {r['pct_of_peak']:>6}% {r['speedup_vs_nanogpt_way']:>7.2f}x {rss:>7}")
+    return measured
+
+
+def _machine(args: argparse.Namespace) -> tuple[str, list[str], dict[str, float]]:
+    """The machine in words, the number formats worth timing on it, and its matmul peak in each."""
     machine = f"{cpu_name()} ({platform.machine()}), {os.cpu_count()} CPUs"
     print(f"repytilian bench, {time.strftime('%Y-%m-%d')}, {machine}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {machine_summary()}")
@@ -250,52 +284,34 @@ def main(argv: list[str] | None = None) -> int:
         dtypes.remove("bfloat16")
     peak = {d: matmul_gflops(DTYPES[d] or torch.float32) for d in ["float32"] + [d for d in dtypes if d != "float32"]}
     print("matmul 2048^2: " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peak.items()))
+    return machine, dtypes, peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.one:
+        return _one(args.one)
+    # Mistakes that would only show after minutes of timing are found first.
+    from ..config import build_configs
+
+    presets = [p for p in args.presets.split(",") if p and p != "none"]
+    for preset in presets:
+        build_configs(preset)
+    if args.budget:
+        build_configs(args.quality_preset)
+        dataset_path("shakespeare")
+    machine, dtypes, peak = _machine(args)
     variants = [(dtype, compiled) for dtype in dtypes for compiled in ([False, True] if args.compile else [False])]
-    rows = []
     if presets:
         print(f"{'preset':<8} {'variant':<26} {'params':>7} {'ms/step':>9} {'tokens/s':>9} "
               f"{'GFLOP/s':>8} {'% peak':>7} {'speed-up':>8} {'RSS MB':>7}")
-    for preset in presets:
-        steps = args.steps or (2 if preset == "hyper" else 20)
-        # Three kinds of process take turns, one round each, in a rotating order, so all see the
-        # same machine: the baseline, nanoGPT's way (float32, eager, allocator and threads left
-        # alone); our eager variants; our compiled ones (apart, because Inductor's compile workers
-        # stay alive and take CPU from whatever shares their process).
-        groups = [("base", "float32:eager", "0")]
-        for compiled in sorted({c for _, c in variants}):
-            names = ",".join(f"{d}:{'compiled' if c else 'eager'}" for d, c in variants if c == compiled)
-            groups.append(("ours", names, "1"))
-        merged: dict[tuple, dict] = {}
-        try:
-            for i in range(args.repeats):
-                for which, names, keep in groups[i % len(groups):] + groups[:i % len(groups)]:
-                    for r in _in_fresh_process(["throughput", preset, names, str(steps), keep]):
-                        key = (which, r["dtype"], r["compiled"])
-                        if key in merged:
-                            merged[key]["times"] += r["times"]
-                        else:
-                            merged[key] = r
-        except RuntimeError as e:
-            print(f"{preset:<8} failed: {e}")
-            continue
-        base = merged.pop(("base", "float32", False))
-        measured = [_figures(base, "float32 (nanoGPT's way)")] + [_figures(r) for r in merged.values()]
-        for r in measured:
-            r["pct_of_peak"] = round(100 * r["gflops"] / peak[r["dtype"]], 1)
-            r["speedup_vs_nanogpt_way"] = round(r["tokens_per_s"] / measured[0]["tokens_per_s"], 2)
-            r["peak_rss_mb"] = _in_fresh_process(["memory", preset, r["dtype"], "1" if r["compiled"] else "0"])[
-                "peak_rss_mb"] if "note" not in r else None
-            rows.append(r)
-            label = r.get("note", f"{r['dtype']}{', compiled' if r['compiled'] else ''}")
-            rss = r["peak_rss_mb"] if r["peak_rss_mb"] is not None else "-"
-            print(f"{preset:<8} {label:<26} {r['params_m']:>6}M {r['ms_per_step']:>9} {r['tokens_per_s']:>9,} "
-                  f"{r['gflops']:>8} {r['pct_of_peak']:>6}% {r['speedup_vs_nanogpt_way']:>7.2f}x {rss:>7}")
+    rows = [r for preset in presets for r in _preset_rows(preset, args, variants, peak)]
     loop = None
     if presets and not args.no_loop:
         loop = _in_fresh_process(["loop", presets[0], "auto", str(args.loop_steps)])
         print(f"training loop overhead at {loop['preset']} ({loop['dtype']}, {loop['steps']} steps of "
               f"{loop['step_ms']} ms): drawing batches {loop['batch_pct']}%, the loop around the steps "
-              f"(progress bar, loss checks) {loop['loop_pct']}%")
+              f"(progress events, loss checks) {loop['loop_pct']}%")
     quality_rows = []
     for budget in args.budget:
         r = _in_fresh_process(["quality", args.quality_preset, str(budget), "auto"])
@@ -305,10 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine,
                                                "matmul_gflops": peak, "throughput": rows, "loop_overhead": loop,
-                                               "quality": quality_rows},
-                                              indent=1))
+                                               "quality": quality_rows}, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

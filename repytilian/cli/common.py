@@ -3,6 +3,8 @@ model a verb works on, and running a verb so that a user's error is one line, ne
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 from ..config import DEFAULT_MODEL_DIR
 from ..errors import EXIT_USER_ERROR, RepytilianError
 from ..events import notes_to
-from .flags import in_flags
+from .flags import in_flags, in_flags_text
 from .progress import Bars
 
 _BARS = Bars()
@@ -88,7 +90,7 @@ def speak(event) -> None:
     if isinstance(event, Progress):
         _BARS(event)
         return
-    text = event.words()
+    text = in_flags_text(event.words(), getattr(event, "settings", ()))
     if isinstance(event, Stopped):
         again = f" -m {event.out}" if event.out else ' -m ""'
         if event.processes > 1:
@@ -105,6 +107,46 @@ def speak(event) -> None:
 
 
 
+def repytilian_command() -> str:
+    """How to run the `repytilian` command from here, for advice that must work when pasted: its name
+    where that is on PATH and is this installation's; otherwise this environment's own script (after
+    `make install` it is .venv/bin/repytilian, which is not on PATH until the venv is activated)."""
+    bin_dir = Path(sys.executable).parent
+    mine = next((p for p in (bin_dir / "repytilian", bin_dir / "repytilian.exe") if p.is_file()), None)
+    found = shutil.which("repytilian")
+    if mine is None:
+        return "repytilian" if found else f"{shlex.quote(sys.executable)} -m repytilian"
+    if found and Path(found).resolve() == mine.resolve():
+        return "repytilian"
+    try:
+        shown = mine.relative_to(Path.cwd())
+    except ValueError:
+        shown = mine
+    return shlex.quote(str(shown))
+
+
+def advice(error: RepytilianError) -> str:
+    """A library error in the command line's words: settings as flags, and, where a command would
+    mend it, that command as it runs here."""
+    from ..store.missing import LegacyFolder, MissingModel
+
+    if isinstance(error, MissingModel):
+        path = error.path
+        if error.advice == "default":
+            return f"no model at {path}; train it first (Tiny Shakespeare, the default): python3 training.py"
+        if error.advice == "own":
+            return (f"no model at {path}; train one there on your own text: python3 training.py -d YOUR_TEXT.txt "
+                    f"-m {path} (or -p FOLDER for a folder of text files)")
+        if error.advice == "original":
+            return (str(error).split(" (interop.convert")[0] +
+                    f": {repytilian_command()} import-legacy ORIGINAL_FOLDER {path}")
+    if isinstance(error, LegacyFolder):
+        return (f"{error.path} is a model folder of the original Repytilian, saved as pickles, which can run code "
+                f"when loaded, so it is not loaded as it is. Convert it (safely) with: "
+                f"{repytilian_command()} import-legacy {error.path} {error.converted}")
+    return in_flags(error)
+
+
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a verb; user errors become one line on stderr and exit code 2."""
     try:
@@ -113,7 +155,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except RepytilianError as e:
         if getattr(args, "debug", False):
             raise
-        say(f"error: {in_flags(e)}")
+        say(f"error: {advice(e)}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:  # outside training (which saves on Ctrl+C): just stop
         say("\ninterrupted")

@@ -1,19 +1,93 @@
-"""Library settings in the command line's words: the flag of each setting that an error names."""
+"""Library settings in the command line's words: the flag of each setting that a message names.
+
+Library errors and notes name settings as the library does, in backquotes (`block_size`,
+`data_file`), and list the ones they name (errors.py); here each becomes its flag (--block-size, -d)."""
 from __future__ import annotations
 
-from ..config import flag_fields
+import dataclasses
+from typing import Any
+
+from ..config import (
+    MODEL_FIELDS,
+    TRAIN_FIELDS,
+    ModelConfig,
+    TrainConfig,
+    field_of,
+    field_type,
+)
 from ..errors import RepytilianError, SettingError
 
+# The config fields with a flag of their own; every field can be set with --set NAME=VALUE.
+FIELD_FLAGS = {
+    "block_size": "--block-size", "n_layer": "--n-layer", "n_head": "--n-head", "n_embd": "--n-embd",
+    "dropout": "--dropout", "batch_size": "--batch-size", "grad_accum": "--grad-accum",
+    "micro_batch": "--micro-batch", "learning_rate": "--lr", "max_iters": "--iters",
+    "eval_interval": "--eval-interval", "dtype": "--dtype", "compile": "--compile", "optimizer": "--optimizer",
+    "keep": "--keep", "max_seconds": "--budget", "checkpoint_every": "--checkpoint-every",
+    "checkpoint_minutes": "--checkpoint-minutes",
+}
+SET_ALIASES = {"lr": "learning_rate", "iters": "max_iters", "batch": "batch_size", "block": "block_size"}
+
 # Settings whose flag is not simply --name-with-dashes
-FLAGS = {"iterations": "-i/--iterations"}
+FLAGS = {
+    "iterations": "-i", "settings": "-s", "data_file": "-d", "data_path": "-p",
+    "load": "-l", "out": "-m", "model_dir": "-m", "prompt": "-c", "tokenizer": "-z", "num_samples": "--num-samples",
+    "max_time": "--max-time", "models": "--models", "source_format": "--from",
+}
+
+
+def flag_fields() -> list[tuple[type, dataclasses.Field]]:
+    """(config class, field) of every field with a flag of its own, in declaration order."""
+    return [(cls, f) for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls) if f.name in FIELD_FLAGS]
 
 
 def flag_for(setting: str) -> str:
     """The command-line flag of a library setting (a config field or a sampling option)."""
-    own = {f.name: f.metadata["flag"] for _, f in flag_fields()}
-    return own.get(setting) or FLAGS.get(setting) or "--" + setting.replace("_", "-")
+    return FIELD_FLAGS.get(setting) or FLAGS.get(setting) or "--" + setting.replace("_", "-")
+
+
+def value_of(name: str, text: str) -> Any:
+    """A setting's value from the command line's text, typed by the field's annotation ('none' or
+    'forever' where the field may be None)."""
+    cls, _ = field_of(name)
+    kind, optional = field_type(cls, name)
+    if optional and text.lower() in ("none", "forever"):
+        return None
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        return kind(text)
+    except ValueError:
+        raise RepytilianError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+
+
+def parse_set_options(pairs: list[str]) -> dict[str, Any]:
+    """`--set` pairs as typed settings: `["n_layer=6", "lr=1e-3"]` -> {"n_layer": 6, "learning_rate": 0.001}."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = SET_ALIASES.get(key.strip(), key.strip())
+        if not sep or not key:
+            raise RepytilianError(f"--set expects NAME=VALUE, got {pair!r}")
+        if key not in MODEL_FIELDS | TRAIN_FIELDS:
+            known = ", ".join(sorted(MODEL_FIELDS | TRAIN_FIELDS))
+            raise RepytilianError(f"--set: unknown setting {key!r}; known settings: {known}")
+        out[key] = value_of(key, text.strip())
+    return out
+
+
+def in_flags_text(text: str, settings: tuple[str, ...] | list[str]) -> str:
+    """`text` with each setting it names in backquotes (`block_size`) written as its flag."""
+    for name in settings:
+        text = text.replace(f"`{name}`", flag_for(name))
+    return text
 
 
 def in_flags(error: RepytilianError) -> str:
-    """A library error in the command line's words: a setting named by its flag."""
-    return error.in_terms_of(flag_for(error.setting)) if isinstance(error, SettingError) else str(error)
+    """A library error in the command line's words: the settings it names as their flags."""
+    text = error.in_terms_of(flag_for(error.setting)) if isinstance(error, SettingError) else str(error)
+    return in_flags_text(text, getattr(error, "settings", ()))

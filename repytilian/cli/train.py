@@ -10,10 +10,11 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from ..config import ARCHS, DEFAULT_MODEL_DIR, field_type, flag_fields
+from ..config import ARCHS, DEFAULT_MODEL_DIR, field_type
 from ..errors import RepytilianError
 from ..runtime.paths import progress_wanted
 from .common import nonnegative_int, positive_int, run, say, seed_device_debug, speak
+from .flags import FIELD_FLAGS, flag_fields, parse_set_options
 
 
 def _flag_argument(cls: type, f: dataclasses.Field) -> dict:
@@ -57,7 +58,7 @@ def add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None =
                              "sequences (default: many sequences, with a note)")
     group = root.add_argument_group("overrides (any preset field)")
     for cls, f in flag_fields():  # one flag per config field that has one, typed by the field
-        group.add_argument(f.metadata["flag"], **_flag_argument(cls, f))
+        group.add_argument(FIELD_FLAGS[f.name], **_flag_argument(cls, f))
     group.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="set any field, e.g. --set n_layer=6 --set warmup_iters=50")
     parser.add_argument("--measure-dtype", action="store_true",
@@ -83,7 +84,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_options(args: argparse.Namespace, out: str | None, load: str | None):
     from ..api import TrainOptions
-    from ..config import parse_set_options
     from ..data.corpus import DataSource
 
     overrides = parse_set_options(args.set)

@@ -44,7 +44,7 @@ class DataSource:
     @classmethod
     def from_args(cls, datafile: str | None, datapath: str | None, default: str = "shakespeare") -> "DataSource":
         if datafile and datapath:
-            raise RepytilianError("give either -d FILE or -p FOLDER, not both")
+            raise RepytilianError("give either `data_file` or `data_path`, not both", ("data_file", "data_path"))
         if datafile:
             return cls("file", datafile)
         if datapath:
@@ -77,7 +77,8 @@ def stream_threshold() -> int:
 def read_text_file(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
-        raise RepytilianError(f"{path} is a folder; use -p for a folder of text files, -d for one file")
+        raise RepytilianError(f"{path} is a folder; use `data_path` for a folder of text files, `data_file` for one file",
+                              ("data_file", "data_path"))
     return read_text(path)
 
 
@@ -85,7 +86,8 @@ def _folder_files(path: str | Path) -> tuple[Path, list[Path]]:
     root = Path(path)
     if not root.is_dir():
         if root.exists():
-            raise RepytilianError(f"{root} is a file; use -d for a single file, -p for a folder")
+            raise RepytilianError(f"{root} is a file; use `data_file` for a single file, `data_path` for a folder",
+                                  ("data_file", "data_path"))
         raise RepytilianError(f"no such folder: {root}")
     return root, text_files_under(root)
 
@@ -184,7 +186,7 @@ class TokenData:
             raise RepytilianError(
                 f"the data is too short for a context of {block_size} tokens: the training split has "
                 f"{len(self.train)} tokens and the validation split {len(self.val)}. "
-                f"Use more data or a smaller context (--block-size {max(1, shortest // 2)})"
+                f"Use more data or a smaller context (`block_size` {max(1, shortest // 2)})", ("block_size",)
             )
 
 

@@ -66,7 +66,8 @@ def dataset_path(name: str) -> Path:
         ds = DATASETS[name]
     except KeyError:
         known = ", ".join(sorted(DATASETS))
-        raise RepytilianError(f"unknown data set {name!r}; known: {known} (or give a file with -d / a folder with -p)") from None
+        raise RepytilianError(f"unknown data set {name!r}; known: {known} (or give a file as `data_file`, a folder as "
+                              "`data_path`)", ("data_file", "data_path")) from None
 
     cached = cache_dir() / "datasets" / ds.filename
     if _read_verified(cached, ds) is not None:
@@ -85,7 +86,7 @@ def dataset_path(name: str) -> Path:
             f"Provide it in one of these ways:\n"
             f"  - save {ds.url} as {cached}\n"
             f"  - or set REPYTILIAN_DATA to a folder that holds {ds.filename}\n"
-            f"  - or train on your own text with -d FILE or -p FOLDER"
+            f"  - or train on your own text: `data_file` FILE or `data_path` FOLDER", ("data_file", "data_path")
         ) from None
     if _sha256(data) != ds.sha256:
         raise RepytilianError(

@@ -47,11 +47,11 @@ def _sequences(value: Any, layout: str | None, where: str, notes: list[str]) -> 
         bad = next((i for i, item in enumerate(value) if not isinstance(item, list)), None)
         if bad is not None:
             raise RepytilianError(f"{where}: item {bad} is not an array, so this is not a list of sequences "
-                                  "(--json-layout sequences); try --json-layout sequence")
+                                  "(`json_layout` sequences); try `json_layout` sequence", ("json_layout",))
         return value
     if all_arrays:
         notes.append(f"{where}: an array of {len(value)} arrays, read as {len(value)} sequences "
-                     "(use --json-layout sequence if each inner array is one token, such as a chord)")
+                     "(use `json_layout` sequence if each inner array is one token, such as a chord)")
         return value
     return [value]
 
@@ -79,10 +79,11 @@ def read_json_file(path: Path, key: str | None, val_key: str | None, layout: str
         return [_expect_list(doc["value_list"], f"{path}: value_list")], None, text
     if key is not None or val_key is not None or isinstance(doc, dict):
         if not isinstance(doc, dict):
-            raise RepytilianError(f"{path}: --json-key/--json-val-key need a JSON object at the top, found an array")
+            raise RepytilianError(f"{path}: `json_key` and `json_val_key` need a JSON object at the top, found an array",
+                                  ("json_key", "json_val_key"))
         if key is None:
             raise RepytilianError(f"{path} is a JSON object without 'value_list'; name the key that holds the "
-                                  f"tokens with --json-key (its keys: {_keys(doc)})")
+                                  f"tokens with `json_key` (its keys: {_keys(doc)})", ("json_key",))
         for k in (key, val_key):
             if k is not None and k not in doc:
                 raise RepytilianError(f"{path} has no key {k!r} (its keys: {_keys(doc)})")
@@ -105,7 +106,7 @@ def read_json_corpus(kind: str, value: str, key: str | None = None, val_key: str
     if kind == "file":
         files = [Path(value)]
         if files[0].is_dir():
-            raise RepytilianError(f"{value} is a folder; use -p for a folder of .json files")
+            raise RepytilianError(f"{value} is a folder; use `data_path` for a folder of .json files", ("data_path",))
     elif kind == "dir":
         root = Path(value)
         if not root.is_dir():
@@ -115,7 +116,8 @@ def read_json_corpus(kind: str, value: str, key: str | None = None, val_key: str
         if not files:
             raise RepytilianError(f"{root} holds no .json files")
     else:
-        raise RepytilianError("the json tokenizer trains on JSON data: give a file with -d or a folder with -p")
+        raise RepytilianError("the json tokenizer trains on JSON data: give a file as `data_file` or a folder as `data_path`",
+                              ("data_file", "data_path"))
 
     notes: list[str] = []
     train: list[list[Any]] = []
@@ -131,8 +133,8 @@ def read_json_corpus(kind: str, value: str, key: str | None = None, val_key: str
             val.extend(s for s in v if s)
         digest.update(text.encode("utf-8"))
         chars += len(text)
-    for text in notes[:3]:
-        note(f"note: {text}")
+    for text in notes[:3]:  # they name json_layout
+        note(f"note: {text}", settings=("json_layout",))
     where = value if kind == "file" else f"the .json files under {value}"
     if not train:
         raise RepytilianError(f"{where}: no tokens to train on (every sequence is empty)")

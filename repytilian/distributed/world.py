@@ -103,9 +103,9 @@ class World:
             return device
         if device.type == "cuda":
             if device.index is not None and self.local_size > 1:
-                raise RepytilianError(f"--device {device} names one GPU, but torchrun started {self.local_size} "
-                                      "processes on this machine: use --device cuda (each takes the GPU of its "
-                                      "LOCAL_RANK)")
+                raise RepytilianError(f"`device` {device} names one GPU, but torchrun started {self.local_size} "
+                                      "processes on this machine: use `device` cuda (each takes the GPU of its "
+                                      "LOCAL_RANK)", ("device",))
             index = self.local_rank if device.index is None else device.index
             if index >= torch.cuda.device_count():
                 raise RepytilianError(f"process {self.local_rank} of this machine has no GPU of its own: "
@@ -114,7 +114,7 @@ class World:
             return torch.device("cuda", index)
         if device.type != "cpu":
             raise RepytilianError(f"training on several processes works on CUDA GPUs (NCCL) and CPUs (Gloo), "
-                                  f"not on {device.type}; use --device cpu or cuda")
+                                  f"not on {device.type}; use `device` cpu or cuda", ("device",))
         return device
 
     def start(self, device: torch.device) -> None:
@@ -218,8 +218,8 @@ class World:
         at = "" if step is None else f" at step {step}"
         return CommunicationError(
             f"process {self.rank} of {self.size} lost the others{at}: another process of this run died or stopped "
-            f"answering ({_first_line(error)}). The run cannot go on; resume from its last saved folder with -l, "
-            "on any number of processes")
+            f"answering ({_first_line(error)}). The run cannot go on; resume from its last saved folder with `load`, "
+            "on any number of processes", ("load",))
 
     # --- the model -----------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ def bpe_vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[str], list[int
     if tokenizer.name != "bpe" or hf is None:
         raise RepytilianError(
             f"the {tokenizer.name} tokenizer has no form llama.cpp can load: GGUF export works for models with a "
-            "byte-level BPE tokenizer (-z bpe, or imported with repytilian import --from hf); train with -z bpe")
+            "byte-level BPE tokenizer (`tokenizer` bpe, or a GPT-2 imported from Hugging Face); train with "
+            "`tokenizer` bpe", ("tokenizer",))
     data = json.loads(hf.to_str())
     model = data.get("model", {})
     if model.get("type") != "BPE":

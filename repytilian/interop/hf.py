@@ -62,9 +62,9 @@ def is_llama(model: GPT) -> bool:
     """Whether the model is exported as Llama (else GPT-2); a mix of the two is refused."""
     cfg = model.config
     if cfg.n_layer == 0 or not cfg.residual or not cfg.mlp:
-        raise RepytilianError("this model is one of the lecture's steps towards the GPT (--arch bigram, one-head, "
+        raise RepytilianError("this model is one of the lecture's steps towards the GPT (`arch` bigram, one-head, "
                               "multi-head, feed-forward), which transformers has no architecture for: train "
-                              "--arch classic or modern to export")
+                              "`arch` classic or modern to export", ("arch",))
     modern = (cfg.position == "rope", cfg.norm == "rmsnorm", cfg.activation == "swiglu", not cfg.bias)
     if all(modern) and not cfg.qk_norm and not cfg.head_bias:
         return True

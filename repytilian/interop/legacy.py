@@ -97,100 +97,119 @@ def read_plain_pickle(data: bytes, class_names: Iterable[str], what: str) -> Any
     name, so a pickle that asks for anything else is refused, never run. (torch's weights-only
     unpickler cannot read the protocol-4 pickles that Python writes by default.)
     """
-    allowed = set(class_names)
-    stack: list[Any] = []
-    marks: list[int] = []
-    memo: dict[int, Any] = {}
-
-    def since_mark() -> list[Any]:
-        start = marks.pop()
-        items = stack[start:]
-        del stack[start:]
-        return items
-
-    def refuse(reason: str) -> RepytilianError:
-        return RepytilianError(f"{what} cannot be read safely ({reason}); Repytilian never runs a pickle, "
-                               "so this folder cannot be converted")
-
+    reader = _PlainReader(set(class_names), what)
     try:
         for op, arg, _ in pickletools.genops(data):
-            name = op.name
-            if name in ("PROTO", "FRAME"):
-                continue
-            if name == "STOP":
-                return stack.pop()
-            if name in _NUMBERS_AND_TEXT:
-                stack.append(arg)
-            elif name in _CONSTANTS:
-                stack.append(_CONSTANTS[name])
-            elif name == "MARK":
-                marks.append(len(stack))
-            elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE", "EMPTY_SET"):
-                stack.append({"EMPTY_LIST": list, "EMPTY_DICT": dict, "EMPTY_TUPLE": tuple, "EMPTY_SET": set}[name]())
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                n = int(name[-1])
-                items = tuple(stack[-n:])
-                del stack[-n:]
-                stack.append(items)
-            elif name == "TUPLE":
-                stack.append(tuple(since_mark()))
-            elif name == "LIST":
-                stack.append(since_mark())
-            elif name == "DICT":
-                items = since_mark()
-                stack.append(dict(zip(items[::2], items[1::2])))
-            elif name == "FROZENSET":
-                stack.append(frozenset(since_mark()))
-            elif name == "APPEND":
-                value = stack.pop()
-                stack[-1].append(value)
-            elif name == "APPENDS":
-                items = since_mark()
-                stack[-1].extend(items)
-            elif name == "ADDITEMS":
-                items = since_mark()
-                stack[-1].update(items)
-            elif name == "SETITEM":
-                value, key = stack.pop(), stack.pop()
-                stack[-1][key] = value
-            elif name == "SETITEMS":
-                items = since_mark()
-                stack[-1].update(zip(items[::2], items[1::2]))
-            elif name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
-                memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
-            elif name in ("BINGET", "LONG_BINGET", "GET"):
-                stack.append(memo[int(arg)])
-            elif name in ("STACK_GLOBAL", "GLOBAL"):
-                if name == "STACK_GLOBAL":
-                    qualname, module = stack.pop(), stack.pop()
-                else:
-                    module, qualname = arg.split(" ", 1)
-                full = f"{module}.{qualname}"
-                if full not in allowed:
-                    raise refuse(f"it names {full}")
-                stack.append(_ClassName(full))
-            elif name == "NEWOBJ":
-                stack.pop()  # the constructor arguments, unused: the record is filled by BUILD
-                cls = stack.pop()
-                if not isinstance(cls, _ClassName):
-                    raise refuse("it creates an object of no known class")
-                stack.append(_Fields())
-            elif name == "BUILD":
-                state = stack.pop()
-                if not isinstance(stack[-1], _Fields):
-                    raise refuse("it sets the state of something other than a plain object")
-                if isinstance(state, tuple) and len(state) == 2:
-                    state = {**(state[0] or {}), **(state[1] or {})}
-                if not isinstance(state, dict):
-                    raise refuse("an object's state is not a dictionary")
-                stack[-1].__dict__.update(state)
-            else:  # REDUCE, INST, OBJ, PERSID...: calls or lookups this reader never makes
-                raise refuse(f"it uses the pickle instruction {name}")
+            if op.name == "STOP":
+                return reader.stack.pop()
+            reader.step(op.name, arg)
     except RepytilianError:
         raise
     except (ValueError, IndexError, KeyError, TypeError, AttributeError) as e:
-        raise refuse(f"it is damaged: {e}") from None
-    raise refuse("it ends without a value")
+        raise reader.refuse(f"it is damaged: {e}") from None
+    raise reader.refuse("it ends without a value")
+
+
+_EMPTY = {"EMPTY_LIST": list, "EMPTY_DICT": dict, "EMPTY_TUPLE": tuple, "EMPTY_SET": set}
+
+
+class _PlainReader:
+    """The pickle machine's stack, marks and memo, for the instructions that build plain data."""
+
+    def __init__(self, allowed: set[str], what: str):
+        self.allowed, self.what = allowed, what
+        self.stack: list[Any] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, Any] = {}
+
+    def refuse(self, reason: str) -> RepytilianError:
+        return RepytilianError(f"{self.what} cannot be read safely ({reason}); Repytilian never runs a pickle, "
+                               "so this folder cannot be converted")
+
+    def since_mark(self) -> list[Any]:
+        start = self.marks.pop()
+        items = self.stack[start:]
+        del self.stack[start:]
+        return items
+
+    def step(self, name: str, arg: Any) -> None:
+        stack = self.stack
+        if name in ("PROTO", "FRAME"):
+            return
+        if name in _NUMBERS_AND_TEXT:
+            stack.append(arg)
+        elif name in _CONSTANTS:
+            stack.append(_CONSTANTS[name])
+        elif name == "MARK":
+            self.marks.append(len(stack))
+        elif name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+            self.memo[len(self.memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            stack.append(self.memo[int(arg)])
+        elif not (self.container(name) or self.obj(name, arg)):
+            # REDUCE, INST, OBJ, PERSID...: calls or lookups this reader never makes
+            raise self.refuse(f"it uses the pickle instruction {name}")
+
+    def container(self, name: str) -> bool:
+        """A list, dict, tuple or set built or filled; False for any other instruction."""
+        stack = self.stack
+        if name in _EMPTY:
+            stack.append(_EMPTY[name]())
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = tuple(stack[-n:])
+            del stack[-n:]
+            stack.append(items)
+        elif name in ("TUPLE", "LIST", "FROZENSET"):
+            stack.append({"TUPLE": tuple, "LIST": list, "FROZENSET": frozenset}[name](self.since_mark()))
+        elif name == "DICT":
+            items = self.since_mark()
+            stack.append(dict(zip(items[::2], items[1::2])))
+        elif name == "APPEND":
+            value = stack.pop()
+            stack[-1].append(value)
+        elif name in ("APPENDS", "ADDITEMS"):
+            items = self.since_mark()
+            (stack[-1].extend if name == "APPENDS" else stack[-1].update)(items)
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            stack[-1][key] = value
+        elif name == "SETITEMS":
+            items = self.since_mark()
+            stack[-1].update(zip(items[::2], items[1::2]))
+        else:
+            return False
+        return True
+
+    def obj(self, name: str, arg: Any) -> bool:
+        """An object of an allowed class, as an inert record; False for any other instruction."""
+        stack = self.stack
+        if name in ("STACK_GLOBAL", "GLOBAL"):
+            if name == "STACK_GLOBAL":
+                qualname, module = stack.pop(), stack.pop()
+            else:
+                module, qualname = arg.split(" ", 1)
+            full = f"{module}.{qualname}"
+            if full not in self.allowed:
+                raise self.refuse(f"it names {full}")
+            stack.append(_ClassName(full))
+        elif name == "NEWOBJ":
+            stack.pop()  # the constructor arguments, unused: the record is filled by BUILD
+            if not isinstance(stack.pop(), _ClassName):
+                raise self.refuse("it creates an object of no known class")
+            stack.append(_Fields())
+        elif name == "BUILD":
+            state = stack.pop()
+            if not isinstance(stack[-1], _Fields):
+                raise self.refuse("it sets the state of something other than a plain object")
+            if isinstance(state, tuple) and len(state) == 2:
+                state = {**(state[0] or {}), **(state[1] or {})}
+            if not isinstance(state, dict):
+                raise self.refuse("an object's state is not a dictionary")
+            stack[-1].__dict__.update(state)
+        else:
+            return False
+        return True
 
 
 class _ClassName(str):

@@ -12,9 +12,6 @@
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
-import sys
 from pathlib import Path
 
 
@@ -27,19 +24,3 @@ def progress_wanted() -> bool:
     return not os.environ.get("REPYTILIAN_NO_PROGRESS")
 
 
-def repytilian_command() -> str:
-    """How to run the `repytilian` command from here, for advice that must work when pasted: its name
-    where that is on PATH and is this installation's; otherwise this environment's own script (after
-    `make install` it is .venv/bin/repytilian, which is not on PATH until the venv is activated)."""
-    bin_dir = Path(sys.executable).parent
-    mine = next((p for p in (bin_dir / "repytilian", bin_dir / "repytilian.exe") if p.is_file()), None)
-    found = shutil.which("repytilian")
-    if mine is None:
-        return "repytilian" if found else f"{shlex.quote(sys.executable)} -m repytilian"
-    if found and Path(found).resolve() == mine.resolve():
-        return "repytilian"
-    try:
-        shown = mine.relative_to(Path.cwd())
-    except ValueError:
-        shown = mine
-    return shlex.quote(str(shown))

@@ -198,10 +198,10 @@ class DtypeChoice:
         ratio = f["float32"] / f["bfloat16"] if f["bfloat16"] < float("inf") else 0.0
         noisy = (f"; its repeats differed {f['spread']:.1f}x (a busy machine), so it is not remembered"
                  if f["spread"] > NOISY_SPREAD else "")
-        return (f"number format {self.dtype} (--dtype auto, {when}: a step of {f['tokens']:,} tokens took "
+        return (f"number format {self.dtype} (`dtype` auto, {when}: a step of {f['tokens']:,} tokens took "
                 f"{1000 * f['float32']:.1f} ms in float32, {1000 * f['bfloat16']:.1f} ms in bfloat16, "
                 f"{ratio:.2f}x; bf16 needs {MIN_GAIN:g}x. Remembered in {cache_dir() / CHOICES_FILE}; "
-                f"--measure-dtype measures again){noisy}")
+                f"`measure_dtype` measures again){noisy}")
 
 
 def choose_dtype(model: GPT, device: torch.device, batch: int, remeasure: bool = False) -> DtypeChoice:
@@ -241,7 +241,7 @@ def resolve_dtype(name: str, device: torch.device, model: GPT, batch_size: int,
     if name == "bfloat16" and device.type == "cpu" and not cpu_bf16().native and warn is not None:
         warn(f"warning: this CPU has no native bf16 ({cpu_bf16().why}); a bf16 matmul measured "
              f"{bf16_slowdown():.0f}x slower than float32 here, so training in bfloat16 will be slow "
-             "(--dtype auto or float32 trains at full speed)")
+             "(`dtype` auto or float32 trains at full speed)")
     if name != "auto":
         return name
     if device.type == "cuda":

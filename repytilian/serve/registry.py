@@ -15,7 +15,7 @@ from typing import Any
 
 from ..api import LanguageModel, load_model
 from ..errors import RepytilianError
-from ..store.folder import best_in
+from ..store.best import best_in
 
 MAX_DEPTH = 4  # models/<group>/<name> and a little more; the scan stays quick on a big folder
 
@@ -84,7 +84,7 @@ class Registry:
         if self.single is not None and _info(self.single.name, self.single) is None:
             raise RepytilianError(f"{single} is not a model folder (no Repytilian config.json in it)")
         if self.single is None and not self.root.is_dir():
-            raise RepytilianError(f"{root} is not a folder; give the folder your models are in with --models")
+            raise RepytilianError(f"{root} is not a folder; give the folder your models are in as `models`", ("models",))
 
     def scan(self, training: bool = False) -> list[ModelInfo]:
         """The model folders; with `training`, also those a first run is training into (no model yet)."""

@@ -114,7 +114,7 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
                      f"in float32, {weights['val_loss_stored']:.4f} as stored |")
     lines += ["", "![loss](loss.png)", "",
               "Generate: `python3 generate.py -m <this folder>`; continue training: "
-              "`python3 training.py -l <this folder>`."]
+              "`python3 training.py -l <this folder>`."]  # the card is for people, who use the commands
     if meta.get("retrain"):
         lines += ["", f"Trained from scratch again, and this card rewritten, by `{meta['retrain']}`."]
     if sample:

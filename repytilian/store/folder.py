@@ -14,7 +14,6 @@ Loading checks every header against the config before a tensor is built.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import shutil
@@ -33,14 +32,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from ..config import DEFAULT_MODEL_DIR, TrainConfig
+from ..config import TrainConfig
 from ..errors import RepytilianError
 from ..model import GPT, ModelConfig
 from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive, shareable
-from ..runtime.paths import repytilian_command
 from ..tokenizers import Tokenizer, tokenizer_from_json
 from .card import model_card, plot_loss
 from .lock import why_unwritable
+from .missing import LegacyFolder, explain_missing
 
 FORMAT = "repytilian-model"
 FORMAT_VERSION = 1
@@ -84,7 +83,7 @@ def check_target(path: Path) -> None:
     if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
         raise RepytilianError(
             f"{path} already exists and is not a Repytilian model folder; refusing to write into it. "
-            "Choose a new folder with -m"
+            "Choose a new folder as `out`", ("out",)
         )
     # The nearest folder that exists must take a new file (the folders below it are made at the save).
     existing = next((p for p in path.absolute().parents if p.exists()), Path("/"))
@@ -97,7 +96,7 @@ def check_target(path: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise RepytilianError(f"cannot save the model to {path}: {why_unwritable(shown, e)}; "
-                              "choose another folder with -m") from None
+                              "choose another folder as `out`", ("out",)) from None
 
 
 def _write_trainer_state(folder: Path, trainer_state: dict[str, Any]) -> None:
@@ -130,7 +129,7 @@ def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer, meta: dic
     except OSError as e:
         had = " the model that was there is intact;" if (target / "config.json").is_file() else ""
         raise RepytilianError(f"could not save to {target}: {e.strerror or e};{had} free some space or "
-                              "choose another folder with -m") from None
+                              "choose another folder as `out`", ("out",)) from None
 
 
 def _clean_leftovers(target: Path) -> None:
@@ -142,7 +141,7 @@ def _clean_leftovers(target: Path) -> None:
             if not pid.isdigit() or (int(pid) != os.getpid() and pid_alive(int(pid))):
                 continue
             if ".old-" in leftover.name and not (target / "config.json").is_file():
-                continue  # the only complete copy: _explain_missing tells the user where it is
+                continue  # the only complete copy: explain_missing tells the user where it is
             if (target / "config.json").is_file():
                 _keep_users_files(leftover, target)  # a kill -9 after a swap: the user's files survive
             shutil.rmtree(leftover, ignore_errors=True)
@@ -257,89 +256,15 @@ def _read_json(path: Path) -> Any:
         raise RepytilianError(f"{path} is damaged (not valid JSON: {e})") from None
 
 
-def _explain_missing(path: Path) -> RepytilianError:
-    leftovers = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
-    if leftovers:
-        return RepytilianError(
-            f"no model at {path}, but a save into it was interrupted; the previous model is in "
-            f"{leftovers[-1]}: rename that folder to {path} to use it"
-        )
-    return RepytilianError(f"no model at {path}; {_how_to_get(path)}")
-
-
-# The original Repytilian's models that its README names and Repytilian does not ship.
-ORIGINAL_ONLY = ("models/starwars/v0c", "models/starwars/v1w", "models/steev/v2w")
-
-
-def _how_to_get(path: Path) -> str:
-    """What would put a model at `path`: advice whose command does what the user meant (a
-    command that trained Tiny Shakespeare into models/starwars would not)."""
-    nearby = _model_folders_near(path)
-    close = difflib.get_close_matches(path.name, [p.name for p in nearby], n=1, cutoff=0.75)
-    if close:
-        return f"did you mean {path.parent / close[0]}?"
-    if path.absolute() == Path(DEFAULT_MODEL_DIR).absolute():
-        return "train it first (Tiny Shakespeare, the default): python3 training.py"
-    shown = path.as_posix()
-    if any(shown.endswith(name) for name in ORIGINAL_ONLY):
-        return (f"the original Repytilian shipped {shown}, Repytilian does not (it ships models/shakespeare/v1c, "
-                f"v2c, v3c, words and bpe). With that folder from the original project, convert it: "
-                f"{repytilian_command()} import-legacy ORIGINAL_FOLDER {path}")
-    return (f"train one there on your own text: python3 training.py -d YOUR_TEXT.txt -m {path} "
-            "(or -p FOLDER for a folder of text files)")
-
-
-def _converted_name(path: Path) -> Path:
-    return path.with_name(path.name + "-converted")
-
-
-def _model_folders_near(path: Path) -> list[Path]:
-    try:
-        return [p for p in path.parent.iterdir() if (p / "config.json").is_file()]
-    except OSError:
-        return []
-
-
-def better_best(path: Path) -> dict[str, Any] | None:
-    """What `path/best/` holds, where it is a better model than `path` itself over the whole
-    validation split: the best evaluation of the run, kept beside the last model (--keep both).
-    None where there is no best/ or the last model is at least as good. The model people sample is
-    this one; `-l` still continues the last, which alone has the optimiser's state."""
-    if not (path / "best" / "config.json").is_file():
-        return None
-    try:
-        summary = json.loads((path / "config.json").read_text(encoding="utf-8"))["summary"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return best_in(summary)
-
-
-def best_in(summary: Any) -> dict[str, Any] | None:
-    """better_best's rule, read from a config's summary: best/ was kept and beats the last model
-    over the whole validation split."""
-    best = summary.get("best") if isinstance(summary, dict) else None
-    try:
-        if best.get("kept") != "best/" or not best["val_loss_full"] < best["last_val_loss_full"]:
-            return None
-    except (AttributeError, KeyError, TypeError):
-        return None
-    return {"step": best["step"], "val_loss_full": best["val_loss_full"],
-            "last_step": summary.get("step"), "last_val_loss_full": best["last_val_loss_full"]}
-
-
 def read_config(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise _explain_missing(path)
+        raise explain_missing(path)
     if not path.is_dir():
         raise RepytilianError(f"{path} is a file; a model is a folder holding config.json and model.safetensors")
     if not (path / "config.json").is_file():
         pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if (path / "token_embedding_table.pt").is_file():
-            raise RepytilianError(
-                f"{path} is a model folder of the original Repytilian, saved as pickles, which can run code "
-                f"when loaded, so it is not loaded as it is. Convert it (safely) with: "
-                f"{repytilian_command()} import-legacy {path} {_converted_name(path)}"
-            )
+            raise LegacyFolder(path)
         if pickles:
             raise RepytilianError(
                 f"{path} holds {', '.join(sorted(pickles)[:3])}: pickled files, which can run code when loaded, "

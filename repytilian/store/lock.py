@@ -43,7 +43,7 @@ class TargetLock:
                 if owner is not None and owner != os.getpid() and pid_alive(owner):
                     raise RepytilianError(
                         f"another training run (PID {owner}) is writing {self.target}; wait for it, stop it "
-                        f"(kill -USR1 {owner}), or choose another folder with -m"
+                        f"(kill -USR1 {owner}), or choose another folder as `out`", ("out",)
                     ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue

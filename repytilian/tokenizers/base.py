@@ -107,7 +107,7 @@ class Tokenizer(ABC):
             except UnknownTokensError:
                 continue
         raise UnknownTokensError(
-            "this model's vocabulary has no line break or space to start from; give a prompt with -c"
+            "this model's vocabulary has no line break or space to start from; give a `prompt`", ("prompt",)
         )
 
     def stream_decoder(self) -> "StreamDecoder":

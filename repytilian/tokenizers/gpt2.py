@@ -57,7 +57,8 @@ def load_encoding(name: str = ENCODING) -> Any:
         raise RepytilianError(
             f"tiktoken's {name!r} encoding is not on this machine and could not be downloaded "
             f"({type(e).__name__}). Run once with network access so tiktoken caches it "
-            "(set TIKTOKEN_CACHE_DIR to keep the cache), or use -z bpe to train a BPE on your own text"
+            "(set TIKTOKEN_CACHE_DIR to keep the cache), or use `tokenizer` bpe to train a BPE on your own text",
+            ("tokenizer",)
         ) from None
 
 

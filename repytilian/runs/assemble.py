@@ -1,0 +1,187 @@
+"""Assembling a run before its loop starts: a new model from presets and overrides, or a saved one
+with its optimiser state, its tokenizer and its data (`Run`); what happens to a resumed schedule."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import (
+    ARCHS,
+    ITERATIONS,
+    ModelConfig,
+    TrainConfig,
+    auto_settings,
+    build_configs,
+    check_configs,
+    split_overrides,
+)
+from ..data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
+from ..errors import RepytilianError, SettingError
+from ..events import (
+    Listener,
+    Note,
+)
+from ..model import GPT
+from ..store.folder import (
+    LoadedModel,
+    load_model_dir,
+)
+from ..tokenizers import (
+    DEFAULT_TOKENIZER,
+    Tokenizer,
+    UnknownTokensError,
+    tokenizer_class,
+)
+from ..train import (
+    TrainState,
+)
+from .options import TrainOptions
+
+
+def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
+    """Train config and state for continuing a saved model, saying what happens to the LR schedule."""
+    model_over, train_over = split_overrides(opts.overrides)
+    if opts.arch is not None:
+        model_over = {**ARCHS.get(opts.arch, {}), **model_over}
+    mcfg = loaded.model.config
+    changed = {k: v for k, v in model_over.items() if k != "dropout" and getattr(mcfg, k) != v}
+    if changed:
+        names = ", ".join(f"{k}={v}" for k, v in changed.items())
+        raise RepytilianError(
+            f"cannot change the shape of a trained model ({names}); `load` continues {loaded.path} as it is "
+            "(train a new model without `load` to change its shape)", ("load",)
+        )
+    if "dropout" in model_over:
+        mcfg.dropout = model_over["dropout"]
+        loaded.model = _set_dropout(loaded.model, mcfg.dropout)
+    tcfg = loaded.train_config
+    if opts.iterations is not None:
+        preset = ITERATIONS.get(opts.iterations)
+        if preset is None:
+            raise SettingError("iterations", f"unknown {{setting}} preset {opts.iterations!r}; choose one of: {', '.join(ITERATIONS)}")
+        tcfg = dataclasses.replace(tcfg, **preset)
+    if train_over.get("optimizer", tcfg.optimizer) != tcfg.optimizer:
+        raise RepytilianError(
+            f"{loaded.path} was trained with {tcfg.optimizer}; `load` continues it with the same optimiser "
+            f"(its saved state is {tcfg.optimizer}'s), so leave `optimizer` out", ("load", "optimizer")
+        )
+    tcfg = dataclasses.replace(tcfg, **train_over)
+    if opts.seed is not None:
+        tcfg.seed = opts.seed
+    check_configs(mcfg, tcfg)
+    return mcfg, tcfg
+
+
+def _set_dropout(model: GPT, p: float) -> GPT:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        elif hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = p
+    return model
+
+
+def plan_schedule(state: TrainState, more_steps: int | None, asked: bool, report: Listener) -> TrainState:
+    """Continue an unfinished schedule exactly; extend a finished one (or on request) with a new one."""
+    if not asked and not state.finished:
+        left = "until stopped" if state.max_iters is None else f"to step {state.max_iters}"
+        report(Note(f"resuming at step {state.step}, continuing the saved schedule {left}"))
+        return state
+    state.schedule_start = state.step
+    state.max_iters = None if more_steps is None else state.step + more_steps
+    what = "until stopped" if more_steps is None else f"{more_steps} more steps (to step {state.max_iters})"
+    report(Note(f"resuming at step {state.step}: training {what} with a new warm-up and decay of the learning rate"))
+    return state
+
+
+@dataclass
+class Run:
+    """What a training run is made of, before the loop starts."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    data: TokenData
+    source: DataSource
+    mcfg: ModelConfig
+    tcfg: TrainConfig
+    loaded: LoadedModel | None = None
+
+
+def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run:
+    """A new model: settings from the presets and overrides, a tokenizer trained on the data."""
+    tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
+    mcfg, tcfg = build_configs("default" if opts.settings == "auto" else opts.settings, opts.iterations or "default",
+                               opts.overrides, opts.arch or "classic")
+    if opts.iterations is None and tcfg.max_seconds is not None and "max_iters" not in opts.overrides:
+        tcfg.max_iters = None  # a time budget alone: the budget, not -i default's 2,000 steps, ends training
+    if opts.seed is not None:
+        tcfg.seed = opts.seed
+    source = opts.data or DataSource("dataset", "shakespeare")
+    corpus = load_corpus(source, tokenizer_cls.input_format)
+    started_tokenizing = time.perf_counter()
+    tokenizer = train_tokenizer(tokenizer_cls, corpus, **opts.tokenizer_options)
+    data = TokenData.from_corpus(corpus, tokenizer)
+    if time.perf_counter() - started_tokenizing > 2:
+        report(Note(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s"))
+    if opts.settings == "auto":  # the shape follows the data (and the steps, unless told): on top of "default"
+        given = opts.iterations is not None or "max_iters" in opts.overrides or tcfg.max_seconds is not None
+        chosen, why = auto_settings(len(data.train), tokenizer.vocab_size, given)
+        report(Note(why, settings=("settings",)))
+        mcfg, tcfg = with_values(mcfg, tcfg, {k: v for k, v in chosen.items() if k not in opts.overrides})
+    mcfg.vocab_size = tokenizer.vocab_size
+    torch.manual_seed(tcfg.seed)
+    return Run(GPT(mcfg).to(device), tokenizer, data, source, mcfg, tcfg)
+
+
+def with_values(mcfg: ModelConfig, tcfg: TrainConfig, values: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """The configs with these fields set (each to a value of its type), checked together."""
+    model_values, train_values = split_overrides(values)
+    mcfg, tcfg = dataclasses.replace(mcfg, **model_values), dataclasses.replace(tcfg, **train_values)
+    check_configs(mcfg, tcfg)
+    return mcfg, tcfg
+
+
+def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
+    """A saved model with its optimiser state, its tokenizer, and its data unless other data is given.
+    A folder saved without optimiser state (an imported or shipped model) is fine-tuned: its weights
+    are the start of a new run with a fresh optimiser."""
+    fine_tune = not (Path(opts.load) / "trainer_state").is_dir()
+    loaded = load_model_dir(opts.load, device, with_trainer=not fine_tune)
+    if opts.tokenizer and tokenizer_class(opts.tokenizer).name != loaded.tokenizer.name:
+        raise RepytilianError(
+            f"{opts.load} was trained with the {loaded.tokenizer.name!r} tokenizer, not {opts.tokenizer!r}; "
+            f"leave `tokenizer` out (or give `tokenizer` {loaded.tokenizer.name}) to continue it", ("tokenizer",)
+        )
+    if fine_tune and "train" not in loaded.meta:  # imported: the training settings of -s and -i
+        _, preset = build_configs(opts.settings, "default", {}, "classic")
+        loaded.meta["train"] = dataclasses.asdict(preset)
+    mcfg, tcfg = _resume_setup(opts, loaded)
+    if fine_tune and "learning_rate" not in opts.overrides:
+        # Pretrained weights are near a good solution: a tenth of the from-scratch peak keeps them there
+        tcfg.learning_rate, tcfg.min_lr = tcfg.learning_rate / 10, tcfg.min_lr / 10
+    given = [k for k, v in opts.tokenizer_options.items() if v is not None]
+    if given:
+        raise SettingError(given[0], "cannot be given when continuing a saved model: its tokenizer cannot change")
+    saved_source = loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"})
+    source = opts.data or DataSource.from_dict(saved_source)
+    corpus = load_corpus(source, loaded.tokenizer.input_format)
+    try:
+        data = TokenData.from_corpus(corpus, loaded.tokenizer)
+    except UnknownTokensError as e:
+        raise RepytilianError(f"the training data does not fit the vocabulary of {opts.load}: {e}") from None
+    return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
+
+
+
+
+def fingerprint(run: "Run") -> str:
+    """What every process must have prepared alike: the data's text, the tokenizer's ids for it."""
+    head = run.data.train[:100_000]
+    return f"{run.data.sha256}:{len(run.data.train)}:{len(run.data.val)}:{run.tokenizer.vocab_size}:" + \
+        hashlib.sha256(head.astype("int64").tobytes()).hexdigest()

@@ -1,0 +1,47 @@
+"""What a training run is asked for (`TrainOptions`) and what it gives back (`TrainResult`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import (
+    DEFAULT_MODEL_DIR,
+)
+from ..data.corpus import DataSource
+from ..language_model import LanguageModel
+from ..train import (
+    StopRequest,
+    TrainState,
+)
+
+
+@dataclass
+class TrainOptions:
+    data: DataSource | None = None  # None: the loaded model's data, else Tiny Shakespeare
+    tokenizer: str | None = None  # None: the loaded model's, else characters
+    tokenizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 512} for bpe
+    settings: str = "default"
+    arch: str | None = None  # None: "classic" (or, with `load`, the loaded model's)
+    iterations: str | None = None  # None: "default" (or, with `load`, finish the saved schedule)
+    overrides: dict[str, Any] = field(default_factory=dict)  # field name -> value or CLI string
+    out: str | None = DEFAULT_MODEL_DIR  # "" or None: save nothing at the end
+    load: str | None = None
+    device: str = "auto"
+    seed: int | None = None
+    progress: bool = True
+    interrupt_root: str = "models"  # interrupted runs go to <root>/interrupted/<timestamp>/
+    stop: StopRequest | None = None  # lets a caller (a test, a server) stop training early
+    wandb: bool = False  # log each evaluation to Weights & Biases
+    tensorboard: str | None = None  # ...and/or to TensorBoard logs in this folder
+    measure_dtype: bool = False  # --dtype auto: measure again instead of taking the remembered choice
+
+
+@dataclass
+class TrainResult:
+    language_model: LanguageModel
+    saved_to: Path | None
+    stopped_by: str | None  # the signal that stopped training early, or None
+    val_loss: float | None  # over the whole validation split, for finished runs
+    state: TrainState
+    main: bool = True  # False in the processes of a torchrun job other than rank 0 (which saved and spoke)

@@ -1,0 +1,25 @@
+"""Which device a run or a model uses: the one asked for, or the best there is."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import RepytilianError, SettingError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU; or exactly the device asked for."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RepytilianError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SettingError("device", "cuda was asked for, but this PyTorch sees no CUDA GPU; use cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SettingError("device", "mps was asked for, but MPS is not available here; use cpu")
+    return device
