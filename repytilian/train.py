@@ -36,7 +36,7 @@ from .events import (
 from .model import GPT
 from .optim import make_optimizer
 from .runtime.batches import BatchPlan, plan_batches
-from .runtime.cpu import tune_for_training
+from .runtime.device import prepare_for_training
 from .runtime.eta import EXPECT_AFTER_SECONDS, expectation
 from .runtime.precision import DTYPES, autocast
 from .runtime.signals import StopRequest
@@ -76,12 +76,7 @@ class Trainer:
         if cfg.dtype not in DTYPES:
             raise ValueError(f"the Trainer computes in a resolved format, not {cfg.dtype!r}: "
                              "settle it first with runtime.precision.resolve_dtype")
-        if device.type == "cpu":
-            tune_for_training()  # malloc thresholds (a fifth of a small step was page faults), threads
-        elif device.type == "cuda":
-            # float32 matmuls on tensor cores (TF32) where autocast leaves them in float32: the
-            # optimiser's and the loss's, or all of them with --dtype float32
-            torch.set_float32_matmul_precision("high")
+        prepare_for_training(device)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
         compile_it = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.compiled = self._compiled(model) if compile_it else None

@@ -97,3 +97,13 @@ def test_the_library_takes_typed_settings_and_the_command_line_turns_text_into_t
     assert t.learning_rate == 1.0 and isinstance(t.learning_rate, float) and m.n_layer == 2
     with pytest.raises(SettingError, match="wings is not a setting"):
         build_configs("default", "default", {"wings": 2})
+
+
+def test_train_options_check_their_settings_when_made():
+    from repytilian.api import TrainOptions
+    from repytilian.errors import SettingError
+
+    assert TrainOptions(overrides={"block_size": 64, "learning_rate": 1}).overrides == {"block_size": 64,
+                                                                                       "learning_rate": 1.0}
+    with pytest.raises(SettingError, match="block_size must be an int, got '64'"):
+        TrainOptions(overrides={"block_size": "64"})

@@ -5,26 +5,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (
-    DEFAULT_MODEL_DIR,
-)
+from ..config import DEFAULT_MODEL_DIR, typed
 from ..data.corpus import DataSource
 from ..language_model import LanguageModel
-from ..train import (
-    StopRequest,
-    TrainState,
-)
+from ..runtime.signals import StopRequest
+from ..schedule import TrainState
 
 
 @dataclass
 class TrainOptions:
+    """A run, as typed settings: presets by name (`settings`, `iterations`, `arch`) and config fields
+    set one by one in `overrides` (name -> a value of the field's type, checked here, once: a
+    number given as text is refused, the command line having read its text already)."""
+
     data: DataSource | None = None  # None: the loaded model's data, else Tiny Shakespeare
     tokenizer: str | None = None  # None: the loaded model's, else characters
     tokenizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 512} for bpe
     settings: str = "default"
     arch: str | None = None  # None: "classic" (or, with `load`, the loaded model's)
     iterations: str | None = None  # None: "default" (or, with `load`, finish the saved schedule)
-    overrides: dict[str, Any] = field(default_factory=dict)  # field name -> value or CLI string
+    overrides: dict[str, Any] = field(default_factory=dict)  # config field name -> typed value
     out: str | None = DEFAULT_MODEL_DIR  # "" or None: save nothing at the end
     load: str | None = None
     device: str = "auto"
@@ -34,7 +34,11 @@ class TrainOptions:
     stop: StopRequest | None = None  # lets a caller (a test, a server) stop training early
     wandb: bool = False  # log each evaluation to Weights & Biases
     tensorboard: str | None = None  # ...and/or to TensorBoard logs in this folder
-    measure_dtype: bool = False  # --dtype auto: measure again instead of taking the remembered choice
+    measure_dtype: bool = False  # dtype auto: measure again instead of taking the remembered choice
+
+    def __post_init__(self) -> None:
+        self.overrides = {name: typed(name, value) if value is not None else None
+                          for name, value in self.overrides.items()}
 
 
 @dataclass

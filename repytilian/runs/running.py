@@ -29,8 +29,7 @@ from ..events import (
 from ..interop.trackers import finish_all, log_all, open_trackers
 from ..language_model import LanguageModel
 from ..model import GPT
-from ..runtime.cpu import tune_for_training
-from ..runtime.device import pick_device
+from ..runtime.device import pick_device, prepare_for_training
 from ..runtime.precision import DTYPES, DtypeRecheck, resolve_dtype
 from ..store.folder import (
     check_target,
@@ -64,8 +63,7 @@ def run_training(opts: TrainOptions, report: Listener) -> TrainResult:
     if not world.is_main:
         report = _quiet  # rank 0 speaks for all; errors still reach each process's stderr
         opts = dataclasses.replace(opts, progress=False)
-    if device.type == "cpu":
-        tune_for_training()  # before any timing: the threads the measurement and the training use
+    prepare_for_training(device)  # before any timing: the threads the measurement and the training use
     world.start(device)
     try:
         with notes_to(report):
