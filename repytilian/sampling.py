@@ -25,6 +25,7 @@ from .model import GPT
 KEEP_FRACTION = 0.5  # after a slide the model sees half a block, then a growing context; a re-prefill every block/2 tokens
 MAX_NEW_TOKENS = 1_000_000
 MAX_SAMPLES = 1024
+SEEDS = (-(2 ** 63), 2 ** 64 - 1)  # what a torch.Generator takes
 
 
 @dataclass
@@ -45,6 +46,8 @@ class SamplingOptions:
             raise SettingError("top_k", f"must be 0 (off: every token) or more, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise SettingError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not SEEDS[0] <= self.seed <= SEEDS[1]:
+            raise SettingError("seed", f"must be a whole number from {SEEDS[0]:,} to {SEEDS[1]:,}, got {self.seed:,}")
 
 
 def check_lengths(max_new_tokens: int, num_samples: int = 1) -> None:

@@ -145,7 +145,7 @@ def test_sampling_defaults_are_the_same_from_the_command_line_python_and_the_ser
     python = load_model(folder, device="cpu").generate("the ", 40, seed=7)
     cli = run_script("generate.py", "-m", str(folder), "-c", "the ", "-t", "40", "--seed", "7", cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr
-    with TestClient(create_app(Registry(root=tmp_path / "models"))) as client:
+    with TestClient(create_app(Registry(root=tmp_path / "models")), base_url="http://127.0.0.1:8000") as client:
         answer = client.post("/v1/completions", json={"model": "tiny", "prompt": "the ", "max_tokens": 40, "seed": 7})
     assert answer.status_code == 200, answer.text
     assert cli.stdout == "the " + python + "\n"

@@ -53,7 +53,7 @@ def models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def client(models):
     app = create_app(Registry(root=models), Limits(max_tokens=300, max_body_bytes=20_000, max_prompt_chars=2_000))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost:8000") as c:
         yield c
 
 
@@ -197,6 +197,12 @@ def test_the_playground_stream_has_probabilities_and_ten_alternatives(client):
     ({"model": TEXT, "prompt": [1, 10**6]}, 400, "prompt", "token ids must be between 0 and"),
     ({"model": TEXT, "prompt": ["a", "b"]}, 400, "prompt", "one prompt per request"),
     ({"model": TEXT, "prompt": {"a": 1}}, 400, "prompt", "a string or a list of token ids"),
+    ({"model": TEXT, "prompt": "a", "seed": 2**64}, 400, "seed", "a whole number from"),  # was a 500
+    ({"model": TEXT, "prompt": "a", "seed": -2**63 - 1}, 400, "seed", "a whole number from"),
+    ({"model": TEXT, "prompt": "a", "stream": True, "stream_options": 5}, 400, "stream_options", "an object"),
+    ({"model": TEXT, "prompt": "a", "stream": True, "stream_options": "x"}, 400, "stream_options", "an object"),
+    ({"model": TEXT, "prompt": "a", "stop": ["x" * 257]}, 400, "stop", "at most 256 characters"),
+    ({"model": TEXT, "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4 strings"),
 ])
 def test_bad_requests_are_4xx_with_openai_errors(client, body, status, param, words):
     assert_error(client.post("/v1/completions", json=body), status, param, words)
@@ -206,8 +212,11 @@ def test_bad_bodies_methods_and_paths(client):
     assert_error(client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}),
                  400, None, "not valid JSON")
     assert_error(client.post("/v1/completions", json=[1, 2]), 400, None, "a JSON object")
-    assert_error(client.post("/v1/completions", content=b"x" * 20_001), 413, None, "the limit is 20,000")
-    assert_error(client.get("/v1/completions"), 405, None, "does not take that method")
+    assert_error(client.post("/v1/completions", content=b"x" * 20_001, headers={"content-type": "application/json"}),
+                 413, None, "the limit is 20,000")
+    not_allowed = client.get("/v1/completions")
+    assert_error(not_allowed, 405, None, "does not take that method")
+    assert not_allowed.headers["allow"] == "POST"
     assert_error(client.get("/v1/nothing"), 404, None, "no such page")
     bad_chat = client.post("/v1/chat/completions", json={"model": TEXT, "messages": [{"role": "robot", "content": "x"}]})
     assert_error(bad_chat, 400, "messages[0].role", "must be one of")
@@ -337,6 +346,7 @@ def test_a_client_that_goes_away_stops_its_generation_and_a_full_queue_answers_4
                 time.sleep(0.05)
             refused = third.post("/v1/completions", json=long)  # one running, one waiting: full
             assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+            assert refused.headers["retry-after"] == "1"
         first.close()
         # The first client has gone: its 100,000 tokens stop being made, the queued one runs and ends
         queued.join(30)
@@ -483,7 +493,7 @@ def test_the_load_benchmark_runs_bounded_and_clean(models):
 
 
 def test_one_model_folder_can_be_served_alone(models):
-    with TestClient(create_app(Registry(single=models / TEXT))) as c:
+    with TestClient(create_app(Registry(single=models / TEXT)), base_url="http://localhost:8000") as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["v1c"]
         done = c.post("/v1/completions", json={"prompt": "A", "max_tokens": 2})  # no model named: the one
         assert done.status_code == 200 and done.json()["model"] == "v1c"
@@ -595,3 +605,43 @@ def test_the_playgrounds_rough_edges_are_gone_in_a_real_browser(server):
         # No request of the page failed: /favicon.ico included
         assert page.request.get(server.url + "/favicon.ico").status == 200
         assert failed == [f"400 {server.url}/api/generate"], failed  # only the error asked for above
+
+
+@pytest.mark.slow
+def test_a_whole_answer_nobody_waits_for_stops_and_so_does_its_place_in_the_queue(server):
+    import httpx
+
+    def status():
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            return c.get("/api/status").json()
+
+    def gives_up(body, after):  # a client that closes its connection after `after` seconds
+        with httpx.Client(base_url=server.url, timeout=after) as c:
+            with pytest.raises(httpx.TimeoutException):
+                c.post("/v1/completions", json=body)
+
+    def settles(deadline_s=5.0):
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            now = status()
+            if now["active"] == 0 and now["waiting"] == 0:
+                return now
+            time.sleep(0.05)
+        return status()
+
+    long = {"model": TEXT, "prompt": "ROMEO:", "max_tokens": 100000}
+    before = status()["generated_tokens"]
+    gives_up(long, 0.5)  # not streamed: it used to run to its end (100,000 tokens), holding the one turn
+    after = settles()
+    assert after["active"] == 0 and after["generated_tokens"] - before < 20000
+    with httpx.Client(base_url=server.url, timeout=60) as first:
+        with first.stream("POST", "/v1/completions", json={**long, "stream": True}) as streaming:
+            lines = streaming.iter_lines()
+            next(lines)  # the one turn is taken
+            gives_up({**long, "max_tokens": 5}, 0.5)  # waits in the queue, then goes away
+            deadline = time.monotonic() + 5
+            while status()["waiting"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status()["waiting"] == 0 and status()["active"] == 1  # out of the queue while the first runs
+    assert settles()["active"] == 0
+    assert server.proc.poll() is None and not any("Traceback" in line for line in server.lines)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import os
 import sys
 from pathlib import Path
 
 from ..errors import RepytilianError
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+KEY_VARIABLE = "REPYTILIAN_API_KEY"
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,15 +30,37 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"requests that may wait for a turn (default {d.max_waiting}); beyond: 429")
     parser.add_argument("--max-seconds", type=float, default=d.max_seconds,
                         help=f"generation time per request (default {d.max_seconds:g} s)")
+    access = parser.add_argument_group("who may use it")
+    access.add_argument("--api-key", default=None, metavar="KEY",
+                        help=f"every /v1 and /api request needs Authorization: Bearer KEY (or set {KEY_VARIABLE}, "
+                             "or --api-key-file)")
+    access.add_argument("--api-key-file", default=None, metavar="FILE", help="read the key from this file")
+    access.add_argument("--no-auth", action="store_true",
+                        help="listen beyond this machine without a key (refused otherwise)")
+    access.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests addressed to this host name (repeatable; on 127.0.0.1 only "
+                             "localhost names are answered, against DNS rebinding)")
+    access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let web pages of this origin (e.g. http://localhost:3000) call the API (repeatable)")
 
 
 def is_loopback(host: str) -> bool:
-    if host in LOOPBACK:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from ..serve.guard import is_loopback as loopback  # the one rule, the guard's
+
+    return loopback(host)
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key, --api-key-file or REPYTILIAN_API_KEY (in that order), or None."""
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RepytilianError(f"--api-key-file: cannot read {args.api_key_file}: {getattr(e, 'strerror', e)}") from None
+        if not key:
+            raise RepytilianError(f"--api-key-file: {args.api_key_file} is empty")
+        return args.api_key or key
+    return args.api_key or os.environ.get(KEY_VARIABLE) or None
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -63,11 +85,19 @@ def serve_command(args: argparse.Namespace) -> int:
                 else Registry(root=Path(args.models), device=args.device))
     limits = Limits(max_tokens=args.max_tokens, max_active=args.max_concurrent, max_waiting=args.max_queue,
                     max_seconds=args.max_seconds)
-    app = create_app(registry, limits)
-    if not is_loopback(args.host):
-        print(f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can "
-              "use these models (there is no login); use --host 127.0.0.1 for this machine only",
-              file=sys.stderr, flush=True)
+    from ..serve.guard import Guard
+
+    key = api_key(args)
+    local = is_loopback(args.host)
+    if not local and key is None and not args.no_auth:
+        raise RepytilianError(f"listening on {args.host} lets anyone who can reach this machine use these models: "
+                              f"give a key (--api-key KEY, --api-key-file FILE or {KEY_VARIABLE}), or --no-auth "
+                              "to serve them to everyone, or --host 127.0.0.1 for this machine only")
+    app = create_app(registry, limits, Guard(local_only=local, allowed_hosts=args.allow_host,
+                                             cors_origins=args.cors_origin, api_key=key))
+    if not local and key is None:
+        print(f"warning: listening on {args.host} without a key (--no-auth): anyone who can reach this machine on "
+              f"port {args.port} can use these models", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     models = registry.scan()

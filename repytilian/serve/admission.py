@@ -10,6 +10,7 @@ instead of piling up work. A client that goes away cancels its generation at the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 
 from ..engine import Request, Token
@@ -88,11 +90,14 @@ class Server:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"the request body is {int(declared):,} bytes; the limit is {limit:,}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"the request body is over the limit of {limit:,} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the request body is over the limit of {limit:,} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone before its body was whole: nobody reads the answer
+            raise ApiError(400, "the client went away before its request was whole") from None
         try:
             data = json.loads(b"".join(chunks) or b"{}")
         except (ValueError, UnicodeDecodeError):
@@ -156,12 +161,36 @@ class Server:
                        stop_strings(body.get("stop")) + list(stop or []), logprobs=True, max_seconds=lim.max_seconds)
 
     async def events(self, http: HttpRequest, lm: LanguageModel, request: Request) -> AsyncIterator[Any]:
-        """Run the request in a worker thread once the gate lets it in; its events, as they come."""
-        await self.gate.enter()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        """Run the request in a worker thread once the gate lets it in; its events, as they come. A
+        client that goes away, while waiting for its turn or while its answer is made, cancels it."""
+        gone = asyncio.create_task(_client_gone(http))
         cancel = threading.Event()
         request.cancelled = cancel.is_set
+        try:
+            if not await self._admitted(gone):
+                return
+            async for item in self._run(lm, request, cancel, gone):
+                yield item
+        finally:
+            gone.cancel()
+            cancel.set()  # a client gone, or an error: the worker stops at its next token
+
+    async def _admitted(self, gone: asyncio.Task) -> bool:
+        """Through the gate (429 or 503 raised as they come); False if the client left first."""
+        enter = asyncio.create_task(self.gate.enter())
+        await asyncio.wait({enter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if enter.done():
+            enter.result()
+            return True
+        enter.cancel()  # the gate counts it out of the queue
+        with contextlib.suppress(asyncio.CancelledError):
+            await enter
+        return False
+
+    async def _run(self, lm: LanguageModel, request: Request, cancel: threading.Event,
+                   gone: asyncio.Task) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
 
         def put(item: Any) -> None:
             try:
@@ -181,20 +210,24 @@ class Server:
 
         future = loop.run_in_executor(self.executor, work)
         future.add_done_callback(lambda _: self.gate.leave())  # the turn ends when the work does
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), 1.0)
-                except asyncio.TimeoutError:
-                    if await http.is_disconnected():
-                        return
-                    continue
-                if item is _DONE:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
-                if isinstance(item, Token):
-                    self.generated += 1
-                yield item
-        finally:
-            cancel.set()  # a client gone, or an error: the worker stops at its next token
+        while not gone.done():
+            try:
+                item = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_SECONDS)
+            except asyncio.TimeoutError:
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            if isinstance(item, Token):
+                self.generated += 1
+            yield item
+
+
+DISCONNECT_POLL_SECONDS = 0.1  # how soon a client that went away is noticed
+
+
+async def _client_gone(http: HttpRequest) -> None:
+    """Returns when the client has closed its connection."""
+    while not await http.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)

@@ -13,6 +13,7 @@ from starlette.staticfiles import StaticFiles
 from ..errors import RepytilianError, SettingError
 from . import openai_routes, playground_routes
 from .admission import Server
+from .guard import Guard, GuardMiddleware
 from .http import ApiError, log
 from .limits import Limits
 from .registry import Registry
@@ -30,8 +31,10 @@ async def _repytilian_error(http: HttpRequest, exc: RepytilianError) -> Response
 async def _http_error(http: HttpRequest, exc: Exception) -> Response:
     code = getattr(exc, "status_code", 500)
     words = {404: "no such page or endpoint", 405: "this endpoint does not take that method"}
-    return ApiError(code, words.get(code, getattr(exc, "detail", "error")),
-                    "invalid_request_error" if code < 500 else "server_error").response()
+    response = ApiError(code, words.get(code, getattr(exc, "detail", "error")),
+                        "invalid_request_error" if code < 500 else "server_error").response()
+    response.headers.update(getattr(exc, "headers", None) or {})  # 405's Allow
+    return response
 
 
 async def _unexpected(http: HttpRequest, exc: Exception) -> Response:
@@ -40,7 +43,9 @@ async def _unexpected(http: HttpRequest, exc: Exception) -> Response:
                     "server_error").response()
 
 
-def create_app(registry: Registry, limits: Limits | None = None) -> Starlette:
+def create_app(registry: Registry, limits: Limits | None = None, guard: Guard | None = None) -> Starlette:
+    """The app for `registry`'s models. `guard` says who may talk to it (guard.py); by default,
+    as for a server bound to this machine: requests addressed to localhost only, no key."""
     from starlette.exceptions import HTTPException
 
     routes = [
@@ -59,4 +64,5 @@ def create_app(registry: Registry, limits: Limits | None = None) -> Starlette:
                 Exception: _unexpected}
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.server = Server(registry, limits)
+    app.add_middleware(GuardMiddleware, guard=guard or Guard())
     return app

@@ -11,6 +11,9 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from ..errors import RepytilianError
 
+RETRY_AFTER_SECONDS = 1
+MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings a request may give, and their length (as OpenAI's 4)  # what a 429 or 503 asks a client to wait before trying again
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
@@ -22,7 +25,8 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status in (429, 503) else None
+        return JSONResponse(self.body(), status_code=self.status, headers=retry)
 
 
 def number(body: dict, name: str, default: float, low: float, high: float) -> float:
@@ -46,11 +50,22 @@ def whole(body: dict, name: str, default: int | None, low: int, high: int) -> in
 def stop_strings(value: Any) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and len(value) <= 4 and all(isinstance(s, str) for s in value):
-        return [s for s in value if s]
-    raise ApiError(400, "stop must be a string or a list of at most 4 strings", param="stop")
+    stops = [value] if isinstance(value, str) else value
+    if not (isinstance(stops, list) and len(stops) <= MAX_STOPS and all(isinstance(s, str) for s in stops)):
+        raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOPS} strings", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ApiError(400, f"a stop string may have at most {MAX_STOP_CHARS} characters", param="stop")
+    return [s for s in stops if s]
+
+
+def stream_options(body: dict) -> dict:
+    """`stream_options`, an object or absent."""
+    value = body.get("stream_options")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, "stream_options must be an object, e.g. {\"include_usage\": true}", param="stream_options")
+    return value
 
 
 def sse(data: Any) -> str:

@@ -17,7 +17,7 @@ from ..engine import END_TOKEN, STOP, Begun, Ended, Request, Token
 from ..language_model import LanguageModel
 from .admission import Server
 from .chat import ChatError, chat_prompt
-from .http import ApiError, event_stream, sse, started, whole
+from .http import ApiError, event_stream, sse, started, stream_options, whole
 
 
 def finish_reason(reason: str) -> str:
@@ -117,7 +117,7 @@ async def _answer(server: Server, http: HttpRequest, body: dict[str, Any], model
         choices = [shape.whole(i, texts[i], tokens[i], reasons[i]) for i in range(n)]
         return JSONResponse({**base, "object": shape.object, "choices": choices,
                              "usage": _usage(prompt_tokens, sum(map(len, tokens)))})
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    include_usage = bool(stream_options(body).get("include_usage"))
     chunk = {**base, "object": shape.chunk_object}
 
     async def chunks() -> AsyncIterator[str]:

@@ -95,5 +95,6 @@ async def favicon(http: HttpRequest) -> Response:
 
 def _page_headers() -> dict[str, str]:
     # Everything the page needs comes from this server: no CDN, no inline scripts.
-    return {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'",
+    return {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                                       "frame-ancestors 'none'",
             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}

@@ -33,8 +33,24 @@ function shown(label) {
   return label.replace(/\n/g, "\u21b5");
 }
 
+const KEY_STORE = "repytilian-api-key";
+
+// A server started with --api-key answers 401 without it: ask once, keep it for this tab.
+async function api(url, options = {}) {
+  for (let asked = 0; ; asked++) {
+    const key = sessionStorage.getItem(KEY_STORE);
+    const headers = { ...(options.headers || {}) };
+    if (key) headers["Authorization"] = `Bearer ${key}`;
+    const response = await fetch(url, { ...options, headers });
+    if (response.status !== 401 || asked >= 2) return response;
+    const given = window.prompt("This server needs its API key (repytilian serve --api-key):");
+    if (!given) return response;
+    sessionStorage.setItem(KEY_STORE, given.trim());
+  }
+}
+
 async function loadModels() {
-  const response = await fetch("/api/models");
+  const response = await api("/api/models");
   const data = await response.json();
   state.models = data.models || [];
   const select = $("model");
@@ -97,7 +113,7 @@ async function generate(body, keepTokens) {
     $("output").innerHTML = "";
   }
   try {
-    const response = await fetch("/api/generate", {
+    const response = await api("/api/generate", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
@@ -309,7 +325,7 @@ function stopGeneration() {
 async function loadCard() {
   const m = currentModel();
   if (!m) return;
-  const response = await fetch(`/api/card?model=${encodeURIComponent(m.id)}`);
+  const response = await api(`/api/card?model=${encodeURIComponent(m.id)}`);
   const data = await response.json();
   if (!response.ok) {
     $("card-status").textContent = (data.error && data.error.message) || "no card";

@@ -1,0 +1,119 @@
+"""Who may talk to `repytilian serve`, against the real server on 127.0.0.1: requests addressed to
+other hosts (DNS rebinding), other sites' pages, bodies that are not JSON, and an API key."""
+import pytest
+from conftest import run_script
+from test_serve import TEXT, RealServer, browser_page, models  # noqa: F401 - the module's models folder
+
+pytest.importorskip("starlette")
+httpx = pytest.importorskip("httpx")
+
+KEY = "s3cret-key"
+PAGE = "http://localhost:3000"  # a local web app the user allowed with --cors-origin
+BODY = {"model": TEXT, "prompt": "ROMEO:", "max_tokens": 3, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def guarded(models):  # noqa: F811
+    s = RealServer(models, "--api-key", KEY, "--cors-origin", PAGE, "--allow-host", "lab.example")
+    yield s
+    s.stop()
+
+
+def error_code(response) -> str:
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    return response.json()["error"]["code"]
+
+
+def test_only_requests_addressed_to_this_machine_are_answered(guarded):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    port = guarded.url.rsplit(":", 1)[1]
+    with httpx.Client(base_url=guarded.url, headers=auth, timeout=30) as c:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "localhost.evil.example"):
+            refused = c.get("/v1/models", headers={"Host": host})
+            assert refused.status_code == 403 and error_code(refused) == "host_not_allowed", host
+            assert c.get("/", headers={"Host": host}).status_code == 403  # nor the page (DNS rebinding)
+        for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", "[::1]:8000", f"lab.example:{port}"):
+            assert c.get("/v1/models", headers={"Host": host}).status_code == 200, host
+
+
+def test_other_sites_pages_are_refused_unless_allowed(guarded):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=guarded.url, headers=auth, timeout=30) as c:
+        evil = c.post("/v1/completions", json=BODY, headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403 and error_code(evil) == "origin_not_allowed"
+        assert "access-control-allow-origin" not in evil.headers
+        preflight = c.options("/v1/completions", headers={"Origin": "http://evil.example",
+                                                           "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 403
+        allowed = c.post("/v1/completions", json=BODY, headers={"Origin": PAGE})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == PAGE
+        preflight = c.options("/v1/completions", headers={"Origin": PAGE, "Access-Control-Request-Method": "POST",
+                                                           "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == PAGE
+        assert "Authorization" in preflight.headers["access-control-allow-headers"]
+        own = c.post("/v1/completions", json=BODY, headers={"Origin": guarded.url})  # the playground itself
+        assert own.status_code == 200
+
+
+def test_a_simple_cross_site_post_is_not_json_and_is_refused(guarded):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=guarded.url, headers=auth, timeout=30) as c:
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+            headers = {"Content-Type": kind} if kind else {}
+            r = c.post("/v1/completions", content=b'{"prompt": "a"}', headers=headers)
+            assert r.status_code == 415 and error_code(r) == "unsupported_media_type", kind
+        assert c.post("/api/generate", content=b"{}", headers={"Content-Type": "text/plain"}).status_code == 415
+        ok = c.post("/v1/completions", content=b'{"model": "shakespeare/v1c", "prompt": "ROMEO:", "max_tokens": 2}',
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+        assert ok.status_code == 200
+
+
+def test_the_api_needs_the_key_and_the_page_does_not(guarded):
+    with httpx.Client(base_url=guarded.url, timeout=30) as c:
+        for path in ("/v1/models", "/api/models", "/api/status"):
+            r = c.get(path)
+            assert r.status_code == 401 and error_code(r) == "invalid_api_key", path
+            assert r.headers["www-authenticate"] == "Bearer"
+        for wrong in ("Bearer nope", f"Basic {KEY}", f"Bearer {KEY}x", KEY):
+            assert c.get("/v1/models", headers={"Authorization": wrong}).status_code == 401, wrong
+        page = c.get("/")
+        assert page.status_code == 200 and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert c.get("/static/app.js").status_code == 200
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=guarded.url + "/v1", api_key=KEY)
+    assert client.completions.create(model=TEXT, prompt="ROMEO:", max_tokens=3, seed=1).choices[0].text
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=guarded.url + "/v1", api_key="wrong").models.list()
+    assert guarded.proc.poll() is None and not any("Traceback" in line for line in guarded.lines)
+
+
+@pytest.mark.slow
+def test_the_playground_asks_for_the_key_once(guarded):
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
+        asked = []
+        page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept(KEY)))
+        page.goto(guarded.url + "/")
+        page.select_option("#model", TEXT)
+        page.fill("#prompt", "ROMEO:")
+        page.fill("#max_tokens", "20")
+        page.click("#generate")
+        expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
+        assert page.locator("#output .tok").count() == 20
+        assert len(asked) == 1 and "API key" in asked[0]  # kept for the tab after that
+
+
+def test_listening_beyond_this_machine_needs_a_key_or_no_auth(models, tmp_path, monkeypatch):  # noqa: F811
+    r = run_script("serve", "--models", str(models), "--host", "0.0.0.0", "--port", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "--api-key KEY" in r.stderr and "--no-auth" in r.stderr
+    from repytilian.cli.serve import add_serve_arguments, api_key
+
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    (tmp_path / "key.txt").write_text("from-a-file\n")
+    assert api_key(parser.parse_args(["--api-key-file", str(tmp_path / "key.txt")])) == "from-a-file"
+    monkeypatch.setenv("REPYTILIAN_API_KEY", "from-the-environment")
+    assert api_key(parser.parse_args([])) == "from-the-environment"
+    assert api_key(parser.parse_args(["--api-key", "given"])) == "given"
