@@ -117,3 +117,56 @@ def test_listening_beyond_this_machine_needs_a_key_or_no_auth(models, tmp_path, 
     monkeypatch.setenv("REPYTILIAN_API_KEY", "from-the-environment")
     assert api_key(parser.parse_args([])) == "from-the-environment"
     assert api_key(parser.parse_args(["--api-key", "given"])) == "given"
+
+
+def test_nothing_outside_the_models_folder_is_read_and_replaced_folders_are_not_served_stale(tmp_path):
+    import os
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from repytilian.serve.app import create_app
+    from repytilian.serve.registry import Registry
+    from test_serve import SHIPPED
+
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "README.md").write_text("SECRET CARD")
+    (outside / "metrics.jsonl").write_text('{"step": 1, "val_loss": 9.9}\n')
+    (outside / "live.jsonl").write_text('{"step": 7, "val_loss": 7.7}\n')
+    for name in ("a", "b", "c"):
+        shutil.copytree(SHIPPED, root / name)
+    (root / "a" / "README.md").unlink()
+    (root / "a" / "README.md").symlink_to(outside / "README.md")  # a card that leads out
+    (root / "a" / "metrics.jsonl").unlink()
+    (root / "a" / "metrics.jsonl").symlink_to(outside / "metrics.jsonl")
+    (root / ".d.live.jsonl").symlink_to(outside / "live.jsonl")  # a "training" folder that leads out
+    (root / "....live.jsonl").write_text('{"step": 1}\n')  # would name a model ".." (the parent's card)
+    (root / "b" / "model.safetensors").unlink()
+    (root / "b" / "model.safetensors").symlink_to(SHIPPED.resolve() / "model.safetensors")  # weights from outside
+    registry = Registry(root=root, max_loaded=1)
+    with TestClient(create_app(registry), base_url="http://localhost") as c:
+        ids = [m["id"] for m in c.get("/api/models").json()["models"]]
+        assert ids == ["a", "b", "c"]  # neither "d" nor ".."
+        card = c.get("/api/card", params={"model": "a"}).json()
+        assert "SECRET" not in card["card"] and card["metrics"] == []
+        refused = c.post("/v1/completions", json={"model": "b", "prompt": "A", "max_tokens": 2})
+        assert refused.status_code == 404 and "outside the models folder" in refused.json()["error"]["message"]
+        body = {"model": "c", "prompt": "ROMEO:", "max_tokens": 8, "temperature": 0}
+        first = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        assert c.post("/v1/completions", json={**body, "model": "a"}).status_code == 200  # c let go (max 1)
+        assert list(registry._loaded) == ["a"]
+        # c replaced in place by other weights within the same second: loaded again, not served stale
+        weights = root / "c" / "model.safetensors"
+        from safetensors.torch import load_file, save_file
+        tensors = {k: v * 0 for k, v in load_file(weights).items()}
+        stat = weights.stat()
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even the same modification time
+        assert c.post("/v1/completions", json=body).json()["choices"][0]["text"] != first
+        # a model that cannot be loaded names its id, not a path of this machine
+        (root / "a" / "tokenizer.json").write_text("{damaged")
+        (root / "a" / "config.json").touch()
+        broken = c.post("/v1/completions", json={**body, "model": "a"})
+        assert broken.status_code == 500 and "model a could not be loaded" in broken.text
+        assert str(tmp_path) not in broken.text

@@ -30,6 +30,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"requests that may wait for a turn (default {d.max_waiting}); beyond: 429")
     parser.add_argument("--max-seconds", type=float, default=d.max_seconds,
                         help=f"generation time per request (default {d.max_seconds:g} s)")
+    parser.add_argument("--max-loaded", type=int, default=4,
+                        help="models kept in memory at once (default 4); the least recently used is let go first")
     access = parser.add_argument_group("who may use it")
     access.add_argument("--api-key", default=None, metavar="KEY",
                         help=f"every /v1 and /api request needs Authorization: Bearer KEY (or set {KEY_VARIABLE}, "
@@ -74,15 +76,15 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..serve.limits import Limits
     from ..serve.registry import Registry
 
-    for name in ("max_tokens", "max_concurrent", "max_queue"):
+    for name in ("max_tokens", "max_concurrent", "max_queue", "max_loaded"):
         if getattr(args, name) < 1:
             raise RepytilianError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.max_seconds > 0:
         raise RepytilianError("--max-seconds must be more than 0")
     if not 0 <= args.port <= 65535:
         raise RepytilianError(f"--port must be from 0 to 65535, got {args.port}")
-    registry = (Registry(single=Path(args.model), device=args.device) if args.model
-                else Registry(root=Path(args.models), device=args.device))
+    registry = (Registry(single=Path(args.model), device=args.device, max_loaded=args.max_loaded) if args.model
+                else Registry(root=Path(args.models), device=args.device, max_loaded=args.max_loaded))
     limits = Limits(max_tokens=args.max_tokens, max_active=args.max_concurrent, max_waiting=args.max_queue,
                     max_seconds=args.max_seconds)
     from ..serve.guard import Guard

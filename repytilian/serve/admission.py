@@ -28,7 +28,7 @@ from ..events import notes_to
 from ..language_model import LanguageModel
 from ..sampling import SamplingOptions
 from ..tokenizers import UnknownTokensError
-from .http import ApiError, number, stop_strings, whole
+from .http import ApiError, log, number, stop_strings, whole
 from .limits import Limits
 from .registry import ModelInfo, ModelNotFound, Registry
 
@@ -74,6 +74,7 @@ class Server:
         self.registry = registry
         self.limits = limits or Limits()
         self.executor = ThreadPoolExecutor(max_workers=self.limits.max_active, thread_name_prefix="generate")
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
         self._gate: Gate | None = None
         self.started = time.time()
         self.generated = 0  # tokens, for /api/status
@@ -106,16 +107,19 @@ class Server:
             raise ApiError(400, "the request body must be a JSON object")
         return data
 
-    def model(self, body: dict[str, Any]) -> tuple[ModelInfo, LanguageModel]:
+    async def model(self, body: dict[str, Any]) -> tuple[ModelInfo, LanguageModel]:
+        """The model a request names, loaded in a worker thread (never on the event loop)."""
         name = body.get("model")
         try:
             info = self.registry.default() if name in (None, "") else self.registry.find(name)
+            lm = await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.load, info)
         except ModelNotFound as e:
             raise ApiError(404, str(e), param="model", code="model_not_found") from None
-        try:
-            return info, self.registry.load(info)
-        except RepytilianError as e:
-            raise ApiError(500, f"model {info.id} could not be loaded: {e}", "server_error") from None
+        except RepytilianError as e:  # its words name files of this machine: the log has them, the client not
+            log(f"model {info.id} could not be loaded: {e}")
+            raise ApiError(500, f"model {info.id} could not be loaded (the server's log says why)",
+                           "server_error") from None
+        return info, lm
 
     def prompt_ids(self, lm: LanguageModel, prompt: Any, param: str = "prompt") -> list[int]:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

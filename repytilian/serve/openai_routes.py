@@ -146,7 +146,7 @@ async def _answer(server: Server, http: HttpRequest, body: dict[str, Any], model
 async def completions(http: HttpRequest) -> Response:
     server: Server = http.app.state.server
     body = await server.body(http)
-    info, lm = server.model(body)
+    info, lm = await server.model(body)
     if body.get("echo"):
         raise ApiError(400, "echo is not supported", param="echo")
     request = server.request(body, server.prompt_ids(lm, body.get("prompt", "")), 16)
@@ -159,7 +159,7 @@ async def completions(http: HttpRequest) -> Response:
 async def chat_completions(http: HttpRequest) -> Response:
     server: Server = http.app.state.server
     body = await server.body(http)
-    info, lm = server.model(body)
+    info, lm = await server.model(body)
     try:
         prompt, stops = chat_prompt(body.get("messages"), info)
     except ChatError as e:

@@ -33,9 +33,9 @@ async def card(http: HttpRequest) -> Response:
         info = server.registry.find(http.query_params.get("model"), training=True)
     except ModelNotFound as e:
         raise ApiError(404, str(e), param="model", code="model_not_found") from None
-    card_file = info.path / "README.md"
-    text = card_file.read_text(encoding="utf-8", errors="replace") if card_file.is_file() else ""
-    metrics, live = current_metrics(info.path)
+    card_file = server.registry.readable(info.path / "README.md")  # None where it leads out of the models folder
+    text = card_file.read_text(encoding="utf-8", errors="replace") if card_file else ""
+    metrics, live = current_metrics(info.path, readable=server.registry.readable)
     return JSONResponse({**info.to_dict(), "card": text, "metrics": metrics, "training": live})
 
 
@@ -44,7 +44,7 @@ async def generate(http: HttpRequest) -> Response:
     likeliest alternatives, then a summary."""
     server: Server = http.app.state.server
     body = await server.body(http)
-    info, lm = server.model(body)
+    info, lm = await server.model(body)
     source = body.get("prompt_ids") if body.get("prompt_ids") is not None else body.get("prompt", "")
     ids = server.prompt_ids(lm, source)
     request = server.request({**body, "n": 1}, ids, 200)

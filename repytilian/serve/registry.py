@@ -2,13 +2,20 @@
 
 A request names a model by its id (its path under the models folder, e.g. `shakespeare/v2c`), and
 only ids the scan found are opened, so no request can reach a folder elsewhere: `..` in an id,
-an absolute path, or a symlink that leads out of the models folder are never in the list.
+an absolute path, or a symlink that leads out of the models folder are never in the list. No
+file is read that resolves outside the models folder: a card, a live-metrics file or a weights
+file symlinked elsewhere is treated as absent (`readable`, `contained`).
+
+Loaded models are kept, at most `max_loaded` of them (the least recently used is let go first),
+each under a key of its weights file (modification time in nanoseconds, inode, size), so that a
+folder replaced in place is loaded again, never served stale.
 """
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ from ..api import LanguageModel, load_model
 from ..errors import RepytilianError
 from ..store.best import best_in
 
+LOADED_FILES = ("config.json", "tokenizer.json", "model.safetensors")  # what store.folder reads to load a model
 MAX_DEPTH = 4  # models/<group>/<name> and a little more; the scan stays quick on a big folder
 
 
@@ -52,6 +60,26 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _live_target(name: str) -> str | None:
+    """The folder a `.<name>.live.jsonl` file is about, when <name> is a plain folder name."""
+    if not (name.startswith(".") and name.endswith(".live.jsonl")):
+        return None
+    target = name[1:-len(".live.jsonl")]
+    return target if target not in ("", ".", "..") and not target.startswith(".") else None
+
+
+def _weights_key(folder: Path) -> tuple:
+    """What changes when a model folder is replaced: its weights files' (path, mtime in ns, inode, size)."""
+    key = []
+    for path in (folder / "model.safetensors", folder / "best" / "model.safetensors", folder / "config.json"):
+        try:
+            st = path.stat()
+            key.append((str(path), st.st_mtime_ns, st.st_ino, st.st_size))
+        except OSError:
+            key.append((str(path), None))
+    return tuple(key)
+
+
 def _info(model_id: str, folder: Path) -> ModelInfo | None:
     try:
         meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -73,13 +101,15 @@ def _info(model_id: str, folder: Path) -> ModelInfo | None:
 class Registry:
     """The models under `root` (or the one folder `single`), each loaded on first use and kept."""
 
-    def __init__(self, root: Path | None = None, single: Path | None = None, device: str = "cpu"):
+    def __init__(self, root: Path | None = None, single: Path | None = None, device: str = "cpu",
+                 max_loaded: int = 4):
         if (root is None) == (single is None):
             raise ValueError("give a models folder or one model folder")
         self.single = single.resolve() if single is not None else None
         self.root = (root or single.parent).resolve()
         self.device = device
-        self._loaded: dict[str, tuple[int, LanguageModel]] = {}
+        self.max_loaded = max_loaded
+        self._loaded: OrderedDict[str, tuple[tuple, LanguageModel]] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
         if self.single is not None and _info(self.single.name, self.single) is None:
             raise RepytilianError(f"{single} is not a model folder (no Repytilian config.json in it)")
@@ -103,10 +133,10 @@ class Registry:
         children = [p for p in entries if not p.name.startswith(".")]
         names = {p.name for p in children}
         for entry in entries:  # `.<name>.live.jsonl`: a run training into <name> (store/live.py)
-            name = entry.name
-            if name.startswith(".") and name.endswith(".live.jsonl") and name[1:-len(".live.jsonl")] not in names:
-                target = folder / name[1:-len(".live.jsonl")]
-                if _inside(entry, self.root):
+            target_name = _live_target(entry.name)
+            if target_name is not None and target_name not in names:
+                target = folder / target_name
+                if _inside(entry, self.root) and entry.is_file():
                     found.append(ModelInfo(target.relative_to(self.root).as_posix(), target, "?", None, None, None,
                                            int(time.time()), ready=False))
         for child in children:
@@ -136,13 +166,31 @@ class Registry:
             raise ModelNotFound(f"there is no model under {self.root} yet; train one with training.py -m DIR")
         return models[0]
 
+    def readable(self, path: Path) -> Path | None:
+        """`path` if it is a file that resolves inside the models folder, else None (treated as absent)."""
+        return path if path.is_file() and _inside(path, self.root) else None
+
+    def contained(self, info: ModelInfo) -> bool:
+        """Every file loading the folder reads (and those of its best/) resolves inside the models folder."""
+        files = [folder / name for folder in (info.path, info.path / "best")
+                 for name in LOADED_FILES if (folder / name).exists() or (folder / name).is_symlink()]
+        return all(_inside(p, self.root) for p in files)
+
     def load(self, info: ModelInfo) -> LanguageModel:
-        with self._lock:  # one load per folder, however many requests ask at once
+        """The folder's model, loaded once while it stays the same (call it off the event loop)."""
+        with self._lock:  # one load at a time, however many requests ask at once
+            key = _weights_key(info.path)
             kept = self._loaded.get(info.id)
-            if kept is not None and kept[0] == info.created:
+            if kept is not None and kept[0] == key:
+                self._loaded.move_to_end(info.id)
                 return kept[1]
-            # New, or retrained in place since it was loaded (its config.json is newer). Opened as
-            # every surface opens a folder: its best model where the run kept a better one.
+            if not self.contained(info):
+                raise ModelNotFound(f"model {info.id} has files outside the models folder, so it is not opened")
+            # New, or replaced since it was loaded. Opened as every surface opens a folder: its
+            # best model where the run kept a better one.
             lm = load_model(info.path, device=self.device)
-            self._loaded[info.id] = (info.created, lm)
+            self._loaded[info.id] = (key, lm)
+            self._loaded.move_to_end(info.id)
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
             return lm

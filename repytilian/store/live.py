@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,12 @@ class LiveMetrics:
         self.path.unlink(missing_ok=True)
 
 
-def current_metrics(folder: Path) -> tuple[list[dict[str, Any]], bool]:
-    """A folder's evaluations: a run's live ones while it trains there (True), else the saved ones."""
+def current_metrics(folder: Path, readable: Callable[[Path], Path | None] = lambda p: p
+                    ) -> tuple[list[dict[str, Any]], bool]:
+    """A folder's evaluations: a run's live ones while it trains there (True), else the saved ones.
+    `readable` may refuse a file (None), which is then treated as absent (a server's models folder)."""
     live = live_path(folder)
-    if live.is_file():
+    if live.is_file() and readable(live) is not None:
         rows = []
         for line in live.read_text(encoding="utf-8").splitlines():
             try:
@@ -49,4 +52,4 @@ def current_metrics(folder: Path) -> tuple[list[dict[str, Any]], bool]:
             except json.JSONDecodeError:
                 continue  # a line being written
         return rows, True
-    return read_metrics(folder), False
+    return (read_metrics(folder) if readable(folder / "metrics.jsonl") is not None else []), False
