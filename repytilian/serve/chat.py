@@ -67,7 +67,9 @@ def chat_prompt(messages: Any, info: ModelInfo) -> tuple[str, list[str]]:
     turns = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        if not isinstance(message, dict):
+            raise ChatError(f"{where} must be an object with a role and a content", param=where)
+        if message.get("role") not in ROLES:
             raise ChatError(f"{where}.role must be one of {', '.join(ROLES)}", param=f"{where}.role")
         turns.append((message["role"], _content(message, where)))
     return script(turns), [END_OF_TURN]
