@@ -170,3 +170,28 @@ def test_nothing_outside_the_models_folder_is_read_and_replaced_folders_are_not_
         broken = c.post("/v1/completions", json={**body, "model": "a"})
         assert broken.status_code == 500 and "model a could not be loaded" in broken.text
         assert str(tmp_path) not in broken.text
+
+
+def test_loading_a_model_takes_a_turn_at_the_gate(tmp_path):
+    import asyncio
+    import shutil
+
+    from repytilian.serve.admission import Server
+    from repytilian.serve.http import ApiError
+    from repytilian.serve.limits import Limits
+    from repytilian.serve.registry import Registry
+    from test_serve import SHIPPED
+
+    shutil.copytree(SHIPPED, tmp_path / "models" / "m")
+    server = Server(Registry(root=tmp_path / "models"), Limits(max_active=1, max_waiting=0))
+
+    async def scenario():
+        await server.gate.enter()  # the one turn is taken, and nobody may wait
+        with pytest.raises(ApiError) as refused:
+            await server.model({"model": "m"})
+        assert refused.value.status == 429 and server.registry.loaded(server.registry.find("m")) is None
+        server.gate.leave()
+        info, lm = await server.model({"model": "m"})  # a turn free: loaded (off the event loop)
+        assert server.gate.active == 0 and server.registry.loaded(info) is lm
+
+    asyncio.run(scenario())

@@ -108,11 +108,12 @@ class Server:
         return data
 
     async def model(self, body: dict[str, Any]) -> tuple[ModelInfo, LanguageModel]:
-        """The model a request names, loaded in a worker thread (never on the event loop)."""
+        """The model a request names; one not loaded yet is loaded in a worker thread (never on the
+        event loop), after a turn at the gate like a generation (a load is work of that size)."""
         name = body.get("model")
         try:
             info = self.registry.default() if name in (None, "") else self.registry.find(name)
-            lm = await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.load, info)
+            lm = self.registry.loaded(info) or await self._load(info)
         except ModelNotFound as e:
             raise ApiError(404, str(e), param="model", code="model_not_found") from None
         except RepytilianError as e:  # its words name files of this machine: the log has them, the client not
@@ -120,6 +121,13 @@ class Server:
             raise ApiError(500, f"model {info.id} could not be loaded (the server's log says why)",
                            "server_error") from None
         return info, lm
+
+    async def _load(self, info: ModelInfo) -> LanguageModel:
+        await self.gate.enter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.load, info)
+        finally:
+            self.gate.leave()
 
     def prompt_ids(self, lm: LanguageModel, prompt: Any, param: str = "prompt") -> list[int]:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

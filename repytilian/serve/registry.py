@@ -176,6 +176,15 @@ class Registry:
                  for name in LOADED_FILES if (folder / name).exists() or (folder / name).is_symlink()]
         return all(_inside(p, self.root) for p in files)
 
+    def loaded(self, info: ModelInfo) -> LanguageModel | None:
+        """The folder's model if it is loaded and unchanged (no loading: cheap enough for the event loop)."""
+        with self._lock:
+            kept = self._loaded.get(info.id)
+            if kept is not None and kept[0] == _weights_key(info.path):
+                self._loaded.move_to_end(info.id)
+                return kept[1]
+        return None
+
     def load(self, info: ModelInfo) -> LanguageModel:
         """The folder's model, loaded once while it stays the same (call it off the event loop)."""
         with self._lock:  # one load at a time, however many requests ask at once
