@@ -195,3 +195,20 @@ def test_loading_a_model_takes_a_turn_at_the_gate(tmp_path):
         assert server.gate.active == 0 and server.registry.loaded(info) is lm
 
     asyncio.run(scenario())
+
+
+def test_a_client_gone_mid_body_leaves_no_traceback(guarded):
+    import socket
+    import time
+
+    host, port = guarded.url.split("//")[1].split(":")
+    before = len(guarded.lines)
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                      f"Authorization: Bearer {KEY}\r\nContent-Length: 5000\r\n\r\n{{\"prompt\": \"".encode())
+            time.sleep(0.2)  # the server is reading the body when the client goes
+    time.sleep(0.5)
+    with httpx.Client(base_url=guarded.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
+        assert c.get("/api/status").status_code == 200
+    assert not [line for line in guarded.lines[before:] if "Traceback" in line or "failed" in line], guarded.lines
