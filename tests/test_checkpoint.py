@@ -113,3 +113,25 @@ def test_not_a_model_folder(tmp_path):
     (tmp_path / "legacy" / "model.pt").write_bytes(b"not loaded")
     with pytest.raises(RepytilianError, match="pickled files"):
         load_model_dir(tmp_path / "legacy")
+
+
+def test_a_config_bigger_than_its_weights_is_refused_before_anything_is_built(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    folder = tmp_path / "m"
+    shutil.copytree(ROOT / "models" / "shakespeare" / "v1c", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["n_embd"] = 1 << 20  # a damaged config: terabytes of weights
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RepytilianError, match="more than model.safetensors"):
+        load_model_dir(folder)
+    # and loading a model folder no longer imports torch's compiler (2.5 s of every start-up)
+    probe = ("import sys; from repytilian.store.folder import load_model_dir; "
+             f"load_model_dir({str(ROOT / 'models' / 'shakespeare' / 'v2c')!r}); print('torch._dynamo' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.stdout.strip() == "False", r.stderr

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from ..config import TrainConfig
+from ..config import TrainConfig, approx_params
 from ..errors import RepytilianError
 from ..model import GPT, ModelConfig
 from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive, shareable
@@ -327,10 +327,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu", with_tr
         raise RepytilianError(
             f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens but the model expects {mcfg.vocab_size}"
         )
-    with torch.device("meta"):  # shapes only: nothing is allocated for a config we have not checked
-        expected = {k: v.shape for k, v in stored_weights(GPT(mcfg)).items()}
-    _check_weights(path / "model.safetensors", expected)
+    _within_the_file(mcfg, path / "model.safetensors")  # before anything of that size is allocated
     model = GPT(mcfg)
+    _check_weights(path / "model.safetensors", {k: v.shape for k, v in stored_weights(model).items()})
     state = load_file(path / "model.safetensors")
     if mcfg.tie_embeddings:
         state["lm_head.weight"] = state["transformer.wte.weight"]
@@ -340,6 +339,19 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu", with_tr
     if with_trainer:
         loaded.trainer = _read_trainer_state(path / "trainer_state")
     return loaded
+
+
+def _within_the_file(mcfg: ModelConfig, weights: Path) -> None:
+    """Refuse a config whose model its weights file could not hold (two bytes a weight at the least),
+    with room to spare, so that a damaged config.json never allocates a model of its size. (Building
+    the model on the meta device to read its shapes imports torch's compiler: 2.5 s of start-up.)"""
+    if not weights.is_file():
+        return  # _check_weights says it is missing
+    params = approx_params(max(mcfg.n_layer, 0), mcfg.n_embd, mcfg.block_size, mcfg.vocab_size)
+    size = weights.stat().st_size
+    if 2 * params > 4 * size + (16 << 20):
+        raise RepytilianError(f"{weights.parent}/config.json describes a model of about {params:,} parameters, "
+                              f"more than model.safetensors ({size:,} bytes) holds: the folder is damaged")
 
 
 def _read_trainer_state(folder: Path) -> dict[str, Any]:
