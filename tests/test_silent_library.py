@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "repytilian"
-# Where speaking is the point: the command line; the server's own log line (serve/http.py's `log`);
-# the scripts' start-up check, which runs before the library's dependencies can be imported.
-SPEAKERS = {"cli", "serve/http.py:log", "_bootstrap.py:ensure_dependencies"}
+# Where speaking is the point: the command line; the scripts' start-up check, which runs before the
+# library's dependencies can be imported. (The server logs through `logging`; its command shows it.)
+SPEAKERS = {"cli", "_bootstrap.py:ensure_dependencies"}
 
 
 def _speaking(tree: ast.AST):

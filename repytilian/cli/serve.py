@@ -65,6 +65,17 @@ def api_key(args: argparse.Namespace) -> str | None:
     return args.api_key or os.environ.get(KEY_VARIABLE) or None
 
 
+def _show_server_log() -> None:
+    """The server's log lines (serve/http.log) on stderr, one line each."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("repytilian serve: %(message)s"))
+    logger = logging.getLogger("repytilian.serve")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def serve_command(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -100,6 +111,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if not local and key is None:
         print(f"warning: listening on {args.host} without a key (--no-auth): anyone who can reach this machine on "
               f"port {args.port} can use these models", file=sys.stderr, flush=True)
+    _show_server_log()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     models = registry.scan()

@@ -3,7 +3,7 @@ named (`param` is the JSON field, as OpenAI's errors name it), and server-sent e
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,9 +72,13 @@ def sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+LOG = logging.getLogger("repytilian.serve")
+
+
 def log(text: str) -> None:
-    """The server's own log line (stderr), for the person who started it."""
-    print(f"repytilian serve: {text}", file=sys.stderr, flush=True)
+    """The server's own log line, for the person who started it (`repytilian serve` shows the
+    logger "repytilian.serve" on stderr; the library itself prints nothing)."""
+    LOG.error(text)
 
 
 def event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
