@@ -15,6 +15,7 @@ window computed again.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -52,34 +53,107 @@ def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 class KVCache:
-    """Every layer's keys and values of positions 0..length-1, in tensors allocated once.
+    """Every layer's keys and values of the positions each sequence has seen, in tensors allocated once.
 
-    The model writes a step's keys and values at length..length+T-1 (`extend`, layer by layer),
-    then moves `length` on (`advance`). `length` is also the position of the next token.
+    Row b of the cache holds one sequence, `lengths[b]` positions long; rows may differ (requests
+    with prompts of different lengths decoding together in one batch). The model reads and writes
+    the rows of a view (`rows`); a step's keys and values go after each row's own (`attend`, layer
+    by layer), then the lengths move on (`advance`). A row's length is the position of its next token.
+    When a view's rows all have one length, positions and attention take the shared-length path
+    (slices, no mask); otherwise each row gets its own positions and a mask of what it has seen.
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, block_size: int, head_size: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        shape = (batch_size, n_head, block_size, head_size)
+        # Laid out (rows, positions, heads, head size): a step writes each row's new position as
+        # one contiguous slice, whatever the row's length (measured: 5.7 us against 9.7 us for
+        # the (rows, heads, positions, head size) layout's scattered writes, and attention over
+        # it no slower).
+        shape = (batch_size, block_size, n_head, head_size)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.block_size = block_size
-        self.length = 0
+        self.lengths = [0] * batch_size
+        self.first, self.count = 0, batch_size  # the rows this view reads and writes
+        self._step: tuple | None = None
+
+    def rows(self, first: int, count: int) -> KVCache:
+        """A view of rows first..first+count-1: the same tensors and lengths, for one model call."""
+        view = copy.copy(self)
+        view.first, view.count, view._step = first, count, None
+        return view
+
+    @property
+    def own(self) -> list[int]:
+        return self.lengths[self.first:self.first + self.count]
+
+    @property
+    def length(self) -> int:
+        """The length of this view's rows, which must all have one."""
+        own = set(self.own)
+        if len(own) != 1:
+            raise ValueError(f"the rows have different lengths: {sorted(own)}")
+        return own.pop()
+
+    @property
+    def start(self) -> int | torch.Tensor:
+        """The position of each row's next token: one int when they share it, else a (rows, 1) tensor."""
+        return self._positions()[0]
+
+    def _positions(self, new: int = 1) -> tuple:
+        """(start, where a step's keys go in the flattened rows, the attention mask, the end), once per call."""
+        if self._step is None or self._step[-1] != new:
+            own = self.own
+            if all(n == own[0] for n in own):
+                self._step = (own[0], None, None, own[0] + new, new)
+            else:
+                device = self.keys[0].device
+                start = torch.tensor(own, device=device)[:, None]
+                positions = start + torch.arange(new, device=device)  # (B, T): each row's own
+                flat = (positions + self.block_size * torch.arange(self.count, device=device)[:, None]).flatten()
+                end = max(own) + new
+                unseen = torch.arange(end, device=device) > positions[..., None]  # (B, T, end): a row's future
+                mask = torch.zeros(unseen.shape, device=device).masked_fill_(unseen, float("-inf"))[:, None]
+                self._step = (start, flat, mask, end, new)
+        return self._step
 
     def check_room(self, new: int) -> None:
-        if self.length + new > self.block_size:
-            raise ValueError(f"the cache holds {self.block_size} positions; {self.length + new} asked for")
+        longest = max(self.own)
+        if longest + new > self.block_size:
+            raise ValueError(f"the cache holds {self.block_size} positions; {longest + new} asked for")
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (B, nh, T, hs) keys and values after the cached ones; all of them, cached and new."""
-        keys, values = self.keys[layer], self.values[layer]
-        start, new = self.length, k.size(-2)
-        keys.narrow(2, start, new).copy_(k)
-        values.narrow(2, start, new).copy_(v)
-        return keys.narrow(2, 0, start + new), values.narrow(2, 0, start + new)
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store (B, nh, T, hs) keys and values after each row's cached ones, then the causal
+        attention of the (B, nh, T, hs) queries over all of them."""
+        keys = self.keys[layer].narrow(0, self.first, self.count)
+        values = self.values[layer].narrow(0, self.first, self.count)
+        start, flat, mask, end, new = self._positions(k.size(-2))
+        if flat is None:  # one length for all rows: slices, and causal_attention's own mask
+            keys.narrow(1, start, new).copy_(k.transpose(1, 2))
+            values.narrow(1, start, new).copy_(v.transpose(1, 2))
+            return causal_attention(q, keys.narrow(1, 0, end).transpose(1, 2),
+                                    values.narrow(1, 0, end).transpose(1, 2), 0.0, start)
+        B, nh, T, hs = k.shape
+        keys.view(-1, nh * hs).index_copy_(0, flat, k.transpose(1, 2).reshape(B * T, nh * hs))
+        values.view(-1, nh * hs).index_copy_(0, flat, v.transpose(1, 2).reshape(B * T, nh * hs))
+        return F.scaled_dot_product_attention(q, keys.narrow(1, 0, end).transpose(1, 2),
+                                              values.narrow(1, 0, end).transpose(1, 2), attn_mask=mask)
 
     def advance(self, new: int) -> None:
-        self.length += new
+        for b in range(self.first, self.first + self.count):
+            self.lengths[b] += new
+        self._step = None
 
     def reset(self) -> None:
-        self.length = 0
+        for b in range(self.first, self.first + self.count):
+            self.lengths[b] = 0
+        self._step = None
+
+    def copy_row(self, source: int, target: int) -> None:
+        """Row `target` becomes a copy of row `source` (a sample that shares another's prompt, or a
+        row moved to close a gap)."""
+        n = self.lengths[source]
+        for tensors in (self.keys, self.values):
+            for t in tensors:
+                t[target, :n] = t[source, :n]
+        self.lengths[target] = n

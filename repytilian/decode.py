@@ -127,11 +127,12 @@ def _without_onednn(active: bool) -> Iterator[None]:
 
 
 class Decoder:
-    """The model, a KV cache for `batch_size` sequences, and the settings that make it fast here.
+    """The model, a KV cache with a row per sequence, and the settings that make it fast here.
 
     `dtype` is that of the blocks' large matrices (a snapshot of them is taken: take a new
     Decoder after training); activations, the cache and attention stay in
     float32 (bf16 attention is several times slower on CPUs). The model is put in eval mode.
+    Rows are added as a batch needs them (`ensure_rows`); each keeps its own length.
     """
 
     def __init__(self, model: GPT, batch_size: int = 1, dtype: torch.dtype = torch.float32):
@@ -141,14 +142,29 @@ class Decoder:
         self.device = model.lm_head.weight.device
         self.model = for_decoding(model, dtype)
         self.cache = model.new_cache(batch_size)
-        self.batch_size = batch_size
+        self._new_cache = model.new_cache
 
     @property
     def length(self) -> int:
         return self.cache.length
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) new tokens after the cached ones -> logits (B, vocab) of the last position."""
+    @property
+    def capacity(self) -> int:
+        return len(self.cache.lengths)
+
+    def ensure_rows(self, rows: int) -> None:
+        """Room for at least `rows` sequences (the cache grows, keeping what its rows hold)."""
+        if rows <= self.capacity:
+            return
+        old, self.cache = self.cache, self._new_cache(max(rows, 2 * self.capacity))
+        for new_tensors, old_tensors in ((self.cache.keys, old.keys), (self.cache.values, old.values)):
+            for new, held in zip(new_tensors, old_tensors):
+                new[: held.size(0)] = held
+        self.cache.lengths[: len(old.lengths)] = old.lengths
+
+    def forward(self, idx: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """idx (B, T) new tokens after the cached ones of rows first..first+B-1 -> logits (B,
+        vocab) of the last position."""
         # oneDNN is switched off where PyTorch's own kernels are faster (measured on an AVX512-BF16
         # CPU): for one token, the bf16 matrix-vector kernel reads the weights about twice as fast
         # (0.85 vs 1.66 ms for hyper's 24 matrices); in float32, a GELU costs ~8 us through
@@ -156,11 +172,15 @@ class Decoder:
         cpu = self.device.type == "cpu"
         skip_onednn = cpu and (self.dtype == torch.float32 or idx.size(1) == 1)
         with torch.inference_mode(), _without_onednn(skip_onednn):
-            logits, _ = self.model(idx, last_only=True, cache=self.cache)
+            logits, _ = self.model(idx, last_only=True, cache=self.cache.rows(first, idx.size(0)))
         return logits[:, -1, :].float()
 
-    def reset(self) -> None:
-        self.cache.reset()
+    def reset(self, row: int | None = None) -> None:
+        """Forget what every row holds (or row `row`)."""
+        if row is None:
+            self.cache.rows(0, self.capacity).reset()
+        else:
+            self.cache.lengths[row] = 0
 
 
 def _seconds_per_step(model: GPT, batch_size: int, dtype: torch.dtype) -> float:

@@ -12,22 +12,27 @@ and the likeliest alternatives when asked), then `Ended` with why it stopped (`E
 The sampling defaults are `SamplingOptions`'s (sampling.py), the same from every surface.
 
 The samples of a request decode together, one batch row each (`_Row` holds a row's own state:
-its text decoder, its stop strings, its count). Several requests with different prompts and
-lengths will share one batch in the same way, a row each, once the model's cache keeps a length
-per row (today the rows of one request share the prompt, so one length serves them all).
+its text decoder, its stop strings, its count), and several requests with different prompts,
+lengths and sampling share one batch in the same way (batching.py): `run_many` decodes a list of
+requests together, and `start` / `step` let requests join a batch that is already running (the
+server's continuous batching, batch_loop.py).
 """
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
+from .batching import Batch, Group
+from .decode import Decoder, choose_dtype
 from .errors import SettingError
 from .model import GPT
-from .sampling import SamplingOptions, check_lengths, sample_steps
+from .sampling import SamplingOptions, check_lengths
 from .stops import StopFilter
 from .tokenizers import Tokenizer
 from .tokenizers.json_tokens import display
@@ -153,43 +158,93 @@ class _Row:
         return self.ending
 
 
+class Job:
+    """A request in a batch: its samples' rows, its group of sequences, its deadline."""
+
+    def __init__(self, request: Request, rows: list[_Row], index: int = 0):
+        self.request, self.rows, self.index = request, rows, index
+        self.deadline = None if request.max_seconds is None else time.monotonic() + request.max_seconds
+        self.want_logprobs = request.logprobs or request.alternatives > 0
+        self.group: Group | None = None
+
+    @property
+    def done(self) -> bool:
+        return all(row.ended for row in self.rows)
+
+
 class Engine:
-    """Generates for requests with one model and its tokenizer. Holds no state between requests:
-    a thread may run one request while another thread runs another."""
+    """Generates for requests with one model and its tokenizer. Requests decode together in a
+    `Batch` (batching.py): `run` one, `run_many` several, or `start` and `step` to let requests
+    join a running batch (the server's batch loop, batch_loop.py). Holds no state between calls
+    but decoders to reuse; threads may run calls at once."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer):
         self.model, self.tokenizer = model, tokenizer
+        self._decoders = DecoderPool(model)
 
     def run(self, request: Request) -> Iterator[Event]:
-        request.validate()
-        rows = [_Row(i, self.tokenizer, request.stop) for i in range(request.num_samples)]
-        for row in rows:
-            yield Begun(row.sample, row.decoder.head(request.prompt_text, request.prompt_ids))
-        reason = self._interrupted(request, None)
-        if request.max_new_tokens > 0 and reason is None:
-            reason = yield from self._decode(request, rows)
-        for row in rows:
-            if not row.ended:
-                yield row.end(reason or LENGTH)
+        for _, event in self.run_many([request]):
+            yield event
 
-    def _decode(self, request: Request, rows: list[_Row]) -> Iterator[Event]:
-        """Steps until every row has ended; the reason for those still going (None: their length)."""
-        deadline = None if request.max_seconds is None else time.monotonic() + request.max_seconds
-        want_logprobs = request.logprobs or request.alternatives > 0
-        steps = sample_steps(self.model, request.prompt_ids, request.max_new_tokens, request.sampling,
-                             request.num_samples, request.use_cache, request.dtype)
-        for ids, logits in steps:
-            logp = torch.log_softmax(logits.float(), dim=-1) if want_logprobs else None
-            for i, (row, token) in enumerate(zip(rows, ids.tolist())):
-                if not row.ended:
-                    yield from row.take(token, None if logp is None else logp[i],
-                                        self._alternatives(logp[i], request.alternatives) if logp is not None else [])
-            if all(row.ended for row in rows):
-                return None
-            reason = self._interrupted(request, deadline)
+    def run_many(self, requests: Sequence[Request]) -> Iterator[tuple[int, Event]]:
+        """The events of several requests decoding together, each with its request's index."""
+        first = requests[0] if requests else Request([0])
+        with self.batch(first.dtype, first.use_cache) as batch:
+            jobs = []
+            for index, request in enumerate(requests):
+                job, begun = self.start(batch, request, index)
+                jobs.append(job)
+                yield from ((index, event) for event in begun)
+            while batch:
+                yield from ((job.index, event) for job, event in self.step(batch))
+
+    @contextmanager
+    def batch(self, dtype: torch.dtype | None = None, use_cache: bool = True) -> Iterator[Batch]:
+        """A batch to add requests to (`start`) and `step`, with a decoder of this engine's to reuse."""
+        if not use_cache:
+            yield Batch(self.model, use_cache=False)
+            return
+        decoder = self._decoders.take(dtype)
+        try:
+            yield Batch(self.model, decoder=decoder)
+        finally:
+            self._decoders.give_back(decoder)
+
+    def start(self, batch: Batch, request: Request, index: int = 0) -> tuple[Job, list[Event]]:
+        """The request joins the batch (from its next step); its Begun events (and Ended, for one
+        that ends before its first token)."""
+        request.validate()
+        job = Job(request, [_Row(i, self.tokenizer, request.stop) for i in range(request.num_samples)], index)
+        events: list[Event] = [Begun(row.sample, row.decoder.head(request.prompt_text, request.prompt_ids))
+                               for row in job.rows]
+        reason = _interrupted(job)
+        if request.max_new_tokens == 0 or reason is not None:
+            events += [row.end(reason or LENGTH) for row in job.rows]
+        else:
+            job.group = batch.add(request.prompt_ids, request.sampling, request.num_samples, job)
+        return job, events
+
+    def step(self, batch: Batch) -> list[tuple[Job, Event]]:
+        """One token for every sequence in the batch; the events of their requests."""
+        out: list[tuple[Job, Event]] = []
+        for seq, token, logits in batch.step():
+            job: Job = seq.group.owner
+            row = job.rows[seq.sample]
+            logp = torch.log_softmax(logits, dim=-1) if job.want_logprobs else None
+            top = self._alternatives(logp, job.request.alternatives) if logp is not None else []
+            out += [(job, event) for event in row.take(token, logp, top)]
+            if not row.ended and seq.steps >= job.request.max_new_tokens:
+                out.append((job, row.end(LENGTH)))
+            if row.ended:
+                batch.drop(seq)
+        for group in list(batch.groups):
+            job = group.owner
+            reason = _interrupted(job)
             if reason is not None:
-                return reason
-        return None
+                for seq in group.live:
+                    out.append((job, job.rows[seq.sample].end(reason)))
+                    batch.drop(seq)
+        return out
 
     def _alternatives(self, logp: torch.Tensor, k: int) -> list[Alternative]:
         if k <= 0:
@@ -198,13 +253,44 @@ class Engine:
         return [Alternative(t, token_label(self.tokenizer, t), _finite(v))
                 for v, t in zip(top.values.tolist(), top.indices.tolist())]
 
-    @staticmethod
-    def _interrupted(request: Request, deadline: float | None) -> str | None:
-        if request.cancelled is not None and request.cancelled():
-            return CANCELLED
-        if deadline is not None and time.monotonic() > deadline:
-            return DEADLINE
-        return None
+
+def _interrupted(job: Job) -> str | None:
+    request = job.request
+    if request.cancelled is not None and request.cancelled():
+        return CANCELLED
+    if job.deadline is not None and time.monotonic() > job.deadline:
+        return DEADLINE
+    return None
+
+
+class DecoderPool:
+    """Decoders of one model, kept between requests (making one costs tens of milliseconds) and
+    made again when the model's weights have changed since (training in the same process)."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+        self._free: list[tuple[tuple, Decoder]] = []
+        self._lock = threading.Lock()
+
+    def _weights(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+
+    def take(self, dtype: torch.dtype | None) -> Decoder:
+        weights = self._weights()
+        with self._lock:
+            for i, (made_from, decoder) in enumerate(self._free):
+                if made_from == weights and (dtype is None or decoder.dtype == dtype):
+                    del self._free[i]
+                    return decoder
+        return Decoder(self.model, 1, dtype or choose_dtype(self.model, 1))
+
+    def give_back(self, decoder: Decoder) -> None:
+        decoder.reset()
+        with self._lock:
+            self._free = [(self._weights(), decoder)] + self._free[:MAX_SPARE_DECODERS - 1]
+
+
+MAX_SPARE_DECODERS = 2
 
 
 def shown_text(tokenizer: Tokenizer, prompt_text: str, prompt_ids: list[int], ids: Sequence[int],

@@ -66,21 +66,31 @@ class LanguageModel:
             if isinstance(event, (Token, Ended)) and event.text:
                 yield event.text
 
-    def generate(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> str:
-        """The continuation of `prompt` (for JSON models: the JSON array of the new tokens)."""
-        return self.samples(prompt, max_new_tokens, num_samples=1, **kwargs)[0]
+    def generate(self, prompt: str | Sequence[str] = "", max_new_tokens: int = 500, **kwargs: Any) -> str | list[str]:
+        """The continuation of `prompt` (for JSON models: the JSON array of the new tokens); for a list
+        of prompts, a list of continuations, decoded together as one batch (each prompt with the same
+        settings; a seed gives each prompt the text it would get alone with that seed)."""
+        if isinstance(prompt, str):
+            return self.samples(prompt, max_new_tokens, num_samples=1, **kwargs)[0]
+        requests = [self.request(text, max_new_tokens, **kwargs) for text in prompt]
+        return [texts[0] for texts in self._gather(self.engine.run_many(requests), [1] * len(requests))]
 
     def samples(self, prompt: str = "", max_new_tokens: int = 500, num_samples: int = 1, **kwargs: Any) -> list[str]:
         """`num_samples` continuations, sampled together as one batch."""
-        texts = [""] * num_samples
-        ids: list[list[int]] = [[] for _ in range(num_samples)]
-        for event in self.events(prompt, max_new_tokens, num_samples=num_samples, **kwargs):
+        events = ((0, event) for event in self.events(prompt, max_new_tokens, num_samples=num_samples, **kwargs))
+        return self._gather(events, [num_samples])[0]
+
+    def _gather(self, events: Iterator[tuple[int, Event]], samples: list[int]) -> list[list[str]]:
+        """Each request's texts, from the engine's (request index, event) pairs."""
+        texts = [[""] * n for n in samples]
+        ids: list[list[list[int]]] = [[[] for _ in range(n)] for n in samples]
+        for index, event in events:
             if isinstance(event, Token):
-                ids[event.sample].append(event.id)
+                ids[index][event.sample].append(event.id)
             if isinstance(event, (Token, Ended)):
-                texts[event.sample] += event.text
+                texts[index][event.sample] += event.text
         if self.tokenizer.input_format == "json":  # the values as JSON, not the display's layout
-            return [self.tokenizer.decode(new) for new in ids]
+            return [[self.tokenizer.decode(new) for new in request] for request in ids]
         return texts
 
     def shown(self, prompt: str, prompt_ids: list[int], ids: Sequence[int], stop: Sequence[str] = ()) -> str:

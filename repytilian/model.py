@@ -75,6 +75,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def at_positions(table: torch.Tensor, start: int | torch.Tensor, T: int, heads: bool = False) -> torch.Tensor:
+    """The rows of a per-position table for positions start..start+T-1: (T, d), or (B, T, d) when
+    each sequence starts at its own position (`start` a (B, 1) tensor; (B, 1, T, d) with `heads`)."""
+    if isinstance(start, int):
+        return table[start:start + T]
+    rows = table[start + torch.arange(T, device=table.device)]
+    return rows[:, None] if heads else rows
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
@@ -100,11 +109,10 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        start = 0
-        if cache is not None:  # attend to the positions seen before as well
-            start = cache.length
-            k, v = cache.extend(self.layer, k, v)  # (B, nh, start+T, hs)
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, start)  # (B, nh, T, hs)
+        if cache is None:
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        else:  # the positions seen before, kept in the cache, are attended to as well
+            y = cache.attend(self.layer, q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -210,15 +218,15 @@ class GPT(nn.Module):
         start = 0
         if cache is not None:
             cache.check_room(T)
-            start = cache.length
+            start = cache.start  # an int, or each row's own (B, 1) when the rows differ
         elif T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.position == "learned":  # the embeddings of positions start..start+T-1
-            x = x + self.transformer.wpe.weight[start:start + T]
+            x = x + at_positions(self.transformer.wpe.weight, start, T)
         elif self.config.position == "rope":
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            rope = (at_positions(self.rope_cos, start, T, heads=True), at_positions(self.rope_sin, start, T, heads=True))
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope, cache)

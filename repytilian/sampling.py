@@ -18,7 +18,6 @@ import torch
 from torch.nn import functional as F
 
 from .config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
-from .decode import Decoder, choose_dtype
 from .errors import RepytilianError, SettingError
 from .model import GPT
 
@@ -96,7 +95,6 @@ def sample_ids(
         yield ids
 
 
-@torch.no_grad()
 def sample_steps(
     model: GPT,
     prompt_ids: Sequence[int],
@@ -107,43 +105,19 @@ def sample_steps(
     dtype: torch.dtype | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """As `sample_ids`, with what the model thought at each step: (next ids (B,), logits (B, vocab)
-    in float32, before temperature and filtering), for showing the probabilities it gave."""
+    in float32, before temperature and filtering), for showing the probabilities it gave. One
+    batch of the generation engine's (batching.py), with one group in it."""
+    from .batching import Batch  # it builds on this module's sampling
+
     opts = opts or SamplingOptions()
     opts.validate()
     check_lengths(max_new_tokens, num_samples)
     if not prompt_ids:
         raise ValueError("sample_ids needs at least one prompt id (use the tokenizer's start ids)")
-    model.eval()
-    device = next(model.parameters()).device
-    generator = None
-    if opts.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(opts.seed)
-    block = model.config.block_size
-    keep = max(1, int(block * KEEP_FRACTION))
-    prompt = torch.tensor([list(prompt_ids)[-block:]], dtype=torch.long, device=device)
-    # The window the model sees, in a buffer allocated once (one slot more than a block, so that
-    # "full" can be noticed before the model is asked about more than a block).
-    window = torch.empty(num_samples, block + 1, dtype=torch.long, device=device)
-    window[:, : prompt.size(1)] = prompt
-    length = prompt.size(1)
-    decoder = None
-    if use_cache:
-        decoder = Decoder(model, num_samples, dtype or choose_dtype(model, num_samples))
-    fresh = True  # the cache needs (re)filling with the whole window
+    batch = Batch(model, dtype, use_cache) if max_new_tokens else None
+    if batch is not None:
+        batch.add(prompt_ids, opts, num_samples)
     for _ in range(max_new_tokens):
-        if length > block:  # full: keep the last `keep` tokens and re-encode them
-            window[:, :keep] = window[:, length - keep : length].clone()
-            length = keep
-            fresh = True
-        if decoder is None:
-            logits = model(window[:, :length], last_only=True)[0][:, -1, :].float()
-        elif fresh:
-            decoder.reset()
-            logits = decoder.forward(window[:, :length])
-            fresh = False
-        else:
-            logits = decoder.forward(window[:, length - 1 : length])
-        next_ids = choose_next(logits, opts, generator)  # (B, 1)
-        window[:, length] = next_ids[:, 0]
-        length += 1
-        yield next_ids[:, 0], logits
+        chosen = batch.step()
+        yield (torch.tensor([token for _, token, _ in chosen], device=batch.device),
+               torch.stack([logits for _, _, logits in chosen]))

@@ -54,9 +54,9 @@ def test_every_flag_of_a_config_field_reaches_the_config_typed():
     by the field's annotation (no list of names kept by hand, no reading of type names as text)."""
     import argparse
 
+    from repytilian.cli.flags import FIELD_FLAGS, flag_fields
     from repytilian.cli.train import add_train_arguments
     from repytilian.cli.train import train_options as _train_options
-    from repytilian.cli.flags import FIELD_FLAGS, flag_fields
     from repytilian.config import build_configs, field_type
 
     parser = argparse.ArgumentParser()

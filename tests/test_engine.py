@@ -4,8 +4,19 @@ import pytest
 import torch
 from conftest import run_script
 
-from repytilian.engine import (CANCELLED, DEADLINE, END_TOKEN, LENGTH, STOP, Begun, Ended, Engine, Request, Token,
-                               shown_text)
+from repytilian.engine import (
+    CANCELLED,
+    DEADLINE,
+    END_TOKEN,
+    LENGTH,
+    STOP,
+    Begun,
+    Ended,
+    Engine,
+    Request,
+    Token,
+    shown_text,
+)
 from repytilian.errors import SettingError
 from repytilian.language_model import LanguageModel
 from repytilian.model import GPT, ModelConfig
@@ -130,10 +141,9 @@ def test_sampling_defaults_are_the_same_from_the_command_line_python_and_the_ser
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient
 
+    from repytilian.api import load_model
     from repytilian.serve.app import create_app
     from repytilian.serve.registry import Registry
-
-    from repytilian.api import load_model
 
     folder = tmp_path / "models" / "tiny"
     corpus = tmp_path / "corpus.txt"

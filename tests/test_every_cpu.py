@@ -15,11 +15,11 @@ from conftest import ROOT, TINY, TINY_OVERRIDES, run_script
 
 import repytilian.runtime.precision as precision
 from repytilian.api import TrainOptions, train
+from repytilian.cli.progress import LineProgress
 from repytilian.config import TrainConfig
 from repytilian.data import DataSource, TokenData
 from repytilian.model import GPT, ModelConfig
 from repytilian.optim import Muon, orthogonalise
-from repytilian.cli.progress import LineProgress
 from repytilian.train import Trainer, TrainState, expectation
 
 pytestmark = pytest.mark.machine

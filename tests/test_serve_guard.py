@@ -107,9 +107,9 @@ def test_the_playground_asks_for_the_key_once(guarded):
 def test_listening_beyond_this_machine_needs_a_key_or_no_auth(models, tmp_path, monkeypatch):  # noqa: F811
     r = run_script("serve", "--models", str(models), "--host", "0.0.0.0", "--port", "0", cwd=tmp_path)
     assert r.returncode == 2 and "--api-key KEY" in r.stderr and "--no-auth" in r.stderr
-    from repytilian.cli.serve import add_serve_arguments, api_key
-
     import argparse
+
+    from repytilian.cli.serve import add_serve_arguments, api_key
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     (tmp_path / "key.txt").write_text("from-a-file\n")
@@ -124,10 +124,10 @@ def test_nothing_outside_the_models_folder_is_read_and_replaced_folders_are_not_
     import shutil
 
     from starlette.testclient import TestClient
+    from test_serve import SHIPPED
 
     from repytilian.serve.app import create_app
     from repytilian.serve.registry import Registry
-    from test_serve import SHIPPED
 
     root, outside = tmp_path / "models", tmp_path / "outside"
     outside.mkdir()
@@ -176,11 +176,12 @@ def test_loading_a_model_takes_a_turn_at_the_gate(tmp_path):
     import asyncio
     import shutil
 
+    from test_serve import SHIPPED
+
     from repytilian.serve.admission import Server
     from repytilian.serve.http import ApiError
     from repytilian.serve.limits import Limits
     from repytilian.serve.registry import Registry
-    from test_serve import SHIPPED
 
     shutil.copytree(SHIPPED, tmp_path / "models" / "m")
     server = Server(Registry(root=tmp_path / "models"), Limits(max_active=1, max_waiting=0))

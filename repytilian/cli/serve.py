@@ -25,7 +25,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     d = Limits()
     parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"most tokens a request may ask for (default {d.max_tokens})")
     parser.add_argument("--max-concurrent", type=int, default=d.max_active,
-                        help=f"generations at once (default {d.max_active}); more wait in a queue")
+                        help=f"generations at once, decoding together in one batch (default {d.max_active}); "
+                             "more wait in a queue")
+    parser.add_argument("--max-batch", type=int, default=d.max_batch_rows,
+                        help=f"samples a model decodes together (default {d.max_batch_rows}; a request's n "
+                             "counts each); more wait for a row")
     parser.add_argument("--max-queue", type=int, default=d.max_waiting,
                         help=f"requests that may wait for a turn (default {d.max_waiting}); beyond: 429")
     parser.add_argument("--max-seconds", type=float, default=d.max_seconds,
@@ -87,7 +91,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..serve.limits import Limits
     from ..serve.registry import Registry
 
-    for name in ("max_tokens", "max_concurrent", "max_queue", "max_loaded"):
+    for name in ("max_tokens", "max_concurrent", "max_queue", "max_loaded", "max_batch"):
         if getattr(args, name) < 1:
             raise RepytilianError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.max_seconds > 0:
@@ -97,7 +101,7 @@ def serve_command(args: argparse.Namespace) -> int:
     registry = (Registry(single=Path(args.model), device=args.device, max_loaded=args.max_loaded) if args.model
                 else Registry(root=Path(args.models), device=args.device, max_loaded=args.max_loaded))
     limits = Limits(max_tokens=args.max_tokens, max_active=args.max_concurrent, max_waiting=args.max_queue,
-                    max_seconds=args.max_seconds)
+                    max_seconds=args.max_seconds, max_batch_rows=args.max_batch)
     from ..serve.guard import Guard
 
     key = api_key(args)

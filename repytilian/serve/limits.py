@@ -9,8 +9,9 @@ class Limits:
     max_tokens: int = 2048  # per request (each of n choices)
     max_prompt_chars: int = 32_000
     max_body_bytes: int = 1_000_000
-    max_active: int = 2  # generations at once (each uses the CPU's threads)
-    max_waiting: int = 16  # requests waiting for a turn; more are refused with 429
+    max_active: int = 16  # generations at once: they decode together, a batch row per sample
+    max_waiting: int = 32  # requests waiting for a turn; more are refused with 429
+    max_batch_rows: int = 32  # samples decoding together per model (n counts each); the rest wait in order
     max_seconds: float = 60.0  # of generation per request: then it ends as "length"
     wait_seconds: float = 30.0  # the longest a request waits for a turn before a 503
     max_n: int = 8

@@ -1,0 +1,142 @@
+"""Continuous batching: sequences of different lengths in one batch, requests that join and leave a
+running batch, and the same text for a seeded request alone or among others (batching.py,
+engine.py, batch_loop.py)."""
+import threading
+
+import pytest
+import torch
+
+from repytilian.batch_loop import BatchLoop
+from repytilian.decode import Decoder
+from repytilian.engine import LENGTH, STOP, Ended, Request, Token
+from repytilian.language_model import LanguageModel
+from repytilian.model import GPT, ModelConfig
+from repytilian.sampling import SamplingOptions
+from repytilian.tokenizers import tokenizer_class
+
+TEXT = "the cat sat on the mat. a dog ran to the cat!\n"
+
+
+@pytest.fixture(scope="module")
+def lm() -> LanguageModel:
+    tokenizer = tokenizer_class("characters").train(TEXT)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    return LanguageModel(model, tokenizer)
+
+
+@pytest.mark.parametrize("arch", [dict(), dict(position="rope", norm="rmsnorm", activation="swiglu")])
+def test_rows_of_different_lengths_each_get_their_own_positions_and_past(arch):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, **arch)).eval()
+    seqs = [torch.randint(11, (n,)) for n in (3, 8, 12)]
+    decoder = Decoder(model, 3)
+    for row, seq in enumerate(seqs):  # each row's prefix, alone, then one step for all rows at once
+        decoder.forward(seq[None, :-2], row)
+    assert decoder.cache.lengths == [1, 6, 10]
+    steps = [decoder.forward(torch.stack([s[-2:-1] for s in seqs])), decoder.forward(torch.stack([s[-1:] for s in seqs]))]
+    for row, seq in enumerate(seqs):
+        full, _ = model(seq[None])
+        assert torch.allclose(torch.stack([steps[0][row], steps[1][row]]), full[0, -2:], atol=1e-5)
+    chunk = decoder.forward(torch.zeros(3, 2, dtype=torch.long))  # two tokens per row, still each at its own place
+    for row, seq in enumerate(seqs):
+        assert torch.allclose(chunk[row], model(torch.cat([seq, torch.zeros(2, dtype=torch.long)])[None])[0][0, -1],
+                              atol=1e-5)
+
+
+def alone(lm, requests) -> list[list[str]]:
+    """Each request's texts, each run on its own."""
+    return [_texts(((0, e) for e in lm.engine.run(r)), 1, r.num_samples)[0][0] for r in requests]
+
+
+def _texts(pairs, n_requests, n_samples):
+    texts = [[""] * n_samples for _ in range(n_requests)]
+    ended = {}
+    for index, event in pairs:
+        if isinstance(event, (Token, Ended)):
+            texts[index][event.sample] += event.text
+        if isinstance(event, Ended):
+            ended[(index, event.sample)] = event.reason
+    return texts, ended
+
+
+def mixed_requests(lm):
+    """Different prompts, lengths, sampling, stops and samples; windows that fill and slide."""
+    return [Request(lm.encode_prompt("the cat"), 30, SamplingOptions(seed=1, temperature=1.0), num_samples=2),
+            Request(lm.encode_prompt("a"), 7, SamplingOptions(temperature=0)),
+            Request(lm.encode_prompt("on the mat. a dog"), 40, SamplingOptions(seed=7, top_k=5, top_p=0.9)),
+            Request(lm.encode_prompt("dog"), 25, SamplingOptions(seed=3, temperature=1.5), stop=["t"])]
+
+
+def test_a_seeded_request_gives_the_same_text_alone_or_in_a_batch(lm):
+    requests = mixed_requests(lm)
+    together, ended = _texts(lm.engine.run_many(requests), len(requests), 2)
+    assert [t[: r.num_samples] for t, r in zip(together, requests)] == alone(lm, mixed_requests(lm))
+    assert ended[(1, 0)] == LENGTH and ended[(3, 0)] in (STOP, LENGTH)
+
+
+def test_requests_that_join_a_running_batch_get_the_text_they_get_alone(lm):
+    requests = mixed_requests(lm)
+    texts = [[""] * r.num_samples for r in requests]
+    sizes = []
+    with lm.engine.batch() as batch:
+        jobs = {}
+        for step in range(200):
+            if step % 3 == 0 and step // 3 < len(requests):  # one joins every third step
+                job, events = lm.engine.start(batch, requests[step // 3], step // 3)
+                jobs[job] = events
+                for e in events:
+                    texts[job.index][e.sample] += e.text
+            if not batch:
+                break
+            for job, e in lm.engine.step(batch):
+                if isinstance(e, (Token, Ended)):
+                    texts[job.index][e.sample] += e.text
+            sizes.append(len(batch))
+    assert texts == alone(lm, mixed_requests(lm))
+    assert max(sizes) > 2 and sizes[-1] == 0  # they overlapped, and every row left when done
+
+
+def test_python_users_generate_for_a_list_of_prompts_in_one_batch(lm):
+    prompts = ["the cat", "a", "dog ran"]
+    together = lm.generate(prompts, 20, seed=4)
+    assert together == [lm.generate(p, 20, seed=4) for p in prompts]
+    assert all(isinstance(t, str) and t for t in together)
+
+
+def test_the_batch_loop_runs_requests_from_many_threads_at_once(lm):
+    loop = BatchLoop(lm.engine, max_rows=3)  # fewer rows than samples asked for: some wait for a row
+    requests = mixed_requests(lm) * 2
+    results: list = [None] * len(requests)
+
+    def client(i: int) -> None:
+        done, texts = threading.Event(), [""] * requests[i].num_samples
+
+        def sink(item):
+            if item is None or isinstance(item, BaseException):
+                results[i] = item if item is not None else texts
+                done.set()
+            elif isinstance(item, (Token, Ended)):
+                texts[item.sample] += item.text
+        loop.submit(requests[i], sink)
+        assert done.wait(60)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    loop.close()
+    assert results == alone(lm, mixed_requests(lm) * 2)
+
+
+def test_a_bad_request_fails_alone_in_the_batch_loop(lm):
+    loop = BatchLoop(lm.engine)
+    got: dict = {}
+    done = threading.Event()
+    loop.submit(Request([]), lambda item: (got.setdefault("bad", item), done.set()))
+    assert done.wait(30) and isinstance(got["bad"], Exception) and "prompt_ids" in str(got["bad"])
+    fine = threading.Event()
+    loop.submit(Request(lm.encode_prompt("a"), 3), lambda item: fine.set() if item is None else None)
+    assert fine.wait(30)
+    loop.close()
