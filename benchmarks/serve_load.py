@@ -1,11 +1,15 @@
 """Load test for `repytilian serve`: C clients x R requests on 127.0.0.1, then latency and throughput.
 
     python3 benchmarks/serve_load.py [--clients 8] [--requests 50] [--tokens 32] [--model shakespeare/v2c]
+    python3 benchmarks/serve_load.py --compare 1,8,32 --tokens 64 --requests 20
 
 It starts the server itself (the real command line, on a free port), runs a fixed number of
 requests (the loops are bounded: it stops by itself), stops the server and prints one table:
 errors, p50/p99 latency, requests/s and generated tokens/s. The server's queue is sized to the
-number of clients, so any error here is a real failure, not a refusal by design.
+number of clients, so any error here is a real failure, not a refusal by design. With
+`--compare`, one server takes each number of clients in turn (after a warm-up request), and each
+row also gives its tokens/s as a multiple of the first row's and its p99 latency as a multiple of
+the first row's p50 (a request's latency alone, where the first row has one client).
 """
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_server(models: Path, clients: int, concurrent: int) -> tuple[subprocess.Popen, str]:
+def start_server(models: Path, clients: int, concurrent: int | None) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    limits = ["--max-queue", str(clients)] + (["--max-concurrent", str(concurrent)] if concurrent else [])
     proc = subprocess.Popen([sys.executable, "-m", "repytilian", "serve", "--models", str(models), "--port", "0",
-                             "--max-concurrent", str(concurrent), "--max-queue", str(clients)],
+                             *limits],
                             stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -94,25 +99,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=str(ROOT / "models"), help="models folder to serve")
     parser.add_argument("--model", default="shakespeare/v2c", help="model id to ask for")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--compare", default=None, metavar="N,N,...",
+                        help="several numbers of clients in turn, against one server (e.g. 1,8,32)")
     parser.add_argument("--requests", type=int, default=50, help="per client")
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens of each request")
-    parser.add_argument("--concurrent", type=int, default=2, help="the server's --max-concurrent")
+    parser.add_argument("--concurrent", type=int, default=None, help="the server's --max-concurrent (default: its own)")
     parser.add_argument("--stream", action="store_true", help="streaming requests (server-sent events)")
     args = parser.parse_args(argv)
-    proc, url = start_server(Path(args.models), args.clients, args.concurrent)
+    counts = [int(n) for n in args.compare.split(",")] if args.compare else [args.clients]
+    proc, url = start_server(Path(args.models), max(counts), args.concurrent)
+    results = []
     try:
-        result = run(url, args.model, args.clients, args.requests, args.tokens, args.stream)
+        run(url, args.model, 1, 1, 4, args.stream)  # warm-up: the model loaded, its batch started
+        for clients in counts:
+            results.append(run(url, args.model, clients, args.requests, args.tokens, args.stream))
     finally:
         proc.terminate()
         proc.wait(10)
-    print(f"{args.clients} clients x {args.requests} requests of {args.tokens} tokens ({args.model}, "
-          f"{'streaming' if args.stream else 'whole answers'}, {args.concurrent} at once):")
-    print(f"  requests {result['requests']}, errors {result['errors']}"
-          + (f" (first: {result['first_error']})" if result["errors"] else ""))
-    print(f"  latency p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "
-          f"{result['requests_per_s']:.1f} requests/s, {result['tokens_per_s']:,.0f} tokens/s "
-          f"({result['seconds']:.1f} s)")
-    return 1 if result["errors"] else 0
+    at_once = f"{args.concurrent} at once" if args.concurrent else "the server's default limits"
+    print(f"requests of {args.tokens} tokens ({args.model}, {'streaming' if args.stream else 'whole answers'}, "
+          f"{at_once}), {args.requests} per client:")
+    first = results[0]
+    for clients, result in zip(counts, results):
+        print(f"  {clients:3d} clients: requests {result['requests']}, errors {result['errors']}"
+              + (f" (first: {result['first_error']})" if result["errors"] else "")
+              + f"; latency p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "
+              f"{result['requests_per_s']:.1f} requests/s, {result['tokens_per_s']:,.0f} tokens/s "
+              f"({result['seconds']:.1f} s)"
+              + (f"; {result['tokens_per_s'] / first['tokens_per_s']:.2f}x the tokens/s, p99 "
+                 f"{result['p99_ms'] / first['p50_ms']:.2f}x the first row's p50" if len(results) > 1 else ""))
+    return 1 if any(r["errors"] for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from .errors import SettingError
 from .events import Listener, in_words, to_logging
 from .language_model import LanguageModel
 from .runs.options import TrainOptions, TrainResult
-from .runs.running import run_training
 from .runtime.device import pick_device
 from .store.best import better_best
 from .store.folder import load_model_dir
@@ -43,5 +42,9 @@ def train(opts: TrainOptions, log: Callable[[str], None] | None = None, on_event
     What happens is reported as events (events.py) to `on_event`, as are the notes of the code it
     calls (events.note) and its progress; or their words to `log` (e.g. `print`); with neither, to
     Python's logging (logger "repytilian")."""
+    from .runs.running import (
+        run_training,  # the training machinery: not imported to generate
+    )
+
     report = on_event or (in_words(log) if log is not None else to_logging)
     return run_training(opts, report)

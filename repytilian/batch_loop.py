@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from .engine import Engine, Event, Job, Request
 from .events import notes_to
 
@@ -27,6 +29,9 @@ _STOP = object()
 class BatchLoop:
     def __init__(self, engine: Engine, max_rows: int = 32):
         self.engine, self.max_rows = engine, max_rows
+        # OpenMP keeps a thread count per thread: a new thread would start from the environment's,
+        # not from what this process set (torch.set_num_threads, runtime/cpu.py)
+        self.threads = torch.get_num_threads()
         self._submitted: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -44,6 +49,7 @@ class BatchLoop:
         self._submitted.put(_STOP)
 
     def _run(self) -> None:
+        torch.set_num_threads(self.threads)
         with notes_to(lambda event: None), self.engine.batch() as batch:
             waiting: collections.deque = collections.deque()
             sinks: dict[Job, Sink] = {}

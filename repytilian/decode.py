@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .events import note
 from .model import GPT
 from .runtime.precision import PROBE_SECONDS, decoding_dtype
 
@@ -135,7 +136,7 @@ class Decoder:
     Rows are added as a batch needs them (`ensure_rows`); each keeps its own length.
     """
 
-    def __init__(self, model: GPT, batch_size: int = 1, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: GPT, batch_size: int = 1, dtype: torch.dtype = torch.float32, compile: bool = False):
         model.eval()
         self.config = model.config
         self.dtype = dtype
@@ -143,6 +144,16 @@ class Decoder:
         self.model = for_decoding(model, dtype)
         self.cache = model.new_cache(batch_size)
         self._new_cache = model.new_cache
+        self.compiled = None  # one token of one sequence as one compiled graph (decode_compiled.py)
+        if compile:
+            if dtype == torch.float32 and self.device.type == "cpu":
+                from .decode_compiled import (
+                    CompiledStep,  # imports torch's compiler: only when asked
+                )
+
+                self.compiled = CompiledStep(model)
+            else:
+                note("note: only float32 decoding on a CPU is compiled here; decoding without compiling")
 
     @property
     def length(self) -> int:
@@ -172,8 +183,20 @@ class Decoder:
         cpu = self.device.type == "cpu"
         skip_onednn = cpu and (self.dtype == torch.float32 or idx.size(1) == 1)
         with torch.inference_mode(), _without_onednn(skip_onednn):
+            if self.compiled is not None and idx.shape == (1, 1) and first == 0:
+                logits = self._compiled_step(idx)
+                if logits is not None:
+                    return logits
             logits, _ = self.model(idx, last_only=True, cache=self.cache.rows(first, idx.size(0)))
         return logits[:, -1, :].float()
+
+    def _compiled_step(self, idx: torch.Tensor) -> torch.Tensor | None:
+        cache = self.cache
+        logits = self.compiled(idx, cache.lengths[0], [k.narrow(0, 0, 1) for k in cache.keys],
+                               [v.narrow(0, 0, 1) for v in cache.values])
+        if logits is not None:
+            cache.lengths[0] += 1
+        return logits
 
     def reset(self, row: int | None = None) -> None:
         """Forget what every row holds (or row `row`)."""

@@ -178,9 +178,18 @@ class Engine:
     join a running batch (the server's batch loop, batch_loop.py). Holds no state between calls
     but decoders to reuse; threads may run calls at once."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, compile: bool = False):
         self.model, self.tokenizer = model, tokenizer
-        self._decoders = DecoderPool(model)
+        self._decoders = DecoderPool(model, compile)
+
+    @property
+    def compile(self) -> bool:
+        """Whether a single sequence's steps run as one compiled graph (decode_compiled.py)."""
+        return self._decoders.compile
+
+    @compile.setter
+    def compile(self, value: bool) -> None:
+        self._decoders.compile = value
 
     def run(self, request: Request) -> Iterator[Event]:
         for _, event in self.run_many([request]):
@@ -267,8 +276,8 @@ class DecoderPool:
     """Decoders of one model, kept between requests (making one costs tens of milliseconds) and
     made again when the model's weights have changed since (training in the same process)."""
 
-    def __init__(self, model: GPT):
-        self.model = model
+    def __init__(self, model: GPT, compile: bool = False):
+        self.model, self.compile = model, compile
         self._free: list[tuple[tuple, Decoder]] = []
         self._lock = threading.Lock()
 
@@ -279,10 +288,11 @@ class DecoderPool:
         weights = self._weights()
         with self._lock:
             for i, (made_from, decoder) in enumerate(self._free):
-                if made_from == weights and (dtype is None or decoder.dtype == dtype):
+                compiled = decoder.compiled is not None
+                if made_from == weights and (dtype is None or decoder.dtype == dtype) and compiled == self.compile:
                     del self._free[i]
                     return decoder
-        return Decoder(self.model, 1, dtype or choose_dtype(self.model, 1))
+        return Decoder(self.model, 1, dtype or choose_dtype(self.model, 1), compile=self.compile)
 
     def give_back(self, decoder: Decoder) -> None:
         decoder.reset()

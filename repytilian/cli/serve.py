@@ -80,6 +80,14 @@ def _show_server_log() -> None:
     logger.propagate = False
 
 
+def _check_limits(args: argparse.Namespace) -> None:
+    for name in ("max_tokens", "max_concurrent", "max_queue", "max_loaded", "max_batch"):
+        if getattr(args, name) < 1:
+            raise RepytilianError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.max_seconds > 0:
+        raise RepytilianError("--max-seconds must be more than 0")
+
+
 def serve_command(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -91,11 +99,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..serve.limits import Limits
     from ..serve.registry import Registry
 
-    for name in ("max_tokens", "max_concurrent", "max_queue", "max_loaded", "max_batch"):
-        if getattr(args, name) < 1:
-            raise RepytilianError(f"--{name.replace('_', '-')} must be at least 1")
-    if not args.max_seconds > 0:
-        raise RepytilianError("--max-seconds must be more than 0")
+    _check_limits(args)
     if not 0 <= args.port <= 65535:
         raise RepytilianError(f"--port must be from 0 to 65535, got {args.port}")
     registry = (Registry(single=Path(args.model), device=args.device, max_loaded=args.max_loaded) if args.model
@@ -116,6 +120,10 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"warning: listening on {args.host} without a key (--no-auth): anyone who can reach this machine on "
               f"port {args.port} can use these models", file=sys.stderr, flush=True)
     _show_server_log()
+    if args.device == "cpu":
+        from ..runtime.cpu import leave_a_core_for_serving
+
+        leave_a_core_for_serving()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     models = registry.scan()
