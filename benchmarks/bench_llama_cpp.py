@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from repytilian.config import ARCHS, SETTINGS  # noqa: E402
 from repytilian.interop.gguf_export import export_gguf  # noqa: E402
 from repytilian.language_model import LanguageModel  # noqa: E402
 from repytilian.model import GPT, ModelConfig  # noqa: E402
+from repytilian.runtime.cpu import cpu_name  # noqa: E402
 
 PROMPT = "ROMEO:"
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(same text: {'yes' if r['same_text'] else 'no'})", flush=True)
     import llama_cpp
 
-    machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+    machine = {"cpu": cpu_name(), "torch": torch.__version__,
                "llama_cpp_python": llama_cpp.__version__, "threads": torch.get_num_threads(),
                "date": time.strftime("%Y-%m-%d")}
     if args.json:

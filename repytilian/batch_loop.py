@@ -32,6 +32,7 @@ class BatchLoop:
         # OpenMP keeps a thread count per thread: a new thread would start from the environment's,
         # not from what this process set (torch.set_num_threads, runtime/cpu.py)
         self.threads = torch.get_num_threads()
+        self.most_rows = 0  # the most samples decoding together so far
         self._submitted: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -58,6 +59,7 @@ class BatchLoop:
                 stopping = self._collect(waiting, block=not batch and not waiting) or stopping
                 self._admit(batch, waiting, sinks)
                 if batch:
+                    self.most_rows = max(self.most_rows, len(batch))
                     self._step(batch, sinks)
 
     def _collect(self, waiting: collections.deque, block: bool) -> bool:

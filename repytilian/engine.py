@@ -3,7 +3,7 @@ consumes it: `LanguageModel` (Python), `generate.py` and `repytilian generate`, 
 the playground and both OpenAI routes of the server.
 
 Its borders: it knows token ids, the model and the tokenizer, and nothing of HTTP, terminals or
-files; it runs where it is called (the server calls it from a worker thread) and reports what
+files; it runs where it is called (the server's batch loop calls it from a thread of its own) and reports what
 happens as events, never as printed words.
 
 What a request gets, in order, for each of its samples: `Begun` (how the prompt is shown), then

@@ -645,3 +645,34 @@ def test_a_whole_answer_nobody_waits_for_stops_and_so_does_its_place_in_the_queu
             assert status()["waiting"] == 0 and status()["active"] == 1  # out of the queue while the first runs
     assert settles()["active"] == 0
     assert server.proc.poll() is None and not any("Traceback" in line for line in server.lines)
+
+
+@pytest.mark.slow
+def test_concurrent_requests_decode_together_and_each_gets_its_text_alone(models):
+    """A real server: eight seeded requests of different prompts and lengths, sent at once, join
+    one running batch and answer exactly what each answers alone."""
+    import httpx
+
+    s = RealServer(models, "--max-concurrent", "8", "--max-queue", "8")
+    try:
+        bodies = [{"model": TEXT, "prompt": prompt, "max_tokens": 20 + 7 * i, "seed": i, "temperature": 1.0,
+                   "stop": ["\n\n"] if i % 3 == 0 else None}
+                  for i, prompt in enumerate(["ROMEO:", "JULIET:\nO", "First Citizen:\nWe are", "KING", "A",
+                                              "MENENIUS:\nWhy, masters", "O", "HAMLET: To be, or"])]
+        with httpx.Client(base_url=s.url, timeout=60) as http:
+            alone = [http.post("/v1/completions", json=b).json()["choices"][0]["text"] for b in bodies]
+        together: list = [None] * len(bodies)
+
+        def ask(i: int) -> None:
+            with httpx.Client(base_url=s.url, timeout=60) as http:
+                together[i] = http.post("/v1/completions", json=bodies[i]).json()["choices"][0]["text"]
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert together == alone and len(set(alone)) == len(alone)
+        with httpx.Client(base_url=s.url, timeout=60) as http:
+            assert http.get("/api/status").json()["most_decoding_together"] >= 4  # they did overlap
+    finally:
+        s.stop()

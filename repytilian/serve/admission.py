@@ -1,6 +1,6 @@
-"""Admission: which requests generate, and when. Knows the models, the limits and the worker
-threads; turns a request's JSON into the engine's `Request`; runs the engine in a worker thread
-and hands its events to the event loop.
+"""Admission: which requests generate, and when. Knows the models, the limits and each model's
+batch loop; turns a request's JSON into the engine's `Request`; hands it to the model's running
+batch and its events back to the event loop.
 
 Every request that generates passes a gate first: at most `max_active` generations run at once,
 at most `max_waiting` more wait for a turn, and anything beyond is refused at once with a 429, so
@@ -178,7 +178,7 @@ class Server:
                        stop_strings(body.get("stop")) + list(stop or []), logprobs=True, max_seconds=lim.max_seconds)
 
     async def events(self, http: HttpRequest, lm: LanguageModel, request: Request) -> AsyncIterator[Any]:
-        """Run the request in a worker thread once the gate lets it in; its events, as they come. A
+        """The request joins its model's batch once the gate lets it in; its events, as they come. A
         client that goes away, while waiting for its turn or while its answer is made, cancels it."""
         gone = asyncio.create_task(_client_gone(http))
         cancel = threading.Event()
@@ -211,6 +211,10 @@ class Server:
             loop = self._loops[lm] = BatchLoop(lm.engine, self.limits.max_batch_rows)
             weakref.finalize(lm, loop.close)
         return loop
+
+    def most_rows(self) -> int:
+        """The most samples any model has decoded together since the server started."""
+        return max((loop.most_rows for loop in list(self._loops.values())), default=0)
 
     async def _run(self, lm: LanguageModel, request: Request, cancel: threading.Event,
                    gone: asyncio.Task) -> AsyncIterator[Any]:

@@ -81,6 +81,7 @@ async def status(http: HttpRequest) -> Response:
     server: Server = http.app.state.server
     gate = server.gate
     return JSONResponse({"active": gate.active, "waiting": gate.waiting, "generated_tokens": server.generated,
+                         "most_decoding_together": server.most_rows(),
                          "uptime_seconds": round(time.time() - server.started, 1)})
 
 
