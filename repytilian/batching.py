@@ -29,7 +29,7 @@ import torch
 
 from .decode import Decoder, choose_dtype
 from .model import GPT
-from .sampling import KEEP_FRACTION, SamplingOptions, choose_next
+from .sampling import KEEP_FRACTION, SamplingOptions, draw, probabilities
 
 
 @dataclass
@@ -77,6 +77,7 @@ class Batch:
             self.decoder = Decoder(model, 1, dtype or choose_dtype(model, 1))
         self.rows: list[Seq] = []  # rows[i].row == i: the live sequences, in their cache rows
         self.groups: list[Group] = []
+        self.logits = torch.empty(0)  # the last step's, a row per sequence (float32, before sampling)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -111,44 +112,65 @@ class Batch:
             self.groups.remove(seq.group)
 
     @torch.no_grad()
-    def step(self) -> list[tuple[Seq, int, torch.Tensor]]:
-        """The next token of every live sequence: (sequence, token, the float32 logits it was drawn from)."""
+    def step(self) -> list[tuple[Seq, int, int]]:
+        """The next token of every live sequence: (sequence, token, its row in `self.logits`, the
+        float32 logits it was drawn from)."""
         if not self.rows:
             return []
-        logits = self._logits_cached() if self.use_cache else self._logits_uncached()
-        chosen = []
+        self.logits = logits = self._logits_cached() if self.use_cache else self._logits_uncached()
+        # Groups that sample alike share one pass over their rows (one softmax, one top-k); each then
+        # draws from its own generator, so a group's tokens do not depend on who else is in the batch.
+        alike: dict[tuple, list[Group]] = {}
         for group in self.groups:
-            live = group.live
-            rows = logits[[s.row for s in live]]
-            for seq, token, row_logits in zip(live, choose_next(rows, group.sampling, group.generator)[:, 0].tolist(),
-                                              rows):
+            o = group.sampling
+            alike.setdefault((o.temperature, o.top_k, o.top_p), []).append(group)
+        chosen = []
+        for groups in alike.values():
+            seqs = [s for g in groups for s in g.live]
+            index = [s.row for s in seqs]
+            rows = logits if index == list(range(len(self.rows))) else logits[index]
+            opts = groups[0].sampling
+            if opts.temperature == 0:
+                tokens = rows.argmax(dim=-1).tolist()
+            else:
+                probs, tokens = probabilities(rows, opts), []
+                for group in groups:
+                    first = len(tokens)
+                    tokens += draw(probs[first:first + len(group.live)], group.generator)[:, 0].tolist()
+            for seq, token in zip(seqs, tokens):
                 seq.tokens.append(token)
                 seq.steps += 1
-                chosen.append((seq, token, row_logits))
+                chosen.append((seq, token, seq.row))
         return chosen
 
     def _logits_cached(self) -> torch.Tensor:
         decoder = self.decoder
         decoder.ensure_rows(len(self.rows))
-        for group in self.groups:
-            if group.fresh:  # joined since the last step: its prompt but the last token into its rows
-                group.fresh = False
-                first, *others = group.seqs
-                self._prefill(first)
-                for seq in others:
-                    decoder.cache.copy_row(first.row, seq.row)
-            else:
-                for seq in group.live:
-                    if len(seq.tokens) > self.block:  # the window is full: keep its last part
-                        seq.tokens = seq.tokens[-self.keep:]
-                        self._prefill(seq)
+        fresh = [group for group in self.groups if group.fresh]  # joined since the last step
+        for group in fresh:
+            group.fresh = False
+        full = [seq for seq in self.rows if len(seq.tokens) > self.block]  # windows to slide
+        for seq in full:
+            seq.tokens = seq.tokens[-self.keep:]
+        self._prefill([group.seqs[0] for group in fresh] + full)
+        for group in fresh:  # its other samples share the prompt: copied, not computed again
+            for seq in group.seqs[1:]:
+                decoder.cache.copy_row(group.seqs[0].row, seq.row)
         last = torch.tensor([[s.tokens[-1]] for s in self.rows], dtype=torch.long, device=self.device)
         return decoder.forward(last)
 
-    def _prefill(self, seq: Seq) -> None:
-        self.decoder.reset(seq.row)
-        if len(seq.tokens) > 1:
-            self.decoder.forward(torch.tensor([seq.tokens[:-1]], dtype=torch.long, device=self.device), seq.row)
+    def _prefill(self, seqs: list[Seq]) -> None:
+        """Each sequence's window but its last token into its row; neighbouring rows of one length in one call."""
+        run: list[Seq] = []
+        for seq in sorted(seqs, key=lambda s: s.row) + [None]:
+            if run and (seq is None or seq.row != run[-1].row + 1 or len(seq.tokens) != len(run[0].tokens)):
+                self.decoder.cache.rows(run[0].row, len(run)).reset()
+                if len(run[0].tokens) > 1:
+                    window = torch.tensor([s.tokens[:-1] for s in run], dtype=torch.long, device=self.device)
+                    self.decoder.forward(window, run[0].row)
+                run = []
+            if seq is not None:
+                run.append(seq)
 
     def _logits_uncached(self) -> torch.Tensor:
         logits = torch.empty(len(self.rows), self.model.config.vocab_size, device=self.device)

@@ -236,10 +236,14 @@ class Engine:
     def step(self, batch: Batch) -> list[tuple[Job, Event]]:
         """One token for every sequence in the batch; the events of their requests."""
         out: list[tuple[Job, Event]] = []
-        for seq, token, logits in batch.step():
+        all_logp = None  # log-probabilities of every row at once, when a request asks for them
+        for seq, token, at in batch.step():
             job: Job = seq.group.owner
             row = job.rows[seq.sample]
-            logp = torch.log_softmax(logits, dim=-1) if job.want_logprobs else None
+            logp = None
+            if job.want_logprobs:
+                all_logp = torch.log_softmax(batch.logits, dim=-1) if all_logp is None else all_logp
+                logp = all_logp[at]
             top = self._alternatives(logp, job.request.alternatives) if logp is not None else []
             out += [(job, event) for event in row.take(token, logp, top)]
             if not row.ended and seq.steps >= job.request.max_new_tokens:

@@ -60,6 +60,11 @@ def choose_next(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Ge
     """logits (B, vocab) -> next ids (B, 1)."""
     if opts.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    return draw(probabilities(logits, opts), generator)
+
+
+def probabilities(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    """logits (B, vocab) -> what each token's chance is under temperature, top-k and top-p (B, vocab)."""
     logits = logits / opts.temperature
     if opts.top_k and opts.top_k < logits.size(-1):
         kth = torch.topk(logits, opts.top_k).values[:, [-1]]
@@ -71,6 +76,11 @@ def choose_next(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Ge
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= opts.top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return probs
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """probs (B, vocab) -> one id drawn per row (B, 1)."""
     try:
         return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
     except RuntimeError as e:  # multinomial checks for NaN, inf and negatives itself
@@ -120,4 +130,4 @@ def sample_steps(
     for _ in range(max_new_tokens):
         chosen = batch.step()
         yield (torch.tensor([token for _, token, _ in chosen], device=batch.device),
-               torch.stack([logits for _, _, logits in chosen]))
+               batch.logits[[at for _, _, at in chosen]])

@@ -65,7 +65,8 @@ def mixed_requests(lm):
     return [Request(lm.encode_prompt("the cat"), 30, SamplingOptions(seed=1, temperature=1.0), num_samples=2),
             Request(lm.encode_prompt("a"), 7, SamplingOptions(temperature=0)),
             Request(lm.encode_prompt("on the mat. a dog"), 40, SamplingOptions(seed=7, top_k=5, top_p=0.9)),
-            Request(lm.encode_prompt("dog"), 25, SamplingOptions(seed=3, temperature=1.5), stop=["t"])]
+            Request(lm.encode_prompt("dog"), 25, SamplingOptions(seed=3, temperature=1.5), stop=["t"]),
+            Request(lm.encode_prompt("the mat"), 20, SamplingOptions(seed=2, temperature=1.0))]  # samples as the first
 
 
 def test_a_seeded_request_gives_the_same_text_alone_or_in_a_batch(lm):
@@ -180,3 +181,16 @@ def test_a_compile_that_fails_is_one_note_and_decoding_goes_on(lm, monkeypatch):
         assert fresh.generate("the cat", 20, temperature=0) == expected
     assert [n.text for n in notes] == ["note: the decoding step could not be compiled (RuntimeError: no C++ compiler "
                                        "here); decoding without compiling"]
+
+
+def test_requests_that_join_at_once_with_prompts_of_one_length_are_prefilled_in_one_call(lm, monkeypatch):
+    requests = [Request(lm.encode_prompt(p), 30, SamplingOptions(seed=i)) for i, p in
+                enumerate(["the cat", "the mat", "a dog r"])]
+    expected = alone(lm, [Request(r.prompt_ids, 30, SamplingOptions(seed=i)) for i, r in enumerate(requests)])
+    calls = []
+    forward = Decoder.forward
+    monkeypatch.setattr(Decoder, "forward", lambda self, idx, first=0: calls.append(tuple(idx.shape)) or
+                        forward(self, idx, first))
+    texts, _ = _texts(lm.engine.run_many(requests), 3, 1)
+    assert texts == expected
+    assert calls[0] == (3, 6)  # the three prompts but their last tokens, together
