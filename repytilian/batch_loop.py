@@ -27,11 +27,13 @@ _STOP = object()
 
 
 class BatchLoop:
-    def __init__(self, engine: Engine, max_rows: int = 32):
+    def __init__(self, engine: Engine, max_rows: int = 32, busy_threads: int | None = None):
         self.engine, self.max_rows = engine, max_rows
         # OpenMP keeps a thread count per thread: a new thread would start from the environment's,
-        # not from what this process set (torch.set_num_threads, runtime/cpu.py)
+        # not from what this process set (torch.set_num_threads), so the loop sets its own: the
+        # process's for a request alone, `busy_threads` for several (runtime/cpu.threads_beside_a_server)
         self.threads = torch.get_num_threads()
+        self.busy_threads = busy_threads or self.threads
         self.most_rows = 0  # the most samples decoding together so far
         self._submitted: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -50,7 +52,8 @@ class BatchLoop:
         self._submitted.put(_STOP)
 
     def _run(self) -> None:
-        torch.set_num_threads(self.threads)
+        threads = self.threads
+        torch.set_num_threads(threads)
         with notes_to(lambda event: None), self.engine.batch() as batch:
             waiting: collections.deque = collections.deque()
             sinks: dict[Job, Sink] = {}
@@ -60,6 +63,10 @@ class BatchLoop:
                 self._admit(batch, waiting, sinks)
                 if batch:
                     self.most_rows = max(self.most_rows, len(batch))
+                    wanted = self.threads if len(batch) == 1 else self.busy_threads
+                    if wanted != threads:
+                        threads = wanted
+                        torch.set_num_threads(threads)
                     self._step(batch, sinks)
 
     def _collect(self, waiting: collections.deque, block: bool) -> bool:

@@ -194,3 +194,38 @@ def test_requests_that_join_at_once_with_prompts_of_one_length_are_prefilled_in_
     texts, _ = _texts(lm.engine.run_many(requests), 3, 1)
     assert texts == expected
     assert calls[0] == (3, 6)  # the three prompts but their last tokens, together
+
+
+def test_the_batch_loop_decodes_several_requests_with_its_busy_thread_count_and_one_with_all(lm):
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread here: nothing to choose")
+    loop = BatchLoop(lm.engine, busy_threads=1)
+    seen = {"long": [], "short": []}
+    done = {"long": threading.Event(), "short": threading.Event()}
+
+    def sink_for(name):
+        def sink(item):
+            if isinstance(item, Token):
+                seen[name].append(torch.get_num_threads())  # called on the loop's thread, after each step
+            if item is None:
+                done[name].set()
+        return sink
+    loop.submit(Request(lm.encode_prompt("the"), 40, SamplingOptions(seed=1)), sink_for("long"))
+    loop.submit(Request(lm.encode_prompt("a"), 5, SamplingOptions(seed=2)), sink_for("short"))
+    assert done["long"].wait(60) and done["short"].wait(60)
+    loop.close()
+    assert 1 in seen["long"] and seen["short"] and set(seen["short"]) == {1}
+    assert seen["long"][-1] == loop.threads == torch.get_num_threads()  # alone again: all of them
+
+
+def test_a_server_leaves_a_core_to_its_event_loop_unless_told(monkeypatch):
+    from repytilian.runtime import cpu
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 4)
+    assert cpu.threads_beside_a_server() == max(1, min(torch.get_num_threads(), 3))
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 1)
+    assert cpu.threads_beside_a_server() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu.threads_beside_a_server() == torch.get_num_threads()

@@ -120,10 +120,6 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"warning: listening on {args.host} without a key (--no-auth): anyone who can reach this machine on "
               f"port {args.port} can use these models", file=sys.stderr, flush=True)
     _show_server_log()
-    if args.device == "cpu":
-        from ..runtime.cpu import leave_a_core_for_serving
-
-        leave_a_core_for_serving()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     models = registry.scan()
