@@ -99,16 +99,22 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each head's queries, keys and values of x (B, T, C): its own hs-wide slice, (B, nh, T, hs) each."""
         B, T, C = x.size()
-        # Each head gets its own hs-wide slice of the queries, keys and values: (B, nh, T, hs) each
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.heads(x, rope)
         if cache is None:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         else:  # the positions seen before, kept in the cache, are attended to as well

@@ -1,0 +1,133 @@
+"""Views inside a model (inspection.py): attention rows are causal distributions made from the
+model's own queries and keys, the logit lens ends at the model's output, the embeddings' axes
+are the main ones, surprise is the loss in bits."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from repytilian import inspection
+from repytilian.config import ARCHS
+from repytilian.errors import RepytilianError
+from repytilian.model import GPT, ModelConfig
+from repytilian.tokenizers import tokenizer_class
+
+TEXT = "the cat sat on the mat. a dog ran to the cat!\n"
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shakespeare"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tokenizer_class("characters").train(TEXT)
+
+
+def make(tokenizer, **arch) -> GPT:
+    torch.manual_seed(0)
+    fields = dict(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    return GPT(ModelConfig(**{**fields, **arch})).eval()
+
+
+ARCHITECTURES = {"classic": ARCHS["classic"], "modern": ARCHS["modern"], "one-head": ARCHS["one-head"],
+                 "blocks": ARCHS["blocks"]}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_attention_rows_are_causal_distributions_of_the_models_own_attention(tokenizer, arch):
+    model = make(tokenizer, **{**ARCHITECTURES[arch], "dropout": 0.0})
+    ids = tokenizer.encode("the cat sat")
+    view = inspection.attention(model, tokenizer, ids)
+    layers, heads = model.config.n_layer, model.config.n_head
+    assert view.weights.shape == (layers, heads, len(ids), len(ids)) and view.tokens[:3] == ["t", "h", "e"]
+    assert np.allclose(view.weights.sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(view.weights, 1) == 0)  # nothing from the future
+    # The same weights give the attention's output the model computes: softmax(...) v == SDPA
+    block = model.transformer.h[0]
+    x = model.transformer.drop(model.transformer.wte(torch.tensor([ids])) + (
+        model.transformer.wpe.weight[: len(ids)] if "wpe" in model.transformer else 0))
+    rope = (model.rope_cos[: len(ids)], model.rope_sin[: len(ids)]) if model.config.position == "rope" else None
+    q, k, v = block.attn.heads(block.ln_1(x), rope)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)[0]
+    assert torch.allclose(torch.tensor(view.weights[0]) @ v[0], expected, atol=1e-5)
+
+
+def test_the_bigram_step_says_it_has_no_attention(tokenizer):
+    model = make(tokenizer, **ARCHS["bigram"])
+    with pytest.raises(RepytilianError, match="no attention"):
+        inspection.attention(model, tokenizer, tokenizer.encode("the"))
+
+
+@pytest.mark.parametrize("arch", ["classic", "modern"])
+def test_the_logit_lens_reads_every_stage_and_its_last_is_the_models_output(tokenizer, arch):
+    model = make(tokenizer, **ARCHITECTURES[arch])
+    ids = tokenizer.encode("a dog ran")
+    lens = inspection.logit_lens(model, tokenizer, ids, top=3)
+    assert lens.stages == ["embeddings", "block 1", "block 2"]
+    assert len(lens.top) == 3 and all(len(stage) == len(ids) for stage in lens.top)
+    probs = model(torch.tensor([ids]))[0][0].softmax(-1)
+    best = probs.topk(3, dim=-1)
+    for t in range(len(ids)):
+        assert [label for label, _ in lens.top[-1][t]] == [tokenizer.decode([i]) for i in best.indices[t].tolist()]
+        assert np.allclose([p for _, p in lens.top[-1][t]], best.values[t].tolist(), atol=1e-6)
+        assert all(a >= b for (_, a), (_, b) in zip(lens.top[0][t], lens.top[0][t][1:]))
+
+
+def test_embeddings_are_projected_on_their_two_main_axes(tokenizer):
+    model = make(tokenizer)
+    view = inspection.embeddings(model, tokenizer)
+    assert view.tokens.shape == (tokenizer.vocab_size, 2) and view.positions.shape == (32, 2)
+    assert len(view.labels) == tokenizer.vocab_size and 0 < view.explained[1] <= view.explained[0] <= 1
+    wte = model.transformer.wte.weight.detach()
+    centred = (wte - wte.mean(0)).numpy()
+    # the first axis holds more variance than any other direction: here, than 50 random ones
+    first = np.var(view.tokens[:, 0])
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        d = rng.normal(size=centred.shape[1])
+        assert np.var(centred @ (d / np.linalg.norm(d))) <= first + 1e-6
+    assert inspection.embeddings(make(tokenizer, **ARCHS["modern"]), tokenizer).positions is None
+
+
+def test_surprise_is_each_next_tokens_loss_in_bits_and_averages_to_the_models_loss(tokenizer):
+    model = make(tokenizer)
+    ids = tokenizer.encode("the cat sat on the mat")
+    view = inspection.surprise(model, tokenizer, ids)
+    assert view.bits.shape == (len(ids) - 1,) and np.all(view.bits >= 0)
+    _, loss = model(torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]))
+    assert math.isclose(view.mean, loss.item() / math.log(2), rel_tol=1e-5)
+
+
+def test_two_models_compare_on_one_text_and_differ_where_they_were_trained(tokenizer):
+    untrained = make(tokenizer)
+    trained = make(tokenizer)
+    opt = torch.optim.AdamW(trained.parameters(), lr=3e-2)
+    data = torch.tensor([tokenizer.encode(TEXT[:32])])
+    for _ in range(60):
+        _, loss = trained.train()(data[:, :-1], data[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    trained.eval()
+    a, b, difference = inspection.compare((untrained, tokenizer), (trained, tokenizer), TEXT[:32])
+    assert np.allclose(difference, b.bits - a.bits) and b.mean < a.mean - 1  # it learned this text
+
+
+def test_texts_beyond_the_context_and_other_tokenizers_are_refused(tokenizer):
+    model = make(tokenizer)
+    with pytest.raises(RepytilianError, match="at most 32"):
+        inspection.surprise(model, tokenizer, tokenizer.encode(TEXT))
+    other = tokenizer_class("characters").train("abc ")
+    with pytest.raises(RepytilianError, match="different tokenizers"):
+        inspection.compare((model, tokenizer), (make(other), other), "a")
+
+
+def test_the_shipped_models_can_be_looked_into():
+    from repytilian.api import load_model
+
+    lm = load_model(SHIPPED / "v1c")
+    ids = lm.tokenizer.encode("ROMEO:\nWhat")
+    assert inspection.attention(lm.model, lm.tokenizer, ids).weights.shape[2:] == (len(ids), len(ids))
+    lens = inspection.logit_lens(lm.model, lm.tokenizer, ids)
+    assert lens.top[-1][-1][0][1] > 0.05  # a trained model: its last block is confident somewhere
