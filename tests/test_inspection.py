@@ -131,3 +131,39 @@ def test_the_shipped_models_can_be_looked_into():
     assert inspection.attention(lm.model, lm.tokenizer, ids).weights.shape[2:] == (len(ids), len(ids))
     lens = inspection.logit_lens(lm.model, lm.tokenizer, ids)
     assert lens.top[-1][-1][0][1] > 0.05  # a trained model: its last block is confident somewhere
+
+
+def test_the_command_line_prints_each_view_and_draws_it(tmp_path):
+    from conftest import run_script
+
+    v1c, v3c = str(SHIPPED / "v1c"), str(SHIPPED / "v3c")
+    text = "ROMEO:\nBut soft"
+    attention = run_script("inspect", "-m", v1c, "--text", text, "--layer", "2", "--head", "3",
+                           "--png", "attention.png", cwd=tmp_path)
+    assert attention.returncode == 0, attention.stderr
+    lines = attention.stdout.splitlines()
+    assert lines[0].startswith("layer 2, head 3") and lines[7].startswith("   7 '\\n'  <- ")  # one line a token
+    assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
+    lens = run_script("inspect", "-m", v1c, "--text", text, "--lens", "--position", "3", "--top", "2", cwd=tmp_path)
+    assert lens.returncode == 0 and "after token 3 'M'" in lens.stdout
+    assert [line.split()[0] for line in lens.stdout.splitlines()[1:]] == ["embeddings", "block", "block"]  # 2 blocks
+    surprise = run_script("inspect", "-m", v1c, "--text", text, "--surprise", "--compare", v3c,
+                          "--png", "surprise.png", cwd=tmp_path)
+    assert surprise.returncode == 0 and "bits per token on average" in surprise.stdout
+    assert len(surprise.stdout.splitlines()) == 1 + len(text) - 1 and (tmp_path / "surprise.png").exists()
+    embeddings = run_script("inspect", "-m", v1c, "--embeddings", "--png", "e.png", cwd=tmp_path)
+    assert embeddings.returncode == 0 and [line[:6] for line in embeddings.stdout.splitlines()[1:]] == ["axis 1", "axis 2"]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--text", "x" * 300], "at most 128"),
+    (["--attention"], "--text"),
+    (["--text", "ROMEO", "--layer", "9"], "--layer must be from 1 to 6"),
+    (["--text", "ROMEO", "--lens", "--position", "9"], "--position must be from 1 to 5"),
+    (["--text", "ROMEO", "--surprise", "--compare", str(SHIPPED / "bpe")], "different tokenizers"),
+])
+def test_bad_requests_are_one_clear_line(tmp_path, flags, words):
+    from conftest import run_script
+
+    r = run_script("inspect", "-m", str(SHIPPED / "v3c"), *flags, cwd=tmp_path)
+    assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr

@@ -1,6 +1,6 @@
 """`repytilian VERB`: one parser whose verbs each live in a module of their own (train.py,
 generate.py, chat.py, evaluate.py, info.py (info, plot), convert.py (import, import-legacy,
-export), tokenize.py, ladder.py, serve.py, bench.py). Each verb's module registers its flags
+export), tokenize.py, inspection.py (inspect), ladder.py, serve.py, bench.py). Each verb's module registers its flags
 and a handler that calls one library function and words its result."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import chat, convert, evaluate, generate, info, tokenize, train
+from . import chat, convert, evaluate, generate, info, inspection, tokenize, train
 from .common import debug_flag, run
 
 
@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     convert.register(sub, debug)
     _ladder_and_serve(sub, debug)
     chat.register(sub, debug)
+    inspection.register(sub, debug)
     bench = sub.add_parser("bench", add_help=False,
                            help="measure training speed and quality per time here (repytilian bench --help)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
