@@ -676,3 +676,42 @@ def test_concurrent_requests_decode_together_and_each_gets_its_text_alone(models
             assert http.get("/api/status").json()["most_decoding_together"] >= 4  # they did overlap
     finally:
         s.stop()
+
+
+def test_the_inspection_views_answer_as_json(client):
+    from repytilian.api import load_model
+    from repytilian.inspection import surprise
+
+    text = "ROMEO:\nBut"
+    r = client.post("/api/inspect", json={"model": TEXT, "view": "attention", "text": text})
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["tokens"][:2] == ["R", "O"] and (view["layers"], view["heads"]) == (2, 4)
+    weights = view["weights"]
+    assert len(weights) == 2 and len(weights[0]) == 4 and len(weights[0][0]) == len(text)
+    assert all(abs(sum(row) - 1) < 1e-3 for row in weights[1][3])
+    one = client.post("/api/inspect", json={"model": TEXT, "view": "attention", "text": text, "layer": 2, "head": 3})
+    assert one.json()["weights"] == [[weights[1][2]]]
+    lens = client.post("/api/inspect", json={"model": TEXT, "view": "lens", "text": text, "top": 3}).json()
+    assert lens["stages"] == ["embeddings", "block 1", "block 2"] and len(lens["top"][2][0]) == 3
+    emb = client.post("/api/inspect", json={"model": TEXT, "view": "embeddings"}).json()
+    assert len(emb["tokens"]) == len(emb["labels"]) and len(emb["positions"][0]) == 2
+    bits = client.post("/api/inspect", json={"model": TEXT, "view": "surprise", "text": text, "compare": TEXT}).json()
+    lm = load_model(SHIPPED)
+    assert bits["bits"] == [round(b, 4) for b in surprise(lm.model, lm.tokenizer, lm.tokenizer.encode(text)).bits.tolist()]
+    assert bits["compare"]["difference"] == [0.0] * (len(text) - 1)
+    music = client.post("/api/inspect", json={"model": MUSIC, "view": "surprise", "text": [1, 2, 3, 1]}).json()
+    assert len(music["tokens"]) == 4 and len(music["bits"]) == 3  # JSON-token models take token ids
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"view": "x-ray", "text": "a"}, 400, "view must be one of"),
+    ({"view": "attention"}, 400, "give the text"),
+    ({"view": "attention", "text": "a" * 65}, 400, "at most 64"),
+    ({"view": "attention", "text": "ROMEO", "layer": 9}, 400, "layer"),
+    ({"view": "surprise", "text": "ROMEO", "compare": "nope"}, 404, "nope"),
+    ({"view": "surprise", "text": [1, 2], "model": MUSIC, "compare": TEXT}, 400, "different tokenizers"),
+])
+def test_bad_inspection_requests_get_the_usual_4xx(client, body, status, words):
+    r = client.post("/api/inspect", json={"model": TEXT, **body})
+    assert r.status_code == status and words in r.json()["error"]["message"], r.text

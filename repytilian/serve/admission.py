@@ -80,7 +80,7 @@ class Server:
         self.registry = registry
         self.limits = limits or Limits()
         self._loops: weakref.WeakKeyDictionary[LanguageModel, BatchLoop] = weakref.WeakKeyDictionary()
-        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="work")  # loads, inspection
         self._gate: Gate | None = None
         self.started = time.time()
         self.generated = 0  # tokens, for /api/status
@@ -129,9 +129,14 @@ class Server:
         return info, lm
 
     async def _load(self, info: ModelInfo) -> LanguageModel:
+        return await self.work(self.registry.load, info)
+
+    async def work(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` in the worker thread, never on the event loop, after a turn at the gate (loading
+        a model or looking inside one is work of a generation's size)."""
         await self.gate.enter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.load, info)
+            return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
         finally:
             self.gate.leave()
 

@@ -11,7 +11,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import RepytilianError, SettingError
-from . import openai_routes, playground_routes
+from . import inspect_routes, openai_routes, playground_routes
 from .admission import Server
 from .guard import Guard, GuardMiddleware
 from .http import ApiError, log
@@ -58,6 +58,7 @@ def create_app(registry: Registry, limits: Limits | None = None, guard: Guard | 
         Route("/api/card", playground_routes.card),
         Route("/api/generate", playground_routes.generate, methods=["POST"]),
         Route("/api/status", playground_routes.status),
+        Route("/api/inspect", inspect_routes.inspect, methods=["POST"]),
         Mount("/static", StaticFiles(directory=playground_routes.STATIC), name="static"),
     ]
     handlers = {ApiError: _api_error, RepytilianError: _repytilian_error, HTTPException: _http_error,
