@@ -715,3 +715,48 @@ def test_the_inspection_views_answer_as_json(client):
 def test_bad_inspection_requests_get_the_usual_4xx(client, body, status, words):
     r = client.post("/api/inspect", json={"model": TEXT, **body})
     assert r.status_code == status and words in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.slow
+def test_looking_inside_in_a_real_browser(server):
+    """The "Look inside" tab: attention by hovering a token, every head as small maps, the logit lens
+    for a picked token, surprise, the embeddings, all from the keyboard as well as the mouse."""
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.select_option("#model", TEXT)
+        page.click("#tab-inside")
+        page.fill("#inside-text", "ROMEO:\nBut soft")
+        page.click("#inside-show")
+        tokens = page.locator("#inside-tokens .tok")
+        expect(tokens).to_have_count(len("ROMEO:\nBut soft"))
+        assert page.locator("#inside-layer").input_value() == "2"  # the last layer first
+        tokens.nth(5).hover()  # ':' looks back over 'ROMEO'
+        tints = [float(tokens.nth(j).evaluate("b => b.style.getPropertyValue('--p') || '0'")) for j in range(8)]
+        assert sum(tints[:6]) > 0 and tints[6:] == [0, 0] and "selected" in tokens.nth(5).get_attribute("class")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "inside-attention.png"))
+        page.select_option("#inside-head", "all")
+        expect(page.locator(".multiples figure")).to_have_count(2 * 4)
+        page.select_option("#inside-view", "lens")
+        expect(page.locator(".for-attention").first).to_be_hidden()
+        page.click("#inside-show")
+        expect(page.locator("#inside-detail table tr")).to_have_count(3)  # embeddings, block 1, block 2
+        tokens.nth(2).focus()  # the keyboard picks a token too
+        expect(page.locator("#inside-detail table")).to_have_attribute("aria-label", "Logit lens after token 3")
+        page.screenshot(path=str(ARTIFACTS / "inside-lens.png"))
+        page.select_option("#inside-view", "surprise")
+        page.click("#inside-show")
+        expect(page.locator("#inside-hint")).to_contain_text("bits per token on average")
+        assert "bits" in tokens.nth(3).get_attribute("title")
+        page.select_option("#inside-view", "embeddings")
+        page.click("#inside-show")
+        expect(page.locator("#inside-detail canvas.scatter")).to_have_count(1)
+        page.fill("#inside-text", "x" * 100)  # beyond v1c's 64 tokens: the server's words, not a crash
+        page.select_option("#inside-view", "attention")
+        page.click("#inside-show")
+        expect(page.locator("#inside-hint")).to_contain_text("at most 64")
+        assert errors == []

@@ -84,6 +84,7 @@ function describeModel() {
   $("model-info").textContent = parts.join(" · ");
   if (m.tokenizer === "json" && $("prompt").value === "ROMEO:") $("prompt").value = "";
   if (!$("view-card").hidden) loadCard();
+  if (!$("view-inside").hidden) fillInsideModels(state.models, m.id);  // inside.js
 }
 
 // --- generation -----------------------------------------------------------------------------
@@ -473,14 +474,15 @@ function drawPlot(metrics) {
 // --- wiring ---------------------------------------------------------------------------------
 
 function showTab(name) {
-  for (const [tab, view] of [["tab-generate", "view-generate"], ["tab-card", "view-card"]]) {
-    const on = tab === `tab-${name}`;
-    $(tab).setAttribute("aria-selected", String(on));
-    $(view).hidden = !on;
+  for (const which of ["generate", "card", "inside"]) {
+    const on = which === name;
+    $(`tab-${which}`).setAttribute("aria-selected", String(on));
+    $(`view-${which}`).hidden = !on;
   }
   closeAlternatives();
   if (name === "card") loadCard();
   else clearTimeout(state.cardTimer);
+  if (name === "inside") fillInsideModels(state.models, $("model").value);  // inside.js
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -494,6 +496,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("model").addEventListener("change", describeModel);
   $("tab-generate").addEventListener("click", () => showTab("generate"));
   $("tab-card").addEventListener("click", () => showTab("card"));
+  $("tab-inside").addEventListener("click", () => showTab("inside"));
   document.addEventListener("pointermove", followPointer, { passive: true });
   document.documentElement.addEventListener("mouseleave", () => closeSoon());  // out of the window
   $("alternatives").addEventListener("mouseenter", () => clearTimeout(closeTimer));
