@@ -687,11 +687,15 @@ def test_the_inspection_views_answer_as_json(client):
     assert r.status_code == 200, r.text
     view = r.json()
     assert view["tokens"][:2] == ["R", "O"] and (view["layers"], view["heads"]) == (2, 4)
-    weights = view["weights"]
-    assert len(weights) == 2 and len(weights[0]) == 4 and len(weights[0][0]) == len(text)
-    assert all(abs(sum(row) - 1) < 1e-3 for row in weights[1][3])
+    import base64
+
+    import numpy as np
+    weights = np.frombuffer(base64.b64decode(view["weights_u8"]), dtype=np.uint8).reshape(2, 4, len(text), len(text))
+    assert np.all(np.abs(weights.sum(-1) / 255 - 1) < 0.02)  # each row still sums to about 1
     one = client.post("/api/inspect", json={"model": TEXT, "view": "attention", "text": text, "layer": 2, "head": 3})
-    assert one.json()["weights"] == [[weights[1][2]]]
+    exact = np.array(one.json()["weights"][0][0])
+    assert exact.shape == (len(text), len(text)) and np.all(np.abs(exact * 255 - weights[1, 2]) <= 0.52)  # 4 decimals, then a byte
+    assert np.allclose(exact.sum(-1), 1, atol=1e-3)
     lens = client.post("/api/inspect", json={"model": TEXT, "view": "lens", "text": text, "top": 3}).json()
     assert lens["stages"] == ["embeddings", "block 1", "block 2"] and len(lens["top"][2][0]) == 3
     emb = client.post("/api/inspect", json={"model": TEXT, "view": "embeddings"}).json()

@@ -8,10 +8,12 @@
 The text is a string, or token ids for JSON-token models, at most the model's context. The work
 runs off the event loop after a turn at the gate, like a generation; numbers are rounded to what
 a page can show (4 decimals). Attention takes an optional `layer` and `head` (from 1) to answer
-with that one head instead of every one.
+with that one head as numbers; without them every head comes as `weights_u8`: base64 of one byte
+per weight (its value times 255), layers x heads x T x T in that order.
 """
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import numpy as np
@@ -52,10 +54,13 @@ def _view(view: str, lm: Any, ids: list[int], other: Any, top: int, body: dict[s
         result = inspection.attention(model, tokenizer, ids)
         weights = result.weights
         layers, heads = weights.shape[:2]
+        answer = {"tokens": result.tokens, "layers": layers, "heads": heads}
         if body.get("layer") is not None or body.get("head") is not None:
             layer, head = whole(body, "layer", layers, 1, layers), whole(body, "head", 1, 1, heads)
-            weights = weights[layer - 1: layer, head - 1: head]
-        return {"tokens": result.tokens, "layers": layers, "heads": heads, "weights": _rounded(weights)}
+            return {**answer, "weights": _rounded(weights[layer - 1: layer, head - 1: head])}
+        # Every head at once is layers x heads x T x T numbers (2.4 million for `hyper` at 256 tokens:
+        # 32 MB as JSON lists): as bytes instead, each weight times 255, base64 (3 MB), enough to draw
+        return {**answer, "weights_u8": base64.b64encode(np.round(weights * 255).astype(np.uint8).tobytes()).decode()}
     if view == "lens":
         result = inspection.logit_lens(model, tokenizer, ids, top)
         return {"tokens": result.tokens, "stages": result.stages,

@@ -57,7 +57,24 @@ async function showInside() {
   inside.selected = null;
   $("inside-tokens").innerHTML = "";
   $("inside-detail").innerHTML = "";
+  if (data.weights_u8) data.weights = unpack(data.weights_u8, data.layers, data.heads, data.tokens.length);
   ({ attention: drawAttention, lens: drawLens, surprise: drawSurprise, embeddings: drawEmbeddings })[view](data);
+}
+
+// Every head's weights come as one byte each (value x 255), base64: [layer][head][row][column]
+function unpack(base64, layers, heads, n) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  const out = [];
+  for (let l = 0, k = 0; l < layers; l++) {
+    const layer = [];
+    for (let h = 0; h < heads; h++) {
+      const rows = [];
+      for (let i = 0; i < n; i++, k += n) rows.push(Array.from(bytes.subarray(k, k + n), (b) => b / 255));
+      layer.push(rows);
+    }
+    out.push(layer);
+  }
+  return out;
 }
 
 function tokenButtons(tokens, onPick) {
