@@ -199,10 +199,8 @@ class Engine:
         """The events of several requests decoding together, each with its request's index."""
         first = requests[0] if requests else Request([0])
         with self.batch(first.dtype, first.use_cache) as batch:
-            jobs = []
             for index, request in enumerate(requests):
-                job, begun = self.start(batch, request, index)
-                jobs.append(job)
+                _, begun = self.start(batch, request, index)
                 yield from ((index, event) for event in begun)
             while batch:
                 yield from ((job.index, event) for job, event in self.step(batch))

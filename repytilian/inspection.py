@@ -134,12 +134,16 @@ def surprise(model: GPT, tokenizer: Tokenizer, ids: list[int]) -> Surprise:
 def compare(a: tuple[GPT, Tokenizer], b: tuple[GPT, Tokenizer], text: str) -> tuple[Surprise, Surprise, np.ndarray]:
     """The surprise of one text under two models with one tokenizer, and b's bits minus a's."""
     (model_a, tok_a), (model_b, tok_b) = a, b
-    if tok_a.to_dict() != tok_b.to_dict():
-        raise RepytilianError("the two models have different tokenizers: their surprise per token cannot be "
-                              "compared token by token")
+    check_same_tokenizer(tok_a, tok_b)
     ids = tok_a.encode(text)
     first, second = surprise(model_a, tok_a, ids), surprise(model_b, tok_b, ids)
     return first, second, second.bits - first.bits
+
+
+def check_same_tokenizer(a: Tokenizer, b: Tokenizer) -> None:
+    if a.to_dict() != b.to_dict():
+        raise RepytilianError("the two models have different tokenizers: their surprise per token cannot be "
+                              "compared token by token")
 
 
 def _run_with_hooks(model: GPT, ids: list[int], hooks: list) -> None:

@@ -98,3 +98,21 @@ def _in_this_process(args, cwd) -> subprocess.CompletedProcess:
     finally:
         os.chdir(here)
     return subprocess.CompletedProcess([*args], code, out.getvalue(), err.getvalue())
+
+
+TINY_TEXT = "the cat sat on the mat. a dog ran to the cat!\n"
+
+
+def tiny_language_model(n_layer: int = 1):
+    """A character model of TINY_TEXT's letters with random weights (seed 0), context 16: for the
+    generation engine's tests, where what is generated matters less than how."""
+    import torch
+
+    from repytilian.language_model import LanguageModel
+    from repytilian.model import GPT, ModelConfig
+    from repytilian.tokenizers import tokenizer_class
+
+    tokenizer = tokenizer_class("characters").train(TINY_TEXT)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=n_layer, n_head=2, n_embd=16))
+    return LanguageModel(model.eval(), tokenizer)

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 import torch
+from conftest import TINY_TEXT, tiny_language_model
 
 from repytilian.batch_loop import BatchLoop
 from repytilian.decode import Decoder
@@ -12,17 +13,13 @@ from repytilian.engine import LENGTH, STOP, Ended, Request, Token
 from repytilian.language_model import LanguageModel
 from repytilian.model import GPT, ModelConfig
 from repytilian.sampling import SamplingOptions
-from repytilian.tokenizers import tokenizer_class
 
-TEXT = "the cat sat on the mat. a dog ran to the cat!\n"
+TEXT = TINY_TEXT
 
 
 @pytest.fixture(scope="module")
 def lm() -> LanguageModel:
-    tokenizer = tokenizer_class("characters").train(TEXT)
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
-    return LanguageModel(model, tokenizer)
+    return tiny_language_model(n_layer=2)
 
 
 @pytest.mark.parametrize("arch", [dict(), dict(position="rope", norm="rmsnorm", activation="swiglu")])

@@ -1,8 +1,7 @@
 """The generation engine (engine.py): one event per token, every way a sample ends, stop strings in
 time linear in their length, and the same text from the command line, Python and the server."""
 import pytest
-import torch
-from conftest import run_script
+from conftest import TINY_TEXT, run_script, tiny_language_model
 
 from repytilian.engine import (
     CANCELLED,
@@ -19,20 +18,15 @@ from repytilian.engine import (
 )
 from repytilian.errors import SettingError
 from repytilian.language_model import LanguageModel
-from repytilian.model import GPT, ModelConfig
 from repytilian.sampling import SamplingOptions
 from repytilian.stops import StopFilter
-from repytilian.tokenizers import tokenizer_class
 
-TEXT = "the cat sat on the mat. a dog ran to the cat!\n"
+TEXT = TINY_TEXT
 
 
 @pytest.fixture(scope="module")
 def lm() -> LanguageModel:
-    tokenizer = tokenizer_class("characters").train(TEXT)
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
-    return LanguageModel(model, tokenizer)
+    return tiny_language_model(n_layer=1)
 
 
 def run(lm, **fields) -> list:

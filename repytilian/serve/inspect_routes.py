@@ -75,9 +75,7 @@ def _view(view: str, lm: Any, ids: list[int], other: Any, top: int, body: dict[s
     answer: dict[str, Any] = {"tokens": result.tokens, "bits": _rounded(result.bits),
                               "mean": round(result.mean, DECIMALS)}
     if other is not None:
-        if other.tokenizer.to_dict() != tokenizer.to_dict():
-            raise ApiError(400, "the two models have different tokenizers: their surprise per token cannot be "
-                                "compared token by token", param="compare")
+        inspection.check_same_tokenizer(tokenizer, other.tokenizer)
         second = inspection.surprise(other.model, other.tokenizer, ids)
         answer["compare"] = {"bits": _rounded(second.bits), "mean": round(second.mean, DECIMALS),
                              "difference": _rounded(second.bits - result.bits)}
