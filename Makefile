@@ -15,7 +15,7 @@ export REPYTILIAN_DATA := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: install demo test test-avx2 clean
+.PHONY: install demo test test-avx2 screenshots clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,12 @@ test: install
 # (torch's and oneDNN's own switches; ../shared/tools/cpu-kind shows that bf16 slows down under them).
 test-avx2: install
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m machine
+
+# The playground screenshots in docs/, taken again by the browser tests (headless Chromium)
+SCREENSHOTS := playground.png playground-card.png inside-attention.png inside-lens.png inside-compare.png
+screenshots: install
+	$(PY) -m pytest -q tests/test_serve.py -k "browser"
+	cd tests/artifacts && cp $(SCREENSHOTS) ../../docs/
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -80,6 +80,34 @@ def check_the_best_is_what_people_sample(here, best):
     registry = Registry(root=here)
     info = next(m for m in registry.scan() if m.id == "m")
     assert info.val_loss == best["val_loss_full"] and registry.load(info).path == here / "m" / "best"
+    check_two_checkpoints_of_one_run_are_compared(here, registry, info, best)
+
+
+def check_two_checkpoints_of_one_run_are_compared(here, registry, info, best):
+    """The server serves the last model too, as `m@last`; the playground compares the two."""
+    from starlette.testclient import TestClient
+
+    from repytilian import inspection, load_model
+    from repytilian.serve.app import create_app
+    from repytilian.serve.limits import Limits
+    from repytilian.serve.registry import Registry
+
+    last = registry.find("m@last")
+    assert (last.val_loss, last.steps) == (best["last_val_loss_full"], 300)
+    assert registry.load(last).path == here / "m" and info.to_dict()["last_model"] == "m@last"
+    with TestClient(create_app(Registry(root=here), Limits()), base_url="http://localhost:8000") as client:
+        listed = {m["id"]: m for m in client.get("/api/models").json()["models"]}
+        assert listed["m"]["last_model"] == "m@last"
+        text = "3 little lines of text, number"
+        r = client.post("/api/inspect", json={"model": "m", "view": "surprise", "text": text, "compare": "m@last"})
+        assert r.status_code == 200, r.text
+        lm = load_model(here / "m", which="last")
+        expected = inspection.surprise(lm.model, lm.tokenizer, lm.tokenizer.encode(text)).mean
+        assert abs(r.json()["compare"]["mean"] - expected) < 1e-3 and r.json()["mean"] != r.json()["compare"]["mean"]
+        generated = client.post("/v1/completions", json={"model": "m@last", "prompt": "3", "max_tokens": 4})
+        assert generated.status_code == 200 and generated.json()["model"] == "m@last"
+        missing = client.post("/v1/completions", json={"model": "m@last@last", "prompt": "3", "max_tokens": 4})
+        assert missing.status_code == 404 and "keeps no better best model" in missing.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])

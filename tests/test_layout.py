@@ -96,3 +96,17 @@ def test_rooms_stay_small(path):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"{path.name}: {', '.join(long)}"
+
+
+def test_every_image_in_the_docs_is_there_and_every_screenshot_is_taken_by_a_test():
+    """Images the README and docs/ show exist; the playground screenshots among them are the ones
+    the browser tests write and `make screenshots` copies into docs/, so they can be taken again."""
+    root = PACKAGE.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    for page in pages:
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", page.read_text(encoding="utf-8")):
+            assert (page.parent / image).is_file(), f"{page.name} shows {image}, which is not there"
+    copied = re.search(r"^SCREENSHOTS := (.*)$", (root / "Makefile").read_text(), flags=re.M).group(1).split()
+    written = re.findall(r'ARTIFACTS / "([^"]+\.png)"', (root / "tests" / "test_serve.py").read_text())
+    assert copied and sorted(copied) == sorted(set(written))
+    assert all((root / "docs" / name).is_file() for name in copied)

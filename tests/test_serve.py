@@ -26,6 +26,7 @@ from repytilian.serve.registry import Registry  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "shakespeare" / "v1c"
 TEXT = "shakespeare/v1c"
+BETTER = "shakespeare/v3c"  # to compare with
 MUSIC = "music/chords"
 
 
@@ -34,6 +35,7 @@ def models(tmp_path_factory) -> Path:
     """A models folder: a shipped character model, a JSON-token model, and traps for path tricks."""
     root = tmp_path_factory.mktemp("served") / "models"
     shutil.copytree(SHIPPED, root / TEXT)
+    shutil.copytree(SHIPPED.parent / "v3c", root / BETTER)
     rng = random.Random(0)
     chords = [[60, 64, 67], [62, 65, 69], [64, 67, 71], "rest"]
     doc = {"train": [[rng.choice(chords) for _ in range(30)] for _ in range(30)],
@@ -77,7 +79,7 @@ def assert_error(response, status: int, param=None, words: str = ""):
 
 def test_models_lists_only_model_folders_inside_the_models_folder(client):
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
-    assert ids == [MUSIC, TEXT]  # not the symlinked folder outside, not a folder without a real config
+    assert ids == [MUSIC, TEXT, BETTER]  # not the symlinked folder outside, not a folder without a real config
     playground = client.get("/api/models").json()["models"]
     text = next(m for m in playground if m["id"] == TEXT)
     assert text["tokenizer"] == "characters" and text["chat"] and text["val_loss"] > 0 and text["parameters"] > 0
@@ -308,7 +310,7 @@ def server(models):
 def test_the_openai_client_works_unchanged(server):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed")
-    assert [m.id for m in client.models.list()] == [MUSIC, TEXT]
+    assert [m.id for m in client.models.list()] == [MUSIC, TEXT, BETTER]
     done = client.completions.create(model=TEXT, prompt="ROMEO:", max_tokens=10, seed=1, logprobs=2)
     assert len(done.choices[0].text) == 10 and done.usage.completion_tokens == 10
     assert len(done.choices[0].logprobs.top_logprobs[0]) == 2
@@ -741,8 +743,6 @@ def test_looking_inside_in_a_real_browser(server):
         tokens.nth(5).hover()  # ':' looks back over 'ROMEO'
         tints = [float(tokens.nth(j).evaluate("b => b.style.getPropertyValue('--p') || '0'")) for j in range(8)]
         assert sum(tints[:6]) > 0 and tints[6:] == [0, 0] and "selected" in tokens.nth(5).get_attribute("class")
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "inside-attention.png"))
         page.select_option("#inside-head", "all")
         expect(page.locator(".multiples figure")).to_have_count(2 * 4)
         page.select_option("#inside-view", "lens")
@@ -751,7 +751,6 @@ def test_looking_inside_in_a_real_browser(server):
         expect(page.locator("#inside-detail table tr")).to_have_count(3)  # embeddings, block 1, block 2
         tokens.nth(2).focus()  # the keyboard picks a token too
         expect(page.locator("#inside-detail table")).to_have_attribute("aria-label", "Logit lens after token 3")
-        page.screenshot(path=str(ARTIFACTS / "inside-lens.png"))
         page.select_option("#inside-view", "surprise")
         page.click("#inside-show")
         expect(page.locator("#inside-hint")).to_contain_text("bits per token on average")
@@ -763,4 +762,53 @@ def test_looking_inside_in_a_real_browser(server):
         page.select_option("#inside-view", "attention")
         page.click("#inside-show")
         expect(page.locator("#inside-hint")).to_contain_text("at most 64")
+        # What docs/inspection.md shows: v3c's layer 6 head 3 looks back at the start of the word...
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.select_option("#model", BETTER)
+        page.fill("#inside-text", "ROMEO: But soft, what light")
+        page.select_option("#inside-view", "attention")
+        page.click("#inside-show")
+        page.select_option("#inside-layer", "6")
+        page.select_option("#inside-head", "3")
+        expect(page.locator(".multiples")).to_have_count(0)  # the maps of "all heads" went with it
+        tokens.nth(23).hover()  # the i of light looks at the space before the word
+        tints = [float(tokens.nth(j).evaluate("b => b.style.getPropertyValue('--p') || '0'")) for j in range(27)]
+        assert max(range(27), key=tints.__getitem__) == 21 and tints[24:] == [0, 0, 0]
+        page.screenshot(path=str(ARTIFACTS / "inside-attention.png"))
+        # ...and the lens after the l of light: the embeddings, then six blocks, the last deciding
+        page.select_option("#inside-view", "lens")
+        page.click("#inside-show")
+        tokens.nth(22).click()
+        expect(page.locator("#inside-detail table tr")).to_have_count(7)
+        expect(page.locator("#inside-detail table")).to_have_attribute("aria-label", "Logit lens after token 23")
+        page.screenshot(path=str(ARTIFACTS / "inside-lens.png"))
+        page.select_option("#model", TEXT)
+        # Compare: the same text through two models, token by token
+        page.select_option("#inside-view", "surprise")
+        page.select_option("#inside-compare", BETTER)
+        page.fill("#inside-text", "ROMEO:\nBut soft, what light through yonder window breaks?")
+        page.click("#inside-show")
+        expect(page.locator("#inside-hint")).to_contain_text(f"for {BETTER}")
+        better, worse = (page.locator(f"#inside-tokens .tok.{kind}").count() for kind in ("better", "surprise"))
+        assert better > worse > 0  # v3c is less surprised by most of the line, not by all of it
+        page.screenshot(path=str(ARTIFACTS / "inside-compare.png"))
+        # On a phone: every view fits the width (a wide table scrolls inside its box, the page not)
+        page.set_viewport_size({"width": 390, "height": 844})
+        for view in ("attention", "lens", "surprise", "embeddings"):
+            page.select_option("#inside-view", view)
+            page.click("#inside-show")
+            expect(page.locator("#inside-hint")).not_to_have_text("Looking…")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390, view
+            if view == "attention":
+                page.select_option("#inside-head", "all")  # the small multiples too
+                assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        # A JSON-token model: its tokens shown as the JSON values they are
+        page.set_viewport_size({"width": 900, "height": 900})
+        page.select_option("#model", MUSIC)
+        assert page.locator("#inside-text").input_value() == "[1, 2, 3]"
+        page.select_option("#inside-view", "attention")
+        page.click("#inside-show")
+        expect(tokens).to_have_count(3)
+        labels = tokens.all_text_contents()
+        assert all(json.loads(label) is not None for label in labels), labels
         assert errors == []

@@ -9,6 +9,9 @@ file symlinked elsewhere is treated as absent (`readable`, `contained`).
 Loaded models are kept, at most `max_loaded` of them (the least recently used is let go first),
 each under a key of its weights file (modification time in nanoseconds, inode, size), so that a
 folder replaced in place is loaded again, never served stale.
+
+A folder whose run kept a best model that beats its last (best/) serves the best under its id, and
+its last model under `<id>@last`: two checkpoints of one run, to generate from or compare.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from ..store.best import best_in
 
 LOADED_FILES = ("config.json", "tokenizer.json", "model.safetensors")  # what store.folder reads to load a model
 MAX_DEPTH = 4  # models/<group>/<name> and a little more; the scan stays quick on a big folder
+LAST = "@last"  # `<id>@last`: the folder's last model, where a better best is what `<id>` serves
 
 
 class ModelNotFound(RepytilianError):
@@ -42,6 +46,8 @@ class ModelInfo:
     steps: int | None
     created: int
     ready: bool = True  # False: a first run is still training into this folder; nothing saved yet
+    which: str = "best"  # "last": the folder's own, last model (`<id>@last`)
+    last: dict[str, Any] | None = None  # where best/ beats the last model: the last's step and loss
 
     @property
     def is_text(self) -> bool:
@@ -49,7 +55,8 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "tokenizer": self.tokenizer, "parameters": self.parameters, "val_loss": self.val_loss,
-                "steps": self.steps, "chat": self.is_text and self.ready, "ready": self.ready}
+                "steps": self.steps, "chat": self.is_text and self.ready, "ready": self.ready,
+                "last_model": self.id + LAST if self.last else None}
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -93,9 +100,18 @@ def _info(model_id: str, folder: Path) -> ModelInfo | None:
         tokenizer = tokenizer.get("kind") or tokenizer.get("name")
     best = best_in(summary)
     val_loss = best["val_loss_full"] if best else summary.get("val_loss_full")  # best/ is what is served
+    last = {"steps": best["last_step"], "val_loss": best["last_val_loss_full"]} if best else None
     return ModelInfo(model_id, folder, str(tokenizer or "?"), summary.get("parameters"),
                      val_loss, summary.get("step"),
-                     int((folder / "config.json").stat().st_mtime))
+                     int((folder / "config.json").stat().st_mtime), last=last)
+
+
+def _last_of(info: ModelInfo) -> ModelInfo:
+    """`<id>@last`: the folder's last model, beside the better best/ that `<id>` serves."""
+    if not info.last:
+        raise ModelNotFound(f"{info.id} keeps no better best model, so its last model is {info.id} itself")
+    return replace(info, id=info.id + LAST, which="last", val_loss=info.last["val_loss"],
+                   steps=info.last["steps"], last=None)
 
 
 class Registry:
@@ -151,6 +167,8 @@ class Registry:
                 self._walk(child, depth + 1, found)
 
     def find(self, model_id: Any, training: bool = False) -> ModelInfo:
+        if isinstance(model_id, str) and model_id.endswith(LAST) and len(model_id) > len(LAST):
+            return _last_of(self.find(model_id[:-len(LAST)], training))
         if isinstance(model_id, str):
             for info in self.scan(training=True):
                 if info.id == model_id and (info.ready or training):
@@ -197,7 +215,7 @@ class Registry:
                 raise ModelNotFound(f"model {info.id} has files outside the models folder, so it is not opened")
             # New, or replaced since it was loaded. Opened as every surface opens a folder: its
             # best model where the run kept a better one.
-            lm = load_model(info.path, device=self.device)
+            lm = load_model(info.path, device=self.device, which=info.which)
             self._loaded[info.id] = (key, lm)
             self._loaded.move_to_end(info.id)
             while len(self._loaded) > self.max_loaded:

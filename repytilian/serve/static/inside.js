@@ -6,6 +6,8 @@
 "use strict";
 
 const inside = { data: null, selected: null };
+// The deepest red or green a token gets: the ink keeps a 4.5:1 contrast on it (red is the darker)
+const TINT_DEEPEST = 0.7;
 
 function insideControls() {
   const view = $("inside-view").value;
@@ -16,11 +18,21 @@ function insideControls() {
 function fillInsideModels(models, current) {
   const compare = $("inside-compare");
   compare.innerHTML = '<option value="">(none)</option>';
-  for (const m of models) {
-    if (m.id === current) continue;
+  const add = (value, label) => {
     const option = document.createElement("option");
-    option.value = option.textContent = m.id;
+    option.value = value;
+    option.textContent = label;
     compare.appendChild(option);
+  };
+  for (const m of models) {
+    if (!m.ready) continue;
+    if (m.id !== current) add(m.id, m.id);
+    // Two checkpoints of one run: the best model it serves, and its last one
+    if (m.last_model) add(m.last_model, `${m.last_model} (the last model of ${m.id})`);
+  }
+  const model = models.find((m) => m.id === current);
+  if (model && model.tokenizer === "json" && !$("inside-text").value.trim().startsWith("[")) {
+    $("inside-text").value = "[1, 2, 3]";  // JSON-token models look at token lists
   }
 }
 
@@ -98,6 +110,7 @@ function drawAttention(data) {
   fillLayersAndHeads(data.layers, data.heads);
   const layer = Number($("inside-layer").value || data.layers) - 1;
   const head = $("inside-head").value;
+  $("inside-detail").replaceChildren();  // a redraw for another head replaces the maps, never adds to them
   $("inside-hint").textContent = head === "all"
     ? "Every layer (rows) and head (columns): row t of a map is where token t looks."
     : `Layer ${layer + 1}, head ${head}: hover or focus a token to tint the tokens it attends to.`;
@@ -177,11 +190,11 @@ function drawSurprise(data) {
     if (compare) {
       const d = compare.difference[i - 1];
       b.classList.add(d < 0 ? "better" : "surprise");
-      b.style.setProperty("--p", String(Math.min(1, Math.abs(d) / 8) * 0.6));
+      b.style.setProperty("--p", String(Math.min(1, Math.abs(d) / 4) * TINT_DEEPEST));
       b.title = `${bits.toFixed(2)} bits, then ${compare.bits[i - 1].toFixed(2)} (${d >= 0 ? "+" : ""}${d.toFixed(2)})`;
     } else {
       b.classList.add("surprise");
-      b.style.setProperty("--p", String(Math.min(1, bits / 10) * 0.6));
+      b.style.setProperty("--p", String(Math.min(1, bits / 8) * TINT_DEEPEST));
       b.title = `${bits.toFixed(2)} bits`;
     }
   });
