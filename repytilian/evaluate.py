@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .data.conversations import IGNORED, ChatExamples
 from .events import ProgressTracker
 from .model import GPT
 
@@ -158,14 +159,37 @@ def final_val_tokens(tokens_seen: int) -> int:
     return min(FINAL_VAL_MAX_TOKENS, max(FINAL_VAL_MIN_TOKENS, tokens_seen))
 
 
-def final_val_loss(model: GPT, val: np.ndarray, tokens_seen: int, train_seconds: float, batch_size: int,
-                   progress: bool = False) -> EvalReport:
+def final_val_loss(model: GPT, val: np.ndarray | ChatExamples, tokens_seen: int, train_seconds: float,
+                   batch_size: int, progress: bool = False) -> EvalReport:
     """The loss after training: non-overlapping windows of the context over the validation split, as
-    far as `final_val_tokens` and a share of the training time (FINAL_VAL_TIME_SHARE) go."""
+    far as `final_val_tokens` and a share of the training time (FINAL_VAL_TIME_SHARE) go; for a chat
+    fine-tune, every answer of the validation conversations."""
+    if isinstance(val, ChatExamples):
+        return chat_loss(model, val, batch_size, progress)
     seconds = max(FINAL_VAL_MIN_SECONDS, FINAL_VAL_TIME_SHARE * train_seconds)
     block = model.config.block_size
     return evaluate(model, val[: final_val_tokens(tokens_seen) + 1], stride=block, batch_size=batch_size,
                     progress=progress, max_seconds=seconds, desc="final val loss")
+
+
+@torch.no_grad()
+def chat_loss(model: GPT, examples: ChatExamples, batch_size: int = 32, progress: bool = False) -> EvalReport:
+    """The mean loss of the answers (the tokens a chat fine-tune learns) of every conversation."""
+    device = next(model.parameters()).device
+    block = model.config.block_size
+    model.eval()
+    total, scored = 0.0, 0
+    order = np.arange(examples.conversations)
+    with ProgressTracker("answers' loss", "conversation", len(order), enabled=progress) as bar:
+        for start in range(0, len(order), batch_size):
+            x, y = examples.rows(order[start: start + batch_size], block)
+            logits, _ = model(x.to(device))
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.to(device).reshape(-1),
+                                     ignore_index=IGNORED, reduction="sum").item()
+            scored += int((y != IGNORED).sum())
+            bar.update(len(x))
+    return EvalReport(tokens=scored, chars=None, total_nats=total, block_size=block, stride=block,
+                      scope=f"the answers of all {examples.conversations:,} validation conversations")
 
 
 def final_val_scope(val_tokens: int, tokens_seen: int, scored: int | None = None) -> str:

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from .chat_format import SCRIPT_END, ChatFormat, script, turns_of
 from .engine import Ended, Engine, Event, Request, Token, shown_text
+from .errors import RepytilianError
 from .events import note
 from .model import GPT
 from .sampling import SamplingOptions
@@ -50,11 +52,49 @@ class LanguageModel:
     def request(self, prompt: str = "", max_new_tokens: int = 500, *, num_samples: int = 1,
                 stop: Sequence[str] = (), max_time: float | None = None, use_cache: bool = True,
                 logprobs: bool = False, alternatives: int = 0, cancelled: Callable[[], bool] | None = None,
-                dtype: torch.dtype | None = None, **sampling: Any) -> Request:
-        """The engine's request for a text prompt; `sampling` are `SamplingOptions`'s fields
-        (temperature, top_k, top_p, seed), each with its documented default."""
-        return Request(self.encode_prompt(prompt), max_new_tokens, SamplingOptions(**sampling), num_samples, stop,
+                dtype: torch.dtype | None = None, prompt_ids: list[int] | None = None, **sampling: Any) -> Request:
+        """The engine's request for a text prompt (or for `prompt_ids`, shown as `prompt`); `sampling`
+        are `SamplingOptions`'s fields (temperature, top_k, top_p, seed), each with its documented default."""
+        ids = self.encode_prompt(prompt) if prompt_ids is None else prompt_ids
+        return Request(ids, max_new_tokens, SamplingOptions(**sampling), num_samples, stop,
                        logprobs, alternatives, max_time, cancelled, prompt, use_cache, dtype)
+
+    # --- chat ------------------------------------------------------------------------------
+
+    @property
+    def chat_format(self) -> ChatFormat | None:
+        """The chat format the model was fine-tuned in (chat_format.py), or None: a script is used."""
+        return ChatFormat.of(self.tokenizer)
+
+    def chat_prompt(self, messages: Sequence[Any]) -> tuple[list[int], list[str]]:
+        """The prompt ids of a conversation ((role, content) pairs or {"role", "content"} objects)
+        that ask for the assistant's answer, and the stop strings that end it: in the model's own
+        chat format, the end token ends it (no stop string); else a script's blank line."""
+        if self.tokenizer.input_format != "text":
+            raise RepytilianError(f"this model's tokens are {self.tokenizer.name} values, not text: it is not a chat model")
+        turns = turns_of(messages)
+        chat = self.chat_format
+        if chat is None:
+            return self.encode_prompt(script(turns)), [SCRIPT_END]
+        try:
+            ids, _ = chat.render(self.tokenizer, turns, answer_next=True)
+        except UnknownTokensError as e:
+            raise UnknownTokensError(f"cannot answer this conversation: {e}") from None
+        if len(ids) > self.model.config.block_size:
+            note(f"note: the conversation has {len(ids)} tokens; the model sees only the last "
+                 f"{self.model.config.block_size}")
+        return ids, []
+
+    def chat_events(self, messages: Sequence[Any], max_new_tokens: int = 200, *, stop: Sequence[str] = (),
+                    **kwargs: Any) -> Iterator[Event]:
+        """The engine's events of the assistant's answer to `messages` (see chat_prompt)."""
+        ids, stops = self.chat_prompt(messages)
+        return self.engine.run(self.request("", max_new_tokens, prompt_ids=ids, stop=[*stops, *stop], **kwargs))
+
+    def chat(self, messages: Sequence[Any], max_new_tokens: int = 200, **kwargs: Any) -> str:
+        """The assistant's answer to `messages`, e.g. [{"role": "user", "content": "Who are you?"}]."""
+        return "".join(e.text for e in self.chat_events(messages, max_new_tokens, **kwargs)
+                       if isinstance(e, (Token, Ended)))
 
     def events(self, prompt: str = "", max_new_tokens: int = 500, **kwargs: Any) -> Iterator[Event]:
         """The engine's events for `prompt`: Begun, a Token per token, Ended, for each sample."""

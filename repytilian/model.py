@@ -204,6 +204,27 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @torch.no_grad()
+    def grow_vocabulary(self, vocab_size: int) -> None:
+        """Room for tokens added to the tokenizer (a chat's special tokens): new rows after the old
+        ones, each the mean of the old rows, so a new token starts as an average token would."""
+        old, c = self.config.vocab_size, self.config
+        if vocab_size <= old:
+            return
+        head = self.lm_head
+        grown = nn.Linear(c.n_embd, vocab_size, bias=head.bias is not None).to(head.weight)
+        grown.weight[:old], grown.weight[old:] = head.weight, head.weight.mean(0)
+        if head.bias is not None:
+            grown.bias[:old], grown.bias[old:] = head.bias, head.bias.mean()
+        self.lm_head = grown
+        if c.tie_embeddings:
+            self.transformer.wte.weight = grown.weight
+        else:
+            wte = self.transformer.wte.weight
+            self.transformer.wte = nn.Embedding(vocab_size, c.n_embd).to(wte)
+            self.transformer.wte.weight[:old], self.transformer.wte.weight[old:] = wte, wte.mean(0)
+        c.vocab_size = vocab_size
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count (shared matrices once); position embeddings are left out by default, as GPT-2 counts."""
         n = sum(p.numel() for p in self.parameters())

@@ -230,11 +230,13 @@ class Trainer:
         with autocast(self.device, self.cfg.dtype):
             report = final_val_loss(model or self.model, self.data.val, self.state.tokens_seen,
                                     self.state.train_seconds, self.plan.micro_batch, progress)
-        self.final_val_scored = report.tokens
+        self.final_val_scored, self.final_val_words = report.tokens, report.scope
         return report.loss
 
     def final_val_scope(self) -> str:
         """What full_val_loss covered, in words."""
+        if getattr(self, "final_val_words", ""):
+            return self.final_val_words
         return final_val_scope(len(self.data.val), self.state.tokens_seen, getattr(self, "final_val_scored", None))
 
     # --- the loop ------------------------------------------------------------------------

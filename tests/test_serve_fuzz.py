@@ -54,8 +54,10 @@ def small(models):  # noqa: F811
 
 
 @pytest.mark.slow
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+# The same examples every run (derandomize): the last test counts what they reached, which a random
+# draw met only most of the time (4 answers of 200 in 120 examples with seeds 1 and 2)
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(method=st.sampled_from(["GET", "POST", "POST", "POST", "OPTIONS", "PUT", "DELETE"]), path=paths,
        body=bodies, extra=headers)
 def test_every_answer_is_a_success_or_an_openai_error(small, method, path, body, extra):

@@ -1,8 +1,9 @@
 """`repytilian chat -m DIR` (and `generate.py -m DIR --interactive`): talk to a model in a loop.
 
 The model is loaded once. Each answer streams as it is sampled; the conversation so far is the
-prompt of the next answer (in the same script template as the server's chat API, serve/chat.py),
-and the model sees as much of it as its context holds. Ctrl+C stops the answer being written,
+prompt of the next answer, in the model's own chat format where it was fine-tuned to chat, else in
+a script (chat_format.py, as the server's chat API), and the model sees as much of it as its
+context holds. Ctrl+C stops the answer being written,
 not the program; /quit or Ctrl+D ends it.
 """
 from __future__ import annotations
@@ -14,15 +15,16 @@ from typing import Any, TextIO
 from ..engine import Ended, Token
 from ..errors import RepytilianError
 from ..sampling import SamplingOptions
-from ..serve.chat import END_OF_TURN, script
 from .common import device_flag, last_flag, model_flag, nonnegative_int, open_model, say
 
 HELP = ("commands: /temp T (temperature, 0 is greedy), /topk K (0: off), /reset (forget the conversation), "
         "/quit (or Ctrl+D); Ctrl+C stops an answer")
 
 
-def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None, stop: str = END_OF_TURN,
+def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None, stop: str | None = None,
               stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """`stop`: where an answer ends, instead of a script's blank line (the end token of a model's
+    own chat format ends it anyway)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if lm.tokenizer.input_format == "json":
         raise RepytilianError("this model's tokens are JSON values, not text: it is not a chat model "
@@ -33,8 +35,10 @@ def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None
     turns: list[tuple[str, str]] = []
     answers = 0
     name = lm.path.name if lm.path is not None else "the model"
+    form = ("its own chat format (it was fine-tuned to chat)" if lm.chat_format is not None else
+            "a script (USER: / ASSISTANT:), as it was trained on plain text, not fine-tuned to chat")
     say(f"chatting with {name} ({lm.model.num_params() / 1e6:.2f}M parameters, context "
-        f"{lm.model.config.block_size} tokens). {HELP}")
+        f"{lm.model.config.block_size} tokens) in {form}. {HELP}")
     while True:
         try:
             stdout.write("you> ")
@@ -59,7 +63,10 @@ def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None
         answer = []
         try:
             sampling = {**settings, "seed": None if seed is None else seed + answers}
-            for event in lm.events(script(turns), max_tokens, stop=[stop], **sampling):
+            ids, stops = lm.chat_prompt(turns)
+            if stop is not None:
+                stops = [stop] if lm.chat_format is None else [*stops, stop]
+            for event in lm.engine.run(lm.request("", max_tokens, prompt_ids=ids, stop=stops, **sampling)):
                 if isinstance(event, (Token, Ended)) and event.text:
                     answer.append(event.text)
                     stdout.write(event.text)
@@ -108,7 +115,7 @@ def chat_command(args: argparse.Namespace) -> int:
     from .generate import sampling_options
 
     sampling = sampling_options(args)
-    return chat_loop(open_model(args), args.tokens or 200, sampling, stop=args.stop or END_OF_TURN)
+    return chat_loop(open_model(args), args.tokens or 200, sampling, stop=args.stop)
 
 
 def register(sub, debug: argparse.ArgumentParser) -> None:
@@ -120,7 +127,8 @@ def register(sub, debug: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", default=None, metavar="TEXT",
-                        help="where an answer ends (default: a blank line, the end of a speech)")
+                        help="where an answer ends (default: the model's end of turn; for a model not "
+                             "fine-tuned to chat, a blank line, the end of a speech)")
     device_flag(parser)
     last_flag(parser)
     parser.set_defaults(handler=chat_command)

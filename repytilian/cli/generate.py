@@ -82,10 +82,9 @@ def generate_command(args: argparse.Namespace) -> int:
     else:
         lm = open_model(args)
     if args.interactive:
-        from ..serve.chat import END_OF_TURN
         from .chat import chat_loop
 
-        return chat_loop(lm, args.tokens or 200, sampling, stop=args.stop[0] if args.stop else END_OF_TURN)
+        return chat_loop(lm, args.tokens or 200, sampling, stop=args.stop[0] if args.stop else None)
     options = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                "seed": sampling.seed, "stop": args.stop, "max_time": args.max_time, "use_cache": not args.no_cache}
     write_generation(lm, args.prompt, args.tokens, options, args.filename, args.filetokens, args.num_samples)

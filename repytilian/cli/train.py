@@ -37,6 +37,10 @@ def add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None =
         parser = root.add_argument_group(heading)
     parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text file to train on")
     parser.add_argument("-p", "--datapath", help="a folder: every text file under it is training data")
+    parser.add_argument("--chat", metavar="FILE",
+                        help="fine-tune -l MODEL to chat on these conversations: JSONL of {\"messages\": [...]} "
+                             "(or a folder of them, or Parquet with a messages column); the last tenth validates")
+    parser.add_argument("--chat-val", metavar="FILE", help="--chat: validate on these conversations instead")
     parser.add_argument("-s", "--settings", default="default",
                         help="model/optimiser preset: tiny, default, speedrun, hyper")
     parser.add_argument("--arch", choices=tuple(ARCHS), default=None,
@@ -91,7 +95,13 @@ def train_options(args: argparse.Namespace, out: str | None, load: str | None):
         if getattr(args, f.name) is not None:
             overrides[f.name] = getattr(args, f.name)
     data = None
-    if args.datafile or args.datapath:
+    if args.chat_val and not args.chat:
+        raise RepytilianError("--chat-val goes with --chat FILE (the conversations to fine-tune on)")
+    if args.chat:
+        if args.datafile or args.datapath:
+            raise RepytilianError("give --chat (conversations) or -d/-p (text), not both")
+        data = DataSource("chat", args.chat, chat_val=args.chat_val)
+    elif args.datafile or args.datapath:
         data = dataclasses.replace(DataSource.from_args(args.datafile, args.datapath), json_key=args.json_key,
                                    json_val_key=args.json_val_key, json_layout=args.json_layout)
     elif args.json_key or args.json_val_key or args.json_layout:
@@ -111,9 +121,24 @@ def train_command(args: argparse.Namespace) -> int:
 
     result = train(train_options(args, out=args.model or None, load=args.load), on_event=speak)
     if args.tokens and not result.stopped_by and result.main:
+        if getattr(args, "chat", None):
+            _sample_answer(result.language_model, args.chat_val or args.chat, args.tokens, args.seed)
+            return 0
         say("--- sample ---")
         write_generation(result.language_model, "", args.tokens, {"seed": args.seed})
     return 0
+
+
+def _sample_answer(lm, conversations: str, tokens: int, seed: int | None) -> None:
+    """After a chat fine-tune: the model's answer to the last conversation's last question."""
+    from ..data.conversations import read_conversations
+
+    messages = read_conversations(conversations)[0][-1].messages
+    asked = messages[: max(i for i, (role, _) in enumerate(messages) if role == "assistant")]
+    if not asked:  # a conversation that the assistant opens: nothing was asked
+        return
+    say("--- a sample answer (the last conversation's last question) ---")
+    print(f"you> {asked[-1][1]}\nmodel> {lm.chat(asked, tokens, seed=seed)}", flush=True)
 
 
 def register(sub) -> None:

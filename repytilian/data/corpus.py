@@ -21,6 +21,7 @@ import torch
 
 from ..errors import RepytilianError
 from ..tokenizers import Tokenizer
+from .conversations import ChatExamples
 from .datasets import dataset_path
 from .jsondata import JsonCorpus, read_json_corpus
 from .textfiles import TextFiles, note_skipped, read_text, text_files_under
@@ -32,14 +33,16 @@ STREAM_MB = 64  # see stream_threshold
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where training data comes from: kind is "dataset", "file" or "dir"; the json_* fields say how
-    to read JSON data (see jsondata.py) and are ignored for text."""
+    """Where training data comes from: kind is "dataset", "file", "dir" or "chat" (conversations to
+    fine-tune on, conversations.py, validated on the last tenth or on those of `chat_val`); the
+    json_* fields say how to read JSON data (see jsondata.py) and are ignored for text."""
 
     kind: str
     value: str
     json_key: str | None = None
     json_val_key: str | None = None
     json_layout: str | None = None
+    chat_val: str | None = None
 
     @classmethod
     def from_args(cls, datafile: str | None, datapath: str | None, default: str = "shakespeare") -> "DataSource":
@@ -52,17 +55,21 @@ class DataSource:
         return cls("dataset", default)
 
     def describe(self) -> str:
-        return {"dataset": "data set {}", "file": "file {}", "dir": "folder {}"}[self.kind].format(self.value)
+        return {"dataset": "data set {}", "file": "file {}", "dir": "folder {}",
+                "chat": "conversations {}"}[self.kind].format(self.value)
 
     def to_dict(self) -> dict[str, str]:
         """Files and folders as absolute paths, so `-l` finds the data from any working directory."""
         value = self.value if self.kind == "dataset" else str(Path(self.value).resolve())
         json_options = {k: getattr(self, k) for k in ("json_key", "json_val_key", "json_layout") if getattr(self, k)}
+        if self.chat_val:
+            json_options["chat_val"] = str(Path(self.chat_val).resolve())
         return {"kind": self.kind, "value": value, **json_options}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DataSource":
-        known = {k: data[k] for k in ("kind", "value", "json_key", "json_val_key", "json_layout") if k in data}
+        known = {k: data[k] for k in ("kind", "value", "json_key", "json_val_key", "json_layout", "chat_val")
+                 if k in data}
         return cls(**known)
 
 
@@ -195,7 +202,10 @@ def get_batch(
     part: slice = slice(None),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows: x (B, T) and y (B, T), y being x shifted left by one token. With `part`,
-    only those of the B windows are read (one process's share; the stream moves on by all B)."""
+    only those of the B windows are read (one process's share; the stream moves on by all B).
+    Conversations (ChatExamples) give a conversation a row instead."""
+    if isinstance(ids, ChatExamples):
+        return ids.batch(batch_size, block_size, generator, part)
     starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).numpy()[part]
     if isinstance(ids, np.memmap):  # a large corpus in the token cache
         windows = read_windows(ids, starts, block_size + 1)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..chat_format import TEMPLATE, ChatFormat
 from ..config import RMS_EPS, ROPE_THETA
 from ..errors import RepytilianError
 from ..model import GPT
@@ -138,7 +139,8 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: str | Path, name: str = "
         raise RepytilianError(f"llama.cpp's gpt2 computes GELU; this model uses {cfg.activation}")
     llama = is_llama(model)
     tokens, merges, types = bpe_vocabulary(tokenizer)
-    end = end_of_text_id(tokens, types)
+    chat = ChatFormat.of(tokenizer)
+    end = chat.end if chat is not None else end_of_text_id(tokens, types)  # a chat model's answer ends its turn
     tensors = gguf_tensors(model)
     arch = "llama" if llama else "gpt2"
     with atomic_output(out) as tmp:
@@ -167,6 +169,8 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: str | Path, name: str = "
         w.add_eos_token_id(end)
         w.add_add_bos_token(False)  # the prompt is encoded as we encode it, nothing put before it
         w.add_add_eos_token(False)
+        if chat is not None:
+            w.add_chat_template(TEMPLATE)  # how llama.cpp (and Ollama, LM Studio) render a conversation
         for tensor_name, array in tensors.items():
             w.add_tensor(tensor_name, array)
         w.write_header_to_file()

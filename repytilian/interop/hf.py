@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ..chat_format import TEMPLATE, TOKENS, ChatFormat
 from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, RMS_EPS, ROPE_THETA
 from ..errors import RepytilianError
 from ..model import GPT
@@ -175,6 +176,11 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
     hf = tk.Tokenizer(tk.models.WordLevel(vocab=vocab, unk_token=None))
     hf.pre_tokenizer = tk.pre_tokenizers.Split(tk.Regex(pattern), behavior="isolated")
     hf.decoder = tk.decoders.Fuse()  # pieces joined as they are, with no spaces added
+    # Reserved special tokens (a chat's turns) become real ones, at the ids they have here
+    names = sorted(tokenizer.specials, key=tokenizer.specials.get)
+    hf.add_special_tokens([tk.AddedToken(name, special=True, normalized=False) for name in names])
+    if any(hf.token_to_id(name) != tokenizer.specials[name] for name in names):
+        raise RepytilianError("the special tokens could not keep their ids in the Hugging Face tokenizer")
     return hf.to_str()
 
 
@@ -187,6 +193,8 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path) -> Path:
     config = llama_config(model) if llama else gpt2_config(model)
     weights = llama_weights(model) if llama else gpt2_weights(model)
     tokenizer_json = hf_tokenizer_json(tokenizer)
+    chat = ChatFormat.of(tokenizer)  # the model's chat format, as transformers' apply_chat_template reads it
+    chat_settings = {} if chat is None else {"chat_template": TEMPLATE, "eos_token": TOKENS["end"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -197,8 +205,11 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path) -> Path:
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": model.config.block_size,
             "clean_up_tokenization_spaces": False,
+            **chat_settings,
         }, indent=1), encoding="utf-8")
         generation = {"do_sample": True, "temperature": DEFAULT_TEMPERATURE, "top_k": DEFAULT_TOP_K}
+        if chat is not None:  # an answer ends at the end of its turn, in transformers' generate too
+            generation["eos_token_id"] = chat.end
         (staging / "generation_config.json").write_text(json.dumps(generation, indent=1), encoding="utf-8")
         shareable(staging)
         fsync_tree(staging)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..chat_format import with_chat_tokens
 from ..config import (
     ARCHS,
     ITERATIONS,
@@ -21,11 +24,13 @@ from ..config import (
     check_configs,
     split_overrides,
 )
+from ..data.conversations import ChatData, chat_data
 from ..data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
 from ..errors import RepytilianError, SettingError
 from ..events import (
     Listener,
     Note,
+    note,
 )
 from ..model import GPT
 from ..store.folder import (
@@ -42,6 +47,10 @@ from ..train import (
     TrainState,
 )
 from .options import TrainOptions
+
+CHAT_EPOCHS = 3  # a first chat fine-tune goes over its conversations this many times, unless told,
+CHAT_MIN_STEPS = 200  # and takes at least this many steps (a few conversations are learned slowly)
+CHAT_MAX_STEPS = 2000
 
 
 def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
@@ -106,7 +115,7 @@ class Run:
 
     model: GPT
     tokenizer: Tokenizer
-    data: TokenData
+    data: TokenData | ChatData
     source: DataSource
     mcfg: ModelConfig
     tcfg: TrainConfig
@@ -123,6 +132,9 @@ def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run
     if opts.seed is not None:
         tcfg.seed = opts.seed
     source = opts.data or DataSource("dataset", "shakespeare")
+    if source.kind == "chat":
+        raise RepytilianError("`chat` fine-tunes a model to chat: give the model folder to start from as `load` "
+                              "(one you trained, a shipped one, or an imported GPT-2)", ("chat", "load"))
     corpus = load_corpus(source, tokenizer_cls.input_format)
     started_tokenizing = time.perf_counter()
     tokenizer = train_tokenizer(tokenizer_cls, corpus, **opts.tokenizer_options)
@@ -151,7 +163,9 @@ def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
     """A saved model with its optimiser state, its tokenizer, and its data unless other data is given.
     A folder saved without optimiser state (an imported or shipped model) is fine-tuned: its weights
     are the start of a new run with a fresh optimiser."""
-    fine_tune = not (Path(opts.load) / "trainer_state").is_dir()
+    # A first chat fine-tune adds tokens to the vocabulary, so no saved optimiser state fits any more
+    first_chat = opts.data is not None and opts.data.kind == "chat" and not _has_chat_format(Path(opts.load))
+    fine_tune = not (Path(opts.load) / "trainer_state").is_dir() or first_chat
     loaded = load_model_dir(opts.load, device, with_trainer=not fine_tune)
     if opts.tokenizer and tokenizer_class(opts.tokenizer).name != loaded.tokenizer.name:
         raise RepytilianError(
@@ -163,13 +177,21 @@ def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
         loaded.meta["train"] = dataclasses.asdict(preset)
     mcfg, tcfg = _resume_setup(opts, loaded)
     if fine_tune and "learning_rate" not in opts.overrides:
-        # Pretrained weights are near a good solution: a tenth of the from-scratch peak keeps them there
-        tcfg.learning_rate, tcfg.min_lr = tcfg.learning_rate / 10, tcfg.min_lr / 10
+        # Pretrained weights are near a good solution: a tenth of the from-scratch peak keeps them
+        # there; learning to take turns (new tokens, a new format) takes half of it (measured on a
+        # tiny model: a persona learned in 200 steps at half, not at a tenth)
+        share = 2 if first_chat else 10
+        tcfg.learning_rate, tcfg.min_lr = tcfg.learning_rate / share, tcfg.min_lr / share
     given = [k for k, v in opts.tokenizer_options.items() if v is not None]
     if given:
         raise SettingError(given[0], "cannot be given when continuing a saved model: its tokenizer cannot change")
+    if fine_tune:  # a new run's dropout masks come from its seed, as a fresh run's do (an exact resume has its own)
+        torch.manual_seed(tcfg.seed)
     saved_source = loaded.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"})
     source = opts.data or DataSource.from_dict(saved_source)
+    if source.kind == "chat":
+        data = _chat_data(opts, loaded, source, tcfg, fine_tune)
+        return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
     corpus = load_corpus(source, loaded.tokenizer.input_format)
     try:
         data = TokenData.from_corpus(corpus, loaded.tokenizer)
@@ -178,6 +200,39 @@ def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
     return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
 
 
+
+
+def _has_chat_format(folder: Path) -> bool:
+    try:
+        return isinstance(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("chat"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False  # loading the folder says what is wrong with it
+
+
+def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg: TrainConfig,
+               fine_tune: bool) -> ChatData:
+    """A chat fine-tune's data: the model's tokenizer gets the chat format's tokens (and its
+    embeddings rows for them), the conversations are rendered in it. A first fine-tune that is
+    not told how long to train goes over the conversations CHAT_EPOCHS times."""
+    tokenizer, chat = with_chat_tokens(loaded.tokenizer)
+    if tokenizer.vocab_size != loaded.model.config.vocab_size:
+        added = tokenizer.vocab_size - loaded.model.config.vocab_size
+        loaded.model.grow_vocabulary(tokenizer.vocab_size)
+        note(f"added the chat format's {added} special tokens (ids {tokenizer.vocab_size - added}-"
+             f"{tokenizer.vocab_size - 1}) to the {tokenizer.name} tokenizer of {opts.load}")
+    loaded.tokenizer = tokenizer
+    data = chat_data(source.value, source.chat_val, tokenizer, chat, loaded.model.config.block_size)
+    told = opts.iterations is not None or {"max_iters", "max_seconds"} & set(opts.overrides)
+    if fine_tune and not told:
+        epochs = math.ceil(CHAT_EPOCHS * data.train.conversations / tcfg.batch_size)
+        tcfg.max_iters = min(CHAT_MAX_STEPS, max(CHAT_MIN_STEPS, epochs))
+        for name, share in (("warmup_iters", 10), ("eval_interval", 5)):
+            if name not in opts.overrides:
+                setattr(tcfg, name, min(getattr(tcfg, name), max(1, tcfg.max_iters // share)))
+        note(f"{data.train.conversations:,} conversations to learn from ({data.train.learned_tokens:,} answer tokens), "
+             f"{data.val.conversations:,} to validate on: {tcfg.max_iters:,} steps of {tcfg.batch_size} go over them "
+             f"{tcfg.max_iters * tcfg.batch_size / data.train.conversations:.0f} times (`iters` sets it)")
+    return data
 
 
 def fingerprint(run: "Run") -> str:

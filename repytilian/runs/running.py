@@ -96,10 +96,11 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
         report(Note(plan.why, settings=("micro_batch",)))
     trainer = Trainer(run.model, run.data, run.tcfg, device, report=report, world=world, plan=plan)
     if run.loaded is not None and run.loaded.trainer is None:
-        report(Note(f"fine-tuning {opts.load}: it was saved without optimiser state (imported or shipped), so its "
-                    f"weights start a new run of {run.tcfg.max_iters or 'endless'} steps with a fresh optimiser, "
-                    f"peak learning rate {run.tcfg.learning_rate:g} (`learning_rate` sets it)",
-                    settings=("learning_rate",)))
+        why = (" to chat: its vocabulary grew by the chat tokens" if run.source.kind == "chat" and
+               "chat" not in run.loaded.meta else ": it was saved without optimiser state (imported or shipped)")
+        report(Note(f"fine-tuning {opts.load}{why}, so its weights start a new run of "
+                    f"{run.tcfg.max_iters or 'endless'} steps with a fresh optimiser, peak learning rate "
+                    f"{run.tcfg.learning_rate:g} (`learning_rate` sets it)", settings=("learning_rate",)))
     elif run.loaded is not None:
         trainer.load_state_dict(run.loaded.trainer)
         asked = opts.iterations is not None or "max_iters" in opts.overrides
@@ -142,7 +143,8 @@ def _announce(opts: TrainOptions, run: Run, trainer: Trainer, device: torch.devi
     steps = "until stopped" if trainer.state.max_iters is None else f"to step {trainer.state.max_iters:,}"
     if tcfg.max_seconds is not None:
         steps = f"for {tcfg.max_seconds:g} s" + ("" if trainer.state.max_iters is None else f" or {steps}")
-    report_data_size(len(data.train), model.num_params(), trainer, report, auto=opts.settings == "auto")
+    if run.source.kind != "chat":  # a fine-tune's conversations are few by design
+        report_data_size(len(data.train), model.num_params(), trainer, report, auto=opts.settings == "auto")
     if trainer.plan.accum > 1 or trainer.world.distributed:
         report(Note(f"each step learns from {tcfg.batch_size} windows: {trainer.plan.describe()}"))
     if out is not None and (out / "config.json").is_file():

@@ -140,6 +140,18 @@ class Server:
         finally:
             self.gate.leave()
 
+    def chat_prompt_ids(self, lm: LanguageModel, turns: list[tuple[str, str]]) -> tuple[list[int], list[str]]:
+        """A conversation's prompt ids in the model's chat format (or script) and the stops of the answer."""
+        chars = sum(len(content) for _, content in turns)
+        if chars > self.limits.max_prompt_chars:
+            raise ApiError(400, f"the messages have {chars:,} characters; the limit is "
+                                f"{self.limits.max_prompt_chars:,}", param="messages")
+        try:
+            with notes_to(lambda event: None):  # "the model sees only the last N": expected here
+                return lm.chat_prompt(turns)
+        except UnknownTokensError as e:
+            raise ApiError(400, str(e), param="messages") from None
+
     def prompt_ids(self, lm: LanguageModel, prompt: Any, param: str = "prompt") -> list[int]:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]

@@ -1,17 +1,6 @@
-"""The chat template: how a conversation becomes a prompt for a model trained on plain text.
-
-Repytilian's models learn from text, not from conversations, so the template is the simplest a
-text model can follow, a script: each message is a speaker's name in capitals, a colon, a line
-break, the message and a blank line; the prompt ends with the assistant's name, and its answer
-ends at the next blank line (the end of a speech, as in Tiny Shakespeare):
-
-    SYSTEM:
-    You are a helpful assistant.
-
-    USER:
-    Good morrow!
-
-    ASSISTANT:
+"""A chat request's messages, checked, as the (role, content) turns `LanguageModel.chat_prompt`
+renders: in the model's own chat format where it was fine-tuned to chat, else as a script
+(chat_format.py says both).
 
 Models whose tokens are not text (JSON-token models: music and other symbols) are not chat
 models; a request for one is a clear 400.
@@ -22,8 +11,7 @@ from typing import Any
 
 from .registry import ModelInfo
 
-ROLES = {"system": "SYSTEM", "developer": "SYSTEM", "user": "USER", "assistant": "ASSISTANT"}
-END_OF_TURN = "\n\n"
+ROLES = ("system", "developer", "user", "assistant")  # OpenAI's developer is the system's role
 MAX_MESSAGES = 256
 
 
@@ -49,14 +37,8 @@ def _content(message: dict[str, Any], where: str) -> str:
     raise ChatError(f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
 
 
-def script(turns: list[tuple[str, str]]) -> str:
-    """(role, text) turns as the template's text, ending where the assistant speaks next."""
-    parts = [f"{ROLES[role]}:\n{text.strip()}{END_OF_TURN}" for role, text in turns]
-    return "".join(parts) + f"{ROLES['assistant']}:\n"
-
-
-def chat_prompt(messages: Any, info: ModelInfo) -> tuple[str, list[str]]:
-    """The prompt text for `messages`, and the stop strings that end the assistant's turn."""
+def chat_turns(messages: Any, info: ModelInfo) -> list[tuple[str, str]]:
+    """The (role, content) turns of a request's `messages`, each checked."""
     if not info.is_text:
         raise ChatError(f"{info.id} is not a chat model: its tokens are {info.tokenizer} values, not text; "
                         "use /v1/completions with a list of token ids", param="model", code="model_not_chat")
@@ -71,5 +53,6 @@ def chat_prompt(messages: Any, info: ModelInfo) -> tuple[str, list[str]]:
             raise ChatError(f"{where} must be an object with a role and a content", param=where)
         if message.get("role") not in ROLES:
             raise ChatError(f"{where}.role must be one of {', '.join(ROLES)}", param=f"{where}.role")
-        turns.append((message["role"], _content(message, where)))
-    return script(turns), [END_OF_TURN]
+        role = "system" if message["role"] == "developer" else message["role"]
+        turns.append((role, _content(message, where)))
+    return turns

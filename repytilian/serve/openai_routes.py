@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from ..engine import END_TOKEN, STOP, Begun, Ended, Request, Token
 from ..language_model import LanguageModel
 from .admission import Server
-from .chat import ChatError, chat_prompt
+from .chat import ChatError, chat_turns
 from .http import ApiError, event_stream, sse, started, stream_options, whole
 
 
@@ -161,10 +161,10 @@ async def chat_completions(http: HttpRequest) -> Response:
     body = await server.body(http)
     info, lm = await server.model(body)
     try:
-        prompt, stops = chat_prompt(body.get("messages"), info)
+        turns = chat_turns(body.get("messages"), info)
     except ChatError as e:
         raise ApiError(400, str(e), param=e.param, code=e.code) from None
-    ids = server.prompt_ids(lm, prompt, param="messages")
+    ids, stops = server.chat_prompt_ids(lm, turns)
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     request = server.request(body, ids, 256, stop=stops, max_name=name)
     logprobs = bool(body.get("logprobs"))

@@ -48,6 +48,7 @@ class ModelInfo:
     ready: bool = True  # False: a first run is still training into this folder; nothing saved yet
     which: str = "best"  # "last": the folder's own, last model (`<id>@last`)
     last: dict[str, Any] | None = None  # where best/ beats the last model: the last's step and loss
+    chat_format: bool = False  # fine-tuned to chat: config.json has the chat format (chat_format.py)
 
     @property
     def is_text(self) -> bool:
@@ -56,7 +57,7 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "tokenizer": self.tokenizer, "parameters": self.parameters, "val_loss": self.val_loss,
                 "steps": self.steps, "chat": self.is_text and self.ready, "ready": self.ready,
-                "last_model": self.id + LAST if self.last else None}
+                "last_model": self.id + LAST if self.last else None, "chat_format": self.chat_format}
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -103,7 +104,8 @@ def _info(model_id: str, folder: Path) -> ModelInfo | None:
     last = {"steps": best["last_step"], "val_loss": best["last_val_loss_full"]} if best else None
     return ModelInfo(model_id, folder, str(tokenizer or "?"), summary.get("parameters"),
                      val_loss, summary.get("step"),
-                     int((folder / "config.json").stat().st_mtime), last=last)
+                     int((folder / "config.json").stat().st_mtime), last=last,
+                     chat_format=isinstance(meta.get("chat"), dict))
 
 
 def _last_of(info: ModelInfo) -> ModelInfo:

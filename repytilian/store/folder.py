@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from ..chat_format import ChatFormat
 from ..config import TrainConfig, approx_params
 from ..errors import RepytilianError
 from ..model import GPT, ModelConfig
@@ -157,6 +158,9 @@ def _save(target: Path, model: GPT, tokenizer: Tokenizer, meta: dict[str, Any],
     try:
         config = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"repytilian {__version__}",
                   "model": dataclasses.asdict(model.config), "tokenizer": tokenizer.name, **meta}
+        chat = ChatFormat.of(tokenizer)
+        if chat is not None:  # the template every consumer renders a conversation with (chat_format.py)
+            config["chat"] = chat.to_dict()
         (staging / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
         tokenizer.save(staging / "tokenizer.json")
         weights = {k: v.detach().cpu().contiguous() for k, v in stored_weights(model).items()}

@@ -12,6 +12,7 @@ from .characters import CharacterTokenizer
 from .gpt2 import GPT2Tokenizer, TiktokenTokenizer
 from .json_tokens import JsonTokenizer
 from .spaced_words import SpacedWordTokenizer
+from .specials import WithSpecials
 from .words import WordTokenizer
 
 REGISTRY: dict[str, type[Tokenizer]] = {
@@ -42,7 +43,25 @@ def tokenizer_from_json(text: str, kind: str | None = None, where: str = "tokeni
             raise RepytilianError(f"{where} is not valid JSON") from None
         if kind is None:
             raise RepytilianError(f"{where} does not say which tokenizer it is (no 'kind')")
-    return tokenizer_class(kind).from_json(text, where)
+    cls = tokenizer_class(kind)
+    specials = _specials_of(text, cls, where)
+    tokenizer = cls.from_json(text, where)
+    return WithSpecials(tokenizer, specials) if specials else tokenizer
+
+
+def _specials_of(text: str, cls: type[Tokenizer], where: str) -> list[str]:
+    """The reserved special tokens a tokenizer.json lists (BPE keeps real ones in its own format)."""
+    if cls is BPETokenizer or '"specials"' not in text:
+        return []
+    import json
+
+    try:
+        names = json.loads(text).get("specials") or []
+    except (ValueError, AttributeError):
+        return []  # from_json says what is wrong with the file
+    if not isinstance(names, list):
+        raise RepytilianError(f"{where}: 'specials' must be a list of token names")
+    return names
 
 
 __all__ = [

@@ -35,6 +35,7 @@ class Tokenizer(ABC):
     # line, as at the start of a text, or a space for a text that has no line breaks.
     start_texts: ClassVar[tuple[str, ...]] = ("\n", " ")
     eos_id: int | None = None  # an end-of-sequence id that ends generation, where the tokenizer has one
+    specials: dict[str, int] = {}  # noqa: RUF012 (never mutated) special token name -> id: no text encodes to one
 
     @classmethod
     @abstractmethod
@@ -112,6 +113,14 @@ class Tokenizer(ABC):
 
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)
+
+    def with_specials(self, names: list[str]) -> "Tokenizer":
+        """A new tokenizer: this one with special tokens (ids no text encodes to) after its vocabulary
+        (specials.py; byte-level BPE adds real ones). Tokens that are not text take none."""
+        from .specials import WithSpecials
+
+        new = [n for n in names if n not in self.specials]
+        return WithSpecials(self, new) if new else self
 
 
 class StreamDecoder:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import RepytilianError, SettingError
 from .base import Tokenizer, reject_options, text_chunks
+from .specials import END_OF_TURN, check_names
 
 DEFAULT_VOCAB_SIZE = 512
 MIN_VOCAB_SIZE = 257  # the 256 bytes, plus at least one merge
@@ -38,6 +39,12 @@ class BPETokenizer(Tokenizer):
 
     def __init__(self, hf_tokenizer: Any):
         self.hf = hf_tokenizer
+        # Text is text: `<|end|>` typed by a user encodes as its characters, never as the special
+        # token (a setting of this object only: the saved tokenizer.json parses specials, as
+        # transformers and llama.cpp expect when they render a chat template)
+        self.hf.encode_special_tokens = True
+        self.specials = {token.content: i for i, token in self.hf.get_added_tokens_decoder().items() if token.special}
+        self.eos_id = self.specials.get(END_OF_TURN)
 
     @classmethod
     def train(cls, corpus: str, vocab_size: int | None = None, **options: Any) -> "BPETokenizer":
@@ -84,7 +91,18 @@ class BPETokenizer(Tokenizer):
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.id_dtype)
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=False)
+        return self.hf.decode(list(ids), skip_special_tokens=True)  # a special token shows as nothing
+
+    def with_specials(self, names: list[str]) -> "BPETokenizer":
+        """Real special tokens, added to the Hugging Face tokenizer (ids after its vocabulary)."""
+        new = [n for n in names if n not in self.specials]
+        if not new:
+            return self
+        check_names(new, self.hf.get_vocab())
+        tk = _hf()
+        hf = tk.Tokenizer.from_str(self.hf.to_str())
+        hf.add_special_tokens([tk.AddedToken(n, special=True, normalized=False) for n in new])
+        return BPETokenizer(hf)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.hf.to_str())

@@ -474,7 +474,7 @@ function drawPlot(metrics) {
 // --- wiring ---------------------------------------------------------------------------------
 
 function showTab(name) {
-  for (const which of ["generate", "card", "inside"]) {
+  for (const which of ["generate", "chat", "card", "inside"]) {
     const on = which === name;
     $(`tab-${which}`).setAttribute("aria-selected", String(on));
     $(`view-${which}`).hidden = !on;
@@ -483,6 +483,7 @@ function showTab(name) {
   if (name === "card") loadCard();
   else clearTimeout(state.cardTimer);
   if (name === "inside") fillInsideModels(state.models, $("model").value);  // inside.js
+  if (name === "chat") describeChat();  // chat.js
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -495,6 +496,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("stop").addEventListener("click", stopGeneration);
   $("model").addEventListener("change", describeModel);
   $("tab-generate").addEventListener("click", () => showTab("generate"));
+  $("tab-chat").addEventListener("click", () => showTab("chat"));
   $("tab-card").addEventListener("click", () => showTab("card"));
   $("tab-inside").addEventListener("click", () => showTab("inside"));
   document.addEventListener("pointermove", followPointer, { passive: true });
