@@ -81,6 +81,15 @@ def check_the_best_is_what_people_sample(here, best):
     info = next(m for m in registry.scan() if m.id == "m")
     assert info.val_loss == best["val_loss_full"] and registry.load(info).path == here / "m" / "best"
     check_two_checkpoints_of_one_run_are_compared(here, registry, info, best)
+    import contextlib
+    import io
+
+    from repytilian.cli.chat import chat_loop
+
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):  # the run's name, not "best"
+        chat_loop(load_model(here / "m"), 2, stdin=io.StringIO("/quit\n"), stdout=io.StringIO())
+    assert "chatting with m (" in said.getvalue()
 
 
 def check_two_checkpoints_of_one_run_are_compared(here, registry, info, best):

@@ -1,5 +1,6 @@
 """Training precision (measured, stored, resumable), torch.compile's fallback, and time budgets."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from repytilian.config import TrainConfig
 from repytilian.data import DataSource
 from repytilian.errors import RepytilianError
 from repytilian.model import GPT, ModelConfig
-from repytilian.runtime.precision import resolve_dtype
+from repytilian.runtime.precision import cpu_bf16, resolve_dtype
 from repytilian.train import TrainState, learning_rate
 
 pytestmark = pytest.mark.machine  # the dtype and timings depend on the CPU: CI runs these as on AVX2 too
@@ -205,3 +206,22 @@ def test_a_run_faster_than_its_remembered_figures_measures_again_and_switches(mo
     assert result.language_model.meta["train"]["dtype"] == "bfloat16"  # what a resume computes in
     kept = json.loads((tmp_path / precision.CHOICES_FILE).read_text())[key]
     assert kept["dtype"] == "bfloat16" and kept["float32"] == 0.010
+
+
+def test_a_fine_tune_trains_in_this_machines_number_format_not_the_bases(corpus_file, tmp_path):
+    """A model trained in bf16 elsewhere (the shipped v3c) and fine-tuned on a CPU without native bf16
+    trained in bf16 there too, about 100x slower than float32; a new run takes `dtype` auto."""
+    train(options(corpus_file, tmp_path, dtype="bfloat16", max_iters=2))
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["train"]["dtype"] == "bfloat16"
+    shutil.rmtree(tmp_path / "m" / "trainer_state")  # shipped as v3c is: weights, no optimiser state
+    r = run_script("training.py", "-l", "m", "-d", str(corpus_file), "-m", "tuned", "--iters", "2", "-t", "0",
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tuned = json.loads((tmp_path / "tuned" / "config.json").read_text())["train"]["dtype"]
+    assert tuned == resolve_dtype("auto", torch.device("cpu"), GPT(ModelConfig(**{
+        k: v for k, v in TINY_OVERRIDES.items() if k in ModelConfig.__dataclass_fields__}, vocab_size=20)), 8) \
+        or cpu_bf16().native  # where bf16 is native, auto measures this shape and may take either
+    assert "no native bf16" not in r.stderr
+    told = run_script("training.py", "-l", "m", "-d", str(corpus_file), "-m", "told", "--iters", "1", "-t", "0",
+                      "--dtype", "bfloat16", cwd=tmp_path)  # asked for: as asked
+    assert json.loads((tmp_path / "told" / "config.json").read_text())["train"]["dtype"] == "bfloat16", told.stderr

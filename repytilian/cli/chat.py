@@ -34,7 +34,8 @@ def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None
     seed = sampling.seed
     turns: list[tuple[str, str]] = []
     answers = 0
-    name = lm.path.name if lm.path is not None else "the model"
+    folder = lm.path.parent if lm.path is not None and lm.best else lm.path  # best/ is its run's model
+    name = folder.name if folder is not None else "the model"
     form = ("its own chat format (it was fine-tuned to chat)" if lm.chat_format is not None else
             "a script (USER: / ASSISTANT:), as it was trained on plain text, not fine-tuned to chat")
     say(f"chatting with {name} ({lm.model.num_params() / 1e6:.2f}M parameters, context "

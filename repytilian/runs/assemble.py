@@ -182,6 +182,10 @@ def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
         # tiny model: a persona learned in 200 steps at half, not at a tenth)
         share = 2 if first_chat else 10
         tcfg.learning_rate, tcfg.min_lr = tcfg.learning_rate / share, tcfg.min_lr / share
+    if fine_tune and "dtype" not in opts.overrides:
+        # A new run on this machine: the number format is this machine's choice, not the one the
+        # model was trained in elsewhere (bf16 on a CPU without it is about 100x slower)
+        tcfg.dtype = "auto"
     given = [k for k, v in opts.tokenizer_options.items() if v is not None]
     if given:
         raise SettingError(given[0], "cannot be given when continuing a saved model: its tokenizer cannot change")
@@ -231,7 +235,8 @@ def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg
                 setattr(tcfg, name, min(getattr(tcfg, name), max(1, tcfg.max_iters // share)))
         note(f"{data.train.conversations:,} conversations to learn from ({data.train.learned_tokens:,} answer tokens), "
              f"{data.val.conversations:,} to validate on: {tcfg.max_iters:,} steps of {tcfg.batch_size} go over them "
-             f"{tcfg.max_iters * tcfg.batch_size / data.train.conversations:.0f} times (`iters` sets it)")
+             f"{tcfg.max_iters * tcfg.batch_size / data.train.conversations:.0f} times (`max_iters` sets it)",
+             settings=("max_iters",))
     return data
 
 
