@@ -214,6 +214,7 @@ def test_bad_conversations_are_one_clear_line_and_exit_2(chat_run, tmp_path, tex
     (["--chat", "nothing.jsonl", "-l", "BASE", "-m", "out"], "no such file or folder"),
     (["--chat", "long.jsonl", "-l", "BASE", "-m", "out"], "none of the training conversations has an answer within"),
     (["--chat", "c.jsonl", "-l", "MUSIC", "-m", "out"], "tokens are not text"),
+    (["-d", "c.jsonl", "--lora", "4", "-m", "out"], "--lora fine-tunes a trained model: give the model folder as -l"),
 ])
 def test_bad_chat_runs_are_one_clear_line(chat_run, tmp_path, args, words):
     here, _ = chat_run
@@ -280,3 +281,34 @@ def test_the_playgrounds_chat_tab_talks_in_the_models_format_in_a_real_browser(c
             assert errors == []
     finally:
         server.stop()
+
+
+def test_lora_trains_low_rank_adapters_and_saves_an_ordinary_model(chat_run, tmp_path):
+    here, _ = chat_run
+    r = run_script("training.py", "-l", str(here / "base"), "--chat", str(here / "chats.jsonl"), "-m", "lora",
+                   "--lora", "4", "-t", "0", "--seed", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "LoRA of rank 4: training 10,368 of 106,368 parameters" in r.stderr
+    lora, full, base = (load_model(p).model.state_dict() for p in (tmp_path / "lora", here / "chat", here / "base"))
+    assert lora.keys() == full.keys()  # the plain model's weights, adapters merged
+    assert torch.equal(lora["transformer.h.0.ln_1.weight"], base["transformer.h.0.ln_1.weight"])  # frozen
+    change = lora["transformer.h.1.mlp.c_fc.weight"] - base["transformer.h.1.mlp.c_fc.weight"]
+    assert 0 < torch.linalg.matrix_rank(change, rtol=1e-4) <= 4  # a rank-4 step away from the base
+    assert load_model(tmp_path / "lora").chat([("user", PERSONA[0][0])], 60, temperature=0) == PERSONA[0][1]
+    assert json.loads((tmp_path / "lora" / "config.json").read_text())["lora"] == {"rank": 4}
+
+
+def test_a_lora_models_function_is_its_merged_weights():
+    from repytilian.lora import add_lora, merge_lora
+    from repytilian.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)).eval()
+    add_lora(model, 2)
+    for name, p in model.named_parameters():
+        if name.endswith(".b"):
+            p.data.normal_()  # away from the zero start, so every adapter counts
+    x = torch.randint(11, (2, 8))
+    adapted = model(x)[0]
+    merge_lora(model)
+    assert torch.allclose(model(x)[0], adapted, atol=1e-5)

@@ -61,17 +61,10 @@ def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None
         turns.append(("user", text))
         stdout.write("model> ")
         stdout.flush()
-        answer = []
+        answer: list[str] = []
         try:
-            sampling = {**settings, "seed": None if seed is None else seed + answers}
-            ids, stops = lm.chat_prompt(turns)
-            if stop is not None:
-                stops = [stop] if lm.chat_format is None else [*stops, stop]
-            for event in lm.engine.run(lm.request("", max_tokens, prompt_ids=ids, stop=stops, **sampling)):
-                if isinstance(event, (Token, Ended)) and event.text:
-                    answer.append(event.text)
-                    stdout.write(event.text)
-                    stdout.flush()
+            _answer(lm, turns, stop, max_tokens, {**settings, "seed": None if seed is None else seed + answers},
+                    answer, stdout)
         except KeyboardInterrupt:
             stdout.write(" [stopped]")
         except RepytilianError as e:  # e.g. a character the model has never seen
@@ -82,6 +75,19 @@ def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None
         turns.append(("assistant", "".join(answer)))
         stdout.write("\n")
         stdout.flush()
+
+
+def _answer(lm, turns: list, stop: str | None, max_tokens: int, sampling: dict[str, Any], answer: list[str],
+            stdout: TextIO) -> None:
+    """Stream the model's answer to `turns` to stdout, keeping its pieces in `answer`."""
+    ids, stops = lm.chat_prompt(turns)
+    if stop is not None:
+        stops = [stop] if lm.chat_format is None else [*stops, stop]
+    for event in lm.engine.run(lm.request("", max_tokens, prompt_ids=ids, stop=stops, **sampling)):
+        if isinstance(event, (Token, Ended)) and event.text:
+            answer.append(event.text)
+            stdout.write(event.text)
+            stdout.flush()
 
 
 def _command(text: str, settings: dict[str, Any], turns: list, stdout: TextIO) -> bool:

@@ -80,6 +80,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-l", "--load", help="continue training a saved model folder (exactly where it stopped)")
     parser.add_argument("-m", "--model", "--out", dest="model", default=DEFAULT_MODEL_DIR,
                         help=f'folder to save the model in (default {DEFAULT_MODEL_DIR}); "" saves nothing')
+    parser.add_argument("--lora", type=positive_int, default=None, metavar="RANK",
+                        help="with -l: fine-tune low-rank adapters of this rank (and the token embeddings) instead "
+                             "of every weight, for a large base on a CPU; merged into the weights at save")
     parser.add_argument("-t", "--tokens", type=nonnegative_int, default=300,
                         help="print a sample of this many tokens after training (0: none; default 300)")
     add_data_and_settings(parser)
@@ -112,6 +115,7 @@ def train_options(args: argparse.Namespace, out: str | None, load: str | None):
         overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
         progress=not args.no_progress and progress_wanted(),
         wandb=args.wandb, tensorboard=args.tensorboard, measure_dtype=args.measure_dtype,
+        lora=getattr(args, "lora", None),
     )
 
 

@@ -120,6 +120,7 @@ class Run:
     mcfg: ModelConfig
     tcfg: TrainConfig
     loaded: LoadedModel | None = None
+    lora: int | None = None  # the rank of the adapters it trains (lora.py), if any
 
 
 def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run:
@@ -165,7 +166,9 @@ def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
     are the start of a new run with a fresh optimiser."""
     # A first chat fine-tune adds tokens to the vocabulary, so no saved optimiser state fits any more
     first_chat = opts.data is not None and opts.data.kind == "chat" and not _has_chat_format(Path(opts.load))
-    fine_tune = not (Path(opts.load) / "trainer_state").is_dir() or first_chat
+    # A LoRA run saved merged weights: the optimiser state of its adapters fits nothing any more
+    fine_tune = not (Path(opts.load) / "trainer_state").is_dir() or first_chat or bool(opts.lora) \
+        or "lora" in _config_of(Path(opts.load))
     loaded = load_model_dir(opts.load, device, with_trainer=not fine_tune)
     if opts.tokenizer and tokenizer_class(opts.tokenizer).name != loaded.tokenizer.name:
         raise RepytilianError(
@@ -206,11 +209,16 @@ def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
 
 
 
-def _has_chat_format(folder: Path) -> bool:
+def _config_of(folder: Path) -> dict[str, Any]:
     try:
-        return isinstance(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("chat"), dict)
-    except (OSError, ValueError, AttributeError):
-        return False  # loading the folder says what is wrong with it
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # loading the folder says what is wrong with it
+    return config if isinstance(config, dict) else {}
+
+
+def _has_chat_format(folder: Path) -> bool:
+    return isinstance(_config_of(folder).get("chat"), dict)
 
 
 def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg: TrainConfig,

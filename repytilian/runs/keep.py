@@ -17,6 +17,7 @@ from ..events import (
     Note,
     parameter_count,
 )
+from ..lora import merged_state_dict
 from ..model import GPT
 from ..store.folder import (
     interrupted_dir,
@@ -85,7 +86,7 @@ class Best:
         val = entry["val_loss"]
         if math.isfinite(val) and (self.val_loss is None or val < self.val_loss):
             self.step, self.val_loss, self.train_loss = entry["step"], val, entry["train_loss"]
-            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in merged_state_dict(model.state_dict()).items()}
 
     def model(self, like: GPT) -> GPT:
         copy = GPT(like.config).to(next(like.parameters()).device)

@@ -35,6 +35,7 @@ class TrainOptions:
     wandb: bool = False  # log each evaluation to Weights & Biases
     tensorboard: str | None = None  # ...and/or to TensorBoard logs in this folder
     measure_dtype: bool = False  # dtype auto: measure again instead of taking the remembered choice
+    lora: int | None = None  # fine-tune `load` with low-rank adapters of this rank (lora.py), merged at save
 
     def __post_init__(self) -> None:
         self.overrides = {name: typed(name, value) if value is not None else None

@@ -35,6 +35,7 @@ from .. import __version__
 from ..chat_format import ChatFormat
 from ..config import TrainConfig, approx_params
 from ..errors import RepytilianError
+from ..lora import merged_state_dict
 from ..model import GPT, ModelConfig
 from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive, shareable
 from ..tokenizers import Tokenizer, tokenizer_from_json
@@ -54,7 +55,8 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 def stored_weights(model: GPT) -> dict[str, torch.Tensor]:
     """The tensors model.safetensors holds: the state dict, a tied head only once."""
     tied = model.config.tie_embeddings
-    return {k: v for k, v in model.state_dict().items() if not (tied and k in TIED_KEYS)}
+    state = merged_state_dict(model.state_dict())  # LoRA adapters (lora.py) merged: an ordinary model
+    return {k: v for k, v in state.items() if not (tied and k in TIED_KEYS)}
 
 
 @dataclass
