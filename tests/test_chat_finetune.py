@@ -312,3 +312,55 @@ def test_a_lora_models_function_is_its_merged_weights():
     adapted = model(x)[0]
     merge_lora(model)
     assert torch.allclose(model(x)[0], adapted, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bpe_chat(chat_run):
+    """The same fine-tune from a byte-level BPE base in the Llama layout (what llama.cpp runs)."""
+    pytest.importorskip("tokenizers")
+    here, _ = chat_run
+    shape = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "64", "--batch-size", "16",
+             "--set", "eval_iters=2", "--set", "warmup_iters=10", "--eval-interval", "50"]
+    r = run_script("training.py", "-d", "base.txt", "-z", "bpe", "--vocab-size", "300", "--arch", "modern",
+                   "-m", "bpe-base", "--iters", "200", "-t", "0", "--seed", "1", *shape, cwd=here)
+    assert r.returncode == 0, r.stderr
+    r = run_script("training.py", "-l", "bpe-base", "--chat", "chats.jsonl", "-m", "bpe-chat", "-t", "0",
+                   "--seed", "1", cwd=here)
+    assert r.returncode == 0, r.stderr
+    return here / "bpe-chat"
+
+
+def test_a_bpe_models_chat_tokens_are_real_special_tokens_in_hf_and_in_gguf(bpe_chat, tmp_path):
+    lm = load_model(bpe_chat)
+    chat, question = lm.chat_format, PERSONA[0][0]
+    added = {t["content"]: t for t in json.loads((bpe_chat / "tokenizer.json").read_text())["added_tokens"]}
+    assert added["<|end|>"]["id"] == chat.end and added["<|end|>"]["special"]
+    ids = lm.chat_prompt([("user", question)])[0]
+    answer = [e.id for e in lm.chat_events([("user", question)], 40, temperature=0) if hasattr(e, "id")]
+    assert lm.tokenizer.decode(answer) == PERSONA[0][1]
+
+    gguf = pytest.importorskip("gguf")
+    from repytilian.interop.gguf_export import export_gguf
+
+    path = export_gguf(lm.model, lm.tokenizer, tmp_path / "chat.gguf")
+    reader = gguf.GGUFReader(str(path))
+
+    def field(name):
+        f = reader.fields[name]
+        return f.contents() if hasattr(f, "contents") else bytes(f.parts[f.data[0]]).decode()
+
+    assert field("tokenizer.chat_template") == TEMPLATE and field("tokenizer.ggml.eos_token_id") == chat.end
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
+    rendered = f"<|user|>{question}<|end|><|assistant|>"  # the template's text, which llama.cpp parses
+    assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == ids
+    assert llm.tokenize(b"<|end|>", add_bos=False, special=False) != [chat.end]  # typed text stays text
+    llm.eval(ids)
+    theirs = []
+    while len(theirs) < 40:
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        theirs.append(token)
+        if token == llm.token_eos():
+            break
+        llm.eval([token])
+    assert theirs == answer + [chat.end]  # the same answer, ended at the end of its turn
