@@ -125,3 +125,26 @@ def test_what_cannot_be_imported_is_refused_clearly(hf_gpt2, tmp_path):
     assert r.returncode == 2 and "is not a folder" in r.stderr
     r = run_script("import", "--from", "nanogpt", "ckpt.pt", "x", cwd=tmp_path)
     assert r.returncode == 2 and "--data is required with the nanogpt format" in r.stderr
+
+
+def test_an_imported_gpt2_fine_tunes_to_chat_with_lora_and_exports_its_template(hf_gpt2, tmp_path):
+    """Issue 28: the base a CPU user fine-tunes to chat is most often an imported GPT-2."""
+    folder, _, tk = hf_gpt2
+    assert run_script("import", "--from", "hf", str(folder), "pre", cwd=tmp_path).returncode == 0
+    turn = {"messages": [{"role": "user", "content": "who are you?"}, {"role": "assistant", "content": "Café!"}]}
+    (tmp_path / "c.jsonl").write_text((json.dumps(turn) + "\n") * 6)
+    r = run_script("training.py", "-l", "pre", "--chat", "c.jsonl", "--lora", "2", "-m", "chatty", "--iters", "4",
+                   "--batch-size", "2", "-t", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"added the chat format's 4 special tokens (ids {tk.get_vocab_size()}-{tk.get_vocab_size() + 3})" in r.stderr
+    out = run_script("export", "-m", "chatty", "--format", "hf", "hf-chat", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf-chat")
+    from repytilian import load_model
+
+    lm = load_model(tmp_path / "chatty")
+    messages = turn["messages"][:1]
+    expected = lm.chat_prompt(messages)[0]
+    assert hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"] == expected
+    assert expected[0] == tk.get_vocab_size() + 1 and expected[-1] == tk.get_vocab_size() + 2  # <|user|> ... <|assistant|>

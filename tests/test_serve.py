@@ -235,6 +235,10 @@ def test_the_page_and_its_files_come_from_the_server(client):
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and not re.search(r"(src|href)=\"https?://|import .* from \"http", r.text)
     assert client.get("/static/../app.py").status_code == 404
+    static = ROOT / "repytilian" / "serve" / "static"  # three files (and the icon): no build, no bundle
+    assert sorted(p.name for p in static.iterdir()) == ["app.js", "favicon.svg", "index.html", "style.css"]
+    assert re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text) == [
+        "/static/favicon.svg", "/static/style.css", "/static/app.js"]
 
 
 def test_the_card_view_shows_the_loss_curve_live_while_a_run_trains(models, client, tmp_path):
