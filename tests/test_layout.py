@@ -110,3 +110,11 @@ def test_every_image_in_the_docs_is_there_and_every_screenshot_is_taken_by_a_tes
     written = re.findall(r'ARTIFACTS / "([^"]+\.png)"', (root / "tests" / "test_serve.py").read_text())
     assert copied and sorted(copied) == sorted(set(written))
     assert all((root / "docs" / name).is_file() for name in copied)
+
+
+def test_the_licence_file_is_the_one_pyproject_names_and_the_readme_gives_the_models_terms():
+    root = PACKAGE.parent
+    named = re.search(r'^license = \{ text = "([^"]+)" \}', (root / "pyproject.toml").read_text(), flags=re.M).group(1)
+    assert (root / "LICENSE").read_text().startswith(f"{named} License\n")
+    readme = (root / "README.md").read_text()
+    assert "come under the MIT licence (`LICENSE`)" in readme and "Tiny Shakespeare" in readme
