@@ -2,6 +2,7 @@
 
     python benchmarks/bench_large_corpus.py                 # a generated 2 GB folder of text
     python benchmarks/bench_large_corpus.py --gb 0.5 --json large.json
+    python benchmarks/bench_large_corpus.py --gb 0.5 --format jsonl      # or parquet: records' "text"
 
 Generates a folder of text files (random lines from a made-up vocabulary, seeded), then runs
 `repytilian train -p FOLDER -s tiny -i quick` three times in fresh processes and reports each
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FILE_MB = 64
 
 
-def make_corpus(folder: Path, gigabytes: float, seed: int = 0) -> int:
-    """Files of FILE_MB of random lines; returns the total size in bytes."""
+def make_corpus(folder: Path, gigabytes: float, seed: int = 0, form: str = "text") -> int:
+    """Files of FILE_MB of random lines (as text, or as JSONL or Parquet records of ten lines each,
+    in a "text" field); returns the total size of the text in bytes."""
     rng = random.Random(seed)
     syllables = ["ka", "lo", "mi", "ren", "tha", "vo", "su", "el", "dor", "in", "ash", "wy"]
     words = sorted({"".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(3000)})
@@ -43,10 +45,26 @@ def make_corpus(folder: Path, gigabytes: float, seed: int = 0) -> int:
         size = min(FILE_MB * 2**20, target - total)
         text = "\n".join(rng.choices(lines, k=size // 40 + 1)).encode("utf-8")[:size]
         text = text[: text.rfind(b"\n") + 1] or text
-        (folder / f"part-{index:04d}.txt").write_bytes(text)
+        write_part(folder / f"part-{index:04d}", text, form)
         total += len(text)
         index += 1
     return total
+
+
+def write_part(stem: Path, text: bytes, form: str) -> None:
+    if form == "text":
+        stem.with_suffix(".txt").write_bytes(text)
+        return
+    lines = text.decode("utf-8").splitlines()
+    records = ["\n".join(lines[i:i + 10]) for i in range(0, len(lines), 10)]
+    if form == "jsonl":
+        stem.with_suffix(".jsonl").write_text("".join(json.dumps({"id": i, "text": r}) + "\n"
+                                                      for i, r in enumerate(records)), encoding="utf-8")
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": records}), stem.with_suffix(".parquet"), row_group_size=20_000)
 
 
 def run(args: list[str], env: dict[str, str]) -> dict:
@@ -72,6 +90,14 @@ def run(args: list[str], env: dict[str, str]) -> dict:
     }
 
 
+def iter_text(path: Path):
+    """The text of a part, as the training command reads it (for the baseline's first megabyte)."""
+    sys.path.insert(0, str(ROOT))
+    from repytilian.data.textfiles import file_pieces
+
+    yield file_pieces(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=2.0, help="corpus size in GiB (default 2)")
@@ -79,6 +105,8 @@ def main() -> None:
     parser.add_argument("--workdir", help="where to put the corpus, cache and models (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--format", choices=("text", "jsonl", "parquet"), default="text",
+                        help="how the corpus is stored: text files, or JSONL / Parquet records with a text field")
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="repytilian-large-"))
@@ -87,11 +115,11 @@ def main() -> None:
            "PYTHONPATH": str(ROOT)}
     try:
         t0 = time.perf_counter()
-        size = make_corpus(corpus, args.gb)
-        print(f"corpus: {size / 2**30:.2f} GiB in {len(list(corpus.iterdir()))} files "
+        size = make_corpus(corpus, args.gb, form=args.format)
+        print(f"corpus: {size / 2**30:.2f} GiB of text as {args.format} in {len(list(corpus.iterdir()))} files "
               f"(generated in {time.perf_counter() - t0:.0f}s) under {work}")
         common = ["-z", args.tokenizer, "-s", "tiny", "-i", "quick", "--seed", "1"]
-        head = sorted(corpus.iterdir())[0].read_bytes()[: 2**20]
+        head = "".join(next(iter_text(sorted(corpus.iterdir())[0]))).encode("utf-8")[: 2**20]
         small = work / "small.txt"
         small.write_bytes(head[: head.rfind(b"\n") + 1])
         rows = {

@@ -37,6 +37,8 @@ def add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None =
         parser = root.add_argument_group(heading)
     parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text file to train on")
     parser.add_argument("-p", "--datapath", help="a folder: every text file under it is training data")
+    parser.add_argument("--text-field", metavar="NAME", default=None,
+                        help="-d/-p JSONL or Parquet text: the field (column) of each record to train on (default text)")
     parser.add_argument("--chat", metavar="FILE",
                         help="fine-tune -l MODEL to chat on these conversations: JSONL of {\"messages\": [...]} "
                              "(or a folder of them, or Parquet with a messages column); the last tenth validates")
@@ -106,7 +108,8 @@ def train_options(args: argparse.Namespace, out: str | None, load: str | None):
         data = DataSource("chat", args.chat, chat_val=args.chat_val)
     elif args.datafile or args.datapath:
         data = dataclasses.replace(DataSource.from_args(args.datafile, args.datapath), json_key=args.json_key,
-                                   json_val_key=args.json_val_key, json_layout=args.json_layout)
+                                   json_val_key=args.json_val_key, json_layout=args.json_layout,
+                                   text_field=args.text_field)
     elif args.json_key or args.json_val_key or args.json_layout:
         raise RepytilianError("--json-key, --json-val-key and --json-layout need JSON data: give -d FILE or -p DIR")
     return TrainOptions(

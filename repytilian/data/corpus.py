@@ -24,6 +24,7 @@ from ..tokenizers import Tokenizer
 from .conversations import ChatExamples
 from .datasets import dataset_path
 from .jsondata import JsonCorpus, read_json_corpus
+from .records import is_records
 from .textfiles import TextFiles, note_skipped, read_text, text_files_under
 from .tokencache import cached_ids, cached_tokenizer, read_windows, split_ids
 
@@ -43,6 +44,7 @@ class DataSource:
     json_val_key: str | None = None
     json_layout: str | None = None
     chat_val: str | None = None
+    text_field: str | None = None  # of JSONL and Parquet text: the field to train on (records.py; "text")
 
     @classmethod
     def from_args(cls, datafile: str | None, datapath: str | None, default: str = "shakespeare") -> "DataSource":
@@ -64,12 +66,14 @@ class DataSource:
         json_options = {k: getattr(self, k) for k in ("json_key", "json_val_key", "json_layout") if getattr(self, k)}
         if self.chat_val:
             json_options["chat_val"] = str(Path(self.chat_val).resolve())
+        if self.text_field:
+            json_options["text_field"] = self.text_field
         return {"kind": self.kind, "value": value, **json_options}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DataSource":
-        known = {k: data[k] for k in ("kind", "value", "json_key", "json_val_key", "json_layout", "chat_val")
-                 if k in data}
+        known = {k: data[k] for k in ("kind", "value", "json_key", "json_val_key", "json_layout", "chat_val",
+                                      "text_field") if k in data}
         return cls(**known)
 
 
@@ -81,12 +85,12 @@ def stream_threshold() -> int:
         raise RepytilianError("REPYTILIAN_STREAM_MB must be a number of megabytes") from None
 
 
-def read_text_file(path: str | Path) -> str:
+def read_text_file(path: str | Path, text_field: str | None = None) -> str:
     path = Path(path)
     if path.is_dir():
         raise RepytilianError(f"{path} is a folder; use `data_path` for a folder of text files, `data_file` for one file",
                               ("data_file", "data_path"))
-    return read_text(path)
+    return read_text(path, text_field)
 
 
 def _folder_files(path: str | Path) -> tuple[Path, list[Path]]:
@@ -99,7 +103,7 @@ def _folder_files(path: str | Path) -> tuple[Path, list[Path]]:
     return root, text_files_under(root)
 
 
-def read_text_dir(path: str | Path) -> str:
+def read_text_dir(path: str | Path, text_field: str | None = None) -> str:
     """Every UTF-8 text file under `path` (recursive, sorted, hidden files skipped), each ending in a newline.
 
     Ending each file's text with a newline keeps the last word of one file from being glued to
@@ -109,8 +113,10 @@ def read_text_dir(path: str | Path) -> str:
     texts, skipped = [], []
     for f in files:
         try:
-            text = read_text(f)
+            text = read_text(f, text_field)
         except RepytilianError:
+            if is_records(f):  # a broken record is a mistake to tell, not a file to skip
+                raise
             skipped.append(f)
             continue
         texts.append(text if text.endswith("\n") else text + "\n")
@@ -126,13 +132,13 @@ def load_text(source: DataSource, stream: bool = True) -> str | TextFiles:
     if source.kind == "file":
         path = Path(source.value)
         if stream and path.is_file() and path.stat().st_size >= stream_threshold():
-            return TextFiles.scan([path], newline_after_each=False)
-        return read_text_file(path)
+            return TextFiles.scan([path], newline_after_each=False, text_field=source.text_field)
+        return read_text_file(path, source.text_field)
     if source.kind == "dir":
         root, files = _folder_files(source.value)
         if stream and sum(f.stat().st_size for f in files) >= stream_threshold():
-            return TextFiles.scan(files, newline_after_each=True, root=root)
-        return read_text_dir(root)
+            return TextFiles.scan(files, newline_after_each=True, root=root, text_field=source.text_field)
+        return read_text_dir(root, source.text_field)
     return read_text_file(dataset_path(source.value))
 
 

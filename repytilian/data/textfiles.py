@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import RepytilianError
 from ..events import note
 from ..tokenizers.base import CHUNK_CHARS, last_safe_cut
+from .records import is_records, record_pieces
 
 READ_BYTES = 8 << 20  # bytes read at a time: large enough for speed, small against memory
 BINARY_PROBE = 8192  # a NUL byte among the first bytes marks a binary file
@@ -31,8 +32,12 @@ def _char_boundary(data: bytes) -> int:
     return len(data)
 
 
-def file_pieces(path: Path, read_bytes: int | None = None) -> Iterator[str]:
-    """The decoded, line-end-normalised text of one file, in pieces of about `read_bytes` (READ_BYTES)."""
+def file_pieces(path: Path, read_bytes: int | None = None, text_field: str | None = None) -> Iterator[str]:
+    """The decoded, line-end-normalised text of one file, in pieces of about `read_bytes` (READ_BYTES);
+    of a JSONL or Parquet file, its records' `text_field` (records.py)."""
+    if is_records(path):
+        yield from record_pieces(path, text_field)
+        return
     read_bytes = read_bytes or READ_BYTES
     try:
         f = open(path, "rb")
@@ -76,8 +81,8 @@ def file_pieces(path: Path, read_bytes: int | None = None) -> Iterator[str]:
                 return
 
 
-def read_text(path: Path) -> str:
-    return "".join(file_pieces(path))
+def read_text(path: Path, text_field: str | None = None) -> str:
+    return "".join(file_pieces(path, text_field=text_field))
 
 
 def text_files_under(root: Path) -> list[Path]:
@@ -108,9 +113,11 @@ class TextFiles:
     sha256: str  # of the whole text in UTF-8: the same hash as the in-memory path gives
     chars: int
     size_bytes: int
+    text_field: str | None = None  # of JSONL and Parquet files: the field whose text is read (records.py)
 
     @classmethod
-    def scan(cls, files: Sequence[Path], newline_after_each: bool, root: Path | None = None) -> TextFiles:
+    def scan(cls, files: Sequence[Path], newline_after_each: bool, root: Path | None = None,
+             text_field: str | None = None) -> TextFiles:
         """Read every file once to check it, hash the text and count its characters.
 
         With a `root` (a folder), files that are not UTF-8 text are skipped with a note, as the
@@ -120,12 +127,12 @@ class TextFiles:
         for path in files:
             file_sha, file_chars, last = sha.copy(), chars, ""
             try:
-                for piece in file_pieces(path):
+                for piece in file_pieces(path, text_field=text_field):
                     file_sha.update(piece.encode("utf-8"))
                     file_chars += len(piece)
                     last = piece
             except RepytilianError:
-                if root is None:
+                if root is None or is_records(path):  # a broken record is a mistake to tell, not to skip
                     raise
                 skipped.append(path)
                 continue
@@ -139,13 +146,13 @@ class TextFiles:
             if not good:
                 raise RepytilianError(f"{root} holds no UTF-8 text files to train on")
         size = sum(p.stat().st_size for p in good)
-        return cls(tuple(good), newline_after_each, sha.hexdigest(), chars, size)
+        return cls(tuple(good), newline_after_each, sha.hexdigest(), chars, size, text_field)
 
     def pieces(self) -> Iterator[str]:
         """The text, in pieces that may cut anywhere (for hashing, counting, characters)."""
         for path in self.files:
             last = ""
-            for piece in file_pieces(path):
+            for piece in file_pieces(path, text_field=self.text_field):
                 yield piece
                 last = piece
             if self.newline_after_each and not last.endswith("\n"):
