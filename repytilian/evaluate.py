@@ -39,6 +39,12 @@ class EvalReport:
     block_size: int
     stride: int
     scope: str = ""  # what was scored, in words ("the validation split of ...")
+    text_bytes: int | None = None  # bytes of the text in UTF-8, where it is text
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        """The loss on one scale for every tokenizer: bits per byte of the text (as nanochat reports)."""
+        return None if not self.text_bytes else self.total_nats / self.text_bytes / math.log(2)
 
     @property
     def loss(self) -> float:
@@ -86,9 +92,14 @@ def _batches(plan, batch_size: int):
 
 
 def count_chars(tokenizer, ids: np.ndarray, chunk: int = 1 << 20) -> int:
-    """The characters of the text that `ids` decode to, decoded a chunk at a time (a chunk that ends
-    inside a character, as a byte-level token can, is extended until the character is whole)."""
-    total, i = 0, 0
+    """The characters of the text that `ids` decode to (text_size's first figure)."""
+    return text_size(tokenizer, ids, chunk)[0]
+
+
+def text_size(tokenizer, ids: np.ndarray, chunk: int = 1 << 20) -> tuple[int, int]:
+    """The characters and the UTF-8 bytes of the text that `ids` decode to, decoded a chunk at a time
+    (a chunk that ends inside a character, as a byte-level token can, is extended until it is whole)."""
+    total, size, i = 0, 0, 0
     while i < len(ids):
         j = min(i + chunk, len(ids))
         text = tokenizer.decode(ids[i:j].tolist())
@@ -96,14 +107,24 @@ def count_chars(tokenizer, ids: np.ndarray, chunk: int = 1 << 20) -> int:
             j += 1
             text = tokenizer.decode(ids[i:j].tolist())
         total += len(text)
+        size += len(text.encode("utf-8"))
         i = j
-    return total
+    return total, size
+
+
+def val_bits_per_byte(tokenizer, val: np.ndarray, scored: int, loss: float) -> float | None:
+    """Bits per byte of a loss over the first `scored` predictions of `val` (the targets
+    val[1:scored + 1]); None where the tokens are not text."""
+    if tokenizer.input_format != "text" or isinstance(val, ChatExamples) or scored < 1:
+        return None
+    _, size = text_size(tokenizer, np.asarray(val[1: scored + 1]))
+    return loss * scored / size / math.log(2) if size else None
 
 
 @torch.no_grad()
 def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int | None = None,
              batch_size: int = 32, progress: bool = True, max_seconds: float | None = None,
-             desc: str = "evaluating") -> EvalReport:
+             desc: str = "evaluating", text_bytes: int | None = None) -> EvalReport:
     """Every prediction of `ids` scored once; with `max_seconds`, the windows scored by then (the
     report's `tokens` says how many predictions that was: the first ones of the text)."""
     block = model.config.block_size
@@ -124,7 +145,8 @@ def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int 
             bar.update(len(group))
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 break
-    return EvalReport(tokens=scored, chars=chars, total_nats=total, block_size=block, stride=stride)
+    return EvalReport(tokens=scored, chars=chars, total_nats=total, block_size=block, stride=stride,
+                      text_bytes=text_bytes)
 
 
 def evaluate_model(lm, source=None, stride: int | None = None, progress: bool = False) -> EvalReport:
@@ -137,18 +159,20 @@ def evaluate_model(lm, source=None, stride: int | None = None, progress: bool = 
     if source is not None:
         scope = source.describe()
         corpus = load_corpus(source, tokenizer.input_format)
+        size = None
         if isinstance(corpus, TextFiles):
             ids, chars = TokenData.from_corpus(corpus, tokenizer, val_fraction=0).train, corpus.chars
+            size = sum(len(piece.encode("utf-8")) for piece in corpus.pieces())
         elif isinstance(corpus, str):
-            ids, chars = tokenizer.encode_array(corpus), len(corpus)
+            ids, chars, size = tokenizer.encode_array(corpus), len(corpus), len(corpus.encode("utf-8"))
         else:
             ids, chars = tokenizer.encode_sequences(corpus.train + (corpus.val or [])), None
     else:
         source = DataSource.from_dict(lm.meta.get("data", {}).get("source", {"kind": "dataset", "value": "shakespeare"}))
         scope = f"the validation split of {source.describe()}"
         ids = TokenData.from_corpus(load_corpus(source, tokenizer.input_format), tokenizer).val
-        chars = count_chars(tokenizer, ids) if tokenizer.input_format == "text" else None
-    report = evaluate(lm.model, ids, chars, stride=stride, progress=progress)
+        chars, size = text_size(tokenizer, ids) if tokenizer.input_format == "text" else (None, None)
+    report = evaluate(lm.model, ids, chars, stride=stride, progress=progress, text_bytes=size)
     report.scope = scope
     return report
 

@@ -127,10 +127,12 @@ class Finished:
     seconds: float
     val_loss: float
     scope: str  # what the val loss covered, in words
+    bits_per_byte: float | None = None  # the same loss on every tokenizer's scale, where the tokens are text
 
     def words(self) -> str:
+        bpb = "" if self.bits_per_byte is None else f" ({self.bits_per_byte:.4f} bits per byte)"
         return (f"finished {self.steps:,} steps in {self.seconds:.0f}s; "
-                f"val loss over {self.scope}: {self.val_loss:.4f}")
+                f"val loss over {self.scope}: {self.val_loss:.4f}{bpb}")
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,12 @@ def test_every_surface_uses_the_models_own_template(chat_run):
         assert reply.status_code == 200, reply.text
         choice = reply.json()["choices"][0]
         assert choice["message"]["content"] == answer and choice["finish_reason"] == "stop"
+        listed = {m["id"]: m for m in client.get("/api/models").json()["models"]}
+        summary = json.loads((here / "chat" / "config.json").read_text())["summary"]
+        assert listed["chat"]["chat_format"] and not listed["base"]["chat_format"]
+        base = json.loads((here / "base" / "config.json").read_text())["summary"]
+        assert listed["base"]["bits_per_byte"] == round(base["val_bits_per_byte"], 4)  # the playground's list
+        assert summary["val_bits_per_byte"] is None  # a chat fine-tune's loss is on answers only: no text scale
 
 
 def test_the_hf_export_carries_the_template_and_transformers_answers_the_same(chat_run, tmp_path):

@@ -1,11 +1,12 @@
 """repytilian eval (strided windows, bits per character), loss.png, and the model card."""
+import json
 import math
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_script
+from conftest import ROOT, TINY, run_script
 
 from repytilian.evaluate import evaluate, windows
 from repytilian.model import GPT, ModelConfig
@@ -35,6 +36,26 @@ def test_bits_per_character_of_a_uniform_model_by_hand():
     assert report.loss == pytest.approx(math.log(8))
     assert report.bits_per_char == pytest.approx(9 * 3 / 20)
     assert report.perplexity == pytest.approx(8)
+    assert report.bits_per_byte is None  # bytes not given: not text
+    assert evaluate(model, ids, 20, stride=2, progress=False, text_bytes=27).bits_per_byte == pytest.approx(1.0)
+
+
+def test_bits_per_byte_put_every_tokenizer_on_one_scale(tmp_path):
+    """Issue 29, item 2: a byte-level BPE's loss per token and a character model's per character
+    become bits per byte of the same text (UTF-8 bytes: two for an é)."""
+    from repytilian import load_model
+    from repytilian.data.corpus import DataSource
+    from repytilian.evaluate import evaluate_model
+
+    text = "ROMEO:\nBut soft, what light through yonder window breaks? Café, déjà vu.\n" * 8
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    lm = load_model(ROOT / "models" / "shakespeare" / "bpe")
+    r = evaluate_model(lm, DataSource("file", str(tmp_path / "t.txt")))
+    assert r.text_bytes == len(text.encode("utf-8")) > r.chars == len(text)
+    assert r.bits_per_byte == pytest.approx(r.total_nats / len(text.encode("utf-8")) / math.log(2))
+    e = run_script("eval", "-m", str(ROOT / "models" / "shakespeare" / "v1c"), cwd=tmp_path)
+    bpc, bpb = (float(e.stdout.split(f" bits per {unit}")[0].rsplit(" ", 1)[1]) for unit in ("character", "byte"))
+    assert bpc == bpb  # Tiny Shakespeare is ASCII: a character is a byte
 
 
 def test_training_writes_the_plot_and_the_card_and_eval_reads_the_model(corpus_file, tmp_path):
@@ -48,6 +69,9 @@ def test_training_writes_the_plot_and_the_card_and_eval_reads_the_model(corpus_f
     e = run_script("eval", "-m", "m", cwd=tmp_path)
     assert e.returncode == 0, e.stderr
     assert "validation split" in e.stdout and "bits per character" in e.stdout
+    finished = next(line for line in r.stderr.splitlines() if line.startswith("finished"))
+    bpb = json.loads((tmp_path / "m" / "config.json").read_text())["summary"]["val_bits_per_byte"]
+    assert f"({bpb:.4f} bits per byte)" in finished and f"({bpb:.4f} bits per byte)" in card
     other = run_script("eval", "-m", "m", "-d", str(corpus_file), "--stride", "8", cwd=tmp_path)
     assert other.returncode == 0 and "14,954 tokens scored, 14,955 characters" in other.stdout
 

@@ -16,6 +16,7 @@ def eval_command(args: argparse.Namespace) -> int:
     source = DataSource.from_args(args.datafile, args.datapath) if args.datafile or args.datapath else None
     r = evaluate_model(lm, source, stride=args.stride, progress=progress_wanted())
     bpc = "" if r.bits_per_char is None else f", {r.bits_per_char:.4f} bits per character"
+    bpc += "" if r.bits_per_byte is None else f", {r.bits_per_byte:.4f} bits per byte"
     print(f"{r.scope}: loss {r.loss:.4f} nats per token, perplexity {r.perplexity:.3f}{bpc} "
           f"({r.tokens:,} tokens scored{'' if r.chars is None else f', {r.chars:,} characters'}; "
           f"windows of {r.block_size} with stride {r.stride})")

@@ -191,6 +191,8 @@ def run_summary(trainer: Trainer, device: torch.device, val_loss: float | None, 
         "finished": finished,
         "val_loss_full": None if val_loss is None else round(val_loss, 5),
         "val_loss_full_scope": trainer.final_val_scope(),
+        "val_bits_per_byte": None if val_loss is None or getattr(trainer, "final_val_bpb", None) is None
+        else round(trainer.final_val_bpb, 5),
         "last_eval": last,
         "best_val_loss": trainer.state.best_val_loss,
         "device": device.type,

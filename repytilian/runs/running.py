@@ -15,6 +15,7 @@ import torch
 
 from ..distributed import World
 from ..errors import RepytilianError
+from ..evaluate import val_bits_per_byte
 from ..events import (
     Finished,
     Listener,
@@ -81,6 +82,8 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
     out = Path(opts.out) if opts.out else None
     if out is not None and world.is_main:
         check_target(out)
+    if opts.lora and not opts.load:  # before the data is read: the run cannot start
+        raise RepytilianError("`lora` fine-tunes a trained model: give the model folder as `load`", ("lora", "load"))
     run = resumed_run(opts, device) if opts.load else fresh_run(opts, device, report)
     if opts.lora:
         with_adapters(opts, run, report)
@@ -117,8 +120,6 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
 def with_adapters(opts: TrainOptions, run: Run, report: Listener) -> None:
     """`lora`: the loaded model's matrices frozen, each with a low-rank adapter (lora.py), trained by
     AdamW (Muon orthogonalises whole matrices, which a rank-r adapter is not)."""
-    if not opts.load:
-        raise RepytilianError("`lora` fine-tunes a trained model: give the model folder as `load`", ("lora", "load"))
     total = sum(p.numel() for p in run.model.parameters())
     chat = run.source.kind == "chat"  # the chat tokens' rows must be learned: the embeddings train too
     trained = add_lora(run.model, opts.lora, embeddings=chat)
@@ -265,7 +266,9 @@ def _save(opts: TrainOptions, run: Run, trainer: Trainer, out: Path | None, repo
         report(Stopped(stopped_by, trainer.state.step, target, out, trainer.world.size))
         return None, target
     val_loss = trainer.full_val_loss(progress=opts.progress)
-    report(Finished(trainer.state.step, time.time() - started, val_loss, trainer.final_val_scope()))
+    trainer.final_val_bpb = val_bits_per_byte(run.tokenizer, run.data.val, trainer.final_val_scored, val_loss)
+    report(Finished(trainer.state.step, time.time() - started, val_loss, trainer.final_val_scope(),
+                    trainer.final_val_bpb))
     if out is None:
         keeping.checkpoints.discard()
         report(NothingSaved())

@@ -49,6 +49,7 @@ class ModelInfo:
     which: str = "best"  # "last": the folder's own, last model (`<id>@last`)
     last: dict[str, Any] | None = None  # where best/ beats the last model: the last's step and loss
     chat_format: bool = False  # fine-tuned to chat: config.json has the chat format (chat_format.py)
+    bits_per_byte: float | None = None  # val_loss on every tokenizer's scale (evaluate.py)
 
     @property
     def is_text(self) -> bool:
@@ -57,7 +58,8 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "tokenizer": self.tokenizer, "parameters": self.parameters, "val_loss": self.val_loss,
                 "steps": self.steps, "chat": self.is_text and self.ready, "ready": self.ready,
-                "last_model": self.id + LAST if self.last else None, "chat_format": self.chat_format}
+                "last_model": self.id + LAST if self.last else None, "chat_format": self.chat_format,
+                "bits_per_byte": self.bits_per_byte}
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -102,18 +104,29 @@ def _info(model_id: str, folder: Path) -> ModelInfo | None:
     best = best_in(summary)
     val_loss = best["val_loss_full"] if best else summary.get("val_loss_full")  # best/ is what is served
     last = {"steps": best["last_step"], "val_loss": best["last_val_loss_full"]} if best else None
+    bpb = _bits_per_byte(val_loss, summary)
     return ModelInfo(model_id, folder, str(tokenizer or "?"), summary.get("parameters"),
                      val_loss, summary.get("step"),
                      int((folder / "config.json").stat().st_mtime), last=last,
-                     chat_format=isinstance(meta.get("chat"), dict))
+                     chat_format=isinstance(meta.get("chat"), dict), bits_per_byte=bpb)
+
+
+def _bits_per_byte(val_loss: Any, summary: dict[str, Any]) -> float | None:
+    """Bits per byte of `val_loss`, from the run's own pair of figures: the same text, so the same
+    ratio (a best model's loss is on the last model's validation split)."""
+    try:
+        return round(val_loss * summary["val_bits_per_byte"] / summary["val_loss_full"], 4)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
 
 
 def _last_of(info: ModelInfo) -> ModelInfo:
     """`<id>@last`: the folder's last model, beside the better best/ that `<id>` serves."""
     if not info.last:
         raise ModelNotFound(f"{info.id} keeps no better best model, so its last model is {info.id} itself")
+    bpb = None if info.bits_per_byte is None else round(info.bits_per_byte * info.last["val_loss"] / info.val_loss, 4)
     return replace(info, id=info.id + LAST, which="last", val_loss=info.last["val_loss"],
-                   steps=info.last["steps"], last=None)
+                   steps=info.last["steps"], last=None, bits_per_byte=bpb)
 
 
 class Registry:

@@ -96,7 +96,8 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
     last = summary.get("last_eval") or {}
     if summary.get("val_loss_full") is not None:
         scope = summary.get("val_loss_full_scope", "the whole validation split")
-        lines.append(f"| final loss | val {summary['val_loss_full']:.4f} over {scope}; "
+        bpb = f" ({summary['val_bits_per_byte']:.4f} bits per byte)" if summary.get("val_bits_per_byte") else ""
+        lines.append(f"| final loss | val {summary['val_loss_full']:.4f}{bpb} over {scope}; "
                      f"last estimate train {fmt(last.get('train_loss'))}, val {fmt(last.get('val_loss'))} |")
     elif last:
         lines.append(f"| last evaluation | step {last.get('step')}: train {last.get('train_loss')}, "

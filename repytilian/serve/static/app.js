@@ -61,7 +61,8 @@ async function loadModels() {
     option.value = m.id;
     const size = m.parameters ? ` · ${(m.parameters / 1e6).toFixed(2)}M params` : "";
     const loss = m.val_loss != null ? ` · val loss ${m.val_loss.toFixed(3)}` : "";
-    option.textContent = `${m.id} (${m.tokenizer}${size}${loss})`;
+    const bpb = m.bits_per_byte != null ? ` · ${m.bits_per_byte.toFixed(3)} bits/byte` : "";
+    option.textContent = `${m.id} (${m.tokenizer}${size}${loss}${bpb})`;
     select.appendChild(option);
   }
   if (!state.models.length) {
