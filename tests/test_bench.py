@@ -1,5 +1,6 @@
 """The benchmark runs and reports (its figures are for people; no timing is asserted here)."""
 import json
+import math
 
 import pytest
 from conftest import run_script
@@ -57,3 +58,6 @@ def test_quality_alone_on_tiny_shakespeare_names_the_machine(tmp_path):
     assert report["throughput"] == [] and cpu_name() in report["machine"]
     (q,) = report["quality"]
     assert q["preset"] == "tiny" and q["budget_s"] == 1 and q["steps"] > 0 and 1.0 < q["val_loss_full"] < 5.0
+    # Tiny Shakespeare is ASCII: bits per byte are the loss in bits per character
+    assert abs(q["val_bits_per_byte"] - q["val_loss_full"] / math.log(2)) < 1e-3
+    assert f"{q['val_bits_per_byte']} bits per byte" in r.stdout

@@ -56,7 +56,7 @@ def test_repytilian_ladder_trains_each_step_and_prints_one_table(corpus_file, tm
     assert all(row["val_loss"] > 0 and row["sample"] for row in rows)
     assert rows[0]["parameters"] < rows[1]["parameters"] < rows[2]["parameters"]
     for row in rows:
-        assert f"{row['step']:<13}" in r.stdout and f"{row['val_loss']:.4f}" in r.stdout
+        assert f"{row['step']:<13}" in r.stdout and f"{row['val_loss']:.4f} {row['bits_per_byte']:>9.4f}" in r.stdout
     assert (tmp_path / "ladder" / "bigram" / "model.safetensors").is_file()  # each step can be sampled later
     bad = run_script("ladder", "-d", str(corpus_file), "--steps", "bigram,trigram", cwd=tmp_path)
     assert bad.returncode == 2 and "--steps has unknown step(s) trigram" in bad.stderr

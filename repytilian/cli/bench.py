@@ -181,6 +181,7 @@ def quality(preset: str, budget: float, dtype: str, overrides: dict | None = Non
             "dtype": result.language_model.meta["train"]["dtype"],
             "steps": result.state.step, "tokens": result.state.tokens_seen,
             "val_loss_full": round(result.val_loss, 4),
+            "val_bits_per_byte": result.language_model.meta["summary"].get("val_bits_per_byte"),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -317,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         r = _in_fresh_process(["quality", args.quality_preset, str(budget), "auto"])
         quality_rows.append(r)
         print(f"quality: {r['preset']} for {budget:g} s of training ({r['dtype']}): {r['steps']:,} steps, "
-              f"{r['tokens']:,} tokens, val loss {r['val_loss_full']} (whole validation split), RSS {r['peak_rss_mb']} MB")
+              f"{r['tokens']:,} tokens, val loss {r['val_loss_full']} (whole validation split; "
+              f"{r.get('val_bits_per_byte')} bits per byte), RSS {r['peak_rss_mb']} MB")
     if args.json:
         Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine,
                                                "matmul_gflops": peak, "throughput": rows, "loop_overhead": loop,

@@ -61,17 +61,19 @@ def climb(args: argparse.Namespace) -> list[dict[str, Any]]:
         lm = result.language_model
         sample = lm.generate("", 120, seed=0)
         rows.append({"step": step, "adds": LECTURE_STEP_ABOUT[step], "parameters": lm.model.num_params(),
-                     "steps_trained": result.state.step, "val_loss": result.val_loss, "sample": sample})
+                     "steps_trained": result.state.step, "val_loss": result.val_loss,
+                     "bits_per_byte": lm.meta.get("summary", {}).get("val_bits_per_byte"), "sample": sample})
         print(f"      val loss {result.val_loss:.4f} after {result.state.step:,} steps", file=sys.stderr, flush=True)
     return rows
 
 
 def table(rows: list[dict[str, Any]], budget: float) -> str:
     lines = [f"the lecture's steps, {budget:g} s of training each:",
-             f"{'step':<13} {'parameters':>10} {'steps':>6} {'val loss':>8}  sample"]
+             f"{'step':<13} {'parameters':>10} {'steps':>6} {'val loss':>8} {'bits/byte':>9}  sample"]
     for r in rows:
-        lines.append(f"{r['step']:<13} {r['parameters']:>10,} {r['steps_trained']:>6,} {r['val_loss']:>8.4f}  "
-                     f"{one_line(r['sample'])}")
+        bpb = "-" if r.get("bits_per_byte") is None else f"{r['bits_per_byte']:.4f}"
+        lines.append(f"{r['step']:<13} {r['parameters']:>10,} {r['steps_trained']:>6,} {r['val_loss']:>8.4f} "
+                     f"{bpb:>9}  {one_line(r['sample'])}")
     return "\n".join(lines)
 
 
