@@ -15,7 +15,7 @@ import torch
 from .chat_format import SCRIPT_END, ChatFormat, script, turns_of
 from .engine import Ended, Engine, Event, Request, Token, shown_text
 from .errors import RepytilianError
-from .events import note
+from .events import note, notes_to
 from .model import GPT
 from .sampling import SamplingOptions
 from .tokenizers import Tokenizer, UnknownTokensError
@@ -69,21 +69,34 @@ class LanguageModel:
     def chat_prompt(self, messages: Sequence[Any]) -> tuple[list[int], list[str]]:
         """The prompt ids of a conversation ((role, content) pairs or {"role", "content"} objects)
         that ask for the assistant's answer, and the stop strings that end it: in the model's own
-        chat format, the end token ends it (no stop string); else a script's blank line."""
+        chat format, the end token ends it (no stop string); else a script's blank line. A
+        conversation longer than the context loses its oldest turns (a system message stays), not
+        the start of a turn."""
         if self.tokenizer.input_format != "text":
             raise RepytilianError(f"this model's tokens are {self.tokenizer.name} values, not text: it is not a chat model")
         turns = turns_of(messages)
+        system = turns[:1] if turns and turns[0][0] == "system" else []
+        kept, block = turns[len(system):], self.model.config.block_size
+        ids = self._chat_ids(system + kept)
+        while len(ids) > block and len(kept) > 1:
+            kept = kept[1:]
+            ids = self._chat_ids(system + kept)
+        if len(kept) < len(turns) - len(system):
+            note(f"note: the conversation is longer than the model's context ({block} tokens): its "
+                 f"{len(turns) - len(system) - len(kept)} oldest turns were left out")
+        if len(ids) > block:
+            note(f"note: the conversation has {len(ids)} tokens; the model sees only the last {block}")
+        return ids, [] if self.chat_format is not None else [SCRIPT_END]
+
+    def _chat_ids(self, turns: list[tuple[str, str]]) -> list[int]:
         chat = self.chat_format
         if chat is None:
-            return self.encode_prompt(script(turns)), [SCRIPT_END]
+            with notes_to(lambda event: None):  # the length is chat_prompt's to tell
+                return self.encode_prompt(script(turns))
         try:
-            ids, _ = chat.render(self.tokenizer, turns, answer_next=True)
+            return chat.render(self.tokenizer, turns, answer_next=True)[0]
         except UnknownTokensError as e:
             raise UnknownTokensError(f"cannot answer this conversation: {e}") from None
-        if len(ids) > self.model.config.block_size:
-            note(f"note: the conversation has {len(ids)} tokens; the model sees only the last "
-                 f"{self.model.config.block_size}")
-        return ids, []
 
     def chat_events(self, messages: Sequence[Any], max_new_tokens: int = 200, *, stop: Sequence[str] = (),
                     **kwargs: Any) -> Iterator[Event]:

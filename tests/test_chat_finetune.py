@@ -370,3 +370,20 @@ def test_a_bpe_models_chat_tokens_are_real_special_tokens_in_hf_and_in_gguf(bpe_
             break
         llm.eval([token])
     assert theirs == answer + [chat.end]  # the same answer, ended at the end of its turn
+
+
+def test_a_conversation_longer_than_the_context_loses_its_oldest_turns_not_its_system_message(chat_run):
+    from repytilian.events import notes_to
+
+    here, _ = chat_run
+    lm = load_model(here / "chat")
+    turns = [("system", "you are rep.")] + [t for q, a in PERSONA for t in (("user", q), ("assistant", a))]
+    turns.append(("user", PERSONA[0][0]))
+    said = []
+    with notes_to(said.append):
+        ids, stops = lm.chat_prompt(turns)
+    chat = lm.chat_format
+    assert len(ids) <= 64 and ids[0] == chat.ids["system"] and ids[-1] == chat.ids["assistant"] and stops == []
+    kept = ids.count(chat.ids["user"]) + ids.count(chat.ids["assistant"]) - 1  # the prompt's own token aside
+    assert kept < len(turns) - 1 and ids[1: 1 + len("you are rep.")] == lm.tokenizer.encode("you are rep.")
+    assert any(f"its {len(turns) - 1 - kept} oldest turns were left out" in n.text for n in said)

@@ -2,9 +2,9 @@
 
 The model is loaded once. Each answer streams as it is sampled; the conversation so far is the
 prompt of the next answer, in the model's own chat format where it was fine-tuned to chat, else in
-a script (chat_format.py, as the server's chat API), and the model sees as much of it as its
-context holds. Ctrl+C stops the answer being written,
-not the program; /quit or Ctrl+D ends it.
+a script (chat_format.py, as the server's chat API); its oldest turns are left out when it
+outgrows the context (LanguageModel.chat_prompt). Ctrl+C stops the answer being written, not the
+program; /quit or Ctrl+D ends it.
 """
 from __future__ import annotations
 
