@@ -65,8 +65,9 @@ class Batch:
     """The sequences decoding together with one model (see the module's docstring)."""
 
     def __init__(self, model: GPT, dtype: torch.dtype | None = None, use_cache: bool = True,
-                 decoder: Decoder | None = None):
+                 decoder: Decoder | None = None, never: Sequence[int] = ()):
         model.eval()
+        self.never = list(never)  # ids no sequence may draw (a padded vocabulary's rows)
         self.model = model
         self.block = model.config.block_size
         self.keep = max(1, int(self.block * KEEP_FRACTION))
@@ -118,6 +119,9 @@ class Batch:
         if not self.rows:
             return []
         self.logits = logits = self._logits_cached() if self.use_cache else self._logits_uncached()
+        if self.never:  # out of place: the decoder's logits may be inference tensors
+            self.logits = logits = logits.index_fill(1, torch.tensor(self.never, device=logits.device),
+                                                     float("-inf"))
         # Groups that sample alike share one pass over their rows (one softmax, one top-k); each then
         # draws from its own generator, so a group's tokens do not depend on who else is in the batch.
         alike: dict[tuple, list[Group]] = {}

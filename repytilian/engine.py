@@ -36,6 +36,7 @@ from .sampling import SamplingOptions, check_lengths
 from .stops import StopFilter
 from .tokenizers import Tokenizer
 from .tokenizers.json_tokens import display
+from .tokenizers.specials import never_sampled
 
 LENGTH = "length"  # max_new_tokens were generated
 STOP = "stop"  # a stop string appeared (it is not part of the text)
@@ -208,12 +209,13 @@ class Engine:
     @contextmanager
     def batch(self, dtype: torch.dtype | None = None, use_cache: bool = True) -> Iterator[Batch]:
         """A batch to add requests to (`start`) and `step`, with a decoder of this engine's to reuse."""
+        never = never_sampled(self.tokenizer)
         if not use_cache:
-            yield Batch(self.model, use_cache=False)
+            yield Batch(self.model, use_cache=False, never=never)
             return
         decoder = self._decoders.take(dtype)
         try:
-            yield Batch(self.model, decoder=decoder)
+            yield Batch(self.model, decoder=decoder, never=never)
         finally:
             self._decoders.give_back(decoder)
 

@@ -148,3 +148,36 @@ def test_an_imported_gpt2_fine_tunes_to_chat_with_lora_and_exports_its_template(
     assert hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
         "input_ids"] == expected
     assert expected[0] == tk.get_vocab_size() + 1 and expected[-1] == tk.get_vocab_size() + 2  # <|user|> ... <|assistant|>
+
+
+def test_a_model_with_a_padded_vocabulary_imports_and_never_samples_the_padding(tmp_path):
+    """Issue 29, item 5: published models round their embedding matrix up beyond the tokenizer."""
+    tk = byte_level_bpe()
+    folder = tmp_path / "padded"
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk).save_pretrained(folder)
+    padded = -(-tk.get_vocab_size() // 64) * 64 + 64  # rounded up, and a block more
+    config = transformers.GPT2Config(vocab_size=padded, n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    hf_model.save_pretrained(folder)
+    r = run_script("import", "--from", "hf", str(folder), "mine", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from repytilian import load_model
+
+    lm = load_model(tmp_path / "mine")
+    pads = list(range(tk.get_vocab_size(), padded))
+    assert lm.model.config.vocab_size == lm.tokenizer.vocab_size == padded
+    x = torch.randint(tk.get_vocab_size(), (2, 32))
+    with torch.no_grad():
+        assert torch.allclose(lm.model(x)[0], hf_model(x).logits, atol=1e-4)  # the padded rows kept
+        # Make every padding row the likeliest token: generation must still never choose one
+        lm.model.lm_head.weight.zero_()
+        lm.model.lm_head.weight[pads] = 1.0
+        lm.model.transformer.ln_f.bias.fill_(1.0)
+        assert int(lm.model(x)[0][0, -1].argmax()) in pads
+    events = list(lm.events("the king", 12, temperature=0))
+    ids = [e.id for e in events if hasattr(e, "id")]
+    assert len(ids) == 12 and not set(ids) & set(pads)
+    sampled = [e.id for e in lm.events("the king", 12, temperature=1.0, seed=3) if hasattr(e, "id")]
+    assert not set(sampled) & set(pads)
+    assert lm.tokenizer.decode(pads) == "" and lm.tokenizer.encode("<|padding 0|>") != [pads[0]]

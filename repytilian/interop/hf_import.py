@@ -21,6 +21,7 @@ from ..config import RMS_EPS, ROPE_THETA, ModelConfig
 from ..errors import RepytilianError
 from ..model import GPT
 from ..tokenizers.bpe import BPETokenizer, _hf
+from ..tokenizers.specials import padding_names
 from .hf import CONV1D
 
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
@@ -172,9 +173,14 @@ def import_hf(folder: str | Path) -> tuple[GPT, BPETokenizer, dict[str, Any]]:
         raise RepytilianError(f"model_type {kind!r}: Repytilian imports GPT-2-family models (gpt2, distilgpt2, ...) "
                               "and its own Llama exports")
     tokenizer = _tokenizer(folder)
-    if tokenizer.vocab_size != mcfg.vocab_size:
-        raise RepytilianError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
-                              f"{mcfg.vocab_size}: Repytilian needs them equal")
+    if tokenizer.vocab_size > mcfg.vocab_size:
+        raise RepytilianError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary only "
+                              f"{mcfg.vocab_size}: the model cannot score them all")
+    if tokenizer.vocab_size < mcfg.vocab_size:
+        # A vocabulary rounded up (to a multiple of 64 or 128, for fast matrix products): the rows
+        # stay, so the logits are transformers', and get tokens that no text encodes to and that
+        # generation never chooses (tokenizers/specials.py)
+        tokenizer = tokenizer.with_specials(padding_names(mcfg.vocab_size - tokenizer.vocab_size))
     model = GPT(mcfg)
     model.load_state_dict(state)
     source = {"format": "huggingface", "model_type": kind, "folder": str(folder.resolve()),

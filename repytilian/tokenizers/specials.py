@@ -17,6 +17,17 @@ from ..errors import RepytilianError
 from .base import StreamDecoder, Tokenizer
 
 END_OF_TURN = "<|end|>"  # where it is among the specials, generation ends at it (the tokenizer's eos_id)
+PADDING = "<|padding {}|>"  # rows a published model rounds its vocabulary up with: kept, never sampled
+
+
+def padding_names(count: int, start: int = 0) -> list[str]:
+    return [PADDING.format(i) for i in range(start, start + count)]
+
+
+def never_sampled(tokenizer: Tokenizer) -> list[int]:
+    """The ids generation must never choose: the padding rows of an imported vocabulary."""
+    prefix = PADDING.split("{")[0]
+    return sorted(i for name, i in tokenizer.specials.items() if name.startswith(prefix))
 
 
 def check_names(names: list[str], taken: Iterable[str] = ()) -> None:
