@@ -2,7 +2,7 @@
 
     import repytilian
     lm = repytilian.load_model("models/shakespeare/basic")
-    print(lm.generate("ROMEO:", max_new_tokens=200))
+    text = lm.generate("ROMEO:", max_new_tokens=200)
 """
 from __future__ import annotations
 

@@ -67,11 +67,12 @@ class Batch:
     def __init__(self, model: GPT, dtype: torch.dtype | None = None, use_cache: bool = True,
                  decoder: Decoder | None = None, never: Sequence[int] = ()):
         model.eval()
-        self.never = list(never)  # ids no sequence may draw (a padded vocabulary's rows)
         self.model = model
         self.block = model.config.block_size
         self.keep = max(1, int(self.block * KEEP_FRACTION))
         self.device = model.lm_head.weight.device
+        # ids no sequence may draw (a padded vocabulary's rows), made a tensor once, not every step
+        self.never = torch.tensor(list(never), dtype=torch.long, device=self.device) if never else None
         self.use_cache = use_cache
         self.decoder = decoder
         if use_cache and decoder is None:
@@ -114,14 +115,13 @@ class Batch:
 
     @torch.no_grad()
     def step(self) -> list[tuple[Seq, int, int]]:
-        """The next token of every live sequence: (sequence, token, its row in `self.logits`, the
+        """The next token of every live sequence: (sequence, token, its row in `self.logits`: the
         float32 logits it was drawn from)."""
         if not self.rows:
             return []
         self.logits = logits = self._logits_cached() if self.use_cache else self._logits_uncached()
-        if self.never:  # out of place: the decoder's logits may be inference tensors
-            self.logits = logits = logits.index_fill(1, torch.tensor(self.never, device=logits.device),
-                                                     float("-inf"))
+        if self.never is not None:  # out of place: the decoder's logits may be inference tensors
+            self.logits = logits = logits.index_fill(1, self.never, float("-inf"))
         # Groups that sample alike share one pass over their rows (one softmax, one top-k); each then
         # draws from its own generator, so a group's tokens do not depend on who else is in the batch.
         alike: dict[tuple, list[Group]] = {}

@@ -181,6 +181,7 @@ class Engine:
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, compile: bool = False):
         self.model, self.tokenizer = model, tokenizer
+        self.never = never_sampled(tokenizer)  # ids generation never chooses (a padded vocabulary's)
         self._decoders = DecoderPool(model, compile)
 
     @property
@@ -209,7 +210,7 @@ class Engine:
     @contextmanager
     def batch(self, dtype: torch.dtype | None = None, use_cache: bool = True) -> Iterator[Batch]:
         """A batch to add requests to (`start`) and `step`, with a decoder of this engine's to reuse."""
-        never = never_sampled(self.tokenizer)
+        never = self.never
         if not use_cache:
             yield Batch(self.model, use_cache=False, never=never)
             return

@@ -74,22 +74,21 @@ class LanguageModel:
         the start of a turn."""
         if self.tokenizer.input_format != "text":
             raise RepytilianError(f"this model's tokens are {self.tokenizer.name} values, not text: it is not a chat model")
-        turns = turns_of(messages)
+        turns, chat = turns_of(messages), self.chat_format
         system = turns[:1] if turns and turns[0][0] == "system" else []
         kept, block = turns[len(system):], self.model.config.block_size
-        ids = self._chat_ids(system + kept)
+        ids = self._chat_ids(chat, system + kept)
         while len(ids) > block and len(kept) > 1:
             kept = kept[1:]
-            ids = self._chat_ids(system + kept)
+            ids = self._chat_ids(chat, system + kept)
         if len(kept) < len(turns) - len(system):
             note(f"note: the conversation is longer than the model's context ({block} tokens): its "
                  f"{len(turns) - len(system) - len(kept)} oldest turns were left out")
         if len(ids) > block:
             note(f"note: the conversation has {len(ids)} tokens; the model sees only the last {block}")
-        return ids, [] if self.chat_format is not None else [SCRIPT_END]
+        return ids, [] if chat is not None else [SCRIPT_END]
 
-    def _chat_ids(self, turns: list[tuple[str, str]]) -> list[int]:
-        chat = self.chat_format
+    def _chat_ids(self, chat: ChatFormat | None, turns: list[tuple[str, str]]) -> list[int]:
         if chat is None:
             with notes_to(lambda event: None):  # the length is chat_prompt's to tell
                 return self.encode_prompt(script(turns))

@@ -39,7 +39,7 @@ class LoRALinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The merged matrix, for code that reads a layer's weight (the cached decoder)."""
-        return self.base.weight + self.scale * (self.b @ self.a).to(self.base.weight.dtype)
+        return merged(self.base.weight, self.a, self.b, self.scale)
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -65,14 +65,18 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None, embeddings
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def merged(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """W + scale B A, computed in float32, in W's dtype."""
+    return weight + (scale.float() * (b.float() @ a.float())).to(weight.dtype)
+
+
 def merged_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict with every adapter merged into its matrix, under the plain model's names."""
     out = {}
     for key, value in state.items():
         if key.endswith(".base.weight"):
             layer = key[: -len(".base.weight")]
-            a, b, scale = state[layer + ".a"], state[layer + ".b"], state[layer + ".scale"]
-            out[layer + ".weight"] = value + (scale.float() * (b.float() @ a.float())).to(value.dtype)
+            out[layer + ".weight"] = merged(value, state[layer + ".a"], state[layer + ".b"], state[layer + ".scale"])
         elif key.endswith(".base.bias"):
             out[key[: -len(".base.bias")] + ".bias"] = value
         elif not key.endswith((".a", ".b", ".scale")):

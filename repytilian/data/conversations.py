@@ -18,7 +18,6 @@ A conversation longer than the context is cut to it, with a note that counts the
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ import torch
 from ..chat_format import ROLES, ChatFormat
 from ..errors import RepytilianError
 from ..events import note
-from ..runtime.fileio import read_user_file
 from ..tokenizers import Tokenizer, UnknownTokensError
+from .records import jsonl_lines
 
 SUFFIXES = (".jsonl", ".parquet", ".arrow")
 IGNORED = -100  # the target of a token not learned (cross_entropy's ignore_index)
@@ -71,20 +70,8 @@ def _records(file: Path, digest: Any) -> Iterator[tuple[str, Any]]:
     """(where, the record's value) for each conversation of a file."""
     if file.suffix in (".parquet", ".arrow"):
         yield from _table_records(file, digest)
-        return
-    raw = read_user_file(file)
-    digest.update(raw)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RepytilianError(f"{file} is not UTF-8 text (byte {e.start})") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{file}: line {number}", json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RepytilianError(f"{file}: line {number} is not JSON ({e.msg}, column {e.colno})") from None
+    else:
+        yield from jsonl_lines(file, digest)
 
 
 def _table_records(file: Path, digest: Any) -> Iterator[tuple[str, Any]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RepytilianError
+from ..runtime.fileio import open_user_file
 
 SUFFIXES = (".jsonl", ".parquet")
 DEFAULT_FIELD = "text"
@@ -42,31 +43,33 @@ def record_pieces(path: Path, field: str | None = None) -> Iterator[str]:
         raise RepytilianError(f"{path} has no text in its field {field!r} to train on", ("text_field",))
 
 
-def _jsonl_values(path: Path, field: str) -> Iterator[tuple[str, Any]]:
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise RepytilianError(f"no such file: {path}") from None
-    except OSError as e:
-        raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
-    with f:
-        for number, raw in enumerate(f, 1):  # a line at a time: the file is never whole in memory
+def jsonl_lines(path: Path, digest: Any = None) -> Iterator[tuple[str, Any]]:
+    """(where, the value) of each non-blank line of a JSONL file, read a line at a time (the file is
+    never whole in memory); `digest` (a hashlib object) sees every byte."""
+    with open_user_file(path) as f:
+        for number, raw in enumerate(f, 1):
+            if digest is not None:
+                digest.update(raw)
             where = f"{path}: line {number}"
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                yield where, json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
             except UnicodeDecodeError:
                 raise RepytilianError(f"{where} is not UTF-8 text") from None
             except json.JSONDecodeError as e:
                 raise RepytilianError(f"{where} is not JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise RepytilianError(f"{where} is not a JSON object with a {field!r} field", ("text_field",))
-            if field not in record:
-                fields = ", ".join(map(repr, list(record)[:8])) or "none"
-                raise RepytilianError(f"{where} has no field {field!r} (it has {fields}); `text_field` names "
-                                      "the one to train on", ("text_field",))
-            yield where, record[field]
+
+
+def _jsonl_values(path: Path, field: str) -> Iterator[tuple[str, Any]]:
+    for where, record in jsonl_lines(path):
+        if not isinstance(record, dict):
+            raise RepytilianError(f"{where} is not a JSON object with a {field!r} field", ("text_field",))
+        if field not in record:
+            fields = ", ".join(map(repr, list(record)[:8])) or "none"
+            raise RepytilianError(f"{where} has no field {field!r} (it has {fields}); `text_field` names "
+                                  "the one to train on", ("text_field",))
+        yield where, record[field]
 
 
 def _parquet_values(path: Path, field: str) -> Iterator[tuple[str, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import RepytilianError
 from ..events import note
+from ..runtime.fileio import open_user_file
 from ..tokenizers.base import CHUNK_CHARS, last_safe_cut
 from .records import is_records, record_pieces
 
@@ -39,13 +40,7 @@ def file_pieces(path: Path, read_bytes: int | None = None, text_field: str | Non
         yield from record_pieces(path, text_field)
         return
     read_bytes = read_bytes or READ_BYTES
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise RepytilianError(f"no such file: {path}") from None
-    except OSError as e:
-        raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
-    with f:
+    with open_user_file(path) as f:
         offset, carry, held_cr = 0, b"", ""
         while True:
             try:  # the first read is large enough for the binary probe and a byte-order mark

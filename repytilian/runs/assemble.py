@@ -164,11 +164,11 @@ def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
     """A saved model with its optimiser state, its tokenizer, and its data unless other data is given.
     A folder saved without optimiser state (an imported or shipped model) is fine-tuned: its weights
     are the start of a new run with a fresh optimiser."""
+    saved = _config_of(Path(opts.load))
     # A first chat fine-tune adds tokens to the vocabulary, so no saved optimiser state fits any more
-    first_chat = opts.data is not None and opts.data.kind == "chat" and not _has_chat_format(Path(opts.load))
+    first_chat = opts.data is not None and opts.data.kind == "chat" and not isinstance(saved.get("chat"), dict)
     # A LoRA run saved merged weights: the optimiser state of its adapters fits nothing any more
-    fine_tune = not (Path(opts.load) / "trainer_state").is_dir() or first_chat or bool(opts.lora) \
-        or "lora" in _config_of(Path(opts.load))
+    fine_tune = not (Path(opts.load) / "trainer_state").is_dir() or first_chat or bool(opts.lora) or "lora" in saved
     loaded = load_model_dir(opts.load, device, with_trainer=not fine_tune)
     if opts.tokenizer and tokenizer_class(opts.tokenizer).name != loaded.tokenizer.name:
         raise RepytilianError(
@@ -215,10 +215,6 @@ def _config_of(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}  # loading the folder says what is wrong with it
     return config if isinstance(config, dict) else {}
-
-
-def _has_chat_format(folder: Path) -> bool:
-    return isinstance(_config_of(folder).get("chat"), dict)
 
 
 def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg: TrainConfig,

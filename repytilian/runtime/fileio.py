@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import RepytilianError
 
@@ -21,6 +22,16 @@ def read_user_file(path: Path) -> bytes:
     """The bytes of a file the user named, or a clear error saying why it cannot be read."""
     try:
         return path.read_bytes()
+    except FileNotFoundError:
+        raise RepytilianError(f"no such file: {path}") from None
+    except OSError as e:
+        raise RepytilianError(f"cannot read {path}: {e.strerror}") from None
+
+
+def open_user_file(path: Path) -> BinaryIO:
+    """A file the user named, open for reading its bytes a piece at a time, or read_user_file's error."""
+    try:
+        return open(path, "rb")
     except FileNotFoundError:
         raise RepytilianError(f"no such file: {path}") from None
     except OSError as e:

@@ -103,6 +103,29 @@ function settings() {
   };
 }
 
+// A streamed answer's server-sent events, each `data:` line's JSON to `onEvent` as it comes (the
+// chat API's closing "[DONE]" left out); an error status is thrown with the server's message.
+async function eachEvent(response, onEvent) {
+  if (!response.ok) {
+    const error = await response.json().catch(() => ({}));
+    throw new Error((error.error && error.error.message) || `HTTP ${response.status}`);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      if (line.startsWith("data: ") && line !== "data: [DONE]") onEvent(JSON.parse(line.slice(6)));
+    }
+  }
+}
+
 async function generate(body, keepTokens) {
   stopGeneration();
   closeAlternatives();
@@ -122,24 +145,7 @@ async function generate(body, keepTokens) {
       body: JSON.stringify(body),
       signal: controller.signal,
     });
-    if (!response.ok) {
-      const error = await response.json().catch(() => ({}));
-      throw new Error((error.error && error.error.message) || `HTTP ${response.status}`);
-    }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const line = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        if (line.startsWith("data: ")) handle(JSON.parse(line.slice(6)), keepTokens);
-      }
-    }
+    await eachEvent(response, (event) => handle(event, keepTokens));
   } catch (error) {
     if (error.name === "AbortError") {
       $("stats").textContent = `stopped after ${state.tokens.length} tokens`;
@@ -563,26 +569,10 @@ async function sendChat(text) {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
       signal: talk.controller.signal,
     });
-    if (!response.ok) {
-      const error = await response.json().catch(() => ({}));
-      throw new Error((error.error && error.error.message) || `HTTP ${response.status}`);
-    }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const line = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-        const choice = JSON.parse(line.slice(6)).choices[0];
-        if (choice && choice.delta && choice.delta.content) said.textContent += choice.delta.content;
-      }
-    }
+    await eachEvent(response, (event) => {
+      const choice = event.choices[0];
+      if (choice && choice.delta && choice.delta.content) said.textContent += choice.delta.content;
+    });
     talk.messages.push({ role: "assistant", content: said.textContent });
   } catch (error) {
     talk.messages.pop();  // the question stays on screen, not in what is sent next
