@@ -9,7 +9,10 @@ pytestmark = pytest.mark.machine  # the dtype and timings depend on the CPU: CI 
 
 
 def test_bench_prints_a_table_and_writes_json(tmp_path):
-    r = run_script("bench", "--presets", "tiny", "--dtypes", "float32", "--steps", "2", "--repeats", "1",
+    """Its bf16 rows are there only on a CPU with native bf16 (`make test-avx2` runs it as on one without)."""
+    from repytilian.runtime.precision import cpu_bf16
+
+    r = run_script("bench", "--presets", "tiny", "--steps", "2", "--repeats", "1",
                    "--loop-steps", "3", "--json", "b.json", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "matmul 2048^2: float32" in r.stdout and "tiny" in r.stdout
@@ -19,6 +22,12 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     assert row["note"] == "float32 (nanoGPT's way)" and row["speedup_vs_nanogpt_way"] == 1.0  # the baseline
     assert report["throughput"][1]["dtype"] == "float32" and report["throughput"][1]["peak_rss_mb"] > 0
     assert report["matmul_gflops"]["float32"] > 0
+    dtypes = {row["dtype"] for row in report["throughput"]}
+    if cpu_bf16().native:
+        assert "bfloat16" in dtypes and report["matmul_gflops"]["bfloat16"] > 0
+    else:
+        assert "no native bf16 on this CPU" in r.stdout and "bf16 rows left out" in r.stdout
+        assert dtypes == {"float32"} and list(report["matmul_gflops"]) == ["float32"]
     assert "training loop overhead at tiny" in r.stdout
     loop = report["loop_overhead"]
     # batch_pct is rounded: on a busy machine a step can be so slow that the batch share shows 0.00

@@ -237,15 +237,3 @@ def test_line_progress_writes_every_so_often_and_at_the_end(capsys):
     quiet.update(5)
     quiet.close()
     assert capsys.readouterr().err == ""  # work that ends before `delay` says nothing
-
-
-def test_bench_on_a_cpu_without_bf16_leaves_bf16_out(tmp_path):
-    env = {**__import__("os").environ, **SIMULATED_AVX2, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "repytilian", "bench", "--presets", "tiny", "--steps", "1",
-                        "--repeats", "1", "--no-loop", "--json", "b.json"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr
-    assert "no native bf16 on this CPU" in r.stdout and "bf16 rows left out" in r.stdout
-    report = json.loads((tmp_path / "b.json").read_text())
-    assert list(report["matmul_gflops"]) == ["float32"]
-    assert {row["dtype"] for row in report["throughput"]} == {"float32"}
