@@ -341,7 +341,6 @@ def test_a_bpe_models_chat_tokens_are_real_special_tokens_in_hf_and_in_gguf(bpe_
     chat, question = lm.chat_format, PERSONA[0][0]
     added = {t["content"]: t for t in json.loads((bpe_chat / "tokenizer.json").read_text())["added_tokens"]}
     assert added["<|end|>"]["id"] == chat.end and added["<|end|>"]["special"]
-    ids = lm.chat_prompt([("user", question)])[0]
     answer = [e.id for e in lm.chat_events([("user", question)], 40, temperature=0) if hasattr(e, "id")]
     assert lm.tokenizer.decode(answer) == PERSONA[0][1]
 
@@ -356,7 +355,14 @@ def test_a_bpe_models_chat_tokens_are_real_special_tokens_in_hf_and_in_gguf(bpe_
         return f.contents() if hasattr(f, "contents") else bytes(f.parts[f.data[0]]).decode()
 
     assert field("tokenizer.chat_template") == TEMPLATE and field("tokenizer.ggml.eos_token_id") == chat.end
+    llama_cpp_answers_as_we_do(path, lm, question)
+
+
+def llama_cpp_answers_as_we_do(path, lm, question: str) -> None:
+    """llama.cpp reads the chat tokens of the rendered template and answers greedily as we do."""
     llama_cpp = pytest.importorskip("llama_cpp")
+    chat, ids = lm.chat_format, lm.chat_prompt([("user", question)])[0]
+    answer = [e.id for e in lm.chat_events([("user", question)], 40, temperature=0) if hasattr(e, "id")]
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
     rendered = f"<|user|>{question}<|end|><|assistant|>"  # the template's text, which llama.cpp parses
     assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == ids
@@ -370,6 +376,18 @@ def test_a_bpe_models_chat_tokens_are_real_special_tokens_in_hf_and_in_gguf(bpe_
             break
         llm.eval([token])
     assert theirs == answer + [chat.end]  # the same answer, ended at the end of its turn
+
+
+def test_a_character_chat_model_runs_in_llama_cpp_with_its_chat_tokens(chat_run, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from repytilian.interop.gguf_export import export_gguf
+
+    here, _ = chat_run
+    lm = load_model(here / "chat")
+    path = export_gguf(lm.model, lm.tokenizer, tmp_path / "chat.gguf")
+    reader = gguf.GGUFReader(str(path))
+    assert bytes(reader.fields["tokenizer.ggml.model"].parts[-1]).decode() == "t5"  # llama.cpp's unigram
+    llama_cpp_answers_as_we_do(path, lm, PERSONA[0][0])
 
 
 def test_a_conversation_longer_than_the_context_loses_its_oldest_turns_not_its_system_message(chat_run):

@@ -74,11 +74,15 @@ def test_the_gguf_file_holds_the_model_and_its_tokenizer(bpe_models, arch):
 
 
 def test_what_llama_cpp_cannot_load_is_refused(tmp_path, bpe_models):
-    from pathlib import Path
+    from repytilian.model import GPT, ModelConfig
+    from repytilian.store.folder import save_model_dir
+    from repytilian.tokenizers.json_tokens import JsonTokenizer
 
-    v2c = Path(__file__).resolve().parent.parent / "models" / "shakespeare" / "v2c"
-    r = run_script("export", "-m", str(v2c), "--format", "gguf", "x.gguf", cwd=tmp_path)
-    assert r.returncode == 2 and "the characters tokenizer has no form llama.cpp can load" in r.stderr
+    notes = JsonTokenizer(["60", "62", "64"], end_of_sequence=True)  # tokens that are JSON values, not text
+    save_model_dir(tmp_path / "music", GPT(ModelConfig(vocab_size=notes.vocab_size, block_size=8, n_layer=1,
+                                                       n_head=1, n_embd=8)), notes, {})
+    r = run_script("export", "-m", "music", "--format", "gguf", "x.gguf", cwd=tmp_path)
+    assert r.returncode == 2 and "the json tokenizer has no form llama.cpp can load" in r.stderr
     assert not (tmp_path / "x.gguf").exists()
     loaded = load_model_dir(bpe_models / "classic")
     (tmp_path / "taken.gguf").write_text("")

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL_DIR
 from ..interop.convert import EXPORT_FORMATS
+from ..tokenizers.base import UnknownTokensError
 from .common import last_flag, open_model, say
 
 
-def llama_cpp_command(gguf: Path, lm, prompt: str = "ROMEO:") -> str:
-    """A llama.cpp command line that continues `prompt` as far as the model's context allows:
+def llama_cpp_command(gguf: Path, lm) -> str:
+    """A llama.cpp command line that continues a prompt the model knows as far as its context allows:
     llama.cpp's default context is longer than these models', and its gpt2 architecture reads
     position embeddings past the end of the table (an assertion failure) beyond it."""
+    prompt = example_prompt(lm.tokenizer)
     block = lm.model.config.block_size
     length = max(1, block - len(lm.tokenizer.encode(prompt)))
-    return f"llama-completion -m {gguf} -c {block} -n {length} -p '{prompt}'"
+    return f"llama-completion -m {shlex.quote(str(gguf))} -c {block} -n {length} -p {shlex.quote(prompt)}"
+
+
+def example_prompt(tokenizer) -> str:
+    """ROMEO: where the vocabulary has it, else its first word or letter (a model of other text)."""
+    try:
+        tokenizer.encode("ROMEO:")
+        return "ROMEO:"
+    except UnknownTokensError:
+        return next((t for t in tokenizer.itos if t.isalpha()), tokenizer.itos[0])
 
 
 def _converted(lm, what: str) -> None:
@@ -96,7 +108,8 @@ def register(sub, debug: argparse.ArgumentParser) -> None:
     export.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="hf",
                         help="hf: a folder for transformers' AutoModelForCausalLM and AutoTokenizer; gguf: one "
-                             "file for llama.cpp and Ollama (bpe tokenizers); onnx: one graph for onnxruntime")
+                             "file for llama.cpp and Ollama (characters, words and bpe tokenizers); onnx: one "
+                             "graph for onnxruntime")
     export.add_argument("out", help="the new folder (hf) or file (gguf, onnx)")
     last_flag(export)
     export.set_defaults(handler=export_command)
