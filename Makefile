@@ -15,7 +15,7 @@ export REPYTILIAN_DATA := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: install demo test test-avx2 screenshots clean
+.PHONY: install demo test test-avx2 screenshots docs docs-serve tutorial clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,22 @@ SCREENSHOTS := playground.png playground-card.png inside-attention.png inside-le
 screenshots: install
 	$(PY) -m pytest -q tests/test_serve.py -k "browser"
 	cd tests/artifacts && cp $(SCREENSHOTS) ../../docs/
+
+# The documentation site (MkDocs, Material theme) from docs/, into build/site: a broken link, an
+# anchor that is not there or a page missing from the navigation fails the build.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+# docs/tutorial.ipynb, top to bottom in a fresh Jupyter kernel (about a minute on 2 cores)
+tutorial: $(VENV)/.docs-installed
+	$(PY) scripts/run_tutorial.py
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[docs,notebook]"
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -17,7 +17,11 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "on_screen":
+        from .cli.progress import on_screen
+
+        return on_screen
     raise AttributeError(name)
 
 
-__all__ = ["RepytilianError", "load_model", "train", "TrainOptions", "LanguageModel", "__version__"]
+__all__ = ["RepytilianError", "load_model", "train", "TrainOptions", "LanguageModel", "on_screen", "__version__"]

@@ -172,7 +172,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # For short time budgets (`-s speedrun --budget 90`): fewer layers for more steps, a higher LR,
     # a short warm-up, and Muon. Measured at 90 s on 2 cores with AdamW: val 1.73 (3 layers, lr 3e-3)
     # against 1.74 (4 layers, lr 3e-3), 1.82 (the default's lr 2e-3) and 1.88 (context 128, batch
-    # 8); Muon then took the 3-layer model from about 1.70 to 1.63 (README, Benchmarks).
+    # 8); Muon then took the 3-layer model from about 1.70 to 1.63 (docs/benchmarks.md).
     "speedrun": dict(n_layer=3, n_head=4, n_embd=128, block_size=64, dropout=0.0,
                      batch_size=16, learning_rate=3e-3, min_lr=3e-4, beta2=0.99, warmup_iters=50,
                      optimizer="muon"),
@@ -195,7 +195,7 @@ TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
 # Architectures (model fields on top of any -s preset). "classic" is the lecture's GPT (GPT-2's
 # layout; biases as the preset says: GPT-2 has them, nanoGPT's `tiny` recipe not); "modern" swaps
-# in what later GPTs use, chosen by measurement (README, "Architecture").
+# in what later GPTs use, chosen by measurement (docs/benchmarks.md).
 # The lecture's steps, from the bigram table to the GPT (`repytilian ladder` trains each in turn):
 # what each adds is in LECTURE_STEPS. The table is kept as two matrices (wte, lm_head untied), whose
 # product can be any vocab x vocab table when n_embd is at least the vocabulary.

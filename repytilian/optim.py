@@ -4,7 +4,7 @@ Muon orthogonalises each 2-D update with a few Newton-Schulz iterations; with
 `adjust_lr_fn="match_rms_adamw"` its steps have AdamW's size, so one learning rate and schedule
 serve both. Embeddings, the output head, gains and biases stay on AdamW, as Muon's authors use
 it. Measured on 2 CPU cores: the speedrun preset reached val 1.63 in 90 s with Muon against
-about 1.70 with AdamW alone, though each step costs about 40% more (README, "Architecture").
+about 1.70 with AdamW alone, though each step costs about 40% more (docs/benchmarks.md).
 
 `torch.optim.Muon` runs its iteration in bf16, always: on a CPU without native bf16 that is
 about 100x slower matmuls, and a Muon step there cost more than the whole forward and backward

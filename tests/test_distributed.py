@@ -197,8 +197,8 @@ def test_training_on_a_cpu_makes_no_cuda_call(corpus_file, tmp_path, monkeypatch
     assert result.state.step == 3 and result.saved_to is not None
 
 
-def test_the_readme_torchrun_lines_parse():
-    """README "Scaling up": torchrun's parser takes each line, and ours takes what it passes on."""
+def test_the_scaling_pages_torchrun_lines_parse():
+    """docs/scaling.md: torchrun's parser takes each line, and ours takes what it passes on."""
     import argparse
     import shlex
 
@@ -206,7 +206,7 @@ def test_the_readme_torchrun_lines_parse():
 
     from repytilian.cli.train import add_train_arguments
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    text = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8").replace("\\\n", " ")
     lines = [line for line in text.splitlines() if line.startswith("torchrun ")]
     assert len(lines) >= 3 and any("--standalone" in line for line in lines)
     ours = argparse.ArgumentParser(prog="training.py")

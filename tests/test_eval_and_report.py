@@ -83,6 +83,19 @@ def test_no_matplotlib_means_a_note_not_a_crash(tmp_path, monkeypatch):
     assert not (tmp_path / "loss.png").exists()
 
 
+def test_drawing_the_loss_leaves_the_programs_plotting_backend_alone(tmp_path):
+    """Was: matplotlib.use("Agg"), so a notebook's inline plots stopped showing once a loss plot was drawn."""
+    matplotlib = pytest.importorskip("matplotlib")
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        out = plot_loss([{"step": s, "tokens": 10 * s, "train_loss": 2.0 / s, "val_loss": 2.1 / s, "lr": 1e-3}
+                         for s in (1, 2, 3)], tmp_path / "loss.png")
+        assert out.read_bytes().startswith(b"\x89PNG") and matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)
+
+
 def test_model_card_of_an_unfinished_run():
     card = model_card({"model": {"n_layer": 2}, "tokenizer": "words",
                        "summary": {"last_eval": {"step": 7, "train_loss": 3.0, "val_loss": 3.1}}})

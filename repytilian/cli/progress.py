@@ -1,6 +1,7 @@
 """Progress for people: the library's `Progress` events (events.py) drawn as a tqdm bar on a
-terminal, as plain periodic lines anywhere else. The library only counts; drawing is the
-command line's.
+terminal, as a notebook's own bar in Jupyter (and Colab), as plain periodic lines anywhere else.
+The library only counts; drawing is the command line's, and `on_screen()`'s for a program or a
+notebook that asks for it.
 
 A bar redraws itself with carriage returns; written to a log file or a pipe (`2> log`, `| tee`)
 those frames pile up on one line. Off a terminal the same information (count, share, the bar's
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from ..events import Progress
+from ..events import Listener, Progress, in_words
 
 
 class LineProgress:
@@ -73,9 +74,43 @@ def progress(total: int | None, unit: str, desc: str, enabled: bool = True, init
     """A tqdm bar on a terminal (stderr), LineProgress elsewhere, or a bar that shows nothing."""
     if not enabled:
         return tqdm(total=total, disable=True)
+    if in_notebook():
+        bar = _notebook_bar(total=total, initial=initial, unit=unit, desc=desc, delay=delay, **bar)
+        if bar is not None:
+            return bar
     if sys.stderr.isatty():
         return tqdm(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr, delay=delay, **bar)
     return LineProgress(total, unit, desc, initial, sys.stderr, every, delay)
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (a notebook, Colab), where stderr is no terminal but a
+    bar of carriage-return frames would pile up in the cell's output."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _notebook_bar(**options: Any) -> Any:
+    """tqdm's notebook bar (a widget), or None where ipywidgets is missing (then plain lines)."""
+    options.pop("dynamic_ncols", None)
+    try:
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm(**options)
+    except ImportError:
+        return None
+
+
+def on_screen(log=print) -> Listener:
+    """Events as the command line shows them, for a program or a notebook: each event's words
+    through `log`, progress as bars (`train(options, on_event=repytilian.on_screen())`)."""
+    bars, words = Bars(), in_words(log)
+
+    def listener(event: Any) -> None:
+        (bars if isinstance(event, Progress) else words)(event)
+
+    return listener
 
 
 # Per task: seconds between lines off a terminal, seconds before anything shows (quick work says

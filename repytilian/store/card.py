@@ -29,17 +29,17 @@ def read_metrics(model_dir: Path) -> list[dict[str, Any]]:
 def plot_loss(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
     """Train and val loss against steps (tokens on the top axis), LR on a second axis; None without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
+        # A Figure of its own, not pyplot's: drawing a file never switches the backend of the
+        # program around it (a notebook's inline plots went on as files once this ran)
         import matplotlib.ticker
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     if not metrics:
         raise RepytilianError("no evaluations to plot yet (metrics.jsonl is empty or missing)")
     steps = [m["step"] for m in metrics]
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    fig = Figure(figsize=(8, 4.8), dpi=120)
+    ax = fig.subplots()
     ax.plot(steps, [m["train_loss"] for m in metrics], marker="o", markersize=3, label="train loss")
     ax.plot(steps, [m["val_loss"] for m in metrics], marker="o", markersize=3, label="val loss")
     ax.set_xlabel("step")
@@ -61,7 +61,6 @@ def plot_loss(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path
         ax.set_title(title, fontsize=10, pad=28)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 

@@ -4,7 +4,7 @@ tokenizer, with its `o200k_base` encoding (200,019 tokens) or another one (`--en
 
 tiktoken downloads an encoding's file once and caches it (`TIKTOKEN_CACHE_DIR`); with no network
 and no cached copy these tokenizers cannot work, and say so. Note the size: a 50,257- or
-200,019-token embedding table dwarfs a small model (see the README's tokenizer table).
+200,019-token embedding table dwarfs a small model (see the tokenizer table of docs/data.md).
 """
 from __future__ import annotations
 
