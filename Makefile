@@ -15,7 +15,7 @@ export REPYTILIAN_DATA := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: install demo test test-avx2 screenshots docs docs-serve tutorial clean
+.PHONY: install demo test test-avx2 screenshots docs docs-serve tutorial gpu-check gpu-check-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,14 @@ docs-serve: $(VENV)/.docs-installed
 # docs/tutorial.ipynb, top to bottom in a fresh Jupyter kernel (about a minute on 2 cores)
 tutorial: $(VENV)/.docs-installed
 	$(PY) scripts/run_tutorial.py
+
+# Every GPU path run and measured on a CUDA machine (benchmarks/gpu_check.py says what it needs there);
+# the dry run goes through the same steps on a CPU, tiny and short, as CI does.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --json gpu-check.json
+
+gpu-check-dry-run: install
+	$(PY) benchmarks/gpu_check.py --dry-run --json build/gpu-check-dry-run.json
 
 $(VENV)/.docs-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[docs,notebook]"

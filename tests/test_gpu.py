@@ -1,0 +1,174 @@
+"""The CUDA path, on a real GPU: run by `make gpu-check` (benchmarks/gpu_check.py) on a CUDA machine.
+
+Each test skips where torch sees no CUDA GPU, so on a CPU they cost nothing and say why. What
+they cover: training steps in bf16, in float16 with the gradient scaler and in float32; exact
+resume on CUDA; torch.compile (on by default on CUDA) against eager; KV-cached greedy decoding
+against the full forward pass; torchrun with NCCL on one GPU; the server generating on CUDA; GPU
+memory given back after a run.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, TINY_OVERRIDES, make_corpus
+
+from repytilian.api import TrainOptions, train
+from repytilian.data import DataSource
+from repytilian.train import StopRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("gpu") / "corpus.txt"
+    path.write_text(make_corpus(), encoding="utf-8")
+    return path
+
+
+def options(corpus: Path, out: Path | None, steps: int = 40, **kw) -> TrainOptions:
+    overrides = {**TINY_OVERRIDES, "max_iters": steps, "compile": False, "dtype": "bfloat16", "dropout": 0.1,
+                 **kw.pop("overrides", {})}
+    return TrainOptions(**{"data": DataSource("file", str(corpus)), "device": "cuda", "progress": False, "seed": 1,
+                           "overrides": overrides, "out": str(out) if out else None,
+                           "interrupt_root": str(corpus.parent / "models"), **kw})
+
+
+def same_weights(a, b) -> bool:
+    a, b = a.language_model.model.state_dict(), b.language_model.model.state_dict()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_training_steps_learn_in_each_number_format(corpus, dtype):
+    result = train(options(corpus, None, steps=60, overrides={"dtype": dtype}))
+    metrics = result.state.metrics
+    assert result.val_loss is not None and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert next(result.language_model.model.parameters()).device.type == "cuda"
+
+
+def test_float16_trains_with_the_gradient_scaler(corpus):
+    from repytilian.train import Trainer
+
+    seen = []
+    real_step = Trainer.train_step
+
+    def watching(self, *args, **kwargs):
+        seen.append(self.scaler is not None and self.scaler.is_enabled())
+        return real_step(self, *args, **kwargs)
+
+    Trainer.train_step = watching
+    try:
+        train(options(corpus, None, steps=5, overrides={"dtype": "float16"}))
+    finally:
+        Trainer.train_step = real_step
+    assert seen and all(seen)
+
+
+def test_resume_on_cuda_is_exact(corpus, tmp_path):
+    straight = train(options(corpus, tmp_path / "a"))
+    again = train(options(corpus, tmp_path / "a2"))
+    assert same_weights(straight, again), "two runs with one seed differ on this GPU: CUDA training is not deterministic"
+    first = train(options(corpus, tmp_path / "b", stop=StopRequest(at_step=20)))
+    assert first.stopped_by and first.state.step == 20
+    resumed = train(TrainOptions(load=str(first.saved_to), out=str(tmp_path / "b"), device="cuda", progress=False,
+                                 interrupt_root=str(tmp_path / "models")))
+    assert resumed.state.step == 40 and same_weights(straight, resumed)
+
+
+def test_compiled_training_learns_as_eager_does(corpus):
+    eager = train(options(corpus, None, steps=60))
+    compiled = train(options(corpus, None, steps=60, overrides={"compile": True}))
+    a, b = eager.state.metrics[-1]["val_loss"], compiled.state.metrics[-1]["val_loss"]
+    assert abs(a - b) < 0.05, (a, b)  # compiled kernels round differently, not learn differently
+
+
+def test_compile_is_on_by_default_on_cuda(corpus):
+    from repytilian.train import Trainer
+
+    compiled = []
+    real_init = Trainer.__init__
+
+    def watching(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        compiled.append(hasattr(self.model, "_orig_mod") or "Compiled" in type(self.model).__name__)
+
+    Trainer.__init__ = watching
+    try:
+        overrides = {k: v for k, v in TINY_OVERRIDES.items()}
+        train(TrainOptions(data=DataSource("file", str(corpus)), device="cuda", progress=False, out=None,
+                           overrides={**overrides, "max_iters": 3}))
+    finally:
+        Trainer.__init__ = real_init
+    assert compiled == [True]
+
+
+def test_cached_greedy_decoding_equals_the_full_forward_pass(corpus):
+    from repytilian.sampling import SamplingOptions, sample_ids
+
+    lm = train(options(corpus, None, steps=60)).language_model
+    ids = lm.tokenizer.encode("the king")
+    greedy = SamplingOptions(temperature=0)
+    n = lm.model.config.block_size - len(ids)
+    cached = sample_ids(lm.model, ids, n, greedy, use_cache=True)
+    full = sample_ids(lm.model, ids, n, greedy, use_cache=False)
+    assert [int(t) for t in cached] == [int(t) for t in full]
+
+
+def test_torchrun_on_one_gpu_trains_and_nccl_connects(corpus, tmp_path):
+    """One GPU holds one NCCL rank (NCCL refuses two ranks on one device), so torchrun runs one
+    process here (a world of one: no group needed) and NCCL is checked by a group of one; two
+    processes over NCCL need a machine with two GPUs."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([*launcher, str(ROOT / "training.py"), "-d", str(corpus), "--iters", "30", *TINY,
+                           "--device", "cuda", "-m", str(tmp_path / "m")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "device cuda" in done.stderr and (tmp_path / "m" / "model.safetensors").is_file()
+    script = ("import torch, torch.distributed as dist\n"
+              "dist.init_process_group('nccl')\n"
+              "t = torch.ones(4, device='cuda')\n"
+              "dist.all_reduce(t)\n"
+              "print('nccl all_reduce', t.sum().item(), dist.get_backend())\n"
+              "dist.destroy_process_group()\n")
+    (tmp_path / "nccl.py").write_text(script)
+    done = subprocess.run([*launcher, str(tmp_path / "nccl.py")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "nccl all_reduce 4.0 nccl" in done.stdout, done.stderr[-3000:]
+
+
+def test_the_server_generates_on_cuda(corpus, tmp_path):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    import httpx
+    from test_serve import RealServer
+
+    train(options(corpus, tmp_path / "models" / "tiny", steps=30))
+    server = RealServer(tmp_path / "models", "--device", "cuda")
+    try:
+        answer = httpx.post(f"{server.url}/v1/completions", json={"model": "tiny", "prompt": "the king",
+                                                                 "max_tokens": 16, "temperature": 0}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["completion_tokens"] == 16
+    finally:
+        server.stop()
+
+
+def test_gpu_memory_is_given_back_after_a_run(corpus):
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    result = train(options(corpus, None, steps=20))
+    assert torch.cuda.memory_allocated() > before  # the trained model is on the GPU...
+    del result
+    gc.collect()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() <= before + 1024 * 1024  # ...and nothing is left once it is gone
