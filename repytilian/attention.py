@@ -21,6 +21,8 @@ import math
 import torch
 from torch.nn import functional as F
 
+from .dropout import dropout_mask
+
 EXPLICIT_ATTENTION_MAX_T = 256
 
 
@@ -30,7 +32,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     start+T, hs) keys and values: each query sees its own position and those before it."""
     T, end = q.size(-2), k.size(-2)
     if start == 0:
-        if q.device.type == "cpu" and v.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T:
+        # With dropout a CPU takes the written-out way too: its masks cost a tenth of the fused kernel's
+        if q.device.type == "cpu" and (dropout_p > 0.0 or v.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T):
             return explicit_causal_attention(q, k, v, dropout_p)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if T == 1:  # one new token after the cached ones sees them all: nothing to mask
@@ -47,9 +50,11 @@ def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     # addition needs no work in the backward pass (measured: 2-10% of a bf16 `tiny` step).
     future = torch.full((T, T), float("-inf"), dtype=scores.dtype, device=q.device).triu(1)
     weights = (scores + future).softmax(dim=-1)
-    if dropout_p > 0.0:
-        weights = F.dropout(weights, dropout_p)
-    return weights @ v
+    if dropout_p <= 0.0:
+        return weights @ v
+    kept, scale = dropout_mask(weights, dropout_p)
+    zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
+    return torch.where(kept, weights, zero) @ v * scale  # scaled as the (T, hs) result, not the (T, T) weights
 
 
 class KVCache:

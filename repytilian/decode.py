@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .dropout import Dropout
 from .events import note
 from .model import GPT
 from .runtime.precision import PROBE_SECONDS, decoding_dtype
@@ -83,7 +84,7 @@ def _lean(child: nn.Module, dtype: torch.dtype):
         return DecodingLinear(child, dtype)
     if isinstance(child, (nn.LayerNorm, nn.RMSNorm)):
         return DecodingNorm(child)
-    if isinstance(child, nn.Dropout):
+    if isinstance(child, (nn.Dropout, Dropout)):
         return _no_dropout
     if isinstance(child, nn.Embedding):
         return DecodingEmbedding(child)

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from .attention import KVCache, causal_attention
 from .config import ACTIVATION_NAMES, RMS_EPS, ROPE_THETA, ModelConfig  # noqa: F401 (ModelConfig: for importers)
+from .dropout import Dropout
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +92,7 @@ class CausalSelfAttention(nn.Module):
         # query, key and value for all heads in one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
@@ -131,7 +132,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.gated else hidden, bias=config.bias)
         self.activation = ACTIVATIONS[config.activation]
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)
@@ -172,7 +173,7 @@ class GPT(nn.Module):
         self.config = config
         parts = dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
+            drop=Dropout(config.dropout),
             h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
             ln_f=make_norm(config, config.n_embd),
         )

@@ -26,6 +26,7 @@ from ..config import (
 )
 from ..data.conversations import ChatData, chat_data
 from ..data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
+from ..dropout import Dropout
 from ..errors import RepytilianError, SettingError
 from ..events import (
     Listener,
@@ -89,7 +90,7 @@ def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
 
 def _set_dropout(model: GPT, p: float) -> GPT:
     for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+        if isinstance(module, (torch.nn.Dropout, Dropout)):
             module.p = p
         elif hasattr(module, "dropout") and isinstance(module.dropout, float):
             module.dropout = p

@@ -1,0 +1,68 @@
+"""Dropout with cheap masks (dropout.py): the same expectation and modes as nn.Dropout."""
+import pytest
+import torch
+
+from repytilian.attention import explicit_causal_attention
+from repytilian.dropout import Dropout, dropout, dropout_mask
+from repytilian.model import GPT, ModelConfig
+
+
+def test_values_are_kept_with_probability_one_minus_p_and_scaled_to_keep_the_mean():
+    torch.manual_seed(0)
+    ones = torch.ones(4_000_000)
+    for p in (0.1, 0.2, 0.5):
+        kept, scale = dropout_mask(ones, p)
+        share = kept.float().mean().item()
+        assert abs(share - (1 - p)) < 0.002  # 4M draws: a standard deviation of 0.00025 at most
+        dropped = round(p * 65536)
+        assert scale == 65536 / (65536 - dropped)  # the exact inverse of the share kept on average
+        out = dropout(ones, p)
+        assert set(out.unique().tolist()) <= {0.0, torch.tensor(scale).float().item()}  # float32 as the data
+        assert abs(out.mean().item() - 1) < 0.003
+
+
+def test_the_mean_over_masks_is_the_input():
+    torch.manual_seed(1)
+    x = torch.randn(64, 32)
+    mean = torch.stack([dropout(x, 0.1) for _ in range(3000)]).mean(0)
+    assert torch.allclose(mean, x, atol=0.05 * x.abs().max().item())
+
+
+def test_the_gradient_flows_through_the_kept_values_only():
+    torch.manual_seed(2)
+    x = torch.randn(1000, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout(x, 0.3)
+    y.sum().backward()
+    torch.manual_seed(3)
+    kept, scale = dropout_mask(x, 0.3)
+    assert torch.equal(x.grad, kept.float() * scale)
+
+
+def test_nothing_changes_in_evaluation_or_without_dropout():
+    x = torch.randn(8, 8)
+    layer = Dropout(0.5).eval()
+    assert layer(x) is x
+    assert dropout(x, 0.0) is x and torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    assert repr(Dropout(0.1)) == "Dropout(p=0.1)"
+
+
+def test_a_model_with_dropout_in_evaluation_is_the_model_without():
+    cfg = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    with_dropout = GPT(ModelConfig(**cfg, dropout=0.3))
+    without = GPT(ModelConfig(**cfg, dropout=0.0))
+    without.load_state_dict(with_dropout.state_dict())
+    ids = torch.randint(0, 20, (3, 16))
+    assert torch.equal(with_dropout.eval()(ids)[0], without.eval()(ids)[0])
+    with_dropout.train()
+    assert not torch.equal(with_dropout(ids)[0], without(ids)[0])  # in training it drops
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_weights_dropped_keep_the_attentions_mean(dtype):
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 12, 8, dtype=dtype) for _ in range(3))
+    whole = explicit_causal_attention(q, k, v, 0.0).float()
+    mean = torch.stack([explicit_causal_attention(q, k, v, 0.2).float() for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean, whole, atol=0.06)
