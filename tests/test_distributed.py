@@ -197,33 +197,6 @@ def test_training_on_a_cpu_makes_no_cuda_call(corpus_file, tmp_path, monkeypatch
     assert result.state.step == 3 and result.saved_to is not None
 
 
-def test_the_scaling_pages_torchrun_lines_parse():
-    """docs/scaling.md: torchrun's parser takes each line, and ours takes what it passes on."""
-    import argparse
-    import shlex
-
-    from torch.distributed.run import parse_args
-
-    from repytilian.cli.train import add_train_arguments
-
-    text = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8").replace("\\\n", " ")
-    lines = [line for line in text.splitlines() if line.startswith("torchrun ")]
-    assert len(lines) >= 3 and any("--standalone" in line for line in lines)
-    ours = argparse.ArgumentParser(prog="training.py")
-    add_train_arguments(ours)
-    for line in lines:
-        launcher = parse_args(shlex.split(line)[1:])
-        assert launcher.nproc_per_node in ("4", "8")
-        rest = launcher.training_script_args
-        if launcher.module:
-            assert launcher.training_script == "repytilian" and rest[0] == "train"
-            rest = rest[1:]
-        else:
-            assert launcher.training_script == "training.py"
-        args = ours.parse_args(rest)
-        assert args.settings == "hyper"
-
-
 @pytest.mark.slow
 def test_a_single_process_checkpoint_resumes_on_two_processes(job):
     here, args = job
