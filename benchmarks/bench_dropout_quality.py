@@ -1,0 +1,64 @@
+"""Quality per time with and without dropout on the attention weights: the shipped `v3c` recipe (6x144,
+context 128, batch 32, modern, Muon, dropout 0.1) trained for the same time, each variant in a fresh
+process, the whole validation split of Tiny Shakespeare scored at the end.
+
+    python benchmarks/bench_dropout_quality.py [--budget 900] [--variants everywhere,residual]
+
+`everywhere`: dropout on the embeddings, the attention weights and both residual branches of each
+block (the recipe as shipped); `residual`: the same without the attention weights' dropout, which
+lets a CPU keep its fused attention (see bench_dropout.py for what each costs a step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RECIPE = dict(n_layer=6, n_head=6, n_embd=144, block_size=128, batch_size=32, dropout=0.1, eval_interval=500,
+              warmup_iters=100, learning_rate=3e-3, min_lr=3e-4)
+
+
+def one(variant: str, budget: float) -> dict:
+    from repytilian.api import TrainOptions, train
+    from repytilian.model import GPT
+
+    if variant == "residual":  # every block's attention keeps its weights whole
+        built = GPT.__init__
+
+        def without_attention_dropout(self, config):
+            built(self, config)
+            for block in self.transformer.h:
+                block.attn.dropout = 0.0
+        GPT.__init__ = without_attention_dropout
+    result = train(TrainOptions(settings="speedrun", arch="modern", iterations="forever", out=None, progress=False,
+                                seed=1337, overrides={**RECIPE, "max_seconds": budget}))
+    return {"variant": variant, "budget_s": budget, "steps": result.state.step, "val_loss_full": result.val_loss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=900)
+    parser.add_argument("--variants", default="everywhere,residual")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.budget)))
+        return
+    from repytilian.runtime.cpu import cpu_name
+
+    print(f"v3c recipe, {args.budget:g} s of training each, {cpu_name()}, {date.today().isoformat()}", flush=True)
+    for variant in args.variants.split(","):
+        done = subprocess.run([sys.executable, __file__, "--one", variant, "--budget", str(args.budget)],
+                              capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{variant:12s} {row['steps']:6,} steps  whole-split val loss {row['val_loss_full']:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
