@@ -112,7 +112,10 @@ def train_hyper(env: dict, budget: float, dry_run: bool, out: Path) -> dict:
     config = json.loads((out / "config.json").read_text())
     summary, model = config["summary"], config["model"]
     tokens_per_s = summary["tokens_seen"] / summary["train_seconds"]
-    flops_per_token = 6 * summary["parameters"] + 12 * model["n_layer"] * model["block_size"] * model["n_embd"]
+    from repytilian.cli.bench import model_flops_per_token
+
+    flops_per_token = model_flops_per_token(summary["parameters"], model["n_layer"], model["block_size"],
+                                            model["n_embd"])
     header = next((line for line in done.stderr.splitlines() if line.startswith("model:")), "")
     return {"preset": preset, "exit_code": 0, "budget_s": budget, "wall_s": round(wall, 1),
             "steps": summary["step"], "tokens": summary["tokens_seen"], "train_seconds": summary["train_seconds"],

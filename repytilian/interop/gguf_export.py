@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..chat_format import TEMPLATE, ChatFormat
 from ..config import RMS_EPS, ROPE_THETA
 from ..errors import RepytilianError
 from ..model import GPT
@@ -108,8 +107,8 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: str | Path, name: str = "
         else:
             w.add_layer_norm_eps(1e-5)
         _add_vocabulary(w, vocab)
-        if ChatFormat.of(tokenizer) is not None:
-            w.add_chat_template(TEMPLATE)  # how llama.cpp (and Ollama, LM Studio) render a conversation
+        if vocab.chat_template is not None:
+            w.add_chat_template(vocab.chat_template)
         for tensor_name, array in tensors.items():
             w.add_tensor(tensor_name, array)
         w.write_header_to_file()

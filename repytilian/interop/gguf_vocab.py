@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..chat_format import ChatFormat
+from ..chat_format import TEMPLATE, ChatFormat
 from ..errors import RepytilianError
 from ..tokenizers import Tokenizer
 
@@ -39,6 +39,7 @@ class GGUFVocabulary:
     merges: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     unknown: int | None = None  # the added `<unk>` row's id, for the unigram tokenizer
+    chat_template: str | None = None  # how llama.cpp (and Ollama, LM Studio) render a conversation
 
     @property
     def added_rows(self) -> int:
@@ -51,13 +52,16 @@ def gguf_vocabulary(tokenizer: Tokenizer) -> GGUFVocabulary:
     if tokenizer.name == "bpe" and getattr(tokenizer, "hf", None) is not None:
         tokens, merges, types = bpe_vocabulary(tokenizer)
         end = chat.end if chat is not None else end_of_text_id(tokens, types)  # a chat's answer ends its turn
-        return GGUFVocabulary("gpt2", tokens, types, end, merges=merges)
-    if tokenizer.name in ("characters", "words"):
-        return unigram_vocabulary(tokenizer, chat)
-    raise RepytilianError(
-        f"the {tokenizer.name} tokenizer has no form llama.cpp can load: GGUF export works for models with a "
-        "characters, words or byte-level BPE tokenizer (`tokenizer` characters, words or bpe, or a GPT-2 "
-        "imported from Hugging Face)", ("tokenizer",))
+        vocab = GGUFVocabulary("gpt2", tokens, types, end, merges=merges)
+    elif tokenizer.name in ("characters", "words"):
+        vocab = unigram_vocabulary(tokenizer, chat)
+    else:
+        raise RepytilianError(
+            f"the {tokenizer.name} tokenizer has no form llama.cpp can load: GGUF export works for models with a "
+            "characters, words or byte-level BPE tokenizer (`tokenizer` characters, words or bpe, or a GPT-2 "
+            "imported from Hugging Face)", ("tokenizer",))
+    vocab.chat_template = TEMPLATE if chat is not None else None
+    return vocab
 
 
 def unigram_vocabulary(tokenizer: Tokenizer, chat: ChatFormat | None) -> GGUFVocabulary:
