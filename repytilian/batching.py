@@ -29,7 +29,7 @@ import torch
 
 from .decode import Decoder, choose_dtype
 from .model import GPT
-from .sampling import KEEP_FRACTION, SamplingOptions, draw, probabilities
+from .sampling import KEEP_FRACTION, SamplingOptions, arrival_noise, first_arrival, probabilities
 
 
 @dataclass
@@ -137,10 +137,13 @@ class Batch:
             if opts.temperature == 0:
                 tokens = rows.argmax(dim=-1).tolist()
             else:
-                probs, tokens = probabilities(rows, opts), []
-                for group in groups:
-                    first = len(tokens)
-                    tokens += draw(probs[first:first + len(group.live)], group.generator)[:, 0].tolist()
+                probs = probabilities(rows, opts)
+                noise, first = torch.empty_like(probs), 0
+                for group in groups:  # each group's rows from its own generator, in its order
+                    n = len(group.live)
+                    arrival_noise(noise[first:first + n], group.generator)
+                    first += n
+                tokens = first_arrival(probs, noise).tolist()
             for seq, token in zip(seqs, tokens):
                 seq.tokens.append(token)
                 seq.steps += 1

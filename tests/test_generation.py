@@ -177,3 +177,22 @@ def test_nan_probabilities_are_a_clear_error():
 
     with pytest.raises(RepytilianError, match="invalid probabilities"):
         choose_next(torch.full((1, 5), float("nan")), SamplingOptions(), None)
+
+
+def test_draws_follow_the_probabilities_and_never_pick_a_token_left_out():
+    from repytilian.sampling import draw
+
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).repeat(40_000, 1)
+    ids = draw(probs, torch.Generator().manual_seed(0))[:, 0]
+    shares = torch.bincount(ids, minlength=4) / len(ids)
+    # a share's standard error is at most 0.0025 here: 0.01 is four of them (and the seed is fixed)
+    assert torch.allclose(shares, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.01), shares
+    assert shares[3] == 0
+
+
+def test_a_zero_wait_on_a_token_left_out_is_not_an_error_and_not_drawn():
+    from repytilian.sampling import first_arrival
+
+    probs = torch.tensor([[0.0, 0.25, 0.75], [0.0, 0.25, 0.75]])
+    noise = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # exponential_ gives 0 once in 2^24 values
+    assert first_arrival(probs, noise).tolist() == [2, 1]
