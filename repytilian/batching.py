@@ -29,7 +29,13 @@ import torch
 
 from .decode import Decoder, choose_dtype
 from .model import GPT
-from .sampling import KEEP_FRACTION, SamplingOptions, arrival_noise, first_arrival, probabilities
+from .sampling import (
+    KEEP_FRACTION,
+    SamplingOptions,
+    arrival_noise,
+    first_arrival,
+    probabilities,
+)
 
 
 @dataclass

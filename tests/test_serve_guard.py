@@ -1,5 +1,8 @@
 """Who may talk to `repytilian serve`, against the real server on 127.0.0.1: requests addressed to
 other hosts (DNS rebinding), other sites' pages, bodies that are not JSON, and an API key."""
+import json
+from pathlib import Path
+
 import pytest
 from conftest import run_script
 from test_serve import TEXT, RealServer, browser_page, models  # noqa: F401 - the module's models folder
@@ -213,3 +216,40 @@ def test_a_client_gone_mid_body_leaves_no_traceback(guarded):
     with httpx.Client(base_url=guarded.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
         assert c.get("/api/status").status_code == 200
     assert not [line for line in guarded.lines[before:] if "Traceback" in line or "failed" in line], guarded.lines
+
+
+def test_a_model_is_found_by_its_path_exactly_as_the_scan_lists_it(tmp_path):
+    """`find` looks along the id's path only; it must agree with the scan of the whole folder."""
+    from repytilian.serve.registry import ModelNotFound, Registry
+
+    root, outside = tmp_path / "models", tmp_path / "outside"
+
+    def model(folder: Path, valid: bool = True) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"format": "repytilian-model", "tokenizer": "characters"} if valid else {}
+        (folder / "config.json").write_text(json.dumps(meta))
+
+    for name in ("a/m1", "a/m1/nested", "b", "g/h/i/j", "g/h/i/j2/k", ".hidden/m", "bad/m", "x/y/z"):
+        model(root / name)
+    model(root / "bad", valid=False)  # not a model: the scan looks inside it
+    (root / "x" / ".new.live.jsonl").write_text("{}\n")  # a first run, its folder not made yet
+    (root / "x" / ".y.live.jsonl").write_text("{}\n")  # beside a folder that exists
+    (root / "x" / ".f.live.jsonl").write_text("{}\n")  # beside a file of that name
+    (root / "x" / "f").write_text("")
+    (root / "x" / ".gone.live.jsonl").symlink_to(outside / "live.jsonl")
+    model(outside / "m")
+    (outside / "live.jsonl").write_text("{}\n")
+    (root / "out").symlink_to(outside)
+    (root / "inlink").symlink_to(root / "a")
+    registry = Registry(root=root)
+
+    listed = {info.id: info for info in registry.scan(training=True)}
+    assert set(listed) == {"a/m1", "b", "g/h/i/j", "bad/m", "x/y/z", "x/new", "inlink/m1"}
+    for model_id, info in listed.items():
+        found = registry.find(model_id, training=True)
+        assert (found.id, found.path, found.ready) == (info.id, info.path, info.ready)
+    others = ["a", "a/m1/nested", "g/h/i/j2/k", ".hidden/m", "bad", "x/y", "x/f", "x/gone", "out/m", "../outside/m",
+              "a/../b", "/b", "b/", "", "a//m1", "x", "missing", str(root / "b")]
+    for model_id in others:
+        with pytest.raises(ModelNotFound):
+            registry.find(model_id, training=True)
