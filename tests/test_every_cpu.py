@@ -79,7 +79,7 @@ def test_an_avx2_only_cpu_is_known_without_timing_bf16(tmp_path):
     seen = json.loads(out.stdout)
     assert not seen["native"] and "AVX2" in seen["why"]
     assert seen["auto"] == "float32" and seen["timed"] == []  # nothing timed: the answer was known
-    assert seen["decode"] == "torch.float32"
+    assert seen["decode"] in ("torch.float32", "torch.float16")  # never emulated bf16: float16 where measured faster
     # asked for all the same: it trains in bf16, after one line that says what it costs
     (warning,) = seen["warnings"]
     assert seen["asked"] == "bfloat16" and "no native bf16" in warning and "x slower than float32" in warning

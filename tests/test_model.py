@@ -205,3 +205,22 @@ def test_decoding_leaves_the_model_as_it_was_and_shares_its_weights():
     _, loss = model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
     loss.backward()  # the model still trains after a decoder was made from it
     assert model.lm_head.weight.grad is not None
+
+
+def test_float16_decoding_steps_few_rows_in_float16_and_more_in_float32():
+    from repytilian.decode import HALF_ROWS, Decoder
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    exact, half = Decoder(model, HALF_ROWS + 1, torch.float32), Decoder(model, HALF_ROWS + 1, torch.float16)
+    prompt = torch.randint(0, 11, (HALF_ROWS + 1, 5))
+    for rows in (1, HALF_ROWS, HALF_ROWS + 1):
+        exact.reset(), half.reset()
+        # the prompt (5 tokens a row: more than HALF_ROWS rows of the product) goes through float32 in both
+        assert torch.equal(half.forward(prompt[:rows]), exact.forward(prompt[:rows]))
+        step = torch.randint(0, 11, (rows, 1))
+        want, got = exact.forward(step), half.forward(step)
+        if rows > HALF_ROWS:
+            assert torch.equal(got, want)
+        else:  # float16 weights: close, not equal (10 bits of mantissa)
+            assert not torch.equal(got, want) and torch.allclose(got, want, atol=2e-2, rtol=1e-2)

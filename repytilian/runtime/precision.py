@@ -297,22 +297,26 @@ class DtypeRecheck:
 
 
 def decoding_dtype_candidates(device: torch.device) -> tuple[torch.dtype, ...]:
-    """The weight formats worth timing for decoding here (bf16 only where it is native)."""
-    return (torch.float32, torch.bfloat16) if fast_bf16(device) else (torch.float32,)
+    """The weight formats worth timing for decoding here: float32; float16 on any CPU (its matrix-
+    vector kernel converts as it reads, with F16C on AVX2: half the bytes of a step bound by reading
+    its weights); bf16 only where it is native (emulated, a prefill through it is ~100x slower)."""
+    if device.type != "cpu":
+        return (torch.float32,)
+    return (torch.float32, torch.float16) + ((torch.bfloat16,) if fast_bf16(device) else ())
 
 
-# Decoding one token at a time is overhead-bound below this width: bf16 only adds conversions.
-BF16_DECODING_MIN_WIDTH = 256
+# Decoding one token at a time is overhead-bound below this width: 16-bit weights only add conversions.
+HALF_DECODING_MIN_WIDTH = 256
 
 
 def decoding_dtype(device: torch.device, width: int, seconds_per_token) -> torch.dtype:
     """The format of the matrices for generating on `device` with a model `width` wide: bf16 on a
-    GPU that has it; on a CPU, float32 unless bf16 is native, the model wide enough for the
-    weights' bytes to matter, and `seconds_per_token(dtype)` (a bounded timing) says bf16 is faster."""
+    GPU that has it; on a CPU, float32 unless the model is wide enough for the weights' bytes to
+    matter and `seconds_per_token(dtype)` (a bounded timing) says a 16-bit format is faster."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     candidates = decoding_dtype_candidates(device)
-    if device.type != "cpu" or width < BF16_DECODING_MIN_WIDTH or len(candidates) == 1:
+    if device.type != "cpu" or width < HALF_DECODING_MIN_WIDTH or len(candidates) == 1:
         return torch.float32
     timings = {dtype: seconds_per_token(dtype) for dtype in candidates}
     return min(timings, key=timings.get)
