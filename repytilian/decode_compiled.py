@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.nn import functional as F
 
 from .events import note
 from .model import GPT
@@ -47,7 +46,11 @@ class FixedCache:
         keys, values = self.keys[layer], self.values[layer]
         keys.view(-1, nh * hs).index_copy_(0, self.flat, k.reshape(B, nh * hs))
         values.view(-1, nh * hs).index_copy_(0, self.flat, v.reshape(B, nh * hs))
-        return F.scaled_dot_product_attention(q, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=self.mask)
+        # Written out, not F.scaled_dot_product_attention: compiled, this is one fused loop per layer
+        # (measured on a 2-core AVX2 EPYC, bpe: 442-458 us a step against 478-481 through the
+        # CPU's flash-attention kernel, which is made for long queries).
+        scores = torch.matmul(q * q.size(-1) ** -0.5, keys.permute(0, 2, 3, 1)) + self.mask
+        return torch.matmul(scores.softmax(dim=-1), values.transpose(1, 2))
 
     def advance(self, new: int) -> None:  # the caller moves the position on
         pass
