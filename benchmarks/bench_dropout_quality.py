@@ -3,6 +3,7 @@ context 128, batch 32, modern, Muon, dropout 0.1) trained for the same time, eac
 process, the whole validation split of Tiny Shakespeare scored at the end.
 
     python benchmarks/bench_dropout_quality.py [--budget 900] [--variants everywhere,residual]
+    python benchmarks/bench_dropout_quality.py --steps 5000 --variants residual   # the shipped run's length
 
 `everywhere`: dropout on the embeddings, the attention weights and both residual branches of each
 block (the recipe as shipped); `residual`: the same without the attention weights' dropout, which
@@ -24,7 +25,7 @@ RECIPE = dict(n_layer=6, n_head=6, n_embd=144, block_size=128, batch_size=32, dr
               warmup_iters=100, learning_rate=3e-3, min_lr=3e-4)
 
 
-def one(variant: str, budget: float) -> dict:
+def one(variant: str, budget: float, steps: int | None = None) -> dict:
     from repytilian.api import TrainOptions, train
     from repytilian.model import GPT
 
@@ -36,28 +37,35 @@ def one(variant: str, budget: float) -> dict:
             for block in self.transformer.h:
                 block.attn.dropout = 0.0
         GPT.__init__ = without_attention_dropout
-    result = train(TrainOptions(settings="speedrun", arch="modern", iterations="forever", out=None, progress=False,
-                                seed=1337, overrides={**RECIPE, "max_seconds": budget}))
-    return {"variant": variant, "budget_s": budget, "steps": result.state.step, "val_loss_full": result.val_loss}
+    # a time budget, or the shipped run's fixed number of steps (its schedule: warm-up, cosine to the end)
+    length = {"max_iters": steps} if steps else {"max_seconds": budget}
+    result = train(TrainOptions(settings="speedrun", arch="modern", iterations="default" if steps else "forever",
+                                out=None, progress=False, seed=1337, overrides={**RECIPE, **length}))
+    return {"variant": variant, "budget_s": None if steps else budget, "steps": result.state.step,
+            "val_loss_full": result.val_loss, "seconds": result.state.train_seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=900)
     parser.add_argument("--variants", default="everywhere,residual")
+    parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of --budget seconds")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.budget)))
+        print(json.dumps(one(args.one, args.budget, args.steps)))
         return
     from repytilian.runtime.cpu import cpu_name
 
-    print(f"v3c recipe, {args.budget:g} s of training each, {cpu_name()}, {date.today().isoformat()}", flush=True)
+    length = f"{args.steps:,} steps" if args.steps else f"{args.budget:g} s of training"
+    print(f"v3c recipe, {length} each, {cpu_name()}, {date.today().isoformat()}", flush=True)
     for variant in args.variants.split(","):
-        done = subprocess.run([sys.executable, __file__, "--one", variant, "--budget", str(args.budget)],
+        steps = ["--steps", str(args.steps)] if args.steps else []
+        done = subprocess.run([sys.executable, __file__, "--one", variant, "--budget", str(args.budget), *steps],
                               capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{variant:12s} {row['steps']:6,} steps  whole-split val loss {row['val_loss_full']:.4f}", flush=True)
+        print(f"{variant:12s} {row['steps']:6,} steps in {row['seconds']:,.0f} s  whole-split val loss "
+              f"{row['val_loss_full']:.4f}", flush=True)
 
 
 if __name__ == "__main__":

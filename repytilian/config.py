@@ -46,6 +46,10 @@ class ModelConfig:
     n_head: int = setting(4, "attention heads per block", minimum=1)
     n_embd: int = setting(128, "width of the residual stream", minimum=1)
     dropout: float = setting(0.0, "dropout probability")
+    # On a CPU, dropout on the (B, heads, T, T) attention weights is most of dropout's cost (the fused
+    # attention kernel cannot take it); 0 keeps them whole and drops out elsewhere (docs/benchmarks.md)
+    attention_dropout: float | None = setting(None, "dropout probability of the attention weights "
+                                              "(default: the dropout probability)", metavar="P")
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
     activation: str = "gelu"  # of the MLP: gelu, relu (the lecture's first model), relu2, swiglu (Llama), gelu_tanh (OpenAI's GPT-2)
     tie_embeddings: bool = True  # the output head shares the token embedding's matrix
@@ -56,6 +60,11 @@ class ModelConfig:
     # The lecture's steps towards the GPT (--arch bigram, one-head, ...); both True in a GPT
     residual: bool = True  # each block adds its branches to the stream (x = x + f(x)), not replaces it
     mlp: bool = True  # each block has a feed-forward layer after its attention
+
+    @property
+    def attention_p(self) -> float:
+        """The dropout probability of the attention weights."""
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
 
     @property
     def mlp_hidden(self) -> int:
@@ -76,6 +85,8 @@ class ModelConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
         for name, allowed in (("activation", ACTIVATION_NAMES), ("position", POSITIONS), ("norm", NORMS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -95,7 +95,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.dropout = config.dropout
+        self.dropout = config.attention_p
         hs = config.n_embd // config.n_head
         self.q_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None

@@ -66,3 +66,36 @@ def test_attention_weights_dropped_keep_the_attentions_mean(dtype):
     whole = explicit_causal_attention(q, k, v, 0.0).float()
     mean = torch.stack([explicit_causal_attention(q, k, v, 0.2).float() for _ in range(4000)]).mean(0)
     assert torch.allclose(mean, whole, atol=0.06)
+
+
+def test_attention_dropout_defaults_to_dropout_and_can_keep_the_weights_whole():
+    same = GPT(ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    assert same.transformer.h[0].attn.dropout == 0.1  # an older folder (no attention_dropout) trains as before
+    whole = GPT(ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1,
+                            attention_dropout=0.0)).train()
+    block = whole.transformer.h[0]
+    assert block.attn.dropout == 0.0 and block.attn.resid_dropout.p == block.mlp.dropout.p == 0.1
+    # in training the attention is the same twice over (no mask on its weights), the model is not
+    x = torch.randn(2, 8, 16)
+    q, k, v = block.attn.heads(x)
+    from repytilian.attention import causal_attention
+
+    assert torch.equal(causal_attention(q, k, v, block.attn.dropout), causal_attention(q, k, v, block.attn.dropout))
+    assert not torch.equal(whole(torch.zeros(1, 8, dtype=torch.long))[0], whole(torch.zeros(1, 8, dtype=torch.long))[0])
+    with pytest.raises(ValueError, match="attention_dropout must be in"):
+        ModelConfig(attention_dropout=1.0).validate()
+
+
+def test_the_attention_dropout_flag_is_saved_with_the_model(corpus_file, tmp_path):
+    import json
+
+    from conftest import TINY, run_script
+
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-i", "quick", *TINY, "--dropout", "0.1",
+                   "--attention-dropout", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
+    assert model["dropout"] == 0.1 and model["attention_dropout"] == 0.0
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "n", "-i", "quick", *TINY,
+                   "--attention-dropout", "1.5", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "attention" in r.stderr, r.stderr

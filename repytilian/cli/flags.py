@@ -20,7 +20,7 @@ from ..errors import RepytilianError, SettingError
 # The config fields with a flag of their own; every field can be set with --set NAME=VALUE.
 FIELD_FLAGS = {
     "block_size": "--block-size", "n_layer": "--n-layer", "n_head": "--n-head", "n_embd": "--n-embd",
-    "dropout": "--dropout", "batch_size": "--batch-size", "grad_accum": "--grad-accum",
+    "dropout": "--dropout", "attention_dropout": "--attention-dropout", "batch_size": "--batch-size", "grad_accum": "--grad-accum",
     "micro_batch": "--micro-batch", "learning_rate": "--lr", "max_iters": "--iters",
     "eval_interval": "--eval-interval", "dtype": "--dtype", "compile": "--compile", "optimizer": "--optimizer",
     "keep": "--keep", "max_seconds": "--budget", "checkpoint_every": "--checkpoint-every",

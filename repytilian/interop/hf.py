@@ -47,7 +47,7 @@ def gpt2_config(model: GPT) -> dict[str, Any]:
         "activation_function": ACTIVATION_NAMES[cfg.activation],
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
-        "attn_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.attention_p,
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
