@@ -130,6 +130,13 @@ class Trainer:
         if self.world.rank > 0:
             torch.manual_seed(self.cfg.seed + 7919 * self.world.rank + self.state.step)
 
+    def compile_from_now(self) -> None:
+        """The rest of the run trains through torch.compile (`compile` auto measured that it pays)."""
+        self.cfg.compile = True
+        self.compiled = self._compiled(self.model)
+        if self.compiled is not None:
+            self.forward = self.world.wrap(self.compiled)
+
     def _compiled(self, model: GPT):
         try:
             return torch.compile(model)

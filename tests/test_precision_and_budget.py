@@ -225,3 +225,70 @@ def test_a_fine_tune_trains_in_this_machines_number_format_not_the_bases(corpus_
     told = run_script("training.py", "-l", "m", "-d", str(corpus_file), "-m", "told", "--iters", "1", "-t", "0",
                       "--dtype", "bfloat16", cwd=tmp_path)  # asked for: as asked
     assert json.loads((tmp_path / "told" / "config.json").read_text())["train"]["dtype"] == "bfloat16", told.stderr
+
+
+def test_compile_pays_when_faster_by_enough_to_repay_its_compile():
+    from repytilian.runtime.compile_choice import pays, steps_left
+
+    assert pays(eager=0.514, compiled=0.451, compile_seconds=17, steps_left=1_000)  # v3c, 15 minutes
+    assert not pays(eager=0.514, compiled=0.451, compile_seconds=17, steps_left=200)  # saves 12.6 s
+    assert not pays(eager=0.100, compiled=0.097, compile_seconds=1, steps_left=10 ** 9)  # 1.03x: rounding for nothing
+    assert steps_left(5000, 3, None, 0.5) == 4997 and steps_left(None, 3, 900.0, 0.5) == 1800
+    assert steps_left(5000, 3, 90.0, 0.5) == 180 and steps_left(None, 3, None, 0.5) == 10 ** 9
+
+
+class FakeCompile:
+    """Stands in for torch.compile (tens of seconds on a CPU): `slower` makes 'compiled' steps run
+    the model twice, so measuring them can only say no."""
+
+    def __init__(self, slower: bool):
+        self.slower, self.compiled, self.calls = slower, 0, 0
+
+    def __call__(self, model, *args, **kwargs):
+        self.compiled += 1
+
+        def run(*a, **k):
+            self.calls += 1
+            if self.slower:
+                model(*a, **k)
+            return model(*a, **k)
+        return run
+
+
+def test_compile_auto_measures_a_long_run_once_and_leaves_its_training_untouched(corpus_file, tmp_path, monkeypatch):
+    from repytilian.runtime import compile_choice
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(compile_choice, "MIN_RUN_SECONDS", 0.0)  # every run counts as long
+    fake = FakeCompile(slower=True)
+    monkeypatch.setattr(torch, "compile", fake)
+    notes = []
+    measured = train(options(corpus_file, tmp_path / "a", dropout=0.1), log=notes.append)
+    said = [n for n in notes if "torch.compile off (`compile` auto, measured just now" in n]
+    assert len(said) == 1 and "from step 4" in said[0] and fake.compiled == 1
+    assert measured.language_model.meta["train"]["compile"] is False
+    # the measuring took its steps aside: the model is the one an eager run of the same seed gives
+    eager = train(options(corpus_file, tmp_path / "b", dropout=0.1, compile=False))
+    a, b = measured.language_model.model.state_dict(), eager.language_model.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if (tmp_path / "home" / compile_choice.CHOICES_FILE).exists():  # not kept where this machine was busy
+        notes.clear()
+        train(options(corpus_file, tmp_path / "c", dropout=0.1), log=notes.append)
+        assert [n for n in notes if "torch.compile off (`compile` auto, measured here on" in n]
+        assert fake.compiled == 1  # remembered: not compiled again
+
+
+def test_compile_auto_switches_a_long_run_to_compiled_steps_where_it_pays(corpus_file, tmp_path, monkeypatch):
+    from repytilian.runtime import compile_choice
+
+    monkeypatch.setattr(compile_choice, "MIN_RUN_SECONDS", 0.0)
+    kept = {"compile": True, "eager": 0.5, "compiled": 0.4, "compile_seconds": 17.0, "spread": 1.0,
+            "date": "2026-12-03"}
+    monkeypatch.setattr(compile_choice, "_read", lambda: type("Any", (dict,), {"get": lambda self, key: kept})())
+    fake = FakeCompile(slower=False)
+    monkeypatch.setattr(torch, "compile", fake)
+    notes = []
+    result = train(options(corpus_file, tmp_path, dropout=0.1), log=notes.append)
+    assert [n for n in notes if "torch.compile on (`compile` auto, measured here on 2026-12-03" in n]
+    assert result.state.step == 50 and result.language_model.meta["train"]["compile"] is True
+    assert fake.calls == 50 - compile_choice.CHECK_STEP  # every step after the check went through it

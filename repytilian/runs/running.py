@@ -31,6 +31,7 @@ from ..interop.trackers import finish_all, log_all, open_trackers
 from ..language_model import LanguageModel
 from ..lora import add_lora, has_lora, merge_lora
 from ..model import GPT
+from ..runtime.compile_choice import CompileCheck
 from ..runtime.device import pick_device, prepare_for_training
 from ..runtime.precision import DTYPES, DtypeRecheck, resolve_dtype
 from ..store.folder import (
@@ -114,7 +115,11 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
     recheck = None
     if auto and not world.distributed and trainer.compiled is None:
         recheck = DtypeRecheck(run.model, device, run.tcfg.micro_batch or run.tcfg.batch_size, run.tcfg.dtype)
-    return _run_and_save(opts, run, trainer, device, out, report, recheck)
+    check = None
+    if run.tcfg.compile is None and device.type == "cpu" and not world.distributed:
+        check = CompileCheck(run.model, device, run.tcfg.dtype, plan.micro_batch, plan.accum, run.tcfg.max_iters,
+                             run.tcfg.max_seconds)
+    return _run_and_save(opts, run, trainer, device, out, report, _Checks(recheck, check))
 
 
 def with_adapters(opts: TrainOptions, run: Run, report: Listener) -> None:
@@ -133,6 +138,37 @@ def with_adapters(opts: TrainOptions, run: Run, report: Listener) -> None:
     report(Note(f"LoRA of rank {opts.lora}: training {trained:,} of {total:,} parameters (adapters on every "
                 f"block's matrices{', and the token embeddings' if chat else ''}), with AdamW; the folder saved "
                 "holds the merged weights"))
+
+
+@dataclass
+class _Checks:
+    """What a run decides after its first steps: the number format again, `compile` auto."""
+
+    dtype: DtypeRecheck | None = None
+    compile: CompileCheck | None = None
+
+    def after_step(self, trainer: Trainer, report: Listener) -> None:
+        _check_compile(self, trainer, report)
+        _recheck_dtype(self.dtype, trainer, report)
+
+
+def _check_compile(checks: _Checks, trainer: Trainer, report: Listener) -> None:
+    """`compile` auto on a CPU, once the run's length is known (runtime/compile_choice.py): measured or
+    remembered; what measuring and compiling took counts against a time budget."""
+    check = checks.compile
+    if check is None or check.done:
+        return
+    state = trainer.state
+    choice = check.after_step(state.step, state.train_seconds)
+    if choice is None:
+        return
+    state.train_seconds += check.seconds
+    trainer.cfg.compile = choice.compile
+    if choice.compile:
+        trainer.compile_from_now()
+        if checks.dtype is not None:  # compiled steps are faster than the number format's measurement
+            checks.dtype.done = True
+    report(Note(f"{choice.words()}; from step {state.step + 1}", settings=("compile",)))
 
 
 def _recheck_dtype(recheck: DtypeRecheck | None, trainer: Trainer, report: Listener) -> None:
@@ -210,7 +246,7 @@ class _Keeping:
 
 
 def _run_and_save(opts: TrainOptions, run: Run, trainer: Trainer, device: torch.device, out: Path | None,
-                  report: Listener, recheck: DtypeRecheck | None = None) -> TrainResult:
+                  report: Listener, checks: _Checks | None = None) -> TrainResult:
     """The loop, then the save: to `out` when finished, to interrupted/ when stopped."""
     if not trainer.world.is_main:
         return _follow(opts, run, trainer)
@@ -231,7 +267,7 @@ def _run_and_save(opts: TrainOptions, run: Run, trainer: Trainer, device: torch.
             started = time.time()
             try:
                 stopped_by = trainer.run(stop, progress=opts.progress, report=report,
-                                         after_step=lambda: (_recheck_dtype(recheck, trainer, report),
+                                         after_step=lambda: ((checks or _Checks()).after_step(trainer, report),
                                                              checkpoints.maybe_save()),
                                          on_eval=lambda entry: keeping.on_eval(entry, run.model, report))
                 if has_lora(run.model):  # the adapters into the weights: what is saved and sampled is plain
