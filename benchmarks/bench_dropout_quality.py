@@ -27,22 +27,16 @@ RECIPE = dict(n_layer=6, n_head=6, n_embd=144, block_size=128, batch_size=32, dr
 
 def one(variant: str, budget: float, steps: int | None = None) -> dict:
     from repytilian.api import TrainOptions, train
-    from repytilian.model import GPT
 
-    if variant == "residual":  # every block's attention keeps its weights whole
-        built = GPT.__init__
-
-        def without_attention_dropout(self, config):
-            built(self, config)
-            for block in self.transformer.h:
-                block.attn.dropout = 0.0
-        GPT.__init__ = without_attention_dropout
+    # `residual`: every block's attention keeps its weights whole (`attention_dropout` 0)
+    whole = {"attention_dropout": 0.0} if variant == "residual" else {}
     # a time budget, or the shipped run's fixed number of steps (its schedule: warm-up, cosine to the end)
     length = {"max_iters": steps} if steps else {"max_seconds": budget}
     result = train(TrainOptions(settings="speedrun", arch="modern", iterations="default" if steps else "forever",
-                                out=None, progress=False, seed=1337, overrides={**RECIPE, **length}))
+                                out=None, progress=False, seed=1337, overrides={**RECIPE, **whole, **length}))
     return {"variant": variant, "budget_s": None if steps else budget, "steps": result.state.step,
-            "val_loss_full": result.val_loss, "seconds": result.state.train_seconds}
+            "val_loss_full": result.val_loss, "seconds": result.state.train_seconds,
+            "compiled": bool(result.language_model.meta["train"].get("compile"))}
 
 
 def main() -> None:
@@ -64,8 +58,9 @@ def main() -> None:
         done = subprocess.run([sys.executable, __file__, "--one", variant, "--budget", str(args.budget), *steps],
                               capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{variant:12s} {row['steps']:6,} steps in {row['seconds']:,.0f} s  whole-split val loss "
-              f"{row['val_loss_full']:.4f}", flush=True)
+        print(f"{variant:12s} {row['steps']:6,} steps in {row['seconds']:,.0f} s"
+              f"{' (compiled)' if row.get('compiled') else ''}  whole-split val loss {row['val_loss_full']:.4f}",
+              flush=True)
 
 
 if __name__ == "__main__":
