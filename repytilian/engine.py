@@ -138,14 +138,14 @@ class _Row:
         self.count = 0
         self.ending: Ended | None = None
 
-    def take(self, token: int, logp: torch.Tensor | None, top: list[Alternative]) -> Iterator[Event]:
+    def take(self, token: int, logprob: float | None, top: list[Alternative]) -> Iterator[Event]:
         if token == self.tokenizer.eos_id:
             yield self.end(END_TOKEN)
             return
         self.count += 1
         text = self.stops.push(self.decoder.push(token))
-        logprob = None if logp is None else _finite(logp[token].item())
-        yield Token(self.sample, token, text, self.count, logprob, top, self.tokenizer)
+        yield Token(self.sample, token, text, self.count, None if logprob is None else _finite(logprob), top,
+                    self.tokenizer)
         if self.stops.stopped:
             yield self.end(STOP)
 
@@ -237,16 +237,17 @@ class Engine:
     def step(self, batch: Batch) -> list[tuple[Job, Event]]:
         """One token for every sequence in the batch; the events of their requests."""
         out: list[tuple[Job, Event]] = []
-        all_logp = None  # log-probabilities of every row at once, when a request asks for them
-        for seq, token, at in batch.step():
+        chosen = batch.step()
+        # the chosen tokens' log-probabilities, for the rows whose requests ask: one gather for all
+        asking = [(token, at) for seq, token, at in chosen if seq.group.owner.want_logprobs]
+        all_logp = torch.log_softmax(batch.logits, dim=-1) if asking else None
+        picked = iter(all_logp[[at for _, at in asking], [token for token, _ in asking]].tolist() if asking else ())
+        for seq, token, at in chosen:
             job: Job = seq.group.owner
             row = job.rows[seq.sample]
-            logp = None
-            if job.want_logprobs:
-                all_logp = torch.log_softmax(batch.logits, dim=-1) if all_logp is None else all_logp
-                logp = all_logp[at]
-            top = self._alternatives(logp, job.request.alternatives) if logp is not None else []
-            out += [(job, event) for event in row.take(token, logp, top)]
+            logprob = next(picked) if job.want_logprobs else None
+            top = self._alternatives(all_logp[at], job.request.alternatives) if job.request.alternatives > 0 else []
+            out += [(job, event) for event in row.take(token, logprob, top)]
             if not row.ended and seq.steps >= job.request.max_new_tokens:
                 out.append((job, row.end(LENGTH)))
             if row.ended:

@@ -154,3 +154,21 @@ def test_sampling_defaults_are_the_same_from_the_command_line_python_and_the_ser
     assert answer.status_code == 200, answer.text
     assert cli.stdout == "the " + python + "\n"
     assert answer.json()["choices"][0]["text"] == python
+
+
+def test_each_request_in_a_batch_gets_its_own_tokens_log_probabilities(lm):
+    """Requests that ask for log-probabilities and requests that do not, decoding together: each
+    token's figure is its own row's (gathered for all rows at once)."""
+    ids = lm.encode_prompt("the ")
+    greedy = SamplingOptions(temperature=0)
+    requests = [Request(ids, 6, greedy, logprobs=True), Request(lm.encode_prompt("a cat"), 6, SamplingOptions(seed=3)),
+                Request(lm.encode_prompt("a "), 6, greedy, alternatives=2), Request(ids, 6, greedy, alternatives=2)]
+    tokens: dict[int, list[Token]] = {i: [] for i in range(len(requests))}
+    for index, event in lm.engine.run_many(requests):
+        if isinstance(event, Token):
+            tokens[index].append(event)
+    assert all(t.logprob is None for t in tokens[1])
+    for index in (2, 3):  # greedy: the token is the likeliest, and its figure the first alternative's
+        assert all(t.id == t.top[0].id and t.logprob == pytest.approx(t.top[0].logprob) for t in tokens[index])
+    assert [t.logprob for t in tokens[0]] == pytest.approx([t.logprob for t in tokens[3]])  # the same prompt
+    assert tokens[2][0].logprob != pytest.approx(tokens[3][0].logprob)  # another prompt, another figure
