@@ -266,6 +266,8 @@ def test_compile_auto_measures_a_long_run_once_and_leaves_its_training_untouched
     measured = train(options(corpus_file, tmp_path / "a", dropout=0.1), log=notes.append)
     said = [n for n in notes if "torch.compile off (`compile` auto, measured just now" in n]
     assert len(said) == 1 and "from step 4" in said[0] and fake.compiled == 1
+    told = [i for i, n in enumerate(notes) if "timing eager and compiled steps" in n]
+    assert len(told) == 1 and told[0] < notes.index(said[0])  # the wait is announced before it starts
     assert measured.language_model.meta["train"]["compile"] is False
     # the measuring took its steps aside: the model is the one an eager run of the same seed gives
     eager = train(options(corpus_file, tmp_path / "b", dropout=0.1, compile=False))
@@ -275,7 +277,7 @@ def test_compile_auto_measures_a_long_run_once_and_leaves_its_training_untouched
         notes.clear()
         train(options(corpus_file, tmp_path / "c", dropout=0.1), log=notes.append)
         assert [n for n in notes if "torch.compile off (`compile` auto, measured here on" in n]
-        assert fake.compiled == 1  # remembered: not compiled again
+        assert fake.compiled == 1 and not [n for n in notes if "timing eager" in n]  # remembered: not measured again
 
 
 def test_compile_auto_switches_a_long_run_to_compiled_steps_where_it_pays(corpus_file, tmp_path, monkeypatch):

@@ -19,7 +19,9 @@ from repytilian.train import StopRequest
 
 
 def start_training(corpus_file, cwd, *extra) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "training.py"), "-d", str(corpus_file), "-i", "forever", "-t", "0", *TINY, *extra]
+    # endless, so `compile` auto would spend tens of seconds measuring a compile at step 3: not what these test
+    cmd = [sys.executable, str(ROOT / "training.py"), "-d", str(corpus_file), "-i", "forever", "-t", "0", *TINY,
+           "--set", "compile=false", *extra]
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

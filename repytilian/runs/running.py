@@ -159,7 +159,10 @@ def _check_compile(checks: _Checks, trainer: Trainer, report: Listener) -> None:
     if check is None or check.done:
         return
     state = trainer.state
-    choice = check.after_step(state.step, state.train_seconds)
+    choice = check.after_step(state.step, state.train_seconds, before=lambda: report(Note(
+        "this run is long enough for torch.compile to pay on this CPU, if it is faster here: timing eager and "
+        "compiled steps, compiling once (tens of seconds; the answer is remembered for this machine and shape)",
+        settings=("compile",))))
     if choice is None:
         return
     state.train_seconds += check.seconds

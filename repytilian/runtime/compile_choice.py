@@ -68,19 +68,20 @@ def steps_left(max_iters: int | None, step: int, max_seconds: float | None, seco
 
 
 def choose_compile(model: GPT, device: torch.device, dtype: str, batch: torch.Tensor, accum: int,
-                   seconds_a_step: float, left: int,
-                   compile_fn: Callable[[GPT], Callable] = torch.compile) -> CompileChoice | None:
+                   seconds_a_step: float, left: int, compile_fn: Callable[[GPT], Callable] = torch.compile,
+                   before: Callable[[], None] = lambda: None) -> CompileChoice | None:
     """Compiled or eager for the rest of a run whose steps take `seconds_a_step` eagerly and that has
     `left` steps to go; None where that is too short to measure (it stays eager).
 
     `batch` is one micro-batch of token ids; a step is `accum` of them. Measuring leaves the model,
-    its gradients and the random stream as they were."""
+    its gradients and the random stream as they were; `before` is called when a measurement starts."""
     if left * seconds_a_step < MIN_RUN_SECONDS:
         return None
     key, choices = _key(model, dtype, batch, accum), _read()
     kept = choices.get(key)
     if isinstance(kept, dict) and isinstance(kept.get("compile"), bool):
         return CompileChoice(kept["compile"], {**kept, "steps_left": left}, remembered=True)
+    before()
     f = _Timing(model, device, dtype, batch, accum).both(compile_fn)
     figures = {**f, "steps_left": left, "date": time.strftime("%Y-%m-%d")}
     figures["compile"] = pays(f["eager"], f["compiled"], f["compile_seconds"], left)
@@ -108,7 +109,8 @@ class CompileCheck:
         self.done = False
         self.seconds = 0.0  # what measuring took (the run's clock counts it)
 
-    def after_step(self, step: int, train_seconds: float) -> CompileChoice | None:
+    def after_step(self, step: int, train_seconds: float,
+                   before: Callable[[], None] = lambda: None) -> CompileChoice | None:
         if self.done or step < CHECK_STEP:
             return None
         self.done = True
@@ -117,7 +119,7 @@ class CompileCheck:
         left = steps_left(self.max_iters, step, budget_left, seconds_a_step)
         t0 = time.perf_counter()
         choice = choose_compile(self.model, self.device, self.dtype, self.batch.to(self.device), self.accum,
-                                seconds_a_step, left, self.compile_fn or torch.compile)
+                                seconds_a_step, left, self.compile_fn or torch.compile, before)
         self.seconds = 0.0 if choice is None or choice.remembered else time.perf_counter() - t0
         return choice
 
