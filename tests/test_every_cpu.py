@@ -113,9 +113,9 @@ def test_bfloat16_on_a_cpu_without_it_warns_once_and_trains(corpus_file, tmp_pat
 def test_the_choice_is_remembered_apart_for_the_simulated_cpu(monkeypatch):
     model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=32))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    native_key = precision._choice_key(model, 4)
+    native_key = precision.choice_key(model, 4)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert precision._choice_key(model, 4) != native_key
+    assert precision.choice_key(model, 4) != native_key
     assert torch.backends.cpu.get_cpu_capability() in native_key
 
 

@@ -4,7 +4,7 @@ enough to repay a compile, and remembered per machine and model shape.
 On a CPU torch.compile is a bet: it fuses the small elementwise operations around the matrix
 products (norms, activations, rotary positions, dropout), which pays for some shapes and not for
 others (measured on a 2-core AVX2 EPYC, float32: the shipped `v3c` shape 451 against 514 ms a
-step, 1.14x, after 17 s of compiling; the `tiny` and `default` shapes 1.02x and 0.99x), and its
+step, 1.14x, after 17 s of compiling; the `tiny` and `default` shapes 0.98x and 0.99x), and its
 compile costs tens of seconds, which a short run never earns back. So a run that is projected to
 last at least MIN_RUN_SECONDS times a few steps each way, compiling once, and keeps the compiled
 model where it is at least MIN_GAIN faster and what it saves over the rest of the run exceeds the
@@ -26,15 +26,12 @@ import torch
 from ..model import GPT
 from .fileio import atomic_write_bytes
 from .paths import cache_dir
-from .precision import NOISY_SPREAD, _choice_key, autocast
+from .precision import NOISY_SPREAD, autocast, choice_key
 
 MIN_RUN_SECONDS = 600.0  # a projected run shorter than this trains eagerly, unmeasured
 MIN_GAIN = 1.05  # compiled steps must be this much faster (and repay the compile within the run)
 ROUNDS = 3  # timed steps each way, in turn
 CHOICES_FILE = "compile-choices.json"
-
-Step = Callable[[Callable], float]  # one forward+backward of the training batch through a callable: seconds
-
 
 @dataclass
 class CompileChoice:
@@ -79,8 +76,10 @@ def choose_compile(model: GPT, device: torch.device, dtype: str, batch: torch.Te
         return None
     key, choices = _key(model, dtype, batch, accum), _read()
     kept = choices.get(key)
-    if isinstance(kept, dict) and isinstance(kept.get("compile"), bool):
-        return CompileChoice(kept["compile"], {**kept, "steps_left": left}, remembered=True)
+    if isinstance(kept, dict) and all(isinstance(kept.get(k), (int, float)) for k in ("eager", "compiled", "compile_seconds")):
+        # the machine's figures, weighed for this run's length
+        on = pays(kept["eager"], kept["compiled"], kept["compile_seconds"], left)
+        return CompileChoice(on, {**kept, "steps_left": left}, remembered=True)
     before()
     f = _Timing(model, device, dtype, batch, accum).both(compile_fn)
     figures = {**f, "steps_left": left, "date": time.strftime("%Y-%m-%d")}
@@ -167,7 +166,7 @@ class _Timing:
 
 
 def _key(model: GPT, dtype: str, batch: torch.Tensor, accum: int) -> str:
-    return f"{_choice_key(model, batch.size(0))} {dtype} x{accum}"
+    return f"{choice_key(model, batch.size(0))} {dtype} x{accum}"
 
 
 def _read() -> dict:

@@ -209,7 +209,7 @@ def choose_dtype(model: GPT, device: torch.device, batch: int, remeasure: bool =
 
     A measurement whose repeats disagree by more than NOISY_SPREAD (another program took the cores
     meanwhile) still decides this run, but is not remembered: the next run measures again."""
-    key, choices = _choice_key(model, batch), _read_choices()
+    key, choices = choice_key(model, batch), _read_choices()
     kept = choices.get(key)
     if not remeasure and isinstance(kept, dict) and kept.get("dtype") in ("float32", "bfloat16"):
         return DtypeChoice(kept["dtype"], kept, remembered=True)
@@ -270,7 +270,7 @@ class DtypeRecheck:
     def __init__(self, model: GPT, device: torch.device, batch_size: int, dtype: str):
         self.model, self.device, self.dtype = model, device, dtype
         self.batch = timing_batch(model, batch_size)
-        kept = _read_choices().get(_choice_key(model, self.batch))
+        kept = _read_choices().get(choice_key(model, self.batch))
         self.kept = kept if isinstance(kept, dict) and kept.get("dtype") == dtype else None
         self.start: tuple[int, float] | None = None
         self.done = self.kept is None or device.type != "cpu"
@@ -331,7 +331,7 @@ def decoding_dtype(device: torch.device, width: int, seconds_per_token) -> torch
 CHOICES_FILE = "dtype-choices.json"
 
 
-def _choice_key(model: GPT, batch: int) -> str:
+def choice_key(model: GPT, batch: int) -> str:
     c = model.config
     shape = (f"{c.n_layer}x{c.n_embd}/{c.n_head} T{c.block_size} B{batch} vocab {c.vocab_size} {c.activation} "
              f"{c.position} {c.norm}{' qk_norm' if c.qk_norm else ''}")
