@@ -7,7 +7,9 @@ process, the whole validation split of Tiny Shakespeare scored at the end.
 
 `everywhere`: dropout on the embeddings, the attention weights and both residual branches of each
 block (the recipe as shipped); `residual`: the same without the attention weights' dropout, which
-lets a CPU keep its fused attention (see bench_dropout.py for what each costs a step).
+lets a CPU keep its fused attention (see bench_dropout.py for what each costs a step); `none`: no
+dropout at all. `compile` is left to decide itself (auto: measured at the run's start where it is
+long enough, and counted in its time).
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ RECIPE = dict(n_layer=6, n_head=6, n_embd=144, block_size=128, batch_size=32, dr
 def one(variant: str, budget: float, steps: int | None = None) -> dict:
     from repytilian.api import TrainOptions, train
 
-    # `residual`: every block's attention keeps its weights whole (`attention_dropout` 0)
-    whole = {"attention_dropout": 0.0} if variant == "residual" else {}
+    # `residual`: every block's attention keeps its weights whole (`attention_dropout` 0); `none`: no dropout
+    whole = {"residual": {"attention_dropout": 0.0}, "none": {"dropout": 0.0}}.get(variant, {})
     # a time budget, or the shipped run's fixed number of steps (its schedule: warm-up, cosine to the end)
     length = {"max_iters": steps} if steps else {"max_seconds": budget}
     result = train(TrainOptions(settings="speedrun", arch="modern", iterations="default" if steps else "forever",
