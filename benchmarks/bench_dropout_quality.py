@@ -27,7 +27,7 @@ RECIPE = dict(n_layer=6, n_head=6, n_embd=144, block_size=128, batch_size=32, dr
               warmup_iters=100, learning_rate=3e-3, min_lr=3e-4)
 
 
-def one(variant: str, budget: float, steps: int | None = None) -> dict:
+def one(variant: str, budget: float, steps: int | None = None, eager: bool = False) -> dict:
     from repytilian.api import TrainOptions, train
 
     # `residual`: every block's attention keeps its weights whole (`attention_dropout` 0); `none`: no dropout
@@ -35,7 +35,8 @@ def one(variant: str, budget: float, steps: int | None = None) -> dict:
     # a time budget, or the shipped run's fixed number of steps (its schedule: warm-up, cosine to the end)
     length = {"max_iters": steps} if steps else {"max_seconds": budget}
     result = train(TrainOptions(settings="speedrun", arch="modern", iterations="default" if steps else "forever",
-                                out=None, progress=False, seed=1337, overrides={**RECIPE, **whole, **length}))
+                                out=None, progress=False, seed=1337, overrides={**RECIPE, **whole, **length,
+                                                                  **({"compile": False} if eager else {})}))
     return {"variant": variant, "budget_s": None if steps else budget, "steps": result.state.step,
             "val_loss_full": result.val_loss, "seconds": result.state.train_seconds,
             "compiled": bool(result.language_model.meta["train"].get("compile"))}
@@ -46,17 +47,18 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=900)
     parser.add_argument("--variants", default="everywhere,residual")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of --budget seconds")
+    parser.add_argument("--eager", action="store_true", help="never compile (compile false instead of auto)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.budget, args.steps)))
+        print(json.dumps(one(args.one, args.budget, args.steps, args.eager)))
         return
     from repytilian.runtime.cpu import cpu_name
 
     length = f"{args.steps:,} steps" if args.steps else f"{args.budget:g} s of training"
     print(f"v3c recipe, {length} each, {cpu_name()}, {date.today().isoformat()}", flush=True)
     for variant in args.variants.split(","):
-        steps = ["--steps", str(args.steps)] if args.steps else []
+        steps = (["--steps", str(args.steps)] if args.steps else []) + (["--eager"] if args.eager else [])
         done = subprocess.run([sys.executable, __file__, "--one", variant, "--budget", str(args.budget), *steps],
                               capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
