@@ -287,7 +287,7 @@ def test_compile_auto_switches_a_long_run_to_compiled_steps_where_it_pays(corpus
     # this machine's figures, remembered: over the 47 steps left they repay a 2 s compile, not a 17 s one
     kept = {"compile": True, "eager": 0.5, "compiled": 0.4, "compile_seconds": 2.0, "spread": 1.0,
             "date": "2026-12-03"}
-    monkeypatch.setattr(compile_choice, "_read", lambda: type("Any", (dict,), {"get": lambda self, key: kept})())
+    monkeypatch.setattr(compile_choice, "read_choices", lambda name: type("Any", (dict,), {"get": lambda self, key: kept})())
     fake = FakeCompile(slower=False)
     monkeypatch.setattr(torch, "compile", fake)
     notes = []

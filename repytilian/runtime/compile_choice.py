@@ -15,7 +15,6 @@ repeats disagree (a busy machine) decides its run but is not remembered.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -24,9 +23,14 @@ from dataclasses import dataclass
 import torch
 
 from ..model import GPT
-from .fileio import atomic_write_bytes
 from .paths import cache_dir
-from .precision import NOISY_SPREAD, autocast, choice_key
+from .precision import (
+    NOISY_SPREAD,
+    autocast,
+    choice_key,
+    read_choices,
+    remember_choices,
+)
 
 MIN_RUN_SECONDS = 600.0  # a projected run shorter than this trains eagerly, unmeasured
 MIN_GAIN = 1.05  # compiled steps must be this much faster (and repay the compile within the run)
@@ -74,7 +78,7 @@ def choose_compile(model: GPT, device: torch.device, dtype: str, batch: torch.Te
     its gradients and the random stream as they were; `before` is called when a measurement starts."""
     if left * seconds_a_step < MIN_RUN_SECONDS:
         return None
-    key, choices = _key(model, dtype, batch, accum), _read()
+    key, choices = _key(model, dtype, batch, accum), read_choices(CHOICES_FILE)
     kept = choices.get(key)
     if isinstance(kept, dict) and all(isinstance(kept.get(k), (int, float)) for k in ("eager", "compiled", "compile_seconds")):
         # the machine's figures, weighed for this run's length
@@ -86,10 +90,7 @@ def choose_compile(model: GPT, device: torch.device, dtype: str, batch: torch.Te
     figures["compile"] = pays(f["eager"], f["compiled"], f["compile_seconds"], left)
     if f["spread"] <= NOISY_SPREAD:
         choices[key] = {k: v for k, v in figures.items() if k != "steps_left"}
-        try:
-            atomic_write_bytes(cache_dir() / CHOICES_FILE, json.dumps(choices, indent=1).encode())
-        except OSError:
-            pass  # a read-only cache only costs a measurement next time
+        remember_choices(choices, CHOICES_FILE)
     return CompileChoice(figures["compile"], figures, remembered=False)
 
 
@@ -167,11 +168,3 @@ class _Timing:
 
 def _key(model: GPT, dtype: str, batch: torch.Tensor, accum: int) -> str:
     return f"{choice_key(model, batch.size(0))} {dtype} x{accum}"
-
-
-def _read() -> dict:
-    try:
-        choices = json.loads((cache_dir() / CHOICES_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return choices if isinstance(choices, dict) else {}

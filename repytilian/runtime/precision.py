@@ -209,7 +209,7 @@ def choose_dtype(model: GPT, device: torch.device, batch: int, remeasure: bool =
 
     A measurement whose repeats disagree by more than NOISY_SPREAD (another program took the cores
     meanwhile) still decides this run, but is not remembered: the next run measures again."""
-    key, choices = choice_key(model, batch), _read_choices()
+    key, choices = choice_key(model, batch), read_choices()
     kept = choices.get(key)
     if not remeasure and isinstance(kept, dict) and kept.get("dtype") in ("float32", "bfloat16"):
         return DtypeChoice(kept["dtype"], kept, remembered=True)
@@ -220,10 +220,7 @@ def choose_dtype(model: GPT, device: torch.device, batch: int, remeasure: bool =
                "date": time.strftime("%Y-%m-%d")}
     if f["spread"] <= NOISY_SPREAD:
         choices[key] = figures
-        try:
-            atomic_write_bytes(cache_dir() / CHOICES_FILE, json.dumps(choices, indent=1).encode())
-        except OSError:
-            pass  # a read-only cache only costs a measurement next time
+        remember_choices(choices)
     elif key in choices:
         del choices[key]
     return DtypeChoice(dtype, figures, remembered=False)
@@ -270,7 +267,7 @@ class DtypeRecheck:
     def __init__(self, model: GPT, device: torch.device, batch_size: int, dtype: str):
         self.model, self.device, self.dtype = model, device, dtype
         self.batch = timing_batch(model, batch_size)
-        kept = _read_choices().get(choice_key(model, self.batch))
+        kept = read_choices().get(choice_key(model, self.batch))
         self.kept = kept if isinstance(kept, dict) and kept.get("dtype") == dtype else None
         self.start: tuple[int, float] | None = None
         self.done = self.kept is None or device.type != "cpu"
@@ -341,9 +338,17 @@ def choice_key(model: GPT, batch: int) -> str:
     return f"{machine}: {shape}"
 
 
-def _read_choices() -> dict:
+def read_choices(name: str = CHOICES_FILE) -> dict:
+    """A file of remembered measurements (by machine and shape) in the cache folder; {} if none."""
     try:
-        choices = json.loads((cache_dir() / CHOICES_FILE).read_text())
+        choices = json.loads((cache_dir() / name).read_text())
     except (OSError, ValueError):
         return {}
     return choices if isinstance(choices, dict) else {}
+
+
+def remember_choices(choices: dict, name: str = CHOICES_FILE) -> None:
+    try:
+        atomic_write_bytes(cache_dir() / name, json.dumps(choices, indent=1).encode())
+    except OSError:
+        pass  # a read-only cache only costs a measurement next time
