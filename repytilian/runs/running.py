@@ -249,7 +249,7 @@ class _Keeping:
 
 
 def _run_and_save(opts: TrainOptions, run: Run, trainer: Trainer, device: torch.device, out: Path | None,
-                  report: Listener, checks: _Checks | None = None) -> TrainResult:
+                  report: Listener, checks: _Checks) -> TrainResult:
     """The loop, then the save: to `out` when finished, to interrupted/ when stopped."""
     if not trainer.world.is_main:
         return _follow(opts, run, trainer)
@@ -270,7 +270,7 @@ def _run_and_save(opts: TrainOptions, run: Run, trainer: Trainer, device: torch.
             started = time.time()
             try:
                 stopped_by = trainer.run(stop, progress=opts.progress, report=report,
-                                         after_step=lambda: ((checks or _Checks()).after_step(trainer, report),
+                                         after_step=lambda: (checks.after_step(trainer, report),
                                                              checkpoints.maybe_save()),
                                          on_eval=lambda entry: keeping.on_eval(entry, run.model, report))
                 if has_lora(run.model):  # the adapters into the weights: what is saved and sampled is plain

@@ -37,6 +37,7 @@ MIN_GAIN = 1.05  # compiled steps must be this much faster (and repay the compil
 ROUNDS = 3  # timed steps each way, in turn
 CHOICES_FILE = "compile-choices.json"
 
+
 @dataclass
 class CompileChoice:
     compile: bool
@@ -104,8 +105,7 @@ class CompileCheck:
                  compile_fn: Callable[[GPT], Callable] | None = None):
         self.model, self.device, self.dtype, self.accum = model, device, dtype, accum
         self.max_iters, self.max_seconds, self.compile_fn = max_iters, max_seconds, compile_fn
-        ids = torch.Generator().manual_seed(0)  # not the run's stream
-        self.batch = torch.randint(model.config.vocab_size, (micro_batch, model.config.block_size), generator=ids)
+        self.micro_batch = micro_batch
         self.done = False
         self.seconds = 0.0  # what measuring took (the run's clock counts it)
 
@@ -117,8 +117,11 @@ class CompileCheck:
         seconds_a_step = train_seconds / max(1, step)
         budget_left = None if self.max_seconds is None else self.max_seconds - train_seconds
         left = steps_left(self.max_iters, step, budget_left, seconds_a_step)
+        ids = torch.Generator().manual_seed(0)  # token ids to time with, not from the run's stream
+        batch = torch.randint(self.model.config.vocab_size, (self.micro_batch, self.model.config.block_size),
+                              generator=ids)
         t0 = time.perf_counter()
-        choice = choose_compile(self.model, self.device, self.dtype, self.batch.to(self.device), self.accum,
+        choice = choose_compile(self.model, self.device, self.dtype, batch.to(self.device), self.accum,
                                 seconds_a_step, left, self.compile_fn or torch.compile, before)
         self.seconds = 0.0 if choice is None or choice.remembered else time.perf_counter() - t0
         return choice
