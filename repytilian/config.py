@@ -118,8 +118,9 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = setting("auto", "training precision (default auto: bf16 autocast where native and measured "
                          "faster)", choices=DTYPE_CHOICES)  # auto is measured once, then stored
-    compile: bool | None = setting(None, "torch.compile the model (default: on CUDA GPUs, off elsewhere; slower "
-                                   "to start; falls back to eager if it fails)")
+    compile: bool | None = setting(None, "torch.compile the model (training: default on CUDA GPUs, measured on CPUs; "
+                                   "generation: the decoding step built ahead of time, ~30 s the first time for a "
+                                   "model, then kept; falls back to eager if it fails)")
     optimizer: str = setting("adamw", "adamw (default), or muon: Muon for the blocks' matrices, AdamW for the rest",
                              choices=OPTIMIZERS)
     keep: str = setting("both", "which models the output folder keeps: both (the last, and the best by val loss in "

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .decode_compiled import CompiledStep
 from .dropout import Dropout
-from .events import note
 from .model import GPT
 from .runtime.precision import PROBE_SECONDS, decoding_dtype
 
@@ -148,7 +148,8 @@ class Decoder:
     Rows are added as a batch needs them (`ensure_rows`); each keeps its own length.
     """
 
-    def __init__(self, model: GPT, batch_size: int = 1, dtype: torch.dtype = torch.float32, compile: bool = False):
+    def __init__(self, model: GPT, batch_size: int = 1, dtype: torch.dtype = torch.float32,
+                 compiled: CompiledStep | None = None):
         model.eval()
         self.config = model.config
         self.dtype = dtype
@@ -156,16 +157,10 @@ class Decoder:
         self.model = for_decoding(model, dtype)
         self.cache = model.new_cache(batch_size)
         self._new_cache = model.new_cache
-        self.compiled = None  # one token of one sequence as one compiled graph (decode_compiled.py)
-        if compile:
-            if dtype == torch.float32 and self.device.type == "cpu":
-                from .decode_compiled import (
-                    CompiledStep,  # imports torch's compiler: only when asked
-                )
-
-                self.compiled = CompiledStep(model)
-            else:
-                note("note: only float32 decoding on a CPU is compiled here; decoding without compiling")
+        # One token of one sequence as one built step (decode_compiled.py), found or built now:
+        # before the first token, so that what building says comes before any text.
+        self.compiled = compiled if compiled is not None and compiled.prepare(self.cache) else None
+        self.compile_setting: bool | None = None  # the engine's, when it made this (engine.DecoderPool)
 
     @property
     def length(self) -> int:
@@ -188,6 +183,11 @@ class Decoder:
     def forward(self, idx: torch.Tensor, first: int = 0) -> torch.Tensor:
         """idx (B, T) new tokens after the cached ones of rows first..first+B-1 -> logits (B,
         vocab) of the last position."""
+        if self.compiled is not None and idx.shape == (1, 1) and first == 0:
+            logits = self.compiled(idx, self.cache.lengths[0], self.cache)
+            if logits is not None:
+                self.cache.lengths[0] += 1
+                return logits
         # oneDNN is switched off where PyTorch's own kernels are faster (measured on an AVX512-BF16
         # CPU): for one token, the bf16 matrix-vector kernel reads the weights about twice as fast
         # (0.85 vs 1.66 ms for hyper's 24 matrices); in float32, a GELU costs ~8 us through
@@ -195,20 +195,8 @@ class Decoder:
         cpu = self.device.type == "cpu"
         skip_onednn = cpu and (self.dtype in (torch.float32, torch.float16) or idx.size(1) == 1)
         with torch.inference_mode(), _without_onednn(skip_onednn):
-            if self.compiled is not None and idx.shape == (1, 1) and first == 0:
-                logits = self._compiled_step(idx)
-                if logits is not None:
-                    return logits
             logits, _ = self.model(idx, last_only=True, cache=self.cache.rows(first, idx.size(0)))
         return logits[:, -1, :].float()
-
-    def _compiled_step(self, idx: torch.Tensor) -> torch.Tensor | None:
-        cache = self.cache
-        logits = self.compiled(idx, cache.lengths[0], [k.narrow(0, 0, 1) for k in cache.keys],
-                               [v.narrow(0, 0, 1) for v in cache.values])
-        if logits is not None:
-            cache.lengths[0] += 1
-        return logits
 
     def reset(self, row: int | None = None) -> None:
         """Forget what every row holds (or row `row`)."""

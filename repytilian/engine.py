@@ -30,6 +30,7 @@ import torch
 
 from .batching import Batch, Group
 from .decode import Decoder, choose_dtype
+from .decode_compiled import compiled_step
 from .errors import SettingError
 from .model import GPT
 from .sampling import SamplingOptions, check_lengths
@@ -179,18 +180,20 @@ class Engine:
     join a running batch (the server's batch loop, batch_loop.py). Holds no state between calls
     but decoders to reuse; threads may run calls at once."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, compile: bool = False):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, compile: bool | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.never = never_sampled(tokenizer)  # ids generation never chooses (a padded vocabulary's)
         self._decoders = DecoderPool(model, compile)
 
     @property
-    def compile(self) -> bool:
-        """Whether a single sequence's steps run as one compiled graph (decode_compiled.py)."""
+    def compile(self) -> bool | None:
+        """Whether a single sequence's steps run through a step built ahead of time
+        (decode_compiled.py): True builds it where this machine has none for the model yet (tens of
+        seconds, once), None (the default) uses one only if already built, False never does."""
         return self._decoders.compile
 
     @compile.setter
-    def compile(self, value: bool) -> None:
+    def compile(self, value: bool | None) -> None:
         self._decoders.compile = value
 
     def run(self, request: Request) -> Iterator[Event]:
@@ -206,6 +209,12 @@ class Engine:
                 yield from ((index, event) for event in begun)
             while batch:
                 yield from ((job.index, event) for job, event in self.step(batch))
+
+    def prepare(self) -> None:
+        """Make a decoder now and keep it: with `compile`, its step is found or built before a
+        request waits for it."""
+        with self.batch():
+            pass
 
     @contextmanager
     def batch(self, dtype: torch.dtype | None = None, use_cache: bool = True) -> Iterator[Batch]:
@@ -282,9 +291,9 @@ class DecoderPool:
     """Decoders of one model, kept between requests (making one costs tens of milliseconds) and
     made again when the model's weights have changed since (training in the same process)."""
 
-    def __init__(self, model: GPT, compile: bool = False):
+    def __init__(self, model: GPT, compile: bool | None = None):
         self.model, self.compile = model, compile
-        self._free: list[tuple[tuple, Decoder]] = []
+        self._free: list[tuple[tuple, bool | None, Decoder]] = []
         self._lock = threading.Lock()
 
     def _weights(self) -> tuple:
@@ -293,17 +302,22 @@ class DecoderPool:
     def take(self, dtype: torch.dtype | None) -> Decoder:
         weights = self._weights()
         with self._lock:
-            for i, (made_from, decoder) in enumerate(self._free):
-                compiled = decoder.compiled is not None
-                if made_from == weights and (dtype is None or decoder.dtype == dtype) and compiled == self.compile:
+            for i, (made_from, compile, decoder) in enumerate(self._free):
+                if made_from == weights and (dtype is None or decoder.dtype == dtype) and compile == self.compile:
                     del self._free[i]
                     return decoder
-        return Decoder(self.model, 1, dtype or choose_dtype(self.model, 1), compile=self.compile)
+        compile = self.compile
+        step = compiled_step(self.model, compile) if dtype in (None, torch.float32) else None
+        if dtype is None:  # a built step is float32, and faster than any eager format
+            dtype = torch.float32 if step is not None else choose_dtype(self.model, 1)
+        decoder = Decoder(self.model, 1, dtype, compiled=step)
+        decoder.compile_setting = compile  # given again only under the same setting
+        return decoder
 
     def give_back(self, decoder: Decoder) -> None:
         decoder.reset()
         with self._lock:
-            self._free = [(self._weights(), decoder)] + self._free[:MAX_SPARE_DECODERS - 1]
+            self._free = [(self._weights(), decoder.compile_setting, decoder)] + self._free[:MAX_SPARE_DECODERS - 1]
 
 
 MAX_SPARE_DECODERS = 2

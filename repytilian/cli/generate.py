@@ -81,6 +81,7 @@ def generate_command(args: argparse.Namespace) -> int:
         lm = train(train_options(args, out=None, load=None), on_event=speak).language_model
     else:
         lm = open_model(args)
+    lm.engine.compile = args.compile or None  # --compile builds the decoding step (decode_compiled.py)
     if args.interactive:
         from .chat import chat_loop
 

@@ -34,6 +34,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"requests that may wait for a turn (default {d.max_waiting}); beyond: 429")
     parser.add_argument("--max-seconds", type=float, default=d.max_seconds,
                         help=f"generation time per request (default {d.max_seconds:g} s)")
+    parser.add_argument("--compile", action="store_true",
+                        help="build each model's decoding step as it is loaded (20-40 s the first time for a model "
+                             "on this machine, then kept): a lone request decodes faster on a CPU")
     parser.add_argument("--max-loaded", type=int, default=4,
                         help="models kept in memory at once (default 4); the least recently used is let go first")
     access = parser.add_argument_group("who may use it")
@@ -102,8 +105,8 @@ def serve_command(args: argparse.Namespace) -> int:
     _check_limits(args)
     if not 0 <= args.port <= 65535:
         raise RepytilianError(f"--port must be from 0 to 65535, got {args.port}")
-    registry = (Registry(single=Path(args.model), device=args.device, max_loaded=args.max_loaded) if args.model
-                else Registry(root=Path(args.models), device=args.device, max_loaded=args.max_loaded))
+    where = {"single": Path(args.model)} if args.model else {"root": Path(args.models)}
+    registry = Registry(**where, device=args.device, max_loaded=args.max_loaded, compile=args.compile)
     limits = Limits(max_tokens=args.max_tokens, max_active=args.max_concurrent, max_waiting=args.max_queue,
                     max_seconds=args.max_seconds, max_batch_rows=args.max_batch)
     from ..serve.guard import Guard

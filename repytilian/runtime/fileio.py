@@ -122,13 +122,13 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 
 @contextmanager
-def atomic_output(path: Path | str) -> Iterator[Path]:
+def atomic_output(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary file name beside `path` for writers that want a name rather than bytes (GGUF's,
-    ONNX's): when the block ends it is flushed, made shareable and renamed over `path`; when the
-    block raises it is removed, and `path` is as it was."""
+    ONNX's; `suffix` for those that insist on one): when the block ends it is flushed, made
+    shareable and renamed over `path`; when the block raises it is removed, and `path` is as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

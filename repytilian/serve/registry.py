@@ -138,13 +138,14 @@ class Registry:
     """The models under `root` (or the one folder `single`), each loaded on first use and kept."""
 
     def __init__(self, root: Path | None = None, single: Path | None = None, device: str = "cpu",
-                 max_loaded: int = 4):
+                 max_loaded: int = 4, compile: bool = False):
         if (root is None) == (single is None):
             raise ValueError("give a models folder or one model folder")
         self.single = single.resolve() if single is not None else None
         self.root = (root or single.parent).resolve()
         self.device = device
         self.max_loaded = max_loaded
+        self.compile = compile  # build each model's decoding step as it is loaded (decode_compiled.py)
         self._loaded: OrderedDict[str, tuple[tuple, LanguageModel]] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
         if self.single is not None and _info(self.single.name, self.single) is None:
@@ -256,6 +257,9 @@ class Registry:
             # New, or replaced since it was loaded. Opened as every surface opens a folder: its
             # best model where the run kept a better one.
             lm = load_model(info.path, device=self.device, which=info.which)
+            if self.compile:  # built now, while loading, not while a request decodes
+                lm.engine.compile = True
+                lm.engine.prepare()
             self._loaded[info.id] = (key, lm)
             self._loaded.move_to_end(info.id)
             while len(self._loaded) > self.max_loaded:

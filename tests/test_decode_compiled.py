@@ -1,0 +1,133 @@
+"""The decoding step built ahead of time (decode_compiled.py): the same text as eager decoding,
+built once per model and machine and found again, a clear note where it cannot be built."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from conftest import TINY_TEXT, run_script
+
+from repytilian import decode_compiled
+from repytilian.events import notes_to
+from repytilian.language_model import LanguageModel
+from repytilian.model import GPT, ModelConfig
+from repytilian.store.folder import save_model_dir
+from repytilian.tokenizers import tokenizer_class
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny model of the modern layout (rotary positions, RMSNorm, SwiGLU), saved as a folder,
+    its step built once into a cache folder the module's tests share (a build takes ~20 s)."""
+    home = tmp_path_factory.mktemp("home")
+    tokenizer = tokenizer_class("characters").train(TINY_TEXT)
+    torch.manual_seed(1)
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                            position="rope", norm="rmsnorm", activation="swiglu", bias=False)).eval()
+    folder = save_model_dir(tmp_path_factory.mktemp("models") / "modern", model, tokenizer, {})
+    eager = {p: LanguageModel(model, tokenizer).generate(p, 40, temperature=0) for p in ("the cat", "a dog")}
+    lm = LanguageModel(model, tokenizer)
+    lm.engine.compile = True
+    notes = []
+    old = os.environ.get("REPYTILIAN_HOME")
+    os.environ["REPYTILIAN_HOME"] = str(home)
+    try:
+        with notes_to(notes.append):
+            compiled = {p: lm.generate(p, 40, temperature=0) for p in eager}
+    finally:
+        os.environ.pop("REPYTILIAN_HOME") if old is None else os.environ.__setitem__("REPYTILIAN_HOME", old)
+    return {"home": home, "folder": folder, "model": model, "tokenizer": tokenizer, "eager": eager,
+            "compiled": compiled, "notes": [n.text for n in notes]}
+
+
+@pytest.mark.slow
+def test_the_compiled_step_gives_the_eager_greedy_text(built):
+    """40 tokens in a context of 16: windows slide (a prefill, eager) between compiled steps, and the
+    second prompt reuses the one build."""
+    assert built["compiled"] == built["eager"]
+    assert [n for n in built["notes"] if n.startswith("compiled the decoding step in")]
+    assert sum("compiling the decoding step" in n for n in built["notes"]) == 1
+    assert len(list((built["home"] / "decoding-steps").glob("*.pt2"))) == 1
+
+
+@pytest.mark.slow
+def test_a_built_step_is_found_again_without_building(built, monkeypatch):
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    monkeypatch.setattr(decode_compiled, "build", lambda *a, **k: pytest.fail("built again"))
+    lm = LanguageModel(built["model"], built["tokenizer"])
+    lm.engine.compile = True
+    notes = []
+    with notes_to(notes.append):
+        assert lm.generate("a dog", 40, temperature=0) == built["eager"]["a dog"]
+    assert notes == []
+    assert lm.engine._decoders.take(None).compiled.run is not None  # it decoded through the built step
+
+
+@pytest.mark.slow
+def test_generate_with_compile_gives_the_text_it_gives_without(built, tmp_path, monkeypatch):
+    args = ("generate.py", "-m", str(built["folder"]), "-c", "the cat", "-t", "30", "--seed", "3")
+    plain = run_script(*args, cwd=tmp_path)  # a home with nothing built: eager
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    compiled = run_script(*args, "--compile", cwd=tmp_path)
+    assert plain.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == plain.stdout and compiled.stderr == plain.stderr  # found: nothing to say
+
+
+@pytest.mark.slow
+def test_by_default_a_step_built_before_is_used_and_none_is_built(built, monkeypatch):
+    monkeypatch.setattr(decode_compiled, "build", lambda *a, **k: pytest.fail("built by default"))
+    fresh = LanguageModel(built["model"], built["tokenizer"])  # this test's own home: nothing built
+    assert fresh.generate("a dog", 40, temperature=0) == built["eager"]["a dog"]
+    assert fresh.engine._decoders.take(None).compiled is None
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    found = LanguageModel(built["model"], built["tokenizer"])
+    assert found.generate("a dog", 40, temperature=0) == built["eager"]["a dog"]
+    assert found.engine._decoders.take(None).compiled is not None
+    found.engine.compile = False
+    assert found.engine._decoders.take(None).compiled is None
+
+
+def test_the_digest_names_weights_config_and_machine(built):
+    model = built["model"]
+    twin = GPT(model.config).eval()
+    twin.load_state_dict(model.state_dict())
+    assert decode_compiled.step_digest(twin) == decode_compiled.step_digest(model)
+    with torch.no_grad():
+        twin.lm_head.weight[0, 0] += 1e-3  # trained on: another step
+    assert decode_compiled.step_digest(twin) != decode_compiled.step_digest(model)
+
+
+def test_the_cache_folder_keeps_the_newest_steps(tmp_path):
+    for i in range(decode_compiled.KEEP + 3):
+        path = tmp_path / f"{i}.pt2"
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - 1000 + i, time.time() - 1000 + i))
+    decode_compiled._keep_newest(tmp_path, decode_compiled.KEEP)
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.pt2")) == list(range(3, decode_compiled.KEEP + 3))
+
+
+def test_a_build_that_fails_leaves_nothing_in_the_cache(built, tmp_path, monkeypatch):
+    def export_fails(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+    monkeypatch.setattr(decode_compiled.torch.export, "export", export_fails)
+    step = decode_compiled.CompiledStep(built["model"], folder=tmp_path)
+    notes = []
+    with notes_to(notes.append):
+        assert not step.prepare(built["model"].new_cache(1))
+    assert notes[-1].text.startswith("note: the decoding step could not be compiled (RuntimeError: unsupported")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_serve_with_compile_readies_the_step_as_it_loads_a_model(built, monkeypatch):
+    from repytilian.serve.registry import Registry
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    monkeypatch.setattr(decode_compiled, "build", lambda *a, **k: pytest.fail("built again"))
+    registry = Registry(single=built["folder"], compile=True)
+    lm = registry.load(registry.scan()[0])
+    assert lm.engine.compile is True
+    ready = lm.engine._decoders.take(None)  # the decoder made while loading, kept for the first request
+    assert ready.compiled is not None and ready.compiled.run is not None
