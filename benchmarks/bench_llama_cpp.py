@@ -2,6 +2,9 @@
 
     python benchmarks/bench_llama_cpp.py [--repeats 7] [--compile] [--json out.json]
 
+With --compile, ours decodes through the step built ahead of time (decode_compiled.py); the
+first request of each model, which finds it or builds it, is timed apart and printed.
+
 Needs llama-cpp-python, which is not a dependency of Repytilian (it compiles llama.cpp, a few
 minutes): `pip install llama-cpp-python`. Each model is exported with `repytilian export --format
 gguf`'s own code and run by both: the shipped `bpe` model (0.9M parameters, context 64) and two
@@ -73,7 +76,8 @@ def measure(name: str, lm: LanguageModel, folder: Path, repeats: int, compile: b
         text = llm.create_completion(PROMPT, max_tokens=n, temperature=0.0)["choices"][0]["text"]
         return time.perf_counter() - t0, text
 
-    ours(), theirs()  # warm-up (and the compile, where asked)
+    first = ours()[0]  # warm-up: with --compile, finding the built step or building it
+    theirs()
     times: dict[str, list[float]] = {"ours": [], "llama.cpp": []}
     texts = {}
     for _ in range(repeats):
@@ -83,13 +87,15 @@ def measure(name: str, lm: LanguageModel, folder: Path, repeats: int, compile: b
     rate = {who: n / statistics.median(t) for who, t in times.items()}
     return {"model": name, "new_tokens": n, "threads": threads, "ours_tokens_per_s": rate["ours"],
             "llama_cpp_tokens_per_s": rate["llama.cpp"], "ratio": rate["ours"] / rate["llama.cpp"],
-            "same_text": texts["ours"] == texts["llama.cpp"], "compiled": compile}
+            "same_text": texts["ours"] == texts["llama.cpp"], "compiled": compile, "first_request_s": first}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--compile", action="store_true", help="ours with the compiled decoding step")
+    parser.add_argument("--compile", action="store_true",
+                        help="ours through the decoding step built ahead of time (built the first time, then "
+                             "kept in $REPYTILIAN_HOME/decoding-steps)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     try:
@@ -105,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             print(f"{name}: {r['new_tokens']} greedy tokens, ours {r['ours_tokens_per_s']:,.0f} tokens/s, "
                   f"llama.cpp {r['llama_cpp_tokens_per_s']:,.0f}: {r['ratio']:.2f}x "
-                  f"(same text: {'yes' if r['same_text'] else 'no'})", flush=True)
+                  f"(same text: {'yes' if r['same_text'] else 'no'}; our first request {r['first_request_s']:.2f} s"
+                  f"{', finding or building the step' if args.compile else ''})", flush=True)
     import llama_cpp
 
     machine = {"cpu": cpu_name(), "torch": torch.__version__,
