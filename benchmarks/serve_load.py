@@ -1,7 +1,7 @@
 """Load test for `repytilian serve`: C clients x R requests on 127.0.0.1, then latency and throughput.
 
     python3 benchmarks/serve_load.py [--clients 8] [--requests 50] [--tokens 32] [--model shakespeare/v2c]
-    python3 benchmarks/serve_load.py --compare 1,8,32 --tokens 64 --requests 20
+    python3 benchmarks/serve_load.py --compare 1,8,32 --tokens 64 --requests 20 [--compile]
 
 It starts the server itself (the real command line, on a free port), runs a fixed number of
 requests (the loops are bounded: it stops by itself), stops the server and prints one table:
@@ -26,9 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_server(models: Path, clients: int, concurrent: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(models: Path, clients: int, concurrent: int | None,
+                 compile: bool = False) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     limits = ["--max-queue", str(clients)] + (["--max-concurrent", str(concurrent)] if concurrent else [])
+    limits += ["--compile"] if compile else []
     proc = subprocess.Popen([sys.executable, "-m", "repytilian", "serve", "--models", str(models), "--port", "0",
                              *limits],
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -59,7 +61,7 @@ def run(url: str, model: str, clients: int, requests: int, tokens: int, stream: 
     lock = threading.Lock()
 
     def client(k: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as http:
+        with httpx.Client(base_url=url, timeout=300) as http:  # a first request may wait for a build
             for i in range(requests):  # bounded: each client makes exactly `requests` requests
                 body = {"model": model, "prompt": "ROMEO:", "max_tokens": tokens, "seed": k * 1000 + i,
                         "stream": stream}
@@ -105,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens of each request")
     parser.add_argument("--concurrent", type=int, default=None, help="the server's --max-concurrent (default: its own)")
     parser.add_argument("--stream", action="store_true", help="streaming requests (server-sent events)")
+    parser.add_argument("--compile", action="store_true",
+                        help="the server's --compile: decoding steps built ahead of time (the warm-up request "
+                             "waits for the build, up to a minute or two the first time)")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.compare.split(",")] if args.compare else [args.clients]
-    proc, url = start_server(Path(args.models), max(counts), args.concurrent)
+    proc, url = start_server(Path(args.models), max(counts), args.concurrent, args.compile)
     results = []
     try:
         run(url, args.model, 1, 1, 4, args.stream)  # warm-up: the model loaded, its batch started
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(10)
     at_once = f"{args.concurrent} at once" if args.concurrent else "the server's default limits"
+    at_once += ", --compile" if args.compile else ""
     print(f"requests of {args.tokens} tokens ({args.model}, {'streaming' if args.stream else 'whole answers'}, "
           f"{at_once}), {args.requests} per client:")
     first = results[0]

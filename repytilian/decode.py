@@ -159,7 +159,7 @@ class Decoder:
         self._new_cache = model.new_cache
         # One token of one sequence as one built step (decode_compiled.py), found or built now:
         # before the first token, so that what building says comes before any text.
-        self.compiled = compiled if compiled is not None and compiled.prepare(self.cache) else None
+        self.compiled = compiled if compiled is not None and compiled.prepare() else None
         self.compile_setting: bool | None = None  # the engine's, when it made this (engine.DecoderPool)
 
     @property
@@ -183,10 +183,11 @@ class Decoder:
     def forward(self, idx: torch.Tensor, first: int = 0) -> torch.Tensor:
         """idx (B, T) new tokens after the cached ones of rows first..first+B-1 -> logits (B,
         vocab) of the last position."""
-        if self.compiled is not None and idx.shape == (1, 1) and first == 0:
-            logits = self.compiled(idx, self.cache.lengths[0], self.cache)
+        if self.compiled is not None and idx.size(1) == 1 and first == 0:
+            logits = self.compiled(idx, self.cache)
             if logits is not None:
-                self.cache.lengths[0] += 1
+                lengths = self.cache.lengths
+                lengths[:idx.size(0)] = [n + 1 for n in lengths[:idx.size(0)]]
                 return logits
         # oneDNN is switched off where PyTorch's own kernels are faster (measured on an AVX512-BF16
         # CPU): for one token, the bf16 matrix-vector kernel reads the weights about twice as fast

@@ -1,6 +1,6 @@
-"""A decoding step built ahead of time as one native function: the model's own forward pass for
-one token of one sequence, exported (torch.export) and compiled by AOTInductor into a shared
-library that holds the weights.
+"""Decoding steps built ahead of time as native functions: the model's own forward pass for one
+new token a row, exported (torch.export) and compiled by AOTInductor into a shared library that
+holds the weights. Two of them: one row (batch 1), and any number of rows (a server's batches).
 
 Why: at batch 1 a small model's step is the cost of its ~130 PyTorch calls (2-25 us each), not
 their arithmetic, and MKL's matrix-vector products are slow on AMD's CPUs (128x1024: 20 us where
@@ -8,24 +8,25 @@ numpy's OpenBLAS takes 9). Built this way the step is one call from Python, Indu
 matrix kernels are timed against MKL's for each shape and the faster kept (max_autotune), and the
 weights are constants. Measured on a 2-core AVX2 EPYC (torch 2.13): the shipped `bpe` model 95 us
 a step against ~650 eager and 436 through torch.compile (whose Python wrappers and guards alone
-cost ~150 us a call); the `hyper` shape 1.46 ms against 2.4 (float16) eager. docs/benchmarks.md
-has the figures against llama.cpp.
+cost ~150 us a call); the `hyper` shape 1.46 ms against 2.4 (float16) eager. For batches (`v2c`):
+8 rows 295 us against 1,073 eager; its shapes are not fixed, so one row through it costs more
+(bpe 162 us) than through the one-row step. docs/benchmarks.md has the figures against llama.cpp.
 
-What it costs: building takes 30-40 s on 2 cores the first time for a model's weights on a
-machine; the library is then kept, and a later run loads it in about 10 ms (plus hashing the
-weights to find it: ~25 ms for 44 MB). So it is asked for (`--compile`, `engine.compile`), never
-on by default: the first time it pays after about 35 s / (0.5 ms saved a token) = 70,000 tokens;
-once kept, after a few hundred.
+What it costs: building takes 20-40 s on 2 cores the first time for a model's weights on a
+machine (the batch step up to twice that); the library is then kept, and a later run loads it in
+about 10 ms (plus hashing the weights to find it: ~25 ms for 44 MB). So it is built only when
+asked (`--compile`, `engine.compile = True`; the batch step by `serve --compile`), and used
+whenever it is there: the first build pays after some 40,000 tokens, a kept one at once.
 
-Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.pt2`, named by the digest of the
-weights, the config, torch's version and this CPU, the newest KEEP of them. It is native code
-built on this machine from the model's own weights: never read from a model folder, never shared
-(model folders hold weights only, loaded without running any code).
+Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.pt2` (and `<digest>-rows.pt2`), named
+by the digest of the weights, the config, torch's version and this CPU, the newest KEEP of them.
+It is native code built on this machine from the model's own weights: never read from a model
+folder, never shared (model folders hold weights only, loaded without running any code).
 
-The graph is static: the KV cache's row is passed whole, the position as a tensor, and the
-attention masks what lies beyond it, so one build serves every position. `FixedCache` gives the
-model's forward pass the cache interface (attention.KVCache's) for that. A build that fails is
-reported once (a note) and decoding goes on without it.
+The graph is static but for the rows: each row of the KV cache is passed whole, the positions as
+a tensor, and the attention masks what lies beyond each, so one build serves every position.
+`FixedCache` gives the model's forward pass the cache interface (attention.KVCache's) for that. A
+build that fails is reported once (a note) and decoding goes on without it.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from .runtime.fileio import atomic_output
 from .runtime.paths import cache_dir
 
 KEEP = 8  # built steps kept in the cache folder (6-50 MB each for the shipped shapes)
+ROWS_EXAMPLE, MAX_ROWS = 8, 4096  # the batch step: exported with 8 rows, runs any count from 2 to 4,096
 FORMAT = 1  # part of every digest: a change to what is built here builds again
 # Freezing makes the weights constants (laid out once, at build time); max_autotune times
 # Inductor's C++ matrix kernels against MKL's per shape (bpe: 95 against 257 us a step with MKL's).
@@ -118,15 +120,21 @@ def step_digest(model: GPT) -> str:
     return h.hexdigest()[:40]
 
 
-def build(model: GPT, example: list[torch.Tensor], path: Path) -> None:
-    """Export the step and compile it into `path` (atomically: a crash leaves no half-built file)."""
+def build(model: GPT, rows: int | None, path: Path) -> None:
+    """Export the step for one row (`rows` None) or for any number of rows from 2 on, and compile
+    it into `path` (atomically: a crash leaves no half-built file)."""
     import torch._inductor as inductor  # the compiler: only when a step is built
 
-    layers = len(model.transformer.h)
-    keys, values, idx, pos = example[:layers], example[layers:2 * layers], example[-2], example[-1]
+    example = model.new_cache(rows or 1)
+    idx, pos = torch.zeros(rows or 1, 1, dtype=torch.long), torch.zeros(rows or 1, dtype=torch.long)
+    dynamic = None
+    if rows:
+        n = torch.export.Dim("rows", min=2, max=MAX_ROWS)
+        dynamic = ([{0: n}] * len(example.keys), [{0: n}] * len(example.values), {0: n}, {0: n})
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the compiler's own deprecation warnings are not the user's
-        program = torch.export.export(_Step(model).eval(), (keys, values, idx, pos))
+        program = torch.export.export(_Step(model).eval(), (example.keys, example.values, idx, pos),
+                                      dynamic_shapes=dynamic)
         with atomic_output(path, suffix=".pt2") as tmp:
             options = dict(INDUCTOR_OPTIONS)  # a copy: it adds to what it is given
             inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=options)
@@ -159,55 +167,79 @@ def compiled_step(model: GPT, compile: bool | None) -> CompiledStep | None:
             note("note: the decoding step is built for CPUs only; decoding without compiling")
         return None
     step = CompiledStep(model, build_missing=bool(compile))
-    return step if compile or step.path.exists() else None
+    return step if compile or step.one.path.exists() or step.rows.path.exists() else None
 
 
-class CompiledStep:
-    """`step(idx (1, 1), position, cache)` -> logits (1, vocab) of the cache's first row, or None
-    where it could not be had. `prepare` loads the model's step from the cache folder, or builds it
-    there (`build_missing`)."""
+class _Library:
+    """One built step: its file and, once loaded, its function of the flattened inputs."""
 
-    def __init__(self, model: GPT, build_missing: bool = True, folder: Path | None = None):
-        self.model, self.build_missing = model, build_missing
-        self.folder = folder or cache_dir() / "decoding-steps"
-        self.path = self.folder / f"{step_digest(model)}.pt2"
+    def __init__(self, path: Path, rows: int | None):
+        self.path, self.rows = path, rows  # rows: None for the one-row step, else the example's count
         self.run: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
         self.failed = False
-        self.start_seconds: float | None = None  # what loading or building it took
-        self.pos = torch.zeros(1, dtype=torch.long)
-        self._cache, self._rows = None, []  # the cache last seen, its first row's tensors
+        self.seconds: float | None = None  # what loading or building it took
 
-    def __call__(self, idx: torch.Tensor, position: int, cache: KVCache) -> torch.Tensor | None:
-        if self.run is None and not self.prepare(cache):
-            return None
-        if cache is not self._cache:
-            self._cache, self._rows = cache, [t.narrow(0, 0, 1) for t in (*cache.keys, *cache.values)]
-        self.pos.fill_(position)
-        return self.run([*self._rows, idx, self.pos])[0]
-
-    def prepare(self, cache: KVCache) -> bool:
-        """Whether the step is ready (loaded, or built now); False, with a note, where it cannot be."""
+    def ready(self, model: GPT, build_missing: bool) -> bool:
         if self.run is not None or self.failed:
             return self.run is not None
-        t0 = time.perf_counter()
-        example = [t.narrow(0, 0, 1) for t in (*cache.keys, *cache.values)]
-        example += [torch.zeros(1, 1, dtype=torch.long), self.pos]
-        built = False
+        if not self.path.exists() and not build_missing:
+            return False
+        what = "decoding step" if self.rows is None else "decoding step for batches"
+        t0, built = time.perf_counter(), False
         try:
-            if not self.path.exists() and self.build_missing:
-                note("compiling the decoding step for this model: about half a minute the first time, "
-                     f"kept for later runs in {self.folder}", kind="info")
-                build(self.model, example, self.path)
+            if not self.path.exists():
+                note(f"compiling the {what} for this model: about half a minute the first time, "
+                     f"kept for later runs in {self.path.parent}", kind="info")
+                build(model, self.rows, self.path)
                 built = True
             self.run = load(self.path)
             os.utime(self.path)  # recently used: kept before older ones
-            _keep_newest(self.folder, KEEP)
+            _keep_newest(self.path.parent, KEEP)
         except Exception as e:  # noqa: BLE001 - no compiler, an unsupported layer: decode without it
             self.failed = True
-            note(f"note: the decoding step could not be {'compiled' if self.build_missing else 'loaded'} "
+            note(f"note: the {what} could not be {'compiled' if built or build_missing else 'loaded'} "
                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); decoding without compiling")
             return False
-        self.start_seconds = time.perf_counter() - t0
+        self.seconds = time.perf_counter() - t0
         if built:
-            note(f"compiled the decoding step in {self.start_seconds:.1f} s", kind="info")
+            note(f"compiled the {what} in {self.seconds:.1f} s", kind="info")
         return True
+
+
+class CompiledStep:
+    """`step(idx (B, 1), cache)` -> logits (B, vocab) of the cache's first B rows, each at its own
+    length, or None where no built step serves B rows. Two libraries: one row (`one`, batch 1,
+    the fastest), and any number of rows from 2 on (`rows`, a server's batches: its shapes are
+    not fixed, so its matrix kernels are not as fast for one row). `prepare` loads them from the
+    cache folder, or builds them there (`build_missing`; the second only when asked for)."""
+
+    def __init__(self, model: GPT, build_missing: bool = True, folder: Path | None = None):
+        self.model, self.build_missing = model, build_missing
+        folder = folder or cache_dir() / "decoding-steps"
+        digest = step_digest(model)
+        self.one = _Library(folder / f"{digest}.pt2", None)
+        self.rows = _Library(folder / f"{digest}-rows.pt2", ROWS_EXAMPLE)
+        self.block = model.config.block_size
+        self.pos = torch.zeros(1, dtype=torch.long)
+        self._inputs: tuple = (None, 0, [])  # the cache last seen, its row count, those rows' tensors
+
+    def prepare(self, rows: bool = False) -> bool:
+        """Whether a step is ready: the one-row step, and with `rows` the one for batches too
+        (loaded, or built now where asked); where one cannot be had, a note says why."""
+        one = self.one.ready(self.model, self.build_missing)
+        many = self.rows.ready(self.model, self.build_missing and rows)
+        return one or many
+
+    def __call__(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
+        count = idx.size(0)
+        library = self.one if count == 1 else self.rows
+        lengths = cache.lengths[:count]
+        if library.run is None or max(lengths) >= self.block:  # past the block: eager says so
+            return None
+        if self._inputs[0] is not cache or self._inputs[1] != count:
+            self._inputs = (cache, count, [t.narrow(0, 0, count) for t in (*cache.keys, *cache.values)])
+        if count == 1:
+            pos = self.pos.fill_(lengths[0])
+        else:
+            pos = torch.tensor(lengths, dtype=torch.long)
+        return library.run([*self._inputs[2], idx, pos])[0]

@@ -259,7 +259,7 @@ class Registry:
             lm = load_model(info.path, device=self.device, which=info.which)
             if self.compile:  # built now, while loading, not while a request decodes
                 lm.engine.compile = True
-                lm.engine.prepare()
+                lm.engine.prepare(rows=True)
             self._loaded[info.id] = (key, lm)
             self._loaded.move_to_end(info.id)
             while len(self._loaded) > self.max_loaded:
