@@ -121,6 +121,26 @@ def test_generate_with_compile_gives_the_text_it_gives_without(built, tmp_path, 
 
 
 @pytest.mark.slow
+def test_generate_samples_with_compile_decode_through_the_batch_step(built, tmp_path, monkeypatch):
+    args = ("generate.py", "-m", str(built["folder"]), "-c", "the cat", "-t", "30", "--seed", "3", "--num-samples", "3")
+    plain = run_script(*args, cwd=tmp_path)
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    monkeypatch.setattr(decode_compiled, "build", lambda *a, **k: pytest.fail("built again"))
+    rows = []
+    run = decode_compiled._Library.ready
+
+    def ready(self, model, build_missing):
+        if self.rows:
+            rows.append(build_missing)
+        return run(self, model, build_missing)
+    monkeypatch.setattr(decode_compiled._Library, "ready", ready)
+    compiled = run_script(*args, "--compile", cwd=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == plain.stdout and compiled.stdout.count("---") == 2
+    assert True in rows  # asked for, and found
+
+
+@pytest.mark.slow
 def test_by_default_a_step_built_before_is_used_and_none_is_built(built, monkeypatch):
     monkeypatch.setattr(decode_compiled, "build", lambda *a, **k: pytest.fail("built by default"))
     fresh = LanguageModel(built["model"], built["tokenizer"])  # this test's own home: nothing built

@@ -82,6 +82,8 @@ def generate_command(args: argparse.Namespace) -> int:
     else:
         lm = open_model(args)
     lm.engine.compile = args.compile or None  # --compile builds the decoding step (decode_compiled.py)
+    if args.compile and args.num_samples > 1:  # and the one for several rows, which samples decode through
+        lm.engine.prepare(rows=True)
     if args.interactive:
         from .chat import chat_loop
 
