@@ -18,7 +18,7 @@ about 10 ms (plus hashing the weights to find it: ~25 ms for 44 MB). So it is bu
 asked (`--compile`, `engine.compile = True`; the batch step by `serve --compile`), and used
 whenever it is there: the first build pays after some 40,000 tokens, a kept one at once.
 
-Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.pt2` (and `<digest>-rows.pt2`), named
+Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.so` (and `<digest>-rows.so`), named
 by the digest of the weights, the config, torch's version and this CPU, the newest KEEP of them.
 It is native code built on this machine from the model's own weights: never read from a model
 folder, never shared (model folders hold weights only, loaded without running any code).
@@ -34,8 +34,11 @@ import functools
 import hashlib
 import json
 import os
+import stat
+import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -135,23 +138,32 @@ def build(model: GPT, rows: int | None, path: Path) -> None:
         warnings.simplefilter("ignore")  # the compiler's own deprecation warnings are not the user's
         program = torch.export.export(_Step(model).eval(), (example.keys, example.values, idx, pos),
                                       dynamic_shapes=dynamic)
-        with atomic_output(path, suffix=".pt2") as tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as work:
+            package = Path(work) / "step.pt2"
             options = dict(INDUCTOR_OPTIONS)  # a copy: it adds to what it is given
-            inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=options)
+            inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=options)
+            # The package is a zip around one shared library (weights inside): kept as that library,
+            # which loads in ~3 ms with nothing unpacked into /tmp (the package loader leaves its
+            # unpacked copy there when a process ends without freeing it).
+            with zipfile.ZipFile(package) as zipped, atomic_output(path, suffix=".so") as tmp:
+                [library] = [name for name in zipped.namelist() if name.endswith(".so")]
+                tmp.write_bytes(zipped.read(library))
 
 
 def load(path: Path) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """The built step's function of its flattened inputs (keys..., values..., idx, pos)."""
-    try:  # torch's own loader, without importing the compiler (1.2 s) to reach it
-        return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1).run
-    except (AttributeError, TypeError):  # a torch whose loader is called otherwise
-        import torch._inductor as inductor
-
-        return inductor.aoti_load_package(str(path)).loader.run
+    """The built step's function of its flattened inputs (keys..., values..., idx, pos), from a
+    library only this user can have written (it is native code: never one others could plant)."""
+    for where in (path, path.parent):
+        st = where.stat()
+        if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & stat.S_IWOTH):
+            raise PermissionError(f"{where} is not this user's alone")
+    return torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1).run
 
 
 def _keep_newest(folder: Path, keep: int) -> None:
-    built = sorted(folder.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    built = sorted((p for p in folder.glob("*.so") if not p.name.startswith(".")),  # not one being written
+                   key=lambda p: p.stat().st_mtime, reverse=True)
     for old in built[keep:]:
         old.unlink(missing_ok=True)
 
@@ -217,8 +229,8 @@ class CompiledStep:
         self.model, self.build_missing = model, build_missing
         folder = folder or cache_dir() / "decoding-steps"
         digest = step_digest(model)
-        self.one = _Library(folder / f"{digest}.pt2", None)
-        self.rows = _Library(folder / f"{digest}-rows.pt2", ROWS_EXAMPLE)
+        self.one = _Library(folder / f"{digest}.so", None)
+        self.rows = _Library(folder / f"{digest}-rows.so", ROWS_EXAMPLE)
         self.block = model.config.block_size
         self.pos = torch.zeros(1, dtype=torch.long)
         self._inputs: tuple = (None, 0, [])  # the cache last seen, its row count, those rows' tensors

@@ -63,7 +63,7 @@ def test_the_compiled_step_gives_the_eager_greedy_text(built):
     assert [n for n in built["notes"] if n.startswith("compiled the decoding step in")]
     assert sum("compiling the decoding step for this model" in n for n in built["notes"]) == 1
     assert sum("compiling the decoding step for batches" in n for n in built["notes"]) == 1
-    assert len(list((built["home"] / "decoding-steps").glob("*.pt2"))) == 2
+    assert len(list((built["home"] / "decoding-steps").glob("*.so"))) == 2
 
 
 @pytest.mark.slow
@@ -166,11 +166,11 @@ def test_the_digest_names_weights_config_and_machine(built):
 
 def test_the_cache_folder_keeps_the_newest_steps(tmp_path):
     for i in range(decode_compiled.KEEP + 3):
-        path = tmp_path / f"{i}.pt2"
+        path = tmp_path / f"{i}.so"
         path.write_bytes(b"x")
         os.utime(path, (time.time() - 1000 + i, time.time() - 1000 + i))
     decode_compiled._keep_newest(tmp_path, decode_compiled.KEEP)
-    assert sorted(int(p.stem) for p in tmp_path.glob("*.pt2")) == list(range(3, decode_compiled.KEEP + 3))
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.so")) == list(range(3, decode_compiled.KEEP + 3))
 
 
 def test_a_build_that_fails_leaves_nothing_in_the_cache(built, tmp_path, monkeypatch):
@@ -196,3 +196,21 @@ def test_serve_with_compile_readies_the_step_as_it_loads_a_model(built, monkeypa
     assert lm.engine.compile is True
     ready = lm.engine._decoders.take(None)  # the decoder made while loading, kept for the first request
     assert ready.compiled.one.run is not None and ready.compiled.rows.run is not None
+
+
+@pytest.mark.slow
+def test_a_built_step_others_could_have_written_is_not_loaded(built, tmp_path):
+    """It is native code: in a folder anyone may write to, it could be anyone's."""
+    import shutil
+
+    folder = tmp_path / "decoding-steps"
+    shutil.copytree(built["home"] / "decoding-steps", folder)
+    folder.chmod(0o777)
+    step = decode_compiled.CompiledStep(built["model"], build_missing=False, folder=folder)
+    notes = []
+    with notes_to(notes.append):
+        assert not step.prepare()
+    assert "not this user's alone" in notes[0].text and "could not be loaded" in notes[0].text
+    folder.chmod(0o755)
+    again = decode_compiled.CompiledStep(built["model"], build_missing=False, folder=folder)
+    assert again.prepare() and again.one.run is not None

@@ -1,7 +1,9 @@
 """Where Repytilian keeps things on this machine, and the environment variables that move them.
 
 - REPYTILIAN_HOME: the cache (default ~/.cache/repytilian): datasets/ (downloaded data sets),
-  tokens/ (large corpora tokenized once), dtype-choices.json (number formats measured here);
+  tokens/ (large corpora tokenized once), dtype-choices.json (number formats measured here),
+  compile-choices.json (whether a long run compiles), decoding-steps/ (decoding steps built for
+  this machine, decode_compiled.py);
 - REPYTILIAN_DATA: a folder holding data set files (a mirror for machines without network);
 - REPYTILIAN_OFFLINE: never download (data sets, tiktoken's encodings);
 - REPYTILIAN_NO_PROGRESS: no progress bars or lines (logs only);
