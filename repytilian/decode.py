@@ -183,11 +183,9 @@ class Decoder:
     def forward(self, idx: torch.Tensor, first: int = 0) -> torch.Tensor:
         """idx (B, T) new tokens after the cached ones of rows first..first+B-1 -> logits (B,
         vocab) of the last position."""
-        if self.compiled is not None and idx.size(1) == 1 and first == 0:
-            logits = self.compiled(idx, self.cache)
+        if self.compiled is not None and (idx.size(1) == 1 or self.compiled.prefills(idx.size(1))):
+            logits = self._through_built_step(idx, first)
             if logits is not None:
-                lengths = self.cache.lengths
-                lengths[:idx.size(0)] = [n + 1 for n in lengths[:idx.size(0)]]
                 return logits
         # oneDNN is switched off where PyTorch's own kernels are faster (measured on an AVX512-BF16
         # CPU): for one token, the bf16 matrix-vector kernel reads the weights about twice as fast
@@ -198,6 +196,18 @@ class Decoder:
         with torch.inference_mode(), _without_onednn(skip_onednn):
             logits, _ = self.model(idx, last_only=True, cache=self.cache.rows(first, idx.size(0)))
         return logits[:, -1, :].float()
+
+    def _through_built_step(self, idx: torch.Tensor, first: int) -> torch.Tensor | None:
+        """idx's positions one at a time through the built step (a step, or a short prompt), or None
+        where it does not serve these rows (eager then)."""
+        count, new = idx.shape
+        lengths = self.cache.lengths
+        if not self.compiled.serves(count, max(lengths[first:first + count]) + new):
+            return None
+        for t in range(new):
+            logits = self.compiled(idx[:, t:t + 1].contiguous(), self.cache, first)
+            lengths[first:first + count] = [n + 1 for n in lengths[first:first + count]]
+        return logits
 
     def reset(self, row: int | None = None) -> None:
         """Forget what every row holds (or row `row`)."""

@@ -214,3 +214,26 @@ def test_a_built_step_others_could_have_written_is_not_loaded(built, tmp_path):
     folder.chmod(0o755)
     again = decode_compiled.CompiledStep(built["model"], build_missing=False, folder=folder)
     assert again.prepare() and again.one.run is not None
+
+
+@pytest.mark.slow
+def test_a_short_prompt_goes_in_through_the_built_steps_and_a_long_one_eagerly(built, monkeypatch):
+    from repytilian.decode import Decoder
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    model = built["model"]
+    prompt = torch.tensor([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1], [2, 2, 2, 2, 2]])
+    eager = Decoder(model, 4)
+    expected = [eager.forward(prompt[:, :-1], 1), eager.forward(prompt[:, -1:], 1)]
+    step = decode_compiled.compiled_step(model, None)
+    decoder = Decoder(model, 4, compiled=step)
+    eager_pass = decoder.model
+    decoder.model = lambda *a, **k: pytest.fail("an eager pass")
+    got = [decoder.forward(prompt[:, :-1], 1), decoder.forward(prompt[:, -1:], 1)]  # rows 1-3, a batch step
+    assert decoder.cache.lengths == [0, 5, 5, 5]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    long = torch.arange(decode_compiled.PREFILL_TOKENS + 1)[None] % 10
+    decoder.model, calls = (lambda *a, **k: calls.append(1) or eager_pass(*a, **k)), []
+    decoder.forward(long, 0)
+    assert calls == [1] and decoder.cache.lengths[0] == len(long[0])
