@@ -205,8 +205,11 @@ class Decoder:
         if not self.compiled.serves(count, max(lengths[first:first + count]) + new):
             return None
         for t in range(new):
-            logits = self.compiled(idx[:, t:t + 1].contiguous(), self.cache, first)
-            lengths[first:first + count] = [n + 1 for n in lengths[first:first + count]]
+            logits = self.compiled(idx if new == 1 else idx[:, t:t + 1].contiguous(), self.cache, first)
+            if count == 1:
+                lengths[first] += 1
+            else:
+                lengths[first:first + count] = [n + 1 for n in lengths[first:first + count]]
         return logits
 
     def reset(self, row: int | None = None) -> None:
