@@ -24,6 +24,7 @@ from .events import notes_to
 
 Sink = Callable[[Any], None]  # gets each Event, then None (done) or the exception that ended the request
 _STOP = object()
+CLOSE_WAIT_SECONDS = 5.0
 
 
 class BatchLoop:
@@ -47,9 +48,15 @@ class BatchLoop:
                 self._thread.start()
         self._submitted.put((request, sink))
 
-    def close(self) -> None:
-        """The loop ends once the requests in it have (nothing new joins)."""
+    def close(self, wait: float = CLOSE_WAIT_SECONDS) -> None:
+        """The loop ends once the requests in it have (nothing new joins); this waits up to `wait`
+        seconds for its thread to be done. The server closes a loop when its model is let go (no
+        request holds it then) and at exit: a thread still freeing tensors while the interpreter
+        shuts down makes the process abort ("terminate called without an active exception")."""
         self._submitted.put(_STOP)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(wait)
 
     def _run(self) -> None:
         threads = self.threads

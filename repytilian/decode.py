@@ -205,7 +205,7 @@ class Decoder:
         if not self.compiled.serves(count, max(lengths[first:first + count]) + new):
             return None
         for t in range(new):
-            logits = self.compiled(idx if new == 1 else idx[:, t:t + 1].contiguous(), self.cache, first)
+            logits = self.compiled(idx if new == 1 else idx[:, t:t + 1], self.cache, first)
             if count == 1:
                 lengths[first] += 1
             else:

@@ -267,4 +267,5 @@ class CompiledStep:
             rows = [t.narrow(0, first, count) for t in (*cache.keys, *cache.values)]
             self._inputs = (cache, first, count, rows)
         pos = self.pos.fill_(lengths[0]) if count == 1 else torch.tensor(lengths, dtype=torch.long)
-        return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx, pos])[0]
+        # contiguous: the library reads its inputs as laid out when it was built, and checks nothing
+        return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx.contiguous(), pos])[0]

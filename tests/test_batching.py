@@ -125,6 +125,7 @@ def test_the_batch_loop_runs_requests_from_many_threads_at_once(lm):
     for t in threads:
         t.join(90)
     loop.close()
+    assert not loop._thread.is_alive()  # done, not still freeing its batch: at exit that aborts the process
     assert results == alone(lm, mixed_requests(lm) * 2)
 
 
