@@ -249,7 +249,8 @@ class CompiledStep:
 
     def serves(self, count: int, end: int) -> bool:
         """Whether a built step takes `count` rows whose longest reaches position `end` - 1."""
-        return (self.one if count == 1 else self.rows).run is not None and end <= self.block
+        library = self.one if count == 1 else self.rows
+        return library.run is not None and end <= self.block and count <= MAX_ROWS
 
     def prefills(self, tokens: int) -> bool:
         """Whether a prompt of `tokens` goes in faster a position at a time through the built step
