@@ -206,6 +206,8 @@ class Decoder:
             return None
         for t in range(new):
             logits = self.compiled(idx if new == 1 else idx[:, t:t + 1], self.cache, first)
+            # the lengths moved on in place, not through a KVCache.rows view: making one costs ~15 us
+            # a token, 8% of a built bpe step
             if count == 1:
                 lengths[first] += 1
             else:

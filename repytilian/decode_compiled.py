@@ -193,7 +193,6 @@ class _Library:
         self.path, self.rows = path, rows  # rows: None for the one-row step, else the example's count
         self.run: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
         self.failed = False
-        self.seconds: float | None = None  # what loading or building it took
 
     def ready(self, model: GPT, build_missing: bool) -> bool:
         if self.run is not None or self.failed:
@@ -216,15 +215,14 @@ class _Library:
             note(f"note: the {what} could not be {'compiled' if built or build_missing else 'loaded'} "
                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); decoding without compiling")
             return False
-        self.seconds = time.perf_counter() - t0
         if built:
-            note(f"compiled the {what} in {self.seconds:.1f} s", kind="info")
+            note(f"compiled the {what} in {time.perf_counter() - t0:.1f} s", kind="info")
         return True
 
 
 class CompiledStep:
     """`step(idx (B, 1), cache)` -> logits (B, vocab) of the cache's first B rows, each at its own
-    length, or None where no built step serves B rows. Two libraries: one row (`one`, batch 1,
+    length, where `serves` says a built step takes them. Two libraries: one row (`one`, batch 1,
     the fastest), and any number of rows from 2 on (`rows`, a server's batches: its shapes are
     not fixed, so its matrix kernels are not as fast for one row). `prepare` loads them from the
     cache folder, or builds them there (`build_missing`; the second only when asked for)."""
@@ -257,13 +255,12 @@ class CompiledStep:
         than in one eager forward pass (PREFILL_TOKENS)."""
         return tokens <= PREFILL_TOKENS and self.small
 
-    def __call__(self, idx: torch.Tensor, cache: KVCache, first: int = 0) -> torch.Tensor | None:
+    def __call__(self, idx: torch.Tensor, cache: KVCache, first: int = 0) -> torch.Tensor:
         """idx (B, 1): the next token of rows first..first+B-1, each at its own length -> logits
-        (B, vocab); None where no built step serves them (the caller decodes eagerly)."""
+        (B, vocab). The caller has asked `serves` first (past the block, the library would read
+        out of bounds: the eager pass says so instead)."""
         count = idx.size(0)
         lengths = cache.lengths[first:first + count]
-        if not self.serves(count, max(lengths) + 1):  # past the block: eager says so
-            return None
         if self._inputs[:3] != (cache, first, count):
             rows = [t.narrow(0, first, count) for t in (*cache.keys, *cache.values)]
             self._inputs = (cache, first, count, rows)
