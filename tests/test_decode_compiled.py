@@ -237,3 +237,41 @@ def test_a_short_prompt_goes_in_through_the_built_steps_and_a_long_one_eagerly(b
     decoder.model, calls = (lambda *a, **k: calls.append(1) or eager_pass(*a, **k)), []
     decoder.forward(long, 0)
     assert calls == [1] and decoder.cache.lengths[0] == len(long[0])
+
+
+@pytest.mark.slow
+def test_the_built_step_lets_other_threads_run_while_it_works(built, monkeypatch):
+    """A server's event loop runs beside its batch: while a step runs, other threads get the
+    interpreter. Python never takes the lock from a thread here (the switch interval is made
+    longer than the test), so the main thread runs while the step does only where the step lets go
+    of it: in every step, or (torch's own runner, which holds it) never."""
+    import sys
+    import threading
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    step = decode_compiled.compiled_step(built["model"], None)
+    assert step.prepare(rows=True)
+    run, inside, seen = step.rows.run, [False], [0]
+
+    def watched(inputs):
+        inside[0] = True
+        out = run(inputs)
+        inside[0] = False
+        return out
+
+    step.rows.run = watched
+    cache = built["model"].new_cache(4)
+    idx = torch.zeros(4, 1, dtype=torch.long)
+    steps = 200
+    worker = threading.Thread(target=lambda: [step(idx, cache) for _ in range(steps)])
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(600)
+    try:
+        worker.start()
+        while worker.is_alive():
+            seen[0] += inside[0]
+            time.sleep(0)  # lets go of the lock: the worker goes on at once where it waits for it
+    finally:
+        sys.setswitchinterval(interval)
+        worker.join()
+    assert seen[0] >= steps // 4
