@@ -253,3 +253,39 @@ def test_a_model_is_found_by_its_path_exactly_as_the_scan_lists_it(tmp_path):
     for model_id in others:
         with pytest.raises(ModelNotFound):
             registry.find(model_id, training=True)
+
+
+def test_a_model_found_is_found_again_without_reading_its_folder_until_it_changes(tmp_path, monkeypatch):
+    """Requests for one model find it again from memory (one stat of its config.json), but a config
+    rewritten, a folder gone or replaced by a symlink out of the models folder is seen at once."""
+    import shutil
+
+    from repytilian.serve import registry as registry_module
+    from repytilian.serve.registry import ModelNotFound, Registry
+
+    root, outside = tmp_path / "models", tmp_path / "outside"
+
+    def model(folder: Path, loss: float) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"format": "repytilian-model", "tokenizer": "characters", "summary": {"val_loss_full": loss}}
+        (folder / "config.json").write_text(json.dumps(meta))
+
+    model(root / "m", 2.0)
+    registry = Registry(root=root)
+    looked, look = [], registry._look_along
+    monkeypatch.setattr(registry, "_look_along", lambda model_id: looked.append(model_id) or look(model_id))
+    assert registry.find("m").val_loss == 2.0 and registry.find("m").val_loss == 2.0
+    assert looked == ["m"]
+    model(root / "m", 1.25)  # rewritten (its length differs: the same modification time may come back)
+    assert registry.find("m").val_loss == 1.25 and looked == ["m", "m"]
+    monkeypatch.setattr(registry_module, "FOUND_SECONDS", 0.0)  # remembered no longer: looked at again
+    registry.find("m")
+    assert looked == ["m", "m", "m"]
+    monkeypatch.setattr(registry_module, "FOUND_SECONDS", 60.0)
+    shutil.copytree(root / "m", outside / "m")
+    shutil.rmtree(root / "m")
+    with pytest.raises(ModelNotFound):
+        registry.find("m")
+    (root / "m").symlink_to(outside / "m")  # the same config, but out of the models folder
+    with pytest.raises(ModelNotFound):
+        registry.find("m")
