@@ -240,8 +240,8 @@ def test_a_short_prompt_goes_in_through_the_built_steps_and_a_long_one_eagerly(b
 
 
 @pytest.mark.slow
-def test_the_built_step_lets_other_threads_run_while_it_works(built, monkeypatch):
-    """A server's event loop runs beside its batch: while a step runs, other threads get the
+def test_the_built_batch_step_lets_other_threads_run_while_it_works(built, monkeypatch):
+    """A server's event loop runs beside its batch: while a batch step runs, other threads get the
     interpreter. Python never takes the lock from a thread here (the switch interval is made
     longer than the test), so the main thread runs while the step does only where the step lets go
     of it: in every step, or (torch's own runner, which holds it) never."""
