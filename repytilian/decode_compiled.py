@@ -27,6 +27,10 @@ The graph is static but for the rows: each row of the KV cache is passed whole, 
 a tensor, and the attention masks what lies beyond each, so one build serves every position.
 `FixedCache` gives the model's forward pass the cache interface (attention.KVCache's) for that. A
 build that fails is reported once (a note) and decoding goes on without it.
+
+How it is called: the batch step through the library's C interface (`NativeStep`), which lets
+other threads run meanwhile (a server's event loop beside its batch); the one-row step through
+torch's own runner, which holds the interpreter's lock but costs less a call (`load`).
 """
 from __future__ import annotations
 
