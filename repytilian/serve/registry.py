@@ -207,10 +207,10 @@ class Registry:
         request, a quarter of the event loop's time under 8 clients asking for short answers.
         Only a model ready to generate from is remembered; a folder that changes is looked at anew."""
         config = (self.single if self.single is not None else self.root / model_id) / "config.json"
-        kept = self._found.get(model_id)
-        if kept is not None and time.monotonic() - kept[2] < FOUND_SECONDS and _file_key(config) == kept[1]:
-            return kept[0]
         key = _file_key(config)  # before looking: a config changed meanwhile is looked at again next time
+        kept = self._found.get(model_id)
+        if kept is not None and kept[1] == key and time.monotonic() - kept[2] < FOUND_SECONDS:
+            return kept[0]
         info = self._look_along(model_id)
         if info is not None and info.ready and info.path / "config.json" == config:
             self._found[model_id] = (info, key, time.monotonic())
