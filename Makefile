@@ -15,7 +15,7 @@ export REPYTILIAN_DATA := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: install demo test test-avx2 screenshots docs docs-serve tutorial gpu-check gpu-check-dry-run clean
+.PHONY: install demo test test-avx2 screenshots docs docs-serve tutorial gpu-check gpu-check-dry-run quarter-hour quarter-hour-check clean
 
 install: $(VENV)/.installed
 
@@ -61,6 +61,14 @@ gpu-check:
 
 gpu-check-dry-run: install
 	$(PY) benchmarks/gpu_check.py --dry-run --json build/gpu-check-dry-run.json
+
+# The quarter-hour record (15 minutes of `-s quarter` on Tiny Shakespeare, the whole val split
+# scored), and the same script for a few seconds, as CI runs it to keep it working.
+quarter-hour: install
+	$(PY) benchmarks/bench_quarter_hour.py --json build/quarter-hour.json
+
+quarter-hour-check: install
+	$(PY) benchmarks/bench_quarter_hour.py --budget 3 --json build/quarter-hour-check.json
 
 $(VENV)/.docs-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[docs,notebook]"

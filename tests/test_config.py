@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from repytilian.cli.flags import parse_set_options
 from repytilian.config import ITERATIONS, SETTINGS, build_configs
@@ -14,6 +15,29 @@ def test_presets_exist_as_documented():
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (6, 6, 384, 256)
     assert t.max_iters == 10_000
     assert build_configs("default", "forever")[1].max_iters is None
+
+
+def test_quarter_is_fifteen_minutes_of_the_modern_v3c_shape_with_the_attention_weights_whole():
+    m, t = build_configs("quarter", "default")
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, t.batch_size) == (6, 6, 144, 128, 32)
+    assert (m.position, m.norm, m.activation, m.bias) == ("rope", "rmsnorm", "swiglu", False)  # its own arch
+    assert (m.dropout, m.attention_p, t.optimizer, t.max_seconds) == (0.1, 0.0, "muon", 900.0)
+    classic = build_configs("quarter", "default", arch="classic")[0]  # an arch given wins over the preset's
+    assert (classic.position, classic.norm, classic.n_embd) == ("learned", "layernorm", 144)
+    assert build_configs("quarter", "default", {"max_seconds": 60.0})[1].max_seconds == 60.0  # --budget wins
+    assert build_configs("default", "default")[0].position == "learned"  # the others stay classic
+    assert "arch" not in {**vars(m), **vars(t)}
+
+
+def test_a_quarter_run_ends_by_its_budget_not_by_the_default_iterations(tmp_path):
+    from repytilian.runs.assemble import fresh_run
+    from repytilian.runs.options import TrainOptions
+
+    (tmp_path / "cat.txt").write_text("the cat sat on the mat. " * 400)
+    options = TrainOptions(data=DataSource("file", str(tmp_path / "cat.txt")), settings="quarter",
+                           overrides={"block_size": 16})
+    run = fresh_run(options, torch.device("cpu"), lambda event: None)
+    assert run.tcfg.max_iters is None and run.tcfg.max_seconds == 900.0 and run.mcfg.position == "rope"
 
 
 def test_tiny_is_nanogpts_cpu_recipe_and_classic_keeps_the_presets_biases():

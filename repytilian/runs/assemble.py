@@ -128,7 +128,7 @@ def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run
     """A new model: settings from the presets and overrides, a tokenizer trained on the data."""
     tokenizer_cls = tokenizer_class(opts.tokenizer or DEFAULT_TOKENIZER)
     mcfg, tcfg = build_configs("default" if opts.settings == "auto" else opts.settings, opts.iterations or "default",
-                               opts.overrides, opts.arch or "classic")
+                               opts.overrides, opts.arch)
     if opts.iterations is None and tcfg.max_seconds is not None and "max_iters" not in opts.overrides:
         tcfg.max_iters = None  # a time budget alone: the budget, not -i default's 2,000 steps, ends training
     if opts.seed is not None:

@@ -22,7 +22,7 @@ class TrainOptions:
     tokenizer: str | None = None  # None: the loaded model's, else characters
     tokenizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 512} for bpe
     settings: str = "default"
-    arch: str | None = None  # None: "classic" (or, with `load`, the loaded model's)
+    arch: str | None = None  # None: the settings preset's (classic but for `quarter`), or with `load` the loaded model's
     iterations: str | None = None  # None: "default" (or, with `load`, finish the saved schedule)
     overrides: dict[str, Any] = field(default_factory=dict)  # config field name -> typed value
     out: str | None = DEFAULT_MODEL_DIR  # "" or None: save nothing at the end
