@@ -243,11 +243,13 @@ ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-def _lookup(presets: dict[str, dict[str, Any]], name: str, flag: str) -> dict[str, Any]:
+def _lookup(presets: dict[str, dict[str, Any]], name: str, flag: str, more: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The preset `name`; an unknown name is an error listing the choices (`more`: names handled elsewhere)."""
     try:
         return presets[name]
     except KeyError:
-        raise RepytilianError(f"unknown `{flag}` preset {name!r}; choose one of: {', '.join(presets)}", (flag,)) from None
+        choices = ", ".join([*presets, *more])
+        raise RepytilianError(f"unknown `{flag}` preset {name!r}; choose one of: {choices}", (flag,)) from None
 
 
 def field_of(name: str) -> tuple[type, dataclasses.Field]:
@@ -323,7 +325,7 @@ def build_configs(
     """The model config (vocab_size still to be filled in from the tokenizer) and the train config.
     `arch` None: the settings preset's own (`quarter`: modern), else classic."""
     # Settings win where both set a field (speedrun pins its short warm-up whatever -i says).
-    preset = dict(_lookup(SETTINGS, settings, "settings"))
+    preset = dict(_lookup(SETTINGS, settings, "settings", ("auto",)))  # auto: fitted to the data (runs/assemble.py)
     arch = arch or preset.pop("arch", "classic")
     preset.pop("arch", None)
     values = {**_lookup(ITERATIONS, iterations, "iterations"), **preset, **_lookup(ARCHS, arch, "arch")}

@@ -106,7 +106,7 @@ def test_repytilian_command_trains_and_generates(corpus_file, tmp_path):
 
 @pytest.mark.parametrize("args, fragments", [
     (["-d", "missing.txt"], ["no such file: missing.txt"]),
-    (["-s", "giant"], ["unknown -s preset 'giant'", "tiny, default, speedrun, hyper"]),
+    (["-s", "giant"], ["unknown -s preset 'giant'", "tiny, default, speedrun, hyper, quarter, auto"]),  # auto was left out
     (["-i", "sometimes"], ["unknown -i preset 'sometimes'"]),
     (["-z", "bytes"], ["unknown tokenizer 'bytes'"]),
     (["--n-embd", "30", "--n-head", "4"], ["must be a multiple of n_head"]),
