@@ -326,9 +326,8 @@ def build_configs(
     `arch` None: the settings preset's own (`quarter`: modern), else classic."""
     # Settings win where both set a field (speedrun pins its short warm-up whatever -i says).
     preset = dict(_lookup(SETTINGS, settings, "settings", ("auto",)))  # auto: fitted to the data (runs/assemble.py)
-    arch = arch or preset.pop("arch", "classic")
-    preset.pop("arch", None)
-    values = {**_lookup(ITERATIONS, iterations, "iterations"), **preset, **_lookup(ARCHS, arch, "arch")}
+    own_arch = preset.pop("arch", "classic")
+    values = {**_lookup(ITERATIONS, iterations, "iterations"), **preset, **_lookup(ARCHS, arch or own_arch, "arch")}
     model_over, train_over = split_overrides(overrides or {})
     model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS} | model_over
     train_values = {k: v for k, v in values.items() if k in TRAIN_FIELDS} | train_over
