@@ -289,7 +289,7 @@ class Trainer:
                     if wants:
                         agreed = stop.reason or ("torchrun's exit" if world.orphaned() else "another process's stop")
                 state.train_seconds += seconds
-                pace.stepped(loss, loss_value, self.finished())
+                pace.stepped(loss, loss_value, self.finished(), seconds)
                 if state.step % self.cfg.eval_interval == 0 or self.finished():
                     with pace.paused():
                         self._evaluate_and_tell(pace.report, on_eval)
@@ -328,13 +328,16 @@ class _Pace:
                                        report=report)
         self.tokens_per_step = trainer.cfg.batch_size * trainer.model.config.block_size
         self.last_update, self.steps_since = time.perf_counter(), 0
-        self.first_step_done: tuple[int, float] | None = None  # (step, train_seconds) after this run's first
+        # The steps timed for what to expect, and their seconds: the steps' own, not the budget's
+        # (which also counts what `compile` auto spends measuring and compiling). None: the first
+        # step, which warms up (allocations, kernels), is not timed.
+        self.timed: tuple[int, float] | None = None
         self.announced = False
 
-    def stepped(self, loss: torch.Tensor, loss_value: float | None, done: bool) -> None:
+    def stepped(self, loss: torch.Tensor, loss_value: float | None, done: bool, seconds: float) -> None:
         state, cfg = self.trainer.state, self.trainer.cfg
         self.steps_since += 1
-        self._maybe_announce()
+        self._maybe_announce(seconds)
         now = time.perf_counter()
         due = now - self.last_update >= PROGRESS_SECONDS or done
         if loss_value is not None or due:
@@ -350,17 +353,17 @@ class _Pace:
             self.tracker.update(self.steps_since, force=True)
             self.last_update, self.steps_since = now, 0
 
-    def _maybe_announce(self) -> None:
-        state = self.trainer.state
-        if self.first_step_done is None:  # the first step warms up (allocations, kernels): not timed
-            self.first_step_done = (state.step, state.train_seconds)
-            return
+    def _maybe_announce(self, seconds: float) -> None:
         if self.announced:
             return
-        steps, seconds = state.step - self.first_step_done[0], state.train_seconds - self.first_step_done[1]
+        if self.timed is None:
+            self.timed = (0, 0.0)
+            return
+        steps, seconds = self.timed[0] + 1, self.timed[1] + seconds
+        self.timed = (steps, seconds)
         if steps >= 2 and seconds >= EXPECT_AFTER_SECONDS:
             self.announced = True
-            said = expectation(steps, seconds, self.tokens_per_step, state, self.trainer.cfg)
+            said = expectation(steps, seconds, self.tokens_per_step, self.trainer.state, self.trainer.cfg)
             if said:
                 self.report(Note(said))
 

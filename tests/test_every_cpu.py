@@ -209,6 +209,29 @@ def test_a_long_run_says_what_to_expect():
     assert "the time budget will take about 9 min" in budget
 
 
+def test_what_to_expect_is_timed_on_the_steps_not_on_what_compile_auto_adds_to_the_budget(monkeypatch):
+    # Was: "637 tokens/s (6.43 s a step)" for -s quarter's 0.5 s steps: the budget's clock, which
+    # also counts compile auto's measuring and compiling (added between two steps), was divided by steps.
+    import repytilian.train as train_module
+    from repytilian.events import Note
+    from repytilian.runtime.signals import StopRequest
+
+    monkeypatch.setattr(train_module, "EXPECT_AFTER_SECONDS", 0.0)
+    notes = []
+    trainer = _trainer(n_ids=20_000, max_seconds=3600.0, max_iters=None, eval_interval=1000)
+    trainer.report = lambda e: notes.append(e.text) if isinstance(e, Note) else None
+
+    def measured_and_compiled() -> None:  # what _check_compile does to the clock
+        if trainer.state.step == 2:
+            trainer.state.train_seconds += 100.0
+
+    trainer.run(StopRequest(at_step=4), progress=False, after_step=measured_and_compiled)
+    (said,) = [n for n in notes if n.startswith("measured")]
+    per_step = float(said.split(" s a step")[0].split("(")[-1])
+    assert per_step < 5.0, said
+    assert "about 58 min of training" in said  # the budget left does count what compiling took
+
+
 def test_progress_off_a_terminal_is_plain_lines(corpus_file, tmp_path, monkeypatch):
     monkeypatch.delenv("REPYTILIAN_NO_PROGRESS")
     r = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-i", "quick", "-t", "0", *TINY, cwd=tmp_path)
