@@ -6,8 +6,8 @@ validation split, with what the machine is. The README's table of it comes from 
 
 The run is the real one a user starts (the same preset, data and seed; `compile` and the number
 format decided as for them: measured on this machine); its messages are printed, the progress bar
-left out. A
-shorter `--budget` checks that it works (CI runs it for a few seconds); its loss means nothing then.
+left out. A shorter `--budget` checks that it works (CI runs it for a few seconds); its loss means
+nothing then.
 Tiny Shakespeare comes from REPYTILIAN_DATA or the download cache, never from the network here.
 """
 from __future__ import annotations

@@ -329,9 +329,9 @@ class _Pace:
         self.tokens_per_step = trainer.cfg.batch_size * trainer.model.config.block_size
         self.last_update, self.steps_since = time.perf_counter(), 0
         # The steps timed for what to expect, and their seconds: the steps' own, not the budget's
-        # (which also counts what `compile` auto spends measuring and compiling). None: the first
-        # step, which warms up (allocations, kernels), is not timed.
-        self.timed: tuple[int, float] | None = None
+        # (which also counts what `compile` auto spends measuring and compiling). The first step,
+        # which warms up (allocations, kernels), is not timed: hence -1.
+        self.timed_steps, self.timed_seconds = -1, 0.0
         self.announced = False
 
     def stepped(self, loss: torch.Tensor, loss_value: float | None, done: bool, seconds: float) -> None:
@@ -356,14 +356,14 @@ class _Pace:
     def _maybe_announce(self, seconds: float) -> None:
         if self.announced:
             return
-        if self.timed is None:
-            self.timed = (0, 0.0)
+        self.timed_steps += 1
+        if self.timed_steps == 0:
             return
-        steps, seconds = self.timed[0] + 1, self.timed[1] + seconds
-        self.timed = (steps, seconds)
-        if steps >= 2 and seconds >= EXPECT_AFTER_SECONDS:
+        self.timed_seconds += seconds
+        if self.timed_steps >= 2 and self.timed_seconds >= EXPECT_AFTER_SECONDS:
             self.announced = True
-            said = expectation(steps, seconds, self.tokens_per_step, self.trainer.state, self.trainer.cfg)
+            said = expectation(self.timed_steps, self.timed_seconds, self.tokens_per_step, self.trainer.state,
+                               self.trainer.cfg)
             if said:
                 self.report(Note(said))
 

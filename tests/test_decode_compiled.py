@@ -2,6 +2,7 @@
 built once per model and machine and found again, a clear note where it cannot be built."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,12 +21,13 @@ from repytilian.sampling import SamplingOptions
 from repytilian.store.folder import save_model_dir
 from repytilian.tokenizers import tokenizer_class
 
-# Builds the batch step of the model folder argv[1] as the fixture would (no autotuning), printing its notes
+# Builds the batch step of the model folder argv[1] with the compiler options of argv[2] (the fixture's:
+# the same options, the same digest), printing its notes
 _BUILD_ROWS = """
-import sys
+import json, sys
 from repytilian import decode_compiled, load_model
 from repytilian.events import notes_to
-decode_compiled.INDUCTOR_OPTIONS = {k: v for k, v in decode_compiled.INDUCTOR_OPTIONS.items() if "autotune" not in k}
+decode_compiled.INDUCTOR_OPTIONS = json.loads(sys.argv[2])
 model = load_model(sys.argv[1]).model
 with notes_to(lambda n: print(n.text, flush=True)):
     step = decode_compiled.CompiledStep(model)
@@ -59,7 +61,8 @@ def built(tmp_path_factory):
     os.environ["REPYTILIAN_HOME"] = str(home)
     # The two builds are each mostly one core's work and Inductor builds one at a time in a process:
     # the batch step is built by a second process (from the saved folder: the same digest) meanwhile.
-    other = subprocess.Popen([sys.executable, "-c", _BUILD_ROWS, str(folder)], env=os.environ.copy(),
+    options = json.dumps(decode_compiled.INDUCTOR_OPTIONS)
+    other = subprocess.Popen([sys.executable, "-c", _BUILD_ROWS, str(folder), options], env=os.environ.copy(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with notes_to(notes.append):
