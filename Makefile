@@ -28,13 +28,17 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(PY) training.py -s speedrun --budget 100 -t 500
 
+# One worker process a core (pytest-xdist; at most 4), each file's tests in one worker (their shared
+# models are built once); tests/conftest.py gives each worker one thread.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 # The tests that depend on the kind of CPU, once more as on an AVX2-only CPU without native bf16
 # (torch's and oneDNN's own switches; ../shared/tools/cpu-kind shows that bf16 slows down under them).
 test-avx2: install
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m machine
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m machine $(PYTEST_WORKERS)
 
 # The playground screenshots in docs/, taken again by the browser tests (headless Chromium)
 SCREENSHOTS := playground.png playground-card.png inside-attention.png inside-lens.png inside-compare.png

@@ -18,6 +18,12 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 if "REPYTILIAN_DATA" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt").is_file():
     os.environ["REPYTILIAN_DATA"] = str(SHARED_DATA)
 os.environ["REPYTILIAN_OFFLINE"] = "1"  # tests never touch the network
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in one worker process a core (pytest-xdist): each computes on one
+    # thread, as a user's OMP_NUM_THREADS would say (set before torch is imported, and inherited by
+    # the commands the tests start). Two workers of two threads each on 2 cores made OpenMP's
+    # threads wait on each other: 10 minutes, against 8 for one worker and 5 for two of one thread.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["REPYTILIAN_NO_PROGRESS"] = "1"
 # The library logs the notes nobody listens for (events.note): the tests read them through caplog
 logging.getLogger("repytilian").setLevel(logging.INFO)

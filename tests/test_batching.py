@@ -174,9 +174,16 @@ def test_requests_that_join_at_once_with_prompts_of_one_length_are_prefilled_in_
     assert calls[0] == (3, 6)  # the three prompts but their last tokens, together
 
 
-def test_the_batch_loop_decodes_several_requests_with_its_busy_thread_count_and_one_with_all(lm):
-    if torch.get_num_threads() < 2:
-        pytest.skip("one thread here: nothing to choose")
+@pytest.fixture
+def two_threads():
+    """A process of two threads at least (make test's workers compute on one each: conftest.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_batch_loop_decodes_several_requests_with_its_busy_thread_count_and_one_with_all(lm, two_threads):
     loop = BatchLoop(lm.engine, busy_threads=1)
     seen = {"long": [], "short": []}
     done = {"long": threading.Event(), "short": threading.Event()}
