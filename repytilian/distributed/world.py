@@ -14,6 +14,8 @@ import hashlib
 import inspect
 import os
 import re
+import signal
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -73,6 +75,8 @@ class World:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _owns_group: bool = False
     _parent: int | None = None
+    _lost: bool = False  # a peer died or stopped answering (lost())
+    _sigterm: Any = None  # the SIGTERM handler before start(), while this world holds it
 
     @classmethod
     def from_env(cls, env: Any = None) -> "World":
@@ -138,6 +142,29 @@ class World:
         if dist.get_world_size() != self.size:
             raise RepytilianError(f"the process group has {dist.get_world_size()} processes, WORLD_SIZE says {self.size}")
         self._parent = os.getppid()
+        self._hold_sigterm_once_lost()
+
+    def _hold_sigterm_once_lost(self) -> None:
+        """When a process of the job dies, torchrun sends SIGTERM to the others. One that has found the
+        loss (lost()) is on its way out with the error that says so, and SIGTERM's default ended it
+        before it could (the job then said only which process died, under load): SIGTERM is let pass
+        from then on (torchrun sends SIGKILL after its grace period if a process hangs). Before the
+        loss, SIGTERM does what it did (in training, StopRequest's own handler comes first)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are for the main thread
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handle(signum: int, frame: Any) -> None:
+            if self._lost or previous == signal.SIG_IGN:
+                return
+            if callable(previous):
+                previous(signum, frame)
+                return
+            signal.signal(signum, signal.SIG_DFL)  # as before: the default ends the process
+            os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, handle)
+        self._sigterm = previous
 
     def _share_cores(self) -> None:
         """torchrun sets OMP_NUM_THREADS=1 for every process when it starts several; on a CPU each
@@ -153,6 +180,9 @@ class World:
             if dist.is_initialized():
                 dist.destroy_process_group()
             self._owns_group = False
+        if self._sigterm is not None and not self._lost:  # once lost, the process ends with its error
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
 
     # --- what the processes agree on -----------------------------------------------------
 
@@ -215,6 +245,8 @@ class World:
         return choices[int(index.item())]
 
     def lost(self, error: BaseException, step: int | None = None) -> CommunicationError:
+        """This world is lost (a peer died or stopped answering): the error that says so, to raise."""
+        self._lost = True
         at = "" if step is None else f" at step {step}"
         return CommunicationError(
             f"process {self.rank} of {self.size} lost the others{at}: another process of this run died or stopped "
