@@ -191,3 +191,24 @@ def test_a_run_too_short_to_see_the_text_twice_is_not_warned_of_learning_it_by_h
     val = int(r.stderr.split(" val tokens")[0].rsplit("/ ", 1)[1].replace(",", ""))
     scope = r.stderr.split("val loss over ")[1].split(":")[0]
     assert scope == "the whole validation split" or f"split's {val:,} tokens" in scope
+
+
+@pytest.mark.parametrize("dropout, params, warned", [
+    (0.0, 1_500_000, True),  # 0.67 tokens a parameter, no dropout: learnt by heart
+    (0.1, 1_500_000, False),  # -s quarter on Tiny Shakespeare: the shipped v3c still improved after 20 passes
+    (0.2, 10_700_000, True),  # nanoGPT's Shakespeare recipe (0.09): it over-fits, as its config says
+    (0.0, 900_000, False),  # more tokens than parameters
+])
+def test_the_small_text_warning_counts_dropout(dropout, params, warned):
+    """Was: `-s quarter`, the record preset, warned on Tiny Shakespeare itself that it would over-fit."""
+    from types import SimpleNamespace
+
+    from repytilian.runs.keep import report_data_size
+    from repytilian.schedule import TrainState
+
+    said = []
+    trainer = SimpleNamespace(state=TrainState(max_iters=None), cfg=SimpleNamespace(batch_size=32),
+                              model=SimpleNamespace(config=SimpleNamespace(block_size=128, dropout=dropout)))
+    report_data_size(1_003_855, params, trainer, said.append)
+    assert ("warning: the text is small for this model" in " ".join(e.text for e in said)) == warned
+    assert "tokens per parameter" in said[0].text
