@@ -24,6 +24,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # the commands the tests start). Two workers of two threads each on 2 cores made OpenMP's
     # threads wait on each other: 10 minutes, against 8 for one worker and 5 for two of one thread.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:  # imported already (by a plugin): it read the environment before
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ["REPYTILIAN_NO_PROGRESS"] = "1"
 # The library logs the notes nobody listens for (events.note): the tests read them through caplog
 logging.getLogger("repytilian").setLevel(logging.INFO)
