@@ -23,7 +23,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # thread, as a user's OMP_NUM_THREADS would say (set before torch is imported, and inherited by
     # the commands the tests start). Two workers of two threads each on 2 cores made OpenMP's
     # threads wait on each other: 10 minutes, against 8 for one worker and 5 for two of one thread.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if not os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:  # imported already (by a plugin): it read the environment before
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ["REPYTILIAN_NO_PROGRESS"] = "1"
