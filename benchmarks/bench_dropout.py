@@ -5,13 +5,15 @@ modern layout), one process, model forward + backward + fused AdamW step, varian
     python benchmarks/bench_dropout.py [--dtype float32|bfloat16] [--rounds 5] [--steps 5]
 
 Variants: no dropout; dropout everywhere (the embeddings' output, the attention weights, each
-block's two residual branches); dropout on the residual branches and embeddings only (the attention
+block's two residual branches), with the attention in one pass (fused_attention.c, float32, where it
+could be built) and written out (as without a compiler, or with REPYTILIAN_NO_NATIVE); dropout on the residual branches and embeddings only (the attention
 weights kept whole, so attention stays one fused kernel); and one step's masks alone, drawn as
 torch's dropout draws them (bernoulli) and as dropout.py does (four draws from one random number).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -24,14 +26,14 @@ sys.path.insert(0, str(ROOT))
 
 from repytilian.dropout import dropout_mask  # noqa: E402
 from repytilian.model import GPT, ModelConfig  # noqa: E402
-from repytilian.runtime.cpu import tune_for_training  # noqa: E402
+from repytilian.runtime.device import prepare_for_training  # noqa: E402
 
 SHAPE = dict(vocab_size=65, block_size=128, n_layer=6, n_head=6, n_embd=144, bias=False, activation="swiglu",
              position="rope", norm="rmsnorm")
 BATCH = 32
 
 
-def step_fn(dropout: float, attention_dropout: bool, dtype: torch.dtype):
+def step_fn(dropout: float, attention_dropout: bool, dtype: torch.dtype, native: bool = True):
     torch.manual_seed(0)
     model = GPT(ModelConfig(**SHAPE, dropout=dropout))
     if not attention_dropout:
@@ -43,6 +45,10 @@ def step_fn(dropout: float, attention_dropout: bool, dtype: torch.dtype):
     y = torch.randint(0, 65, (BATCH, SHAPE["block_size"]))
 
     def step() -> None:
+        if native:
+            os.environ.pop("REPYTILIAN_NO_NATIVE", None)
+        else:
+            os.environ["REPYTILIAN_NO_NATIVE"] = "1"
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             _, loss = model(x, y)
         loss.backward()
@@ -67,9 +73,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    tune_for_training()
+    prepare_for_training(torch.device("cpu"))
     dtype = getattr(torch, args.dtype)
     variants = {"no dropout": step_fn(0.0, True, dtype), "dropout 0.1 everywhere": step_fn(0.1, True, dtype),
+                "dropout 0.1 everywhere, written out": step_fn(0.1, True, dtype, native=False),
                 "dropout 0.1, attention weights kept": step_fn(0.1, False, dtype),
                 "masks alone, torch's bernoulli": masks_fn("torch"), "masks alone, dropout.py's": masks_fn("ours")}
     times: dict[str, list[float]] = {name: [] for name in variants}

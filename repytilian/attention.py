@@ -8,6 +8,9 @@ EXPLICIT_ATTENTION_MAX_T the attention is written out as in the lecture (two mat
 softmax), which autocast keeps in bf16. Measured on 2 cores: `tiny` (T 64) trains 1.3x faster in
 bf16 with it instead of not faster at all, `hyper` (T 256) 2.07x faster than float32 instead of
 1.8x. The (T, T) score matrix it builds is what caps it: longer contexts keep the fused kernel.
+Dropout on the attention weights needs them built, so a CPU writes the attention out for it, or,
+in float32 where runtime/fused_attention.py has built its kernel for the machine, computes it in
+one pass that keeps each head's matrices in the core's cache (a third way; the same function).
 
 Generation adds a KV cache (`KVCache`): the keys and values of the positions already seen, kept
 per layer, so that each new token is one row of queries against them instead of the whole
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
@@ -25,6 +29,16 @@ from .dropout import dropout_mask
 
 EXPLICIT_ATTENTION_MAX_T = 256
 
+# On a CPU, attention with dropout in one pass, for the inputs it takes (None for others): a kernel
+# built for the machine, which runtime/fused_attention.py installs when a run prepares for training
+DropoutKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], "torch.Tensor | None"]
+_cpu_dropout_kernel: DropoutKernel | None = None
+
+
+def use_cpu_dropout_kernel(kernel: DropoutKernel | None) -> None:
+    global _cpu_dropout_kernel
+    _cpu_dropout_kernel = kernel
+
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
                      start: int = 0) -> torch.Tensor:
@@ -32,9 +46,11 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     start+T, hs) keys and values: each query sees its own position and those before it."""
     T, end = q.size(-2), k.size(-2)
     if start == 0:
-        # With dropout a CPU takes the written-out way too: its masks cost a tenth of the fused kernel's
+        # With dropout a CPU takes the written-out way too (the fused kernel cannot drop out weights
+        # it never builds), or one pass that writes nothing out where a kernel is installed
         if q.device.type == "cpu" and (dropout_p > 0.0 or v.dtype != torch.float32 and T <= EXPLICIT_ATTENTION_MAX_T):
-            return explicit_causal_attention(q, k, v, dropout_p)
+            fused = _cpu_dropout_kernel(q, k, v, dropout_p) if dropout_p > 0.0 and _cpu_dropout_kernel else None
+            return fused if fused is not None else explicit_causal_attention(q, k, v, dropout_p)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if T == 1:  # one new token after the cached ones sees them all: nothing to mask
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)

@@ -1,0 +1,244 @@
+"""Causal attention with dropout on its weights in one pass on a CPU: fused_attention.c, built here once.
+
+On a CPU, dropping out attention weights means building them: PyTorch's fused attention kernel
+never does, so with dropout the attention is written out (attention.explicit_causal_attention),
+and each (T, T) matrix of scores, weights, mask and gradients went through memory several times.
+At the `v3c` shape that made dropout everywhere 1.24x a float32 training step, against 1.05x with
+the attention weights kept whole (2-core AMD EPYC, AVX2, 2026-12-03, benchmarks/bench_dropout.py).
+fused_attention.c computes one (batch, head) pair at a time so that its matrices stay in the
+core's cache, skips the future, and draws the mask from a hash of each weight's place and a seed
+(one number from torch's generator, so a resumed run draws the same masks) instead of storing it.
+
+The C file is built with the system's compiler (`cc`, or $CC) for this CPU, kept in the cache
+folder (decoding steps' neighbour) and loaded with ctypes; it runs on torch's own OpenMP threads.
+A run that prepares for training on a CPU (device.prepare_for_training) installs it; where there
+is no compiler, or REPYTILIAN_NO_NATIVE is set, attention with dropout is written out as before.
+The two are the same function: tests/test_fused_attention.py checks the one against the other
+with the same mask, drawn here in Python (`keep_mask`).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .. import attention
+from ..events import note
+from .fileio import shareable
+from .paths import cache_dir
+
+SOURCE = Path(__file__).with_name("fused_attention.c")
+# Each flag set is tried in turn: the first where OpenMP is missing (a Mac's clang), the last where
+# the compiler does not know this CPU. The fast-math subset allows vectorised sums and maxima;
+# the kernel's inputs are finite (a NaN upstream reaches the loss through the residual stream).
+FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-march=native"],
+    ["-O3"],
+)
+COMMON_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+                "-ffinite-math-only", "-shared", "-fPIC"]
+BUILD_SECONDS = 120
+_M32 = 0xFFFFFFFF
+
+
+def install() -> None:
+    """Let the model's attention take this way where it can (see `attention.use_cpu_dropout_kernel`);
+    the library is built at its first use, so a run without dropout never builds it."""
+    attention.use_cpu_dropout_kernel(fused_or_none)
+
+
+def fused_or_none(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor | None:
+    return fused_causal_attention(q, k, v, dropout_p) if usable(q, k, v, dropout_p) else None
+
+
+def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
+    """Whether `fused_causal_attention` takes these: float32 on a CPU, with dropout, head sizes
+    a multiple of 8, and the library built here."""
+    return (0.0 < dropout_p < 1.0 and q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
+            and q.size(-1) % 8 == 0 and q.dim() == 4 and _ready())
+
+
+@torch.compiler.assume_constant_result  # a compiled model asks once, as it is traced
+def _ready() -> bool:
+    return not os.environ.get("REPYTILIAN_NO_NATIVE") and _library() is not None
+
+
+def fused_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """explicit_causal_attention(q, k, v, dropout_p) for (B, nh, T, hs) float32 tensors, its mask
+    drawn from one random number of torch's generator. The result is laid out (B, T, nh, hs)."""
+    seed = torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64)
+    return torch.ops.repytilian.dropped_attention(q, k, v, float(dropout_p), seed)[0]
+
+
+def keep_mask(seed: int, shape: tuple[int, int, int], dropout_p: float) -> torch.Tensor:
+    """The (B * nh, T, T) mask of kept weights that fused_attention.c draws for `seed` (its hash,
+    in torch's int64 arithmetic): for tests, and as the definition in Python."""
+    pairs, T, _ = shape
+    dropped = round(dropout_p * 65536)
+    seed &= (1 << 64) - 1
+    rows = torch.arange(pairs * T, dtype=torch.int64).view(pairs, T, 1)
+    r = _mix32((rows & _M32) ^ (seed >> 32))
+    columns = _times32(torch.arange(T, dtype=torch.int64), 0x9E3779B9)
+    h = _mix32(r ^ columns ^ (seed & _M32))
+    return (h >> 16) >= dropped
+
+
+def _times32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for 32-bit x without overflowing int64: in two 16-bit halves."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _times32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _times32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+# --- the library: built once for this machine and source ---
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        path = _built()
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        note(f"note: the fused attention could not be built or loaded ({type(e).__name__}: "
+             f"{(str(e).splitlines() or [''])[0][:160]}); attention with dropout is written out")
+        return None
+    tensor, sizes = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)  # data; a shape or strides
+    first = [sizes, ctypes.c_float, ctypes.c_uint64, ctypes.c_int]
+    lib.attention_forward.argtypes = first + [tensor, sizes] * 4 + [tensor]
+    lib.attention_backward.argtypes = first + [tensor, sizes] * 4 + [tensor] + [tensor, sizes] * 4
+    lib.threaded = bool(lib.attention_threads())
+    return lib
+
+
+def _machine() -> str:
+    """What -march=native builds for: the CPU's name and flags where Linux says them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compiler() -> str:
+    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not found:
+        raise RuntimeError("no C compiler (cc, gcc or clang) found")
+    return found
+
+
+def _built() -> Path:
+    """The library for this machine and source, built into the cache folder unless it is there."""
+    compiler = _compiler()
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(b"\0".join([source, compiler.encode(), _machine().encode(),
+                                        repr((FLAG_SETS, COMMON_FLAGS)).encode()])).hexdigest()[:16]
+    path = cache_dir() / "native" / f"fused_attention-{digest}.so"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in FLAG_SETS:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run([compiler, *flags, *COMMON_FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+                                  capture_output=True, text=True, timeout=BUILD_SECONDS)
+            if done.returncode == 0:
+                shareable(tmp)
+                os.replace(tmp, path)  # whole or not at all: another process may be loading it
+                return path
+            errors.append((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(f"{compiler} failed: {errors[-1]}")
+
+
+# --- the operators: opaque to torch.compile, differentiable ---
+
+def _strides(x: torch.Tensor):
+    return (ctypes.c_int64 * 3)(*x.stride()[:3])
+
+
+def _rows_last(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _like_heads(q: torch.Tensor) -> torch.Tensor:
+    """An empty (B, nh, T, hs) tensor laid out (B, T, nh, hs): the heads are put side by side next."""
+    B, nh, T, hs = q.shape
+    return q.new_empty(B, T, nh, hs).transpose(1, 2)
+
+
+def _threads(lib) -> int:
+    return torch.get_num_threads() if lib.threaded else 1
+
+
+@torch.library.custom_op("repytilian::dropped_attention", mutates_args=())
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float,
+             seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = _rows_last(q), _rows_last(k), _rows_last(v)
+    out, lse = _like_heads(q), q.new_empty(q.shape[:3])
+    lib = _library()
+    shape = (ctypes.c_int64 * 4)(*q.shape)
+    status = lib.attention_forward(shape, p, int(seed) & ((1 << 64) - 1), _threads(lib),
+                                   q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
+                                   out.data_ptr(), _strides(out), lse.data_ptr())
+    if status:
+        raise MemoryError("the fused attention could not allocate its buffers")
+    return out, lse
+
+
+@_forward.register_fake
+def _(q, k, v, p, seed):
+    return _like_heads(q), q.new_empty(q.shape[:3])
+
+
+@torch.library.custom_op("repytilian::dropped_attention_backward", mutates_args=())
+def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+              grad: torch.Tensor, p: float, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, grad, lse = _rows_last(q), _rows_last(k), _rows_last(v), _rows_last(grad), lse.contiguous()
+    gq, gk, gv = _like_heads(q), _like_heads(q), _like_heads(q)
+    lib = _library()
+    shape = (ctypes.c_int64 * 4)(*q.shape)
+    status = lib.attention_backward(shape, p, int(seed) & ((1 << 64) - 1), _threads(lib),
+                                    q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
+                                    out.data_ptr(), _strides(out), lse.data_ptr(), grad.data_ptr(), _strides(grad),
+                                    gq.data_ptr(), _strides(gq), gk.data_ptr(), _strides(gk),
+                                    gv.data_ptr(), _strides(gv))
+    if status:
+        raise MemoryError("the fused attention could not allocate its buffers")
+    return gq, gk, gv
+
+
+@_backward.register_fake
+def _(q, k, v, out, lse, grad, p, seed):
+    return _like_heads(q), _like_heads(q), _like_heads(q)
+
+
+def _save(ctx, inputs, output) -> None:
+    q, k, v, p, seed = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], seed)
+    ctx.p = p
+
+
+def _gradients(ctx, grad, _grad_lse):
+    q, k, v, out, lse, seed = ctx.saved_tensors
+    return (*_backward(q, k, v, out, lse, grad, ctx.p, seed), None, None)
+
+
+_forward.register_autograd(_gradients, setup_context=_save)

@@ -1,0 +1,119 @@
+"""Attention with dropout in one pass (fused_attention.c): the written-out attention, mask for mask."""
+import math
+
+import pytest
+import torch
+
+from repytilian.attention import (
+    causal_attention,
+    explicit_causal_attention,
+    use_cpu_dropout_kernel,
+)
+from repytilian.model import GPT, ModelConfig
+from repytilian.runtime import fused_attention
+from repytilian.runtime.device import prepare_for_training
+from repytilian.runtime.fused_attention import fused_causal_attention, keep_mask, usable
+
+
+@pytest.fixture(autouse=True)
+def built():
+    """Asked within each test (in its own cache folder), never at collection (in the user's); installed
+    as a run preparing for training on a CPU installs it, and taken away after."""
+    if not fused_attention._ready():
+        pytest.skip("fused_attention.c could not be built here (no C compiler)")
+    prepare_for_training(torch.device("cpu"))
+    yield
+    use_cpu_dropout_kernel(None)
+
+
+def heads(B, H, T, D, seed=0):
+    """(B, nh, T, hs) queries, keys and values laid out as the model's (views of one (B, T, 3, nh, hs) tensor)."""
+    torch.manual_seed(seed)
+    qkv = torch.randn(B, T, 3, H, D).requires_grad_()
+    return qkv, qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def written_out(q, k, v, p, seed):
+    """The lecture's attention, its weights dropped where keep_mask says."""
+    B, H, T, D = q.shape
+    kept = keep_mask(seed, (B * H, T, T), p).view(B, H, T, T)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+    weights = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+    return (weights * kept) @ v * (65536 / (65536 - round(p * 65536)))
+
+
+def next_seed():
+    """The seed fused_causal_attention draws next from torch's generator, without drawing it."""
+    state = torch.get_rng_state()
+    seed = int(torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64))
+    torch.set_rng_state(state)
+    return seed
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37, 8), (2, 2, 16, 24), (1, 2, 130, 64), (3, 1, 1, 16)])
+def test_it_is_the_written_out_attention_with_the_same_mask_forward_and_backward(shape):
+    qkv, (q, k, v) = heads(*shape)
+    seed = next_seed()
+    fused = fused_causal_attention(q, k, v, 0.2)
+    grad = torch.randn_like(fused)
+    fused.backward(grad)
+    fused_grad, qkv.grad = qkv.grad, None
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    reference = written_out(q, k, v, 0.2, seed)
+    reference.backward(grad)
+    assert torch.allclose(fused, reference, atol=1e-5)
+    assert torch.allclose(fused_grad, qkv.grad, atol=1e-5)
+
+
+def test_weights_are_kept_with_probability_one_minus_p_and_the_mean_over_masks_is_the_attention():
+    kept = keep_mask(12345, (64, 128, 128), 0.1)
+    assert abs(kept.float().mean().item() - 0.9) < 0.002  # 1M draws: a standard deviation of 0.0003
+    _, (q, k, v) = heads(1, 2, 12, 8, seed=4)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    whole = explicit_causal_attention(q, k, v, 0.0)
+    mean = torch.stack([fused_causal_attention(q, k, v, 0.2) for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean, whole, atol=0.06)
+
+
+def test_the_model_uses_it_in_training_on_a_cpu_and_the_written_out_way_without_it(monkeypatch):
+    _, (q, k, v) = heads(2, 2, 16, 16)
+    assert usable(q, k, v, 0.1)
+    assert not usable(q, k, v, 0.0) and not usable(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.1)
+    assert not usable(q[..., :12], k[..., :12], v[..., :12], 0.1)  # head sizes a multiple of 8 only
+    seed = next_seed()
+    assert torch.allclose(causal_attention(q, k, v, 0.3), written_out(q, k, v, 0.3, seed), atol=1e-5)
+    monkeypatch.setenv("REPYTILIAN_NO_NATIVE", "1")
+    assert not usable(q, k, v, 0.1)
+    torch.manual_seed(7)
+    without = causal_attention(q, k, v, 0.3)
+    torch.manual_seed(7)
+    assert torch.equal(without, explicit_causal_attention(q, k, v, 0.3))
+    monkeypatch.delenv("REPYTILIAN_NO_NATIVE")
+    use_cpu_dropout_kernel(None)  # not installed (a model trained by hand): written out as well
+    torch.manual_seed(7)
+    assert torch.equal(causal_attention(q, k, v, 0.3), without)
+
+
+def test_a_compiled_model_calls_it_as_one_operator_without_breaking_its_graph():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)).train()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # tracing and the fake kernels; no C++
+    ids = torch.randint(0, 20, (3, 16))
+    _, loss = compiled(ids, ids)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_it_is_built_once_per_machine_and_a_missing_compiler_is_an_error_the_caller_can_catch(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    built = fused_attention._built()
+    assert built.parent == tmp_path / "native" and built.exists()
+    mtime = built.stat().st_mtime_ns
+    assert fused_attention._built() == built and built.stat().st_mtime_ns == mtime  # found, not built again
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(RuntimeError, match="/bin/false failed"):
+        fused_attention._built()
+    assert not any((tmp_path / "elsewhere" / "native").iterdir())  # no half-built file left behind
