@@ -5,15 +5,16 @@ modern layout), one process, model forward + backward + fused AdamW step, varian
     python benchmarks/bench_dropout.py [--dtype float32|bfloat16] [--rounds 5] [--steps 5]
 
 Variants: no dropout; dropout everywhere (the embeddings' output, the attention weights, each
-block's two residual branches), with the attention in one pass (fused_attention.c, float32, where it
-could be built) and written out (as without a compiler, or with REPYTILIAN_NO_NATIVE); dropout on the residual branches and embeddings only (the attention
-weights kept whole, so attention stays one fused kernel); and one step's masks alone, drawn as
-torch's dropout draws them (bernoulli) and as dropout.py does (four draws from one random number).
+block's two residual branches), with the attention in one pass (runtime/fused_attention.c, float32,
+where it could be built) and written out (as without a compiler), and in bf16 also the one-pass
+kernel in float32 inside the bf16 step (bf16 itself is written out); dropout on the residual
+branches and embeddings only (the attention weights kept whole, so attention stays one fused
+kernel); and one step's masks alone, drawn as torch's dropout draws them (bernoulli) and as
+dropout.py does (four draws from one random number).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -24,16 +25,25 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from repytilian.attention import use_cpu_dropout_kernel  # noqa: E402
 from repytilian.dropout import dropout_mask  # noqa: E402
 from repytilian.model import GPT, ModelConfig  # noqa: E402
 from repytilian.runtime.device import prepare_for_training  # noqa: E402
+from repytilian.runtime.fused_attention import fused_or_none  # noqa: E402
 
 SHAPE = dict(vocab_size=65, block_size=128, n_layer=6, n_head=6, n_embd=144, bias=False, activation="swiglu",
              position="rope", norm="rmsnorm")
 BATCH = 32
 
 
-def step_fn(dropout: float, attention_dropout: bool, dtype: torch.dtype, native: bool = True):
+def in_float32(q, k, v, p):
+    """The one-pass kernel inside a bf16 step: its inputs to float32 and back (a variant to measure)."""
+    out = fused_or_none(q.float(), k.float(), v.float(), p)
+    return None if out is None else out.to(q.dtype)
+
+
+def step_fn(dropout: float, attention_dropout: bool, dtype: torch.dtype, kernel=fused_or_none):
+    """One training step; `kernel`: how a CPU computes attention with dropout (None: written out)."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(**SHAPE, dropout=dropout))
     if not attention_dropout:
@@ -45,10 +55,7 @@ def step_fn(dropout: float, attention_dropout: bool, dtype: torch.dtype, native:
     y = torch.randint(0, 65, (BATCH, SHAPE["block_size"]))
 
     def step() -> None:
-        if native:
-            os.environ.pop("REPYTILIAN_NO_NATIVE", None)
-        else:
-            os.environ["REPYTILIAN_NO_NATIVE"] = "1"
+        use_cpu_dropout_kernel(kernel)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             _, loss = model(x, y)
         loss.backward()
@@ -76,9 +83,11 @@ def main() -> None:
     prepare_for_training(torch.device("cpu"))
     dtype = getattr(torch, args.dtype)
     variants = {"no dropout": step_fn(0.0, True, dtype), "dropout 0.1 everywhere": step_fn(0.1, True, dtype),
-                "dropout 0.1 everywhere, written out": step_fn(0.1, True, dtype, native=False),
+                "dropout 0.1 everywhere, written out": step_fn(0.1, True, dtype, kernel=None),
                 "dropout 0.1, attention weights kept": step_fn(0.1, False, dtype),
                 "masks alone, torch's bernoulli": masks_fn("torch"), "masks alone, dropout.py's": masks_fn("ours")}
+    if dtype == torch.bfloat16:
+        variants["dropout 0.1 everywhere, one pass in float32"] = step_fn(0.1, True, dtype, kernel=in_float32)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
         fn()  # warm-up

@@ -46,8 +46,8 @@ class ModelConfig:
     n_head: int = setting(4, "attention heads per block", minimum=1)
     n_embd: int = setting(128, "width of the residual stream", minimum=1)
     dropout: float = setting(0.0, "dropout probability")
-    # On a CPU, dropout on the (B, heads, T, T) attention weights is most of dropout's cost (the fused
-    # attention kernel cannot take it); 0 keeps them whole and drops out elsewhere (docs/benchmarks.md)
+    # 0 keeps the attention weights whole and drops out elsewhere: better for short runs, worse for
+    # long ones (docs/benchmarks.md); on a CPU without a C compiler it also keeps dropout cheap
     attention_dropout: float | None = setting(None, "dropout probability of the attention weights "
                                               "(default: the dropout probability)", metavar="P")
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
@@ -193,8 +193,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
                   batch_size=64, learning_rate=1e-3, min_lr=1e-4, beta2=0.99),
     # The most quality in a quarter of an hour of training on 2 cores (`-s quarter`: 15 minutes unless
     # --budget says otherwise): the shipped v3c's shape, layout and optimiser, with dropout on
-    # the embeddings and the residual branches but not on the attention weights, whose dropout costs
-    # a CPU more steps in 15 minutes than it gives back (1.4726 against 1.5020, docs/benchmarks.md).
+    # the embeddings and the residual branches but not on the attention weights, whose dropout slows
+    # a run this short (1.5013 against 1.5204 at the same steps, docs/benchmarks.md).
     "quarter": dict(arch="modern", n_layer=6, n_head=6, n_embd=144, block_size=128, batch_size=32, dropout=0.1,
                     attention_dropout=0.0, learning_rate=3e-3, min_lr=3e-4, beta2=0.99, warmup_iters=100,
                     optimizer="muon", max_seconds=900.0, eval_interval=500),

@@ -8,7 +8,7 @@
    system's C compiler, loads it with ctypes, and checks it against the written-out attention.
 
    The mask: element (pair, i, j) is kept when the top 16 bits of its hash are at least `dropped`
-   (round(p * 65536), as dropout.py), so p is honoured to 1/65,536. */
+   (round(p * 65536), as dropout.py, 0 < dropped < 65536), so p is honoured to 1/65,536. */
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -243,25 +243,23 @@ int attention_threads(void) {
 
 static View view(const float *p, const int64_t *strides) { return (View){ p, strides[0], strides[1], strides[2] }; }
 
-int attention_forward(const int64_t *shape, float p, uint64_t seed, int threads,
+int attention_forward(const int64_t *shape, uint32_t dropped, uint64_t seed, int threads,
                       const float *q, const int64_t *sq, const float *k, const int64_t *sk,
                       const float *v, const int64_t *sv, float *out, const int64_t *so, float *lse) {
-    const uint32_t dropped = (uint32_t)lrintf(p * 65536.0f);
     Job job = { shape[0], shape[1], shape[2], shape[3], 1.0f / sqrtf((float)shape[3]),
-                dropped >= 65536 ? 0.0f : 65536.0f / (float)(65536 - dropped), dropped,
+                65536.0f / (float)(65536 - dropped), dropped,
                 (uint32_t)seed, (uint32_t)(seed >> 32),
                 view(q, sq), view(k, sk), view(v, sv), view(out, so), { 0 }, lse, { 0 }, { 0 }, { 0 }, threads, 0 };
     return run(&job);
 }
 
-int attention_backward(const int64_t *shape, float p, uint64_t seed, int threads,
+int attention_backward(const int64_t *shape, uint32_t dropped, uint64_t seed, int threads,
                        const float *q, const int64_t *sq, const float *k, const int64_t *sk,
                        const float *v, const int64_t *sv, const float *out, const int64_t *so, const float *lse,
                        const float *go, const int64_t *sgo, float *gq, const int64_t *sgq,
                        float *gk, const int64_t *sgk, float *gv, const int64_t *sgv) {
-    const uint32_t dropped = (uint32_t)lrintf(p * 65536.0f);
     Job job = { shape[0], shape[1], shape[2], shape[3], 1.0f / sqrtf((float)shape[3]),
-                dropped >= 65536 ? 0.0f : 65536.0f / (float)(65536 - dropped), dropped,
+                65536.0f / (float)(65536 - dropped), dropped,
                 (uint32_t)seed, (uint32_t)(seed >> 32),
                 view(q, sq), view(k, sk), view(v, sv), view(out, so), view(go, sgo), (float *)lse,
                 view(gq, sgq), view(gk, sgk), view(gv, sgv), threads, 1 };

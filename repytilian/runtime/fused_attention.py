@@ -3,8 +3,9 @@
 On a CPU, dropping out attention weights means building them: PyTorch's fused attention kernel
 never does, so with dropout the attention is written out (attention.explicit_causal_attention),
 and each (T, T) matrix of scores, weights, mask and gradients went through memory several times.
-At the `v3c` shape that made dropout everywhere 1.24x a float32 training step, against 1.05x with
-the attention weights kept whole (2-core AMD EPYC, AVX2, 2026-12-03, benchmarks/bench_dropout.py).
+At the `v3c` shape that made dropout everywhere 1.19-1.24x a float32 training step, against 1.06x
+with the attention weights kept whole; in one pass it is 1.06x too (2-core AMD EPYC, AVX2,
+2026-12-03, benchmarks/bench_dropout.py).
 fused_attention.c computes one (batch, head) pair at a time so that its matrices stay in the
 core's cache, skips the future, and draws the mask from a hash of each weight's place and a seed
 (one number from torch's generator, so a resumed run draws the same masks) instead of storing it.
@@ -48,6 +49,7 @@ COMMON_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "
                 "-ffinite-math-only", "-shared", "-fPIC"]
 BUILD_SECONDS = 120
 _M32 = 0xFFFFFFFF
+_LEVELS = 1 << 16  # a weight's draw: 16 bits, as dropout.py's
 
 
 def install() -> None:
@@ -63,13 +65,16 @@ def fused_or_none(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
     """Whether `fused_causal_attention` takes these: float32 on a CPU, with dropout, head sizes
     a multiple of 8, and the library built here."""
-    return (0.0 < dropout_p < 1.0 and q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
-            and q.size(-1) % 8 == 0 and q.dim() == 4 and _ready())
+    return (0 < _dropped(dropout_p) < _LEVELS and q.device.type == "cpu" and q.dim() == 4
+            and q.dtype == k.dtype == v.dtype == torch.float32 and q.size(-1) % 8 == 0 and _ready())
 
 
 @torch.compiler.assume_constant_result  # a compiled model asks once, as it is traced
 def _ready() -> bool:
-    return not os.environ.get("REPYTILIAN_NO_NATIVE") and _library() is not None
+    """Built here, and on as many threads as torch (a build without OpenMP runs on one)."""
+    if os.environ.get("REPYTILIAN_NO_NATIVE") or (lib := _library()) is None:
+        return False
+    return lib.threaded or torch.get_num_threads() == 1
 
 
 def fused_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
@@ -83,7 +88,7 @@ def keep_mask(seed: int, shape: tuple[int, int, int], dropout_p: float) -> torch
     """The (B * nh, T, T) mask of kept weights that fused_attention.c draws for `seed` (its hash,
     in torch's int64 arithmetic): for tests, and as the definition in Python."""
     pairs, T, _ = shape
-    dropped = round(dropout_p * 65536)
+    dropped = _dropped(dropout_p)
     seed &= (1 << 64) - 1
     rows = torch.arange(pairs * T, dtype=torch.int64).view(pairs, T, 1)
     r = _mix32((rows & _M32) ^ (seed >> 32))
@@ -117,7 +122,7 @@ def _library() -> ctypes.CDLL | None:
              f"{(str(e).splitlines() or [''])[0][:160]}); attention with dropout is written out")
         return None
     tensor, sizes = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)  # data; a shape or strides
-    first = [sizes, ctypes.c_float, ctypes.c_uint64, ctypes.c_int]
+    first = [sizes, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int]  # shape, weights dropped of 65,536, seed, threads
     lib.attention_forward.argtypes = first + [tensor, sizes] * 4 + [tensor]
     lib.attention_backward.argtypes = first + [tensor, sizes] * 4 + [tensor] + [tensor, sizes] * 4
     lib.threaded = bool(lib.attention_threads())
@@ -184,6 +189,11 @@ def _like_heads(q: torch.Tensor) -> torch.Tensor:
     return q.new_empty(B, T, nh, hs).transpose(1, 2)
 
 
+def _dropped(p: float) -> int:
+    """Of 65,536 possible draws, how many drop a weight: dropout.py's rounding, computed in one place."""
+    return round(p * _LEVELS)
+
+
 def _threads(lib) -> int:
     return torch.get_num_threads() if lib.threaded else 1
 
@@ -195,7 +205,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float,
     out, lse = _like_heads(q), q.new_empty(q.shape[:3])
     lib = _library()
     shape = (ctypes.c_int64 * 4)(*q.shape)
-    status = lib.attention_forward(shape, p, int(seed) & ((1 << 64) - 1), _threads(lib),
+    status = lib.attention_forward(shape, _dropped(p), int(seed) & ((1 << 64) - 1), _threads(lib),
                                    q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
                                    out.data_ptr(), _strides(out), lse.data_ptr())
     if status:
@@ -215,7 +225,7 @@ def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     gq, gk, gv = _like_heads(q), _like_heads(q), _like_heads(q)
     lib = _library()
     shape = (ctypes.c_int64 * 4)(*q.shape)
-    status = lib.attention_backward(shape, p, int(seed) & ((1 << 64) - 1), _threads(lib),
+    status = lib.attention_backward(shape, _dropped(p), int(seed) & ((1 << 64) - 1), _threads(lib),
                                     q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
                                     out.data_ptr(), _strides(out), lse.data_ptr(), grad.data_ptr(), _strides(grad),
                                     gq.data_ptr(), _strides(gq), gk.data_ptr(), _strides(gk),
