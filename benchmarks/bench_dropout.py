@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from repytilian.attention import use_cpu_dropout_kernel  # noqa: E402
 from repytilian.dropout import dropout_mask  # noqa: E402
 from repytilian.model import GPT, ModelConfig  # noqa: E402
+from repytilian.runtime import fused_attention  # noqa: E402
 from repytilian.runtime.device import prepare_for_training  # noqa: E402
 from repytilian.runtime.fused_attention import fused_or_none  # noqa: E402
 
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     prepare_for_training(torch.device("cpu"))
+    fused_attention.install()
     dtype = getattr(torch, args.dtype)
     variants = {"no dropout": step_fn(0.0, True, dtype), "dropout 0.1 everywhere": step_fn(0.1, True, dtype),
                 "dropout 0.1 everywhere, written out": step_fn(0.1, True, dtype, kernel=None),

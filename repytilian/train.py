@@ -77,6 +77,10 @@ class Trainer:
             raise ValueError(f"the Trainer computes in a resolved format, not {cfg.dtype!r}: "
                              "settle it first with runtime.precision.resolve_dtype")
         prepare_for_training(device)
+        if device.type == "cpu" and model.config.attention_p > 0:  # a C kernel for this CPU, loaded where used
+            from .runtime import fused_attention
+
+            fused_attention.install()  # before any step is timed: its first build takes under a second
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
         compile_it = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.compiled = self._compiled(model) if compile_it else None

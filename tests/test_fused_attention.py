@@ -11,17 +11,15 @@ from repytilian.attention import (
 )
 from repytilian.model import GPT, ModelConfig
 from repytilian.runtime import fused_attention
-from repytilian.runtime.device import prepare_for_training
 from repytilian.runtime.fused_attention import fused_causal_attention, keep_mask, usable
 
 
 @pytest.fixture(autouse=True)
 def built():
-    """Asked within each test (in its own cache folder), never at collection (in the user's); installed
-    as a run preparing for training on a CPU installs it, and taken away after."""
-    if not fused_attention._ready():
+    """Installed within each test (in its own cache folder), never at collection (in the user's),
+    and taken away after."""
+    if not fused_attention.install():
         pytest.skip("fused_attention.c could not be built here (no C compiler)")
-    prepare_for_training(torch.device("cpu"))
     yield
     use_cpu_dropout_kernel(None)
 
@@ -83,12 +81,13 @@ def test_the_model_uses_it_in_training_on_a_cpu_and_the_written_out_way_without_
     seed = next_seed()
     assert torch.allclose(causal_attention(q, k, v, 0.3), written_out(q, k, v, 0.3, seed), atol=1e-5)
     monkeypatch.setenv("REPYTILIAN_NO_NATIVE", "1")
-    assert not usable(q, k, v, 0.1)
+    assert not fused_attention.install() and not usable(q, k, v, 0.1)
     torch.manual_seed(7)
     without = causal_attention(q, k, v, 0.3)
     torch.manual_seed(7)
     assert torch.equal(without, explicit_causal_attention(q, k, v, 0.3))
     monkeypatch.delenv("REPYTILIAN_NO_NATIVE")
+    assert fused_attention.install()
     use_cpu_dropout_kernel(None)  # not installed (a model trained by hand): written out as well
     torch.manual_seed(7)
     assert torch.equal(causal_attention(q, k, v, 0.3), without)
@@ -117,3 +116,54 @@ def test_it_is_built_once_per_machine_and_a_missing_compiler_is_an_error_the_cal
     with pytest.raises(RuntimeError, match="/bin/false failed"):
         fused_attention._built()
     assert not any((tmp_path / "elsewhere" / "native").iterdir())  # no half-built file left behind
+
+
+def test_a_model_uses_it_only_in_training_and_in_evaluation_is_the_model_without_dropout():
+    calls = []
+
+    def counting(q, k, v, p):
+        calls.append(p)
+        return fused_attention.fused_or_none(q, k, v, p)
+    use_cpu_dropout_kernel(counting)
+    cfg = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    with_dropout, without = GPT(ModelConfig(**cfg, dropout=0.3)), GPT(ModelConfig(**cfg, dropout=0.0))
+    without.load_state_dict(with_dropout.state_dict())
+    ids = torch.randint(0, 20, (3, 16))
+    assert torch.equal(with_dropout.eval()(ids)[0], without.eval()(ids)[0]) and calls == []
+    with_dropout.train()
+    assert not torch.equal(with_dropout(ids)[0], without(ids)[0]) and calls == [0.3, 0.3]  # one call a layer
+
+
+def test_a_compiler_that_fails_leaves_a_note_and_the_written_out_attention(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    for name, value in (("_lib", None), ("_tried", False), ("_ready", False)):  # a process that never looked
+        monkeypatch.setattr(fused_attention, name, value)
+    assert not fused_attention.install()
+    assert "could not be built or loaded" in caplog.text and "written out" in caplog.text
+    _, (q, k, v) = heads(1, 2, 8, 8)
+    assert not usable(q, k, v, 0.2)
+    torch.manual_seed(3)
+    taken = causal_attention(q, k, v, 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(taken, explicit_causal_attention(q, k, v, 0.2))
+    caplog.clear()
+    assert not fused_attention.install() and "could not" not in caplog.text  # said once a process
+
+
+def test_a_training_run_on_a_cpu_installs_it_where_its_model_drops_out_attention_weights(corpus_file, tmp_path):
+    from conftest import TINY_OVERRIDES
+
+    from repytilian import attention
+    from repytilian.api import TrainOptions, train
+    from repytilian.data import DataSource
+
+    def run(**overrides):
+        use_cpu_dropout_kernel(None)
+        train(TrainOptions(data=DataSource("file", str(corpus_file)), iterations="quick", out=None, progress=False,
+                           device="cpu", overrides={**TINY_OVERRIDES, "max_iters": 2, **overrides}))
+        return attention._cpu_dropout_kernel
+
+    assert run(dropout=0.1) is fused_attention.fused_or_none
+    assert run(dropout=0.1, attention_dropout=0.0) is None and run(dropout=0.0) is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from ..errors import RepytilianError, SettingError
-from . import fused_attention
 from .cpu import tune_for_training
 
 
@@ -29,12 +28,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def prepare_for_training(device: torch.device) -> None:
     """The process's settings for training on `device`, once, before any step is timed: on a CPU the
-    allocator and threads (a fifth of a small step was page faults) and attention with dropout in
-    one pass (fused_attention.py); on CUDA, float32 matmuls on
+    allocator and threads (a fifth of a small step was page faults); on CUDA, float32 matmuls on
     tensor cores (TF32) where autocast leaves them in float32 (the optimiser's, the loss's, or all
     of them with dtype float32)."""
     if device.type == "cpu":
         tune_for_training()
-        fused_attention.install()
     elif device.type == "cuda":
         torch.set_float32_matmul_precision("high")

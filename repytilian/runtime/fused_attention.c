@@ -108,8 +108,11 @@ static void matmul(int mode, int64_t rows, int64_t cols, int64_t n, const float 
             const float *a = trans ? A + r : A + r * lda;
             const int64_t next = trans ? 1 : lda;  /* from one row of C to the next, in A */
             float *out = C + r * ldc + c;
+            /* the common cases spelled out, so that each is compiled with its loops unrolled */
             if (R == 4 && wide && trans) tile(4, 1, 1, k0, k1, a, lda, B + c, ldb, out, ldc);
             else if (R == 4 && wide) tile(4, 1, 0, k0, k1, a, lda, B + c, ldb, out, ldc);
+            else if (R == 4 && trans) tile(4, 0, 1, k0, k1, a, lda, B + c, ldb, out, ldc);
+            else if (R == 4) tile(4, 0, 0, k0, k1, a, lda, B + c, ldb, out, ldc);
             else for (int rr = 0; rr < R; rr++)
                 tile(1, wide, trans, k0, k1, a + rr * next, lda, B + c, ldb, out + rr * ldc, ldc);
         }
@@ -127,10 +130,11 @@ static void gather_rows(const View *x, int64_t b, int64_t h, int64_t T, int64_t 
 
 /* A pair's (D, Tp) transpose, zero past T */
 static void gather_columns(const View *x, int64_t b, int64_t h, int64_t T, int64_t Tp, int64_t D, float *cols) {
-    for (int64_t t = 0; t < Tp; t++) {
-        const float *src = t < T ? row(x, b, h, t) : NULL;
-        for (int64_t d = 0; d < D; d++) cols[d * Tp + t] = src ? src[d] : 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        const float *src = row(x, b, h, t);
+        for (int64_t d = 0; d < D; d++) cols[d * Tp + t] = src[d];
     }
+    for (int64_t d = 0; d < D; d++) memset(cols + d * Tp + T, 0, (Tp - T) * sizeof(float));
 }
 
 typedef struct { float *q, *k, *v, *kt, *vt, *go, *s, *w, *t, *keep; } Scratch;

@@ -12,15 +12,14 @@ core's cache, skips the future, and draws the mask from a hash of each weight's 
 
 The C file is built with the system's compiler (`cc`, or $CC) for this CPU, kept in the cache
 folder (decoding steps' neighbour) and loaded with ctypes; it runs on torch's own OpenMP threads.
-A run that prepares for training on a CPU (device.prepare_for_training) installs it; where there
-is no compiler, or REPYTILIAN_NO_NATIVE is set, attention with dropout is written out as before.
+A training run on a CPU whose model drops out attention weights installs it (`install`); where
+there is no compiler, or REPYTILIAN_NO_NATIVE is set, attention with dropout is written out as before.
 The two are the same function: tests/test_fused_attention.py checks the one against the other
 with the same mask, drawn here in Python (`keep_mask`).
 """
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -52,10 +51,24 @@ _M32 = 0xFFFFFFFF
 _LEVELS = 1 << 16  # a weight's draw: 16 bits, as dropout.py's
 
 
-def install() -> None:
-    """Let the model's attention take this way where it can (see `attention.use_cpu_dropout_kernel`);
-    the library is built at its first use, so a run without dropout never builds it."""
-    attention.use_cpu_dropout_kernel(fused_or_none)
+_lib: ctypes.CDLL | None = None  # loaded by install()
+_tried = False  # install() looked for it (and said why not, where it could not load it)
+_ready = False  # loaded, and runs on as many threads as torch (a build without OpenMP runs on one)
+
+
+def install() -> bool:
+    """Find this machine's build of the library (or build it, the first time: under a second), load
+    it, and let the model's attention take this way where it can (`attention.use_cpu_dropout_kernel`).
+    False, with a note the first time, where there is no compiler or the build fails. A training run
+    on a CPU whose model drops out attention weights calls it (train.Trainer), before any timing."""
+    global _lib, _tried, _ready
+    if not os.environ.get("REPYTILIAN_NO_NATIVE") and not _tried:
+        _tried = True
+        _lib = _load()
+    _ready = (not os.environ.get("REPYTILIAN_NO_NATIVE") and _lib is not None
+              and (_lib.threaded or torch.get_num_threads() == 1))
+    attention.use_cpu_dropout_kernel(fused_or_none if _ready else None)
+    return _ready
 
 
 def fused_or_none(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor | None:
@@ -64,17 +77,9 @@ def fused_or_none(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
 
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
     """Whether `fused_causal_attention` takes these: float32 on a CPU, with dropout, head sizes
-    a multiple of 8, and the library built here."""
-    return (0 < _dropped(dropout_p) < _LEVELS and q.device.type == "cpu" and q.dim() == 4
-            and q.dtype == k.dtype == v.dtype == torch.float32 and q.size(-1) % 8 == 0 and _ready())
-
-
-@torch.compiler.assume_constant_result  # a compiled model asks once, as it is traced
-def _ready() -> bool:
-    """Built here, and on as many threads as torch (a build without OpenMP runs on one)."""
-    if os.environ.get("REPYTILIAN_NO_NATIVE") or (lib := _library()) is None:
-        return False
-    return lib.threaded or torch.get_num_threads() == 1
+    a multiple of 8, and the library installed. (Module globals only: torch.compile traces this.)"""
+    return (_ready and 0 < _dropped(dropout_p) < _LEVELS and q.device.type == "cpu" and q.dim() == 4
+            and q.dtype == k.dtype == v.dtype == torch.float32 and q.size(-1) % 8 == 0)
 
 
 def fused_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
@@ -112,8 +117,7 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 # --- the library: built once for this machine and source ---
 
-@functools.cache
-def _library() -> ctypes.CDLL | None:
+def _load() -> ctypes.CDLL | None:
     try:
         path = _built()
         lib = ctypes.CDLL(str(path))
@@ -203,7 +207,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float,
              seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = _rows_last(q), _rows_last(k), _rows_last(v)
     out, lse = _like_heads(q), q.new_empty(q.shape[:3])
-    lib = _library()
+    lib = _lib
     shape = (ctypes.c_int64 * 4)(*q.shape)
     status = lib.attention_forward(shape, _dropped(p), int(seed) & ((1 << 64) - 1), _threads(lib),
                                    q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
@@ -223,7 +227,7 @@ def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
               grad: torch.Tensor, p: float, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, grad, lse = _rows_last(q), _rows_last(k), _rows_last(v), _rows_last(grad), lse.contiguous()
     gq, gk, gv = _like_heads(q), _like_heads(q), _like_heads(q)
-    lib = _library()
+    lib = _lib
     shape = (ctypes.c_int64 * 4)(*q.shape)
     status = lib.attention_backward(shape, _dropped(p), int(seed) & ((1 << 64) - 1), _threads(lib),
                                     q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
