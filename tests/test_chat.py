@@ -10,13 +10,17 @@ from conftest import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 V3C = ROOT / "models" / "shakespeare" / "v3c"
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def env() -> dict:
+    """The commands' environment, read when a test runs: with that test's own cache folder (conftest)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def test_a_conversation_with_commands():
     lines = "Good morrow, sweet lady\n/temp 0\nWhat news?\n/topk 0\n/topk x\n/reset\n/help\nAnd thou?\n/quit\n"
     r = subprocess.run([sys.executable, "-m", "repytilian", "chat", "-m", str(V3C), "--seed", "1", "-t", "60"],
-                       input=lines, capture_output=True, text=True, env=ENV, timeout=120)
+                       input=lines, capture_output=True, text=True, env=env(), timeout=120)
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert out.count("model> ") == 3 and "(temperature 0)" in out and "(top-k off)" in out
@@ -26,11 +30,18 @@ def test_a_conversation_with_commands():
     assert "chatting with v3c" in r.stderr
 
 
+def default_ctrl_c() -> None:
+    """Ctrl+C as a terminal gives it: a suite started in the background of a shell (`cmd &`) has SIGINT
+    ignored, which its children inherit, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_answer_not_the_program():
     # An answer that only Ctrl+C ends: no blank line stops it, 5,000 tokens are seconds of text
     proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "-m", str(V3C), "--interactive", "-t", "5000",
                              "--stop", "@@@"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            preexec_fn=default_ctrl_c)
     try:
         proc.stdin.write("Speak on, and do not stop\n")
         proc.stdin.flush()
@@ -44,7 +55,8 @@ def test_ctrl_c_stops_the_answer_not_the_program():
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert "[stopped]\nyou> " in out  # the answer stopped; the loop asked again; /quit ended it
+    # the answer stopped; the loop asked again; /quit ended it (the message: what to look at if not)
+    assert "[stopped]\nyou> " in out, f"{len(out)} characters out, ending {out[-200:]!r}; stderr: {err[-1500:]}"
     assert "Traceback" not in err
 
 
