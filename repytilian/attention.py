@@ -30,7 +30,7 @@ from .dropout import dropout_mask
 EXPLICIT_ATTENTION_MAX_T = 256
 
 # On a CPU, attention with dropout in one pass, for the inputs it takes (None for others): a kernel
-# built for the machine, which runtime/fused_attention.py installs when a run prepares for training
+# built for the machine (runtime/fused_attention.py), installed by a training run that needs it
 DropoutKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], "torch.Tensor | None"]
 _cpu_dropout_kernel: DropoutKernel | None = None
 
