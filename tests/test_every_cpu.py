@@ -20,6 +20,7 @@ from repytilian.config import TrainConfig
 from repytilian.data import DataSource, TokenData
 from repytilian.model import GPT, ModelConfig
 from repytilian.optim import Muon, orthogonalise
+from repytilian.runtime.cpu import cpu_flags
 from repytilian.train import Trainer, TrainState, expectation
 
 pytestmark = pytest.mark.machine
@@ -46,10 +47,10 @@ def test_what_the_cpu_says_of_itself_comes_first(machine, capability, isa, flags
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
-    assert precision._cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}  # the first CPU's
+    assert cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}  # the first CPU's
     info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
-    assert precision._cpu_flags(info) == {"fp", "asimd", "bf16"}
-    assert precision._cpu_flags(tmp_path / "missing") is None
+    assert cpu_flags(info) == {"fp", "asimd", "bf16"}
+    assert cpu_flags(tmp_path / "missing") is None
 
 
 PROBE = """
@@ -57,6 +58,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import torch
 import repytilian.runtime.precision as precision
+from repytilian.runtime.cpu import cpu_flags
 from repytilian.decode import choose_dtype
 from repytilian.model import GPT, ModelConfig
 timed = []

@@ -95,10 +95,25 @@ def threads_beside_a_server() -> int:
     return torch.get_num_threads() if chosen else max(1, min(torch.get_num_threads(), cores - 1))
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The kernel's CPU flags (x86 'flags', Arm 'Features') of the first CPU; None where unreadable."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return set(value.split())
+    except OSError:
+        pass
+    return None
+
+
 def cpu_name() -> str:
     """The processor's model name, as the kernel reports it (a machine's name in benchmarks)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:

@@ -32,6 +32,7 @@ import torch
 
 from .. import attention
 from ..events import note
+from .cpu import cpu_flags, cpu_name
 from .fileio import shareable
 from .paths import cache_dir
 
@@ -135,12 +136,8 @@ def _load() -> ctypes.CDLL | None:
 
 
 def _machine() -> str:
-    """What -march=native builds for: the CPU's name and flags where Linux says them."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
-    except OSError:
-        return platform.processor() + platform.machine()
+    """What -march=native builds for: the CPU's name and flags (where Linux says them)."""
+    return f"{cpu_name()} {platform.machine()} {sorted(cpu_flags() or ())}"
 
 
 def _compiler() -> str:
@@ -180,10 +177,6 @@ def _built() -> Path:
 
 # --- the operators: opaque to torch.compile, differentiable ---
 
-def _strides(x: torch.Tensor):
-    return (ctypes.c_int64 * 3)(*x.stride()[:3])
-
-
 def _rows_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -199,8 +192,16 @@ def _dropped(p: float) -> int:
     return round(p * _LEVELS)
 
 
-def _threads(lib) -> int:
-    return torch.get_num_threads() if lib.threaded else 1
+def _pointed(*tensors: torch.Tensor) -> list:
+    """Each tensor as the C side takes it: its data, then its (B, H, T) strides."""
+    return [item for t in tensors for item in (t.data_ptr(), (ctypes.c_int64 * 3)(*t.stride()[:3]))]
+
+
+def _call(entry, q: torch.Tensor, p: float, seed: torch.Tensor, *pointers) -> None:
+    """One of the library's two entry points, on the (B, H, T, D) shape of q and torch's threads."""
+    threads = torch.get_num_threads() if _lib.threaded else 1
+    if entry((ctypes.c_int64 * 4)(*q.shape), _dropped(p), int(seed) & ((1 << 64) - 1), threads, *pointers):
+        raise MemoryError("the fused attention could not allocate its buffers")
 
 
 @torch.library.custom_op("repytilian::dropped_attention", mutates_args=())
@@ -208,13 +209,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float,
              seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = _rows_last(q), _rows_last(k), _rows_last(v)
     out, lse = _like_heads(q), q.new_empty(q.shape[:3])
-    lib = _lib
-    shape = (ctypes.c_int64 * 4)(*q.shape)
-    status = lib.attention_forward(shape, _dropped(p), int(seed) & ((1 << 64) - 1), _threads(lib),
-                                   q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
-                                   out.data_ptr(), _strides(out), lse.data_ptr())
-    if status:
-        raise MemoryError("the fused attention could not allocate its buffers")
+    _call(_lib.attention_forward, q, p, seed, *_pointed(q, k, v, out), lse.data_ptr())
     return out, lse
 
 
@@ -228,15 +223,7 @@ def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
               grad: torch.Tensor, p: float, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, grad, lse = _rows_last(q), _rows_last(k), _rows_last(v), _rows_last(grad), lse.contiguous()
     gq, gk, gv = _like_heads(q), _like_heads(q), _like_heads(q)
-    lib = _lib
-    shape = (ctypes.c_int64 * 4)(*q.shape)
-    status = lib.attention_backward(shape, _dropped(p), int(seed) & ((1 << 64) - 1), _threads(lib),
-                                    q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
-                                    out.data_ptr(), _strides(out), lse.data_ptr(), grad.data_ptr(), _strides(grad),
-                                    gq.data_ptr(), _strides(gq), gk.data_ptr(), _strides(gk),
-                                    gv.data_ptr(), _strides(gv))
-    if status:
-        raise MemoryError("the fused attention could not allocate its buffers")
+    _call(_lib.attention_backward, q, p, seed, *_pointed(q, k, v, out), lse.data_ptr(), *_pointed(grad, gq, gk, gv))
     return gq, gk, gv
 
 

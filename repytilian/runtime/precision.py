@@ -24,14 +24,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..config import DTYPE_CHOICES
 from ..errors import SettingError
 from ..model import GPT
-from .cpu import cpu_name
+from .cpu import cpu_flags, cpu_name
 from .fileio import atomic_write_bytes
 from .paths import cache_dir
 
@@ -49,25 +48,12 @@ RECHECK_BELOW = 0.8  # the run's time per token below this share of the remember
 
 # oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) up to which its bf16 kernels are not yet allowed.
 _ONEDNN_NO_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
-CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
 class Bf16Support:
     native: bool
     why: str  # what decided it, in words: "native bf16", "torch's CPU capability is AVX2, ...", ...
-
-
-def _cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
-    """The kernel's CPU flags (x86 'flags', Arm 'Features') of the first CPU; None where unreadable."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                return set(value.split())
-    except OSError:
-        pass
-    return None
 
 
 def _up_front_no(machine: str, capability: str, onednn_isa: str, flags: set[str] | None) -> str | None:
@@ -113,7 +99,7 @@ def bf16_slowdown() -> float:
 def cpu_bf16() -> Bf16Support:
     """Whether this CPU computes bf16 natively (fast) or emulates it (very slow)."""
     no = _up_front_no(platform.machine(), torch.backends.cpu.get_cpu_capability(),
-                      os.environ.get("ONEDNN_MAX_CPU_ISA", ""), _cpu_flags())
+                      os.environ.get("ONEDNN_MAX_CPU_ISA", ""), cpu_flags())
     if no is not None:
         return Bf16Support(False, no)
     slowdown = bf16_slowdown()
