@@ -162,6 +162,27 @@ def test_every_architecture_option_trains_decodes_with_the_cache_and_round_trips
     assert torch.equal(load_model_dir(tmp_path / "m").model.eval()(idx)[0], full)
 
 
+def test_qk_norm_under_bf16_autocast_gets_its_input_in_the_norms_format(monkeypatch):
+    """The queries and keys come out of a bf16 matrix product; given to a float32 norm as they are,
+    torch warned ("Mismatch dtype ... Cannot dispatch to fused implementation") in the middle of a
+    bf16 training run and took its slow way to the same float32 result."""
+    from torch.nn import functional as F
+
+    seen = []
+
+    def rms_norm(x, shape, weight=None, eps=None):
+        seen.append((x.dtype, weight.dtype))
+        return rms_norm_itself(x, shape, weight, eps)
+    rms_norm_itself = F.rms_norm
+    monkeypatch.setattr(F, "rms_norm", rms_norm)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=16, position="rope", qk_norm=True))
+    idx = torch.randint(11, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(idx)
+    assert len(seen) == 2 and all(x == w == torch.float32 for x, w in seen)
+
+
 def test_rope_makes_attention_depend_on_relative_positions_only():
     """A model without position embeddings, with RoPE: shifting a window of the same tokens does
     not change the scores, as the rotation depends only on the distance between positions."""
