@@ -5,12 +5,12 @@ modern layout), one process, model forward + backward + fused AdamW step, varian
     python benchmarks/bench_dropout.py [--dtype float32|bfloat16] [--rounds 5] [--steps 5]
 
 Variants: no dropout; dropout everywhere (the embeddings' output, the attention weights, each
-block's two residual branches), with the attention in one pass (runtime/fused_attention.c, float32,
-where it could be built) and written out (as without a compiler), and in bf16 also the one-pass
-kernel in float32 inside the bf16 step (bf16 itself is written out); dropout on the residual
-branches and embeddings only (the attention weights kept whole, so attention stays one fused
-kernel); and one step's masks alone, drawn as torch's dropout draws them (bernoulli) and as
-dropout.py does (four draws from one random number).
+block's two residual branches), with the attention in one pass (runtime/fused_attention.c, where
+it could be built; in bf16 it takes bf16 and computes in float32) and written out (as without a
+compiler); dropout on the residual branches and embeddings only (the attention weights kept whole,
+so attention stays one fused kernel); and one step's masks alone, drawn as torch's dropout draws
+them (bernoulli) and as dropout.py does (four draws from one random number). In bf16 it also says
+which of the two ways a training run takes on this machine (timed once at its shape, remembered).
 """
 from __future__ import annotations
 
@@ -30,20 +30,19 @@ from repytilian.dropout import dropout_mask  # noqa: E402
 from repytilian.model import GPT, ModelConfig  # noqa: E402
 from repytilian.runtime import fused_attention  # noqa: E402
 from repytilian.runtime.device import prepare_for_training  # noqa: E402
-from repytilian.runtime.fused_attention import fused_or_none  # noqa: E402
+from repytilian.runtime.fused_attention import fused_causal_attention  # noqa: E402
 
 SHAPE = dict(vocab_size=65, block_size=128, n_layer=6, n_head=6, n_embd=144, bias=False, activation="swiglu",
              position="rope", norm="rmsnorm")
 BATCH = 32
 
 
-def in_float32(q, k, v, p):
-    """The one-pass kernel inside a bf16 step: its inputs to float32 and back (a variant to measure)."""
-    out = fused_or_none(q.float(), k.float(), v.float(), p)
-    return None if out is None else out.to(q.dtype)
+def one_pass(q, k, v, p):
+    """The kernel in any dtype it takes, whichever way a training run would choose for bf16."""
+    return fused_causal_attention(q, k, v, p) if fused_attention._ready else None
 
 
-def step_fn(dropout: float, attention_dropout: bool, dtype: torch.dtype, kernel=fused_or_none):
+def step_fn(dropout: float, attention_dropout: bool, dtype: torch.dtype, kernel=one_pass):
     """One training step; `kernel`: how a CPU computes attention with dropout (None: written out)."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(**SHAPE, dropout=dropout))
@@ -82,14 +81,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     prepare_for_training(torch.device("cpu"))
-    fused_attention.install()
     dtype = getattr(torch, args.dtype)
-    variants = {"no dropout": step_fn(0.0, True, dtype), "dropout 0.1 everywhere": step_fn(0.1, True, dtype),
+    attention_shape = (BATCH, SHAPE["n_head"], SHAPE["block_size"], SHAPE["n_embd"] // SHAPE["n_head"])
+    fused_attention.install(bf16_at=attention_shape if dtype == torch.bfloat16 else None)
+    if dtype == torch.bfloat16:
+        print(f"a bf16 training run here computes attention with dropout "
+              f"{'in one pass' if fused_attention._bf16 else 'written out'} (timed at {attention_shape})")
+    variants = {"no dropout": step_fn(0.0, True, dtype),
+                "dropout 0.1 everywhere, one pass": step_fn(0.1, True, dtype),
                 "dropout 0.1 everywhere, written out": step_fn(0.1, True, dtype, kernel=None),
                 "dropout 0.1, attention weights kept": step_fn(0.1, False, dtype),
                 "masks alone, torch's bernoulli": masks_fn("torch"), "masks alone, dropout.py's": masks_fn("ours")}
-    if dtype == torch.bfloat16:
-        variants["dropout 0.1 everywhere, one pass in float32"] = step_fn(0.1, True, dtype, kernel=in_float32)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
         fn()  # warm-up

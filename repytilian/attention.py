@@ -9,8 +9,9 @@ softmax), which autocast keeps in bf16. Measured on 2 cores: `tiny` (T 64) train
 bf16 with it instead of not faster at all, `hyper` (T 256) 2.07x faster than float32 instead of
 1.8x. The (T, T) score matrix it builds is what caps it: longer contexts keep the fused kernel.
 Dropout on the attention weights needs them built, so a CPU writes the attention out for it, or,
-in float32 where runtime/fused_attention.py has built its kernel for the machine, computes it in
-one pass that keeps each head's matrices in the core's cache (a third way; the same function).
+where runtime/fused_attention.py has built its kernel for the machine (float32; bf16 where it
+timed faster), computes it in one pass that keeps each head's matrices in the core's cache (a
+third way; the same function).
 
 Generation adds a KV cache (`KVCache`): the keys and values of the positions already seen, kept
 per layer, so that each new token is one row of queries against them instead of the whole

@@ -80,7 +80,9 @@ class Trainer:
         if device.type == "cpu" and model.config.attention_p > 0:  # a C kernel for this CPU, loaded where used
             from .runtime import fused_attention
 
-            fused_attention.install()  # before any step is timed: its first build takes under a second
+            c = model.config  # before any step is timed: its first build takes under a second
+            fused_attention.install(bf16_at=(self.plan.micro_batch, c.n_head, c.block_size, c.n_embd // c.n_head)
+                                    if cfg.dtype == "bfloat16" else None)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
         compile_it = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.compiled = self._compiled(model) if compile_it else None

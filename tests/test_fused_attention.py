@@ -11,7 +11,12 @@ from repytilian.attention import (
 )
 from repytilian.model import GPT, ModelConfig
 from repytilian.runtime import fused_attention
-from repytilian.runtime.fused_attention import fused_causal_attention, keep_mask, usable
+from repytilian.runtime.fused_attention import (
+    _call,
+    fused_causal_attention,
+    keep_mask,
+    usable,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +68,53 @@ def test_it_is_the_written_out_attention_with_the_same_mask_forward_and_backward
     assert torch.allclose(fused_grad, qkv.grad, atol=1e-5)
 
 
+@pytest.mark.parametrize("bf16", ["qkv", "v"])  # all three as plain bf16; v alone, as autocast hands them over
+def test_bf16_inputs_are_computed_in_float32_at_least_as_closely_as_autocast_writes_them_out(bf16):
+    _, (q, k, v) = heads(2, 3, 40, 16)
+    inputs = [t.detach().bfloat16() if bf16 == "qkv" or t is v else t.detach() for t in (q, k, v)]
+    grad = torch.randn(2, 3, 40, 16).bfloat16()
+    seed = next_seed()
+
+    def run(way, dtype=None):
+        """The result and gradients of `way` on copies of the inputs (in `dtype` if given)."""
+        xs = [t.to(dtype or t.dtype, copy=True).requires_grad_() for t in inputs]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=way is written_out and dtype is None):
+            out = way(*xs, 0.2, seed) if way is written_out else way(*xs, 0.2)
+        out.backward(grad.to(out.dtype))
+        return [out, *(x.grad for x in xs)]
+
+    fused, exact, autocast = run(fused_causal_attention), run(written_out, torch.float32), run(written_out)
+    assert [t.dtype for t in fused] == [torch.bfloat16, *(t.dtype for t in inputs)]  # as autocast's
+    for got, want, theirs in zip(fused, exact, autocast):
+        error, autocast_error = (got.float() - want).abs().max(), (theirs.float() - want).abs().max()
+        assert error <= autocast_error and error < 0.01 * want.abs().max()
+    # the result is rounded once: within half a bf16 step (1/256 of its power of two) of float32's
+    step = exact[0].detach().abs().clamp_min(1e-30).log2().floor().exp2() / 128
+    assert ((fused[0].float() - exact[0].detach()).abs() <= step * 0.5 + 1e-6).float().mean() > 0.99
+
+
+def test_bf16_takes_the_kernel_only_where_it_was_timed_faster_at_the_runs_shape(tmp_path, monkeypatch):
+    from repytilian.runtime.precision import read_choices
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    _, (q, k, v) = heads(2, 2, 16, 16)
+    half = [t.bfloat16() for t in (q, k, v)]
+    state = torch.get_rng_state()
+    fused_attention.install(bf16_at=(2, 2, 16, 16))  # timed here: the first time on this machine
+    assert torch.equal(torch.get_rng_state(), state)  # the run's random stream untouched by timing
+    [(key, figures)] = read_choices(fused_attention.CHOICES_FILE).items()
+    assert "(2, 2, 16, 16)" in key and figures["one_pass_ms"] > 0 and figures["written_out_ms"] > 0
+    assert figures["one_pass"] == (figures["one_pass_ms"] < figures["written_out_ms"])
+    assert usable(*half, 0.1) == figures["one_pass"] and usable(q, k, v, 0.1)
+    for remembered in (False, True):  # found again, not timed again: each answer is followed
+        (tmp_path / fused_attention.CHOICES_FILE).write_text(f'{{"{key}": {{"one_pass": {str(remembered).lower()}}}}}')
+        fused_attention.install(bf16_at=(2, 2, 16, 16))
+        assert usable(*half, 0.1) is remembered and usable(q, k, v, 0.1)  # float32 always
+        assert usable(q, k, half[2], 0.1) is remembered  # autocast's mix
+    fused_attention.install()  # a float32 run afterwards: bf16 written out again
+    assert not usable(*half, 0.1)
+
+
 def test_weights_are_kept_with_probability_one_minus_p_and_the_mean_over_masks_is_the_attention():
     kept = keep_mask(12345, (64, 128, 128), 0.1)
     assert abs(kept.float().mean().item() - 0.9) < 0.002  # 1M draws: a standard deviation of 0.0003
@@ -93,13 +145,20 @@ def test_the_model_uses_it_in_training_on_a_cpu_and_the_written_out_way_without_
     assert torch.equal(causal_attention(q, k, v, 0.3), without)
 
 
-def test_a_compiled_model_calls_it_as_one_operator_without_breaking_its_graph():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_compiled_model_calls_it_as_one_operator_without_breaking_its_graph(dtype, monkeypatch):
+    monkeypatch.setattr(fused_attention, "_bf16", True)  # as where bf16 was timed faster
+    calls = []
+    monkeypatch.setattr(fused_attention, "_call", lambda *a: calls.append(a) or _call(*a))
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)).train()
+    model = GPT(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1,
+                            norm="rmsnorm", qk_norm=True)).train()  # q and k normalised in float32 under autocast
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # tracing and the fake kernels; no C++
     ids = torch.randint(0, 20, (3, 16))
-    _, loss = compiled(ids, ids)
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        _, loss = compiled(ids, ids)
     loss.backward()
+    assert len(calls) == 4  # two layers, forward and backward
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
@@ -158,6 +217,7 @@ def test_a_training_run_on_a_cpu_installs_it_where_its_model_drops_out_attention
     from repytilian import attention
     from repytilian.api import TrainOptions, train
     from repytilian.data import DataSource
+    from repytilian.runtime.precision import read_choices
 
     def run(**overrides):
         use_cpu_dropout_kernel(None)
@@ -167,3 +227,6 @@ def test_a_training_run_on_a_cpu_installs_it_where_its_model_drops_out_attention
 
     assert run(dropout=0.1) is fused_attention.fused_or_none
     assert run(dropout=0.1, attention_dropout=0.0) is None and run(dropout=0.0) is None
+    assert run(dropout=0.1, dtype="bfloat16", max_iters=1) is fused_attention.fused_or_none
+    [key] = read_choices(fused_attention.CHOICES_FILE)  # bf16's way timed at the run's attention
+    assert key.endswith("(8, 2, 32, 16)")  # (batch, heads, context, head size) of TINY_OVERRIDES

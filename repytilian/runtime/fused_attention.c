@@ -1,4 +1,4 @@
-/* Causal self-attention with dropout on its weights, forward and backward, for a CPU in float32.
+/* Causal self-attention with dropout on its weights, forward and backward, for a CPU.
 
    What repytilian/attention.py's explicit_causal_attention computes when it drops out attention
    weights, one (batch, head) pair at a time: a pair's (T, T) matrices stay in the core's cache
@@ -6,6 +6,10 @@
    and the dropout mask is not stored but drawn again in the backward pass from a hash of the
    element's place and a seed. The Python side (fused_attention.py) builds this file with the
    system's C compiler, loads it with ctypes, and checks it against the written-out attention.
+
+   Each tensor is float32 or bf16 (as autocast hands them over: q and k may come normalised in
+   float32, v in bf16); the arithmetic is float32 throughout, bf16 being widened as a pair's rows
+   are gathered and rounded to nearest even as its results are written.
 
    The mask: element (pair, i, j) is kept when the top 16 bits of its hash are at least `dropped`
    (round(p * 65536), as dropout.py, 0 < dropped < 65536), so p is honoured to 1/65,536. */
@@ -17,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { const float *p; int64_t sb, sh, st; } View;  /* (B, H, T, D), D contiguous */
+typedef struct { void *p; int64_t sb, sh, st; int bf16; } View;  /* (B, H, T, D), D contiguous */
 
 typedef struct {
     int64_t B, H, T, D;
@@ -29,8 +33,20 @@ typedef struct {
     int threads, backward;
 } Job;
 
-static inline const float *row(const View *x, int64_t b, int64_t h, int64_t t) {
-    return x->p + b * x->sb + h * x->sh + t * x->st;
+static inline int64_t at(const View *x, int64_t b, int64_t h, int64_t t) { return b * x->sb + h * x->sh + t * x->st; }
+
+static inline float get(const View *x, int64_t i) {
+    if (!x->bf16) return ((const float *)x->p)[i];
+    const uint32_t bits = (uint32_t)((const uint16_t *)x->p)[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t to_bf16(float f) {  /* rounded to nearest, ties to even (the inputs are finite) */
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    return (uint16_t)((bits + 0x7fffU + ((bits >> 16) & 1U)) >> 16);
 }
 
 static inline uint32_t mix32(uint32_t x) {  /* a well-mixing 32-bit hash (two multiplies) */
@@ -122,8 +138,8 @@ static void matmul(int mode, int64_t rows, int64_t cols, int64_t n, const float 
 /* A (B, H, T, D) pair's rows times `scale`, into a (Tp, D) buffer, zero past T */
 static void gather_rows(const View *x, int64_t b, int64_t h, int64_t T, int64_t Tp, int64_t D, float scale, float *rows) {
     for (int64_t t = 0; t < T; t++) {
-        const float *src = row(x, b, h, t);
-        for (int64_t d = 0; d < D; d++) rows[t * D + d] = src[d] * scale;
+        const int64_t src = at(x, b, h, t);
+        for (int64_t d = 0; d < D; d++) rows[t * D + d] = get(x, src + d) * scale;
     }
     memset(rows + T * D, 0, (Tp - T) * D * sizeof(float));
 }
@@ -131,13 +147,29 @@ static void gather_rows(const View *x, int64_t b, int64_t h, int64_t T, int64_t 
 /* A pair's (D, Tp) transpose, zero past T */
 static void gather_columns(const View *x, int64_t b, int64_t h, int64_t T, int64_t Tp, int64_t D, float *cols) {
     for (int64_t t = 0; t < T; t++) {
-        const float *src = row(x, b, h, t);
-        for (int64_t d = 0; d < D; d++) cols[d * Tp + t] = src[d];
+        const int64_t src = at(x, b, h, t);
+        for (int64_t d = 0; d < D; d++) cols[d * Tp + t] = get(x, src + d);
     }
     for (int64_t d = 0; d < D; d++) memset(cols + d * Tp + T, 0, (Tp - T) * sizeof(float));
 }
 
 typedef struct { float *q, *k, *v, *kt, *vt, *go, *s, *w, *t, *keep; } Scratch;
+
+/* Where a product gives a pair's (T, D) result: straight into a float32 output, or into `spare` (a
+   panel of scratch no longer needed) for a bf16 one, which `put` then rounds into place */
+typedef struct { float *p; int64_t ld; } Target;
+
+static Target target(const View *x, int64_t b, int64_t h, float *spare, int64_t D) {
+    return x->bf16 ? (Target){ spare, D } : (Target){ (float *)x->p + at(x, b, h, 0), x->st };
+}
+
+static void put(const View *x, int64_t b, int64_t h, int64_t T, int64_t D, Target result) {
+    if (!x->bf16) return;
+    for (int64_t t = 0; t < T; t++) {
+        uint16_t *dst = (uint16_t *)x->p + at(x, b, h, t);
+        for (int64_t d = 0; d < D; d++) dst[d] = to_bf16(result.p[t * D + d]);
+    }
+}
 
 /* The weights of row i from its scores s[0..i]: s[0..i] = exp(scores - lse) (before dropout), w[0..Tp)
    those kept, scaled, and zero in the future. Forward (lse NULL): the softmax, which also finds lse. */
@@ -174,7 +206,9 @@ static void forward_pair(const Job *job, int64_t b, int64_t h, const Scratch *x)
         float *s = x->s + i * Tp;
         job->lse[pair * T + i] = weights_row(job, pair, i, Tp, s, x->w + i * Tp, x->keep, NULL);
     }
-    matmul(LOWER, T, D, T, x->w, Tp, x->v, D, (float *)row(&job->o, b, h, 0), job->o.st);
+    const Target out = target(&job->o, b, h, x->q, D);  /* q's panel is free once the scores are */
+    matmul(LOWER, T, D, T, x->w, Tp, x->v, D, out.p, out.ld);
+    put(&job->o, b, h, T, D, out);
 }
 
 static void backward_pair(const Job *job, int64_t b, int64_t h, const Scratch *x) {
@@ -184,12 +218,13 @@ static void backward_pair(const Job *job, int64_t b, int64_t h, const Scratch *x
     gather_columns(&job->k, b, h, T, Tp, D, x->kt);
     gather_columns(&job->v, b, h, T, Tp, D, x->vt);
     gather_rows(&job->go, b, h, T, Tp, D, 1.0f, x->go);
+    gather_rows(&job->o, b, h, T, Tp, D, 1.0f, x->v);  /* the forward's output, in v's panel */
     matmul(SCORES, T, Tp, D, x->q, D, x->kt, Tp, x->s, Tp);
     float *dw = x->t;  /* first the gradient of the kept weights, then of the scores */
     matmul(SCORES, T, Tp, D, x->go, D, x->vt, Tp, dw, Tp);
     for (int64_t i = 0; i < T; i++) {
         float *s = x->s + i * Tp, *w = x->w + i * Tp, *g = dw + i * Tp;
-        const float *go = x->go + i * D, *o = row(&job->o, b, h, i);
+        const float *go = x->go + i * D, *o = x->v + i * D;
         weights_row(job, pair, i, Tp, s, w, x->keep, &job->lse[pair * T + i]);
         float delta = 0.0f;  /* sum over j of the weights' gradient times the weights: go . o */
         for (int64_t d = 0; d < D; d++) delta += go[d] * o[d];
@@ -198,9 +233,14 @@ static void backward_pair(const Job *job, int64_t b, int64_t h, const Scratch *x
     }
     for (int64_t i = T; i < Tp; i++)
         for (int64_t j = 0; j < Tp; j++) x->w[i * Tp + j] = dw[i * Tp + j] = 0.0f;
-    matmul(LOWER, T, D, T, dw, Tp, x->k, D, (float *)row(&job->gq, b, h, 0), job->gq.st);
-    matmul(UPPER, T, D, T, x->w, Tp, x->go, D, (float *)row(&job->gv, b, h, 0), job->gv.st);
-    matmul(UPPER, T, D, T, dw, Tp, x->q, D, (float *)row(&job->gk, b, h, 0), job->gk.st);
+    const Target gq = target(&job->gq, b, h, x->kt, D), gv = target(&job->gv, b, h, x->vt, D),
+                 gk = target(&job->gk, b, h, x->v, D);  /* panels free by now */
+    matmul(LOWER, T, D, T, dw, Tp, x->k, D, gq.p, gq.ld);
+    matmul(UPPER, T, D, T, x->w, Tp, x->go, D, gv.p, gv.ld);
+    matmul(UPPER, T, D, T, dw, Tp, x->q, D, gk.p, gk.ld);
+    put(&job->gq, b, h, T, D, gq);
+    put(&job->gv, b, h, T, D, gv);
+    put(&job->gk, b, h, T, D, gk);
 }
 
 /* One thread's share of the (batch, head) pairs, with its own scratch buffers; 0 when done */
@@ -245,11 +285,14 @@ int attention_threads(void) {
 #endif
 }
 
-static View view(const float *p, const int64_t *strides) { return (View){ p, strides[0], strides[1], strides[2] }; }
+/* A tensor as Python hands it over: its data, and its (B, H, T) strides followed by 1 for bf16, 0 for float32 */
+static View view(const void *p, const int64_t *strides) {
+    return (View){ (void *)p, strides[0], strides[1], strides[2], (int)strides[3] };
+}
 
 int attention_forward(const int64_t *shape, uint32_t dropped, uint64_t seed, int threads,
-                      const float *q, const int64_t *sq, const float *k, const int64_t *sk,
-                      const float *v, const int64_t *sv, float *out, const int64_t *so, float *lse) {
+                      const void *q, const int64_t *sq, const void *k, const int64_t *sk,
+                      const void *v, const int64_t *sv, void *out, const int64_t *so, float *lse) {
     Job job = { shape[0], shape[1], shape[2], shape[3], 1.0f / sqrtf((float)shape[3]),
                 65536.0f / (float)(65536 - dropped), dropped,
                 (uint32_t)seed, (uint32_t)(seed >> 32),
@@ -258,10 +301,10 @@ int attention_forward(const int64_t *shape, uint32_t dropped, uint64_t seed, int
 }
 
 int attention_backward(const int64_t *shape, uint32_t dropped, uint64_t seed, int threads,
-                       const float *q, const int64_t *sq, const float *k, const int64_t *sk,
-                       const float *v, const int64_t *sv, const float *out, const int64_t *so, const float *lse,
-                       const float *go, const int64_t *sgo, float *gq, const int64_t *sgq,
-                       float *gk, const int64_t *sgk, float *gv, const int64_t *sgv) {
+                       const void *q, const int64_t *sq, const void *k, const int64_t *sk,
+                       const void *v, const int64_t *sv, const void *out, const int64_t *so, const float *lse,
+                       const void *go, const int64_t *sgo, void *gq, const int64_t *sgq,
+                       void *gk, const int64_t *sgk, void *gv, const int64_t *sgv) {
     Job job = { shape[0], shape[1], shape[2], shape[3], 1.0f / sqrtf((float)shape[3]),
                 65536.0f / (float)(65536 - dropped), dropped,
                 (uint32_t)seed, (uint32_t)(seed >> 32),

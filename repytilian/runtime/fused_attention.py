@@ -12,6 +12,8 @@ core's cache, skips the future, and draws the mask from a hash of each weight's 
 
 The C file is built with the system's compiler (`cc`, or $CC) for this CPU, kept in the cache
 folder (decoding steps' neighbour) and loaded with ctypes; it runs on torch's own OpenMP threads.
+It computes in float32 and takes bf16 too (autocast's mix: q and k may be float32, v bf16); in bf16
+it is timed against the written-out attention, which has the CPU's bf16 matrix products.
 A training run on a CPU whose model drops out attention weights installs it (`install`); where
 there is no compiler, or REPYTILIAN_NO_NATIVE is set, attention with dropout is written out as before.
 The two are the same function: tests/test_fused_attention.py checks the one against the other
@@ -26,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +38,7 @@ from ..events import note
 from .cpu import cpu_flags, cpu_name
 from .fileio import shareable
 from .paths import cache_dir
+from .precision import machine_key, read_choices, remember_choices
 
 SOURCE = Path(__file__).with_name("fused_attention.c")
 # Each flag set is tried in turn: the first where OpenMP is missing (a Mac's clang), the last where
@@ -50,25 +54,36 @@ COMMON_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "
 BUILD_SECONDS = 120
 _M32 = 0xFFFFFFFF
 _LEVELS = 1 << 16  # a weight's draw: 16 bits, as dropout.py's
+_TAKES = (torch.float32, torch.bfloat16)
+CHOICES_FILE = "attention-choices.json"  # in the cache folder: bf16's way, timed once per machine and shape
 
 
 _lib: ctypes.CDLL | None = None  # loaded by install()
 _tried = False  # install() looked for it (and said why not, where it could not load it)
 _ready = False  # loaded, and runs on as many threads as torch (a build without OpenMP runs on one)
+_bf16 = False  # bf16 inputs go through it too: measured faster than written out (bf16's own matmuls)
 
 
-def install() -> bool:
+def install(bf16_at: tuple[int, int, int, int] | None = None) -> bool:
     """Find this machine's build of the library (or build it, the first time: under a second), load
     it, and let the model's attention take this way where it can (`attention.use_cpu_dropout_kernel`).
     False, with a note the first time, where there is no compiler or the build fails. A training run
-    on a CPU whose model drops out attention weights calls it (train.Trainer), before any timing."""
-    global _lib, _tried, _ready
+    on a CPU whose model drops out attention weights calls it (train.Trainer), before any timing.
+
+    float32 always takes it (it only saves work there). A bf16 run gives its attention's (batch,
+    heads, T, head size) as `bf16_at`: written out, bf16 gets the CPU's bf16 matrix products, which
+    the kernel (float32 arithmetic) does not use, so the two are timed at that shape, once for the
+    machine (`one_pass_pays_in_bf16`), and bf16 takes the faster."""
+    global _lib, _tried, _ready, _bf16
     if not os.environ.get("REPYTILIAN_NO_NATIVE") and not _tried:
         _tried = True
         _lib = _load()
     _ready = (not os.environ.get("REPYTILIAN_NO_NATIVE") and _lib is not None
               and (_lib.threaded or torch.get_num_threads() == 1))
+    _bf16 = False
     attention.use_cpu_dropout_kernel(fused_or_none if _ready else None)
+    if _ready and bf16_at is not None:
+        _bf16 = one_pass_pays_in_bf16(bf16_at)
     return _ready
 
 
@@ -77,17 +92,56 @@ def fused_or_none(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
 
 
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
-    """Whether `fused_causal_attention` takes these: float32 on a CPU, with dropout, head sizes
-    a multiple of 8, and the library installed. (Module globals only: torch.compile traces this.)"""
+    """Whether `fused_causal_attention` takes these: float32 (or bf16, where it measured faster) on
+    a CPU, with dropout, head sizes a multiple of 8, and the library installed. (Module globals
+    only: torch.compile traces this.)"""
     return (_ready and 0 < _dropped(dropout_p) < _LEVELS and q.device.type == "cpu" and q.dim() == 4
-            and q.dtype == k.dtype == v.dtype == torch.float32 and q.size(-1) % 8 == 0)
+            and q.size(-1) % 8 == 0 and all(t.dtype in _TAKES for t in (q, k, v))
+            and (_bf16 or q.dtype == k.dtype == v.dtype == torch.float32))
 
 
 def fused_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """explicit_causal_attention(q, k, v, dropout_p) for (B, nh, T, hs) float32 tensors, its mask
-    drawn from one random number of torch's generator. The result is laid out (B, T, nh, hs)."""
+    """explicit_causal_attention(q, k, v, dropout_p) for (B, nh, T, hs) tensors, each float32 or bf16
+    (computed in float32; the result in bf16 if any of them is, as autocast's), its mask drawn from
+    one random number of torch's generator. The result is laid out (B, T, nh, hs)."""
     seed = torch.randint(-(1 << 63), (1 << 63) - 1, (1,), dtype=torch.int64)
     return torch.ops.repytilian.dropped_attention(q, k, v, float(dropout_p), seed)[0]
+
+
+def one_pass_pays_in_bf16(shape: tuple[int, int, int, int]) -> bool:
+    """Whether attention with dropout on bf16 (B, heads, T, head size) inputs is faster through the
+    kernel than written out, forward and backward: remembered per machine and shape with its
+    figures (CHOICES_FILE), timed the first time (a note says so: seconds on a CPU without bf16)."""
+    key = f"{machine_key()}: attention with dropout 0.1, bf16, (B, heads, T, head size) {tuple(shape)}"
+    choices = read_choices(CHOICES_FILE)
+    known = choices.get(key)
+    if isinstance(known, dict) and isinstance(known.get("one_pass"), bool):
+        return known["one_pass"]
+    note(f"timing attention with dropout in bf16 at {tuple(shape)}, written out against one pass "
+         "(once for this machine and shape)")
+    one_pass, written_out = _bf16_timings(shape)
+    choices[key] = {"one_pass": one_pass < written_out, "one_pass_ms": round(one_pass * 1e3, 2),
+                    "written_out_ms": round(written_out * 1e3, 2)}
+    remember_choices(choices, CHOICES_FILE)
+    return one_pass < written_out
+
+
+def _bf16_timings(shape: tuple[int, int, int, int], rounds: int = 2) -> tuple[float, float]:
+    """The fastest forward and backward of each way, in turn (one, other, one, ...): seconds."""
+    with torch.random.fork_rng(devices=[]):  # the run's own random stream stays untouched
+        torch.manual_seed(0)
+        q, k, v, grad = (torch.randn(shape).to(torch.bfloat16) for _ in range(4))
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        ways = (fused_causal_attention, attention.explicit_causal_attention)
+        best = [float("inf")] * len(ways)
+        for round_ in range(rounds + 1):  # the first round warms up both
+            for i, way in enumerate(ways):
+                start = time.perf_counter()
+                way(q, k, v, 0.1).backward(grad)
+                if round_:
+                    best[i] = min(best[i], time.perf_counter() - start)
+                q.grad = k.grad = v.grad = None
+    return best[0], best[1]
 
 
 def keep_mask(seed: int, shape: tuple[int, int, int], dropout_p: float) -> torch.Tensor:
@@ -181,10 +235,16 @@ def _rows_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _like_heads(q: torch.Tensor) -> torch.Tensor:
+def _like_heads(q: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An empty (B, nh, T, hs) tensor laid out (B, T, nh, hs): the heads are put side by side next."""
     B, nh, T, hs = q.shape
-    return q.new_empty(B, T, nh, hs).transpose(1, 2)
+    return q.new_empty(B, T, nh, hs, dtype=dtype).transpose(1, 2)
+
+
+def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """bf16 if any input is, as autocast's matrix products give (a model's q and k may come out of
+    their norms in float32 while v is bf16)."""
+    return torch.bfloat16 if any(t.dtype == torch.bfloat16 for t in tensors) else torch.float32
 
 
 def _dropped(p: float) -> int:
@@ -193,8 +253,9 @@ def _dropped(p: float) -> int:
 
 
 def _pointed(*tensors: torch.Tensor) -> list:
-    """Each tensor as the C side takes it: its data, then its (B, H, T) strides."""
-    return [item for t in tensors for item in (t.data_ptr(), (ctypes.c_int64 * 3)(*t.stride()[:3]))]
+    """Each tensor as the C side takes it: its data, then its (B, H, T) strides and 1 for bf16."""
+    return [item for t in tensors
+            for item in (t.data_ptr(), (ctypes.c_int64 * 4)(*t.stride()[:3], int(t.dtype == torch.bfloat16)))]
 
 
 def _call(entry, q: torch.Tensor, p: float, seed: torch.Tensor, *pointers) -> None:
@@ -208,28 +269,28 @@ def _call(entry, q: torch.Tensor, p: float, seed: torch.Tensor, *pointers) -> No
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float,
              seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = _rows_last(q), _rows_last(k), _rows_last(v)
-    out, lse = _like_heads(q), q.new_empty(q.shape[:3])
+    out, lse = _like_heads(q, _result_dtype(q, k, v)), q.new_empty(q.shape[:3], dtype=torch.float32)
     _call(_lib.attention_forward, q, p, seed, *_pointed(q, k, v, out), lse.data_ptr())
     return out, lse
 
 
 @_forward.register_fake
 def _(q, k, v, p, seed):
-    return _like_heads(q), q.new_empty(q.shape[:3])
+    return _like_heads(q, _result_dtype(q, k, v)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("repytilian::dropped_attention_backward", mutates_args=())
 def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
               grad: torch.Tensor, p: float, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, grad, lse = _rows_last(q), _rows_last(k), _rows_last(v), _rows_last(grad), lse.contiguous()
-    gq, gk, gv = _like_heads(q), _like_heads(q), _like_heads(q)
+    gq, gk, gv = _like_heads(q), _like_heads(k), _like_heads(v)
     _call(_lib.attention_backward, q, p, seed, *_pointed(q, k, v, out), lse.data_ptr(), *_pointed(grad, gq, gk, gv))
     return gq, gk, gv
 
 
 @_backward.register_fake
 def _(q, k, v, out, lse, grad, p, seed):
-    return _like_heads(q), _like_heads(q), _like_heads(q)
+    return _like_heads(q), _like_heads(k), _like_heads(v)
 
 
 def _save(ctx, inputs, output) -> None:

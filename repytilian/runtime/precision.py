@@ -318,10 +318,14 @@ def choice_key(model: GPT, batch: int) -> str:
     c = model.config
     shape = (f"{c.n_layer}x{c.n_embd}/{c.n_head} T{c.block_size} B{batch} vocab {c.vocab_size} {c.activation} "
              f"{c.position} {c.norm}{' qk_norm' if c.qk_norm else ''}")
+    return f"{machine_key()}: {shape}"
+
+
+def machine_key() -> str:
+    """What a remembered timing holds for: the CPU as torch uses it, its threads, torch's version."""
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    machine = (f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}{', oneDNN ' + isa if isa else ''}), "
-               f"{os.cpu_count()} cpus, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    return f"{machine}: {shape}"
+    return (f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}{', oneDNN ' + isa if isa else ''}), "
+            f"{os.cpu_count()} cpus, {torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
 def read_choices(name: str = CHOICES_FILE) -> dict:
