@@ -2,12 +2,13 @@
 project knows how to get in that time on 2 cores), on Tiny Shakespeare, scored on the whole
 validation split, with what the machine is. The README's table of it comes from this script.
 
-    python benchmarks/bench_quarter_hour.py [--budget 900] [--seed 1337] [--json FILE] [--out DIR]
+    python benchmarks/bench_quarter_hour.py [--budget 900] [--seed 1337] [--set NAME=VALUE] [--json FILE] [--out DIR]
 
 The run is the real one a user starts (the same preset, data and seed; `compile` and the number
 format decided as for them: measured on this machine); its messages are printed, the progress bar
 left out. A shorter `--budget` checks that it works (CI runs it for a few seconds); its loss means
-nothing then.
+nothing then. `--set` tries a lever on top of the preset (as training.py's --set: `--set
+qk_norm=true`); its rows say so, and are not the preset's record.
 Tiny Shakespeare comes from REPYTILIAN_DATA or the download cache, never from the network here.
 """
 from __future__ import annotations
@@ -30,11 +31,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     parser.add_argument("--out", metavar="DIR", help="keep the model in DIR (default: keep nothing)")
+    parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
+                        help="a field on top of the preset, as training.py's --set (repeatable)")
     args = parser.parse_args()
 
     import torch
 
     from repytilian.api import TrainOptions, train
+    from repytilian.cli.flags import parse_set_options
     from repytilian.errors import RepytilianError
     from repytilian.events import Finished, in_words
     from repytilian.runtime.cpu import cpu_name
@@ -42,8 +46,12 @@ def main() -> None:
 
     native = cpu_bf16().native
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads, {'native bf16' if native else 'no native bf16'}"
-    print(f"-s quarter, {args.budget:g} s of training, seed {args.seed}; {machine}; torch {torch.__version__}; "
-          f"{date.today().isoformat()}", flush=True)
+    try:
+        levers = parse_set_options(args.set)
+    except RepytilianError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"-s quarter{''.join(f' --set {s}' for s in args.set)}, {args.budget:g} s of training, seed {args.seed}; "
+          f"{machine}; torch {torch.__version__}; {date.today().isoformat()}", flush=True)
     finished: list[Finished] = []
     say = in_words(lambda words: print(words, flush=True))
 
@@ -54,7 +62,7 @@ def main() -> None:
 
     try:
         result = train(TrainOptions(settings="quarter", out=args.out, progress=False, seed=args.seed,
-                                    overrides={"max_seconds": args.budget}), on_event=listen)
+                                    overrides={**levers, "max_seconds": args.budget}), on_event=listen)
     except RepytilianError as e:
         raise SystemExit(f"error: {e}") from None
     meta, scope = result.language_model.meta["train"], finished[-1].scope
@@ -62,7 +70,7 @@ def main() -> None:
            "threads": torch.get_num_threads(), "torch": torch.__version__, "budget_s": args.budget,
            "seed": args.seed, "steps": result.state.step, "train_seconds": round(result.state.train_seconds, 1),
            "dtype": meta.get("dtype"), "compiled": bool(meta.get("compile")), "val_loss": result.val_loss,
-           "val_scope": scope}
+           "val_scope": scope, "set": levers}
     # A short run scores the split's first tokens only (evaluate.final_val_loss): no record then
     whole = scope.startswith("the whole")
     print(f"{row['steps']:,} steps in {row['train_seconds']:,.0f} s ({row['dtype']}"
