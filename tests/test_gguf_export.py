@@ -25,15 +25,16 @@ def field(reader, name):
 def bpe_models(tmp_path_factory):
     here = tmp_path_factory.mktemp("gguf")
     (here / "c.txt").write_text("the king and the queen walk to the castle.\n" * 80 + "Café!\n")
-    for arch in ("classic", "modern"):
-        r = run_script("training.py", "-d", "c.txt", "-z", "bpe", "--vocab-size", "300", "--arch", arch, "-m", arch,
+    for arch in ("classic", "modern", "qwen3"):  # qwen3: modern with QK-norm
+        r = run_script("training.py", "-d", "c.txt", "-z", "bpe", "--vocab-size", "300", "-m", arch,
+                       "--arch", "modern" if arch == "qwen3" else arch, *(["--set", "qk_norm=true"] * (arch == "qwen3")),
                        "-i", "quick", "-t", "0", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
                        "--block-size", "16", cwd=here)
         assert r.returncode == 0, r.stderr
     return here
 
 
-@pytest.mark.parametrize("arch", ["classic", "modern"])
+@pytest.mark.parametrize("arch", ["classic", "modern", "qwen3"])
 def test_the_gguf_file_holds_the_model_and_its_tokenizer(bpe_models, arch):
     here = bpe_models
     r = run_script("export", "-m", arch, "--format", "gguf", f"{arch}.gguf", cwd=here)
@@ -41,7 +42,7 @@ def test_the_gguf_file_holds_the_model_and_its_tokenizer(bpe_models, arch):
     loaded = load_model_dir(here / arch)
     cfg, sd = loaded.model.config, loaded.model.state_dict()
     reader = gguf.GGUFReader(str(here / f"{arch}.gguf"))
-    name = "llama" if arch == "modern" else "gpt2"
+    name = {"modern": "llama", "classic": "gpt2", "qwen3": "qwen3"}[arch]
     assert field(reader, "general.architecture") == name
     assert field(reader, f"{name}.block_count") == cfg.n_layer
     assert field(reader, f"{name}.context_length") == cfg.block_size
@@ -64,13 +65,19 @@ def test_the_gguf_file_holds_the_model_and_its_tokenizer(bpe_models, arch):
         assert np.array_equal(tensors["blk.1.attn_qkv.weight"], sd["transformer.h.1.attn.c_attn.weight"].numpy())
         assert np.array_equal(tensors["blk.0.ffn_down.bias"], sd["transformer.h.0.mlp.c_proj.bias"].numpy())
         assert len(tensors) == 5 + 12 * cfg.n_layer
-    else:
+    elif arch == "modern":
         q = sd["transformer.h.0.attn.c_attn.weight"][: cfg.n_embd]
         assert np.array_equal(tensors["blk.0.attn_q.weight"], _permute_for_rope(q, cfg.n_head).numpy())
         assert not np.array_equal(tensors["blk.0.attn_q.weight"], q.numpy())  # reordered for GGML's rotary layout
         gate = sd["transformer.h.1.mlp.c_fc.weight"][: cfg.mlp_hidden]
         assert np.array_equal(tensors["blk.1.ffn_gate.weight"], gate.numpy())
         assert len(tensors) == 3 + 9 * cfg.n_layer
+    else:  # qwen3 rotates each head's halves, as we do: the matrices as they are, and the two norms
+        q = sd["transformer.h.0.attn.c_attn.weight"][: cfg.n_embd]
+        assert np.array_equal(tensors["blk.0.attn_q.weight"], q.numpy())
+        assert np.array_equal(tensors["blk.1.attn_k_norm.weight"], sd["transformer.h.1.attn.k_norm.weight"].numpy())
+        assert field(reader, "qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6, rel=1e-3)
+        assert len(tensors) == 3 + 11 * cfg.n_layer
 
 
 def test_what_llama_cpp_cannot_load_is_refused(tmp_path, bpe_models):
@@ -96,7 +103,7 @@ def test_rope_reordering_pairs_each_heads_halves():
     assert _permute_for_rope(w, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
-@pytest.mark.parametrize("arch", ["modern", "classic"])
+@pytest.mark.parametrize("arch", ["modern", "classic", "qwen3"])
 def test_llama_cpp_reads_the_file_and_continues_greedily_as_we_do(bpe_models, tmp_path, arch):
     """Runs where llama-cpp-python is installed (it compiles llama.cpp: not part of the dev extra)."""
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -111,6 +118,11 @@ def test_llama_cpp_reads_the_file_and_continues_greedily_as_we_do(bpe_models, tm
                            "--block-size", "16", "--set", "activation=gelu_tanh", cwd=bpe_models)
             assert r.returncode == 0, r.stderr
     loaded = load_model_dir(folder)
+    if arch == "qwen3":  # gains far from 1, so that a file whose query and key norms were lost shows it
+        with torch.no_grad():
+            for name, p in loaded.model.named_parameters():
+                if name.endswith(("q_norm.weight", "k_norm.weight")):
+                    p.mul_(torch.linspace(0.2, 3.0, p.numel()))
     path = export_gguf(loaded.model, loaded.tokenizer, tmp_path / "m.gguf")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=16, logits_all=True, verbose=False)
     prompt = "the king and"
@@ -121,6 +133,9 @@ def test_llama_cpp_reads_the_file_and_continues_greedily_as_we_do(bpe_models, tm
     theirs = []
     llm.reset()
     llm.eval(ids)
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([ids]))[0][0, -1]
+    assert np.allclose(llm.scores[len(ids) - 1], logits.numpy(), atol=2e-3)  # the same function, not only its argmax
     for _ in range(n):
         token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         theirs.append(token)

@@ -116,6 +116,19 @@ def test_the_modern_architecture_exports_as_llama_with_the_same_logits_and_greed
     assert theirs == ours
 
 
+def test_the_modern_architecture_with_qk_norm_exports_as_qwen3_with_the_same_logits_and_greedy_text(tmp_path):
+    from repytilian.config import ARCHS
+
+    tokenizer = tokenizer_class("bpe").train(TEXT, vocab_size=300)
+    model = random_model(tokenizer.vocab_size, **ARCHS["modern"], qk_norm=True)  # the norms' gains moved off 1
+    export_hf(model, tokenizer, tmp_path / "hf")
+    hf_model, _ = load_hf(tmp_path / "hf")
+    assert isinstance(hf_model, transformers.Qwen3ForCausalLM)
+    assert_same_logits(hf_model, model)
+    ours, theirs = greedy_both(model, hf_model, tokenizer.encode("the king"))
+    assert theirs == ours
+
+
 def test_a_mix_of_gpt2_and_llama_options_is_refused(tmp_path):
     tokenizer = tokenizer_class("characters").train(TEXT)
     with pytest.raises(RepytilianError, match="neither GPT-2 nor Llama"):

@@ -82,15 +82,17 @@ def test_the_imported_model_fine_tunes_and_generates(hf_gpt2, tmp_path, corpus_f
     assert again.returncode == 0 and "resuming at step 6" in again.stderr
 
 
-@pytest.mark.parametrize("arch", ["classic", "modern"])
+@pytest.mark.parametrize("arch", ["classic", "modern", "modern qk_norm"])  # GPT-2, Llama, Qwen3
 def test_our_own_exports_import_back_identically(tmp_path, corpus_file, arch):
+    arch, *norm = arch.split()
     r = run_script("training.py", "-d", str(corpus_file), "-z", "bpe", "--vocab-size", "280", "--arch", arch,
                    "-m", "m", "-i", "quick", "-t", "0", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
-                   "--block-size", "32", cwd=tmp_path)
+                   "--block-size", "32", *(["--set", "qk_norm=true"] if norm else []), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     original = load_model_dir(tmp_path / "m")
     export_hf(original.model, original.tokenizer, tmp_path / "hf")
     model, tokenizer, _ = import_hf(tmp_path / "hf")
+    assert model.config.qk_norm == bool(norm)
     idx = torch.randint(original.model.config.vocab_size, (2, 32))
     with torch.no_grad():
         assert torch.allclose(model(idx)[0], original.model(idx)[0], atol=1e-6)

@@ -2,7 +2,9 @@
 
 The classic architecture is llama.cpp's `gpt2` (learned positions, LayerNorm with biases, a fused
 QKV matrix); `--arch modern` is its `llama` (rotary positions, RMSNorm, SwiGLU, no biases), whose
-query and key matrices are reordered for GGML's rotary layout as llama.cpp's own converter does.
+query and key matrices are reordered for GGML's rotary layout as llama.cpp's own converter does,
+and with QK-norm its `qwen3` (the same with the heads' query and key norms), whose rotation pairs
+each head's halves as ours does, so its matrices go in as they are.
 Weights are stored in float32, in nn.Linear's (out, in) layout, which is GGUF's too. The
 tokenizer goes in as the one of llama.cpp's that tokenizes as ours does (gguf_vocab.py: byte-level
 BPE, or unigram for characters and words, with one added `<unk>` row). The file names an end of
@@ -22,7 +24,7 @@ from ..model import GPT
 from ..runtime.fileio import atomic_output
 from ..tokenizers import Tokenizer
 from .gguf_vocab import GGUFVocabulary, gguf_vocabulary
-from .hf import is_llama
+from .hf import family
 
 
 def _gguf():
@@ -49,7 +51,8 @@ def gguf_tensors(model: GPT, added_rows: int = 0) -> dict[str, np.ndarray]:
     """Our weights under llama.cpp's names for the model's architecture."""
     cfg = model.config
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    llama = is_llama(model)
+    kind = family(model)
+    llama = kind != "gpt2"  # Llama's layout (Qwen3's too)
     out = {"token_embd.weight": with_mean_rows(sd["transformer.wte.weight"], added_rows),
            "output_norm.weight": sd["transformer.ln_f.weight"],
            # written even when tied: llama.cpp's gpt2 expects it
@@ -62,9 +65,13 @@ def gguf_tensors(model: GPT, added_rows: int = 0) -> dict[str, np.ndarray]:
         if llama:
             q, k, v = sd[ours + "attn.c_attn.weight"].split(cfg.n_embd)
             gate, up = sd[ours + "mlp.c_fc.weight"].split(cfg.mlp_hidden)
+            if kind == "llama":  # GGML's llama rotates interleaved pairs; its qwen3, halves as ours
+                q, k = _permute_for_rope(q, cfg.n_head), _permute_for_rope(k, cfg.n_head)
+            else:
+                out |= {blk + "attn_q_norm.weight": sd[ours + "attn.q_norm.weight"],
+                        blk + "attn_k_norm.weight": sd[ours + "attn.k_norm.weight"]}
             out |= {blk + "attn_norm.weight": sd[ours + "ln_1.weight"],
-                    blk + "attn_q.weight": _permute_for_rope(q, cfg.n_head),
-                    blk + "attn_k.weight": _permute_for_rope(k, cfg.n_head),
+                    blk + "attn_q.weight": q, blk + "attn_k.weight": k,
                     blk + "attn_v.weight": v, blk + "attn_output.weight": sd[ours + "attn.c_proj.weight"],
                     blk + "ffn_norm.weight": sd[ours + "ln_2.weight"], blk + "ffn_gate.weight": gate,
                     blk + "ffn_up.weight": up, blk + "ffn_down.weight": sd[ours + "mlp.c_proj.weight"]}
@@ -86,11 +93,12 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, out: str | Path, name: str = "
     cfg = model.config
     if cfg.activation not in ("gelu", "gelu_tanh", "swiglu"):
         raise RepytilianError(f"llama.cpp's gpt2 computes GELU; this model uses {cfg.activation}")
-    llama = is_llama(model)
+    kind = family(model)
+    llama = kind != "gpt2"
     vocab = gguf_vocabulary(tokenizer)
     tensors = gguf_tensors(model, vocab.added_rows)
     with atomic_output(out) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "llama" if llama else "gpt2")
+        w = gguf.GGUFWriter(str(tmp), kind)
         w.add_name(name)
         w.add_file_type(gguf.LlamaFileType.ALL_F32)
         w.add_context_length(cfg.block_size)

@@ -4,7 +4,9 @@ The classic architecture is GPT-2's, so it is exported as a GPT-2 model: config.
 transformers' GPT2Config fields, model.safetensors under GPT-2's weight names with its Conv1D
 layout (each matrix stored (in, out), the transpose of nn.Linear's). `--arch modern` (rotary
 positions, RMSNorm, SwiGLU, no biases) is Llama's, so it is exported as a Llama model, our fused
-matrices split into Llama's q/k/v and gate/up projections. Both come with a tokenizer.json built with the
+matrices split into Llama's q/k/v and gate/up projections; with QK-norm on top (`qk_norm`: each
+head's queries and keys RMS-normalised before the rotation) it is Qwen3's, the same layout plus
+the two norms' gains. All come with a tokenizer.json built with the
 `tokenizers` library that encodes and decodes as ours does, with a tokenizer_config.json, so
 both AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) work.
 Nothing here imports transformers: the files are written from their published formats.
@@ -59,31 +61,38 @@ def gpt2_config(model: GPT) -> dict[str, Any]:
     }
 
 
-def is_llama(model: GPT) -> bool:
-    """Whether the model is exported as Llama (else GPT-2); a mix of the two is refused."""
+def family(model: GPT) -> str:
+    """Which of transformers' (and llama.cpp's) architectures the model is: "gpt2", "llama", or
+    "qwen3" (Llama's with QK-norm); a mix that none of them has is refused."""
     cfg = model.config
     if cfg.n_layer == 0 or not cfg.residual or not cfg.mlp:
         raise RepytilianError("this model is one of the lecture's steps towards the GPT (`arch` bigram, one-head, "
                               "multi-head, feed-forward), which transformers has no architecture for: train "
                               "`arch` classic or modern to export", ("arch",))
     modern = (cfg.position == "rope", cfg.norm == "rmsnorm", cfg.activation == "swiglu", not cfg.bias)
-    if all(modern) and not cfg.qk_norm and not cfg.head_bias:
-        return True
+    if all(modern) and not cfg.head_bias:
+        return "qwen3" if cfg.qk_norm else "llama"
     if cfg.position == "learned" and cfg.norm == "layernorm" and cfg.activation in ACTIVATION_NAMES \
             and not cfg.qk_norm:
-        return False
+        return "gpt2"
     raise RepytilianError(
         "this model mixes architecture options that neither GPT-2 nor Llama has (GPT-2: learned positions, "
-        "LayerNorm, GELU or ReLU; Llama: rotary positions, RMSNorm, SwiGLU, no biases, no QK-norm), "
-        "so it cannot be exported for transformers"
+        "LayerNorm, GELU or ReLU; Llama: rotary positions, RMSNorm, SwiGLU, no biases, and QK-norm for Qwen3's "
+        "form of it), so it cannot be exported for transformers"
     )
 
 
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
 def llama_config(model: GPT) -> dict[str, Any]:
+    """Llama's config.json, or Qwen3's (the same fields and a few of its own) for a model with QK-norm."""
     cfg = model.config
+    kind = family(model)
+    qwen3 = {"use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg.n_layer}
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [HF_CLASSES[kind]],
+        "model_type": kind,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
         "intermediate_size": cfg.mlp_hidden,
@@ -105,7 +114,7 @@ def llama_config(model: GPT) -> dict[str, Any]:
         "bos_token_id": None,
         "eos_token_id": None,
         "torch_dtype": "float32",
-    }
+    } | (qwen3 if kind == "qwen3" else {})
 
 
 def llama_weights(model: GPT) -> dict[str, torch.Tensor]:
@@ -127,6 +136,9 @@ def llama_weights(model: GPT) -> dict[str, torch.Tensor]:
             theirs + "mlp.gate_proj.weight": gate, theirs + "mlp.up_proj.weight": up,
             theirs + "mlp.down_proj.weight": sd[ours + "mlp.c_proj.weight"],
         }
+        if cfg.qk_norm:  # Qwen3's: each head's queries and keys normalised, one gain per place in a head
+            out |= {theirs + "self_attn.q_norm.weight": sd[ours + "attn.q_norm.weight"],
+                    theirs + "self_attn.k_norm.weight": sd[ours + "attn.k_norm.weight"]}
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -189,7 +201,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RepytilianError(f"{out} already exists; export into a new folder")
-    llama = is_llama(model)
+    llama = family(model) != "gpt2"  # Llama's layout (Qwen3's too)
     config = llama_config(model) if llama else gpt2_config(model)
     weights = llama_weights(model) if llama else gpt2_weights(model)
     tokenizer_json = hf_tokenizer_json(tokenizer)

@@ -1,7 +1,7 @@
 """`repytilian import --from hf DIR OUT`: a Hugging Face model folder on disk, as our model folder.
 
 Reads GPT-2-family folders (gpt2, distilgpt2, a GPT2LMHeadModel of your own: `model_type` gpt2)
-and the Llama folders `repytilian export` writes for `--arch modern`, from their config.json,
+and the Llama (and Qwen3, with QK-norm) folders `repytilian export` writes for `--arch modern`, from their config.json,
 safetensors weights and tokenizer (tokenizer.json, or GPT-2's vocab.json + merges.txt), so that
 `training.py -l OUT -d book.txt` fine-tunes it and `generate.py -m OUT` samples it. Weights are
 read from safetensors only: a folder with only pytorch_model.bin (a pickle) is refused, with how
@@ -105,11 +105,12 @@ def _gpt2(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[Mod
 
 
 def _llama(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A Llama folder, or a Qwen3 one (Llama's layout with each head's queries and keys normalised)."""
     C, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-    tied = bool(config.get("tie_word_embeddings", False))
+    tied, qk_norm = bool(config.get("tie_word_embeddings", False)), config.get("model_type") == "qwen3"
     mcfg = ModelConfig(vocab_size=int(config["vocab_size"]), block_size=int(config.get("max_position_embeddings", 2048)),
                        n_layer=int(config["num_hidden_layers"]), n_head=heads, n_embd=C, dropout=0.0, bias=False,
-                       activation="swiglu", tie_embeddings=tied, position="rope", norm="rmsnorm")
+                       activation="swiglu", tie_embeddings=tied, position="rope", norm="rmsnorm", qk_norm=qk_norm)
     problems = [name for name, bad in (
         ("num_key_value_heads", int(config.get("num_key_value_heads", heads)) != heads),
         ("head_dim", int(config.get("head_dim", C // heads)) != C // heads),
@@ -117,11 +118,12 @@ def _llama(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[Mo
         ("rope_theta", float(config.get("rope_theta", ROPE_THETA)) != ROPE_THETA),
         ("rope_scaling", config.get("rope_scaling") not in (None, {})),
         ("rms_norm_eps", abs(float(config.get("rms_norm_eps", RMS_EPS)) - RMS_EPS) > 1e-12),
-        ("attention_bias", bool(config.get("attention_bias"))), ("mlp_bias", bool(config.get("mlp_bias"))))
+        ("attention_bias", bool(config.get("attention_bias"))), ("mlp_bias", bool(config.get("mlp_bias"))),
+        ("use_sliding_window", bool(config.get("use_sliding_window"))))
         if bad]
     if problems:
-        raise RepytilianError(f"only the Llama folders `repytilian export` writes can be imported; this one differs in "
-                              f"{', '.join(problems)}")
+        raise RepytilianError(f"only the Llama and Qwen3 folders `repytilian export` writes can be imported; this one "
+                              f"differs in {', '.join(problems)}")
     H = mcfg.mlp_hidden
     state = {"transformer.wte.weight": _take(tensors, "model.embed_tokens.weight", (mcfg.vocab_size, C)),
              "transformer.ln_f.weight": _take(tensors, "model.norm.weight", (C,))}
@@ -140,6 +142,9 @@ def _llama(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[Mo
             ours + "mlp.c_fc.weight": torch.cat([gate, up]),
             ours + "mlp.c_proj.weight": _take(tensors, theirs + "mlp.down_proj.weight", (C, H)),
         }
+        if qk_norm:
+            state |= {ours + f"attn.{n}_norm.weight": _take(tensors, theirs + f"self_attn.{n}_norm.weight", (C // heads,))
+                      for n in "qk"}
     return mcfg, state
 
 
@@ -167,11 +172,11 @@ def import_hf(folder: str | Path) -> tuple[GPT, BPETokenizer, dict[str, Any]]:
     kind = config.get("model_type")
     if kind == "gpt2":
         mcfg, state = _gpt2(config, _weights(folder))
-    elif kind == "llama":
+    elif kind in ("llama", "qwen3"):
         mcfg, state = _llama(config, _weights(folder))
     else:
         raise RepytilianError(f"model_type {kind!r}: Repytilian imports GPT-2-family models (gpt2, distilgpt2, ...) "
-                              "and its own Llama exports")
+                              "and its own Llama and Qwen3 exports")
     tokenizer = _tokenizer(folder)
     if tokenizer.vocab_size > mcfg.vocab_size:
         raise RepytilianError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary only "
