@@ -17,13 +17,13 @@ def test_presets_exist_as_documented():
     assert build_configs("default", "forever")[1].max_iters is None
 
 
-def test_quarter_is_fifteen_minutes_of_the_modern_v3c_shape_with_the_attention_weights_whole():
+def test_quarter_is_fifteen_minutes_of_the_modern_v3c_shape_with_qk_norm_and_the_attention_weights_whole():
     m, t = build_configs("quarter", "default")
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size, t.batch_size) == (6, 6, 144, 128, 32)
     assert (m.position, m.norm, m.activation, m.bias) == ("rope", "rmsnorm", "swiglu", False)  # its own arch
-    assert (m.dropout, m.attention_p, t.optimizer, t.max_seconds) == (0.1, 0.0, "muon", 900.0)
+    assert (m.dropout, m.attention_p, t.optimizer, t.max_seconds, m.qk_norm) == (0.1, 0.0, "muon", 900.0, True)
     classic = build_configs("quarter", "default", arch="classic")[0]  # an arch given wins over the preset's
-    assert (classic.position, classic.norm, classic.n_embd) == ("learned", "layernorm", 144)
+    assert (classic.position, classic.norm, classic.n_embd, classic.qk_norm) == ("learned", "layernorm", 144, False)
     assert build_configs("quarter", "default", {"max_seconds": 60.0})[1].max_seconds == 60.0  # --budget wins
     assert build_configs("default", "default")[0].position == "learned"  # the others stay classic
     assert "arch" not in {**vars(m), **vars(t)}
