@@ -101,29 +101,17 @@ def test_export_from_the_command_line(tmp_path, corpus_file):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
-@pytest.mark.parametrize("name", ["characters", "bpe"])
-@pytest.mark.parametrize("tied", [False, True])
-def test_the_modern_architecture_exports_as_llama_with_the_same_logits_and_greedy_text(tmp_path, name, tied):
+@pytest.mark.parametrize("name, tied, qk_norm", [(name, tied, False) for name in ("characters", "bpe")
+                                                  for tied in (False, True)] + [("bpe", True, True)])
+def test_the_modern_architecture_exports_as_llama_or_with_qk_norm_as_qwen3_with_the_same_logits_and_greedy_text(
+        tmp_path, name, tied, qk_norm):
     from repytilian.config import ARCHS
 
     tokenizer = tokenizer_class(name).train(TEXT, **({"vocab_size": 300} if name == "bpe" else {}))
-    model = random_model(tokenizer.vocab_size, **{**ARCHS["modern"], "tie_embeddings": tied})
-    export_hf(model, tokenizer, tmp_path / "hf")
+    model = random_model(tokenizer.vocab_size, **{**ARCHS["modern"], "tie_embeddings": tied, "qk_norm": qk_norm})
+    export_hf(model, tokenizer, tmp_path / "hf")  # random_model moved the norms' gains off 1
     hf_model, hf_tokenizer = load_hf(tmp_path / "hf")
-    assert isinstance(hf_model, transformers.LlamaForCausalLM)
-    assert_same_logits(hf_model, model)
-    ours, theirs = greedy_both(model, hf_model, tokenizer.encode("the king"))
-    assert theirs == ours
-
-
-def test_the_modern_architecture_with_qk_norm_exports_as_qwen3_with_the_same_logits_and_greedy_text(tmp_path):
-    from repytilian.config import ARCHS
-
-    tokenizer = tokenizer_class("bpe").train(TEXT, vocab_size=300)
-    model = random_model(tokenizer.vocab_size, **ARCHS["modern"], qk_norm=True)  # the norms' gains moved off 1
-    export_hf(model, tokenizer, tmp_path / "hf")
-    hf_model, _ = load_hf(tmp_path / "hf")
-    assert isinstance(hf_model, transformers.Qwen3ForCausalLM)
+    assert isinstance(hf_model, transformers.Qwen3ForCausalLM if qk_norm else transformers.LlamaForCausalLM)
     assert_same_logits(hf_model, model)
     ours, theirs = greedy_both(model, hf_model, tokenizer.encode("the king"))
     assert theirs == ours

@@ -69,12 +69,14 @@ def export_command(args: argparse.Namespace) -> int:
             f"In Python:\n  import onnxruntime\n  session = onnxruntime.InferenceSession({str(out)!r})\n"
             "  logits = session.run(None, {'input_ids': ids})[0]")
     elif args.format == "gguf":
-        say(f"exported {args.model} to {out} ({family(lm.model)} architecture, float32, {out.stat().st_size / 1e6:.1f} MB) for "
+        size = out.stat().st_size / 1e6
+        say(f"exported {args.model} to {out} ({family(lm.model)} architecture, float32, {size:.1f} MB) for "
             f"llama.cpp and Ollama, e.g.:\n  {llama_cpp_command(out, lm)}\n"
             f"(-c: llama.cpp must not open it with a context longer than the model's "
             f"{lm.model.config.block_size} tokens; before llama.cpp b7348 the program was llama-cli)")
     else:
-        say(f"exported {args.model} to {out} for Hugging Face transformers ({HF_CLASSES[family(lm.model)]}). In Python:\n"
+        kind = HF_CLASSES[family(lm.model)]
+        say(f"exported {args.model} to {out} for Hugging Face transformers ({kind}). In Python:\n"
             f"  from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             f"  model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
             f"  tokenizer = AutoTokenizer.from_pretrained({str(out)!r})")
