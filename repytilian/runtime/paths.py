@@ -3,7 +3,8 @@
 - REPYTILIAN_HOME: the cache (default ~/.cache/repytilian): datasets/ (downloaded data sets),
   tokens/ (large corpora tokenized once), dtype-choices.json (number formats measured here),
   compile-choices.json (whether a long run compiles), decoding-steps/ (decoding steps built for
-  this machine, decode_compiled.py), native/ (fused_attention.c built for this machine);
+  this machine, decode_compiled.py), native/ (fused_attention.c built for this machine),
+  attention-choices.json (whether bf16 attention with dropout goes through it, timed here);
 - REPYTILIAN_DATA: a folder holding data set files (a mirror for machines without network);
 - REPYTILIAN_OFFLINE: never download (data sets, tiktoken's encodings);
 - REPYTILIAN_NO_NATIVE: build and use no C code of Repytilian's own (attention with dropout is then
