@@ -1,11 +1,12 @@
 """`repytilian import --from hf DIR OUT`: a Hugging Face model folder on disk, as our model folder.
 
 Reads GPT-2-family folders (gpt2, distilgpt2, a GPT2LMHeadModel of your own: `model_type` gpt2)
-and the Llama (and Qwen3, with QK-norm) folders `repytilian export` writes for `--arch modern`, from their config.json,
-safetensors weights and tokenizer (tokenizer.json, or GPT-2's vocab.json + merges.txt), so that
-`training.py -l OUT -d book.txt` fine-tunes it and `generate.py -m OUT` samples it. Weights are
-read from safetensors only: a folder with only pytorch_model.bin (a pickle) is refused, with how
-to convert it. Nothing here downloads: DIR is a folder (e.g. in ~/.cache/huggingface/hub).
+and the Llama folders `repytilian export` writes for `--arch modern` (Qwen3's, with QK-norm), from
+their config.json, safetensors weights and tokenizer (tokenizer.json, or GPT-2's vocab.json +
+merges.txt), so that `training.py -l OUT -d book.txt` fine-tunes it and `generate.py -m OUT`
+samples it. Weights are read from safetensors only: a folder with only pytorch_model.bin (a
+pickle) is refused, with how to convert it. Nothing here downloads: DIR is a folder (e.g. in
+~/.cache/huggingface/hub).
 """
 from __future__ import annotations
 
