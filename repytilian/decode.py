@@ -214,6 +214,12 @@ class Decoder:
                 lengths[first:first + count] = [n + 1 for n in lengths[first:first + count]]
         return logits
 
+    def prepare_rows(self) -> None:
+        """Where this decoder has a built step: find or build the one for several rows at once too
+        (a server's batches), before a request waits for it."""
+        if self.compiled is not None:
+            self.compiled.prepare(rows=True)
+
     def reset(self, row: int | None = None) -> None:
         """Forget what every row holds (or row `row`)."""
         if row is None:

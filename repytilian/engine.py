@@ -214,8 +214,8 @@ class Engine:
         """Make a decoder now and keep it: with `compile`, its step is found or built before a
         request waits for it; with `rows` too, the step for several rows at once (a server's batches)."""
         with self.batch() as batch:
-            if rows and batch.decoder is not None and batch.decoder.compiled is not None:
-                batch.decoder.compiled.prepare(rows=True)
+            if rows and batch.decoder is not None:
+                batch.decoder.prepare_rows()
 
     @contextmanager
     def batch(self, dtype: torch.dtype | None = None, use_cache: bool = True) -> Iterator[Batch]:
