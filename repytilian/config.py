@@ -57,6 +57,9 @@ class ModelConfig:
     position: str = "learned"  # position embeddings (GPT-2), or "rope": rotary, applied to queries and keys
     norm: str = "layernorm"  # or "rmsnorm" (no mean, no bias)
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+    # each layer's attention values get a learned vector of each token added, its size learned per
+    # layer (one table shared by the layers): a shortcut to what the tokens are at any depth
+    value_embeddings: bool = False
     # The lecture's steps towards the GPT (--arch bigram, one-head, ...); both True in a GPT
     residual: bool = True  # each block adds its branches to the stream (x = x + f(x)), not replaces it
     mlp: bool = True  # each block has a feed-forward layer after its attention

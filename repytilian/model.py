@@ -20,7 +20,7 @@ Notable choices: nanoGPT's names and initialisation (normal 0.02, residual proje
 1/sqrt(2 * n_layer)); weight tying; attention through attention.py, which picks PyTorch's fused
 kernel or the written-out form, whichever is faster where it runs. Opt-in refinements of later
 GPTs (`--arch modern`, or one at a time with --set): rotary positions, RMSNorm, ReLU^2 or SwiGLU
-MLPs, QK-norm, an untied output head.
+MLPs, QK-norm, value embeddings, an untied output head.
 
 This module knows nothing of files, tokenizers, devices or number formats: it maps token ids to
 logits. Generation passes a `KVCache` (attention.py) so that each step feeds only the new token;
@@ -99,13 +99,18 @@ class CausalSelfAttention(nn.Module):
         hs = config.n_embd // config.n_head
         self.q_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(hs, eps=RMS_EPS) if config.qk_norm else None
+        # how much of the tokens' value embeddings this layer adds to its values (GPT.forward looks them up)
+        self.ve_gate = nn.Parameter(torch.ones(1)) if config.value_embeddings else None
 
-    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each head's queries, keys and values of x (B, T, C): its own hs-wide slice, (B, nh, T, hs) each."""
+    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+              ve: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each head's queries, keys and values of x (B, T, C): its own hs-wide slice, (B, nh, T, hs)
+        each; `ve` (B, T, C), the tokens' value embeddings, is added to the values."""
         B, T, C = x.size()
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if ve is not None:
+            v = v + self.ve_gate * ve.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if self.q_norm is not None:  # in the norm's own format: bf16 under autocast would miss torch's fused norm
             q, k = self.q_norm(q.to(self.q_norm.weight.dtype)), self.k_norm(k.to(self.k_norm.weight.dtype))
         if rope is not None:
@@ -113,9 +118,9 @@ class CausalSelfAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, ve: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.heads(x, rope)
+        q, k, v = self.heads(x, rope, ve)
         if cache is None:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         else:  # the positions seen before, kept in the cache, are attended to as well
@@ -156,11 +161,11 @@ class Block(nn.Module):
         self.residual = config.residual
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, ve: torch.Tensor | None = None) -> torch.Tensor:
         if not self.residual:  # the lecture's steps before residual connections: each layer replaces x
-            x = self.attn(self.ln_1(x), rope, cache)
+            x = self.attn(self.ln_1(x), rope, cache, ve)
             return x if self.mlp is None else self.mlp(self.ln_2(x))
-        x = x + self.attn(self.ln_1(x), rope, cache)
+        x = x + self.attn(self.ln_1(x), rope, cache, ve)
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
         return x
@@ -183,6 +188,8 @@ class GPT(nn.Module):
             cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        if config.value_embeddings:
+            parts["vte"] = nn.Embedding(config.vocab_size, config.n_embd)
         self.transformer = nn.ModuleDict(parts)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
         if config.tie_embeddings:
@@ -220,10 +227,13 @@ class GPT(nn.Module):
         self.lm_head = grown
         if c.tie_embeddings:
             self.transformer.wte.weight = grown.weight
-        else:
-            wte = self.transformer.wte.weight
-            self.transformer.wte = nn.Embedding(vocab_size, c.n_embd).to(wte)
-            self.transformer.wte.weight[:old], self.transformer.wte.weight[old:] = wte, wte.mean(0)
+        for name in ("wte", "vte"):  # the token tables the head does not already hold
+            if name not in self.transformer or (name == "wte" and c.tie_embeddings):
+                continue
+            table = self.transformer[name].weight
+            grown_table = nn.Embedding(vocab_size, c.n_embd).to(table)
+            grown_table.weight[:old], grown_table.weight[old:] = table, table.mean(0)
+            self.transformer[name] = grown_table
         c.vocab_size = vocab_size
 
     def num_params(self, non_embedding: bool = True) -> int:
@@ -256,8 +266,9 @@ class GPT(nn.Module):
         elif self.config.position == "rope":
             rope = (at_positions(self.rope_cos, start, T, heads=True), at_positions(self.rope_sin, start, T, heads=True))
         x = self.transformer.drop(x)
+        ve = self.transformer.vte(idx) if self.config.value_embeddings else None
         for block in self.transformer.h:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, ve)
         if cache is not None:
             cache.advance(T)
         x = self.transformer.ln_f(x)

@@ -123,6 +123,16 @@ def test_a_mix_of_gpt2_and_llama_options_is_refused(tmp_path):
         export_hf(random_model(tokenizer.vocab_size, position="rope"), tokenizer, tmp_path / "x")
 
 
+def test_value_embeddings_which_no_exported_architecture_has_are_refused_by_name(tmp_path):
+    from repytilian.config import ARCHS
+
+    tokenizer = tokenizer_class("characters").train(TEXT)
+    model = random_model(tokenizer.vocab_size, **{**ARCHS["modern"], "value_embeddings": True})
+    with pytest.raises(RepytilianError, match="value embeddings") as refused:
+        export_hf(model, tokenizer, tmp_path / "x")
+    assert refused.value.settings == ("value_embeddings",) and not (tmp_path / "x").exists()
+
+
 def test_arch_modern_trains_generates_and_exports_as_llama_from_the_command_line(tmp_path, corpus_file):
     trained = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-i", "quick", "--arch", "modern", *TINY,
                          cwd=tmp_path)

@@ -126,6 +126,7 @@ ARCH_VARIANTS = [
     dict(activation="swiglu"),
     dict(position="rope", qk_norm=True),
     dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False),
+    dict(position="rope", qk_norm=True, value_embeddings=True),
 ]
 
 
@@ -181,6 +182,33 @@ def test_qk_norm_under_bf16_autocast_gets_its_input_in_the_norms_format(monkeypa
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(idx)
     assert len(seen) == 2 and all(x == w == torch.float32 for x, w in seen)
+
+
+def test_value_embeddings_add_each_tokens_learned_vector_to_every_layers_values():
+    """With each layer's gate at 0 the model is the one without them (the same other weights); with
+    the gates open the values, and so the logits, depend on the table; a grown vocabulary grows it
+    (new rows the old rows' mean); Muon leaves the table to AdamW, as the other embeddings."""
+    from repytilian.optim import MuonWithAdamW
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, position="rope")
+    model = GPT(ModelConfig(**shape, value_embeddings=True)).eval()
+    plain = GPT(ModelConfig(**shape)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "vte" not in k and "ve_gate" not in k})
+    idx = torch.randint(11, (2, 16))
+    gated = model(idx)[0]
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.ve_gate.zero_()
+    assert torch.equal(model(idx)[0], plain(idx)[0])
+    assert not torch.allclose(gated, plain(idx)[0], atol=1e-3)
+    table = model.transformer.vte.weight.detach().clone()
+    model.grow_vocabulary(13)
+    assert model.transformer.vte.weight.shape == (13, 16)
+    assert torch.equal(model.transformer.vte.weight[:11], table)
+    assert torch.allclose(model.transformer.vte.weight[12], table.mean(0))
+    optimizer = MuonWithAdamW(model, 1e-3, 0.1, (0.9, 0.99), fused=False)
+    assert not any(p is model.transformer.vte.weight for g in optimizer.muon.param_groups for p in g["params"])
 
 
 def test_rope_makes_attention_depend_on_relative_positions_only():

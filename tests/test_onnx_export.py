@@ -30,3 +30,19 @@ def test_onnxruntime_gives_the_same_logits(tmp_path):
         assert theirs.shape == ours.shape and np.abs(theirs - ours).max() < 1e-4
     with pytest.raises(RepytilianError, match="already exists"):
         export_onnx(model, tmp_path / "v2c.onnx")
+
+
+@pytest.mark.slow
+def test_value_embeddings_which_no_other_format_holds_go_to_onnx(tmp_path):
+    """The refusal of the other formats sends a model with value embeddings here: it must work."""
+    from repytilian.config import ARCHS, ModelConfig
+    from repytilian.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16, **ARCHS["modern"],
+                            qk_norm=True, value_embeddings=True)).eval()
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx")))
+    ids = torch.randint(20, (2, 9))
+    with torch.no_grad():
+        ours = model(ids)[0].numpy()
+    assert np.abs(session.run(None, {"input_ids": ids.numpy()})[0] - ours).max() < 1e-4

@@ -69,6 +69,11 @@ def family(model: GPT) -> str:
         raise RepytilianError("this model is one of the lecture's steps towards the GPT (`arch` bigram, one-head, "
                               "multi-head, feed-forward), which transformers has no architecture for: train "
                               "`arch` classic or modern to export", ("arch",))
+    if cfg.value_embeddings:
+        raise RepytilianError("this model adds value embeddings to its attention's values (`value_embeddings`), "
+                              "which neither transformers' GPT-2, Llama nor Qwen3 (nor llama.cpp) has, so it "
+                              "cannot be exported for them; ONNX (`--format onnx`) carries it",
+                              ("value_embeddings",))
     modern = (cfg.position == "rope", cfg.norm == "rmsnorm", cfg.activation == "swiglu", not cfg.bias)
     if all(modern) and not cfg.head_bias:
         return "qwen3" if cfg.qk_norm else "llama"
