@@ -131,3 +131,23 @@ def test_train_options_check_their_settings_when_made():
                                                                                        "learning_rate": 1.0}
     with pytest.raises(SettingError, match="block_size must be an int, got '64'"):
         TrainOptions(overrides={"block_size": "64"})
+
+
+
+def test_a_message_naming_any_setting_names_a_flag_the_command_line_takes():
+    """Library messages name settings in backquotes and the command line writes each as its flag.
+    A field without a flag of its own (`value_embeddings`, `qk_norm`) came out as --value-embeddings,
+    a flag no command has; it is now said as --set NAME=..., which takes every field."""
+    import argparse
+
+    from repytilian.cli.flags import flag_for, in_flags
+    from repytilian.cli.train import add_train_arguments
+    from repytilian.config import MODEL_FIELDS, TRAIN_FIELDS
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    for name in MODEL_FIELDS | TRAIN_FIELDS:
+        assert flag_for(name) in parser._option_string_actions or flag_for(name) == f"--set {name}=...", name
+    assert flag_for("value_embeddings") == "--set value_embeddings=..." and flag_for("max_seconds") == "--budget"
+    error = RepytilianError("needs `value_embeddings` off", ("value_embeddings",))
+    assert in_flags(error) == "needs --set value_embeddings=... off"

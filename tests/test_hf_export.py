@@ -130,7 +130,7 @@ def test_value_embeddings_which_no_exported_architecture_has_are_refused_by_name
     model = random_model(tokenizer.vocab_size, **{**ARCHS["modern"], "value_embeddings": True})
     with pytest.raises(RepytilianError, match="value embeddings") as refused:
         export_hf(model, tokenizer, tmp_path / "x")
-    assert refused.value.settings == ("value_embeddings",) and not (tmp_path / "x").exists()
+    assert refused.value.settings == ("value_embeddings", "format") and not (tmp_path / "x").exists()
 
 
 def test_arch_modern_trains_generates_and_exports_as_llama_from_the_command_line(tmp_path, corpus_file):

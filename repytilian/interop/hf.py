@@ -72,8 +72,8 @@ def family(model: GPT) -> str:
     if cfg.value_embeddings:
         raise RepytilianError("this model adds value embeddings to its attention's values (`value_embeddings`), "
                               "which neither transformers' GPT-2, Llama nor Qwen3 (nor llama.cpp) has, so it "
-                              "cannot be exported for them; ONNX (`--format onnx`) carries it",
-                              ("value_embeddings",))
+                              "cannot be exported for them; ONNX carries it (`format` onnx)",
+                              ("value_embeddings", "format"))
     modern = (cfg.position == "rope", cfg.norm == "rmsnorm", cfg.activation == "swiglu", not cfg.bias)
     if all(modern) and not cfg.head_bias:
         return "qwen3" if cfg.qk_norm else "llama"
