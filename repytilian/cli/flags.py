@@ -44,11 +44,10 @@ def flag_fields() -> list[tuple[type, dataclasses.Field]]:
 def flag_for(setting: str) -> str:
     """The command-line flag of a library setting (a config field or a sampling option); a config
     field without a flag of its own (`qk_norm`) is set as --set qk_norm=..."""
-    if setting in FIELD_FLAGS or setting in FLAGS:
-        return FIELD_FLAGS.get(setting) or FLAGS[setting]
-    if setting in MODEL_FIELDS | TRAIN_FIELDS and setting != "seed":  # --seed: every command's own flag
-        return f"--set {setting}=..."
-    return "--" + setting.replace("_", "-")
+    flag = FIELD_FLAGS.get(setting) or FLAGS.get(setting)
+    if flag is None and setting in MODEL_FIELDS | TRAIN_FIELDS and setting != "seed":  # --seed: every command's
+        flag = f"--set {setting}=..."
+    return flag or "--" + setting.replace("_", "-")
 
 
 def value_of(name: str, text: str) -> Any:
