@@ -67,6 +67,20 @@ def test_the_measured_choice_is_remembered_per_machine_and_shape(monkeypatch, tm
     assert resolve_dtype("auto", torch.device("cpu"), model, 4) in ("float32", "bfloat16")
 
 
+def test_a_machine_too_busy_to_time_either_format_is_not_remembered(monkeypatch, tmp_path):
+    # Found on a Xeon with AMX while a C++ build took both cores: each format's first step took over
+    # PROBE_SECONDS, both counted infinite, and float32 was remembered for that machine and shape.
+    import repytilian.runtime.precision as precision
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: precision.Bf16Support(True, "said so by the test"))
+    monkeypatch.setattr(precision, "_one_step", lambda m, d, name, x: precision.PROBE_SECONDS + 1)
+    model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=32))
+    choice = precision.choose_dtype(model, torch.device("cpu"), 4)
+    assert choice.dtype == "float32" and not (tmp_path / precision.CHOICES_FILE).exists()
+    assert "inf" not in choice.words() and "not remembered" in choice.words()
+
+
 def test_float16_needs_a_gpu():
     model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=16))
     with pytest.raises(RepytilianError, match="float16 is for CUDA"):

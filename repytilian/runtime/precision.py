@@ -170,6 +170,11 @@ def measure_formats(model: GPT, device: torch.device, batch: int, step: Callable
     return {**best, "spread": spread}
 
 
+def _undecided(figures: dict) -> bool:
+    """Both formats too slow to time: the machine was busy (or tiny), which says nothing about bf16."""
+    return figures["float32"] == figures["bfloat16"] == float("inf")
+
+
 @dataclass
 class DtypeChoice:
     """What `--dtype auto` chose on a CPU with native bf16, and from which figures."""
@@ -181,6 +186,10 @@ class DtypeChoice:
     def words(self) -> str:
         f = self.figures
         when = f"measured here on {f['date']}" if self.remembered else "measured just now"
+        if _undecided(f):
+            return (f"number format {self.dtype} (`dtype` auto, measured just now: a step of {f['tokens']:,} "
+                    f"tokens took over {PROBE_SECONDS:g} s in both float32 and bfloat16, so another program "
+                    f"is likely busy on these cores; not remembered, the next run measures again)")
         ratio = f["float32"] / f["bfloat16"] if f["bfloat16"] < float("inf") else 0.0
         noisy = (f"; its repeats differed {f['spread']:.1f}x (a busy machine), so it is not remembered"
                  if f["spread"] > NOISY_SPREAD else "")
@@ -204,7 +213,7 @@ def choose_dtype(model: GPT, device: torch.device, batch: int, remeasure: bool =
     figures = {"dtype": dtype, "float32": f["float32"], "bfloat16": f["bfloat16"], "batch": batch,
                "tokens": batch * model.config.block_size, "spread": round(f["spread"], 3),
                "date": time.strftime("%Y-%m-%d")}
-    if f["spread"] <= NOISY_SPREAD:
+    if f["spread"] <= NOISY_SPREAD and not _undecided(f):
         choices[key] = figures
         remember_choices(choices)
     elif key in choices:
