@@ -339,6 +339,7 @@ class _Pace:
         # which warms up (allocations, kernels), is not timed: hence -1.
         self.timed_steps, self.timed_seconds = -1, 0.0
         self.announced = False
+        self.forward = trainer.forward  # a new one (compiled mid-run) warms up again: its first step builds it
 
     def stepped(self, loss: torch.Tensor, loss_value: float | None, done: bool, seconds: float) -> None:
         state, cfg = self.trainer.state, self.trainer.cfg
@@ -362,6 +363,9 @@ class _Pace:
     def _maybe_announce(self, seconds: float) -> None:
         if self.announced:
             return
+        if self.trainer.forward is not self.forward:
+            self.forward = self.trainer.forward
+            self.timed_steps, self.timed_seconds = -1, 0.0
         self.timed_steps += 1
         if self.timed_steps == 0:
             return

@@ -234,6 +234,37 @@ def test_what_to_expect_is_timed_on_the_steps_not_on_what_compile_auto_adds_to_t
     assert "about 58 min of training" in said  # the budget left does count what compiling took
 
 
+def test_what_to_expect_is_not_timed_on_the_step_that_builds_the_compiled_model(monkeypatch):
+    # Was: "792 tokens/s (5.17 s a step)" for -s quarter's 0.16 s steps on a Xeon: the first step
+    # through the model compiled mid-run traces and builds it, and was counted as a training step.
+    import time
+
+    import repytilian.train as train_module
+    from repytilian.events import Note
+    from repytilian.runtime.signals import StopRequest
+
+    monkeypatch.setattr(train_module, "EXPECT_AFTER_SECONDS", 0.0)
+    notes = []
+    trainer = _trainer(n_ids=20_000, max_seconds=3600.0, max_iters=None, eval_interval=1000)
+    trainer.report = lambda e: notes.append(e.text) if isinstance(e, Note) else None
+    eager = trainer.forward
+
+    def built_on_first_call(*args, **kwargs):
+        if not built_on_first_call.built:
+            built_on_first_call.built = True
+            time.sleep(2.0)
+        return eager(*args, **kwargs)
+    built_on_first_call.built = False
+
+    def compile_after_step_one() -> None:  # what _check_compile does to the model
+        if trainer.state.step == 1:
+            trainer.forward = built_on_first_call
+
+    trainer.run(StopRequest(at_step=6), progress=False, after_step=compile_after_step_one)
+    (said,) = [n for n in notes if n.startswith("measured")]
+    assert float(said.split(" s a step")[0].split("(")[-1]) < 0.5, said
+
+
 def test_progress_off_a_terminal_is_plain_lines(corpus_file, tmp_path, monkeypatch):
     monkeypatch.delenv("REPYTILIAN_NO_PROGRESS")
     r = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-i", "quick", "-t", "0", *TINY, cwd=tmp_path)
