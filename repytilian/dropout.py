@@ -9,15 +9,28 @@ step 1.58x as long (2-core AMD EPYC, AVX2, 2026-12-02, benchmarks/bench_dropout.
 round(p * 65536) of the 65,536 possible, so p is honoured to 1/65,536 and the scale is the exact
 inverse of the share kept. Drawing a mask for the attention weights of one `v3c` layer took 28 ms
 with bernoulli and 2 ms so. The draws come from torch's generator on the tensor's device, whose
-state a checkpoint saves: a resumed run draws the same masks.
+state a checkpoint saves: a resumed run draws the same masks. A training run on a CPU goes one step
+further where it could build runtime/fused_attention.c: one pass with a mask hashed from one seed,
+stored nowhere (runtime/fused_dropout.py; the same rule for p and the scale).
 """
 from __future__ import annotations
+
+from types import ModuleType
 
 import torch
 from torch import nn
 
 _LEVELS = 1 << 16
 _LOWEST = -(1 << 15)  # int16's range starts here
+
+# On a CPU, dropout in one pass with a mask hashed from one seed (runtime/fused_dropout.py: `usable`
+# and `hashed_dropout`), installed by a training run with runtime/fused_attention.py's library
+_cpu_kernel: ModuleType | None = None
+
+
+def use_cpu_kernel(kernel: ModuleType | None) -> None:
+    global _cpu_kernel
+    _cpu_kernel = kernel
 
 
 def dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
@@ -35,6 +48,8 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
         return x
     if p >= 1.0:
         return torch.zeros_like(x)
+    if _cpu_kernel is not None and _cpu_kernel.usable(x, p):
+        return _cpu_kernel.hashed_dropout(x, p)
     kept, scale = dropout_mask(x, p)
     return torch.where(kept, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
 

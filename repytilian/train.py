@@ -77,12 +77,13 @@ class Trainer:
             raise ValueError(f"the Trainer computes in a resolved format, not {cfg.dtype!r}: "
                              "settle it first with runtime.precision.resolve_dtype")
         prepare_for_training(device)
-        if device.type == "cpu" and model.config.attention_p > 0:  # a C kernel for this CPU, loaded where used
+        c = model.config
+        if device.type == "cpu" and (c.attention_p > 0 or c.dropout > 0):  # C kernels for this CPU, loaded where used
             from .runtime import fused_attention
 
-            c = model.config  # before any step is timed: its first build takes under a second
+            # before any step is timed: the library's first build takes under a second
             fused_attention.install(bf16_at=(self.plan.micro_batch, c.n_head, c.block_size, c.n_embd // c.n_head)
-                                    if cfg.dtype == "bfloat16" else None)
+                                    if cfg.dtype == "bfloat16" and c.attention_p > 0 else None)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
         compile_it = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.compiled = self._compiled(model) if compile_it else None

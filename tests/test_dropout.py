@@ -7,6 +7,18 @@ from repytilian.dropout import Dropout, dropout, dropout_mask
 from repytilian.model import GPT, ModelConfig
 
 
+@pytest.fixture(autouse=True)
+def masks_from_torchs_generator():
+    """dropout.py's own masks, even where a training run in this process installed the C kernel
+    (tests/test_fused_dropout.py tests that one)."""
+    from repytilian import dropout as module
+
+    kernel = module._cpu_kernel
+    module.use_cpu_kernel(None)
+    yield
+    module.use_cpu_kernel(kernel)
+
+
 def test_values_are_kept_with_probability_one_minus_p_and_scaled_to_keep_the_mean():
     torch.manual_seed(0)
     ones = torch.ones(4_000_000)

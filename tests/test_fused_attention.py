@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from repytilian import dropout
 from repytilian.attention import (
     causal_attention,
     explicit_causal_attention,
@@ -27,6 +28,7 @@ def built():
         pytest.skip("fused_attention.c could not be built here (no C compiler)")
     yield
     use_cpu_dropout_kernel(None)
+    dropout.use_cpu_kernel(None)
 
 
 def heads(B, H, T, D, seed=0):
@@ -217,16 +219,22 @@ def test_a_training_run_on_a_cpu_installs_it_where_its_model_drops_out_attention
     from repytilian import attention
     from repytilian.api import TrainOptions, train
     from repytilian.data import DataSource
+    from repytilian.runtime import fused_dropout
     from repytilian.runtime.precision import read_choices
 
     def run(**overrides):
         use_cpu_dropout_kernel(None)
+        dropout.use_cpu_kernel(None)
         train(TrainOptions(data=DataSource("file", str(corpus_file)), iterations="quick", out=None, progress=False,
                            device="cpu", overrides={**TINY_OVERRIDES, "max_iters": 2, **overrides}))
-        return attention._cpu_dropout_kernel
+        return attention._cpu_dropout_kernel, dropout._cpu_kernel
 
-    assert run(dropout=0.1) is fused_attention.fused_or_none
-    assert run(dropout=0.1, attention_dropout=0.0) is None and run(dropout=0.0) is None
-    assert run(dropout=0.1, dtype="bfloat16", max_iters=1) is fused_attention.fused_or_none
+    assert run(dropout=0.1) == (fused_attention.fused_or_none, fused_dropout)
+    assert run(dropout=0.1, attention_dropout=0.0)[1] is fused_dropout  # the residual branches' dropout
+    assert run(dropout=0.0) == (None, None)
+    assert not read_choices(fused_attention.CHOICES_FILE)  # float32, or no attention dropout: nothing timed
+    assert run(dropout=0.1, attention_dropout=0.0, dtype="bfloat16", max_iters=1)[1] is fused_dropout
+    assert not read_choices(fused_attention.CHOICES_FILE)
+    assert run(dropout=0.1, dtype="bfloat16", max_iters=1)[0] is fused_attention.fused_or_none
     [key] = read_choices(fused_attention.CHOICES_FILE)  # bf16's way timed at the run's attention
     assert key.endswith("(8, 2, 32, 16)")  # (batch, heads, context, head size) of TINY_OVERRIDES

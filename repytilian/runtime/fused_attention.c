@@ -312,3 +312,54 @@ int attention_backward(const int64_t *shape, uint32_t dropped, uint64_t seed, in
                 view(gq, sgq), view(gk, sgk), view(gv, sgv), threads, 1 };
     return run(&job);
 }
+
+/* Dropout of n values in one pass (the embeddings' and residual branches'), for dropout.py: out[i]
+   = x[i] * keep(i) / (1 - p), float32 or bf16 in and out (bf16 widened, multiplied in float32,
+   rounded to nearest even). Values 2j and 2j + 1 are kept by the low and the high 16 bits of a
+   hash of j and the seed (the attention's rule: at least `dropped`): the backward pass calls it
+   again on the gradient with the same seed, so no mask is stored. */
+static inline uint32_t draw_two(uint64_t pair, uint32_t seed0, uint32_t seed1) {
+    return mix32(mix32((uint32_t)pair ^ seed0) ^ ((uint32_t)(pair >> 32) * 0x9e3779b9U) ^ seed1);
+}
+
+static inline float widen(uint16_t b) {
+    const uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+typedef struct { uint32_t dropped, seed0, seed1; float scale; } Drop;
+
+static void drop_f32(const Drop *d, const float *x, float *out, int64_t first, int64_t last) {
+    for (int64_t j = first; j < last; j++) {
+        const uint32_t h = draw_two((uint64_t)j, d->seed0, d->seed1);
+        out[2 * j] = x[2 * j] * ((float)((h & 0xffffU) >= d->dropped) * d->scale);
+        out[2 * j + 1] = x[2 * j + 1] * ((float)((h >> 16) >= d->dropped) * d->scale);
+    }
+}
+
+static void drop_bf16(const Drop *d, const uint16_t *x, uint16_t *out, int64_t first, int64_t last) {
+    for (int64_t j = first; j < last; j++) {
+        const uint32_t h = draw_two((uint64_t)j, d->seed0, d->seed1);
+        out[2 * j] = to_bf16(widen(x[2 * j]) * ((float)((h & 0xffffU) >= d->dropped) * d->scale));
+        out[2 * j + 1] = to_bf16(widen(x[2 * j + 1]) * ((float)((h >> 16) >= d->dropped) * d->scale));
+    }
+}
+
+int dropout_apply(int64_t n, uint32_t dropped, uint64_t seed, int threads, const void *x, void *out, int bf16) {
+    const Drop d = { dropped, (uint32_t)seed, (uint32_t)(seed >> 32), 65536.0f / (float)(65536 - dropped) };
+    const int64_t pairs = n / 2, chunk = 4096, chunks = (pairs + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t first = c * chunk, last = first + chunk < pairs ? first + chunk : pairs;
+        if (bf16) drop_bf16(&d, (const uint16_t *)x, (uint16_t *)out, first, last);
+        else drop_f32(&d, (const float *)x, (float *)out, first, last);
+    }
+    if (n % 2) {  /* the last value, alone: its pair's low half */
+        const float keep = (float)((draw_two((uint64_t)pairs, d.seed0, d.seed1) & 0xffffU) >= dropped) * d.scale;
+        if (bf16) ((uint16_t *)out)[n - 1] = to_bf16(widen(((const uint16_t *)x)[n - 1]) * keep);
+        else ((float *)out)[n - 1] = ((const float *)x)[n - 1] * keep;
+    }
+    return 0;
+}

@@ -17,7 +17,9 @@ it is timed against the written-out attention, which has the CPU's bf16 matrix p
 A training run on a CPU whose model drops out attention weights installs it (`install`); where
 there is no compiler, or REPYTILIAN_NO_NATIVE is set, attention with dropout is written out as before.
 The two are the same function: tests/test_fused_attention.py checks the one against the other
-with the same mask, drawn here in Python (`keep_mask`).
+with the same mask, drawn here in Python (`keep_mask`). The library also drops out the embeddings'
+and the residual branches' values in one pass (`dropout_apply`; fused_dropout.py), and `install`
+puts that into dropout.py: a training run on a CPU installs it where its model has any dropout.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .. import attention
+from .. import attention, dropout
 from ..events import note
 from .cpu import cpu_flags, cpu_name
 from .fileio import shareable
@@ -82,6 +84,9 @@ def install(bf16_at: tuple[int, int, int, int] | None = None) -> bool:
               and (_lib.threaded or torch.get_num_threads() == 1))
     _bf16 = False
     attention.use_cpu_dropout_kernel(fused_or_none if _ready else None)
+    from . import fused_dropout  # its operator calls this library
+
+    dropout.use_cpu_kernel(fused_dropout if _ready else None)
     if _ready and bf16_at is not None:
         _bf16 = one_pass_pays_in_bf16(bf16_at)
     return _ready
@@ -185,6 +190,8 @@ def _load() -> ctypes.CDLL | None:
     first = [sizes, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int]  # shape, weights dropped of 65,536, seed, threads
     lib.attention_forward.argtypes = first + [tensor, sizes] * 4 + [tensor]
     lib.attention_backward.argtypes = first + [tensor, sizes] * 4 + [tensor] + [tensor, sizes] * 4
+    lib.dropout_apply.argtypes = [ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int, tensor, tensor,
+                                  ctypes.c_int]  # values, dropped of 65,536, seed, threads, in, out, bf16
     lib.threaded = bool(lib.attention_threads())
     return lib
 
