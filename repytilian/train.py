@@ -77,13 +77,7 @@ class Trainer:
             raise ValueError(f"the Trainer computes in a resolved format, not {cfg.dtype!r}: "
                              "settle it first with runtime.precision.resolve_dtype")
         prepare_for_training(device)
-        c = model.config
-        if device.type == "cpu" and (c.attention_p > 0 or c.dropout > 0):  # C kernels for this CPU, loaded where used
-            from .runtime import fused_attention
-
-            # before any step is timed: the library's first build takes under a second
-            fused_attention.install(bf16_at=(self.plan.micro_batch, c.n_head, c.block_size, c.n_embd // c.n_head)
-                                    if cfg.dtype == "bfloat16" and c.attention_p > 0 else None)
+        self.install_native_dropout()  # before any step is timed: its first build takes under a second
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "float16" else None
         compile_it = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.compiled = self._compiled(model) if compile_it else None
@@ -136,6 +130,16 @@ class Trainer:
         each other process draws its dropout masks from a stream of its own."""
         if self.world.rank > 0:
             torch.manual_seed(self.cfg.seed + 7919 * self.world.rank + self.state.step)
+
+    def install_native_dropout(self) -> None:
+        """On a CPU, dropout through runtime/fused_attention.c's kernels where the model has any (in
+        bf16, the attention's way timed at this run's shape)."""
+        c = self.model.config
+        if self.device.type == "cpu" and (c.attention_p > 0 or c.dropout > 0):  # loaded where used
+            from .runtime import fused_attention
+
+            fused_attention.install(bf16_at=(self.plan.micro_batch, c.n_head, c.block_size, c.n_embd // c.n_head)
+                                    if self.cfg.dtype == "bfloat16" and c.attention_p > 0 else None)
 
     def compile_from_now(self) -> None:
         """The rest of the run trains through torch.compile (`compile` auto measured that it pays)."""

@@ -69,7 +69,7 @@ def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
         )
     if "dropout" in model_over:
         mcfg.dropout = model_over["dropout"]
-        loaded.model = _set_dropout(loaded.model, mcfg.dropout)
+        loaded.model = set_dropout(loaded.model, mcfg.dropout)
     tcfg = loaded.train_config
     if opts.iterations is not None:
         preset = ITERATIONS.get(opts.iterations)
@@ -88,7 +88,8 @@ def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
     return mcfg, tcfg
 
 
-def _set_dropout(model: GPT, p: float) -> GPT:
+def set_dropout(model: GPT, p: float) -> GPT:
+    """Every dropout of the model set to p, the attention weights' included."""
     for module in model.modules():
         if isinstance(module, (torch.nn.Dropout, Dropout)):
             module.p = p

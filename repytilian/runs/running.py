@@ -57,6 +57,7 @@ from .keep import (
     run_summary,
     save_finished,
 )
+from .long_run import LONG_RUN_EPOCHS, DropoutCheck, drop_out_everywhere
 from .options import TrainOptions, TrainResult
 
 
@@ -119,7 +120,11 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
     if run.tcfg.compile is None and device.type == "cpu" and not world.distributed:
         check = CompileCheck(run.model, device, run.tcfg.dtype, plan.micro_batch, plan.accum, run.tcfg.max_iters,
                              run.tcfg.max_seconds)
-    return _run_and_save(opts, run, trainer, device, out, report, _Checks(recheck, check))
+    longer = None
+    if run.tcfg.long_run_dropout is not None and run.loaded is None and not world.distributed:
+        longer = DropoutCheck(run.tcfg.long_run_dropout, run.tcfg.batch_size * run.mcfg.block_size,
+                              len(run.data.train), run.tcfg.max_iters, run.tcfg.max_seconds)
+    return _run_and_save(opts, run, trainer, device, out, report, _Checks(recheck, check, longer))
 
 
 def with_adapters(opts: TrainOptions, run: Run, report: Listener) -> None:
@@ -142,14 +147,35 @@ def with_adapters(opts: TrainOptions, run: Run, report: Listener) -> None:
 
 @dataclass
 class _Checks:
-    """What a run decides after its first steps: the number format again, `compile` auto."""
+    """What a run decides after its first steps: the number format again, its dropout (before
+    anything is compiled), `compile` auto."""
 
     dtype: DtypeRecheck | None = None
     compile: CompileCheck | None = None
+    dropout: DropoutCheck | None = None
 
     def after_step(self, trainer: Trainer, report: Listener) -> None:
+        _check_dropout(self.dropout, trainer, report)
         _check_compile(self, trainer, report)
         _recheck_dtype(self.dtype, trainer, report)
+
+
+def _check_dropout(check: DropoutCheck | None, trainer: Trainer, report: Listener) -> None:
+    """`long_run_dropout`, once the run's length is projected (runs/long_run.py)."""
+    if check is None or check.epochs is not None:
+        return
+    p = check.after_step(trainer.state.step, trainer.state.train_seconds)
+    if check.epochs is None:
+        return
+    seen = f"this run is projected to see its training text about {check.epochs:.0f} times"
+    if p is None:
+        report(Note(f"{seen}: the model's dropout throughout (`long_run_dropout` takes over from "
+                    f"{LONG_RUN_EPOCHS:g} times)", settings=("long_run_dropout",)))
+        return
+    drop_out_everywhere(trainer.model, p)
+    trainer.install_native_dropout()
+    report(Note(f"{seen}, so it regularises more: dropout {p:g} everywhere, the attention weights included, "
+                f"from step {trainer.state.step + 1} (`long_run_dropout`)", settings=("long_run_dropout",)))
 
 
 def _check_compile(checks: _Checks, trainer: Trainer, report: Listener) -> None:
