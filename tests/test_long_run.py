@@ -32,9 +32,9 @@ def test_a_value_out_of_range_is_refused():
 
 def run(corpus_file, tmp_path, max_iters, stop_at=None, load=None):
     said = []
-    over = {} if load else {**TINY_OVERRIDES, "max_iters": max_iters, "dropout": 0.1, "attention_dropout": 0.0,
-                            "long_run_dropout": 0.2}
-    result = train(TrainOptions(data=DataSource("file", str(corpus_file)), iterations=None if load else "quick",
+    # the quarter preset's dropout (0.1, attention weights kept whole) and long_run_dropout (0.15)
+    over = {} if load else {**TINY_OVERRIDES, "max_iters": max_iters, "max_seconds": None}
+    result = train(TrainOptions(data=DataSource("file", str(corpus_file)), settings="auto" if load else "quarter",
                                 progress=False, overrides=over, out=str(tmp_path / "m"), load=load,
                                 interrupt_root=str(tmp_path / "models"),
                                 stop=StopRequest(at_step=stop_at) if stop_at else None), log=said.append)
@@ -44,15 +44,15 @@ def run(corpus_file, tmp_path, max_iters, stop_at=None, load=None):
 def test_a_run_that_sees_its_text_ten_times_drops_out_more_from_step_four_and_saves_it(corpus_file, tmp_path):
     # ~14,000 training tokens, 256 a step: 600 steps see them about 11 times
     result, said = run(corpus_file, tmp_path, 600, stop_at=6)
-    assert "projected to see its training text about 11 times, so it regularises more: dropout 0.2" in said
+    assert "projected to see its training text about 11 times, so it regularises more: dropout 0.15" in said
     assert "from step 4 (`long_run_dropout`)" in said
     model = result.language_model.model
-    assert model.config.dropout == 0.2 and model.config.attention_p == 0.2
-    assert all(block.attn.dropout == 0.2 and block.mlp.dropout.p == 0.2 for block in model.transformer.h)
+    assert model.config.dropout == 0.15 and model.config.attention_p == 0.15
+    assert all(block.attn.dropout == 0.15 and block.mlp.dropout.p == 0.15 for block in model.transformer.h)
     saved = json.loads((result.saved_to / "config.json").read_text())["model"]
-    assert saved["dropout"] == 0.2 and saved["attention_dropout"] is None  # resumed, it goes on with it
+    assert saved["dropout"] == 0.15 and saved["attention_dropout"] is None  # resumed, it goes on with it
     resumed, said = run(corpus_file, tmp_path, None, load=str(result.saved_to))
-    assert "projected" not in said and resumed.language_model.model.config.attention_p == 0.2
+    assert "projected" not in said and resumed.language_model.model.config.attention_p == 0.15
 
 
 def test_a_shorter_run_keeps_the_models_dropout_and_says_so(corpus_file, tmp_path):
@@ -60,3 +60,11 @@ def test_a_shorter_run_keeps_the_models_dropout_and_says_so(corpus_file, tmp_pat
     assert "about 0 times: the model's dropout throughout (`long_run_dropout` takes over from 10 times)" in said
     config = result.language_model.model.config
     assert config.dropout == 0.1 and config.attention_p == 0.0
+
+
+def test_a_dropout_asked_for_is_kept_however_long_the_run(corpus_file, tmp_path):
+    said = []
+    result = train(TrainOptions(data=DataSource("file", str(corpus_file)), settings="quarter", progress=False,
+                                overrides={**TINY_OVERRIDES, "max_iters": 600, "max_seconds": None, "dropout": 0.3},
+                                out=None, stop=StopRequest(at_step=5)), log=said.append)
+    assert "projected" not in "\n".join(said) and result.language_model.model.config.dropout == 0.3

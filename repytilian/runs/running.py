@@ -121,7 +121,8 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
         check = CompileCheck(run.model, device, run.tcfg.dtype, plan.micro_batch, plan.accum, run.tcfg.max_iters,
                              run.tcfg.max_seconds)
     longer = None
-    if run.tcfg.long_run_dropout is not None and run.loaded is None and not world.distributed:
+    chosen = {"dropout", "attention_dropout"} & set(opts.overrides)  # a dropout asked for is the run's throughout
+    if run.tcfg.long_run_dropout is not None and run.loaded is None and not world.distributed and not chosen:
         longer = DropoutCheck(run.tcfg.long_run_dropout, run.tcfg.batch_size * run.mcfg.block_size,
                               len(run.data.train), run.tcfg.max_iters, run.tcfg.max_seconds)
     return _run_and_save(opts, run, trainer, device, out, report, _Checks(recheck, check, longer))
