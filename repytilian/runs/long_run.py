@@ -33,15 +33,14 @@ class DropoutCheck:
     max_iters: int | None
     max_seconds: float | None
     epochs: float | None = None  # what the run was projected to see, once decided
-    after_first: float | None = None  # the clock after the first step, which warms up (not a step's pace)
+    after_first: float = 0.0  # the clock after the first step, which warms up (not a step's pace)
 
     def after_step(self, step: int, train_seconds: float) -> float | None:
         if step == 1:
             self.after_first = train_seconds
         if step != CHECK_STEP or self.epochs is not None:
             return None
-        first = self.after_first if self.after_first is not None else 0.0
-        pace = (train_seconds - first) / (step - 1 if self.after_first is not None else step)
+        pace = (train_seconds - self.after_first) / (step - 1)
         left = steps_left(self.max_iters, step, None if self.max_seconds is None else self.max_seconds - train_seconds,
                           pace)
         self.epochs = (step + left) * self.tokens_per_step / max(1, self.train_tokens)

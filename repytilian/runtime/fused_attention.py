@@ -265,10 +265,15 @@ def _pointed(*tensors: torch.Tensor) -> list:
             for item in (t.data_ptr(), (ctypes.c_int64 * 4)(*t.stride()[:3], int(t.dtype == torch.bfloat16)))]
 
 
+def common(p: float, seed: torch.Tensor) -> tuple[int, int, int]:
+    """What each of the library's entry points takes first after its shape: the draws of 65,536
+    that drop a value, the seed as 64 unsigned bits, and the threads to run on (torch's)."""
+    return _dropped(p), int(seed) & ((1 << 64) - 1), torch.get_num_threads() if _lib.threaded else 1
+
+
 def _call(entry, q: torch.Tensor, p: float, seed: torch.Tensor, *pointers) -> None:
     """One of the library's two entry points, on the (B, H, T, D) shape of q and torch's threads."""
-    threads = torch.get_num_threads() if _lib.threaded else 1
-    if entry((ctypes.c_int64 * 4)(*q.shape), _dropped(p), int(seed) & ((1 << 64) - 1), threads, *pointers):
+    if entry((ctypes.c_int64 * 4)(*q.shape), *common(p, seed), *pointers):
         raise MemoryError("the fused attention could not allocate its buffers")
 
 

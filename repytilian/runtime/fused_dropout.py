@@ -46,9 +46,8 @@ def keep_mask(seed: int, n: int, p: float) -> torch.Tensor:
 def _apply(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
-    threads = torch.get_num_threads() if native._lib.threaded else 1
-    native._lib.dropout_apply(x.numel(), native._dropped(p), int(seed) & ((1 << 64) - 1), threads,
-                              x.data_ptr(), out.data_ptr(), int(x.dtype == torch.bfloat16))
+    native._lib.dropout_apply(x.numel(), *native.common(p, seed), x.data_ptr(), out.data_ptr(),
+                              int(x.dtype == torch.bfloat16))
     return out
 
 
