@@ -17,9 +17,9 @@ def test_presets_exist_as_documented():
     assert build_configs("default", "forever")[1].max_iters is None
 
 
-def test_quarter_is_fifteen_minutes_of_the_modern_v3c_shape_with_qk_norm_and_the_attention_weights_whole():
+def test_quarter_is_fifteen_minutes_of_the_modern_v3c_width_at_context_256_with_qk_norm_and_the_attention_weights_whole():
     m, t = build_configs("quarter", "default")
-    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, t.batch_size) == (6, 6, 144, 128, 32)
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, t.batch_size) == (6, 6, 144, 256, 16)
     assert (m.position, m.norm, m.activation, m.bias) == ("rope", "rmsnorm", "swiglu", False)  # its own arch
     assert (m.dropout, m.attention_p, t.optimizer, t.max_seconds, m.qk_norm) == (0.1, 0.0, "muon", 900.0, True)
     classic = build_configs("quarter", "default", arch="classic")[0]  # an arch given wins over the preset's
