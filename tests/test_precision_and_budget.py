@@ -187,6 +187,7 @@ def test_the_choice_holds_up_when_the_machine_gets_busy_halfway(monkeypatch, tmp
     assert "number format bfloat16" in words and "10.0 ms in float32, 6.0 ms in bfloat16, 1.67x" in words
     # ...and a measurement that busy is not remembered: the next run measures again
     assert "not remembered" in words and not (tmp_path / precision.CHOICES_FILE).exists()
+    assert "Remembered in" not in words  # (was: "Remembered in ...; ... so it is not remembered")
     quiet, _ = scripted_steps(busy_from=10**6)
     monkeypatch.setattr(precision, "_one_step", quiet)
     assert resolve_dtype("auto", torch.device("cpu"), model, 4) == "bfloat16"
