@@ -25,6 +25,52 @@ def test_it_is_decided_once_at_the_check_step_from_the_projected_length():
     assert steps.after_step(3, 30.0) == 0.15 and steps.epochs == pytest.approx(20.4, abs=0.1)
 
 
+def test_a_budgets_pace_is_remembered_per_machine_and_shape_so_a_seed_decides_alike(isolated_home):
+    from repytilian.runs.long_run import PACE_FILE
+
+    busy = DropoutCheck(0.15, 4096, 1_003_855, None, 900.0, key="this machine: quarter's shape")
+    busy.after_step(1, 1.6), busy.after_step(2, 1.8)
+    assert busy.after_step(3, 2.8) is None  # 0.2 and 1.0 s: a busy machine, nothing remembered
+    assert not (isolated_home / PACE_FILE).exists()
+    slow = DropoutCheck(0.15, 4096, 1_003_855, None, 900.0, key="this machine: quarter's shape")
+    slow.after_step(1, 1.6), slow.after_step(2, 2.2)
+    assert slow.after_step(3, 2.8) is None and slow.remembered is None  # 0.6 s a step: 6 times
+    kept = json.loads((isolated_home / PACE_FILE).read_text())["this machine: quarter's shape"]
+    assert kept["seconds_a_step"] == pytest.approx(0.6)
+    # The same command again, its first steps faster this time (was: projected anew, 18 times, and
+    # trained another model than the first run with the same seed)
+    again = DropoutCheck(0.15, 4096, 1_003_855, None, 900.0, key="this machine: quarter's shape")
+    again.after_step(1, 1.2)
+    assert again.after_step(3, 1.6) is None and again.epochs == pytest.approx(slow.epochs)
+    assert again.remembered == kept["date"]
+    other = DropoutCheck(0.15, 4096, 1_003_855, None, 900.0, key="this machine: another shape")
+    other.after_step(1, 1.2)
+    assert other.after_step(3, 1.6) == 0.15 and other.remembered is None  # its own pace
+    fixed = DropoutCheck(0.15, 4096, 1_003_855, 5000, None, key="this machine: fixed steps")
+    fixed.after_step(1, 10.0), fixed.after_step(2, 20.0)
+    assert fixed.after_step(3, 30.0) == 0.15  # no budget: nothing to time, nothing remembered
+    assert "this machine: fixed steps" not in json.loads((isolated_home / PACE_FILE).read_text())
+
+
+def test_a_timed_run_says_when_it_projects_from_a_remembered_pace(corpus_file, tmp_path, monkeypatch):
+    from repytilian.runs import long_run
+
+    monkeypatch.setattr(long_run, "NOISY_SPREAD", float("inf"))  # a busy test machine's steps remembered too
+
+    def timed() -> str:
+        said = []
+        train(TrainOptions(data=DataSource("file", str(corpus_file)), settings="quarter", progress=False,
+                           overrides={**TINY_OVERRIDES, "max_seconds": 2.0, "dtype": "float32"}, out=None),
+              log=said.append)
+        (line,) = [s for s in said if "projected to see its training text" in s]
+        return line
+
+    first, second = timed(), timed()
+    assert "remembered" not in first and "(at this machine's pace for this model, remembered on " in second
+    times = lambda line: line.split("about ")[1].split(" times")[0]  # noqa: E731
+    assert times(first) == times(second)
+
+
 def test_a_value_out_of_range_is_refused():
     with pytest.raises(ValueError, match="long_run_dropout must be in"):
         TrainConfig(long_run_dropout=1.0).validate()

@@ -11,16 +11,25 @@ with `long_run_dropout` set and projected, after its first CHECK_STEP steps, to 
 text at least LONG_RUN_EPOCHS times takes that dropout everywhere from the next step; shorter runs
 keep the model's own. The model's config is changed with it, so that the folder saved says what
 was trained and a resumed run goes on with it (it is decided once, at that step, never again).
+
+A budget's run projects from its pace, which two steps time only roughly (the same Xeon as an
+AVX2-only CPU projected 8 passes one day and 10 another), so the pace is remembered per machine
+and model shape (PACE_FILE) as `dtype` and `compile` auto's answers are: the same command and seed
+on the same machine then make the same decision, and the same model, every time. Two steps that
+differ by more than NOISY_SPREAD (another program took the cores) decide their run, unremembered.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from ..model import GPT
 from ..runtime.compile_choice import CHECK_STEP, steps_left
+from ..runtime.precision import NOISY_SPREAD, read_choices, remember_choices
 from .assemble import set_dropout
 
 LONG_RUN_EPOCHS = 10.0  # between the 6 times where it costs and the 20 where it pays
+PACE_FILE = "long-run-pace.json"  # in the cache folder: a model shape's first eager steps, per machine
 
 
 @dataclass
@@ -32,19 +41,39 @@ class DropoutCheck:
     train_tokens: int
     max_iters: int | None
     max_seconds: float | None
+    key: str | None = None  # the machine and model shape its pace is remembered under; None: not remembered
     epochs: float | None = None  # what the run was projected to see, once decided
     after_first: float = 0.0  # the clock after the first step, which warms up (not a step's pace)
+    steps: list[float] = field(default_factory=list)  # the clock after each step from the second on
+    remembered: str | None = None  # the date of the remembered pace it projected from, if it did
 
     def after_step(self, step: int, train_seconds: float) -> float | None:
         if step == 1:
             self.after_first = train_seconds
+        elif step <= CHECK_STEP:
+            self.steps.append(train_seconds)
         if step != CHECK_STEP or self.epochs is not None:
             return None
-        pace = (train_seconds - self.after_first) / (step - 1)
-        left = steps_left(self.max_iters, step, None if self.max_seconds is None else self.max_seconds - train_seconds,
-                          pace)
-        self.epochs = (step + left) * self.tokens_per_step / max(1, self.train_tokens)
+        pace = self._pace((train_seconds - self.after_first) / (step - 1))
+        # all the budget at that pace (the first step's warm-up included), so that a remembered pace
+        # projects the same steps every time
+        self.epochs = steps_left(self.max_iters, 0, self.max_seconds, pace) * self.tokens_per_step / max(1, self.train_tokens)
         return self.p if self.epochs >= LONG_RUN_EPOCHS else None
+
+    def _pace(self, measured: float) -> float:
+        """Seconds a step: remembered for this machine and shape, else the one measured (remembered)."""
+        if self.key is None or self.max_seconds is None:  # a run of fixed steps needs no pace
+            return measured
+        choices = read_choices(PACE_FILE)
+        kept = choices.get(self.key)
+        if isinstance(kept, dict) and isinstance(kept.get("seconds_a_step"), (int, float)) and kept["seconds_a_step"] > 0:
+            self.remembered = str(kept.get("date", "an earlier day"))
+            return float(kept["seconds_a_step"])
+        times = [b - a for a, b in zip([self.after_first, *self.steps], self.steps)]
+        if len(times) > 1 and min(times) > 0 and max(times) / min(times) <= NOISY_SPREAD:  # else a busy machine
+            choices[self.key] = {"seconds_a_step": round(measured, 6), "date": time.strftime("%Y-%m-%d")}
+            remember_choices(choices, PACE_FILE)
+        return measured
 
 
 def drop_out_everywhere(model: GPT, p: float) -> None:

@@ -33,7 +33,7 @@ from ..lora import add_lora, has_lora, merge_lora
 from ..model import GPT
 from ..runtime.compile_choice import CompileCheck
 from ..runtime.device import pick_device, prepare_for_training
-from ..runtime.precision import DTYPES, DtypeRecheck, resolve_dtype
+from ..runtime.precision import DTYPES, DtypeRecheck, choice_key, resolve_dtype
 from ..store.folder import (
     check_target,
     interrupted_dir,
@@ -123,8 +123,11 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
     longer = None
     chosen = {"dropout", "attention_dropout"} & set(opts.overrides)  # a dropout asked for is the run's throughout
     if run.tcfg.long_run_dropout is not None and run.loaded is None and not world.distributed and not chosen:
+        c = run.mcfg
+        pace_key = (f"{choice_key(run.model, plan.micro_batch)} {run.tcfg.dtype} x{plan.accum} "
+                    f"dropout {c.dropout:g}/{c.attention_p:g} {run.tcfg.optimizer}")
         longer = DropoutCheck(run.tcfg.long_run_dropout, run.tcfg.batch_size * run.mcfg.block_size,
-                              len(run.data.train), run.tcfg.max_iters, run.tcfg.max_seconds)
+                              len(run.data.train), run.tcfg.max_iters, run.tcfg.max_seconds, pace_key)
     return _run_and_save(opts, run, trainer, device, out, report, _Checks(recheck, check, longer))
 
 
@@ -169,6 +172,8 @@ def _check_dropout(check: DropoutCheck | None, trainer: Trainer, report: Listene
     if check.epochs is None:
         return
     seen = f"this run is projected to see its training text about {check.epochs:.0f} times"
+    if check.remembered:
+        seen += f" (at this machine's pace for this model, remembered on {check.remembered})"
     if p is None:
         report(Note(f"{seen}: the model's dropout throughout (`long_run_dropout` takes over from "
                     f"{LONG_RUN_EPOCHS:g} times)", settings=("long_run_dropout",)))

@@ -2,8 +2,9 @@
 
 - REPYTILIAN_HOME: the cache (default ~/.cache/repytilian): datasets/ (downloaded data sets),
   tokens/ (large corpora tokenized once), dtype-choices.json (number formats measured here),
-  compile-choices.json (whether a long run compiles), decoding-steps/ (decoding steps built for
-  this machine, decode_compiled.py), native/ (fused_attention.c built for this machine),
+  compile-choices.json (whether a long run compiles), long-run-pace.json (a timed run's first steps,
+  for `long_run_dropout`), decoding-steps/ (decoding steps built for this machine,
+  decode_compiled.py), native/ (fused_attention.c built for this machine),
   attention-choices.json (whether bf16 attention with dropout goes through it, timed here);
 - REPYTILIAN_DATA: a folder holding data set files (a mirror for machines without network);
 - REPYTILIAN_OFFLINE: never download (data sets, tiktoken's encodings);
