@@ -118,7 +118,8 @@ def test_a_chat_fine_tune_resumes_exactly(chat_run, tmp_path):
         base = dict(load=str(here / "base"), data=DataSource("chat", str(here / "chats.jsonl")), seed=3,
                     # float32 named: `dtype` auto, measured by each run on a busy machine (not
                     # remembered), once chose float32 for the straight run and bf16 for the paused one
-                    overrides={"max_iters": 30, "dropout": 0.1, "dtype": "float32"}, progress=False, interrupt_root=str(tmp_path / "models"))
+                    overrides={"max_iters": 30, "dropout": 0.1, "dtype": "float32"}, progress=False,
+                    interrupt_root=str(tmp_path / "models"))
         return TrainOptions(**{**base, **kw})
 
     straight = train(options(out=str(tmp_path / "straight")))
