@@ -43,13 +43,38 @@ def relu_squared(x: torch.Tensor) -> torch.Tensor:
     return F.relu(x).square()
 
 
+class _ReluFromOutput(torch.autograd.Function):
+    """ReLU whose backward reads the sign of its output (which the next layer keeps anyway)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clamp_min(0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * torch.sign(y)  # 1 where y > 0, else 0: no boolean mask
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    """F.relu; in a compiled training step, the same function with a backward that needs no boolean
+    mask. Inductor's own keeps one for the backward, and its CPU code writes boolean masks slowly:
+    a compiled `tiny` step with ReLU took 31.7 ms in float32 against 20.0 this way, 20.9 against 11.8
+    in bf16 (2-core Xeon, 2026-12-04)."""
+    if torch.compiler.is_compiling() and x.requires_grad:
+        return _ReluFromOutput.apply(x)
+    return F.relu(x)
+
+
 # MLP activations; "swiglu" is gated (silu(x W_gate) * x W_up, as in Llama) and handled in MLP.
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU's tanh approximation, which OpenAI's GPT-2 was trained with (transformers' gelu_new)."""
     return F.gelu(x, approximate="tanh")
 
 
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": relu_squared, "swiglu": F.silu, "gelu_tanh": gelu_tanh}
+ACTIVATIONS = {"gelu": F.gelu, "relu": relu, "relu2": relu_squared, "swiglu": F.silu, "gelu_tanh": gelu_tanh}
 assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # config.py lists them without importing torch
 
 
