@@ -275,6 +275,7 @@ def test_float16_decoding_steps_few_rows_in_float16_and_more_in_float32():
             assert not torch.equal(got, want) and torch.allclose(got, want, atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own imports
 def test_a_compiled_relu_model_keeps_no_boolean_mask_for_its_backward_and_its_gradients_are_relus():
     from repytilian.model import relu
 
