@@ -43,18 +43,16 @@ class DropoutCheck:
     max_seconds: float | None
     key: str | None = None  # the machine and model shape its pace is remembered under; None: not remembered
     epochs: float | None = None  # what the run was projected to see, once decided
-    after_first: float = 0.0  # the clock after the first step, which warms up (not a step's pace)
-    steps: list[float] = field(default_factory=list)  # the clock after each step from the second on
+    clock: dict[int, float] = field(default_factory=dict)  # the training clock after each of the first steps
     remembered: str | None = None  # the date of the remembered pace it projected from, if it did
 
     def after_step(self, step: int, train_seconds: float) -> float | None:
-        if step == 1:
-            self.after_first = train_seconds
-        elif step <= CHECK_STEP:
-            self.steps.append(train_seconds)
+        if step <= CHECK_STEP:
+            self.clock[step] = train_seconds
         if step != CHECK_STEP or self.epochs is not None:
             return None
-        pace = self._pace((train_seconds - self.after_first) / (step - 1))
+        # the first step warms up: the pace is that of the steps after it
+        pace = self._pace((train_seconds - self.clock.get(1, 0.0)) / (step - 1))
         # all the budget at that pace (the first step's warm-up included), so that a remembered pace
         # projects the same steps every time
         self.epochs = steps_left(self.max_iters, 0, self.max_seconds, pace) * self.tokens_per_step / max(1, self.train_tokens)
@@ -69,7 +67,8 @@ class DropoutCheck:
         if isinstance(kept, dict) and isinstance(kept.get("seconds_a_step"), (int, float)) and kept["seconds_a_step"] > 0:
             self.remembered = str(kept.get("date", "an earlier day"))
             return float(kept["seconds_a_step"])
-        times = [b - a for a, b in zip([self.after_first, *self.steps], self.steps)]
+        times = [self.clock[s] - self.clock[s - 1] for s in range(2, CHECK_STEP + 1)
+                 if {s - 1, s} <= self.clock.keys()]
         if len(times) > 1 and min(times) > 0 and max(times) / min(times) <= NOISY_SPREAD:  # else a busy machine
             choices[self.key] = {"seconds_a_step": round(measured, 6), "date": time.strftime("%Y-%m-%d")}
             remember_choices(choices, PACE_FILE)

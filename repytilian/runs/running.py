@@ -31,9 +31,9 @@ from ..interop.trackers import finish_all, log_all, open_trackers
 from ..language_model import LanguageModel
 from ..lora import add_lora, has_lora, merge_lora
 from ..model import GPT
-from ..runtime.compile_choice import CompileCheck
+from ..runtime.compile_choice import CompileCheck, step_key
 from ..runtime.device import pick_device, prepare_for_training
-from ..runtime.precision import DTYPES, DtypeRecheck, choice_key, resolve_dtype
+from ..runtime.precision import DTYPES, DtypeRecheck, resolve_dtype
 from ..store.folder import (
     check_target,
     interrupted_dir,
@@ -124,7 +124,7 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
     chosen = {"dropout", "attention_dropout"} & set(opts.overrides)  # a dropout asked for is the run's throughout
     if run.tcfg.long_run_dropout is not None and run.loaded is None and not world.distributed and not chosen:
         c = run.mcfg
-        pace_key = (f"{choice_key(run.model, plan.micro_batch)} {run.tcfg.dtype} x{plan.accum} "
+        pace_key = (f"{step_key(run.model, run.tcfg.dtype, plan.micro_batch, plan.accum)} "
                     f"dropout {c.dropout:g}/{c.attention_p:g} {run.tcfg.optimizer}")
         longer = DropoutCheck(run.tcfg.long_run_dropout, run.tcfg.batch_size * run.mcfg.block_size,
                               len(run.data.train), run.tcfg.max_iters, run.tcfg.max_seconds, pace_key)

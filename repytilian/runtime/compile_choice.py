@@ -79,7 +79,7 @@ def choose_compile(model: GPT, device: torch.device, dtype: str, batch: torch.Te
     its gradients and the random stream as they were; `before` is called when a measurement starts."""
     if left * seconds_a_step < MIN_RUN_SECONDS:
         return None
-    key, choices = _key(model, dtype, batch, accum), read_choices(CHOICES_FILE)
+    key, choices = step_key(model, dtype, batch.size(0), accum), read_choices(CHOICES_FILE)
     kept = choices.get(key)
     if isinstance(kept, dict) and all(isinstance(kept.get(k), (int, float)) for k in ("eager", "compiled", "compile_seconds")):
         # the machine's figures, weighed for this run's length
@@ -169,5 +169,7 @@ class _Timing:
         return self._untouched(measure)
 
 
-def _key(model: GPT, dtype: str, batch: torch.Tensor, accum: int) -> str:
-    return f"{choice_key(model, batch.size(0))} {dtype} x{accum}"
+def step_key(model: GPT, dtype: str, micro_batch: int, accum: int) -> str:
+    """What a remembered timing of a training step holds for: the machine, the model's shape, the
+    number format and the micro-batches of a step."""
+    return f"{choice_key(model, micro_batch)} {dtype} x{accum}"
