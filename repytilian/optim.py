@@ -10,11 +10,18 @@ about 1.70 with AdamW alone, though each step costs about 40% more (docs/benchma
 about 100x slower matmuls, and a Muon step there cost more than the whole forward and backward
 pass. `Muon` below is torch's optimiser (its settings, state and checkpoints unchanged) with the
 iteration in a format of our choosing: bf16 where training computes in bf16, float32 elsewhere.
+
+Gradient clipping (`clip_and_step`) scales the gradients down to a global norm of `grad_clip`.
+torch's clip_grad_norm_ does that in a pass of its own over every gradient; where AdamW is fused
+(CPUs and CUDA), the scale rides instead in AdamW's own pass, as the divisor `grad_scale` that
+torch's GradScaler hands it: the same update to within a rounding (a division by 1/c where clipping
+multiplies by c), and bit for bit the same where nothing is clipped. Measured on a `tiny` bf16
+compiled step (2-core Xeon, 2026-12-04): clipping 0.76 -> 0.33 ms of a 13 ms step.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -27,6 +34,41 @@ def make_optimizer(model: GPT, name: str, lr: float, weight_decay: float, betas:
         return torch.optim.AdamW(model.optimizer_groups(weight_decay), lr=lr, betas=betas,
                                  **({"fused": True} if fused else {}))
     return MuonWithAdamW(model, lr, weight_decay, betas, fused, ns_dtype)
+
+
+def optimizer_parts(optimizer: Any) -> list[torch.optim.Optimizer]:
+    """The torch optimisers that make up one of make_optimizer's."""
+    return [optimizer.muon, optimizer.adamw] if isinstance(optimizer, MuonWithAdamW) else [optimizer]
+
+
+def _fused_adamw(part: torch.optim.Optimizer) -> bool:
+    return isinstance(part, torch.optim.AdamW) and all(g.get("fused") for g in part.param_groups)
+
+
+def clip_and_step(optimizer: Any, parameters: Iterable[torch.Tensor], max_norm: float) -> None:
+    """clip_grad_norm_(parameters, max_norm) (0: no clipping), then optimizer.step(), the clipping
+    folded into fused AdamW's pass (module docstring)."""
+    parts = optimizer_parts(optimizer)
+    grads = [p.grad for p in parameters if p.grad is not None] if max_norm > 0 else []
+    if not grads:
+        for part in parts:
+            part.step()
+        return
+    # get_total_norm's arithmetic, in the parameters' order (a sum's rounding depends on it),
+    # without its grouping by device and format (one model: one of each)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    for part in parts:
+        if not _fused_adamw(part):
+            torch.nn.utils.clip_grads_with_norm_([p for g in part.param_groups for p in g["params"]], max_norm, total)
+            part.step()
+            continue
+        # clip_grad_norm_ multiplies by min(1, max_norm / (total + 1e-6)); AdamW divides by
+        # max(1, total / max_norm) (its 1e-6 only keeps a zero norm from dividing by zero)
+        part.grad_scale = (total / max_norm).clamp_min_(1.0)
+        try:
+            part.step()
+        finally:
+            del part.grad_scale
 
 
 def orthogonalise(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,

@@ -34,7 +34,7 @@ from .events import (
     to_logging,
 )
 from .model import GPT
-from .optim import make_optimizer
+from .optim import clip_and_step, make_optimizer
 from .runtime.batches import BatchPlan, plan_batches
 from .runtime.device import prepare_for_training
 from .runtime.eta import EXPECT_AFTER_SECONDS, expectation
@@ -190,13 +190,12 @@ class Trainer:
             total += loss.detach()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if self.scaler is not None:
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self.optimizer.step()
+            clip_and_step(self.optimizer, model.parameters(), cfg.grad_clip)
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens_seen += cfg.batch_size * model.config.block_size

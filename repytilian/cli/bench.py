@@ -5,7 +5,8 @@
 - training throughput of each preset's shape in float32 and bf16 autocast (optionally compiled):
   tokens/s, achieved model GFLOP/s (6 N + 12 L T C per token, as nanoGPT counts), % of the
   measured peak for that precision, the speed-up over "nanoGPT's way" of running the same model
-  (float32, eager, the allocator and threads left alone), and each variant's peak RSS;
+  (float32, eager, AdamW unfused as nanoGPT takes it on a CPU, the allocator and threads left
+  alone), and each variant's peak RSS;
 - the training loop's overhead at the first preset: drawing batches, and the loop's own time
   around the steps (progress bar, loss checks), as shares of the step time;
 - quality per time (`--budget SECONDS`): a preset trained on Tiny Shakespeare for that much
@@ -53,10 +54,13 @@ def model_flops_per_token(n_params: int, n_layer: int, block_size: int, n_embd: 
     return 6 * n_params + 12 * n_layer * block_size * n_embd
 
 
-def _training_step(preset: str, dtype: str, compile: bool):
-    """A model at the preset's shape and one optimiser step of it on a fixed random batch."""
+def _training_step(preset: str, dtype: str, compile: bool, nanogpt_way: bool = False):
+    """A model at the preset's shape and one optimiser step of it on a fixed random batch: clipping
+    and AdamW as training does them, or `nanogpt_way`, as nanoGPT's train.py does on a CPU (its
+    configure_optimizers takes torch's fused AdamW on CUDA only, then clip_grad_norm_ and step)."""
     from ..config import build_configs
     from ..model import GPT
+    from ..optim import clip_and_step, make_optimizer
     from ..runtime.precision import autocast
 
     mcfg, tcfg = build_configs(preset, "default", {"dropout": 0.0})
@@ -64,7 +68,7 @@ def _training_step(preset: str, dtype: str, compile: bool):
     torch.manual_seed(0)
     model = GPT(mcfg)
     forward = torch.compile(model) if compile else model
-    opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, fused=True)
+    opt = make_optimizer(model, "adamw", 1e-4, 0.1, (0.9, 0.99), fused=not nanogpt_way)
     device = torch.device("cpu")
     x = torch.randint(65, (tcfg.batch_size, mcfg.block_size))
 
@@ -72,8 +76,11 @@ def _training_step(preset: str, dtype: str, compile: bool):
         with autocast(device, dtype):
             _, loss = forward(x, x)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        if nanogpt_way:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        else:
+            clip_and_step(opt, model.parameters(), 1.0)
         opt.zero_grad(set_to_none=True)
 
     return model, x.shape, step
@@ -83,12 +90,12 @@ def throughput(preset: str, variants: list[tuple[str, bool]], steps: int, tuned:
     """`steps` step times of each (dtype, compiled) variant at the preset's shape, one after the
     other in this process: one round of the turns that `main` has these processes take.
     `tuned` sets the CPU up as training does (cpu.py: allocator, threads); without it, float32
-    eager is how nanoGPT runs the same model."""
+    eager with nanoGPT's optimiser step is how nanoGPT runs the same model."""
     if tuned:
         tune_for_training()
     built = {}
     for dtype, compiled in variants:
-        model, (B, T), step = _training_step(preset, dtype, compiled)
+        model, (B, T), step = _training_step(preset, dtype, compiled, nanogpt_way=not tuned)
         t0 = time.perf_counter()
         step()  # warm-up (and compilation)
         first = time.perf_counter() - t0
