@@ -70,3 +70,15 @@ def test_quality_alone_on_tiny_shakespeare_names_the_machine(tmp_path):
     # Tiny Shakespeare is ASCII: bits per byte are the loss in bits per character
     assert abs(q["val_bits_per_byte"] - q["val_loss_full"] / math.log(2)) < 1e-3
     assert f"{q['val_bits_per_byte']} bits per byte" in r.stdout
+
+
+def test_the_nanogpt_comparison_asks_for_a_checkout_before_any_timing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_vs_nanogpt.py"
+    for args in ([], ["--nanogpt", str(tmp_path)]):  # none given; a folder without nanoGPT's model.py
+        r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "--nanogpt must name a checkout of karpathy/nanoGPT" in r.stderr and not r.stdout
