@@ -28,12 +28,14 @@ CLOSE_WAIT_SECONDS = 5.0
 
 
 class BatchLoop:
-    def __init__(self, engine: Engine, max_rows: int = 32, busy_threads: int | None = None):
+    def __init__(self, engine: Engine, max_rows: int = 32, busy_threads: int | None = None,
+                 threads: int | None = None):
         self.engine, self.max_rows = engine, max_rows
         # OpenMP keeps a thread count per thread: a new thread would start from the environment's,
-        # not from what this process set (torch.set_num_threads), so the loop sets its own: the
-        # process's for a request alone, `busy_threads` for several (runtime/cpu.threads_beside_a_server)
-        self.threads = torch.get_num_threads()
+        # not from what this process set (torch.set_num_threads), so the loop sets its own:
+        # `threads` (default: the calling thread's) for a request alone, `busy_threads` for several
+        # (runtime/cpu.threads_beside_a_server)
+        self.threads = threads or torch.get_num_threads()
         self.busy_threads = busy_threads or self.threads
         self.most_rows = 0  # the most samples decoding together so far
         self._submitted: queue.Queue = queue.Queue()

@@ -122,6 +122,11 @@ def serve_command(args: argparse.Namespace) -> int:
     if not local and key is None:
         print(f"warning: listening on {args.host} without a key (--no-auth): anyone who can reach this machine on "
               f"port {args.port} can use these models", file=sys.stderr, flush=True)
+    # The event loop's thread computes on one thread from here (serve/admission.py says why); the
+    # server has read the decoding threads already
+    import torch
+
+    torch.set_num_threads(1)
     _show_server_log()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)

@@ -1,0 +1,66 @@
+"""The server's threads: each model decodes in its batch loop on the threads the server started
+with; loading and inspection run in a thread that ends with its work. An OpenMP team kept by any
+other thread beside the batch loop's made every decoding step wake its workers from sleep (a lone
+request 4x slower: serve/admission.py)."""
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+from conftest import tiny_language_model
+
+from repytilian.serve.admission import Server
+from repytilian.serve.registry import Registry
+
+
+def test_work_runs_one_job_at_a_time_each_in_a_thread_that_ends_with_it(tmp_path):
+    server = Server(Registry(root=tmp_path))
+    ran, active, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def job(x: int) -> int:
+        with lock:
+            ran.append(threading.current_thread())
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return 2 * x
+
+    def failing() -> None:
+        raise ValueError("a load that fails")
+
+    async def requests() -> list[int]:
+        with pytest.raises(ValueError, match="a load that fails"):
+            await server.work(failing)
+        return await asyncio.gather(*(server.work(job, i) for i in range(3)))
+
+    assert asyncio.run(requests()) == [0, 2, 4]
+    assert most[0] == 1  # one at a time, as the loads' single worker thread did
+    for thread in ran:
+        thread.join(5)
+        assert not thread.is_alive() and thread is not threading.main_thread()
+
+
+def test_a_lone_request_decodes_on_the_threads_the_server_started_with(tmp_path):
+    """`repytilian serve` has its event loop's thread compute on one thread once the server is made;
+    the batch loops keep the process's threads (a lone request) and one core fewer (several)."""
+    from repytilian.runtime.cpu import threads_beside_a_server
+
+    seen = {}
+
+    def event_loop_thread() -> None:  # a thread of its own: the test's keeps its thread count
+        torch.set_num_threads(2)
+        seen["expected"] = {"threads": 2, "busy": threads_beside_a_server()}
+        server = Server(Registry(root=tmp_path))
+        torch.set_num_threads(1)  # as cli/serve.py does after making the server
+        loop = server.loop(tiny_language_model())
+        seen["loop"] = {"threads": loop.threads, "busy": loop.busy_threads}
+        loop.close()
+
+    thread = threading.Thread(target=event_loop_thread)
+    thread.start()
+    thread.join(60)
+    assert seen["loop"] == seen["expected"]
