@@ -35,10 +35,13 @@ def test_work_runs_one_job_at_a_time_each_in_a_thread_that_ends_with_it(tmp_path
     async def requests() -> list[int]:
         with pytest.raises(ValueError, match="a load that fails"):
             await server.work(failing)
+        gone = asyncio.create_task(server.work(job, 10))  # its request stops waiting: the job goes on
+        await asyncio.sleep(0.01)
+        gone.cancel()
         return await asyncio.gather(*(server.work(job, i) for i in range(3)))
 
     assert asyncio.run(requests()) == [0, 2, 4]
-    assert most[0] == 1  # one at a time, as the loads' single worker thread did
+    assert most[0] == 1 and len(ran) == 4  # one at a time, as the loads' single worker thread did
     for thread in ran:
         thread.join(5)
         assert not thread.is_alive() and thread is not threading.main_thread()

@@ -78,18 +78,24 @@ class Gate:
 _DONE = object()
 
 
-async def _in_a_thread_of_its_own(fn: Any, *args: Any) -> Any:
-    """fn(*args) in a new thread, whose OpenMP team ends with it (module docstring)."""
+async def _in_a_thread_of_its_own(turn: threading.Lock, fn: Any, *args: Any) -> Any:
+    """fn(*args) in a new thread, whose OpenMP team ends with it (module docstring), once it holds
+    `turn` (held in the thread: a request that stops waiting does not let the next one start early)."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
 
     def settle(result: Any, error: BaseException | None) -> None:
-        if not future.cancelled():  # the request that waited for it may be gone
-            future.set_exception(error) if error is not None else future.set_result(result)
+        if future.cancelled():  # the request that waited for it is gone
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
     def run() -> None:
         try:
-            result = fn(*args)
+            with turn:
+                result = fn(*args)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request whole
             loop.call_soon_threadsafe(settle, None, e)
         else:
@@ -111,7 +117,7 @@ class Server:
         self._loops: weakref.WeakKeyDictionary[LanguageModel, BatchLoop] = weakref.WeakKeyDictionary()
         # decoding threads, read now: the event loop's thread may compute on one from now on (above)
         self.threads, self.busy_threads = torch.get_num_threads(), threads_beside_a_server()
-        self._work_lock: asyncio.Lock | None = None  # loads and inspection, one at a time
+        self._work_turn = threading.Lock()  # loads and inspection, one at a time
         self._gate: Gate | None = None
         self.started = time.time()
         self.generated = 0  # tokens, for /api/status
@@ -167,10 +173,7 @@ class Server:
         a model or looking inside one is work of a generation's size)."""
         await self.gate.enter()
         try:
-            if self._work_lock is None:
-                self._work_lock = asyncio.Lock()
-            async with self._work_lock:
-                return await _in_a_thread_of_its_own(fn, *args)
+            return await _in_a_thread_of_its_own(self._work_turn, fn, *args)
         finally:
             self.gate.leave()
 
