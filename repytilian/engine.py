@@ -30,7 +30,7 @@ import torch
 
 from .batching import Batch, Group
 from .decode import Decoder, choose_dtype
-from .decode_compiled import compiled_step
+from .decode_compiled import compiled_step, step_dtype
 from .errors import SettingError
 from .model import GPT
 from .sampling import SamplingOptions, check_lengths
@@ -308,9 +308,9 @@ class DecoderPool:
                     del self._free[i]
                     return decoder
         compile = self.compile
-        step = compiled_step(self.model, compile) if dtype in (None, torch.float32) else None
-        if dtype is None:  # a built step is float32, and faster than any eager format
-            dtype = torch.float32 if step is not None else choose_dtype(self.model, 1)
+        step = compiled_step(self.model, compile) if dtype in (None, step_dtype(self.model)) else None
+        if dtype is None:  # a built step is faster than any eager format: the eager passes take its format
+            dtype = step.dtype if step is not None else choose_dtype(self.model, 1)
         decoder = Decoder(self.model, 1, dtype, compiled=step)
         decoder.compile_setting = compile  # given again only under the same setting
         return decoder

@@ -301,3 +301,35 @@ def test_the_built_batch_step_lets_other_threads_run_while_it_works(built, monke
         sys.setswitchinterval(interval)
         worker.join()
     assert seen[0] >= steps // 4
+
+
+@pytest.mark.slow
+@pytest.mark.machine  # bf16 matrices where this CPU computes bf16 natively: CI runs it as on AVX2 too
+def test_a_wide_models_step_holds_its_matrices_as_the_eager_decoder_does(tmp_path, monkeypatch):
+    """From 256 wide, the blocks' matrices of a built step are bf16 where bf16 is native (half the
+    bytes a step reads), float32 elsewhere; its greedy text is that of eager decoding in that format."""
+    from repytilian.runtime.precision import cpu_bf16
+
+    monkeypatch.setattr(decode_compiled, "INDUCTOR_OPTIONS", {k: v for k, v in decode_compiled.INDUCTOR_OPTIONS.items()
+                                                               if "autotune" not in k})  # as the fixture: half the build
+    decode_compiled._machine.cache_clear()
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    tokenizer = tokenizer_class("characters").train(TINY_TEXT)
+    torch.manual_seed(2)
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=4, n_embd=256)).eval()
+    assert decode_compiled.step_dtype(model) == (torch.bfloat16 if cpu_bf16().native else torch.float32)
+    narrow = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    assert decode_compiled.step_dtype(narrow) == torch.float32
+    lm = LanguageModel(model, tokenizer)
+
+    def greedy(compile: bool, dtype: torch.dtype | None) -> list[int]:
+        lm.engine.compile = compile
+        request = Request(tokenizer.encode("the cat"), 30, SamplingOptions(temperature=0), dtype=dtype)
+        return [e.id for e in lm.engine.run(request) if isinstance(e, Token)]
+
+    step = decode_compiled.CompiledStep(model)
+    with notes_to(lambda n: None):
+        compiled = greedy(True, None)
+    assert (tmp_path / "decoding-steps" / f"{decode_compiled.step_digest(model, step.dtype)}.so").exists()
+    assert compiled == greedy(False, step.dtype)
+    decode_compiled._machine.cache_clear()
