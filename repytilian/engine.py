@@ -33,6 +33,7 @@ from .decode import Decoder, choose_dtype
 from .decode_compiled import compiled_step, step_dtype
 from .errors import SettingError
 from .model import GPT
+from .runtime.cpu import one_thread_off_the_main_thread
 from .sampling import SamplingOptions, check_lengths
 from .stops import StopFilter
 from .tokenizers import Tokenizer
@@ -203,7 +204,7 @@ class Engine:
     def run_many(self, requests: Sequence[Request]) -> Iterator[tuple[int, Event]]:
         """The events of several requests decoding together, each with its request's index."""
         first = requests[0] if requests else Request([0])
-        with self.batch(first.dtype, first.use_cache) as batch:
+        with one_thread_off_the_main_thread(), self.batch(first.dtype, first.use_cache) as batch:
             for index, request in enumerate(requests):
                 _, begun = self.start(batch, request, index)
                 yield from ((index, event) for event in begun)
