@@ -76,11 +76,15 @@ def physical_cores(sysfs: Path = CPU_SYSFS, allowed: set[int] | None = None) -> 
     return len(cores) or None
 
 
+def threads_chosen() -> bool:
+    """Whether the user chose the thread count for the process (OMP_NUM_THREADS, MKL_NUM_THREADS)."""
+    return any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+
+
 def use_physical_cores() -> int:
     """Lower torch's intra-op threads to the physical cores, unless the user chose; the thread count."""
-    chosen = any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
     cores = physical_cores()
-    if not chosen and cores and torch.get_num_threads() > cores:
+    if not threads_chosen() and cores and torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
     return torch.get_num_threads()
 
@@ -95,9 +99,8 @@ def threads_beside_a_server() -> int:
     168 ms a request), so a lone request keeps them (batch_loop.py). Measured again on a 2-core Xeon
     with no OpenMP team but the batch loop's (serve/admission.py), 2026-12-04: 8 clients 5,146 tokens/s
     on one thread, 5,192 on two."""
-    chosen = any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
     cores = physical_cores() or os.cpu_count() or 1
-    return torch.get_num_threads() if chosen else max(1, min(torch.get_num_threads(), cores - 1))
+    return torch.get_num_threads() if threads_chosen() else max(1, min(torch.get_num_threads(), cores - 1))
 
 
 @contextlib.contextmanager
@@ -109,10 +112,9 @@ def one_thread_off_the_main_thread() -> Iterator[None]:
     between parallel regions, and every step wakes them. Measured on a 2-core Xeon (2026-12-04),
     decoding from a second thread after the main one had computed: the `hyper` shape 578 ms for 100
     tokens on two threads, 200-246 on one (160 in the main thread); v2c 64 tokens 173 against 36 ms."""
-    chosen = any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
     default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     before = torch.get_num_threads()
-    if chosen or threading.current_thread() is threading.main_thread() or before != default:
+    if threads_chosen() or threading.current_thread() is threading.main_thread() or before != default:
         yield
         return
     torch.set_num_threads(1)

@@ -191,12 +191,12 @@ class DtypeChoice:
                     f"tokens took over {PROBE_SECONDS:g} s in both float32 and bfloat16, so another program "
                     f"is likely busy on these cores; not remembered, the next run measures again)")
         ratio = f["float32"] / f["bfloat16"] if f["bfloat16"] < float("inf") else 0.0
-        kept = (f"its repeats differed {f['spread']:.1f}x (a busy machine), so it is not remembered: the next "
+        kept = (f"Its repeats differed {f['spread']:.1f}x (a busy machine), so it is not remembered: the next "
                 "run measures again" if f["spread"] > NOISY_SPREAD else
                 f"Remembered in {cache_dir() / CHOICES_FILE}; `measure_dtype` measures again")
         return (f"number format {self.dtype} (`dtype` auto, {when}: a step of {f['tokens']:,} tokens took "
                 f"{1000 * f['float32']:.1f} ms in float32, {1000 * f['bfloat16']:.1f} ms in bfloat16, "
-                f"{ratio:.2f}x; bf16 needs {MIN_GAIN:g}x. {kept[0].upper() + kept[1:]})")
+                f"{ratio:.2f}x; bf16 needs {MIN_GAIN:g}x. {kept})")
 
 
 def choose_dtype(model: GPT, device: torch.device, batch: int, remeasure: bool = False) -> DtypeChoice:

@@ -28,6 +28,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -76,33 +77,6 @@ class Gate:
 
 
 _DONE = object()
-
-
-async def _in_a_thread_of_its_own(turn: threading.Lock, fn: Any, *args: Any) -> Any:
-    """fn(*args) in a new thread, whose OpenMP team ends with it (module docstring), once it holds
-    `turn` (held in the thread: a request that stops waiting does not let the next one start early)."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.cancelled():  # the request that waited for it is gone
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        try:
-            with turn:
-                result = fn(*args)
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting request whole
-            loop.call_soon_threadsafe(settle, None, e)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name="work", daemon=True).start()
-    return await future
 
 
 class _Failure:
@@ -173,9 +147,20 @@ class Server:
         a model or looking inside one is work of a generation's size)."""
         await self.gate.enter()
         try:
-            return await _in_a_thread_of_its_own(self._work_turn, fn, *args)
+            # a pool of one thread for this job alone: its thread, and its OpenMP team, end with the job
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="work")
+            try:
+                return await asyncio.get_running_loop().run_in_executor(pool, self._in_turn, fn, *args)
+            finally:
+                pool.shutdown(wait=False)
         finally:
             self.gate.leave()
+
+    def _in_turn(self, fn: Any, *args: Any) -> Any:
+        """fn(*args) once the work before it is done (taken in the work's thread: a request that
+        stops waiting does not let the next one start beside its work)."""
+        with self._work_turn:
+            return fn(*args)
 
     def chat_prompt_ids(self, lm: LanguageModel, turns: list[tuple[str, str]]) -> tuple[list[int], list[str]]:
         """A conversation's prompt ids in the model's chat format (or script) and the stops of the answer."""
