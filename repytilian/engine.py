@@ -30,7 +30,7 @@ import torch
 
 from .batching import Batch, Group
 from .decode import Decoder, choose_dtype
-from .decode_compiled import compiled_step, step_dtype
+from .decode_compiled import compiled_step
 from .errors import SettingError
 from .model import GPT
 from .runtime.cpu import one_thread_off_the_main_thread
@@ -309,7 +309,7 @@ class DecoderPool:
                     del self._free[i]
                     return decoder
         compile = self.compile
-        step = compiled_step(self.model, compile) if dtype in (None, step_dtype(self.model)) else None
+        step = compiled_step(self.model, compile, dtype)
         if dtype is None:  # a built step is faster than any eager format: the eager passes take its format
             dtype = step.dtype if step is not None else choose_dtype(self.model, 1)
         decoder = Decoder(self.model, 1, dtype, compiled=step)

@@ -180,6 +180,37 @@ def test_by_default_a_step_built_before_is_used_and_none_is_built(built, monkeyp
     assert found.engine._decoders.take(None).compiled is None
 
 
+@pytest.mark.slow
+def test_a_float32_step_built_before_is_used_until_the_faster_format_is_built(built, monkeypatch):
+    """Where this machine now builds its steps in bf16 (AMX, or a wide model), a step built in
+    float32 before is still found by default; asking to compile builds the bf16 one, and a request
+    for float32 itself decodes eagerly (the built step's format is the machine's)."""
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))  # holds the fixture's float32 steps
+    monkeypatch.setattr(decode_compiled, "step_dtype", lambda model: torch.bfloat16)
+    model = built["model"]
+    older = decode_compiled.compiled_step(model, None)
+    assert older is not None and older.dtype == torch.float32 and older.one.path.exists()
+    newer = decode_compiled.compiled_step(model, True)
+    assert newer.dtype == torch.bfloat16 and not newer.one.path.exists() and newer.build_missing
+    assert decode_compiled.compiled_step(model, None, torch.float32) is None
+    lm = LanguageModel(model, built["tokenizer"])
+    assert lm.generate("a dog", 40, temperature=0) == built["eager"]["a dog"]
+    assert lm.engine._decoders.take(None).compiled.dtype == torch.float32
+
+
+@pytest.mark.machine  # AMX or not: CI runs it as on an AVX2-only CPU too
+def test_with_amx_a_built_step_holds_its_matrices_in_bf16_from_128_wide():
+    from repytilian.runtime.precision import amx_bf16, fast_bf16
+
+    def model(width: int) -> GPT:
+        return GPT(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=width))
+
+    amx, native = amx_bf16(torch.device("cpu")), fast_bf16(torch.device("cpu"))
+    assert decode_compiled.step_dtype(model(128)) == (torch.bfloat16 if amx else torch.float32)
+    assert decode_compiled.step_dtype(model(64)) == torch.float32
+    assert decode_compiled.step_dtype(model(256)) == (torch.bfloat16 if native else torch.float32)
+
+
 def test_the_digest_names_weights_config_and_machine(built):
     model = built["model"]
     twin = GPT(model.config).eval()
