@@ -69,11 +69,12 @@ from .runtime.paths import cache_dir
 
 KEEP = 8  # built steps kept in the cache folder (6-50 MB each for the shipped shapes)
 ROWS_EXAMPLE, MAX_ROWS = 8, 4096  # the batch step: exported with 8 rows, runs any count from 2 to 4,096
+MIN_SPAN = 2  # export makes sizes 0 and 1 constants: a span is at least 2 positions
 # A short prompt of a small model goes in a position at a time through the built step: measured on
 # a 2-core AVX2 EPYC, 5 tokens of v2c 0.54 ms against 1.1 ms in one eager pass (v3c 0.9 against 2.2);
 # from about 10 tokens, or for wide models (hyper: 1.4 ms a built step), the eager pass is faster.
 PREFILL_TOKENS, SMALL_MODEL_BYTES = 8, 16 << 20
-FORMAT = 1  # part of every digest: a change to what is built here builds again
+FORMAT = 2  # part of every digest: a change to what is built here builds again (2: the attention's span)
 # Freezing makes the weights constants (laid out once, at build time); max_autotune times
 # Inductor's C++ matrix kernels against MKL's per shape (bpe: 95 against 257 us a step with MKL's).
 INDUCTOR_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
@@ -83,14 +84,18 @@ INDUCTOR_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_b
 
 class FixedCache:
     """One step of one token per row into caches of static shape (rows, block, heads, head size),
-    each row at its own position (`pos`, (rows,)): the interface GPT.forward asks of a cache."""
+    each row at its own position (`pos`, (rows,)): the interface GPT.forward asks of a cache.
+    Attention reads the first `span` positions of each row (the longest row's, at least): a size
+    given with the inputs (its length is what counts), so a step early in the window does not read
+    the whole block (v2c's batch step at 8 rows: 22 us a row with a span of 64, 9 with 16)."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], pos: torch.Tensor):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], pos: torch.Tensor, span: torch.Tensor):
         self.keys, self.values = keys, values
         rows, block = keys[0].shape[:2]
+        self.span = span.size(0)
         self.start = pos[:, None]  # (rows, 1)
         self.flat = pos + block * torch.arange(rows, device=pos.device)
-        unseen = torch.arange(block, device=pos.device) > pos[:, None]  # (rows, block)
+        unseen = torch.arange(self.span, device=pos.device) > pos[:, None]  # (rows, span)
         self.mask = torch.zeros(unseen.shape, device=pos.device).masked_fill(unseen, float("-inf"))[:, None, None]
 
     def check_room(self, new: int) -> None:  # the caller keeps to the block
@@ -103,25 +108,29 @@ class FixedCache:
         values.view(-1, nh * hs).index_copy_(0, self.flat, v.reshape(B, nh * hs))
         # Written out, not F.scaled_dot_product_attention: compiled, this is one fused loop per layer
         # (measured on a 2-core AVX2 EPYC, bpe: 442-458 us a step against 478-481 through the
-        # CPU's flash-attention kernel, which is made for long queries).
-        scores = torch.matmul(q * q.size(-1) ** -0.5, keys.permute(0, 2, 3, 1)) + self.mask
-        return torch.matmul(scores.softmax(dim=-1), values.transpose(1, 2))
+        # CPU's flash-attention kernel, which is made for long queries). The span is cut after the
+        # transposes: cut before, export asks whether the cut rows are contiguous (span == block)
+        # and refuses the dynamic span.
+        keys, values = keys.permute(0, 2, 3, 1)[..., :self.span], values.transpose(1, 2)[:, :, :self.span]
+        scores = torch.matmul(q * q.size(-1) ** -0.5, keys) + self.mask
+        return torch.matmul(scores.softmax(dim=-1), values)
 
     def advance(self, new: int) -> None:  # the caller moves the position on
         pass
 
 
 class _Step(nn.Module):
-    """What is exported: keys, values (a (1, block, heads, head size) tensor a layer), the new
-    token (1, 1) and its position (1,) -> the next token's logits (1, vocab)."""
+    """What is exported: keys, values (a (rows, block, heads, head size) tensor a layer), the new
+    token of each row (rows, 1), their positions (rows,) and a tensor as long as the attention's
+    span (FixedCache) -> the next token's logits (rows, vocab)."""
 
     def __init__(self, model: GPT):
         super().__init__()
         self.model = model
 
     def forward(self, keys: list[torch.Tensor], values: list[torch.Tensor], idx: torch.Tensor,
-                pos: torch.Tensor) -> torch.Tensor:
-        logits, _ = self.model(idx, last_only=True, cache=FixedCache(keys, values, pos))
+                pos: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model(idx, last_only=True, cache=FixedCache(keys, values, pos, span))
         return logits[:, -1, :]
 
 
@@ -168,13 +177,16 @@ def build(model: GPT, rows: int | None, path: Path, dtype: torch.dtype = torch.f
         model = for_decoding(model, dtype)  # the eager decoder's structure, its matrices in 16 bits
     example = GPT.new_cache(model, rows or 1)
     idx, pos = torch.zeros(rows or 1, 1, dtype=torch.long), torch.zeros(rows or 1, dtype=torch.long)
-    dynamic = None
-    if rows:
-        n = torch.export.Dim("rows", min=2, max=MAX_ROWS)
-        dynamic = ([{0: n}] * len(example.keys), [{0: n}] * len(example.values), {0: n}, {0: n})
+    block = model.config.block_size
+    # an example span unlike the other sizes (export would take two equal example sizes as one)
+    span = torch.zeros(block - 1 if block - 1 != ROWS_EXAMPLE else block)
+    spans = {0: torch.export.Dim("span", min=MIN_SPAN, max=block)} if block > MIN_SPAN else None
+    n = {0: torch.export.Dim("rows", min=2, max=MAX_ROWS)} if rows else None
+    dynamic = ([n] * len(example.keys), [n] * len(example.values), n, n, spans)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the compiler's own deprecation warnings are not the user's
-        program = torch.export.export(_Step(model).eval(), (example.keys, example.values, idx, pos),
+        program = torch.export.export(_Step(model).eval(), (example.keys, example.values, idx, pos,
+                                                            span if spans else torch.zeros(block)),
                                       dynamic_shapes=dynamic)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as work:
@@ -322,6 +334,7 @@ class CompiledStep:
         self.rows = _Library(folder / f"{digest}-rows.so", ROWS_EXAMPLE, self.dtype)
         self.block = model.config.block_size
         self.pos = torch.zeros(1, dtype=torch.long)
+        self.span = torch.zeros(self.block)  # its first `span` positions give the attention's span
         self._inputs: tuple = (None, 0, 0, [])  # the cache last seen, first row, row count, those rows' tensors
         self.small = sum(p.numel() for p in model.parameters()) * 4 <= SMALL_MODEL_BYTES
 
@@ -356,5 +369,6 @@ class CompiledStep:
             rows = [t.narrow(0, first, count) for t in (*cache.keys, *cache.values)]
             self._inputs = (cache, first, count, rows)
         pos = self.pos.fill_(lengths[0]) if count == 1 else torch.tensor(lengths, dtype=torch.long)
+        span = self.span[:max(MIN_SPAN, max(lengths) + 1)] if self.block > MIN_SPAN else self.span
         # contiguous: the library reads its inputs as laid out when it was built, and checks nothing
-        return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx.contiguous(), pos])[0]
+        return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx.contiguous(), pos, span])[0]

@@ -115,12 +115,33 @@ def test_requests_decoding_together_through_the_batch_step_get_their_eager_text(
     library = decoder.compiled.rows
     lm.engine._decoders.give_back(decoder)
     run = library.run
-    library.run = lambda inputs: calls.append(inputs[-1].numel()) or run(inputs)
+    library.run = lambda inputs: calls.append(inputs[-2].numel()) or run(inputs)  # the positions: one a row
     try:
         assert texts(lm) == texts(eager)
     finally:
         library.run = run
     assert max(calls) == 4 and min(calls) >= 2  # the four rows together, then fewer as they end
+
+
+@pytest.mark.slow
+def test_the_built_steps_attend_over_the_longest_rows_span_only(built):
+    """The attention reads each row's first max(lengths) + 1 positions, not the whole block: a step
+    early in the window costs less (the text is the eager one: the tests above)."""
+    lm = built["lm"]
+    decoder = lm.engine._decoders.take(None)
+    step = decoder.compiled
+    lm.engine._decoders.give_back(decoder)
+    model, seen = built["model"], []
+    for library, lengths in ((step.one, [4]), (step.rows, [3, 6, 2])):
+        run = library.run
+        library.run = lambda inputs, run=run: seen.append(inputs[-1].numel()) or run(inputs)
+        try:
+            cache = model.new_cache(len(lengths))
+            cache.lengths[:] = lengths
+            step(torch.zeros(len(lengths), 1, dtype=torch.long), cache)
+        finally:
+            library.run = run
+    assert seen == [5, 7] and model.config.block_size == 16
 
 
 @pytest.mark.slow
