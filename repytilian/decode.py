@@ -202,7 +202,12 @@ class Decoder:
         where it does not serve these rows (eager then)."""
         count, new = idx.shape
         lengths = self.cache.lengths
-        if not self.compiled.serves(count, max(lengths[first:first + count]) + new):
+        end = max(lengths[first:first + count]) + new
+        if new > 1 and self.compiled.takes_prompt(end):  # all the tokens at once, a row at a time
+            logits = torch.cat([self.compiled.prompt_step(idx[r:r + 1], self.cache, first + r) for r in range(count)])
+            lengths[first:first + count] = [n + new for n in lengths[first:first + count]]
+            return logits
+        if not self.compiled.serves(count, end):
             return None
         for t in range(new):
             logits = self.compiled(idx if new == 1 else idx[:, t:t + 1], self.cache, first)

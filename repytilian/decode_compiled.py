@@ -13,12 +13,12 @@ cost ~150 us a call); the `hyper` shape 1.46 ms against 2.4 (float16) eager. For
 (bpe 162 us) than through the one-row step. docs/benchmarks.md has the figures against llama.cpp.
 
 What it costs: building takes 20-40 s on 2 cores the first time for a model's weights on a
-machine (the batch step up to twice that); the library is then kept, and a later run loads it in
-about 10 ms (plus hashing the weights to find it: ~25 ms for 44 MB). So it is built only when
-asked (`--compile`, `engine.compile = True`; the batch step by `serve --compile`), and used
+machine (the batch and prompt steps as long again each); the library is then kept, and a later run
+loads it in about 10 ms (plus hashing the weights to find it: ~25 ms for 44 MB). So it is built only
+when asked (`--compile`, `engine.compile = True`; the batch and prompt steps by `serve --compile`), and used
 whenever it is there: the first build pays after some 40,000 tokens, a kept one at once.
 
-Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.so` (and `<digest>-rows.so`), named
+Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.so` (and `-rows.so`, `-prompt.so`), named
 by the digest of the weights, the config, torch's version and this CPU, the newest KEEP of them.
 It is native code built on this machine from the model's own weights: never read from a model
 folder, never shared (model folders hold weights only, loaded without running any code).
@@ -70,6 +70,7 @@ from .runtime.paths import cache_dir
 KEEP = 8  # built steps kept in the cache folder (6-50 MB each for the shipped shapes)
 ROWS_EXAMPLE, MAX_ROWS = 8, 4096  # the batch step: exported with 8 rows, runs any count from 2 to 4,096
 MIN_SPAN = 2  # export makes sizes 0 and 1 constants: a span is at least 2 positions
+PROMPT_EXAMPLE = 3  # a prompt's tokens at once (prompt steps): exported with 3, runs 2 up to the block
 # A short prompt of a small model goes in a position at a time through the built step: measured on
 # a 2-core AVX2 EPYC, 5 tokens of v2c 0.54 ms against 1.1 ms in one eager pass (v3c 0.9 against 2.2);
 # from about 10 tokens, or for wide models (hyper: 1.4 ms a built step), the eager pass is faster.
@@ -89,23 +90,25 @@ class FixedCache:
     given with the inputs (its length is what counts), so a step early in the window does not read
     the whole block (v2c's batch step at 8 rows: 22 us a row with a span of 64, 9 with 16)."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], pos: torch.Tensor, span: torch.Tensor):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], pos: torch.Tensor, span: torch.Tensor,
+                 new: int = 1):
         self.keys, self.values = keys, values
         rows, block = keys[0].shape[:2]
         self.span = span.size(0)
         self.start = pos[:, None]  # (rows, 1)
-        self.flat = pos + block * torch.arange(rows, device=pos.device)
-        unseen = torch.arange(self.span, device=pos.device) > pos[:, None]  # (rows, span)
-        self.mask = torch.zeros(unseen.shape, device=pos.device).masked_fill(unseen, float("-inf"))[:, None, None]
+        positions = self.start + torch.arange(new, device=pos.device)  # (rows, new)
+        self.flat = (positions + block * torch.arange(rows, device=pos.device)[:, None]).flatten()
+        unseen = torch.arange(self.span, device=pos.device) > positions[..., None]  # (rows, new, span)
+        self.mask = torch.zeros(unseen.shape, device=pos.device).masked_fill(unseen, float("-inf"))[:, None]
 
     def check_room(self, new: int) -> None:  # the caller keeps to the block
         pass
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        B, nh, _, hs = k.shape
+        B, nh, T, hs = k.shape
         keys, values = self.keys[layer], self.values[layer]
-        keys.view(-1, nh * hs).index_copy_(0, self.flat, k.reshape(B, nh * hs))
-        values.view(-1, nh * hs).index_copy_(0, self.flat, v.reshape(B, nh * hs))
+        keys.view(-1, nh * hs).index_copy_(0, self.flat, k.transpose(1, 2).reshape(B * T, nh * hs))
+        values.view(-1, nh * hs).index_copy_(0, self.flat, v.transpose(1, 2).reshape(B * T, nh * hs))
         # Written out, not F.scaled_dot_product_attention: compiled, this is one fused loop per layer
         # (measured on a 2-core AVX2 EPYC, bpe: 442-458 us a step against 478-481 through the
         # CPU's flash-attention kernel, which is made for long queries). The span is cut after the
@@ -130,7 +133,7 @@ class _Step(nn.Module):
 
     def forward(self, keys: list[torch.Tensor], values: list[torch.Tensor], idx: torch.Tensor,
                 pos: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
-        logits, _ = self.model(idx, last_only=True, cache=FixedCache(keys, values, pos, span))
+        logits, _ = self.model(idx, last_only=True, cache=FixedCache(keys, values, pos, span, idx.size(1)))
         return logits[:, -1, :]
 
 
@@ -166,7 +169,7 @@ def step_digest(model: GPT, dtype: torch.dtype = torch.float32) -> str:
     return h.hexdigest()[:40]
 
 
-def build(model: GPT, rows: int | None, path: Path, dtype: torch.dtype = torch.float32) -> None:
+def build(model: GPT, rows: int | None, path: Path, dtype: torch.dtype = torch.float32, prompt: bool = False) -> None:
     """Export the step for one row (`rows` None) or for any number of rows from 2 on, the blocks'
     matrices in `dtype`, and compile it into `path` (atomically: a crash leaves no half-built file)."""
     import torch._inductor as inductor  # the compiler: only when a step is built
@@ -182,7 +185,11 @@ def build(model: GPT, rows: int | None, path: Path, dtype: torch.dtype = torch.f
     span = torch.zeros(block - 1 if block - 1 != ROWS_EXAMPLE else block)
     spans = {0: torch.export.Dim("span", min=MIN_SPAN, max=block)} if block > MIN_SPAN else None
     n = {0: torch.export.Dim("rows", min=2, max=MAX_ROWS)} if rows else None
-    dynamic = ([n] * len(example.keys), [n] * len(example.values), n, n, spans)
+    tokens = None
+    if prompt:
+        idx = torch.zeros(1, PROMPT_EXAMPLE, dtype=torch.long)
+        tokens = {1: torch.export.Dim("tokens", min=2, max=block)}
+    dynamic = ([n] * len(example.keys), [n] * len(example.values), tokens or n, n, spans)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the compiler's own deprecation warnings are not the user's
         program = torch.export.export(_Step(model).eval(), (example.keys, example.values, idx, pos,
@@ -286,8 +293,9 @@ def compiled_step(model: GPT, compile: bool | None, dtype: torch.dtype | None = 
 class _Library:
     """One built step: its file and, once loaded, its function of the flattened inputs."""
 
-    def __init__(self, path: Path, rows: int | None, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: Path, rows: int | None, dtype: torch.dtype = torch.float32, prompt: bool = False):
         self.path, self.rows, self.dtype = path, rows, dtype  # rows: None for one row, else the example's count
+        self.prompt = prompt  # a prompt's tokens at once (one row)
         self.run: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
         self.failed = False
 
@@ -296,15 +304,15 @@ class _Library:
             return self.run is not None
         if not self.path.exists() and not build_missing:
             return False
-        what = "decoding step" if self.rows is None else "decoding step for batches"
+        what = "decoding step" + (" for prompts" if self.prompt else "" if self.rows is None else " for batches")
         t0, built = time.perf_counter(), False
         try:
             if not self.path.exists():
                 note(f"compiling the {what} for this model: about half a minute the first time, "
                      f"kept for later runs in {self.path.parent}", kind="info")
-                build(model, self.rows, self.path, self.dtype)
+                build(model, self.rows, self.path, self.dtype, self.prompt)
                 built = True
-            self.run = load(self.path, let_go=self.rows is not None)  # batches: a server's event loop runs beside them
+            self.run = load(self.path, let_go=self.rows is not None or self.prompt)  # a server's event loop runs beside
             os.utime(self.path)  # recently used: kept before older ones
             _keep_newest(self.path.parent, KEEP)
         except Exception as e:  # noqa: BLE001 - no compiler, an unsupported layer: decode without it
@@ -319,10 +327,12 @@ class _Library:
 
 class CompiledStep:
     """`step(idx (B, 1), cache)` -> logits (B, vocab) of the cache's first B rows, each at its own
-    length, where `serves` says a built step takes them. Two libraries: one row (`one`, batch 1,
-    the fastest), and any number of rows from 2 on (`rows`, a server's batches: its shapes are
-    not fixed, so its matrix kernels are not as fast for one row). `prepare` loads them from the
-    cache folder, or builds them there (`build_missing`; the second only when asked for)."""
+    length, where `serves` says a built step takes them. Three libraries: one row (`one`, batch 1,
+    the fastest), any number of rows from 2 on (`rows`, a server's batches: its shapes are not
+    fixed, so its matrix kernels are not as fast for one row), and a prompt's tokens at once into
+    one row (`prompt`: a request joining a server's batch, a window sliding on; v2c, 31 tokens:
+    266 us against 1,040 eagerly, 2-core Xeon with AMX, 2026-12-04). `prepare` loads them from the
+    cache folder, or builds them there (`build_missing`; the last two only when asked for: a server's)."""
 
     def __init__(self, model: GPT, build_missing: bool = True, folder: Path | None = None,
                  dtype: torch.dtype | None = None):
@@ -332,6 +342,7 @@ class CompiledStep:
         digest = step_digest(model, self.dtype)
         self.one = _Library(folder / f"{digest}.so", None, self.dtype)
         self.rows = _Library(folder / f"{digest}-rows.so", ROWS_EXAMPLE, self.dtype)
+        self.prompt = _Library(folder / f"{digest}-prompt.so", None, self.dtype, prompt=True)
         self.block = model.config.block_size
         self.pos = torch.zeros(1, dtype=torch.long)
         self.span = torch.zeros(self.block)  # its first `span` positions give the attention's span
@@ -347,6 +358,8 @@ class CompiledStep:
         (loaded, or built now where asked); where one cannot be had, a note says why."""
         one = self.one.ready(self.model, self.build_missing)
         many = self.rows.ready(self.model, self.build_missing and rows)
+        if self.block > PROMPT_EXAMPLE:  # (a model of so short a context has no use for it)
+            self.prompt.ready(self.model, self.build_missing and rows)
         return one or many
 
     def serves(self, count: int, end: int) -> bool:
@@ -355,9 +368,20 @@ class CompiledStep:
         return library.run is not None and end <= self.block and count <= MAX_ROWS
 
     def prefills(self, tokens: int) -> bool:
-        """Whether a prompt of `tokens` goes in faster a position at a time through the built step
-        than in one eager forward pass (PREFILL_TOKENS)."""
-        return tokens <= PREFILL_TOKENS and self.small
+        """Whether a prompt of `tokens` goes in through a built step: the prompt step, or a position
+        at a time through the step where that is faster than one eager pass (PREFILL_TOKENS)."""
+        return self.prompt.run is not None or (tokens <= PREFILL_TOKENS and self.small)
+
+    def takes_prompt(self, end: int) -> bool:
+        """Whether the prompt step takes a row's tokens up to position `end` - 1."""
+        return self.prompt.run is not None and end <= self.block
+
+    def prompt_step(self, idx: torch.Tensor, cache: KVCache, row: int) -> torch.Tensor:
+        """idx (1, T), T >= 2: the next tokens of row `row` -> the last one's logits (1, vocab)."""
+        length = cache.lengths[row]
+        rows = [t.narrow(0, row, 1) for t in (*cache.keys, *cache.values)]
+        span = self.span[:max(MIN_SPAN, length + idx.size(1))]
+        return self.prompt.run([*rows, idx.contiguous(), torch.tensor([length]), span])[0]
 
     def __call__(self, idx: torch.Tensor, cache: KVCache, first: int = 0) -> torch.Tensor:
         """idx (B, 1): the next token of rows first..first+B-1, each at its own length -> logits

@@ -83,13 +83,14 @@ def built(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_compiled_step_gives_the_eager_greedy_text(built):
-    """40 tokens in a context of 16: windows slide (a prefill, eager) between compiled steps, and the
-    second prompt reuses the one build."""
+    """40 tokens in a context of 16: windows slide (a prefill, through the prompt step) between
+    compiled steps, and the second prompt reuses the one build."""
     assert built["compiled"] == built["eager"]
     assert [n for n in built["notes"] if n.startswith("compiled the decoding step in")]
     assert sum("compiling the decoding step for this model" in n for n in built["notes"]) == 1
     assert sum("compiling the decoding step for batches" in n for n in built["notes"]) == 1
-    assert len(list((built["home"] / "decoding-steps").glob("*.so"))) == 2
+    assert sum("compiling the decoding step for prompts" in n for n in built["notes"]) == 1
+    assert len(list((built["home"] / "decoding-steps").glob("*.so"))) == 3
 
 
 @pytest.mark.slow
@@ -295,7 +296,10 @@ def test_a_built_step_others_could_have_written_is_not_loaded(built, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_short_prompt_goes_in_through_the_built_steps_and_a_long_one_eagerly(built, monkeypatch):
+def test_a_prompt_goes_in_through_the_prompt_step_or_else_a_short_one_through_the_steps(built, monkeypatch):
+    """A prompt's tokens go in at once, a row at a time, through the prompt step where it is
+    built (the same logits and cache as eagerly); without it, a short prompt goes in a position at
+    a time through the built steps and a long one eagerly."""
     from repytilian.decode import Decoder
 
     monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
@@ -307,7 +311,20 @@ def test_a_short_prompt_goes_in_through_the_built_steps_and_a_long_one_eagerly(b
     decoder = Decoder(model, 4, compiled=step)
     eager_pass = decoder.model
     decoder.model = lambda *a, **k: pytest.fail("an eager pass")
+    prompt_run, shapes = step.prompt.run, []
+    assert prompt_run is not None  # built with the batch step (the fixture), found by any decoder
+    step.prompt.run = lambda inputs: shapes.append(tuple(inputs[-3].shape)) or prompt_run(inputs)
     got = [decoder.forward(prompt[:, :-1], 1), decoder.forward(prompt[:, -1:], 1)]  # rows 1-3, a batch step
+    assert shapes == [(1, 4)] * 3 and decoder.cache.lengths == [0, 5, 5, 5]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for layer in range(model.config.n_layer):
+        torch.testing.assert_close(decoder.cache.keys[layer][1:4, :5], eager.cache.keys[layer][1:4, :5])
+        torch.testing.assert_close(decoder.cache.values[layer][1:4, :5], eager.cache.values[layer][1:4, :5])
+
+    step.prompt.run = None  # not built: a position at a time through the steps
+    decoder.reset()
+    got = [decoder.forward(prompt[:, :-1], 1), decoder.forward(prompt[:, -1:], 1)]
     assert decoder.cache.lengths == [0, 5, 5, 5]
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
