@@ -14,9 +14,10 @@ cost ~150 us a call); the `hyper` shape 1.46 ms against 2.4 (float16) eager. For
 
 What it costs: building takes 20-40 s on 2 cores the first time for a model's weights on a
 machine (the batch and prompt steps as long again each); the library is then kept, and a later run
-loads it in about 10 ms (plus hashing the weights to find it: ~25 ms for 44 MB). So it is built only
-when asked (`--compile`, `engine.compile = True`; the batch and prompt steps by `serve --compile`), and used
-whenever it is there: the first build pays after some 40,000 tokens, a kept one at once.
+loads it in about 10 ms (plus hashing the weights to find it: ~25 ms for 44 MB). So it is built
+only when asked (`--compile` or `engine.compile = True`: the one-row and prompt steps; the batch
+step by `serve --compile`), and used whenever it is there: the first build pays after some 40,000
+tokens, a kept one at once.
 
 Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.so` (and `-rows.so`, `-prompt.so`), named
 by the digest of the weights, the config, torch's version and this CPU, the newest KEEP of them.
@@ -31,27 +32,26 @@ reads every weight once: the `hyper` shape, modern layout, 691 us a step against
 matrix kernels compute on its bf16 tiles, and the shipped 128-wide models step in 60% of the time.
 A step built before in float32 is still used where the bf16 one has not been built (`compile` None).
 
-The graph is static but for the rows: each row of the KV cache is passed whole, the positions as
-a tensor, and the attention masks what lies beyond each, so one build serves every position.
-`FixedCache` gives the model's forward pass the cache interface (attention.KVCache's) for that. A
-build that fails is reported once (a note) and decoding goes on without it.
+The graph is static but for the rows, the span attended over and (the prompt step) the new tokens:
+each row of the KV cache is passed whole, the positions as a tensor, and the attention masks what
+lies beyond each, so one build serves every position. `FixedCache` gives the model's forward pass
+the cache interface (attention.KVCache's) for that. A build that fails is reported once (a note)
+and decoding goes on without it.
 
-How it is called: the batch step through the library's C interface (`NativeStep`), which lets
-other threads run meanwhile (a server's event loop beside its batch); the one-row step through
-torch's own runner, which holds the interpreter's lock but costs less a call (`load`).
+How it is called (runtime/native_step.py): the batch and prompt steps through the library's C
+interface (`NativeStep`), which lets other threads run meanwhile (a server's event loop beside its
+batch); the one-row step through torch's own runner, which holds the interpreter's lock but costs
+less a call (`load`).
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import json
 import os
-import stat
 import tempfile
 import time
 import warnings
-import weakref
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict
@@ -65,6 +65,7 @@ from .events import note
 from .model import GPT
 from .runtime.cpu import cpu_name
 from .runtime.fileio import atomic_output
+from .runtime.native_step import load
 from .runtime.paths import cache_dir
 
 KEEP = 8  # built steps kept in the cache folder (6-50 MB each for the shipped shapes)
@@ -208,57 +209,6 @@ def build(model: GPT, rows: int | None, path: Path, dtype: torch.dtype = torch.f
                 tmp.write_bytes(zipped.read(library))
 
 
-def load(path: Path, let_go: bool = True) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """The built step's function of its flattened inputs (keys..., values..., idx, pos), from a
-    library only this user can have written (it is native code: never one others could plant).
-    `let_go`: other threads run while it does (NativeStep); else torch's own runner, which holds the
-    interpreter's lock but costs ~17 us less a call (v2c's one-row step: 109 against 126 us, 2-core
-    AVX2 EPYC), the better for the one-row step, a tenth of a millisecond that nothing waits on."""
-    for where in (path, path.parent):
-        st = where.stat()
-        if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & stat.S_IWOTH):
-            raise PermissionError(f"{where} is not this user's alone")
-    return NativeStep(path) if let_go else torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1).run
-
-
-class NativeStep:
-    """A built library called through its C interface, which lets go of the interpreter's lock
-    while the step runs (ctypes does, for every call). torch's own runner for it
-    (torch._C._aoti.AOTIModelContainerRunnerCpu) holds the lock throughout: in a server, the event
-    loop then stood still for every token of every batch, and 8 clients used one of two cores."""
-
-    def __init__(self, path: Path):
-        self._lib = lib = ctypes.CDLL(str(path))
-        handle = ctypes.c_void_p()
-        _check(lib, lib.AOTInductorModelContainerCreateWithDevice(ctypes.byref(handle), 1, b"cpu", None))
-        self._handle = handle
-        self._run = lib.AOTInductorModelContainerRun
-        self._run.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
-                              ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
-        weakref.finalize(self, lib.AOTInductorModelContainerDelete, handle)
-
-    def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        # a new handle (at::Tensor*) for each input: the library takes them over, and frees them
-        handles = [_pointer(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(inputs)]
-        output = (ctypes.c_void_p * 1)()
-        _check(self._lib, self._run(self._handle, (ctypes.c_void_p * len(handles))(*handles), len(handles),
-                                    output, 1, None, None))
-        return torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs([_capsule(output[0], None, None)])
-
-
-_pointer = ctypes.pythonapi.PyCapsule_GetPointer  # torch hands tensor handles over as capsules
-_pointer.restype, _pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-_capsule = ctypes.pythonapi.PyCapsule_New
-_capsule.restype, _capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-
-
-def _check(lib: ctypes.CDLL, status: int) -> None:
-    if status != 0:
-        message = ctypes.c_char_p()
-        lib.AOTInductorGetLastError(ctypes.byref(message))
-        raise RuntimeError(f"the built decoding step failed: {(message.value or b'').decode(errors='replace')}")
-
-
 def _keep_newest(folder: Path, keep: int) -> None:
     built = sorted((p for p in folder.glob("*.so") if not p.name.startswith(".")),  # not one being written
                    key=lambda p: p.stat().st_mtime, reverse=True)
@@ -332,7 +282,7 @@ class CompiledStep:
     fixed, so its matrix kernels are not as fast for one row), and a prompt's tokens at once into
     one row (`prompt`: a request joining a server's batch, a window sliding on; v2c, 31 tokens:
     266 us against 1,040 eagerly, 2-core Xeon with AMX, 2026-12-04). `prepare` loads them from the
-    cache folder, or builds them there (`build_missing`; the last two only when asked for: a server's)."""
+    cache folder, or builds them there (`build_missing`; the batch step only when asked for: a server's)."""
 
     def __init__(self, model: GPT, build_missing: bool = True, folder: Path | None = None,
                  dtype: torch.dtype | None = None):
@@ -358,8 +308,10 @@ class CompiledStep:
         (loaded, or built now where asked); where one cannot be had, a note says why."""
         one = self.one.ready(self.model, self.build_missing)
         many = self.rows.ready(self.model, self.build_missing and rows)
-        if self.block > PROMPT_EXAMPLE:  # (a model of so short a context has no use for it)
-            self.prompt.ready(self.model, self.build_missing and rows)
+        # (not where the one-row step failed to build: the same failure, said once; nor for a model of
+        # so short a context that it has no use for it)
+        if self.block > PROMPT_EXAMPLE and not self.one.failed:
+            self.prompt.ready(self.model, self.build_missing)
         return one or many
 
     def serves(self, count: int, end: int) -> bool:

@@ -261,6 +261,7 @@ def test_a_build_that_fails_leaves_nothing_in_the_cache(built, tmp_path, monkeyp
     with notes_to(notes.append):
         assert not step.prepare()
     assert notes[-1].text.startswith("note: the decoding step could not be compiled (RuntimeError: unsupported")
+    assert sum("could not be compiled" in n.text for n in notes) == 1  # said once, not again for the prompt step
     assert list(tmp_path.iterdir()) == []
 
 
