@@ -86,6 +86,7 @@ class Batch:
         self.rows: list[Seq] = []  # rows[i].row == i: the live sequences, in their cache rows
         self.groups: list[Group] = []
         self.logits = torch.empty(0)  # the last step's, a row per sequence (float32, before sampling)
+        self.ids = torch.empty(0, dtype=torch.long)  # the last step's chosen ids, a row per sequence
         self._one = torch.zeros(1, 1, dtype=torch.long, device=self.device)
 
     def __len__(self) -> int:
@@ -135,14 +136,15 @@ class Batch:
         for group in self.groups:
             o = group.sampling
             alike.setdefault((o.temperature, o.top_k, o.top_p), []).append(group)
-        chosen = []
+        chosen, chosen_ids = [], None
         for groups in alike.values():
             seqs = [s for g in groups for s in g.live]
             index = [s.row for s in seqs]
-            rows = logits if index == list(range(len(self.rows))) else logits[index]
+            whole = index == list(range(len(self.rows)))
+            rows = logits if whole else logits[index]
             opts = groups[0].sampling
             if opts.temperature == 0:
-                tokens = rows.argmax(dim=-1).tolist()
+                ids = rows.argmax(dim=-1)
             else:
                 probs = probabilities(rows, opts)
                 noise, first = torch.empty_like(probs), 0
@@ -150,11 +152,19 @@ class Batch:
                     n = len(group.live)
                     arrival_noise(noise[first:first + n], group.generator)
                     first += n
-                tokens = first_arrival(probs, noise).tolist()
+                ids = first_arrival(probs, noise)
+            if whole:
+                chosen_ids = ids
+            else:
+                if chosen_ids is None:
+                    chosen_ids = torch.empty(len(self.rows), dtype=torch.long, device=self.device)
+                chosen_ids[index] = ids
+            tokens = ids.tolist()
             for seq, token in zip(seqs, tokens):
                 seq.tokens.append(token)
                 seq.steps += 1
                 chosen.append((seq, token, seq.row))
+        self.ids = chosen_ids
         return chosen
 
     def _logits_cached(self) -> torch.Tensor:

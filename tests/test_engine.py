@@ -172,3 +172,10 @@ def test_each_request_in_a_batch_gets_its_own_tokens_log_probabilities(lm):
         assert all(t.id == t.top[0].id and t.logprob == pytest.approx(t.top[0].logprob) for t in tokens[index])
     assert [t.logprob for t in tokens[0]] == pytest.approx([t.logprob for t in tokens[3]])  # the same prompt
     assert tokens[2][0].logprob != pytest.approx(tokens[3][0].logprob)  # another prompt, another figure
+    # a sampled request's figures in a batch of others sampled otherwise are those it gets alone
+    sampled = Request(lm.encode_prompt("a cat"), 6, SamplingOptions(temperature=0.9, seed=4), logprobs=True)
+    alone = [(e.id, e.logprob) for e in lm.engine.run(sampled) if isinstance(e, Token)]
+    together = [(e.id, e.logprob) for i, e in lm.engine.run_many(requests[:3] + [sampled])
+                if isinstance(e, Token) and i == 3]
+    assert [i for i, _ in together] == [i for i, _ in alone]
+    assert [p for _, p in together] == pytest.approx([p for _, p in alone], abs=1e-5)
