@@ -171,8 +171,9 @@ def step_digest(model: GPT, dtype: torch.dtype = torch.float32) -> str:
 
 
 def build(model: GPT, rows: int | None, path: Path, dtype: torch.dtype = torch.float32, prompt: bool = False) -> None:
-    """Export the step for one row (`rows` None) or for any number of rows from 2 on, the blocks'
-    matrices in `dtype`, and compile it into `path` (atomically: a crash leaves no half-built file)."""
+    """Export the step for one row (`rows` None), for any number of rows from 2 on, or (`prompt`)
+    for 2 up to a block's tokens into one row, the blocks' matrices in `dtype`, and compile it into
+    `path` (atomically: a crash leaves no half-built file)."""
     import torch._inductor as inductor  # the compiler: only when a step is built
 
     if dtype != torch.float32:
@@ -183,7 +184,7 @@ def build(model: GPT, rows: int | None, path: Path, dtype: torch.dtype = torch.f
     idx, pos = torch.zeros(rows or 1, 1, dtype=torch.long), torch.zeros(rows or 1, dtype=torch.long)
     block = model.config.block_size
     # an example span unlike the other sizes (export would take two equal example sizes as one)
-    span = torch.zeros(block - 1 if block - 1 != ROWS_EXAMPLE else block)
+    span = torch.zeros(block - 1 if block - 1 not in (ROWS_EXAMPLE, PROMPT_EXAMPLE) else block)
     spans = {0: torch.export.Dim("span", min=MIN_SPAN, max=block)} if block > MIN_SPAN else None
     n = {0: torch.export.Dim("rows", min=2, max=MAX_ROWS)} if rows else None
     tokens = None

@@ -14,7 +14,7 @@ import torch
 
 
 def load(path: Path, let_go: bool = True) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """The built step's function of its flattened inputs (keys..., values..., idx, pos), from a
+    """The built step's function of its flattened inputs (keys..., values..., idx, pos, span), from a
     library only this user can have written (it is native code: never one others could plant).
     `let_go`: other threads run while it does (NativeStep); else torch's own runner, which holds the
     interpreter's lock but costs ~17 us less a call (v2c's one-row step: 109 against 126 us, 2-core
