@@ -112,5 +112,7 @@ def test_a_dropout_asked_for_is_kept_however_long_the_run(corpus_file, tmp_path)
     said = []
     result = train(TrainOptions(data=DataSource("file", str(corpus_file)), settings="quarter", progress=False,
                                 overrides={**TINY_OVERRIDES, "max_iters": 600, "max_seconds": None, "dropout": 0.3},
-                                out=None, stop=StopRequest(at_step=5)), log=said.append)
+                                out=None, stop=StopRequest(at_step=5), interrupt_root=str(tmp_path / "models")),
+                   log=said.append)
     assert "projected" not in "\n".join(said) and result.language_model.model.config.dropout == 0.3
+    assert tmp_path in result.saved_to.parents  # the stopped run's save, not in the checkout's models/
