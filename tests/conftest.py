@@ -31,6 +31,31 @@ os.environ["REPYTILIAN_NO_PROGRESS"] = "1"
 # The library logs the notes nobody listens for (events.note): the tests read them through caplog
 logging.getLogger("repytilian").setLevel(logging.INFO)
 
+
+def _interrupted_in_checkout() -> set[str]:
+    """The stopped runs saved in the checkout's own models/interrupted/ (where a test that forgets its
+    `interrupt_root` leaves one)."""
+    folder = ROOT / "models" / "interrupted"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _interrupted_in_checkout()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite fails if a test saved a model into the checkout (each must write under its tmp_path)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or _BEFORE not in session.config.stash:
+        return
+    left = sorted(_interrupted_in_checkout() - session.config.stash[_BEFORE])
+    if left:
+        print(f"\na test saved stopped runs into {ROOT / 'models' / 'interrupted'}: {', '.join(left)} "
+              "(give it interrupt_root under its tmp_path)", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set]()
+
 # A model small enough to train in about a second on 2 cores.
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--set", "eval_iters=2", "--set", "warmup_iters=5"]
