@@ -333,8 +333,7 @@ class CompiledStep:
         """idx (1, T), T >= 2: the next tokens of row `row` -> the last one's logits (1, vocab)."""
         length = cache.lengths[row]
         rows = [t.narrow(0, row, 1) for t in (*cache.keys, *cache.values)]
-        span = self.span[:max(MIN_SPAN, length + idx.size(1))]
-        return self.prompt.run([*rows, idx.contiguous(), torch.tensor([length]), span])[0]
+        return self.prompt.run([*rows, idx.contiguous(), torch.tensor([length]), self._span(length + idx.size(1))])[0]
 
     def __call__(self, idx: torch.Tensor, cache: KVCache, first: int = 0) -> torch.Tensor:
         """idx (B, 1): the next token of rows first..first+B-1, each at its own length -> logits
@@ -346,6 +345,10 @@ class CompiledStep:
             rows = [t.narrow(0, first, count) for t in (*cache.keys, *cache.values)]
             self._inputs = (cache, first, count, rows)
         pos = self.pos.fill_(lengths[0]) if count == 1 else torch.tensor(lengths, dtype=torch.long)
-        span = self.span[:max(MIN_SPAN, max(lengths) + 1)] if self.block > MIN_SPAN else self.span
         # contiguous: the library reads its inputs as laid out when it was built, and checks nothing
-        return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx.contiguous(), pos, span])[0]
+        return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx.contiguous(), pos,
+                                                            self._span(max(lengths) + 1)])[0]
+
+    def _span(self, end: int) -> torch.Tensor:
+        """The span input for rows whose longest ends at position `end` - 1 (FixedCache)."""
+        return self.span[:max(MIN_SPAN, end)] if self.block > MIN_SPAN else self.span
