@@ -167,7 +167,46 @@ class Batch:
         self.ids = chosen_ids
         return chosen
 
+    @torch.no_grad()
+    def steps_alone(self, most: int, end: int | None) -> tuple[Seq, list[int], list[float]] | None:
+        """Up to `most` next tokens at once of the batch's one sequence (fewer after `end` or where
+        its window fills), with their log-probabilities, where its decoder's built step takes
+        several in a row (Decoder.tokens: greedy, or sampled without a seed: a seeded sequence
+        draws from its own generator here, so that its tokens are the same in a batch); else None.
+        `self.logits` is not kept for them."""
+        if len(self.rows) != 1 or not self.use_cache or self.decoder.compiled is None:
+            return None
+        seq = self.rows[0]
+        if seq.group.generator is not None and seq.group.sampling.temperature > 0:
+            return None
+        self._prefill_joined()
+        made = self.decoder.tokens(seq.tokens[-1], most, end, seq.group.sampling, self._never_mask())
+        if made is None:
+            return None
+        seq.tokens += made[0]
+        seq.steps += len(made[0])
+        return seq, *made
+
+    def _never_mask(self) -> torch.Tensor | None:
+        """`never` as a flag a vocabulary id (uint8), for the decoding loop."""
+        if self.never is None:
+            return None
+        mask = torch.zeros(self.model.config.vocab_size, dtype=torch.uint8)
+        mask[self.never] = 1
+        return mask
+
     def _logits_cached(self) -> torch.Tensor:
+        decoder = self.decoder
+        self._prefill_joined()
+        if len(self.rows) == 1:  # one sequence: its token into a tensor kept for that (13 us less a step)
+            last = self._one.fill_(self.rows[0].tokens[-1])
+        else:
+            last = torch.tensor([[s.tokens[-1]] for s in self.rows], dtype=torch.long, device=self.device)
+        return decoder.forward(last)
+
+    def _prefill_joined(self) -> None:
+        """The prompts of the groups that joined since the last step, and the windows that filled
+        up, into the cache: then every sequence has one token the cache does not hold (its last)."""
         decoder = self.decoder
         decoder.ensure_rows(len(self.rows))
         fresh = [group for group in self.groups if group.fresh]  # joined since the last step
@@ -180,11 +219,6 @@ class Batch:
         for group in fresh:  # its other samples share the prompt: copied, not computed again
             for seq in group.seqs[1:]:
                 decoder.cache.copy_row(group.seqs[0].row, seq.row)
-        if len(self.rows) == 1:  # one sequence: its token into a tensor kept for that (13 us less a step)
-            last = self._one.fill_(self.rows[0].tokens[-1])
-        else:
-            last = torch.tensor([[s.tokens[-1]] for s in self.rows], dtype=torch.long, device=self.device)
-        return decoder.forward(last)
 
     def _prefill(self, seqs: list[Seq]) -> None:
         """Each sequence's window but its last token into its row; neighbouring rows of one length in one call."""

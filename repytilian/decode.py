@@ -30,6 +30,7 @@ from .decode_compiled import CompiledStep
 from .dropout import Dropout
 from .model import GPT
 from .runtime.precision import PROBE_SECONDS, decoding_dtype
+from .sampling import SamplingOptions
 
 
 class DecodingLinear:
@@ -196,6 +197,14 @@ class Decoder:
         with torch.inference_mode(), _without_onednn(skip_onednn):
             logits, _ = self.model(idx, last_only=True, cache=self.cache.rows(first, idx.size(0)))
         return logits[:, -1, :].float()
+
+    def tokens(self, last: int, count: int, end: int | None, sampling: SamplingOptions,
+               never: torch.Tensor | None) -> tuple[list[int], list[float]] | None:
+        """Up to `count` next tokens of row 0 (after `last`, not in the cache yet) at once, and their
+        log-probabilities, where its built step's loop takes them (CompiledStep.tokens); else None."""
+        if self.compiled is None:
+            return None
+        return self.compiled.tokens(last, self.cache, count, end, sampling, never)
 
     def _through_built_step(self, idx: torch.Tensor, first: int) -> torch.Tensor | None:
         """idx's positions one at a time through the built step (a step, or a short prompt), or None

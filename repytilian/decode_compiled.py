@@ -61,12 +61,14 @@ import torch
 from torch import nn
 
 from .attention import KVCache
+from .decode_loop import TokenLoop
 from .events import note
 from .model import GPT
 from .runtime.cpu import cpu_name
 from .runtime.fileio import atomic_output
 from .runtime.native_step import load
 from .runtime.paths import cache_dir
+from .sampling import SamplingOptions
 
 KEEP = 8  # built steps kept in the cache folder (6-50 MB each for the shipped shapes)
 ROWS_EXAMPLE, MAX_ROWS = 8, 4096  # the batch step: exported with 8 rows, runs any count from 2 to 4,096
@@ -299,6 +301,7 @@ class CompiledStep:
         self.span = torch.zeros(self.block)  # its first `span` positions give the attention's span
         self._inputs: tuple = (None, 0, 0, [])  # the cache last seen, first row, row count, those rows' tensors
         self.small = sum(p.numel() for p in model.parameters()) * 4 <= SMALL_MODEL_BYTES
+        self._loop: TokenLoop | None | bool = False  # made at first use; None where it cannot be
 
     def found(self) -> bool:
         """Whether either library is already built here."""
@@ -348,6 +351,24 @@ class CompiledStep:
         # contiguous: the library reads its inputs as laid out when it was built, and checks nothing
         return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx.contiguous(), pos,
                                                             self._span(max(lengths) + 1)])[0]
+
+    def tokens(self, last: int, cache: KVCache, count: int, end: int | None, sampling: SamplingOptions,
+               never: torch.Tensor | None) -> tuple[list[int], list[float]] | None:
+        """Up to `count` next tokens of the cache's row 0, whose last token `last` it does not hold
+        yet, chosen in C (decode_loop.py: greedy or unseeded sampling), and their
+        log-probabilities; fewer after `end` or once the window is full. None where the one-row
+        step or the loop is missing, or the window is full already."""
+        if self.one.run is None or cache.lengths[0] >= self.block:
+            return None
+        if self._loop is False:
+            self._loop = TokenLoop.make(self.one.path, self.model.config.vocab_size)
+        if self._loop is None:
+            return None
+        inputs = [*(t.narrow(0, 0, 1) for t in (*cache.keys, *cache.values)), torch.tensor([[last]]),
+                  torch.tensor([cache.lengths[0]])]
+        ids, logprobs = self._loop.tokens(inputs, self.span, MIN_SPAN, count, end, sampling, never)
+        cache.lengths[0] += len(ids)
+        return ids, logprobs
 
     def _span(self, end: int) -> torch.Tensor:
         """The span input for rows whose longest ends at position `end` - 1 (FixedCache)."""

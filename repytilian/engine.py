@@ -246,8 +246,12 @@ class Engine:
         return job, events
 
     def step(self, batch: Batch) -> list[tuple[Job, Event]]:
-        """One token for every sequence in the batch; the events of their requests."""
-        out: list[tuple[Job, Event]] = []
+        """One token for every sequence in the batch (several for a sequence alone, where its
+        built step's loop takes them: `_steps_alone`); the events of their requests."""
+        out = self._steps_alone(batch)
+        if out is not None:
+            return self._interruptions(batch, out)
+        out = []
         chosen = batch.step()
         # the chosen tokens' log-probabilities, where a request asks: every row's at once, gathered
         # by the chosen ids as a tensor (indexing by Python lists cost ~10 us more a step)
@@ -263,6 +267,33 @@ class Engine:
                 out.append((job, row.end(LENGTH)))
             if row.ended:
                 batch.drop(seq)
+        return self._interruptions(batch, out)
+
+    def _steps_alone(self, batch: Batch) -> list[tuple[Job, Event]] | None:
+        """Up to TOKENS_AT_ONCE tokens of a batch's one sequence through its built step's loop
+        (Batch.steps_alone: ~3x fewer microseconds a token for the shipped models), or None where
+        the loop does not take it (then a token at a time). Tokens past the sequence's end (a stop
+        string) are computed but never shown."""
+        if len(batch) != 1 or batch.rows[0].group.owner.request.alternatives > 0:
+            return None
+        seq = batch.rows[0]
+        job: Job = seq.group.owner
+        made = batch.steps_alone(min(TOKENS_AT_ONCE, job.request.max_new_tokens - seq.steps), self.tokenizer.eos_id)
+        if made is None:
+            return None
+        _, tokens, logprobs = made
+        row, out = job.rows[seq.sample], []
+        for n, (token, logprob) in enumerate(zip(tokens, logprobs), start=seq.steps - len(tokens) + 1):
+            out += [(job, event) for event in row.take(token, logprob if job.want_logprobs else None, [])]
+            if not row.ended and n >= job.request.max_new_tokens:
+                out.append((job, row.end(LENGTH)))
+            if row.ended:
+                batch.drop(seq)
+                break
+        return out
+
+    def _interruptions(self, batch: Batch, out: list[tuple[Job, Event]]) -> list[tuple[Job, Event]]:
+        """`out`, and the Ended events of the requests cancelled or past their deadline (they leave the batch)."""
         for group in list(batch.groups):
             job = group.owner
             reason = _interrupted(job)
@@ -323,6 +354,7 @@ class DecoderPool:
 
 
 MAX_SPARE_DECODERS = 2
+TOKENS_AT_ONCE = 16  # through the decoding loop: an unseen stop string or a cancellation costs at most this many steps
 
 
 def shown_text(tokenizer: Tokenizer, prompt_text: str, prompt_ids: list[int], ids: Sequence[int],

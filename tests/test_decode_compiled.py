@@ -403,3 +403,59 @@ def test_a_wide_models_step_holds_its_matrices_as_the_eager_decoder_does(tmp_pat
     assert (tmp_path / "decoding-steps" / f"{decode_compiled.step_digest(model, step.dtype)}.so").exists()
     assert compiled == greedy(False, step.dtype)
     decode_compiled._machine.cache_clear()
+
+
+def _events(lm, request):
+    tokens, ended = [], None
+    for event in lm.engine.run(request):
+        if isinstance(event, Token):
+            tokens.append((event.id, event.text, event.logprob))
+        elif type(event).__name__ == "Ended":
+            ended = (event.reason, event.tokens, event.text)
+    return tokens, ended
+
+
+@pytest.mark.slow
+def test_a_lone_request_takes_several_tokens_a_call_through_the_decoding_loop(built, monkeypatch):
+    """Greedy, with log-probabilities, a stop string, a window that slides (context 16) and a
+    token budget that ends mid-call: the same events as a token at a time, in fewer calls."""
+    from repytilian.decode_loop import TokenLoop
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    lm = LanguageModel(built["model"], built["tokenizer"])
+    calls = []
+    loop_tokens = TokenLoop.tokens
+    monkeypatch.setattr(TokenLoop, "tokens", lambda self, *a, **k: calls.append(a[2]) or loop_tokens(self, *a, **k))
+    requests = [lambda: Request(lm.encode_prompt("the cat"), 45, SamplingOptions(temperature=0), logprobs=True),
+                lambda: Request(lm.encode_prompt("a dog"), 40, SamplingOptions(temperature=0), stop=("g" * 20,))]
+    looped = [_events(lm, request()) for request in requests]
+    assert calls and len(calls) < 45 // 4  # up to 16 tokens a call; windows of 16 cut some short
+    assert looped[0][1] == ("length", 45, "") and looped[1][1][0] == "stop"
+    monkeypatch.setattr(decode_compiled.CompiledStep, "tokens", lambda *a, **k: None)  # a token at a time
+    one_at_a_time = [_events(lm, request()) for request in requests]
+    for (got, got_end), (want, want_end) in zip(looped, one_at_a_time):
+        assert [t[:2] for t in got] == [t[:2] for t in want] and got_end == want_end
+    assert all(abs(a[2] - b[2]) < 1e-4 for a, b in zip(looped[0][0], one_at_a_time[0][0]))
+    assert {t[2] for t in looped[1][0]} == {t[2] for t in one_at_a_time[1][0]} == {None}  # not asked for
+
+
+@pytest.mark.slow
+def test_the_loop_samples_unseeded_requests_and_leaves_seeded_ones_to_the_batch(built, monkeypatch):
+    """Sampling without a seed goes through the loop; a seeded request a token at a time, so its
+    text stays the one it gets in a batch of others (and eagerly)."""
+    from repytilian.decode_loop import TokenLoop
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    lm = LanguageModel(built["model"], built["tokenizer"])
+    calls = []
+    loop_tokens = TokenLoop.tokens
+    monkeypatch.setattr(TokenLoop, "tokens", lambda self, *a, **k: calls.append(1) or loop_tokens(self, *a, **k))
+    unseeded, _ = _events(lm, Request(lm.encode_prompt("the"), 30, SamplingOptions(temperature=1.0)))
+    assert calls and len(unseeded) == 30
+    calls.clear()
+    seeded = _events(lm, Request(lm.encode_prompt("the"), 30, SamplingOptions(temperature=1.0, seed=5)))
+    assert not calls
+    eager = LanguageModel(built["model"], built["tokenizer"])
+    eager.engine.compile = False
+    assert [t[0] for t in seeded[0]] == [t[0] for t in _events(eager, Request(
+        eager.encode_prompt("the"), 30, SamplingOptions(temperature=1.0, seed=5)))[0]]

@@ -55,7 +55,7 @@ FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]+|-[a-zA-Z]{1,2})(?![\w-])")
 # Where quoting a command line is the point: the command line itself; the server, which words its
 # own messages for its users; the model card, a document for people with the commands that use the
 # folder; the scripts' start-up check (pip's -e); the C compiler's command line (its -o and -lm).
-WORDS_OF_THEIR_OWN = ("cli/", "serve/", "store/card.py", "_bootstrap.py", "runtime/fused_attention.py")
+WORDS_OF_THEIR_OWN = ("cli/", "serve/", "store/card.py", "_bootstrap.py", "runtime/native_build.py")
 
 
 def _messages(tree: ast.Module):

@@ -24,12 +24,8 @@ puts that into dropout.py: a training run on a CPU installs it where its model h
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,9 +33,7 @@ import torch
 
 from .. import attention, dropout
 from ..events import note
-from .cpu import cpu_flags, cpu_name
-from .fileio import shareable
-from .paths import cache_dir
+from . import native_build
 from .precision import machine_key, read_choices, remember_choices
 
 SOURCE = Path(__file__).with_name("fused_attention.c")
@@ -53,7 +47,6 @@ FLAG_SETS = (
 )
 COMMON_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
                 "-ffinite-math-only", "-shared", "-fPIC"]
-BUILD_SECONDS = 120
 _M32 = 0xFFFFFFFF
 _LEVELS = 1 << 16  # a weight's draw: 16 bits, as dropout.py's
 _TAKES = (torch.float32, torch.bfloat16)
@@ -196,44 +189,9 @@ def _load() -> ctypes.CDLL | None:
     return lib
 
 
-def _machine() -> str:
-    """What -march=native builds for: the CPU's name and flags (where Linux says them)."""
-    return f"{cpu_name()} {platform.machine()} {sorted(cpu_flags() or ())}"
-
-
-def _compiler() -> str:
-    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not found:
-        raise RuntimeError("no C compiler (cc, gcc or clang) found")
-    return found
-
-
 def _built() -> Path:
     """The library for this machine and source, built into the cache folder unless it is there."""
-    compiler = _compiler()
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(b"\0".join([source, compiler.encode(), _machine().encode(),
-                                        repr((FLAG_SETS, COMMON_FLAGS)).encode()])).hexdigest()[:16]
-    path = cache_dir() / "native" / f"fused_attention-{digest}.so"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for flags in FLAG_SETS:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run([compiler, *flags, *COMMON_FLAGS, "-o", tmp, str(SOURCE), "-lm"],
-                                  capture_output=True, text=True, timeout=BUILD_SECONDS)
-            if done.returncode == 0:
-                shareable(tmp)
-                os.replace(tmp, path)  # whole or not at all: another process may be loading it
-                return path
-            errors.append((done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise RuntimeError(f"{compiler} failed: {errors[-1]}")
+    return native_build.built(SOURCE, FLAG_SETS, COMMON_FLAGS)
 
 
 # --- the operators: opaque to torch.compile, differentiable ---

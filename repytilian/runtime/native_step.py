@@ -19,11 +19,17 @@ def load(path: Path, let_go: bool = True) -> Callable[[list[torch.Tensor]], list
     `let_go`: other threads run while it does (NativeStep); else torch's own runner, which holds the
     interpreter's lock but costs ~17 us less a call (v2c's one-row step: 109 against 126 us, 2-core
     AVX2 EPYC), the better for the one-row step, a tenth of a millisecond that nothing waits on."""
+    check_owned(path)
+    return NativeStep(path) if let_go else torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1).run
+
+
+def check_owned(path: Path) -> None:
+    """A PermissionError unless `path` and its folder are this user's alone (native code is loaded
+    only from where no one else can have planted it)."""
     for where in (path, path.parent):
         st = where.stat()
         if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & stat.S_IWOTH):
             raise PermissionError(f"{where} is not this user's alone")
-    return NativeStep(path) if let_go else torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1).run
 
 
 class NativeStep:
@@ -41,6 +47,11 @@ class NativeStep:
         self._run.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
                               ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
         weakref.finalize(self, lib.AOTInductorModelContainerDelete, handle)
+
+    @property
+    def entry(self) -> tuple[int, int]:
+        """(the library's run function, this instance's container): what C code calls it with."""
+        return ctypes.cast(self._run, ctypes.c_void_p).value, self._handle.value
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         # a new handle (at::Tensor*) for each input: the library takes them over, and frees them

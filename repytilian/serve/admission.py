@@ -25,7 +25,6 @@ import contextlib
 import json
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -201,7 +200,8 @@ class Server:
     def request(self, body: dict[str, Any], ids: list[int], default_max: int, stop: list[str] | None = None,
                 max_name: str = "max_tokens") -> Request:
         """The engine's request for a JSON body. Sampling fields left out take SamplingOptions's
-        defaults, as on the command line and in Python; a request without a seed gets a fresh one."""
+        defaults, as on the command line and in Python; a request without a seed draws from the
+        process's generator (and, decoding alone, through the decoding loop: decode_loop.py)."""
         lim, defaults = self.limits, SamplingOptions()
         max_tokens = whole(body, max_name, default_max, 0, lim.max_tokens)
         top_p = number(body, "top_p", defaults.top_p, 0.0, 1.0)
@@ -213,7 +213,7 @@ class Server:
         sampling = SamplingOptions(temperature=number(body, "temperature", defaults.temperature, 0.0, 2.0),
                                    top_k=whole(body, "top_k", defaults.top_k, 0, 1_000_000),  # not OpenAI's; 0 is off
                                    top_p=top_p,
-                                   seed=seed if seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "big"))
+                                   seed=seed)
         return Request(ids, max_tokens, sampling, whole(body, "n", 1, 1, lim.max_n),
                        stop_strings(body.get("stop")) + list(stop or []), logprobs=True, max_seconds=lim.max_seconds)
 

@@ -1,0 +1,177 @@
+/* Several tokens of one sequence through a built decoding step, with no Python in between.
+
+   A built step (decode_compiled.py) computes a token's logits in ~70-100 us for the shipped
+   models, but each token through the generation engine also cost ~150 us of Python around it:
+   the call, sampling in half a dozen small tensor operations, the batch's bookkeeping. This loop
+   calls the step's library itself, chooses each next token here and feeds it back, so the
+   engine's Python runs once per `count` tokens instead of once per token (decode_loop.py).
+
+   It chooses as sampling.py does, for the requests it is given: greedy (temperature 0: the first
+   likeliest token, exactly as torch's argmax), or drawn under temperature, top-k and top-p by the
+   exponential race (sampling.first_arrival) on waiting times drawn by torch beforehand. It is
+   given no seeded request: a seeded request's tokens must not depend on whether it decodes alone
+   or in a batch, and only one implementation of sampling can promise that to the last bit.
+
+   Torch's C interface (aoti_torch_*) and the library's entry point come in as function pointers
+   from the process that loaded them: nothing here links to torch. */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef void *Tensor;  /* torch's AtenTensorHandle: an owned reference to a tensor */
+
+typedef struct {
+    int32_t (*new_handle)(Tensor orig, Tensor *fresh);
+    int32_t (*from_blob)(void *data, int64_t ndim, const int64_t *sizes, const int64_t *strides, int64_t offset,
+                         int32_t dtype, int32_t device_type, int32_t device_index, Tensor *made);
+    int32_t (*data_ptr)(Tensor t, void **data);
+    int32_t (*release)(Tensor t);
+    int32_t (*run)(void *container, Tensor *inputs, size_t n_inputs, Tensor *outputs, size_t n_outputs,
+                   void *stream, void *proxy);
+    void *container;
+    int32_t float32, cpu;
+} Torch;
+
+typedef struct {
+    double temperature;      /* 0: greedy */
+    int64_t top_k;           /* 0: off */
+    double top_p;            /* 1: off */
+    const float *noise;      /* (count, vocab) exponential waiting times, when sampling */
+    const uint8_t *never;    /* vocab flags of ids never chosen (a padded vocabulary's), or NULL */
+} Choice;
+
+enum { STEP_FAILED = -1, NOT_A_NUMBER = -2, NO_MEMORY = -3 };
+
+/* The k-th largest of n values (1 <= k <= n), by selection; `a` is reordered. */
+static float kth_largest(float *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float pivot = a[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > pivot) i++;
+            while (a[j] < pivot) j--;
+            if (i <= j) { float t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j; else if (want >= i) lo = i; else return a[want];
+    }
+    return a[want];
+}
+
+typedef struct { float w; int64_t id; } Weighed;
+
+static int by_weight_descending(const void *x, const void *y) {
+    const Weighed *a = (const Weighed *)x, *b = (const Weighed *)y;
+    if (a->w != b->w) return a->w < b->w ? 1 : -1;
+    return a->id < b->id ? -1 : 1;  /* ties: the lower id first */
+}
+
+/* The next token from one row of logits, or NOT_A_NUMBER; its log-probability (of the logits as
+   given: before temperature and filtering, as the engine reports it) into *logprob. `w` and `order`
+   are vocab-long scratch space (floats and pairs). Greedy is torch's argmax over the allowed ids (a NaN counts as the
+   largest, the first of equals wins); sampling refuses NaN and +inf, whose probabilities torch's
+   softmax makes NaN (sampling.first_arrival). */
+static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const float *noise,
+                      float *w, Weighed *order, float *logprob) {
+    float top = -INFINITY;
+    int64_t best = -1, invalid = 0;
+    for (int64_t i = 0; i < vocab; i++) {
+        float l = logits[i];
+        if (c->never && c->never[i]) continue;
+        if (isnan(l) || l == INFINITY) invalid = 1;
+        if (best < 0 || (!isnan(top) && (isnan(l) || l > top))) { top = l; best = i; }
+    }
+    if (best < 0 || (c->temperature > 0 && (invalid || top == -INFINITY))) return NOT_A_NUMBER;
+    double total = 0.0;
+    for (int64_t i = 0; i < vocab; i++)
+        if (!(c->never && c->never[i])) total += exp((double)logits[i] - top);
+    double log_total = top + log(total);
+    if (c->temperature > 0) {
+        float t = (float)c->temperature, floor_ = -INFINITY;
+        for (int64_t i = 0; i < vocab; i++) w[i] = (c->never && c->never[i]) ? -INFINITY : logits[i] / t;
+        if (c->top_k > 0 && c->top_k < vocab) {  /* below the k-th likeliest: out (sampling.probabilities) */
+            float *copy = (float *)malloc((size_t)vocab * sizeof(float));
+            if (!copy) return NO_MEMORY;
+            memcpy(copy, w, (size_t)vocab * sizeof(float));
+            floor_ = kth_largest(copy, vocab, c->top_k);
+            free(copy);
+        }
+        float high = -INFINITY;
+        for (int64_t i = 0; i < vocab; i++) {
+            if (w[i] < floor_) w[i] = -INFINITY;
+            if (w[i] > high) high = w[i];
+        }
+        double sum = 0.0;
+        for (int64_t i = 0; i < vocab; i++) { w[i] = w[i] == -INFINITY ? 0.0f : expf(w[i] - high); sum += w[i]; }
+        for (int64_t i = 0; i < vocab; i++) w[i] = (float)(w[i] / sum);
+        if (c->top_p < 1.0) {  /* drop a token once the likelier ones reach top_p; the likeliest stays */
+            int64_t kept = 0;
+            for (int64_t i = 0; i < vocab; i++) if (w[i] > 0) order[kept++] = (Weighed){w[i], i};
+            qsort(order, (size_t)kept, sizeof(Weighed), by_weight_descending);
+            double before = 0.0;
+            for (int64_t r = 0; r < kept; r++) {
+                if (before >= c->top_p) w[order[r].id] = 0.0f;
+                before += order[r].w;
+            }
+        }
+        float race = -1.0f;  /* the first to arrive: the largest weight over its waiting time */
+        for (int64_t i = 0; i < vocab; i++) {
+            if (w[i] <= 0) continue;
+            float arrival = w[i] / fmaxf(noise[i], FLT_MIN);
+            if (arrival > race) { race = arrival; best = i; }
+        }
+    }
+    *logprob = (float)((double)logits[best] - log_total);
+    return best;
+}
+
+/* choose() on its own, for tests: the id (or a negative error), its log-probability in *logprob. */
+int64_t choose_token(const float *logits, int64_t vocab, const Choice *c, float *logprob) {
+    float *w = (float *)malloc((size_t)vocab * sizeof(float));
+    Weighed *order = (Weighed *)malloc((size_t)vocab * sizeof(Weighed));
+    int64_t id = w && order ? choose(logits, vocab, c, c->noise, w, order, logprob) : NO_MEMORY;
+    free(w);
+    free(order);
+    return id;
+}
+
+/* Up to `count` tokens of one row: each step takes the row's cache (the first n_inputs handles,
+   the library's inputs but the span: keys and values a layer, then the token and its position,
+   whose data are `token` and `position`) and the span (the first max(min_span, position + 1)
+   values of `span`; the whole `block` where block <= min_span). Stops after an `end` token, or
+   once the row's window is full. Returns the tokens made (ids[], logprobs[]) or a negative error. */
+int64_t decode_tokens(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t *token, int64_t *position,
+                      float *span, int64_t min_span, int64_t block, int64_t vocab, int64_t count, int64_t end,
+                      const Choice *c, int64_t *ids, float *logprobs) {
+    float *w = (float *)malloc((size_t)vocab * sizeof(float));
+    Weighed *order = (Weighed *)malloc((size_t)vocab * sizeof(Weighed));
+    Tensor *step = (Tensor *)malloc((size_t)(n_inputs + 1) * sizeof(Tensor));
+    int64_t made = 0, one = 1;
+    if (!w || !order || !step) { made = NO_MEMORY; goto done; }
+    while (made < count && *position < block) {
+        for (int64_t i = 0; i < n_inputs; i++)
+            if (t->new_handle(inputs[i], &step[i])) { made = STEP_FAILED; goto done; }
+        int64_t attended = block > min_span ? (*position + 1 > min_span ? *position + 1 : min_span) : block;
+        if (t->from_blob(span, 1, &attended, &one, 0, t->float32, t->cpu, 0, &step[n_inputs])) {
+            made = STEP_FAILED; goto done;
+        }
+        Tensor out;
+        if (t->run(t->container, step, (size_t)(n_inputs + 1), &out, 1, NULL, NULL)) { made = STEP_FAILED; goto done; }
+        float *logits;
+        t->data_ptr(out, (void **)&logits);
+        int64_t next = choose(logits, vocab, c, c->noise ? c->noise + made * vocab : NULL, w, order, &logprobs[made]);
+        t->release(out);
+        if (next < 0) { made = next; goto done; }
+        ids[made++] = next;
+        *token = next;
+        *position += 1;
+        if (next == end) break;
+    }
+done:
+    free(w);
+    free(order);
+    free(step);
+    return made;
+}

@@ -1,0 +1,166 @@
+"""Several tokens of one sequence through its built one-row step, chosen and fed back in C
+(decode_loop.c), for the greedy and unseeded requests that decode alone.
+
+Through the generation engine, a token of a small model cost about three times its built step:
+v2c 249 us a token against a 75 us step (2-core Xeon with AMX, 2026-12-04), the rest being
+Python around each step. Here the engine's Python runs once for up to engine.TOKENS_AT_ONCE tokens.
+
+The C file is built like fused_attention.c (runtime/native_build.py) and loaded with ctypes; it
+reaches torch and the step's library through function pointers found here. It gets its own
+instance of the step's library (a second copy of the weights that the library holds: the one the
+engine calls a step at a time is torch's runner, ~11 us a call faster than ctypes from Python).
+Where anything is missing (no compiler, REPYTILIAN_NO_NATIVE, a platform without the library's C
+interface) `TokenLoop.make` gives None and tokens go one at a time as before, with a note once.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .errors import RepytilianError
+from .events import note
+from .runtime import native_build
+from .runtime.native_step import NativeStep, check_owned
+from .sampling import SamplingOptions
+
+SOURCE = Path(__file__).with_name("decode_loop.c")
+FLAG_SETS = (["-O2"],)
+COMMON_FLAGS = ["-shared", "-fPIC"]
+NOT_A_NUMBER, ERRORS = -2, {-1: "the built decoding step failed", -3: "out of memory"}  # decode_loop.c's
+
+
+class _Torch(ctypes.Structure):
+    _fields_ = [("new_handle", ctypes.c_void_p), ("from_blob", ctypes.c_void_p), ("data_ptr", ctypes.c_void_p),
+                ("release", ctypes.c_void_p), ("run", ctypes.c_void_p), ("container", ctypes.c_void_p),
+                ("float32", ctypes.c_int32), ("cpu", ctypes.c_int32)]
+
+
+class _Choice(ctypes.Structure):
+    _fields_ = [("temperature", ctypes.c_double), ("top_k", ctypes.c_int64), ("top_p", ctypes.c_double),
+                ("noise", ctypes.c_void_p), ("never", ctypes.c_void_p)]
+
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _library() -> ctypes.CDLL | None:
+    """This machine's build of decode_loop.c, loaded once a process; None (with a note) where it cannot be had."""
+    global _lib, _tried
+    if _tried or os.environ.get("REPYTILIAN_NO_NATIVE"):
+        return _lib if not os.environ.get("REPYTILIAN_NO_NATIVE") else None
+    _tried = True
+    try:
+        path = native_build.built(SOURCE, FLAG_SETS, COMMON_FLAGS)
+        check_owned(path)
+        lib = ctypes.CDLL(str(path))
+        torch_lib = ctypes.CDLL(_torch_library())
+        lib.torch_calls = [ctypes.cast(getattr(torch_lib, f"aoti_torch_{name}"), ctypes.c_void_p).value
+                           for name in ("new_tensor_handle", "create_tensor_from_blob", "get_data_ptr",
+                                        "delete_tensor_object")]
+        lib.codes = (torch_lib.aoti_torch_dtype_float32(), torch_lib.aoti_torch_device_type_cpu())
+        lib.release = torch_lib.aoti_torch_delete_tensor_object
+        lib.release.argtypes = [ctypes.c_void_p]
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
+        note(f"note: the decoding loop could not be built or loaded ({type(e).__name__}: "
+             f"{(str(e).splitlines() or [''])[0][:160]}); built steps decode a token at a time")
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.decode_tokens.argtypes = [ctypes.POINTER(_Torch), p, i64, p, p, p, i64, i64, i64, i64, i64,
+                                  ctypes.POINTER(_Choice), p, p]
+    lib.decode_tokens.restype = i64
+    lib.choose_token.argtypes = [p, i64, ctypes.POINTER(_Choice), p]
+    lib.choose_token.restype = i64
+    _lib = lib
+    return lib
+
+
+def choose(logits: torch.Tensor, sampling: SamplingOptions, noise: torch.Tensor | None = None,
+           never: torch.Tensor | None = None) -> tuple[int, float]:
+    """The loop's choice from one row of float32 logits (vocab,), with these exponential waiting
+    times where it samples, and its log-probability: what sampling.py chooses (tests check one
+    against the other). A RepytilianError for NaN, as sampling.first_arrival; an OSError where
+    the library cannot be had."""
+    lib = _library()
+    if lib is None:
+        raise OSError("the decoding loop is not available here")
+    logits = logits.float().contiguous()
+    noise = None if noise is None else noise.float().contiguous()
+    choice = _choice(sampling, noise, never)
+    logprob = torch.empty(1)
+    made = lib.choose_token(logits.data_ptr(), logits.numel(), ctypes.byref(choice), logprob.data_ptr())
+    _check(made)
+    return made, logprob.item()
+
+
+def _choice(sampling: SamplingOptions, noise: torch.Tensor | None, never: torch.Tensor | None) -> _Choice:
+    return _Choice(sampling.temperature, sampling.top_k or 0, sampling.top_p,
+                   noise.data_ptr() if noise is not None else None, never.data_ptr() if never is not None else None)
+
+
+def _check(made: int) -> None:
+    if made == NOT_A_NUMBER:  # as sampling.first_arrival says it
+        raise RepytilianError("the model produced invalid probabilities (NaN); its weights may be damaged")
+    if made < 0:
+        raise RuntimeError(f"the decoding loop failed: {ERRORS.get(made, made)}")
+
+
+def _torch_library() -> str:
+    folder = Path(torch.__file__).parent / "lib"
+    found = sorted(folder.glob("libtorch_cpu.*"))
+    if not found:
+        raise OSError(f"no libtorch_cpu in {folder}")
+    return str(found[0])
+
+
+class TokenLoop:
+    """The one-row step's library, a second instance, called from C for several tokens at once."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path, vocab: int):
+        self._lib, self.vocab = lib, vocab
+        self._step = NativeStep(path)  # keeps the instance (and the library) alive
+        self._torch = _Torch(*lib.torch_calls, *self._step.entry, *lib.codes)
+
+    @classmethod
+    def make(cls, path: Path, vocab: int) -> TokenLoop | None:
+        """The loop over the one-row step built at `path` (checked as native_step.load does), or None."""
+        lib = _library()
+        if lib is None:
+            return None
+        try:
+            check_owned(path)
+            return cls(lib, path, vocab)
+        except (OSError, RuntimeError) as e:
+            note(f"note: the decoding loop could not load the built step ({type(e).__name__}: {e}); "
+                 "built steps decode a token at a time")
+            return None
+
+    def tokens(self, inputs: list[torch.Tensor], span: torch.Tensor, min_span: int, count: int, end: int | None,
+               sampling: SamplingOptions, never: torch.Tensor | None) -> tuple[list[int], list[float]]:
+        """Up to `count` next tokens of the row whose step inputs (keys and values a layer, the
+        token (1, 1), its position (1,): changed in place as tokens are made) are `inputs`, and
+        their log-probabilities. Fewer after `end`, or once the window is full (position = block)."""
+        token, position = inputs[-2], inputs[-1]
+        block, vocab = span.numel(), self.vocab
+        noise = torch.empty(count, vocab).exponential_() if sampling.temperature > 0 else None
+        choice = _choice(sampling, noise, never)
+        ids, logprobs = torch.empty(count, dtype=torch.int64), torch.empty(count, dtype=torch.float32)
+        handles = [_address(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(inputs)]
+        try:
+            made = self._lib.decode_tokens(ctypes.byref(self._torch), (ctypes.c_void_p * len(handles))(*handles),
+                                           len(handles), token.data_ptr(), position.data_ptr(), span.data_ptr(),
+                                           min_span, block, vocab, count, -1 if end is None else end,
+                                           ctypes.byref(choice), ids.data_ptr(), logprobs.data_ptr())
+        finally:
+            for h in handles:
+                self._lib.release(h)
+        _check(made)
+        return ids[:made].tolist(), logprobs[:made].tolist()
+
+
+_address = ctypes.pythonapi.PyCapsule_GetPointer  # torch hands tensor handles over as capsules
+_address.restype, _address.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]

@@ -1,0 +1,65 @@
+"""The decoding loop's choice of each token (decode_loop.c): sampling.py's, for the same waiting
+times; and a loop that cannot be built leaves a note and decoding a token at a time."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repytilian import decode_loop
+from repytilian.errors import RepytilianError
+from repytilian.events import notes_to
+from repytilian.sampling import SamplingOptions, first_arrival, probabilities
+
+
+@pytest.fixture(scope="module", autouse=True)
+def library():
+    if decode_loop._library() is None:
+        pytest.skip("decode_loop.c could not be built here (no C compiler)")
+
+
+def test_it_chooses_what_sampling_chooses_for_the_same_waiting_times():
+    """Random logits, temperatures, top-k (off, below and above the vocabulary), top-p and ids
+    never chosen: the same id as sampling.py's exponential race, torch's argmax when greedy, and
+    the log-probability of the logits as given."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(400):
+        vocab = int(torch.randint(2, 300, (1,), generator=g))
+        logits = torch.randn(vocab, generator=g) * float(torch.rand(1, generator=g) * 5)
+        options = SamplingOptions(temperature=0.05 + 2 * float(torch.rand(1, generator=g)),
+                                  top_k=int(torch.randint(0, vocab + 5, (1,), generator=g)),
+                                  top_p=0.05 + 0.95 * float(torch.rand(1, generator=g)) if trial % 2 else 1.0)
+        noise = torch.empty(vocab).exponential_(generator=g)
+        never, row = None, logits
+        if trial % 3 == 0:
+            never = torch.zeros(vocab, dtype=torch.uint8)
+            never[torch.randint(0, vocab, (3,), generator=g)] = 1
+            if never.all():
+                continue
+            row = logits.masked_fill(never.bool(), float("-inf"))
+        expected = int(first_arrival(probabilities(row[None], options), noise.clone()[None])[0])
+        chosen, logprob = decode_loop.choose(logits, options, noise, never)
+        assert chosen == expected, (trial, options)
+        assert logprob == pytest.approx(float(row.log_softmax(-1)[chosen]), abs=1e-4)
+        assert decode_loop.choose(logits, SamplingOptions(temperature=0), None, never)[0] == int(row.argmax())
+
+
+def test_nan_logits_are_refused_when_sampling_and_chosen_as_argmax_does_when_greedy():
+    logits = torch.tensor([0.5, float("nan"), 2.0, float("nan")])
+    with pytest.raises(RepytilianError, match="invalid probabilities"):
+        decode_loop.choose(logits, SamplingOptions(temperature=1.0), torch.ones(4))
+    with pytest.raises(RepytilianError, match="invalid probabilities"):
+        decode_loop.choose(torch.tensor([0.0, float("inf")]), SamplingOptions(temperature=1.0), torch.ones(2))
+    assert decode_loop.choose(logits, SamplingOptions(temperature=0))[0] == int(logits.argmax()) == 1
+
+
+def test_a_loop_that_cannot_be_built_says_so_once_and_none_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPYTILIAN_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setattr(decode_loop, "_lib", None)
+    monkeypatch.setattr(decode_loop, "_tried", False)
+    notes = []
+    with notes_to(notes.append):
+        assert decode_loop.TokenLoop.make(tmp_path / "step.so", 10) is None
+        assert decode_loop.TokenLoop.make(tmp_path / "step.so", 10) is None
+    assert len(notes) == 1 and "decoding loop could not be built" in notes[0].text
+    assert "a token at a time" in notes[0].text
