@@ -20,7 +20,7 @@ step by `serve --compile`), and used whenever it is there: the first build pays 
 tokens, a kept one at once.
 
 Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.so` (and `-rows.so`, `-prompt.so`), named
-by the digest of the weights, the config, torch's version and this CPU, the newest KEEP of them.
+by the digest of the weights, the config, torch's version and this CPU, for the KEEP models used last.
 It is native code built on this machine from the model's own weights: never read from a model
 folder, never shared (model folders hold weights only, loaded without running any code).
 
@@ -70,7 +70,7 @@ from .runtime.native_step import load
 from .runtime.paths import cache_dir
 from .sampling import SamplingOptions
 
-KEEP = 8  # built steps kept in the cache folder (6-50 MB each for the shipped shapes)
+KEEP = 8  # models whose built steps are kept in the cache folder (6-50 MB a step for the shipped shapes)
 ROWS_EXAMPLE, MAX_ROWS = 8, 4096  # the batch step: exported with 8 rows, runs any count from 2 to 4,096
 MIN_SPAN = 2  # export makes sizes 0 and 1 constants: a span is at least 2 positions
 PROMPT_EXAMPLE = 3  # a prompt's tokens at once (prompt steps): exported with 3, runs 2 up to the block
@@ -213,10 +213,23 @@ def build(model: GPT, rows: int | None, path: Path, dtype: torch.dtype = torch.f
 
 
 def _keep_newest(folder: Path, keep: int) -> None:
-    built = sorted((p for p in folder.glob("*.so") if not p.name.startswith(".")),  # not one being written
-                   key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in built[keep:]:
-        old.unlink(missing_ok=True)
+    """The built steps of the `keep` models used last (a model's one-row, batch and prompt steps
+    go together, by the newest of them); the others' files are removed."""
+    models: dict[str, list[Path]] = {}
+    for p in folder.glob("*.so"):
+        if not p.name.startswith("."):  # not one being written
+            models.setdefault(p.name.removesuffix(".so").split("-")[0], []).append(p)
+    newest = sorted(models.values(), key=lambda files: max(_used(p) for p in files), reverse=True)
+    for files in newest[keep:]:
+        for old in files:
+            old.unlink(missing_ok=True)
+
+
+def _used(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
 
 
 def compiled_step(model: GPT, compile: bool | None, dtype: torch.dtype | None = None) -> CompiledStep | None:

@@ -252,6 +252,20 @@ def test_the_cache_folder_keeps_the_newest_steps(tmp_path):
     assert sorted(int(p.stem) for p in tmp_path.glob("*.so")) == list(range(3, decode_compiled.KEEP + 3))
 
 
+def test_the_cache_folder_keeps_each_kept_models_three_steps_together(tmp_path):
+    """KEEP counts models, not files: a model's one-row, batch and prompt steps stay or go together
+    (with KEEP files, building three models' steps threw out the first's one-row step)."""
+    for i in range(decode_compiled.KEEP + 1):
+        for suffix in ("", "-rows", "-prompt"):
+            path = tmp_path / f"{i:040d}{suffix}.so"
+            path.write_bytes(b"x")
+            stamp = time.time() - 1000 + i + (0.5 if suffix == "-prompt" else 0)
+            os.utime(path, (stamp, stamp))
+    decode_compiled._keep_newest(tmp_path, decode_compiled.KEEP)
+    kept = sorted(p.name for p in tmp_path.glob("*.so"))
+    assert len(kept) == 3 * decode_compiled.KEEP and not any(name.startswith(f"{0:040d}") for name in kept)
+
+
 def test_a_build_that_fails_leaves_nothing_in_the_cache(built, tmp_path, monkeypatch):
     def export_fails(*args, **kwargs):
         raise RuntimeError("unsupported operator")
