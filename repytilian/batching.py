@@ -168,9 +168,10 @@ class Batch:
         return chosen
 
     @torch.no_grad()
-    def steps_alone(self, most: int, end: int | None) -> tuple[Seq, list[int], list[float]] | None:
+    def steps_alone(self, most: int, end: int | None,
+                    logprobs: bool = False) -> tuple[Seq, list[int], list[float] | None] | None:
         """Up to `most` next tokens at once of the batch's one sequence (fewer after `end` or where
-        its window fills), with their log-probabilities, where its decoder's built step takes
+        its window fills), with (`logprobs`) their log-probabilities, where its decoder's built step takes
         several in a row (Decoder.tokens: greedy, or sampled without a seed: a seeded sequence
         draws from its own generator here, so that its tokens are the same in a batch); else None.
         `self.logits` is not kept for them."""
@@ -180,7 +181,7 @@ class Batch:
         if seq.group.generator is not None and seq.group.sampling.temperature > 0:
             return None
         self._prefill_joined()
-        made = self.decoder.tokens(seq.tokens[-1], most, end, seq.group.sampling, self._never_mask())
+        made = self.decoder.tokens(seq.tokens[-1], most, end, seq.group.sampling, self._never_mask(), logprobs)
         if made is None:
             return None
         seq.tokens += made[0]

@@ -366,9 +366,9 @@ class CompiledStep:
                                                             self._span(max(lengths) + 1)])[0]
 
     def tokens(self, last: int, cache: KVCache, count: int, end: int | None, sampling: SamplingOptions,
-               never: torch.Tensor | None) -> tuple[list[int], list[float]] | None:
+               never: torch.Tensor | None, logprobs: bool) -> tuple[list[int], list[float] | None] | None:
         """Up to `count` next tokens of the cache's row 0, whose last token `last` it does not hold
-        yet, chosen in C (decode_loop.py: greedy or unseeded sampling), and their
+        yet, chosen in C (decode_loop.py: greedy or unseeded sampling), and (`logprobs`) their
         log-probabilities; fewer after `end` or once the window is full. None where the one-row
         step or the loop is missing, or the window is full already."""
         if self.one.run is None or cache.lengths[0] >= self.block:
@@ -379,9 +379,9 @@ class CompiledStep:
             return None
         inputs = [*(t.narrow(0, 0, 1) for t in (*cache.keys, *cache.values)), torch.tensor([[last]]),
                   torch.tensor([cache.lengths[0]])]
-        ids, logprobs = self._loop.tokens(inputs, self.span, MIN_SPAN, count, end, sampling, never)
-        cache.lengths[0] += len(ids)
-        return ids, logprobs
+        made = self._loop.tokens(inputs, self.span, MIN_SPAN, count, end, sampling, never, logprobs)
+        cache.lengths[0] += len(made[0])
+        return made
 
     def _span(self, end: int) -> torch.Tensor:
         """The span input for rows whose longest ends at position `end` - 1 (FixedCache)."""

@@ -8,8 +8,8 @@
 
    It chooses as sampling.py does, for the requests it is given: greedy (temperature 0: the first
    likeliest token, exactly as torch's argmax), or drawn under temperature, top-k and top-p by the
-   exponential race (sampling.first_arrival) on waiting times drawn by torch beforehand. It is
-   given no seeded request: a seeded request's tokens must not depend on whether it decodes alone
+   exponential race (sampling.first_arrival), the waiting times drawn here (splitmix64 from a seed
+   torch draws a call) for the tokens top-k and top-p leave in only. It is given no seeded request: a seeded request's tokens must not depend on whether it decodes alone
    or in a batch, and only one implementation of sampling can promise that to the last bit.
 
    Torch's C interface (aoti_torch_*) and the library's entry point come in as function pointers
@@ -38,9 +38,24 @@ typedef struct {
     double temperature;      /* 0: greedy */
     int64_t top_k;           /* 0: off */
     double top_p;            /* 1: off */
-    const float *noise;      /* (count, vocab) exponential waiting times, when sampling */
+    const float *noise;      /* (count, vocab) exponential waiting times to use (tests), or NULL: drawn */
     const uint8_t *never;    /* vocab flags of ids never chosen (a padded vocabulary's), or NULL */
+    uint64_t seed;           /* of the waiting times drawn here */
+    int32_t logprobs;        /* whether the chosen tokens' log-probabilities are wanted */
 } Choice;
+
+/* splitmix64: a small, fast generator of 64 random bits a call */
+static uint64_t next_bits(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* An exponential waiting time of rate 1: -log(u), u uniform in (0, 1] */
+static float waiting_time(uint64_t *state) {
+    return (float)-log((double)((next_bits(state) >> 11) + 1) * 0x1.0p-53);
+}
 
 enum { STEP_FAILED = -1, NOT_A_NUMBER = -2, NO_MEMORY = -3 };
 
@@ -74,7 +89,7 @@ static int by_weight_descending(const void *x, const void *y) {
    largest, the first of equals wins); sampling refuses NaN and +inf, whose probabilities torch's
    softmax makes NaN (sampling.first_arrival). */
 static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const float *noise,
-                      float *w, Weighed *order, float *logprob) {
+                      uint64_t *state, float *w, Weighed *order, float *logprob) {
     float top = -INFINITY;
     int64_t best = -1, invalid = 0;
     for (int64_t i = 0; i < vocab; i++) {
@@ -84,10 +99,6 @@ static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const
         if (best < 0 || (!isnan(top) && (isnan(l) || l > top))) { top = l; best = i; }
     }
     if (best < 0 || (c->temperature > 0 && (invalid || top == -INFINITY))) return NOT_A_NUMBER;
-    double total = 0.0;
-    for (int64_t i = 0; i < vocab; i++)
-        if (!(c->never && c->never[i])) total += exp((double)logits[i] - top);
-    double log_total = top + log(total);
     if (c->temperature > 0) {
         float t = (float)c->temperature, floor_ = -INFINITY;
         for (int64_t i = 0; i < vocab; i++) w[i] = (c->never && c->never[i]) ? -INFINITY : logits[i] / t;
@@ -119,11 +130,16 @@ static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const
         float race = -1.0f;  /* the first to arrive: the largest weight over its waiting time */
         for (int64_t i = 0; i < vocab; i++) {
             if (w[i] <= 0) continue;
-            float arrival = w[i] / fmaxf(noise[i], FLT_MIN);
+            float arrival = w[i] / fmaxf(noise ? noise[i] : waiting_time(state), FLT_MIN);
             if (arrival > race) { race = arrival; best = i; }
         }
     }
-    *logprob = (float)((double)logits[best] - log_total);
+    if (c->logprobs) {
+        float total = 0.0f;
+        for (int64_t i = 0; i < vocab; i++)
+            if (!(c->never && c->never[i])) total += expf(logits[i] - top);
+        *logprob = logits[best] - top - logf(total);
+    }
     return best;
 }
 
@@ -131,7 +147,8 @@ static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const
 int64_t choose_token(const float *logits, int64_t vocab, const Choice *c, float *logprob) {
     float *w = (float *)malloc((size_t)vocab * sizeof(float));
     Weighed *order = (Weighed *)malloc((size_t)vocab * sizeof(Weighed));
-    int64_t id = w && order ? choose(logits, vocab, c, c->noise, w, order, logprob) : NO_MEMORY;
+    uint64_t state = c->seed;
+    int64_t id = w && order ? choose(logits, vocab, c, c->noise, &state, w, order, logprob) : NO_MEMORY;
     free(w);
     free(order);
     return id;
@@ -149,6 +166,7 @@ int64_t decode_tokens(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t 
     Weighed *order = (Weighed *)malloc((size_t)vocab * sizeof(Weighed));
     Tensor *step = (Tensor *)malloc((size_t)(n_inputs + 1) * sizeof(Tensor));
     int64_t made = 0, one = 1;
+    uint64_t state = c->seed;
     if (!w || !order || !step) { made = NO_MEMORY; goto done; }
     while (made < count && *position < block) {
         for (int64_t i = 0; i < n_inputs; i++)
@@ -161,7 +179,8 @@ int64_t decode_tokens(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t 
         if (t->run(t->container, step, (size_t)(n_inputs + 1), &out, 1, NULL, NULL)) { made = STEP_FAILED; goto done; }
         float *logits;
         t->data_ptr(out, (void **)&logits);
-        int64_t next = choose(logits, vocab, c, c->noise ? c->noise + made * vocab : NULL, w, order, &logprobs[made]);
+        int64_t next = choose(logits, vocab, c, c->noise ? c->noise + made * vocab : NULL, &state, w, order,
+                              &logprobs[made]);
         t->release(out);
         if (next < 0) { made = next; goto done; }
         ids[made++] = next;

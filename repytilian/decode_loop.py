@@ -41,7 +41,8 @@ class _Torch(ctypes.Structure):
 
 class _Choice(ctypes.Structure):
     _fields_ = [("temperature", ctypes.c_double), ("top_k", ctypes.c_int64), ("top_p", ctypes.c_double),
-                ("noise", ctypes.c_void_p), ("never", ctypes.c_void_p)]
+                ("noise", ctypes.c_void_p), ("never", ctypes.c_void_p), ("seed", ctypes.c_uint64),
+                ("logprobs", ctypes.c_int32)]
 
 
 _lib: ctypes.CDLL | None = None
@@ -80,26 +81,28 @@ def _library() -> ctypes.CDLL | None:
 
 
 def choose(logits: torch.Tensor, sampling: SamplingOptions, noise: torch.Tensor | None = None,
-           never: torch.Tensor | None = None) -> tuple[int, float]:
+           never: torch.Tensor | None = None, seed: int = 0) -> tuple[int, float]:
     """The loop's choice from one row of float32 logits (vocab,), with these exponential waiting
-    times where it samples, and its log-probability: what sampling.py chooses (tests check one
-    against the other). A RepytilianError for NaN, as sampling.first_arrival; an OSError where
-    the library cannot be had."""
+    times where it samples (else its own, from `seed`), and its log-probability: what sampling.py
+    chooses for the same waiting times (tests check one against the other). A RepytilianError for
+    NaN, as sampling.first_arrival; an OSError where the library cannot be had."""
     lib = _library()
     if lib is None:
         raise OSError("the decoding loop is not available here")
     logits = logits.float().contiguous()
     noise = None if noise is None else noise.float().contiguous()
-    choice = _choice(sampling, noise, never)
+    choice = _choice(sampling, noise, never, seed, logprobs=True)
     logprob = torch.empty(1)
     made = lib.choose_token(logits.data_ptr(), logits.numel(), ctypes.byref(choice), logprob.data_ptr())
     _check(made)
     return made, logprob.item()
 
 
-def _choice(sampling: SamplingOptions, noise: torch.Tensor | None, never: torch.Tensor | None) -> _Choice:
+def _choice(sampling: SamplingOptions, noise: torch.Tensor | None, never: torch.Tensor | None, seed: int,
+            logprobs: bool) -> _Choice:
     return _Choice(sampling.temperature, sampling.top_k or 0, sampling.top_p,
-                   noise.data_ptr() if noise is not None else None, never.data_ptr() if never is not None else None)
+                   noise.data_ptr() if noise is not None else None, never.data_ptr() if never is not None else None,
+                   seed, logprobs)
 
 
 def _check(made: int) -> None:
@@ -140,26 +143,28 @@ class TokenLoop:
             return None
 
     def tokens(self, inputs: list[torch.Tensor], span: torch.Tensor, min_span: int, count: int, end: int | None,
-               sampling: SamplingOptions, never: torch.Tensor | None) -> tuple[list[int], list[float]]:
+               sampling: SamplingOptions, never: torch.Tensor | None,
+               logprobs: bool) -> tuple[list[int], list[float] | None]:
         """Up to `count` next tokens of the row whose step inputs (keys and values a layer, the
         token (1, 1), its position (1,): changed in place as tokens are made) are `inputs`, and
-        their log-probabilities. Fewer after `end`, or once the window is full (position = block)."""
+        (`logprobs`) their log-probabilities. Fewer after `end`, or once the window is full
+        (position = block)."""
         token, position = inputs[-2], inputs[-1]
         block, vocab = span.numel(), self.vocab
-        noise = torch.empty(count, vocab).exponential_() if sampling.temperature > 0 else None
-        choice = _choice(sampling, noise, never)
-        ids, logprobs = torch.empty(count, dtype=torch.int64), torch.empty(count, dtype=torch.float32)
+        seed = int(torch.randint(-(1 << 63), (1 << 63) - 1, (1,))) & ((1 << 64) - 1)  # from torch's generator
+        choice = _choice(sampling, None, never, seed, logprobs)
+        ids, chances = torch.empty(count, dtype=torch.int64), torch.empty(count, dtype=torch.float32)
         handles = [_address(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(inputs)]
         try:
             made = self._lib.decode_tokens(ctypes.byref(self._torch), (ctypes.c_void_p * len(handles))(*handles),
                                            len(handles), token.data_ptr(), position.data_ptr(), span.data_ptr(),
                                            min_span, block, vocab, count, -1 if end is None else end,
-                                           ctypes.byref(choice), ids.data_ptr(), logprobs.data_ptr())
+                                           ctypes.byref(choice), ids.data_ptr(), chances.data_ptr())
         finally:
             for h in handles:
                 self._lib.release(h)
         _check(made)
-        return ids[:made].tolist(), logprobs[:made].tolist()
+        return ids[:made].tolist(), chances[:made].tolist() if logprobs else None
 
 
 _address = ctypes.pythonapi.PyCapsule_GetPointer  # torch hands tensor handles over as capsules

@@ -278,13 +278,14 @@ class Engine:
             return None
         seq = batch.rows[0]
         job: Job = seq.group.owner
-        made = batch.steps_alone(min(TOKENS_AT_ONCE, job.request.max_new_tokens - seq.steps), self.tokenizer.eos_id)
+        made = batch.steps_alone(min(TOKENS_AT_ONCE, job.request.max_new_tokens - seq.steps), self.tokenizer.eos_id,
+                                 job.want_logprobs)
         if made is None:
             return None
         _, tokens, logprobs = made
-        row, out = job.rows[seq.sample], []
-        for n, (token, logprob) in enumerate(zip(tokens, logprobs), start=seq.steps - len(tokens) + 1):
-            out += [(job, event) for event in row.take(token, logprob if job.want_logprobs else None, [])]
+        row, out, first = job.rows[seq.sample], [], seq.steps - len(tokens) + 1
+        for n, (token, logprob) in enumerate(zip(tokens, logprobs or [None] * len(tokens)), start=first):
+            out += [(job, event) for event in row.take(token, logprob, [])]
             if not row.ended and n >= job.request.max_new_tokens:
                 out.append((job, row.end(LENGTH)))
             if row.ended:

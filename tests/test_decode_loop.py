@@ -63,3 +63,18 @@ def test_a_loop_that_cannot_be_built_says_so_once_and_none_is_used(tmp_path, mon
         assert decode_loop.TokenLoop.make(tmp_path / "step.so", 10) is None
     assert len(notes) == 1 and "decoding loop could not be built" in notes[0].text
     assert "a token at a time" in notes[0].text
+
+
+def test_its_own_waiting_times_draw_tokens_as_often_as_their_probabilities():
+    """Without waiting times given, it draws its own (for the tokens top-k and top-p leave in):
+    20,000 draws land on each token as often as sampling.probabilities says, within 0.015."""
+    logits = torch.tensor([1.0, 0.2, -0.5, 2.0, 0.0, -3.0])
+    for options in (SamplingOptions(temperature=1.0, top_k=0), SamplingOptions(temperature=0.7, top_k=3),
+                    SamplingOptions(temperature=1.3, top_k=0, top_p=0.8)):
+        expected = probabilities(logits[None], options)[0]
+        expected = expected / expected.sum()  # top-p leaves the rest as they were
+        counts = torch.zeros(len(logits))
+        for seed in range(20_000):
+            counts[decode_loop.choose(logits, options, seed=seed)[0]] += 1
+        assert torch.allclose(counts / counts.sum(), expected, atol=0.015), (options, counts / counts.sum(), expected)
+        assert counts[expected == 0].sum() == 0
