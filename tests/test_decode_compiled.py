@@ -419,6 +419,21 @@ def test_a_wide_models_step_holds_its_matrices_as_the_eager_decoder_does(tmp_pat
     decode_compiled._machine.cache_clear()
 
 
+@pytest.mark.slow
+def test_the_eager_passes_beside_a_built_step_take_the_eager_decoders_format(built, monkeypatch):
+    """A built step has its own format; what a decoder computes eagerly beside it (a batch without
+    a built batch step, a long prompt) takes the format measured fastest for eager decoding (with
+    AMX, 128-wide steps are built in bf16, where eager batches were 2.8x slower than in float32)."""
+    from repytilian import engine
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    monkeypatch.setattr(engine, "choose_dtype", lambda model, rows=1: torch.bfloat16)  # as if measured faster
+    lm = LanguageModel(built["model"], built["tokenizer"])
+    decoder = lm.engine._decoders.take(None)
+    assert decoder.compiled is not None and decoder.compiled.dtype == torch.float32  # the fixture's step
+    assert decoder.dtype == torch.bfloat16
+
+
 def _events(lm, request):
     tokens, ended = [], None
     for event in lm.engine.run(request):
