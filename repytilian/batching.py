@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from . import decode_loop
 from .decode import Decoder, choose_dtype
 from .model import GPT
 from .sampling import (
@@ -130,6 +131,9 @@ class Batch:
         self.logits = logits = self._logits_cached() if self.use_cache else self._logits_uncached()
         if self.never is not None:  # out of place: the decoder's logits may be inference tensors
             self.logits = logits = logits.index_fill(1, self.never, float("-inf"))
+        sampled = [group for group in self.groups if group.sampling.temperature > 0]
+        if sampled and logits.device.type == "cpu" and decode_loop.available():  # (greedy: torch's argmax, as there)
+            return self._chosen_natively(logits, sampled)
         # Groups that sample alike share one pass over their rows (one softmax, one top-k); each then
         # draws from its own generator, so a group's tokens do not depend on who else is in the batch.
         alike: dict[tuple, list[Group]] = {}
@@ -167,21 +171,41 @@ class Batch:
         self.ids = chosen_ids
         return chosen
 
+    def _chosen_natively(self, logits: torch.Tensor, sampled: list[Group]) -> list[tuple[Seq, int, int]]:
+        """`step`'s choice for every row, made by decode_loop.c, as a sequence alone gets it several
+        tokens at a time (`steps_alone`): a seeded group's waiting times drawn from its generator,
+        its rows in order, so that its tokens are the same either way and whoever else is here."""
+        noise: list[torch.Tensor | None] = [None] * len(self.rows)
+        seeds = [0] * len(self.rows)
+        for group in sampled:
+            live = group.live
+            if group.generator is not None:
+                for seq, drawn in zip(live, arrival_noise(torch.empty(len(live), logits.size(1)), group.generator)):
+                    noise[seq.row] = drawn
+            else:  # the unseeded draw their own waiting times
+                first = decode_loop.fresh_seed()
+                for k, seq in enumerate(live):
+                    seeds[seq.row] = (first + k * 0x9E3779B97F4A7C15) & (2 ** 64 - 1)
+        ids, _ = decode_loop.choose_rows(logits, [seq.group.sampling for seq in self.rows], noise, seeds)
+        self.ids = torch.tensor(ids, dtype=torch.long)
+        for seq, token in zip(self.rows, ids):
+            seq.tokens.append(token)
+            seq.steps += 1
+        return [(seq, token, seq.row) for seq, token in zip(self.rows, ids)]
+
     @torch.no_grad()
     def steps_alone(self, most: int, end: int | None,
                     logprobs: bool = False) -> tuple[Seq, list[int], list[float] | None] | None:
         """Up to `most` next tokens at once of the batch's one sequence (fewer after `end` or where
         its window fills), with (`logprobs`) their log-probabilities, where its decoder's built step takes
-        several in a row (Decoder.tokens: greedy, or sampled without a seed: a seeded sequence
-        draws from its own generator here, so that its tokens are the same in a batch); else None.
-        `self.logits` is not kept for them."""
+        several in a row (Decoder.tokens: chosen as `_chosen_natively` chooses, so a seeded
+        sequence's tokens are the same alone and in a batch); else None. `self.logits` is not kept."""
         if len(self.rows) != 1 or not self.use_cache or self.decoder.compiled is None:
             return None
         seq = self.rows[0]
-        if seq.group.generator is not None and seq.group.sampling.temperature > 0:
-            return None
         self._prefill_joined()
-        made = self.decoder.tokens(seq.tokens[-1], most, end, seq.group.sampling, self._never_mask(), logprobs)
+        made = self.decoder.tokens(seq.tokens[-1], most, end, seq.group.sampling, seq.group.generator,
+                                   self._never_mask(), logprobs)
         if made is None:
             return None
         seq.tokens += made[0]

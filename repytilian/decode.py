@@ -199,12 +199,13 @@ class Decoder:
         return logits[:, -1, :].float()
 
     def tokens(self, last: int, count: int, end: int | None, sampling: SamplingOptions,
-               never: torch.Tensor | None, logprobs: bool) -> tuple[list[int], list[float] | None] | None:
+               generator: torch.Generator | None, never: torch.Tensor | None,
+               logprobs: bool) -> tuple[list[int], list[float] | None] | None:
         """Up to `count` next tokens of row 0 (after `last`, not in the cache yet) at once, and their
         log-probabilities, where its built step's loop takes them (CompiledStep.tokens); else None."""
         if self.compiled is None:
             return None
-        return self.compiled.tokens(last, self.cache, count, end, sampling, never, logprobs)
+        return self.compiled.tokens(last, self.cache, count, end, sampling, generator, never, logprobs)
 
     def _through_built_step(self, idx: torch.Tensor, first: int) -> torch.Tensor | None:
         """idx's positions one at a time through the built step (a step, or a short prompt), or None

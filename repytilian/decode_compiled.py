@@ -366,7 +366,8 @@ class CompiledStep:
                                                             self._span(max(lengths) + 1)])[0]
 
     def tokens(self, last: int, cache: KVCache, count: int, end: int | None, sampling: SamplingOptions,
-               never: torch.Tensor | None, logprobs: bool) -> tuple[list[int], list[float] | None] | None:
+               generator: torch.Generator | None, never: torch.Tensor | None,
+               logprobs: bool) -> tuple[list[int], list[float] | None] | None:
         """Up to `count` next tokens of the cache's row 0, whose last token `last` it does not hold
         yet, chosen in C (decode_loop.py: greedy or unseeded sampling), and (`logprobs`) their
         log-probabilities; fewer after `end` or once the window is full. None where the one-row
@@ -379,7 +380,9 @@ class CompiledStep:
             return None
         inputs = [*(t.narrow(0, 0, 1) for t in (*cache.keys, *cache.values)), torch.tensor([[last]]),
                   torch.tensor([cache.lengths[0]])]
-        made = self._loop.tokens(inputs, self.span, MIN_SPAN, count, end, sampling, never, logprobs)
+        # never past the window: a seeded request's generator draws for exactly the tokens made
+        count = min(count, self.block - cache.lengths[0])
+        made = self._loop.tokens(inputs, self.span, MIN_SPAN, count, end, sampling, generator, never, logprobs)
         cache.lengths[0] += len(made[0])
         return made
 

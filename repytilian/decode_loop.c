@@ -143,15 +143,21 @@ static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const
     return best;
 }
 
-/* choose() on its own, for tests: the id (or a negative error), its log-probability in *logprob. */
-int64_t choose_token(const float *logits, int64_t vocab, const Choice *c, float *logprob) {
+/* The next token of each of `rows` rows of logits, each chosen its own way (choices[r]), into ids[r]
+   (and logprobs[r] where asked): a batch's step (batching.py). 0, or the first row's negative error. */
+int64_t choose_rows(const float *logits, int64_t rows, int64_t vocab, const Choice *choices, int64_t *ids,
+                    float *logprobs) {
     float *w = (float *)malloc((size_t)vocab * sizeof(float));
     Weighed *order = (Weighed *)malloc((size_t)vocab * sizeof(Weighed));
-    uint64_t state = c->seed;
-    int64_t id = w && order ? choose(logits, vocab, c, c->noise, &state, w, order, logprob) : NO_MEMORY;
+    int64_t status = w && order ? 0 : NO_MEMORY;
+    for (int64_t r = 0; r < rows && status == 0; r++) {
+        uint64_t state = choices[r].seed;
+        int64_t id = choose(logits + r * vocab, vocab, &choices[r], choices[r].noise, &state, w, order, &logprobs[r]);
+        if (id < 0) status = id; else ids[r] = id;
+    }
     free(w);
     free(order);
-    return id;
+    return status;
 }
 
 /* Up to `count` tokens of one row: each step takes the row's cache (the first n_inputs handles,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -74,28 +75,47 @@ def _library() -> ctypes.CDLL | None:
     lib.decode_tokens.argtypes = [ctypes.POINTER(_Torch), p, i64, p, p, p, i64, i64, i64, i64, i64,
                                   ctypes.POINTER(_Choice), p, p]
     lib.decode_tokens.restype = i64
-    lib.choose_token.argtypes = [p, i64, ctypes.POINTER(_Choice), p]
-    lib.choose_token.restype = i64
+    lib.choose_rows.argtypes = [p, i64, i64, ctypes.POINTER(_Choice), p, p]
+    lib.choose_rows.restype = i64
     _lib = lib
     return lib
 
 
-def choose(logits: torch.Tensor, sampling: SamplingOptions, noise: torch.Tensor | None = None,
-           never: torch.Tensor | None = None, seed: int = 0) -> tuple[int, float]:
-    """The loop's choice from one row of float32 logits (vocab,), with these exponential waiting
-    times where it samples (else its own, from `seed`), and its log-probability: what sampling.py
-    chooses for the same waiting times (tests check one against the other). A RepytilianError for
-    NaN, as sampling.first_arrival; an OSError where the library cannot be had."""
+def available() -> bool:
+    """Whether this machine's build of the library can be had (built here the first time)."""
+    return _library() is not None
+
+
+def choose_rows(logits: torch.Tensor, samplings: Sequence[SamplingOptions], noise: Sequence[torch.Tensor | None],
+                seeds: Sequence[int], never: torch.Tensor | None = None,
+                logprobs: bool = False) -> tuple[list[int], list[float] | None]:
+    """The next token of each row of float32 logits (rows, vocab), each row sampled its own way:
+    with its waiting times `noise[r]` (vocab,) where given (drawn by torch: a seeded request's, so
+    that alone and in a batch it draws the same ones), else its own from `seeds[r]`; and (`logprobs`)
+    their log-probabilities. What sampling.py chooses for the same waiting times (tests check one
+    against the other). A RepytilianError for NaN, as sampling.first_arrival."""
     lib = _library()
     if lib is None:
         raise OSError("the decoding loop is not available here")
     logits = logits.float().contiguous()
-    noise = None if noise is None else noise.float().contiguous()
-    choice = _choice(sampling, noise, never, seed, logprobs=True)
-    logprob = torch.empty(1)
-    made = lib.choose_token(logits.data_ptr(), logits.numel(), ctypes.byref(choice), logprob.data_ptr())
-    _check(made)
-    return made, logprob.item()
+    rows, vocab = logits.shape
+    kept = [None if n is None else n.float().contiguous() for n in noise]  # alive through the call
+    choices = (_Choice * rows)(*(_choice(o, n, never, seed, logprobs) for o, n, seed in zip(samplings, kept, seeds)))
+    ids, chances = torch.empty(rows, dtype=torch.int64), torch.empty(rows)
+    _check(lib.choose_rows(logits.data_ptr(), rows, vocab, choices, ids.data_ptr(), chances.data_ptr()))
+    return ids.tolist(), chances.tolist() if logprobs else None
+
+
+def choose(logits: torch.Tensor, sampling: SamplingOptions, noise: torch.Tensor | None = None,
+           never: torch.Tensor | None = None, seed: int = 0) -> tuple[int, float]:
+    """choose_rows for one row (vocab,): its id and log-probability."""
+    ids, chances = choose_rows(logits[None], [sampling], [noise], [seed], never, logprobs=True)
+    return ids[0], chances[0]
+
+
+def fresh_seed() -> int:
+    """64 bits from torch's generator: a call's own waiting times follow torch's seed."""
+    return int(torch.randint(-(1 << 63), (1 << 63) - 1, (1,))) & ((1 << 64) - 1)
 
 
 def _choice(sampling: SamplingOptions, noise: torch.Tensor | None, never: torch.Tensor | None, seed: int,
@@ -143,16 +163,19 @@ class TokenLoop:
             return None
 
     def tokens(self, inputs: list[torch.Tensor], span: torch.Tensor, min_span: int, count: int, end: int | None,
-               sampling: SamplingOptions, never: torch.Tensor | None,
+               sampling: SamplingOptions, generator: torch.Generator | None, never: torch.Tensor | None,
                logprobs: bool) -> tuple[list[int], list[float] | None]:
         """Up to `count` next tokens of the row whose step inputs (keys and values a layer, the
         token (1, 1), its position (1,): changed in place as tokens are made) are `inputs`, and
         (`logprobs`) their log-probabilities. Fewer after `end`, or once the window is full
-        (position = block)."""
+        (position = block). A seeded request's `generator` draws `count` tokens' waiting times,
+        as a token at a time would (torch draws them in one stream)."""
         token, position = inputs[-2], inputs[-1]
         block, vocab = span.numel(), self.vocab
-        seed = int(torch.randint(-(1 << 63), (1 << 63) - 1, (1,))) & ((1 << 64) - 1)  # from torch's generator
-        choice = _choice(sampling, None, never, seed, logprobs)
+        noise = None
+        if sampling.temperature > 0 and generator is not None:
+            noise = torch.empty(count, vocab).exponential_(generator=generator)
+        choice = _choice(sampling, noise, never, fresh_seed() if noise is None else 0, logprobs)
         ids, chances = torch.empty(count, dtype=torch.int64), torch.empty(count, dtype=torch.float32)
         handles = [_address(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(inputs)]
         try:

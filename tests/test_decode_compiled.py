@@ -469,9 +469,10 @@ def test_a_lone_request_takes_several_tokens_a_call_through_the_decoding_loop(bu
 
 
 @pytest.mark.slow
-def test_the_loop_samples_unseeded_requests_and_leaves_seeded_ones_to_the_batch(built, monkeypatch):
-    """Sampling without a seed goes through the loop; a seeded request a token at a time, so its
-    text stays the one it gets in a batch of others (and eagerly)."""
+def test_a_seeded_request_alone_through_the_loop_gets_the_text_it_gets_in_a_batch(built, monkeypatch):
+    """Sampled with a seed, alone (several tokens a call, its windows sliding) and among other
+    requests of other settings (a token at a time, through the batch step): the same tokens, and
+    the same eagerly; without a seed, alone, through the loop too."""
     from repytilian.decode_loop import TokenLoop
 
     monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
@@ -479,12 +480,20 @@ def test_the_loop_samples_unseeded_requests_and_leaves_seeded_ones_to_the_batch(
     calls = []
     loop_tokens = TokenLoop.tokens
     monkeypatch.setattr(TokenLoop, "tokens", lambda self, *a, **k: calls.append(1) or loop_tokens(self, *a, **k))
-    unseeded, _ = _events(lm, Request(lm.encode_prompt("the"), 30, SamplingOptions(temperature=1.0)))
-    assert calls and len(unseeded) == 30
+
+    def seeded():
+        return Request(lm.encode_prompt("the"), 40, SamplingOptions(temperature=1.0, top_k=5, top_p=0.9, seed=5))
+
+    alone = [t[0] for t in _events(lm, seeded())[0]]
+    assert calls and len(alone) == 40
     calls.clear()
-    seeded = _events(lm, Request(lm.encode_prompt("the"), 30, SamplingOptions(temperature=1.0, seed=5)))
-    assert not calls
+    others = [Request(lm.encode_prompt("a dog"), 25, SamplingOptions(temperature=0.7, seed=9)),
+              Request(lm.encode_prompt("the mat"), 30, SamplingOptions(temperature=0))]
+    together = [event.id for index, event in lm.engine.run_many([others[0], seeded(), others[1]])
+                if index == 1 and isinstance(event, Token)]
+    assert together == alone
     eager = LanguageModel(built["model"], built["tokenizer"])
     eager.engine.compile = False
-    assert [t[0] for t in seeded[0]] == [t[0] for t in _events(eager, Request(
-        eager.encode_prompt("the"), 30, SamplingOptions(temperature=1.0, seed=5)))[0]]
+    assert [t[0] for t in _events(eager, seeded())[0]] == alone
+    unseeded, _ = _events(lm, Request(lm.encode_prompt("the"), 30, SamplingOptions(temperature=1.0)))
+    assert calls and len(unseeded) == 30
