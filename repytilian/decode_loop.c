@@ -6,11 +6,12 @@
    calls the step's library itself, chooses each next token here and feeds it back, so the
    engine's Python runs once per `count` tokens instead of once per token (decode_loop.py).
 
-   It chooses as sampling.py does, for the requests it is given: greedy (temperature 0: the first
-   likeliest token, exactly as torch's argmax), or drawn under temperature, top-k and top-p by the
-   exponential race (sampling.first_arrival), the waiting times drawn here (splitmix64 from a seed
-   torch draws a call) for the tokens top-k and top-p leave in only. It is given no seeded request: a seeded request's tokens must not depend on whether it decodes alone
-   or in a batch, and only one implementation of sampling can promise that to the last bit.
+   It chooses as sampling.py does: greedy (temperature 0: the first likeliest token, exactly as
+   torch's argmax), or drawn under temperature, top-k and top-p by the exponential race
+   (sampling.first_arrival). A seeded request's waiting times come from its own generator, drawn by
+   torch as a token at a time draws them; the others' are drawn here (splitmix64, from a seed torch
+   draws a call) for the tokens top-k and top-p leave in only. A batch's sampled rows are chosen by
+   the same code (choose_rows), so a seeded request's tokens are the same alone and in a batch.
 
    Torch's C interface (aoti_torch_*) and the library's entry point come in as function pointers
    from the process that loaded them: nothing here links to torch. */
@@ -84,10 +85,10 @@ static int by_weight_descending(const void *x, const void *y) {
 }
 
 /* The next token from one row of logits, or NOT_A_NUMBER; its log-probability (of the logits as
-   given: before temperature and filtering, as the engine reports it) into *logprob. `w` and `order`
-   are vocab-long scratch space (floats and pairs). Greedy is torch's argmax over the allowed ids (a NaN counts as the
-   largest, the first of equals wins); sampling refuses NaN and +inf, whose probabilities torch's
-   softmax makes NaN (sampling.first_arrival). */
+   given: before temperature and filtering, as the engine reports it) into *logprob where asked.
+   `w` and `order` are vocab-long scratch space. Greedy is torch's argmax over the allowed ids (a
+   NaN counts as the largest, the first of equals wins); sampling refuses NaN and +inf, whose
+   probabilities torch's softmax makes NaN (sampling.first_arrival). */
 static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const float *noise,
                       uint64_t *state, float *w, Weighed *order, float *logprob) {
     float top = -INFINITY;
@@ -152,7 +153,8 @@ int64_t choose_rows(const float *logits, int64_t rows, int64_t vocab, const Choi
     int64_t status = w && order ? 0 : NO_MEMORY;
     for (int64_t r = 0; r < rows && status == 0; r++) {
         uint64_t state = choices[r].seed;
-        int64_t id = choose(logits + r * vocab, vocab, &choices[r], choices[r].noise, &state, w, order, &logprobs[r]);
+        int64_t id = choose(logits + r * vocab, vocab, &choices[r], choices[r].noise, &state, w, order,
+                            &logprobs[r]);
         if (id < 0) status = id; else ids[r] = id;
     }
     free(w);
@@ -181,7 +183,7 @@ int64_t decode_tokens(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t 
         if (t->from_blob(span, 1, &attended, &one, 0, t->float32, t->cpu, 0, &step[n_inputs])) {
             made = STEP_FAILED; goto done;
         }
-        Tensor out;
+        Tensor out;  /* the library takes the inputs' handles over, whatever it returns */
         if (t->run(t->container, step, (size_t)(n_inputs + 1), &out, 1, NULL, NULL)) { made = STEP_FAILED; goto done; }
         float *logits;
         t->data_ptr(out, (void **)&logits);

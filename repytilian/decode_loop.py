@@ -1,5 +1,5 @@
-"""Several tokens of one sequence through its built one-row step, chosen and fed back in C
-(decode_loop.c), for the greedy and unseeded requests that decode alone.
+"""Several tokens of a sequence alone through its built one-row step, chosen and fed back in C
+(decode_loop.c); and a batch's sampled tokens, chosen by the same code (`choose_rows`).
 
 Through the generation engine, a token of a small model cost about three times its built step:
 v2c 249 us a token against a 75 us step (2-core Xeon with AMX, 2026-12-04), the rest being
@@ -53,8 +53,10 @@ _tried = False
 def _library() -> ctypes.CDLL | None:
     """This machine's build of decode_loop.c, loaded once a process; None (with a note) where it cannot be had."""
     global _lib, _tried
-    if _tried or os.environ.get("REPYTILIAN_NO_NATIVE"):
-        return _lib if not os.environ.get("REPYTILIAN_NO_NATIVE") else None
+    if os.environ.get("REPYTILIAN_NO_NATIVE"):
+        return None
+    if _tried:
+        return _lib
     _tried = True
     try:
         path = native_build.built(SOURCE, FLAG_SETS, COMMON_FLAGS)

@@ -271,7 +271,7 @@ class Engine:
 
     def _steps_alone(self, batch: Batch) -> list[tuple[Job, Event]] | None:
         """Up to TOKENS_AT_ONCE tokens of a batch's one sequence through its built step's loop
-        (Batch.steps_alone: ~3x fewer microseconds a token for the shipped models), or None where
+        (Batch.steps_alone: a shipped model's token in about half the time), or None where
         the loop does not take it (then a token at a time). Tokens past the sequence's end (a stop
         string) are computed but never shown."""
         if len(batch) != 1 or batch.rows[0].group.owner.request.alternatives > 0:
