@@ -172,9 +172,9 @@ class Batch:
         return chosen
 
     def _chosen_natively(self, logits: torch.Tensor, sampled: list[Group]) -> list[tuple[Seq, int, int]]:
-        """`step`'s choice for every row, made by decode_loop.c, as a sequence alone gets it several
-        tokens at a time (`steps_alone`): a seeded group's waiting times drawn from its generator,
-        its rows in order, so that its tokens are the same either way and whoever else is here."""
+        """`step`'s choice for every row, made by decode_loop.c as `steps_at_once` makes it several
+        steps at a time: a seeded group's waiting times drawn from its generator, its rows in order,
+        so that its tokens are the same either way and whoever else is here."""
         noise: list[torch.Tensor | None] = [None] * len(self.rows)
         seeds = [0] * len(self.rows)
         for group in sampled:
@@ -183,9 +183,8 @@ class Batch:
                 for seq, drawn in zip(live, arrival_noise(torch.empty(len(live), logits.size(1)), group.generator)):
                     noise[seq.row] = drawn
             else:  # the unseeded draw their own waiting times
-                first = decode_loop.fresh_seed()
-                for k, seq in enumerate(live):
-                    seeds[seq.row] = (first + k * 0x9E3779B97F4A7C15) & (2 ** 64 - 1)
+                for seq, seed in zip(live, decode_loop.fresh_seeds(len(live))):
+                    seeds[seq.row] = seed
         ids, _ = decode_loop.choose_rows(logits, [seq.group.sampling for seq in self.rows], noise, seeds)
         self.ids = torch.tensor(ids, dtype=torch.long)
         for seq, token in zip(self.rows, ids):
@@ -194,23 +193,27 @@ class Batch:
         return [(seq, token, seq.row) for seq, token in zip(self.rows, ids)]
 
     @torch.no_grad()
-    def steps_alone(self, most: int, end: int | None,
-                    logprobs: bool = False) -> tuple[Seq, list[int], list[float] | None] | None:
-        """Up to `most` next tokens at once of the batch's one sequence (fewer after `end` or where
-        its window fills), with (`logprobs`) their log-probabilities, where its decoder's built step takes
-        several in a row (Decoder.tokens: chosen as `_chosen_natively` chooses, so a seeded
-        sequence's tokens are the same alone and in a batch); else None. `self.logits` is not kept."""
-        if len(self.rows) != 1 or not self.use_cache or self.decoder.compiled is None:
+    def steps_at_once(self, most: int, end: int | None,
+                      logprobs: bool = False) -> tuple[list[list[int]], list[list[float]] | None] | None:
+        """Up to `most` steps at once (fewer where a window fills, or every row has given `end`):
+        each step's tokens and (`logprobs`) their log-probabilities, a row each, in `self.rows`'
+        order, where the decoder's built step takes these rows several steps in a row
+        (Decoder.steps: chosen as `_chosen_natively` chooses, so a seeded request's tokens are the
+        same either way); else None. Only where every request has one sequence left: several of
+        one request draw from one generator a step at a time, as many as are still going.
+        `self.logits` is not kept."""
+        if not self.rows or not self.use_cache or self.decoder.compiled is None or len(self.groups) != len(self.rows):
             return None
-        seq = self.rows[0]
         self._prefill_joined()
-        made = self.decoder.tokens(seq.tokens[-1], most, end, seq.group.sampling, seq.group.generator,
-                                   self._never_mask(), logprobs)
+        made = self.decoder.steps([s.tokens[-1] for s in self.rows], most, end,
+                                  [s.group.sampling for s in self.rows], [s.group.generator for s in self.rows],
+                                  self._never_mask(), logprobs)
         if made is None:
             return None
-        seq.tokens += made[0]
-        seq.steps += len(made[0])
-        return seq, *made
+        for r, seq in enumerate(self.rows):
+            seq.tokens += [step[r] for step in made[0]]
+            seq.steps += len(made[0])
+        return made
 
     def _never_mask(self) -> torch.Tensor | None:
         """`never` as a flag a vocabulary id (uint8), for the decoding loop."""

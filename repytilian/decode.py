@@ -198,14 +198,14 @@ class Decoder:
             logits, _ = self.model(idx, last_only=True, cache=self.cache.rows(first, idx.size(0)))
         return logits[:, -1, :].float()
 
-    def tokens(self, last: int, count: int, end: int | None, sampling: SamplingOptions,
-               generator: torch.Generator | None, never: torch.Tensor | None,
-               logprobs: bool) -> tuple[list[int], list[float] | None] | None:
-        """Up to `count` next tokens of row 0 (after `last`, not in the cache yet) at once, and their
-        log-probabilities, where its built step's loop takes them (CompiledStep.tokens); else None."""
+    def steps(self, lasts: list[int], count: int, end: int | None, samplings: list[SamplingOptions],
+              generators: list[torch.Generator | None], never: torch.Tensor | None,
+              logprobs: bool) -> tuple[list[list[int]], list[list[float]] | None] | None:
+        """Up to `count` steps at once of the first len(lasts) rows, after their last tokens `lasts`
+        (not in the cache yet), where the built step's loop takes them (CompiledStep.steps); else None."""
         if self.compiled is None:
             return None
-        return self.compiled.tokens(last, self.cache, count, end, sampling, generator, never, logprobs)
+        return self.compiled.steps(lasts, self.cache, count, end, samplings, generators, never, logprobs)
 
     def _through_built_step(self, idx: torch.Tensor, first: int) -> torch.Tensor | None:
         """idx's positions one at a time through the built step (a step, or a short prompt), or None

@@ -314,7 +314,7 @@ class CompiledStep:
         self.span = torch.zeros(self.block)  # its first `span` positions give the attention's span
         self._inputs: tuple = (None, 0, 0, [])  # the cache last seen, first row, row count, those rows' tensors
         self.small = sum(p.numel() for p in model.parameters()) * 4 <= SMALL_MODEL_BYTES
-        self._loop: TokenLoop | None | bool = False  # made at first use; None where it cannot be
+        self._loops: dict[Path, TokenLoop | None] = {}  # a library's, made at first use (None where it cannot be)
 
     def found(self) -> bool:
         """Whether either library is already built here."""
@@ -365,25 +365,29 @@ class CompiledStep:
         return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx.contiguous(), pos,
                                                             self._span(max(lengths) + 1)])[0]
 
-    def tokens(self, last: int, cache: KVCache, count: int, end: int | None, sampling: SamplingOptions,
-               generator: torch.Generator | None, never: torch.Tensor | None,
-               logprobs: bool) -> tuple[list[int], list[float] | None] | None:
-        """Up to `count` next tokens of the cache's row 0, whose last token `last` it does not hold
-        yet, chosen in C (decode_loop.py: greedy or unseeded sampling), and (`logprobs`) their
-        log-probabilities; fewer after `end` or once the window is full. None where the one-row
-        step or the loop is missing, or the window is full already."""
-        if self.one.run is None or cache.lengths[0] >= self.block:
+    def steps(self, lasts: list[int], cache: KVCache, count: int, end: int | None,
+              samplings: list[SamplingOptions], generators: list[torch.Generator | None], never: torch.Tensor | None,
+              logprobs: bool) -> tuple[list[list[int]], list[list[float]] | None] | None:
+        """Up to `count` steps of the cache's first len(lasts) rows, whose last tokens `lasts` it
+        does not hold yet, each token chosen in C (decode_loop.py) as the rows' `samplings` say:
+        each step's tokens, a row each, and (`logprobs`) their log-probabilities; fewer once a
+        window is full or every row has given `end`. None where the step for these rows (one row,
+        or a batch's) or its loop is missing, or a window is full already."""
+        rows, lengths = len(lasts), cache.lengths[:len(lasts)]
+        library = self.one if rows == 1 else self.rows
+        if not self.serves(rows, max(lengths) + 1):
             return None
-        if self._loop is False:
-            self._loop = TokenLoop.make(self.one.path, self.model.config.vocab_size)
-        if self._loop is None:
+        if library.path not in self._loops:
+            self._loops[library.path] = TokenLoop.make(library.path, self.model.config.vocab_size)
+        loop = self._loops[library.path]
+        if loop is None:
             return None
-        inputs = [*(t.narrow(0, 0, 1) for t in (*cache.keys, *cache.values)), torch.tensor([[last]]),
-                  torch.tensor([cache.lengths[0]])]
-        # never past the window: a seeded request's generator draws for exactly the tokens made
-        count = min(count, self.block - cache.lengths[0])
-        made = self._loop.tokens(inputs, self.span, MIN_SPAN, count, end, sampling, generator, never, logprobs)
-        cache.lengths[0] += len(made[0])
+        inputs = [*(t.narrow(0, 0, rows) for t in (*cache.keys, *cache.values)), torch.tensor([[n] for n in lasts]),
+                  torch.tensor(lengths)]
+        # never past a window: a seeded row's generator draws for exactly the steps made
+        count = min(count, self.block - max(lengths))
+        made = loop.steps(inputs, self.span, MIN_SPAN, count, end, samplings, generators, never, logprobs)
+        cache.lengths[:rows] = [n + len(made[0]) for n in lengths]
         return made
 
     def _span(self, end: int) -> torch.Tensor:

@@ -162,24 +162,31 @@ int64_t choose_rows(const float *logits, int64_t rows, int64_t vocab, const Choi
     return status;
 }
 
-/* Up to `count` tokens of one row: each step takes the row's cache (the first n_inputs handles,
-   the library's inputs but the span: keys and values a layer, then the token and its position,
-   whose data are `token` and `position`) and the span (the first max(min_span, position + 1)
-   values of `span`; the whole `block` where block <= min_span). Stops after an `end` token, or
-   once the row's window is full. Returns the tokens made (ids[], logprobs[]) or a negative error. */
-int64_t decode_tokens(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t *token, int64_t *position,
-                      float *span, int64_t min_span, int64_t block, int64_t vocab, int64_t count, int64_t end,
-                      const Choice *c, int64_t *ids, float *logprobs) {
+/* Up to `count` steps of `rows` rows (a token each), through a built step: each takes the rows'
+   cache (the first n_inputs handles, the library's inputs but the span: keys and values a layer,
+   then each row's token and its position, whose data are `tokens` and `positions`) and the span
+   (the first max(min_span, longest position + 1) values of `span`; the whole `block` where block <=
+   min_span). Row r's token of step k goes to ids[k * rows + r] (its log-probability likewise).
+   Stops once a row's window is full, or every row has given its `end` token. Returns the steps
+   made, or a negative error. */
+int64_t decode_steps(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t rows, int64_t *tokens,
+                     int64_t *positions, float *span, int64_t min_span, int64_t block, int64_t vocab,
+                     int64_t count, int64_t end, const Choice *choices, int64_t *ids, float *logprobs) {
     float *w = (float *)malloc((size_t)vocab * sizeof(float));
     Weighed *order = (Weighed *)malloc((size_t)vocab * sizeof(Weighed));
     Tensor *step = (Tensor *)malloc((size_t)(n_inputs + 1) * sizeof(Tensor));
-    int64_t made = 0, one = 1;
-    uint64_t state = c->seed;
-    if (!w || !order || !step) { made = NO_MEMORY; goto done; }
-    while (made < count && *position < block) {
+    uint64_t *states = (uint64_t *)malloc((size_t)rows * sizeof(uint64_t));
+    uint8_t *ended = (uint8_t *)calloc((size_t)rows, 1);
+    int64_t made = 0, one = 1, longest = 0, full = 0, left = rows;
+    if (!w || !order || !step || !states || !ended) { made = NO_MEMORY; goto done; }
+    for (int64_t r = 0; r < rows; r++) {
+        states[r] = choices[r].seed;
+        if (positions[r] > longest) longest = positions[r];
+    }
+    while (made < count && longest < block && !full && left > 0) {
         for (int64_t i = 0; i < n_inputs; i++)
             if (t->new_handle(inputs[i], &step[i])) { made = STEP_FAILED; goto done; }
-        int64_t attended = block > min_span ? (*position + 1 > min_span ? *position + 1 : min_span) : block;
+        int64_t attended = block > min_span ? (longest + 1 > min_span ? longest + 1 : min_span) : block;
         if (t->from_blob(span, 1, &attended, &one, 0, t->float32, t->cpu, 0, &step[n_inputs])) {
             made = STEP_FAILED; goto done;
         }
@@ -187,18 +194,26 @@ int64_t decode_tokens(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t 
         if (t->run(t->container, step, (size_t)(n_inputs + 1), &out, 1, NULL, NULL)) { made = STEP_FAILED; goto done; }
         float *logits;
         t->data_ptr(out, (void **)&logits);
-        int64_t next = choose(logits, vocab, c, c->noise ? c->noise + made * vocab : NULL, &state, w, order,
-                              &logprobs[made]);
+        for (int64_t r = 0; r < rows; r++) {
+            const Choice *c = &choices[r];
+            int64_t next = choose(logits + r * vocab, vocab, c, c->noise ? c->noise + made * vocab : NULL,
+                                  &states[r], w, order, &logprobs[made * rows + r]);
+            if (next < 0) { t->release(out); made = next; goto done; }
+            ids[made * rows + r] = next;
+            tokens[r] = next;
+            positions[r] += 1;
+            if (positions[r] > longest) longest = positions[r];
+            if (positions[r] >= block) full = 1;
+            if (next == end && !ended[r]) { ended[r] = 1; left--; }
+        }
         t->release(out);
-        if (next < 0) { made = next; goto done; }
-        ids[made++] = next;
-        *token = next;
-        *position += 1;
-        if (next == end) break;
+        made++;
     }
 done:
     free(w);
     free(order);
     free(step);
+    free(states);
+    free(ended);
     return made;
 }

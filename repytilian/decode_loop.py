@@ -1,5 +1,5 @@
-"""Several tokens of a sequence alone through its built one-row step, chosen and fed back in C
-(decode_loop.c); and a batch's sampled tokens, chosen by the same code (`choose_rows`).
+"""Several tokens of each sequence of a batch through its built step, chosen and fed back in C
+(decode_loop.c); and a batch's sampled tokens a step at a time, chosen by the same code (`choose_rows`).
 
 Through the generation engine, a token of a small model cost about three times its built step:
 v2c 249 us a token against a 75 us step (2-core Xeon with AMX, 2026-12-04), the rest being
@@ -74,9 +74,9 @@ def _library() -> ctypes.CDLL | None:
              f"{(str(e).splitlines() or [''])[0][:160]}); built steps decode a token at a time")
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.decode_tokens.argtypes = [ctypes.POINTER(_Torch), p, i64, p, p, p, i64, i64, i64, i64, i64,
-                                  ctypes.POINTER(_Choice), p, p]
-    lib.decode_tokens.restype = i64
+    lib.decode_steps.argtypes = [ctypes.POINTER(_Torch), p, i64, i64, p, p, p, i64, i64, i64, i64, i64,
+                                 ctypes.POINTER(_Choice), p, p]
+    lib.decode_steps.restype = i64
     lib.choose_rows.argtypes = [p, i64, i64, ctypes.POINTER(_Choice), p, p]
     lib.choose_rows.restype = i64
     _lib = lib
@@ -115,9 +115,11 @@ def choose(logits: torch.Tensor, sampling: SamplingOptions, noise: torch.Tensor 
     return ids[0], chances[0]
 
 
-def fresh_seed() -> int:
-    """64 bits from torch's generator: a call's own waiting times follow torch's seed."""
-    return int(torch.randint(-(1 << 63), (1 << 63) - 1, (1,))) & ((1 << 64) - 1)
+def fresh_seeds(rows: int) -> list[int]:
+    """A seed of 64 bits a row, from one draw of torch's generator: waiting times drawn here follow
+    torch's seed (`torch.manual_seed`)."""
+    first = int(torch.randint(-(1 << 63), (1 << 63) - 1, (1,)))
+    return [(first + r * 0x9E3779B97F4A7C15) % (1 << 64) for r in range(rows)]
 
 
 def _choice(sampling: SamplingOptions, noise: torch.Tensor | None, never: torch.Tensor | None, seed: int,
@@ -143,7 +145,8 @@ def _torch_library() -> str:
 
 
 class TokenLoop:
-    """The one-row step's library, a second instance, called from C for several tokens at once."""
+    """A built step's library (one row, or a batch's rows), a second instance, called from C for
+    several steps at once."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path, vocab: int):
         self._lib, self.vocab = lib, vocab
@@ -152,7 +155,7 @@ class TokenLoop:
 
     @classmethod
     def make(cls, path: Path, vocab: int) -> TokenLoop | None:
-        """The loop over the one-row step built at `path` (checked as native_step.load does), or None."""
+        """The loop over the step built at `path` (checked as native_step.load does), or None."""
         lib = _library()
         if lib is None:
             return None
@@ -164,33 +167,33 @@ class TokenLoop:
                  "built steps decode a token at a time")
             return None
 
-    def tokens(self, inputs: list[torch.Tensor], span: torch.Tensor, min_span: int, count: int, end: int | None,
-               sampling: SamplingOptions, generator: torch.Generator | None, never: torch.Tensor | None,
-               logprobs: bool) -> tuple[list[int], list[float] | None]:
-        """Up to `count` next tokens of the row whose step inputs (keys and values a layer, the
-        token (1, 1), its position (1,): changed in place as tokens are made) are `inputs`, and
-        (`logprobs`) their log-probabilities. Fewer after `end`, or once the window is full
-        (position = block). A seeded request's `generator` draws `count` tokens' waiting times,
-        as a token at a time would (torch draws them in one stream)."""
-        token, position = inputs[-2], inputs[-1]
-        block, vocab = span.numel(), self.vocab
-        noise = None
-        if sampling.temperature > 0 and generator is not None:
-            noise = torch.empty(count, vocab).exponential_(generator=generator)
-        choice = _choice(sampling, noise, never, fresh_seed() if noise is None else 0, logprobs)
-        ids, chances = torch.empty(count, dtype=torch.int64), torch.empty(count, dtype=torch.float32)
+    def steps(self, inputs: list[torch.Tensor], span: torch.Tensor, min_span: int, count: int, end: int | None,
+              samplings: Sequence[SamplingOptions], generators: Sequence[torch.Generator | None],
+              never: torch.Tensor | None, logprobs: bool) -> tuple[list[list[int]], list[list[float]] | None]:
+        """Up to `count` steps of the rows whose step inputs (keys and values a layer, each row's
+        token (rows, 1) and position (rows,): changed in place as tokens are made) are `inputs`:
+        each step's tokens, a row each, and (`logprobs`) their log-probabilities. Fewer once a row's
+        window is full (position = block), or every row has given `end`. A seeded row's generator
+        draws its waiting times for the `count` steps at once, as a step at a time draws them (torch
+        draws one stream): the caller keeps `count` within the rows' windows and budgets."""
+        positions = inputs[-1]
+        rows, block, vocab = positions.numel(), span.numel(), self.vocab
+        noise = [torch.empty(count, vocab).exponential_(generator=g) if o.temperature > 0 and g is not None else None
+                 for o, g in zip(samplings, generators)]
+        choices = (_Choice * rows)(*(_choice(o, n, never, seed, logprobs)  # the unseeded draw their own
+                                     for o, n, seed in zip(samplings, noise, fresh_seeds(rows))))
+        ids, chances = torch.empty(count, rows, dtype=torch.int64), torch.empty(count, rows)
         handles = [_address(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(inputs)]
         try:
-            made = self._lib.decode_tokens(ctypes.byref(self._torch), (ctypes.c_void_p * len(handles))(*handles),
-                                           len(handles), token.data_ptr(), position.data_ptr(), span.data_ptr(),
-                                           min_span, block, vocab, count, -1 if end is None else end,
-                                           ctypes.byref(choice), ids.data_ptr(), chances.data_ptr())
+            made = self._lib.decode_steps(ctypes.byref(self._torch), (ctypes.c_void_p * len(handles))(*handles),
+                                          len(handles), rows, inputs[-2].data_ptr(), positions.data_ptr(),
+                                          span.data_ptr(), min_span, block, vocab, count, -1 if end is None else end,
+                                          choices, ids.data_ptr(), chances.data_ptr())
         finally:
             for h in handles:
                 self._lib.release(h)
         _check(made)
         return ids[:made].tolist(), chances[:made].tolist() if logprobs else None
-
 
 _address = ctypes.pythonapi.PyCapsule_GetPointer  # torch hands tensor handles over as capsules
 _address.restype, _address.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]

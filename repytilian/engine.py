@@ -246,9 +246,9 @@ class Engine:
         return job, events
 
     def step(self, batch: Batch) -> list[tuple[Job, Event]]:
-        """One token for every sequence in the batch (several for a sequence alone, where its
-        built step's loop takes them: `_steps_alone`); the events of their requests."""
-        out = self._steps_alone(batch)
+        """One token for every sequence in the batch (several, where its built step's loop takes
+        them: `_steps_at_once`); the events of their requests."""
+        out = self._steps_at_once(batch)
         if out is not None:
             return self._interruptions(batch, out)
         out = []
@@ -269,28 +269,32 @@ class Engine:
                 batch.drop(seq)
         return self._interruptions(batch, out)
 
-    def _steps_alone(self, batch: Batch) -> list[tuple[Job, Event]] | None:
-        """Up to TOKENS_AT_ONCE tokens of a batch's one sequence through its built step's loop
-        (Batch.steps_alone: a shipped model's token in about half the time), or None where
-        the loop does not take it (then a token at a time). Tokens past the sequence's end (a stop
-        string) are computed but never shown."""
-        if len(batch) != 1 or batch.rows[0].group.owner.request.alternatives > 0:
+    def _steps_at_once(self, batch: Batch) -> list[tuple[Job, Event]] | None:
+        """Up to TOKENS_AT_ONCE steps of the batch through its built step's loop (Batch.steps_at_once:
+        a shipped model's token alone in about half the time), their events in the order a step at
+        a time gives them; or None where the loop does not take the batch. Tokens past a request's
+        end (a stop string) are computed but never shown."""
+        seqs = list(batch.rows)
+        jobs: list[Job] = [seq.group.owner for seq in seqs]
+        if not seqs or any(job.request.alternatives > 0 for job in jobs):
             return None
-        seq = batch.rows[0]
-        job: Job = seq.group.owner
-        made = batch.steps_alone(min(TOKENS_AT_ONCE, job.request.max_new_tokens - seq.steps), self.tokenizer.eos_id,
-                                 job.want_logprobs)
+        most = min(TOKENS_AT_ONCE, *(job.request.max_new_tokens - seq.steps for seq, job in zip(seqs, jobs)))
+        made = batch.steps_at_once(most, self.tokenizer.eos_id, any(job.want_logprobs for job in jobs))
         if made is None:
             return None
-        _, tokens, logprobs = made
-        row, out, first = job.rows[seq.sample], [], seq.steps - len(tokens) + 1
-        for n, (token, logprob) in enumerate(zip(tokens, logprobs or [None] * len(tokens)), start=first):
-            out += [(job, event) for event in row.take(token, logprob, [])]
-            if not row.ended and n >= job.request.max_new_tokens:
-                out.append((job, row.end(LENGTH)))
-            if row.ended:
+        tokens, logprobs = made
+        out: list[tuple[Job, Event]] = []
+        for k, step in enumerate(tokens):
+            for r, (seq, job) in enumerate(zip(seqs, jobs)):
+                row = job.rows[seq.sample]
+                if row.ended:
+                    continue
+                out += [(job, e) for e in row.take(step[r], logprobs[k][r] if job.want_logprobs else None, [])]
+                if not row.ended and seq.steps - len(tokens) + k + 1 >= job.request.max_new_tokens:
+                    out.append((job, row.end(LENGTH)))
+        for seq, job in zip(seqs, jobs):
+            if job.rows[seq.sample].ended:
                 batch.drop(seq)
-                break
         return out
 
     def _interruptions(self, batch: Batch, out: list[tuple[Job, Event]]) -> list[tuple[Job, Event]]:
