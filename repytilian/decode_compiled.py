@@ -378,7 +378,7 @@ class CompiledStep:
         if not self.serves(rows, max(lengths) + 1):
             return None
         if library.path not in self._loops:
-            self._loops[library.path] = TokenLoop.make(library.path, self.model.config.vocab_size)
+            self._loops[library.path] = TokenLoop.make(library.path, self.model.config.vocab_size, library.run)
         loop = self._loops[library.path]
         if loop is None:
             return None

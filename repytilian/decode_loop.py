@@ -6,9 +6,10 @@ v2c 249 us a token against a 75 us step (2-core Xeon with AMX, 2026-12-04), the 
 Python around each step. Here the engine's Python runs once for up to engine.TOKENS_AT_ONCE tokens.
 
 The C file is built like fused_attention.c (runtime/native_build.py) and loaded with ctypes; it
-reaches torch and the step's library through function pointers found here. It gets its own
-instance of the step's library (a second copy of the weights that the library holds: the one the
-engine calls a step at a time is torch's runner, ~11 us a call faster than ctypes from Python).
+reaches torch and the step's library through function pointers found here. The batch step's
+instance is shared with the steps a call at a time; the one-row step gets an instance of its own (a
+second copy of the weights that the library holds: the one the engine calls a step at a time is
+torch's runner, ~11 us a call faster than ctypes from Python).
 Where anything is missing (no compiler, REPYTILIAN_NO_NATIVE, a platform without the library's C
 interface) `TokenLoop.make` gives None and tokens go one at a time as before, with a note once.
 """
@@ -148,20 +149,24 @@ class TokenLoop:
     """A built step's library (one row, or a batch's rows), a second instance, called from C for
     several steps at once."""
 
-    def __init__(self, lib: ctypes.CDLL, path: Path, vocab: int):
+    def __init__(self, lib: ctypes.CDLL, step: NativeStep, vocab: int):
         self._lib, self.vocab = lib, vocab
-        self._step = NativeStep(path)  # keeps the instance (and the library) alive
-        self._torch = _Torch(*lib.torch_calls, *self._step.entry, *lib.codes)
+        self._step = step  # keeps the instance (and the library) alive
+        self._torch = _Torch(*lib.torch_calls, *step.entry, *lib.codes)
 
     @classmethod
-    def make(cls, path: Path, vocab: int) -> TokenLoop | None:
-        """The loop over the step built at `path` (checked as native_step.load does), or None."""
+    def make(cls, path: Path, vocab: int, step: object = None) -> TokenLoop | None:
+        """The loop over the step built at `path`, through `step` where it is the library's C
+        interface already (a batch step's), else through an instance of its own (checked as
+        native_step.load does); or None."""
         lib = _library()
         if lib is None:
             return None
         try:
-            check_owned(path)
-            return cls(lib, path, vocab)
+            if not isinstance(step, NativeStep):
+                check_owned(path)
+                step = NativeStep(path)
+            return cls(lib, step, vocab)
         except (OSError, RuntimeError) as e:
             note(f"note: the decoding loop could not load the built step ({type(e).__name__}: {e}); "
                  "built steps decode a token at a time")
