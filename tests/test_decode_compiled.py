@@ -424,9 +424,9 @@ def test_a_wide_models_step_holds_its_matrices_as_the_eager_decoder_does(tmp_pat
 
 @pytest.mark.slow
 def test_the_eager_passes_beside_a_built_step_take_the_eager_decoders_format(built, monkeypatch):
-    """A built step has its own format; what a decoder computes eagerly beside it (a batch without
-    a built batch step, a long prompt) takes the format measured fastest for eager decoding (with
-    AMX, 128-wide steps are built in bf16, where eager batches were 2.8x slower than in float32)."""
+    """A built step has its own format; what a narrow model's decoder computes eagerly beside it (a
+    batch without a built batch step, a long prompt) takes the eager decoder's format (with AMX,
+    128-wide steps are built in bf16, where eager batches were 2.8x slower than in float32)."""
     from repytilian import engine
 
     monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
