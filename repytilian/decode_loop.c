@@ -86,7 +86,7 @@ static int by_weight_descending(const void *x, const void *y) {
 
 /* The next token from one row of logits, or NOT_A_NUMBER; its log-probability (of the logits as
    given: before temperature and filtering, as the engine reports it) into *logprob where asked.
-   `w` and `order` are vocab-long scratch space. Greedy is torch's argmax over the allowed ids (a
+   `w` and `order` are vocab-long scratch space; sampling exponentiates only the tokens top-k leaves in. Greedy is torch's argmax over the allowed ids (a
    NaN counts as the largest, the first of equals wins); sampling refuses NaN and +inf, whose
    probabilities torch's softmax makes NaN (sampling.first_arrival). */
 static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const float *noise,
@@ -101,38 +101,37 @@ static int64_t choose(const float *logits, int64_t vocab, const Choice *c, const
     }
     if (best < 0 || (c->temperature > 0 && (invalid || top == -INFINITY))) return NOT_A_NUMBER;
     if (c->temperature > 0) {
-        float t = (float)c->temperature, floor_ = -INFINITY;
+        float t = (float)c->temperature, floor_ = -INFINITY, high = -INFINITY;
         for (int64_t i = 0; i < vocab; i++) w[i] = (c->never && c->never[i]) ? -INFINITY : logits[i] / t;
         if (c->top_k > 0 && c->top_k < vocab) {  /* below the k-th likeliest: out (sampling.probabilities) */
-            float *copy = (float *)malloc((size_t)vocab * sizeof(float));
-            if (!copy) return NO_MEMORY;
+            float *copy = (float *)order;  /* scratch: room for `vocab` pairs */
             memcpy(copy, w, (size_t)vocab * sizeof(float));
             floor_ = kth_largest(copy, vocab, c->top_k);
-            free(copy);
         }
-        float high = -INFINITY;
-        for (int64_t i = 0; i < vocab; i++) {
-            if (w[i] < floor_) w[i] = -INFINITY;
-            if (w[i] > high) high = w[i];
-        }
+        int64_t kept = 0;  /* the tokens still in, with their weights: exp'd and normalised only they */
+        for (int64_t i = 0; i < vocab; i++)
+            if (w[i] >= floor_ && w[i] != -INFINITY) {
+                order[kept++] = (Weighed){w[i], i};
+                if (w[i] > high) high = w[i];
+            }
         double sum = 0.0;
-        for (int64_t i = 0; i < vocab; i++) { w[i] = w[i] == -INFINITY ? 0.0f : expf(w[i] - high); sum += w[i]; }
-        for (int64_t i = 0; i < vocab; i++) w[i] = (float)(w[i] / sum);
+        for (int64_t r = 0; r < kept; r++) { order[r].w = expf(order[r].w - high); sum += order[r].w; }
+        for (int64_t r = 0; r < kept; r++) order[r].w = (float)(order[r].w / sum);
         if (c->top_p < 1.0) {  /* drop a token once the likelier ones reach top_p; the likeliest stays */
-            int64_t kept = 0;
-            for (int64_t i = 0; i < vocab; i++) if (w[i] > 0) order[kept++] = (Weighed){w[i], i};
             qsort(order, (size_t)kept, sizeof(Weighed), by_weight_descending);
             double before = 0.0;
             for (int64_t r = 0; r < kept; r++) {
-                if (before >= c->top_p) w[order[r].id] = 0.0f;
-                before += order[r].w;
+                float p = order[r].w;
+                if (before >= c->top_p) order[r].w = 0.0f;
+                before += p;
             }
         }
         float race = -1.0f;  /* the first to arrive: the largest weight over its waiting time */
-        for (int64_t i = 0; i < vocab; i++) {
-            if (w[i] <= 0) continue;
-            float arrival = w[i] / fmaxf(noise ? noise[i] : waiting_time(state), FLT_MIN);
-            if (arrival > race) { race = arrival; best = i; }
+        for (int64_t r = 0; r < kept; r++) {
+            if (order[r].w <= 0) continue;
+            int64_t i = order[r].id;
+            float arrival = order[r].w / fmaxf(noise ? noise[i] : waiting_time(state), FLT_MIN);
+            if (arrival > race || (arrival == race && i < best)) { race = arrival; best = i; }
         }
     }
     if (c->logprobs) {
