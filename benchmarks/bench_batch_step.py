@@ -5,8 +5,10 @@
 Requests of --tokens tokens (seeded, the sampling defaults, log-probabilities asked for, as the
 server asks) decode together through the engine, --rounds times, as many at once as --rows says;
 the time of each part is summed around the engine's own calls and printed per token step. The
-parts nest: `Engine.step` holds `Batch.step`, which holds the model calls (`Decoder.forward`, of
-which `Batch._prefill` is the prompts and the windows re-read when a context fills) and sampling.
+parts nest: `Engine.step` holds either `Batch.steps_at_once` (several steps a call through a built
+step's loop, decode_loop.py: the model and the choice of each token, in C) or `Batch.step` (a step
+at a time: the model calls, `Decoder.forward`, and the choice of each row's token); in both,
+`Batch._prefill` is the prompts and the windows re-read when a context fills.
 By default a decoding step built before (`--compile`) is used where one is kept for the model;
 --eager decodes without it. No HTTP: serve_load.py measures the server around this.
 """
@@ -23,14 +25,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from repytilian import batching, decode, engine  # noqa: E402
+from repytilian import batching, decode, decode_loop, engine  # noqa: E402
 from repytilian.api import load_model  # noqa: E402
 from repytilian.runtime.cpu import cpu_name  # noqa: E402
 from repytilian.sampling import SamplingOptions  # noqa: E402
 
-PARTS = [(engine.Engine, "step", "Engine.step (all of a step)"), (batching.Batch, "step", "  Batch.step"),
+PARTS = [(engine.Engine, "step", "Engine.step (all of a step)"),
+         (batching.Batch, "steps_at_once", "  Batch.steps_at_once (several steps a call)"),
+         (decode.Decoder, "steps", "    Decoder.steps (the model and the choice, in C)"),
+         (batching.Batch, "step", "  Batch.step (a step at a time)"),
          (decode.Decoder, "forward", "    Decoder.forward (the model)"),
          (batching.Batch, "_prefill", "      Batch._prefill (prompts, windows)"),
+         (decode_loop, "choose_rows", "    the choice of each token (in C)"),
          (batching, "probabilities", "    sampling: probabilities"), (batching, "arrival_noise", "    sampling: noise"),
          (batching, "first_arrival", "    sampling: the draw")]
 
