@@ -12,9 +12,10 @@ not seen yet (its last). A group joining is prefilled with its prompt but for th
 sequence whose window just filled up (its last KEEP_FRACTION, sampling.py). Then one call feeds
 every sequence its last token, each at its own position (the cache keeps a length per row).
 
-A group's tokens are drawn from its own random generator (seeded by its request), for its own
-sequences in their order: a seeded request gives the same tokens alone or in a batch, as long as
-the model gives the same numbers for a row whatever else is in the batch.
+A seeded request's sequences draw their tokens each from a random generator of its own (the first
+seeded by the request, the others by seeds made from it: `sample_seed`): a seeded request gives the
+same tokens alone or in a batch, a step at a time or several (decode_loop.py), whichever of its
+samples end first, as long as the model gives the same numbers for a row whatever else is in the batch.
 
 Without the cache (`use_cache=False`) each group's window is run through the model whole at every
 step: the reference the cached path is tested against.
@@ -39,6 +40,12 @@ from .sampling import (
 )
 
 
+def sample_seed(seed: int, sample: int) -> int:
+    """The seed of a seeded request's sample: the request's own for the first, one made from it for
+    each other (spread over 64 bits, as torch.Generator takes them)."""
+    return seed if sample == 0 else (seed + sample * 0x9E3779B97F4A7C15) % (1 << 64)
+
+
 @dataclass
 class Seq:
     """One sample's place in the batch: its window (the tokens the model sees; the last one is
@@ -49,17 +56,17 @@ class Seq:
     tokens: list[int]
     row: int = -1
     steps: int = 0
+    generator: torch.Generator | None = None  # a seeded request's: this sample's own
 
 
 @dataclass
 class Group:
-    """The samples of one request: one prompt, one way of sampling, one random generator."""
+    """The samples of one request: one prompt, one way of sampling."""
 
     prompt_ids: list[int]
     sampling: SamplingOptions
     num_samples: int = 1
     owner: Any = None  # the engine's own record of the request
-    generator: torch.Generator | None = None
     seqs: list[Seq] = field(default_factory=list)
     fresh: bool = True  # not prefilled yet
 
@@ -99,10 +106,10 @@ class Batch:
         if not prompt_ids:
             raise ValueError("a prompt needs at least one token (the tokenizer's start ids)")
         group = Group(list(prompt_ids)[-self.block:], sampling, num_samples, owner)
-        if sampling.seed is not None:
-            group.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
         for sample in range(num_samples):
             seq = Seq(group, sample, list(group.prompt_ids), len(self.rows))
+            if sampling.seed is not None:
+                seq.generator = torch.Generator(device=self.device).manual_seed(sample_seed(sampling.seed, sample))
             group.seqs.append(seq)
             self.rows.append(seq)
         self.groups.append(group)
@@ -134,8 +141,8 @@ class Batch:
         sampled = [group for group in self.groups if group.sampling.temperature > 0]
         if sampled and logits.device.type == "cpu" and decode_loop.available():  # (greedy: torch's argmax, as there)
             return self._chosen_natively(logits, sampled)
-        # Groups that sample alike share one pass over their rows (one softmax, one top-k); each then
-        # draws from its own generator, so a group's tokens do not depend on who else is in the batch.
+        # Groups that sample alike share one pass over their rows (one softmax, one top-k); each row
+        # then draws from its own generator, so its tokens do not depend on who else is in the batch.
         alike: dict[tuple, list[Group]] = {}
         for group in self.groups:
             o = group.sampling
@@ -151,11 +158,9 @@ class Batch:
                 ids = rows.argmax(dim=-1)
             else:
                 probs = probabilities(rows, opts)
-                noise, first = torch.empty_like(probs), 0
-                for group in groups:  # each group's rows from its own generator, in its order
-                    n = len(group.live)
-                    arrival_noise(noise[first:first + n], group.generator)
-                    first += n
+                noise = torch.empty_like(probs)
+                for i, seq in enumerate(seqs):
+                    arrival_noise(noise[i:i + 1], seq.generator)
                 ids = first_arrival(probs, noise)
             if whole:
                 chosen_ids = ids
@@ -173,18 +178,14 @@ class Batch:
 
     def _chosen_natively(self, logits: torch.Tensor, sampled: list[Group]) -> list[tuple[Seq, int, int]]:
         """`step`'s choice for every row, made by decode_loop.c as `steps_at_once` makes it several
-        steps at a time: a seeded group's waiting times drawn from its generator, its rows in order,
-        so that its tokens are the same either way and whoever else is here."""
+        steps at a time: a seeded sequence's waiting times drawn from its generator, so that its
+        tokens are the same either way and whoever else is here."""
         noise: list[torch.Tensor | None] = [None] * len(self.rows)
-        seeds = [0] * len(self.rows)
+        seeds = decode_loop.fresh_seeds(len(self.rows))  # the unseeded draw their own waiting times
         for group in sampled:
-            live = group.live
-            if group.generator is not None:
-                for seq, drawn in zip(live, arrival_noise(torch.empty(len(live), logits.size(1)), group.generator)):
-                    noise[seq.row] = drawn
-            else:  # the unseeded draw their own waiting times
-                for seq, seed in zip(live, decode_loop.fresh_seeds(len(live))):
-                    seeds[seq.row] = seed
+            for seq in group.live:
+                if seq.generator is not None:
+                    noise[seq.row] = arrival_noise(torch.empty(logits.size(1)), seq.generator)
         ids, _ = decode_loop.choose_rows(logits, [seq.group.sampling for seq in self.rows], noise, seeds)
         self.ids = torch.tensor(ids, dtype=torch.long)
         for seq, token in zip(self.rows, ids):
@@ -199,14 +200,12 @@ class Batch:
         each step's tokens and (`logprobs`) their log-probabilities, a row each, in `self.rows`'
         order, where the decoder's built step takes these rows several steps in a row
         (Decoder.steps: chosen as `_chosen_natively` chooses, so a seeded request's tokens are the
-        same either way); else None. Only where every request has one sequence left: several of
-        one request draw from one generator a step at a time, as many as are still going.
-        `self.logits` is not kept."""
-        if not self.rows or not self.use_cache or self.decoder.compiled is None or len(self.groups) != len(self.rows):
+        same either way); else None. `self.logits` is not kept."""
+        if not self.rows or not self.use_cache or self.decoder.compiled is None:
             return None
         self._prefill_joined()
         made = self.decoder.steps([s.tokens[-1] for s in self.rows], most, end,
-                                  [s.group.sampling for s in self.rows], [s.group.generator for s in self.rows],
+                                  [s.group.sampling for s in self.rows], [s.generator for s in self.rows],
                                   self._never_mask(), logprobs)
         if made is None:
             return None

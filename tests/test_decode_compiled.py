@@ -500,3 +500,35 @@ def test_a_seeded_request_alone_through_the_loop_gets_the_text_it_gets_in_a_batc
     assert [t[0] for t in _events(eager, seeded())[0]] == alone
     unseeded, _ = _events(lm, Request(lm.encode_prompt("the"), 30, SamplingOptions(temperature=1.0)))
     assert calls and len(unseeded) == 30
+
+
+@pytest.mark.slow
+def test_a_seeded_requests_samples_take_the_loop_and_keep_their_text_whichever_ends_first(built, monkeypatch):
+    """Three samples of one seeded request, one stop string: the samples end at different steps,
+    some within a call of several; each sample draws from a generator of its own, so the tokens are
+    those of a step at a time (eagerly, nothing built)."""
+    from repytilian.decode_loop import TokenLoop
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    lm = LanguageModel(built["model"], built["tokenizer"])
+    rows = []
+    loop_steps = TokenLoop.steps
+    monkeypatch.setattr(TokenLoop, "steps", lambda self, inputs, *a: rows.append(inputs[-1].numel())
+                        or loop_steps(self, inputs, *a))
+
+    def samples(model):
+        request = Request(model.encode_prompt("the"), 40, SamplingOptions(temperature=1.2, seed=11), num_samples=3,
+                          stop=("a",))
+        out, ends = {}, {}
+        for event in model.engine.run(request):
+            if isinstance(event, Token):
+                out.setdefault(event.sample, []).append(event.id)
+            elif type(event).__name__ == "Ended":
+                ends[event.sample] = event.tokens
+        return out, ends
+
+    looped, ends = samples(lm)
+    eager = LanguageModel(built["model"], built["tokenizer"])
+    eager.engine.compile = False
+    assert looped == samples(eager)[0]
+    assert 3 in rows and len(set(ends.values())) > 1  # together through the loop; not all ended at once
