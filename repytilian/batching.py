@@ -181,12 +181,12 @@ class Batch:
         steps at a time: a seeded sequence's waiting times drawn from its generator, so that its
         tokens are the same either way and whoever else is here."""
         noise: list[torch.Tensor | None] = [None] * len(self.rows)
-        seeds = decode_loop.fresh_seeds(len(self.rows))  # the unseeded draw their own waiting times
         for group in sampled:
             for seq in group.live:
                 if seq.generator is not None:
                     noise[seq.row] = arrival_noise(torch.empty(logits.size(1)), seq.generator)
-        ids, _ = decode_loop.choose_rows(logits, [seq.group.sampling for seq in self.rows], noise, seeds)
+        samplings = [seq.group.sampling for seq in self.rows]
+        ids, _ = decode_loop.choose_rows(logits, samplings, noise, decode_loop.own_seeds(samplings, noise))
         self.ids = torch.tensor(ids, dtype=torch.long)
         for seq, token in zip(self.rows, ids):
             seq.tokens.append(token)

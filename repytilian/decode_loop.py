@@ -116,11 +116,15 @@ def choose(logits: torch.Tensor, sampling: SamplingOptions, noise: torch.Tensor 
     return ids[0], chances[0]
 
 
-def fresh_seeds(rows: int) -> list[int]:
-    """A seed of 64 bits a row, from one draw of torch's generator: waiting times drawn here follow
-    torch's seed (`torch.manual_seed`)."""
+def own_seeds(samplings: Sequence[SamplingOptions], noise: Sequence[torch.Tensor | None]) -> list[int]:
+    """A seed of 64 bits for each row that samples with no waiting times given (an unseeded
+    request's), from one draw of torch's generator, so that they follow torch's seed
+    (`torch.manual_seed`); 0 for the others. Greedy and seeded rows leave torch's generator alone."""
+    rows = [o.temperature > 0 and n is None for o, n in zip(samplings, noise)]
+    if not any(rows):
+        return [0] * len(rows)
     first = int(torch.randint(-(1 << 63), (1 << 63) - 1, (1,)))
-    return [(first + r * 0x9E3779B97F4A7C15) % (1 << 64) for r in range(rows)]
+    return [(first + r * 0x9E3779B97F4A7C15) % (1 << 64) if own else 0 for r, own in enumerate(rows)]
 
 
 def _choice(sampling: SamplingOptions, noise: torch.Tensor | None, never: torch.Tensor | None, seed: int,
@@ -185,8 +189,9 @@ class TokenLoop:
         rows, block, vocab = positions.numel(), span.numel(), self.vocab
         noise = [torch.empty(count, vocab).exponential_(generator=g) if o.temperature > 0 and g is not None else None
                  for o, g in zip(samplings, generators)]
-        choices = (_Choice * rows)(*(_choice(o, n, never, seed, logprobs)  # the unseeded draw their own
-                                     for o, n, seed in zip(samplings, noise, fresh_seeds(rows))))
+        seeds = own_seeds(samplings, noise)
+        choices = (_Choice * rows)(*(_choice(o, n, never, seed, logprobs)
+                                     for o, n, seed in zip(samplings, noise, seeds)))
         ids, chances = torch.empty(count, rows, dtype=torch.int64), torch.empty(count, rows)
         handles = [_address(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(inputs)]
         try:

@@ -532,3 +532,25 @@ def test_a_seeded_requests_samples_take_the_loop_and_keep_their_text_whichever_e
     eager.engine.compile = False
     assert looped == samples(eager)[0]
     assert 3 in rows and len(set(ends.values())) > 1  # together through the loop; not all ended at once
+
+
+@pytest.mark.slow
+def test_greedy_and_seeded_decoding_leave_torchs_generator_alone(built, monkeypatch):
+    """Only an unseeded request draws from torch's generator (its waiting times follow
+    torch.manual_seed); greedy and seeded ones, through the loop or a step at a time, leave it as
+    it was (a user's own random numbers after generating stay what they were)."""
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    lm = LanguageModel(built["model"], built["tokenizer"])
+    eager = LanguageModel(built["model"], built["tokenizer"])
+    eager.engine.compile = False
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for model in (lm, eager):
+        requests = [Request(model.encode_prompt("the"), 20, SamplingOptions(temperature=0)),
+                    Request(model.encode_prompt("a"), 20, SamplingOptions(temperature=1.0, seed=3), num_samples=2)]
+        for request in requests:
+            list(model.engine.run(request))
+        list(model.engine.run_many(requests))
+    assert torch.equal(torch.get_rng_state(), before)
+    list(lm.engine.run(Request(lm.encode_prompt("the"), 5, SamplingOptions(temperature=1.0))))
+    assert not torch.equal(torch.get_rng_state(), before)
