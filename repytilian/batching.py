@@ -100,6 +100,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def built(self) -> bool:
+        """Whether the batch decodes through a built step (decode_compiled.py), which may take it
+        several steps a call (`steps_at_once`)."""
+        return self.use_cache and self.decoder is not None and self.decoder.compiled is not None
+
     def add(self, prompt_ids: Sequence[int], sampling: SamplingOptions, num_samples: int = 1,
             owner: Any = None) -> Group:
         """A group of `num_samples` sequences continuing `prompt_ids`; they get tokens from the next step."""
@@ -201,7 +207,7 @@ class Batch:
         order, where the decoder's built step takes these rows several steps in a row
         (Decoder.steps: chosen as `_chosen_natively` chooses, so a seeded request's tokens are the
         same either way); else None. `self.logits` is not kept."""
-        if not self.rows or not self.use_cache or self.decoder.compiled is None:
+        if not self.rows or not self.built:
             return None
         self._prefill_joined()
         made = self.decoder.steps([s.tokens[-1] for s in self.rows], most, end,

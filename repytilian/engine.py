@@ -275,6 +275,8 @@ class Engine:
         a shipped model's token alone in about half the time), their events in the order a step at
         a time gives them; or None where the loop does not take the batch. Tokens past a request's
         end (a stop string) are computed but never shown."""
+        if not batch.built:
+            return None
         seqs = list(batch.rows)
         jobs: list[Job] = [seq.group.owner for seq in seqs]
         if not seqs or any(job.request.alternatives > 0 for job in jobs):
