@@ -201,7 +201,7 @@ class Server:
                 max_name: str = "max_tokens") -> Request:
         """The engine's request for a JSON body. Sampling fields left out take SamplingOptions's
         defaults, as on the command line and in Python; a request without a seed draws from the
-        process's generator (and, decoding alone, through the decoding loop: decode_loop.py)."""
+        process's generator (the server never tells a seed it did not get)."""
         lim, defaults = self.limits, SamplingOptions()
         max_tokens = whole(body, max_name, default_max, 0, lim.max_tokens)
         top_p = number(body, "top_p", defaults.top_p, 0.0, 1.0)
