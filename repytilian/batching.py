@@ -87,6 +87,9 @@ class Batch:
         self.device = model.lm_head.weight.device
         # ids no sequence may draw (a padded vocabulary's rows), made a tensor once, not every step
         self.never = torch.tensor(list(never), dtype=torch.long, device=self.device) if never else None
+        self.never_flags = None  # the same as a flag a vocabulary id (uint8), for the decoding loop
+        if self.never is not None:
+            self.never_flags = torch.zeros(model.config.vocab_size, dtype=torch.uint8).index_fill_(0, self.never.cpu(), 1)
         self.use_cache = use_cache
         self.decoder = decoder
         if use_cache and decoder is None:
@@ -192,7 +195,7 @@ class Batch:
                 if seq.generator is not None:
                     noise[seq.row] = arrival_noise(torch.empty(logits.size(1)), seq.generator)
         samplings = [seq.group.sampling for seq in self.rows]
-        ids, _ = decode_loop.choose_rows(logits, samplings, noise, decode_loop.own_seeds(samplings, noise))
+        ids, _ = decode_loop.choose_rows(logits, samplings, noise)
         self.ids = torch.tensor(ids, dtype=torch.long)
         for seq, token in zip(self.rows, ids):
             seq.tokens.append(token)
@@ -212,21 +215,13 @@ class Batch:
         self._prefill_joined()
         made = self.decoder.steps([s.tokens[-1] for s in self.rows], most, end,
                                   [s.group.sampling for s in self.rows], [s.generator for s in self.rows],
-                                  self._never_mask(), logprobs)
+                                  self.never_flags, logprobs)
         if made is None:
             return None
         for r, seq in enumerate(self.rows):
             seq.tokens += [step[r] for step in made[0]]
             seq.steps += len(made[0])
         return made
-
-    def _never_mask(self) -> torch.Tensor | None:
-        """`never` as a flag a vocabulary id (uint8), for the decoding loop."""
-        if self.never is None:
-            return None
-        mask = torch.zeros(self.model.config.vocab_size, dtype=torch.uint8)
-        mask[self.never] = 1
-        return mask
 
     def _logits_cached(self) -> torch.Tensor:
         decoder = self.decoder

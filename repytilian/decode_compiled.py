@@ -348,8 +348,8 @@ class CompiledStep:
     def prompt_step(self, idx: torch.Tensor, cache: KVCache, row: int) -> torch.Tensor:
         """idx (1, T), T >= 2: the next tokens of row `row` -> the last one's logits (1, vocab)."""
         length = cache.lengths[row]
-        rows = [t.narrow(0, row, 1) for t in (*cache.keys, *cache.values)]
-        return self.prompt.run([*rows, idx.contiguous(), torch.tensor([length]), self._span(length + idx.size(1))])[0]
+        return self.prompt.run([*self._rows(cache, row, 1), idx.contiguous(), torch.tensor([length]),
+                                self._span(length + idx.size(1))])[0]
 
     def __call__(self, idx: torch.Tensor, cache: KVCache, first: int = 0) -> torch.Tensor:
         """idx (B, 1): the next token of rows first..first+B-1, each at its own length -> logits
@@ -357,12 +357,9 @@ class CompiledStep:
         out of bounds: the eager pass says so instead)."""
         count = idx.size(0)
         lengths = cache.lengths[first:first + count]
-        if self._inputs[:3] != (cache, first, count):
-            rows = [t.narrow(0, first, count) for t in (*cache.keys, *cache.values)]
-            self._inputs = (cache, first, count, rows)
         pos = self.pos.fill_(lengths[0]) if count == 1 else torch.tensor(lengths, dtype=torch.long)
         # contiguous: the library reads its inputs as laid out when it was built, and checks nothing
-        return (self.one if count == 1 else self.rows).run([*self._inputs[3], idx.contiguous(), pos,
+        return (self.one if count == 1 else self.rows).run([*self._rows(cache, first, count), idx.contiguous(), pos,
                                                             self._span(max(lengths) + 1)])[0]
 
     def steps(self, lasts: list[int], cache: KVCache, count: int, end: int | None,
@@ -382,13 +379,19 @@ class CompiledStep:
         loop = self._loops[library.path]
         if loop is None:
             return None
-        inputs = [*(t.narrow(0, 0, rows) for t in (*cache.keys, *cache.values)), torch.tensor([[n] for n in lasts]),
-                  torch.tensor(lengths)]
+        inputs = [*self._rows(cache, 0, rows), torch.tensor([[n] for n in lasts]), torch.tensor(lengths)]
         # never past a window: a seeded row's generator draws for exactly the steps made
         count = min(count, self.block - max(lengths))
         made = loop.steps(inputs, self.span, MIN_SPAN, count, end, samplings, generators, never, logprobs)
         cache.lengths[:rows] = [n + len(made[0]) for n in lengths]
         return made
+
+    def _rows(self, cache: KVCache, first: int, count: int) -> list[torch.Tensor]:
+        """The keys and values of rows first..first+count-1, a layer each: the views of the last
+        call kept (making them costs microseconds a token)."""
+        if self._inputs[:3] != (cache, first, count):
+            self._inputs = (cache, first, count, [t.narrow(0, first, count) for t in (*cache.keys, *cache.values)])
+        return self._inputs[3]
 
     def _span(self, end: int) -> torch.Tensor:
         """The span input for rows whose longest ends at position `end` - 1 (FixedCache)."""

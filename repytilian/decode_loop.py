@@ -26,8 +26,8 @@ import torch
 from .errors import RepytilianError
 from .events import note
 from .runtime import native_build
-from .runtime.native_step import NativeStep, check_owned
-from .sampling import SamplingOptions
+from .runtime.native_step import NativeStep, check_owned, new_handles
+from .sampling import SamplingOptions, arrival_noise
 
 SOURCE = Path(__file__).with_name("decode_loop.c")
 FLAG_SETS = (["-O2"],)
@@ -90,12 +90,12 @@ def available() -> bool:
 
 
 def choose_rows(logits: torch.Tensor, samplings: Sequence[SamplingOptions], noise: Sequence[torch.Tensor | None],
-                seeds: Sequence[int], never: torch.Tensor | None = None,
-                logprobs: bool = False) -> tuple[list[int], list[float] | None]:
+                never: torch.Tensor | None = None, logprobs: bool = False,
+                seeds: Sequence[int] | None = None) -> tuple[list[int], list[float] | None]:
     """The next token of each row of float32 logits (rows, vocab), each row sampled its own way:
     with its waiting times `noise[r]` (vocab,) where given (drawn by torch: a seeded request's, so
-    that alone and in a batch it draws the same ones), else its own from `seeds[r]`; and (`logprobs`)
-    their log-probabilities. What sampling.py chooses for the same waiting times (tests check one
+    that alone and in a batch it draws the same ones), else its own (from `seeds[r]`, or
+    `own_seeds`); and (`logprobs`) their log-probabilities. What sampling.py chooses for the same waiting times (tests check one
     against the other). A RepytilianError for NaN, as sampling.first_arrival."""
     lib = _library()
     if lib is None:
@@ -103,7 +103,7 @@ def choose_rows(logits: torch.Tensor, samplings: Sequence[SamplingOptions], nois
     logits = logits.float().contiguous()
     rows, vocab = logits.shape
     kept = [None if n is None else n.float().contiguous() for n in noise]  # alive through the call
-    choices = (_Choice * rows)(*(_choice(o, n, never, seed, logprobs) for o, n, seed in zip(samplings, kept, seeds)))
+    choices = _choices(samplings, kept, never, logprobs, seeds)
     ids, chances = torch.empty(rows, dtype=torch.int64), torch.empty(rows)
     _check(lib.choose_rows(logits.data_ptr(), rows, vocab, choices, ids.data_ptr(), chances.data_ptr()))
     return ids.tolist(), chances.tolist() if logprobs else None
@@ -112,7 +112,7 @@ def choose_rows(logits: torch.Tensor, samplings: Sequence[SamplingOptions], nois
 def choose(logits: torch.Tensor, sampling: SamplingOptions, noise: torch.Tensor | None = None,
            never: torch.Tensor | None = None, seed: int = 0) -> tuple[int, float]:
     """choose_rows for one row (vocab,): its id and log-probability."""
-    ids, chances = choose_rows(logits[None], [sampling], [noise], [seed], never, logprobs=True)
+    ids, chances = choose_rows(logits[None], [sampling], [noise], never, logprobs=True, seeds=[seed])
     return ids[0], chances[0]
 
 
@@ -127,11 +127,14 @@ def own_seeds(samplings: Sequence[SamplingOptions], noise: Sequence[torch.Tensor
     return [(first + r * 0x9E3779B97F4A7C15) % (1 << 64) if own else 0 for r, own in enumerate(rows)]
 
 
-def _choice(sampling: SamplingOptions, noise: torch.Tensor | None, never: torch.Tensor | None, seed: int,
-            logprobs: bool) -> _Choice:
-    return _Choice(sampling.temperature, sampling.top_k or 0, sampling.top_p,
-                   noise.data_ptr() if noise is not None else None, never.data_ptr() if never is not None else None,
-                   seed, logprobs)
+def _choices(samplings: Sequence[SamplingOptions], noise: Sequence[torch.Tensor | None], never: torch.Tensor | None,
+             logprobs: bool, seeds: Sequence[int] | None = None) -> ctypes.Array:
+    """Each row's way of choosing, as decode_loop.c takes it (`noise` and `never` must outlive the call)."""
+    never_at = never.data_ptr() if never is not None else None
+    return (_Choice * len(samplings))(*(
+        _Choice(o.temperature, o.top_k or 0, o.top_p, n.data_ptr() if n is not None else None, never_at, seed,
+                logprobs)
+        for o, n, seed in zip(samplings, noise, own_seeds(samplings, noise) if seeds is None else seeds)))
 
 
 def _check(made: int) -> None:
@@ -187,13 +190,11 @@ class TokenLoop:
         draws one stream): the caller keeps `count` within the rows' windows and budgets."""
         positions = inputs[-1]
         rows, block, vocab = positions.numel(), span.numel(), self.vocab
-        noise = [torch.empty(count, vocab).exponential_(generator=g) if o.temperature > 0 and g is not None else None
+        noise = [arrival_noise(torch.empty(count, vocab), g) if o.temperature > 0 and g is not None else None
                  for o, g in zip(samplings, generators)]
-        seeds = own_seeds(samplings, noise)
-        choices = (_Choice * rows)(*(_choice(o, n, never, seed, logprobs)
-                                     for o, n, seed in zip(samplings, noise, seeds)))
+        choices = _choices(samplings, noise, never, logprobs)
         ids, chances = torch.empty(count, rows, dtype=torch.int64), torch.empty(count, rows)
-        handles = [_address(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(inputs)]
+        handles = new_handles(inputs)
         try:
             made = self._lib.decode_steps(ctypes.byref(self._torch), (ctypes.c_void_p * len(handles))(*handles),
                                           len(handles), rows, inputs[-2].data_ptr(), positions.data_ptr(),
@@ -204,6 +205,3 @@ class TokenLoop:
                 self._lib.release(h)
         _check(made)
         return ids[:made].tolist(), chances[:made].tolist() if logprobs else None
-
-_address = ctypes.pythonapi.PyCapsule_GetPointer  # torch hands tensor handles over as capsules
-_address.restype, _address.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]

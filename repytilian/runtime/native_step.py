@@ -54,12 +54,17 @@ class NativeStep:
         return ctypes.cast(self._run, ctypes.c_void_p).value, self._handle.value
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        # a new handle (at::Tensor*) for each input: the library takes them over, and frees them
-        handles = [_pointer(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(inputs)]
+        handles = new_handles(inputs)  # the library takes them over, and frees them
         output = (ctypes.c_void_p * 1)()
         _check(self._lib, self._run(self._handle, (ctypes.c_void_p * len(handles))(*handles), len(handles),
                                     output, 1, None, None))
         return torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs([_capsule(output[0], None, None)])
+
+
+def new_handles(tensors: list[torch.Tensor]) -> list[int]:
+    """A new handle (at::Tensor*, as torch's C interface takes tensors) for each of `tensors`:
+    owned by whoever it is given to (the library's run takes its inputs' over)."""
+    return [_pointer(h, None) for h in torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(tensors)]
 
 
 _pointer = ctypes.pythonapi.PyCapsule_GetPointer  # torch hands tensor handles over as capsules
