@@ -134,6 +134,9 @@ CASES = [
     (["eval", "-m", "model", "-d", "latin1.txt"], "is not UTF-8 text"),
     (["eval", "-m", "model", "-d", "README_missing.md"], "no such file"),
     (["plot", "not_a_model"], "not a Repytilian model folder"),
+    # serving
+    (["serve", "--models", ".", "--lanes", "0"], "--lanes must be at least 1"),
+    (["serve", "--models", ".", "--max-batch", "0"], "--max-batch must be at least 1"),
 ]
 
 

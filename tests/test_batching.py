@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TINY_TEXT, tiny_language_model
 
-from repytilian.batch_loop import BatchLoop
+from repytilian.batch_loop import BatchLoop, Lanes
 from repytilian.decode import Decoder
 from repytilian.engine import LENGTH, STOP, Ended, Request, Token
 from repytilian.language_model import LanguageModel
@@ -102,9 +102,8 @@ def test_python_users_generate_for_a_list_of_prompts_in_one_batch(lm):
     assert all(isinstance(t, str) and t for t in together)
 
 
-def test_the_batch_loop_runs_requests_from_many_threads_at_once(lm):
-    loop = BatchLoop(lm.engine, max_rows=3)  # fewer rows than samples asked for: some wait for a row
-    requests = mixed_requests(lm) * 2
+def from_many_threads(loop, requests) -> list:
+    """Each request's texts (or the exception that ended it), submitted to `loop` from a thread each."""
     results: list = [None] * len(requests)
 
     def client(i: int) -> None:
@@ -124,9 +123,26 @@ def test_the_batch_loop_runs_requests_from_many_threads_at_once(lm):
         t.start()
     for t in threads:
         t.join(90)
+    return results
+
+
+def test_the_batch_loop_runs_requests_from_many_threads_at_once(lm):
+    loop = BatchLoop(lm.engine, max_rows=3)  # fewer rows than samples asked for: some wait for a row
+    results = from_many_threads(loop, mixed_requests(lm) * 2)
     loop.close()
     assert not loop._thread.is_alive()  # done, not still freeing its batch: at exit that aborts the process
     assert results == alone(lm, mixed_requests(lm) * 2)
+    assert loop.load == 0
+
+
+def test_lanes_share_requests_out_and_each_gives_the_text_it_gives_alone(lm):
+    lanes = Lanes(lm.engine, lanes=2, max_rows=6)
+    assert [loop.max_rows for loop in lanes.loops] == [3, 3]  # the model's rows, shared out
+    results = from_many_threads(lanes, mixed_requests(lm) * 2)
+    lanes.close()
+    assert results == alone(lm, mixed_requests(lm) * 2)
+    assert all(loop.most_rows > 0 and not loop._thread.is_alive() for loop in lanes.loops)  # both had work
+    assert lanes.most_rows >= max(loop.most_rows for loop in lanes.loops) and lanes.load() == 0
 
 
 def test_a_bad_request_fails_alone_in_the_batch_loop(lm):
@@ -214,3 +230,61 @@ def test_a_server_leaves_a_core_to_its_event_loop_unless_told(monkeypatch):
     assert cpu.threads_beside_a_server() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert cpu.threads_beside_a_server() == torch.get_num_threads()
+
+
+def test_lanes_decode_on_their_share_of_the_busy_threads_and_a_lone_sample_on_all(lm, two_threads):
+    lanes = Lanes(lm.engine, lanes=2, busy_threads=2, threads=2)
+    assert lanes.busy_threads == 1
+    seen: dict = {"long": [], "short": []}
+    long_started, short_submitted, shared = threading.Event(), threading.Event(), threading.Event()
+    done = {"long": threading.Event(), "short": threading.Event()}
+
+    def long_sink(item):  # on the lane's own thread: waiting here holds that lane still
+        if isinstance(item, Token):
+            seen["long"].append(torch.get_num_threads())
+            if not long_started.is_set():
+                long_started.set()
+                assert short_submitted.wait(30)
+            if seen["long"][-1] == 1:
+                shared.set()
+        if item is None:
+            done["long"].set()
+
+    def short_sink(item):
+        if isinstance(item, Token):
+            seen["short"].append(torch.get_num_threads())
+            assert shared.wait(30)  # the long request steps while this one is in the other lane
+        if item is None:
+            done["short"].set()
+    lanes.submit(Request(lm.encode_prompt("the"), 200, SamplingOptions(seed=1)), long_sink)
+    assert long_started.wait(30)
+    lanes.submit(Request(lm.encode_prompt("a"), 5, SamplingOptions(seed=2)), short_sink)
+    short_submitted.set()
+    assert done["long"].wait(60) and done["short"].wait(60)
+    lanes.close()
+    assert [loop.most_rows for loop in lanes.loops] == [1, 1] and lanes.most_rows == 2  # a request a lane
+    assert seen["long"][0] == 2  # alone at first: all the threads
+    assert set(seen["short"]) == {1} and 1 in seen["long"]  # both on one thread while both decoded
+    assert seen["long"][-1] == 2  # alone again: all of them
+
+
+def test_a_lane_waits_while_another_computes_on_all_the_threads(lm):
+    lanes = Lanes(lm.engine, lanes=2, busy_threads=2, threads=2)
+    first, second = lanes.loops
+    order: list = []
+
+    def second_turn():
+        with lanes.turn(second) as threads:
+            order.append(("second", threads))
+    first.load = 1  # a sample alone in the lanes: its turn is on both threads
+    with lanes.turn(first) as threads:
+        assert threads == 2
+        second.load = 1  # a request comes to the other lane meanwhile
+        other = threading.Thread(target=second_turn)
+        other.start()
+        other.join(0.3)
+        order.append("first's turn ends")
+    other.join(10)
+    assert order == ["first's turn ends", ("second", 1)]  # never two teams on the two cores at once
+    with lanes.turn(first) as threads:
+        assert threads == 1  # two samples in the lanes now: each its share

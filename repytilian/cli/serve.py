@@ -30,6 +30,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=d.max_batch_rows,
                         help=f"samples a model decodes together (default {d.max_batch_rows}; a request's n "
                              "counts each); more wait for a row")
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="batches a model decodes side by side on a CPU, each on its own core (default: 2 where "
+                             "there are 2 cores or more); a request goes to the one with the fewest")
     parser.add_argument("--max-queue", type=int, default=d.max_waiting,
                         help=f"requests that may wait for a turn (default {d.max_waiting}); beyond: 429")
     parser.add_argument("--max-seconds", type=float, default=d.max_seconds,
@@ -87,6 +90,8 @@ def _check_limits(args: argparse.Namespace) -> None:
     for name in ("max_tokens", "max_concurrent", "max_queue", "max_loaded", "max_batch"):
         if getattr(args, name) < 1:
             raise RepytilianError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lanes is not None and args.lanes < 1:
+        raise RepytilianError("--lanes must be at least 1")
     if not args.max_seconds > 0:
         raise RepytilianError("--max-seconds must be more than 0")
 
@@ -108,7 +113,7 @@ def serve_command(args: argparse.Namespace) -> int:
     where = {"single": Path(args.model)} if args.model else {"root": Path(args.models)}
     registry = Registry(**where, device=args.device, max_loaded=args.max_loaded, compile=args.compile)
     limits = Limits(max_tokens=args.max_tokens, max_active=args.max_concurrent, max_waiting=args.max_queue,
-                    max_seconds=args.max_seconds, max_batch_rows=args.max_batch)
+                    max_seconds=args.max_seconds, max_batch_rows=args.max_batch, lanes=args.lanes)
     from ..serve.guard import Guard
 
     key = api_key(args)

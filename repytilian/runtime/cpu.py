@@ -103,6 +103,13 @@ def threads_beside_a_server() -> int:
     return torch.get_num_threads() if threads_chosen() else max(1, min(torch.get_num_threads(), cores - 1))
 
 
+def batch_lanes() -> int:
+    """Batch loops a server runs side by side for a model on a CPU (batch_loop.Lanes): two where
+    there are two cores or more. Measured on 2 cores only (batch_loop.py has the figures): more
+    lanes on more cores are untried, and `serve --lanes` chooses."""
+    return 2 if (physical_cores() or os.cpu_count() or 1) >= 2 else 1
+
+
 @contextlib.contextmanager
 def one_thread_off_the_main_thread() -> Iterator[None]:
     """Within it, a thread other than the main one computes on one thread, where its thread count is

@@ -34,12 +34,12 @@ import torch
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 
-from ..batch_loop import BatchLoop
+from ..batch_loop import Lanes
 from ..engine import Request, Token
 from ..errors import RepytilianError
 from ..events import notes_to
 from ..language_model import LanguageModel
-from ..runtime.cpu import threads_beside_a_server
+from ..runtime.cpu import batch_lanes, threads_beside_a_server
 from ..sampling import SamplingOptions
 from ..tokenizers import UnknownTokensError
 from .http import ApiError, log, number, stop_strings, whole
@@ -87,7 +87,7 @@ class Server:
     def __init__(self, registry: Registry, limits: Limits | None = None):
         self.registry = registry
         self.limits = limits or Limits()
-        self._loops: weakref.WeakKeyDictionary[LanguageModel, BatchLoop] = weakref.WeakKeyDictionary()
+        self._loops: weakref.WeakKeyDictionary[LanguageModel, Lanes] = weakref.WeakKeyDictionary()
         # decoding threads, read now: the event loop's thread may compute on one from now on (above)
         self.threads, self.busy_threads = torch.get_num_threads(), threads_beside_a_server()
         self._work_turn = threading.Lock()  # loads and inspection, one at a time
@@ -244,12 +244,15 @@ class Server:
             await enter
         return False
 
-    def loop(self, lm: LanguageModel) -> BatchLoop:
-        """The model's running batch (made at its first request; it ends when the model is unloaded)."""
+    def loop(self, lm: LanguageModel) -> Lanes:
+        """The model's running batches (made at its first request; they end when the model is unloaded):
+        one on a GPU, `limits.lanes` on a CPU (by default runtime/cpu.batch_lanes)."""
         loop = self._loops.get(lm)
         if loop is None:
-            busy = self.busy_threads if lm.model.lm_head.weight.device.type == "cpu" else None
-            loop = self._loops[lm] = BatchLoop(lm.engine, self.limits.max_batch_rows, busy, self.threads)
+            on_cpu = lm.model.lm_head.weight.device.type == "cpu"
+            lanes = (self.limits.lanes or batch_lanes()) if on_cpu else 1
+            loop = self._loops[lm] = Lanes(lm.engine, lanes, self.limits.max_batch_rows,
+                                           self.busy_threads if on_cpu else None, self.threads)
             weakref.finalize(lm, loop.close)
         return loop
 

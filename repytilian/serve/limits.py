@@ -12,6 +12,7 @@ class Limits:
     max_active: int = 16  # generations at once: they decode together, a batch row per sample
     max_waiting: int = 32  # requests waiting for a turn; more are refused with 429
     max_batch_rows: int = 32  # samples decoding together per model (n counts each); the rest wait in order
+    lanes: int | None = None  # batch loops per model on a CPU (batch_loop.Lanes); None: runtime/cpu.batch_lanes
     max_seconds: float = 60.0  # of generation per request: then it ends as "length"
     wait_seconds: float = 30.0  # the longest a request waits for a turn before a 503
     max_n: int = 8
