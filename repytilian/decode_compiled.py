@@ -73,6 +73,7 @@ from .sampling import SamplingOptions
 KEEP = 8  # models whose built steps are kept in the cache folder (6-50 MB a step for the shipped shapes)
 ROWS_EXAMPLE, MAX_ROWS = 8, 4096  # the batch step: exported with 8 rows, runs any count from 2 to 4,096
 MIN_SPAN = 2  # export makes sizes 0 and 1 constants: a span is at least 2 positions
+KEPT_VIEWS = 256  # row ranges of a cache whose views are kept (_rows): a batch's, and each row's
 PROMPT_EXAMPLE = 3  # a prompt's tokens at once (prompt steps): exported with 3, runs 2 up to the block
 # A short prompt of a small model goes in a position at a time through the built step: measured on
 # a 2-core AVX2 EPYC, 5 tokens of v2c 0.54 ms against 1.1 ms in one eager pass (v3c 0.9 against 2.2);
@@ -312,7 +313,7 @@ class CompiledStep:
         self.block = model.config.block_size
         self.pos = torch.zeros(1, dtype=torch.long)
         self.span = torch.zeros(self.block)  # its first `span` positions give the attention's span
-        self._inputs: tuple = (None, 0, 0, [])  # the cache last seen, first row, row count, those rows' tensors
+        self._views: tuple = (None, {})  # the cache last seen, and views of its rows by (first row, row count)
         self.small = sum(p.numel() for p in model.parameters()) * 4 <= SMALL_MODEL_BYTES
         self._loops: dict[Path, TokenLoop | None] = {}  # a library's, made at first use (None where it cannot be)
 
@@ -387,11 +388,15 @@ class CompiledStep:
         return made
 
     def _rows(self, cache: KVCache, first: int, count: int) -> list[torch.Tensor]:
-        """The keys and values of rows first..first+count-1, a layer each: the views of the last
-        call kept (making them costs microseconds a token)."""
-        if self._inputs[:3] != (cache, first, count):
-            self._inputs = (cache, first, count, [t.narrow(0, first, count) for t in (*cache.keys, *cache.values)])
-        return self._inputs[3]
+        """The keys and values of rows first..first+count-1, a layer each: views kept for the cache
+        (making them costs microseconds a call; a batch's rows and each joining row's prompt asked
+        for their own in turn, so keeping only the last call's made them again and again)."""
+        if self._views[0] is not cache or len(self._views[1]) >= KEPT_VIEWS:
+            self._views = (cache, {})
+        views = self._views[1]
+        if (first, count) not in views:
+            views[first, count] = [t.narrow(0, first, count) for t in (*cache.keys, *cache.values)]
+        return views[first, count]
 
     def _span(self, end: int) -> torch.Tensor:
         """The span input for rows whose longest ends at position `end` - 1 (FixedCache)."""
