@@ -39,9 +39,7 @@ the cache interface (attention.KVCache's) for that. A build that fails is report
 and decoding goes on without it.
 
 How it is called (runtime/native_step.py): the batch and prompt steps through the library's C
-interface (`NativeStep`), which lets other threads run meanwhile (a server's event loop beside its
-batch); the one-row step through torch's own runner, which holds the interpreter's lock but costs
-less a call (`load`).
+interface, which lets other threads run meanwhile; the one-row step through torch's own runner (`load`).
 """
 from __future__ import annotations
 
@@ -73,8 +71,8 @@ from .sampling import SamplingOptions
 KEEP = 8  # models whose built steps are kept in the cache folder (6-50 MB a step for the shipped shapes)
 ROWS_EXAMPLE, MAX_ROWS = 8, 4096  # the batch step: exported with 8 rows, runs any count from 2 to 4,096
 MIN_SPAN = 2  # export makes sizes 0 and 1 constants: a span is at least 2 positions
-KEPT_VIEWS = 256  # row ranges of a cache whose views are kept (_rows): a batch's, and each row's
 PROMPT_EXAMPLE = 3  # a prompt's tokens at once (prompt steps): exported with 3, runs 2 up to the block
+KEPT_VIEWS = 256  # row ranges of a cache whose views CompiledStep._rows keeps
 # A short prompt of a small model goes in a position at a time through the built step: measured on
 # a 2-core AVX2 EPYC, 5 tokens of v2c 0.54 ms against 1.1 ms in one eager pass (v3c 0.9 against 2.2);
 # from about 10 tokens, or for wide models (hyper: 1.4 ms a built step), the eager pass is faster.
@@ -389,8 +387,7 @@ class CompiledStep:
 
     def _rows(self, cache: KVCache, first: int, count: int) -> list[torch.Tensor]:
         """The keys and values of rows first..first+count-1, a layer each: views kept for the cache
-        (making them costs microseconds a call; a batch's rows and each joining row's prompt asked
-        for their own in turn, so keeping only the last call's made them again and again)."""
+        (microseconds a call to make; a batch's rows and each joining row's prompt take turns)."""
         if self._views[0] is not cache or len(self._views[1]) >= KEPT_VIEWS:
             self._views = (cache, {})
         views = self._views[1]
