@@ -176,20 +176,21 @@ int64_t decode_steps(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t r
     Tensor *step = (Tensor *)malloc((size_t)(n_inputs + 1) * sizeof(Tensor));
     uint64_t *states = (uint64_t *)malloc((size_t)rows * sizeof(uint64_t));
     uint8_t *ended = (uint8_t *)calloc((size_t)rows, 1);
-    int64_t made = 0, one = 1, longest = 0, full = 0, left = rows;
+    int64_t made = 0, one = 1, longest = 0, full = 0, left = rows, held = 0;  /* held: handles of `step` ours to release */
     if (!w || !order || !step || !states || !ended) { made = NO_MEMORY; goto done; }
     for (int64_t r = 0; r < rows; r++) {
         states[r] = choices[r].seed;
         if (positions[r] > longest) longest = positions[r];
     }
     while (made < count && longest < block && !full && left > 0) {
-        for (int64_t i = 0; i < n_inputs; i++)
-            if (t->new_handle(inputs[i], &step[i])) { made = STEP_FAILED; goto done; }
+        for (held = 0; held < n_inputs; held++)
+            if (t->new_handle(inputs[held], &step[held])) { made = STEP_FAILED; goto done; }
         int64_t attended = block > min_span ? (longest + 1 > min_span ? longest + 1 : min_span) : block;
         if (t->from_blob(span, 1, &attended, &one, 0, t->float32, t->cpu, 0, &step[n_inputs])) {
             made = STEP_FAILED; goto done;
         }
         Tensor out;  /* the library takes the inputs' handles over, whatever it returns */
+        held = 0;
         if (t->run(t->container, step, (size_t)(n_inputs + 1), &out, 1, NULL, NULL)) { made = STEP_FAILED; goto done; }
         float *logits;
         t->data_ptr(out, (void **)&logits);
@@ -209,6 +210,8 @@ int64_t decode_steps(const Torch *t, Tensor *inputs, int64_t n_inputs, int64_t r
         made++;
     }
 done:
+    for (int64_t i = 0; i < held; i++)  /* a step that failed before the library took them */
+        t->release(step[i]);
     free(w);
     free(order);
     free(step);

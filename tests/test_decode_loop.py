@@ -78,3 +78,43 @@ def test_its_own_waiting_times_draw_tokens_as_often_as_their_probabilities():
             counts[decode_loop.choose(logits, options, seed=seed)[0]] += 1
         assert torch.allclose(counts / counts.sum(), expected, atol=0.015), (options, counts / counts.sum(), expected)
         assert counts[expected == 0].sum() == 0
+
+
+@pytest.mark.parametrize("fails", ["a new handle", "the span's tensor"])
+def test_a_step_that_fails_before_the_library_runs_releases_the_handles_it_made(fails):
+    """decode_steps makes a handle of each input for the library, which takes them over when it
+    runs; a failure before that (torch's C interface refusing one) used to leave them unreleased."""
+    import ctypes
+
+    lib, made, released = decode_loop._library(), [], []
+    status, p = ctypes.c_int32, ctypes.c_void_p
+
+    @ctypes.CFUNCTYPE(status, p, ctypes.POINTER(p))
+    def new_handle(orig, fresh):
+        if fails == "a new handle" and len(made) == 2:
+            return 1
+        made.append(orig)
+        fresh[0] = orig
+        return 0
+
+    @ctypes.CFUNCTYPE(status, p, ctypes.c_int64, p, p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
+                      ctypes.c_int32, ctypes.POINTER(p))
+    def from_blob(*args):
+        return 1  # reached only where every input's handle was made
+
+    @ctypes.CFUNCTYPE(status, p)
+    def release(handle):
+        released.append(handle)
+        return 0
+    never_called = ctypes.cast(release, p).value  # data_ptr and run are never reached here
+    calls = decode_loop._Torch(ctypes.cast(new_handle, p).value, ctypes.cast(from_blob, p).value, never_called,
+                               ctypes.cast(release, p).value, never_called, None, 0, 0)
+    inputs = (p * 4)(11, 12, 13, 14)
+    tokens, positions, span = torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), torch.zeros(8)
+    ids, chances = torch.zeros(1, dtype=torch.int64), torch.zeros(1)
+    choices = decode_loop._choices([SamplingOptions(temperature=0)], [None], None, False)
+    result = lib.decode_steps(ctypes.byref(calls), inputs, 4, 1, tokens.data_ptr(), positions.data_ptr(),
+                              span.data_ptr(), 2, 8, 5, 1, -1, choices, ids.data_ptr(), chances.data_ptr())
+    assert result == -1  # the built decoding step failed
+    assert made == ([11, 12] if fails == "a new handle" else [11, 12, 13, 14])
+    assert released == made
