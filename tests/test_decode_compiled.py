@@ -554,3 +554,26 @@ def test_greedy_and_seeded_decoding_leave_torchs_generator_alone(built, monkeypa
     assert torch.equal(torch.get_rng_state(), before)
     list(lm.engine.run(Request(lm.encode_prompt("the"), 5, SamplingOptions(temperature=1.0))))
     assert not torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.slow
+def test_a_server_runs_lanes_where_batches_decode_through_the_built_steps_loop_only(built, monkeypatch):
+    """Two lanes on two cores pay where a batch's steps run in C without the interpreter's lock;
+    eager batches hold it, and two lanes of them gave 2.5x fewer tokens/s than one."""
+    from repytilian.batch_loop import steps_in_c
+    from repytilian.runtime.cpu import batch_lanes
+    from repytilian.serve.admission import Server
+    from repytilian.serve.registry import Registry
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    monkeypatch.setattr(decode_compiled, "build", lambda *a, **k: pytest.fail("built again"))
+    registry = Registry(single=built["folder"])  # no --compile: the steps built before are found
+    lm = registry.load(registry.scan()[0])
+    eager = LanguageModel(built["model"], built["tokenizer"])
+    eager.engine.compile = False
+    assert steps_in_c(lm.engine) and not steps_in_c(eager.engine)
+    server = Server(registry)
+    for model, lanes in ((lm, batch_lanes()), (eager, 1)):
+        loop = server.loop(model)
+        assert len(loop.loops) == lanes
+        loop.close()

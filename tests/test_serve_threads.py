@@ -49,16 +49,14 @@ def test_work_runs_one_job_at_a_time_each_in_a_thread_that_ends_with_it(tmp_path
 
 def test_a_lone_request_decodes_on_the_threads_the_server_started_with(tmp_path):
     """`repytilian serve` has its event loop's thread compute on one thread once the server is made;
-    the batch loops keep the process's threads (a lone request) and share one core fewer among the
-    lanes (several)."""
-    from repytilian.runtime.cpu import batch_lanes, threads_beside_a_server
+    the batch loop keeps the process's threads (a lone request) and one core fewer (several)."""
+    from repytilian.runtime.cpu import threads_beside_a_server
 
     seen = {}
 
     def event_loop_thread() -> None:  # a thread of its own: the test's keeps its thread count
         torch.set_num_threads(2)
-        seen["expected"] = {"threads": 2, "busy": max(1, threads_beside_a_server() // batch_lanes()),
-                            "lanes": batch_lanes()}
+        seen["expected"] = {"threads": 2, "busy": threads_beside_a_server(), "lanes": 1}  # eager: one lane
         server = Server(Registry(root=tmp_path))
         torch.set_num_threads(1)  # as cli/serve.py does after making the server
         loop = server.loop(tiny_language_model())

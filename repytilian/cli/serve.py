@@ -31,8 +31,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"samples a model decodes together (default {d.max_batch_rows}; a request's n "
                              "counts each); more wait for a row")
     parser.add_argument("--lanes", type=int, default=None,
-                        help="batches a model decodes side by side on a CPU, each on its own core (default: 2 where "
-                             "there are 2 cores or more); a request goes to the one with the fewest")
+                        help="batches a model decodes side by side on a CPU, a request going to the one with the "
+                             "fewest (default: 2 from 2 cores where its decoding steps are built, --compile; else 1)")
     parser.add_argument("--max-queue", type=int, default=d.max_waiting,
                         help=f"requests that may wait for a turn (default {d.max_waiting}); beyond: 429")
     parser.add_argument("--max-seconds", type=float, default=d.max_seconds,

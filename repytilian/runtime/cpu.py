@@ -104,9 +104,10 @@ def threads_beside_a_server() -> int:
 
 
 def batch_lanes() -> int:
-    """Batch loops a server runs side by side for a model on a CPU (batch_loop.Lanes): two where
-    there are two cores or more. Measured on 2 cores only (batch_loop.py has the figures): more
-    lanes on more cores are untried, and `serve --lanes` chooses."""
+    """Batch loops a server runs side by side for a model on a CPU whose batches decode through
+    built steps (batch_loop.Lanes, steps_in_c): two where there are two cores or more. Measured on 2
+    cores only (batch_loop.py has the figures): more lanes on more cores are untried, and
+    `serve --lanes` chooses."""
     return 2 if (physical_cores() or os.cpu_count() or 1) >= 2 else 1
 
 

@@ -34,7 +34,7 @@ import torch
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 
-from ..batch_loop import Lanes
+from ..batch_loop import Lanes, steps_in_c
 from ..engine import Request, Token
 from ..errors import RepytilianError
 from ..events import notes_to
@@ -246,11 +246,12 @@ class Server:
 
     def loop(self, lm: LanguageModel) -> Lanes:
         """The model's running batches (made at its first request; they end when the model is unloaded):
-        one on a GPU, `limits.lanes` on a CPU (by default runtime/cpu.batch_lanes)."""
+        one on a GPU, `limits.lanes` on a CPU (by default runtime/cpu.batch_lanes where its batches
+        decode through a built step's loop, batch_loop.steps_in_c, else one)."""
         loop = self._loops.get(lm)
         if loop is None:
             on_cpu = lm.model.lm_head.weight.device.type == "cpu"
-            lanes = (self.limits.lanes or batch_lanes()) if on_cpu else 1
+            lanes = (self.limits.lanes or (batch_lanes() if steps_in_c(lm.engine) else 1)) if on_cpu else 1
             loop = self._loops[lm] = Lanes(lm.engine, lanes, self.limits.max_batch_rows,
                                            self.busy_threads if on_cpu else None, self.threads)
             weakref.finalize(lm, loop.close)
