@@ -661,7 +661,7 @@ def test_concurrent_requests_decode_together_and_each_gets_its_text_alone(models
 
     s = RealServer(models, "--max-concurrent", "8", "--max-queue", "8")
     try:
-        bodies = [{"model": TEXT, "prompt": prompt, "max_tokens": 20 + 7 * i, "seed": i, "temperature": 1.0,
+        bodies = [{"model": TEXT, "prompt": prompt, "max_tokens": 40 + 7 * i, "seed": i, "temperature": 1.0,
                    "stop": ["\n\n"] if i % 3 == 0 else None}
                   for i, prompt in enumerate(["ROMEO:", "JULIET:\nO", "First Citizen:\nWe are", "KING", "A",
                                               "MENENIUS:\nWhy, masters", "O", "HAMLET: To be, or"])]
