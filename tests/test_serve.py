@@ -310,6 +310,14 @@ def server(models):
     s.stop()
 
 
+def test_the_server_says_at_start_how_its_models_decode_faster(server, models):
+    hint = "--compile builds them as each model loads"
+    assert any(hint in line for line in server.lines)
+    compiling = RealServer(models, "--compile")  # it builds as models load: nothing to tell
+    compiling.stop()
+    assert not any(hint in line for line in compiling.lines) and any("serving on" in line for line in compiling.lines)
+
+
 @pytest.mark.slow
 def test_the_openai_client_works_unchanged(server):
     openai = pytest.importorskip("openai")

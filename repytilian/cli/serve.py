@@ -138,6 +138,9 @@ def serve_command(args: argparse.Namespace) -> int:
     models = registry.scan()
     what = ", ".join(m.id for m in models[:6]) + (" ..." if len(models) > 6 else "") or "none yet"
     print(f"models: {what}", file=sys.stderr, flush=True)
+    if not args.compile and args.device == "cpu":  # measured: v2c 4.7x alone, 3x with 8 clients (docs/serving.md)
+        print("decoding: steps built before are used; --compile builds them as each model loads (20-40 s once "
+              "a model on this machine), several times the tokens/s", file=sys.stderr, flush=True)
 
     started = server.startup
 
