@@ -96,6 +96,15 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise RepytilianError("--max-seconds must be more than 0")
 
 
+def _say_what_is_served(args: argparse.Namespace, registry) -> None:
+    models = registry.scan()
+    what = ", ".join(m.id for m in models[:6]) + (" ..." if len(models) > 6 else "") or "none yet"
+    print(f"models: {what}", file=sys.stderr, flush=True)
+    if not args.compile and args.device == "cpu":  # measured: v2c 4.7x alone, 3x with 8 clients (docs/serving.md)
+        print("decoding: steps built before are used; --compile builds them as each model loads (20-40 s once "
+              "a model on this machine), several times the tokens/s", file=sys.stderr, flush=True)
+
+
 def serve_command(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -135,12 +144,7 @@ def serve_command(args: argparse.Namespace) -> int:
     _show_server_log()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    models = registry.scan()
-    what = ", ".join(m.id for m in models[:6]) + (" ..." if len(models) > 6 else "") or "none yet"
-    print(f"models: {what}", file=sys.stderr, flush=True)
-    if not args.compile and args.device == "cpu":  # measured: v2c 4.7x alone, 3x with 8 clients (docs/serving.md)
-        print("decoding: steps built before are used; --compile builds them as each model loads (20-40 s once "
-              "a model on this machine), several times the tokens/s", file=sys.stderr, flush=True)
+    _say_what_is_served(args, registry)
 
     started = server.startup
 
