@@ -67,3 +67,37 @@ def test_a_lone_request_decodes_on_the_threads_the_server_started_with(tmp_path)
     thread.start()
     thread.join(60)
     assert seen["loop"] == seen["expected"]
+
+
+def test_a_models_lanes_are_made_once_and_off_the_event_loop(tmp_path, monkeypatch):
+    """Finding whether a model's batches decode in C may make a decoder (tens of milliseconds): a
+    worker thread does it, once, however many of the model's first requests come at once."""
+    from repytilian.engine import Request, Token
+    from repytilian.sampling import SamplingOptions
+    from repytilian.serve import admission
+
+    server, lm, seen = Server(Registry(root=tmp_path)), tiny_language_model(), []
+    real = admission.steps_in_c
+
+    def recording(engine):
+        try:
+            asyncio.get_running_loop()
+            seen.append("the event loop")
+        except RuntimeError:
+            seen.append("a worker thread")
+        time.sleep(0.05)  # while the other requests ask for the lanes too
+        return real(engine)
+    monkeypatch.setattr(admission, "steps_in_c", recording)
+
+    async def ask(i: int) -> list:
+        await server.gate.enter()
+        gone = asyncio.get_running_loop().create_future()  # the client stays
+        request = Request(lm.encode_prompt("the"), 5, SamplingOptions(seed=i))
+        return [item async for item in server._run(lm, request, threading.Event(), gone)]
+
+    async def first_requests() -> list:
+        return await asyncio.gather(*(ask(i) for i in range(4)))
+    answers = asyncio.run(first_requests())
+    server.loop(lm).close()
+    assert seen == ["a worker thread"]
+    assert all(sum(isinstance(item, Token) for item in answer) == 5 for answer in answers)

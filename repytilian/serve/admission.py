@@ -91,6 +91,7 @@ class Server:
         # decoding threads, read now: the event loop's thread may compute on one from now on (above)
         self.threads, self.busy_threads = torch.get_num_threads(), threads_beside_a_server()
         self._work_turn = threading.Lock()  # loads and inspection, one at a time
+        self._loops_lock = threading.Lock()
         self._gate: Gate | None = None
         self.started = time.time()
         self.generated = 0  # tokens, for /api/status
@@ -247,15 +248,18 @@ class Server:
     def loop(self, lm: LanguageModel) -> Lanes:
         """The model's running batches (made at its first request; they end when the model is unloaded):
         one on a GPU, `limits.lanes` on a CPU (by default runtime/cpu.batch_lanes where its batches
-        decode through a built step's loop, batch_loop.steps_in_c, else one)."""
-        loop = self._loops.get(lm)
-        if loop is None:
-            on_cpu = lm.model.lm_head.weight.device.type == "cpu"
-            lanes = (self.limits.lanes or (batch_lanes() if steps_in_c(lm.engine) else 1)) if on_cpu else 1
-            loop = self._loops[lm] = Lanes(lm.engine, lanes, self.limits.max_batch_rows,
-                                           self.busy_threads if on_cpu else None, self.threads)
-            weakref.finalize(lm, loop.close)
-        return loop
+        decode through a built step's loop, batch_loop.steps_in_c, else one). Made in a worker
+        thread by a request (`_run`): finding out may make a decoder (tens of milliseconds)."""
+        with self._loops_lock:  # one set of lanes a model, however many requests ask at once
+            return self._loops.get(lm) or self._new_lanes(lm)
+
+    def _new_lanes(self, lm: LanguageModel) -> Lanes:
+        on_cpu = lm.model.lm_head.weight.device.type == "cpu"
+        lanes = (self.limits.lanes or (batch_lanes() if steps_in_c(lm.engine) else 1)) if on_cpu else 1
+        made = self._loops[lm] = Lanes(lm.engine, lanes, self.limits.max_batch_rows,
+                                       self.busy_threads if on_cpu else None, self.threads)
+        weakref.finalize(lm, made.close)
+        return made
 
     def most_rows(self) -> int:
         """The most samples any model has decoded together since the server started."""
@@ -267,7 +271,8 @@ class Server:
         gone.add_done_callback(lambda _: inbox.ready.set())
         finished = False
         try:
-            self.loop(lm).submit(request, inbox.put)
+            lanes = self._loops.get(lm) or await asyncio.to_thread(self.loop, lm)
+            lanes.submit(request, inbox.put)
             while not finished and not gone.done():
                 await inbox.ready.wait()
                 inbox.ready.clear()
