@@ -93,29 +93,40 @@ class BatchLoop:
             thread.join(wait)
 
     def _run(self) -> None:
-        threads = 0
         with notes_to(lambda event: None), self.engine.batch() as batch:
-            if batch.decoder is not None:
-                batch.decoder.prepare_rows()  # where a step is built: the one for several rows too
-            waiting: collections.deque = collections.deque()
-            sinks: dict[Job, Sink] = {}
-            stopping = False
-            while not (stopping and not batch and not waiting):
-                stopping = self._collect(waiting, block=not batch and not waiting) or stopping
-                if not batch and not waiting:
-                    continue
-                with self._turn() as wanted:
-                    if wanted != threads:
-                        threads = wanted
-                        torch.set_num_threads(threads)
-                    self._admit(batch, waiting, sinks)
-                    if len(batch) != self.rows:
-                        self.rows = len(batch)
-                        if self._lanes is not None:
-                            self._lanes.rows_changed()
-                    if batch:
-                        self.most_rows = max(self.most_rows, len(batch))
-                        self._step(batch, sinks)
+            compiled = batch.decoder.compiled if batch.decoder is not None else None
+            if compiled is None:
+                self._serve(batch)
+                return
+            batch.decoder.prepare_rows()  # where a step is built: the one for several rows too
+            compiled.same_as_batches = True  # a request alone gets the numbers it gets in a batch
+            try:
+                self._serve(batch)
+            finally:
+                compiled.same_as_batches = False  # the decoder goes back to the engine's other uses
+
+    def _serve(self, batch: Any) -> None:
+        """Admits and steps until closed and done (on the loop's thread)."""
+        threads = 0
+        waiting: collections.deque = collections.deque()
+        sinks: dict[Job, Sink] = {}
+        stopping = False
+        while not (stopping and not batch and not waiting):
+            stopping = self._collect(waiting, block=not batch and not waiting) or stopping
+            if not batch and not waiting:
+                continue
+            with self._turn() as wanted:
+                if wanted != threads:
+                    threads = wanted
+                    torch.set_num_threads(threads)
+                self._admit(batch, waiting, sinks)
+                if len(batch) != self.rows:
+                    self.rows = len(batch)
+                    if self._lanes is not None:
+                        self._lanes.rows_changed()
+                if batch:
+                    self.most_rows = max(self.most_rows, len(batch))
+                    self._step(batch, sinks)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[int]:

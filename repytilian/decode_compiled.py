@@ -3,26 +3,18 @@ new token a row, exported (torch.export) and compiled by AOTInductor into a shar
 holds the weights. Two of them: one row (batch 1), and any number of rows (a server's batches).
 
 Why: at batch 1 a small model's step is the cost of its ~130 PyTorch calls (2-25 us each), not
-their arithmetic, and MKL's matrix-vector products are slow on AMD's CPUs (128x1024: 20 us where
-numpy's OpenBLAS takes 9). Built this way the step is one call from Python, Inductor's own
-matrix kernels are timed against MKL's for each shape and the faster kept (max_autotune), and the
-weights are constants. Measured on a 2-core AVX2 EPYC (torch 2.13): the shipped `bpe` model 95 us
-a step against ~650 eager and 436 through torch.compile (whose Python wrappers and guards alone
-cost ~150 us a call); the `hyper` shape 1.46 ms against 2.4 (float16) eager. For batches (`v2c`):
-8 rows 295 us against 1,073 eager; its shapes are not fixed, so one row through it costs more
-(bpe 162 us) than through the one-row step. docs/benchmarks.md has the figures against llama.cpp.
+their arithmetic. Built, the step is one call, Inductor's matrix kernels are timed against MKL's
+for each shape and the faster kept (max_autotune), and the weights are constants. 2-core AVX2
+EPYC (torch 2.13): `bpe` 95 us a step against ~650 eager and 436 through torch.compile; `hyper`
+1.46 ms against 2.4 (float16) eager; v2c's 8 rows 295 us against 1,073 eager. The batch step's
+shapes are not fixed, so one row through it costs more (bpe 162 us) than through the one-row step.
 
-What it costs: building takes 20-40 s on 2 cores the first time for a model's weights on a
-machine (the batch and prompt steps as long again each); the library is then kept, and a later run
-loads it in about 10 ms (plus hashing the weights to find it: ~25 ms for 44 MB). So it is built
-only when asked (`--compile` or `engine.compile = True`: the one-row and prompt steps; the batch
-step by `serve --compile`), and used whenever it is there: the first build pays after some 40,000
-tokens, a kept one at once.
-
-Where it is kept: `$REPYTILIAN_HOME/decoding-steps/<digest>.so` (and `-rows.so`, `-prompt.so`), named
-by the digest of the weights, the config, torch's version and this CPU, for the KEEP models used last.
-It is native code built on this machine from the model's own weights: never read from a model
-folder, never shared (model folders hold weights only, loaded without running any code).
+What it costs: 20-40 s on 2 cores the first time for a model's weights on a machine (the batch and
+prompt steps as long again each), then kept in `$REPYTILIAN_HOME/decoding-steps/<digest>.so` (and
+`-rows.so`, `-prompt.so`; the digest of the weights, the config, torch's version and this CPU; the
+KEEP models used last) and loaded in ~10 ms (plus ~25 ms hashing 44 MB of weights). Built only when
+asked (`--compile`, `engine.compile = True`; the batch step by `serve --compile`), used whenever
+found. It is native code built here from the model's weights: never read from a model folder.
 
 The blocks' matrices: bf16 where this CPU computes it natively and the model is wide enough for
 the weights' bytes to matter (runtime/precision.HALF_DECODING_MIN_WIDTH), as decode.py's eager
@@ -31,12 +23,15 @@ reads every weight once: the `hyper` shape, modern layout, 691 us a step against
 (2-core Xeon with AMX, 2026-12-04). With AMX, from 128 wide (AMX_DECODING_MIN_WIDTH): Inductor's
 matrix kernels compute on its bf16 tiles, and the shipped 128-wide models step in 60% of the time.
 A step built before in float32 is still used where the bf16 one has not been built (`compile` None).
+In 16 bits a step's numbers part from the eager float32 pass's in the last bits, and the one-row
+step's from the batch step's (their kernels differ): sampled text, and greedy text at a near-tie,
+can part after some tokens (v2c, 8 seeds of 300 tokens: 3 the same as eagerly; v3c's greedy text
+parts). The batch step gives a row the same numbers bit for bit whatever else is in the batch, so
+a server's batches take a row alone through it too (`same_as_batches`): the same text either way.
 
 The graph is static but for the rows, the span attended over and (the prompt step) the new tokens:
-each row of the KV cache is passed whole, the positions as a tensor, and the attention masks what
-lies beyond each, so one build serves every position. `FixedCache` gives the model's forward pass
-the cache interface (attention.KVCache's) for that. A build that fails is reported once (a note)
-and decoding goes on without it.
+each row of the KV cache is passed whole with its position, and the attention masks what lies
+beyond (`FixedCache`), so one build serves every position. A build that fails is a note, once.
 
 How it is called (runtime/native_step.py): the batch and prompt steps through the library's C
 interface, which lets other threads run meanwhile; the one-row step through torch's own runner (`load`).
@@ -314,6 +309,7 @@ class CompiledStep:
         self._views: tuple = (None, {})  # the cache last seen, and views of its rows by (first row, row count)
         self.small = sum(p.numel() for p in model.parameters()) * 4 <= SMALL_MODEL_BYTES
         self._loops: dict[Path, TokenLoop | None] = {}  # a library's, made at first use (None where it cannot be)
+        self.same_as_batches = False  # a row alone through the batch step too (module docstring)
 
     def found(self) -> bool:
         """Whether either library is already built here."""
@@ -332,8 +328,7 @@ class CompiledStep:
 
     def serves(self, count: int, end: int) -> bool:
         """Whether a built step takes `count` rows whose longest reaches position `end` - 1."""
-        library = self.one if count == 1 else self.rows
-        return library.run is not None and end <= self.block and count <= MAX_ROWS
+        return self._library(count).run is not None and end <= self.block and count <= MAX_ROWS
 
     def prefills(self, tokens: int) -> bool:
         """Whether a prompt of `tokens` goes in through a built step: the prompt step, or a position
@@ -358,8 +353,8 @@ class CompiledStep:
         lengths = cache.lengths[first:first + count]
         pos = self.pos.fill_(lengths[0]) if count == 1 else torch.tensor(lengths, dtype=torch.long)
         # contiguous: the library reads its inputs as laid out when it was built, and checks nothing
-        return (self.one if count == 1 else self.rows).run([*self._rows(cache, first, count), idx.contiguous(), pos,
-                                                            self._span(max(lengths) + 1)])[0]
+        return self._library(count).run([*self._rows(cache, first, count), idx.contiguous(), pos,
+                                          self._span(max(lengths) + 1)])[0]
 
     def steps(self, lasts: list[int], cache: KVCache, count: int, end: int | None,
               samplings: list[SamplingOptions], generators: list[torch.Generator | None], never: torch.Tensor | None,
@@ -370,7 +365,7 @@ class CompiledStep:
         window is full or every row has given `end`. None where the step for these rows (one row,
         or a batch's) or its loop is missing, or a window is full already."""
         rows, lengths = len(lasts), cache.lengths[:len(lasts)]
-        library = self.one if rows == 1 else self.rows
+        library = self._library(rows)
         if not self.serves(rows, max(lengths) + 1):
             return None
         if library.path not in self._loops:
@@ -384,6 +379,11 @@ class CompiledStep:
         made = loop.steps(inputs, self.span, MIN_SPAN, count, end, samplings, generators, never, logprobs)
         cache.lengths[:rows] = [n + len(made[0]) for n in lengths]
         return made
+
+    def _library(self, count: int) -> _Library:
+        """The step for `count` rows: the batch step, or the one-row step for a row alone unless
+        `same_as_batches` (a server's batches) and the batch step is loaded."""
+        return self.rows if count > 1 or (self.same_as_batches and self.rows.run is not None) else self.one
 
     def _rows(self, cache: KVCache, first: int, count: int) -> list[torch.Tensor]:
         """The keys and values of rows first..first+count-1, a layer each: views kept for the cache

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -577,3 +578,40 @@ def test_a_server_runs_lanes_where_batches_decode_through_the_built_steps_loop_o
         loop = server.loop(model)
         assert len(loop.loops) == lanes
         loop.close()
+
+
+@pytest.mark.slow
+def test_a_servers_batches_take_a_request_alone_through_the_batch_step(built, monkeypatch):
+    """In 16 bits the one-row step's numbers part from the batch step's (their kernels differ),
+    and a seeded request's text alone from its text among others (v2c with AMX: one of 8 requests,
+    from its 33rd token). The batch step gives a row the same numbers whatever else is in the
+    batch, so a server's batch loop takes a request alone through it too; elsewhere a request
+    alone keeps the faster one-row step."""
+    from repytilian.batch_loop import BatchLoop
+
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    lm = LanguageModel(built["model"], built["tokenizer"])
+    lm.engine.compile = None
+    lm.engine.prepare(rows=True)
+    used = []
+    choose = decode_compiled.CompiledStep._library
+    monkeypatch.setattr(decode_compiled.CompiledStep, "_library",
+                        lambda self, count: used.append((count, (lib := choose(self, count)).rows)) or lib)
+    request = lambda seed: Request(lm.encode_prompt("the cat"), 12, SamplingOptions(seed=seed, temperature=1.0))  # noqa: E731
+    lm.generate("the cat", 12, seed=1)
+    assert {rows for count, rows in used} == {None}  # alone in Python: the one-row step
+    used.clear()
+    loop = BatchLoop(lm.engine)
+    texts = {}
+
+    def ask(key, req):
+        done, parts = threading.Event(), []
+        loop.submit(req, lambda item: done.set() if item is None else parts.append(getattr(item, "text", "")))
+        return done, parts
+    for key, reqs in (("alone", [request(1)]), ("together", [request(1), request(2), request(3)])):
+        asked = [ask(key, r) for r in reqs]
+        assert all(done.wait(60) for done, _ in asked)
+        texts[key] = "".join(asked[0][1])
+    loop.close()
+    assert used and all(rows == decode_compiled.ROWS_EXAMPLE for count, rows in used)  # the batch step only
+    assert texts["alone"] == texts["together"]
