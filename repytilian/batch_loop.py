@@ -95,15 +95,14 @@ class BatchLoop:
     def _run(self) -> None:
         with notes_to(lambda event: None), self.engine.batch() as batch:
             compiled = batch.decoder.compiled if batch.decoder is not None else None
-            if compiled is None:
-                self._serve(batch)
-                return
-            batch.decoder.prepare_rows()  # where a step is built: the one for several rows too
-            compiled.same_as_batches = True  # a request alone gets the numbers it gets in a batch
+            if compiled is not None:
+                batch.decoder.prepare_rows()  # where a step is built: the one for several rows too
+                compiled.same_as_batches = True  # a request alone gets the numbers it gets in a batch
             try:
                 self._serve(batch)
             finally:
-                compiled.same_as_batches = False  # the decoder goes back to the engine's other uses
+                if compiled is not None:
+                    compiled.same_as_batches = False  # the decoder goes back to the engine's other uses
 
     def _serve(self, batch: Any) -> None:
         """Admits and steps until closed and done (on the loop's thread)."""
