@@ -16,18 +16,18 @@ KEEP models used last) and loaded in ~10 ms (plus ~25 ms hashing 44 MB of weight
 asked (`--compile`, `engine.compile = True`; the batch step by `serve --compile`), used whenever
 found. It is native code built here from the model's weights: never read from a model folder.
 
-The blocks' matrices: bf16 where this CPU computes it natively and the model is wide enough for
-the weights' bytes to matter (runtime/precision.HALF_DECODING_MIN_WIDTH), as decode.py's eager
-decoder holds them (activations, the cache and the head stay float32); float32 elsewhere. A step
-reads every weight once: the `hyper` shape, modern layout, 691 us a step against 1,077 in float32
-(2-core Xeon with AMX, 2026-12-04). With AMX, from 128 wide (AMX_DECODING_MIN_WIDTH): Inductor's
-matrix kernels compute on its bf16 tiles, and the shipped 128-wide models step in 60% of the time.
-A step built before in float32 is still used where the bf16 one has not been built (`compile` None).
-In 16 bits a step's numbers part from the eager float32 pass's in the last bits, and the one-row
-step's from the batch step's (their kernels differ): sampled text, and greedy text at a near-tie,
-can part after some tokens (v2c, 8 seeds of 300 tokens: 3 the same as eagerly; v3c's greedy text
-parts). The batch step gives a row the same numbers bit for bit whatever else is in the batch, so
-a server's batches take a row alone through it too (`same_as_batches`): the same text either way.
+The blocks' matrices: float32 below 256 wide (runtime/precision.HALF_DECODING_MIN_WIDTH), as the
+eager decoder holds them there, so that compiling the shipped models never changes their text;
+from 256 wide bf16 where the CPU computes it natively (activations, the cache and the head stay
+float32): a step reads every weight once (`hyper` modern 691 us a step against 1,077 in float32,
+2-core Xeon with AMX, 2026-12-04), and the text can then part from eager decoding's (which times
+its own formats) after some tokens. With AMX a 128-wide step in bf16 is 15-25% faster (v2c, bpe,
+v3c: 9,155 / 8,636 / 4,313 tokens/s against 7,781 / 7,107 / 3,447), but over 300 tokens 1 / 3 / 4
+of 6 seeds kept their eager text and greedy text parted on two; in float32 all did. A request's
+`dtype` (float32, or bf16 where native) gets a step in that format. A float32 step built before is
+used until the bf16 one is built. The one-row step's kernels differ from the batch step's, so a
+server's batches take a row alone through the batch step too (`same_as_batches`), which gives a
+row the same numbers whatever else is in the batch.
 
 The graph is static but for the rows, the span attended over and (the prompt step) the new tokens:
 each row of the KV cache is passed whole with its position, and the attention masks what lies
@@ -141,18 +141,18 @@ def _machine() -> str:
 
 
 def step_dtype(model: GPT) -> torch.dtype:
-    """The format of a built step's block matrices here (module docstring)."""
-    from .runtime.precision import (
-        AMX_DECODING_MIN_WIDTH,
-        HALF_DECODING_MIN_WIDTH,
-        amx_bf16,
-        fast_bf16,
-    )
+    """The format of a built step's block matrices here by default (module docstring)."""
+    from .runtime.precision import HALF_DECODING_MIN_WIDTH, fast_bf16
 
-    cpu, width = torch.device("cpu"), model.config.n_embd
-    if width >= AMX_DECODING_MIN_WIDTH and amx_bf16(cpu):
-        return torch.bfloat16
-    return torch.bfloat16 if width >= HALF_DECODING_MIN_WIDTH and fast_bf16(cpu) else torch.float32
+    native = fast_bf16(torch.device("cpu"))
+    return torch.bfloat16 if model.config.n_embd >= HALF_DECODING_MIN_WIDTH and native else torch.float32
+
+
+def _can_build(dtype: torch.dtype) -> bool:
+    """Whether a step asked for in `dtype` can be built here: float32, or bf16 where it is native."""
+    from .runtime.precision import fast_bf16
+
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and fast_bf16(torch.device("cpu")))
 
 
 def step_digest(model: GPT, dtype: torch.dtype = torch.float32) -> str:
@@ -229,18 +229,18 @@ def _used(path: Path) -> float:
 def compiled_step(model: GPT, compile: bool | None, dtype: torch.dtype | None = None) -> CompiledStep | None:
     """The step to decode `model` through: built if missing where `compile` is True, only one
     already built where it is None (the default: finding it costs a hash of the weights, ~25 ms
-    for 44 MB), none where it is False or the model is not on a CPU. Its matrices are in this
-    machine's format for it (step_dtype), or in float32 where only such a step was built before
-    (None); a request for another `dtype` than that format decodes eagerly (None)."""
+    for 44 MB), none where it is False or the model is not on a CPU. Its matrices are in `dtype`
+    where a step can be built in it here (else None: eager decoding), by default in the eager
+    decoder's format (step_dtype), or in float32 where only such a step was built before."""
     if compile is False:
         return None
     if model.lm_head.weight.device.type != "cpu":
         if compile:
             note("note: the decoding step is built for CPUs only; decoding without compiling")
         return None
-    preferred = step_dtype(model)
-    if dtype not in (None, preferred):
+    if dtype is not None and not _can_build(dtype):
         return None
+    preferred = dtype or step_dtype(model)
     step = CompiledStep(model, build_missing=bool(compile), dtype=preferred)
     if compile or step.found():
         return step

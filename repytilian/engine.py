@@ -34,7 +34,6 @@ from .decode_compiled import compiled_step
 from .errors import SettingError
 from .model import GPT
 from .runtime.cpu import one_thread_off_the_main_thread
-from .runtime.precision import HALF_DECODING_MIN_WIDTH
 from .sampling import SamplingOptions, check_lengths
 from .stops import StopFilter
 from .tokenizers import Tokenizer
@@ -351,12 +350,9 @@ class DecoderPool:
         step = compiled_step(self.model, compile, dtype)
         if dtype is None:
             # The eager passes beside a built step (batches without a built batch step, long prompts)
-            # take its format from HALF_DECODING_MIN_WIDTH on, as eager decoding would (16 bits where
-            # native), and the eager decoder's below (float32, untimed): with AMX, v2c's steps are
-            # built in bf16, while its eager 8-row step takes 1.43 ms in bf16 against 0.51 in float32
-            # (2-core Xeon, 2026-12-04).
-            wide = self.model.config.n_embd >= HALF_DECODING_MIN_WIDTH
-            dtype = step.dtype if step is not None and wide else choose_dtype(self.model, 1)
+            # take its format (float32 below 256 wide as eager decoding, bf16 from there where native;
+            # an eager decoder alone times its own: decode.choose_dtype).
+            dtype = step.dtype if step is not None else choose_dtype(self.model, 1)
         decoder = Decoder(self.model, 1, dtype, compiled=step)
         decoder.compile_setting = compile  # given again only under the same setting
         return decoder

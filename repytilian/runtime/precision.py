@@ -304,11 +304,6 @@ def decoding_dtype_candidates(device: torch.device) -> tuple[torch.dtype, ...]:
 
 # Decoding one token at a time is overhead-bound below this width: 16-bit weights only add conversions.
 HALF_DECODING_MIN_WIDTH = 256
-# A built decoding step (decode_compiled.py) on a CPU with AMX from this width: Inductor's matrix
-# kernels use AMX's bf16 tiles there. Measured on a 2-core Xeon with AMX (2026-12-04), one row, one
-# thread: the shipped v2c (128 wide) 151 -> 86 us a step, bpe (128) 163 -> 101, v3c (144) 327 -> 280;
-# v2c's batch step at 8 rows 382 -> 265 us. Without AMX (AVX512-BF16 alone) not measured: 256 as above.
-AMX_DECODING_MIN_WIDTH = 128
 
 
 def decoding_dtype(device: torch.device, width: int, seconds_per_token) -> torch.dtype:
