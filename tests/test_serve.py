@@ -110,6 +110,16 @@ def test_a_completion_with_logprobs_and_a_seed(client):
     assert other != choice["text"]
 
 
+def test_a_seeded_completion_is_the_text_python_gives_for_that_seed(client, models):
+    """One engine under every surface: the server's text for a seed is the library's."""
+    from repytilian import load_model
+
+    body = {"model": TEXT, "prompt": "ROMEO:", "max_tokens": 40, "temperature": 0.9, "top_k": 20, "seed": 11}
+    served = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    lm = load_model(models / TEXT)
+    assert served == lm.generate("ROMEO:", 40, temperature=0.9, top_k=20, seed=11)
+
+
 def test_streaming_gives_the_same_text_as_one_answer(client):
     body = {"model": TEXT, "prompt": "KING", "max_tokens": 20, "seed": 1, "n": 2}
     whole = client.post("/v1/completions", json=body).json()
