@@ -162,6 +162,7 @@ class Decoder:
         # before the first token, so that what building says comes before any text.
         self.compiled = compiled if compiled is not None and compiled.prepare() else None
         self.compile_setting: bool | None = None  # the engine's, when it made this (engine.DecoderPool)
+        self.dtype_asked: torch.dtype | None = None  # the format its request asked for (None: the default)
 
     @property
     def length(self) -> int:

@@ -343,10 +343,11 @@ class DecoderPool:
         weights = self._weights()
         with self._lock:
             for i, (made_from, compile, decoder) in enumerate(self._free):
-                if made_from == weights and (dtype is None or decoder.dtype == dtype) and compile == self.compile:
+                # made for the same format asked (None: the default; not any format a spare has)
+                if made_from == weights and decoder.dtype_asked == dtype and compile == self.compile:
                     del self._free[i]
                     return decoder
-        compile = self.compile
+        compile, asked = self.compile, dtype
         step = compiled_step(self.model, compile, dtype)
         if dtype is None:
             # The eager passes beside a built step (batches without a built batch step, long prompts)
@@ -354,7 +355,7 @@ class DecoderPool:
             # an eager decoder alone times its own: decode.choose_dtype).
             dtype = step.dtype if step is not None else choose_dtype(self.model, 1)
         decoder = Decoder(self.model, 1, dtype, compiled=step)
-        decoder.compile_setting = compile  # given again only under the same setting
+        decoder.compile_setting, decoder.dtype_asked = compile, asked  # given again only for the same
         return decoder
 
     def give_back(self, decoder: Decoder) -> None:

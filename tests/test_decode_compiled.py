@@ -433,6 +433,19 @@ def test_a_wide_models_step_holds_its_matrices_as_the_eager_decoder_does(tmp_pat
     decode_compiled._machine.cache_clear()
 
 
+@pytest.mark.slow
+def test_a_request_in_the_default_format_never_gets_a_decoder_made_for_another(built, monkeypatch):
+    """A decoder given back after a request for float16 (eager: no step is built in it) was given
+    to the next request in the default format, which then decoded in 16 bits: other text."""
+    monkeypatch.setenv("REPYTILIAN_HOME", str(built["home"]))
+    lm = LanguageModel(built["model"], built["tokenizer"])
+    lm.generate("a dog", 5, temperature=0, dtype=torch.float16)
+    decoder = lm.engine._decoders.take(None)
+    assert decoder.dtype == torch.float32 and decoder.compiled is not None
+    lm.engine._decoders.give_back(decoder)
+    assert lm.generate("a dog", 40, temperature=0) == built["eager"]["a dog"]
+
+
 def _events(lm, request):
     tokens, ended = [], None
     for event in lm.engine.run(request):
