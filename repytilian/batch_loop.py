@@ -13,10 +13,11 @@ grows to the most rows used at once, so this bounds memory as well as the step's
 Where a built step decodes, each lane's tokens are made in C without the interpreter's lock
 (decode_loop.py), so lanes step on different cores at once; one batch loop leaves a core to the
 server's event loop and its Python between calls. Measured on a 2-core Xeon with AMX (2026-12-04),
-64-token requests, built steps, two lanes against one: in process, 8 v2c requests 32,138 tokens/s
+64-token requests, built bf16 steps, two lanes against one: in process, 8 v2c requests 32,138 tokens/s
 (two lanes of 4) against 22,964; through `repytilian serve` (benchmarks/serve_load.py; more in
 docs/serving.md) 8 clients 16,069-16,189 against 14,577-14,806 on v2c, 12,169-12,361 against
-9,951-10,300 on v3c; a lone request as fast as before.
+9,951-10,300 on v3c; a lone request as fast as before. With float32 steps (narrow models' since):
+v2c 8 clients 12,814-12,889 against 10,290-10,443.
 """
 from __future__ import annotations
 

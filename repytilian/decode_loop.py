@@ -2,7 +2,7 @@
 (decode_loop.c); and a batch's sampled tokens a step at a time, chosen by the same code (`choose_rows`).
 
 Through the generation engine, a token of a small model cost about three times its built step:
-v2c 249 us a token against a 75 us step (2-core Xeon with AMX, 2026-12-04), the rest being
+v2c 249 us a token against a 75 us bf16 step (2-core Xeon with AMX, 2026-12-04), the rest being
 Python around each step. Here the engine's Python runs once for up to engine.TOKENS_AT_ONCE tokens.
 
 The C file is built like fused_attention.c (runtime/native_build.py) and loaded with ctypes; it
