@@ -115,11 +115,6 @@ def fast_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_bf16().native
 
 
-def amx_bf16(device: torch.device) -> bool:
-    """Whether this CPU has AMX's bf16 tiles (Xeons since Sapphire Rapids), with bf16 native."""
-    return fast_bf16(device) and "amx_bf16" in (cpu_flags() or set())
-
-
 def machine_summary() -> str:
     """One line for logs and benchmarks: the CPU's capability and whether bf16 is native."""
     support = cpu_bf16()
