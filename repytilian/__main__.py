@@ -1,6 +1,10 @@
-"""`python -m repytilian` is the `repytilian` command."""
+"""`python -m repytilian` is the `repytilian` command (from a checkout, under its .venv by itself)."""
 import sys
 
-from .cli import main
+from ._bootstrap import ensure_dependencies
 
-sys.exit(main())
+if __name__ == "__main__":
+    ensure_dependencies(__file__, module="repytilian")
+    from .cli import main
+
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Let `python3 training.py` work from a checkout whose dependencies live in `.venv`.
+"""Let `python3 training.py` (and `python3 -m repytilian`) work from a checkout whose dependencies live in `.venv`.
 
 If torch cannot be imported and the project's `.venv` exists, run the script again with its
 Python; otherwise say how to install, instead of an ImportError traceback.
@@ -28,17 +28,21 @@ def _running_in(venv: Path) -> bool:
         return False
 
 
-def ensure_dependencies(script: str) -> None:
+def ensure_dependencies(script: str, module: str | None = None) -> None:
+    """`script` is the running file; with `module`, it is that package's __main__.py, run as
+    `python -m module` from the checkout that holds the package (the `repytilian` command lives in
+    .venv/bin, which a new user may not have activated)."""
     try:
         import numpy  # noqa: F401
         import torch  # noqa: F401
     except ImportError as e:
-        root = Path(script).resolve().parent
+        root = Path(script).absolute().parent.parent if module else Path(script).resolve().parent
         venv = root / ".venv"
         python = _venv_python(venv)
         if python is not None and not _running_in(venv) and not os.environ.get("REPYTILIAN_REEXEC"):
             os.environ["REPYTILIAN_REEXEC"] = "1"  # once: a broken venv must not loop
-            os.execv(str(python), [str(python), script, *sys.argv[1:]])
+            again = ["-m", module] if module else [script]
+            os.execv(str(python), [str(python), *again, *sys.argv[1:]])
         where = f" in {venv}" if python is not None else ""
         print(f"error: {e.name} is not installed{where}. Run `make install` in {root} "
               "(or `pip install -e .`) and try again", file=sys.stderr)

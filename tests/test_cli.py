@@ -1,10 +1,12 @@
 """The seed README's commands, run as a user runs them: real processes, real signals."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,6 +180,38 @@ def test_bootstrap_message_without_dependencies(tmp_path):
                         f"sys.argv = [{script!r}]; runpy.run_path({script!r}, run_name='__main__')"],
                        cwd=scratch, capture_output=True, text=True)
     assert r.returncode == 2 and "make install" in r.stderr
+
+
+def _checkout_with_the_package(tmp_path) -> Path:
+    """A checkout holding the package only (a copy of its files: a link would lead to this one's .venv)."""
+    scratch = tmp_path / "checkout"
+    shutil.copytree(ROOT / "repytilian", scratch / "repytilian", ignore=shutil.ignore_patterns("__pycache__"))
+    return scratch
+
+
+def test_python_m_repytilian_without_dependencies_says_how_to_install(tmp_path):
+    # The README's `repytilian ...` commands as `python3 -m repytilian ...` from a checkout, with a
+    # Python that has no torch and no .venv beside: a hint, not an ImportError traceback.
+    scratch = _checkout_with_the_package(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("REPYTILIAN_REEXEC", "PYTHONPATH", "VIRTUAL_ENV")}
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    r = subprocess.run([base, "-S", "-m", "repytilian", "--help"], cwd=scratch, capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2 and "make install" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="the suite is not running inside a virtual environment")
+def test_python_m_repytilian_runs_under_the_checkouts_venv(tmp_path):
+    # `repytilian` is in .venv/bin, which a new user has not activated: `python3 -m repytilian`
+    # from the checkout re-runs itself under .venv/bin/python, as training.py and generate.py do.
+    scratch = _checkout_with_the_package(tmp_path)
+    (scratch / ".venv").symlink_to(sys.prefix)
+    env = {k: v for k, v in os.environ.items() if k not in ("REPYTILIAN_REEXEC", "PYTHONPATH", "VIRTUAL_ENV")}
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    r = subprocess.run([base, "-S", "-m", "repytilian", "serve", "--help"], cwd=scratch, capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--max-batch" in r.stdout and "not installed" not in r.stderr
 
 
 @pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="the suite is not running inside a virtual environment")
