@@ -197,6 +197,15 @@ class Engine:
     def compile(self, value: bool | None) -> None:
         self._decoders.compile = value
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The decoding matrices' format for requests naming none (`serve --dtype`); None: the machine's."""
+        return self._decoders.dtype
+
+    @dtype.setter
+    def dtype(self, value: torch.dtype | None) -> None:
+        self._decoders.dtype = value
+
     def run(self, request: Request) -> Iterator[Event]:
         for _, event in self.run_many([request]):
             yield event
@@ -333,6 +342,7 @@ class DecoderPool:
 
     def __init__(self, model: GPT, compile: bool | None = None):
         self.model, self.compile = model, compile
+        self.dtype: torch.dtype | None = None  # for requests that name no format (Engine.dtype)
         self._free: list[tuple[tuple, bool | None, Decoder]] = []
         self._lock = threading.Lock()
 
@@ -340,6 +350,7 @@ class DecoderPool:
         return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
     def take(self, dtype: torch.dtype | None) -> Decoder:
+        dtype = self.dtype if dtype is None else dtype
         weights = self._weights()
         with self._lock:
             for i, (made_from, compile, decoder) in enumerate(self._free):

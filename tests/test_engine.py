@@ -1,6 +1,7 @@
 """The generation engine (engine.py): one event per token, every way a sample ends, stop strings in
 time linear in their length, and the same text from the command line, Python and the server."""
 import pytest
+import torch
 from conftest import TINY_TEXT, run_script, tiny_language_model
 
 from repytilian.engine import (
@@ -179,3 +180,19 @@ def test_each_request_in_a_batch_gets_its_own_tokens_log_probabilities(lm):
                 if isinstance(e, Token) and i == 3]
     assert [i for i, _ in together] == [i for i, _ in alone]
     assert [p for _, p in together] == pytest.approx([p for _, p in alone], abs=1e-5)
+
+
+def test_the_engines_format_is_that_of_every_request_naming_none(lm):
+    """Engine.dtype (serve --dtype) decodes requests that name no format; one that names it keeps its own."""
+    sixteen = lm.generate("the ", 30, temperature=0.8, seed=4, dtype=torch.float16)
+    try:
+        lm.engine.dtype = torch.float16
+        assert lm.generate("the ", 30, temperature=0.8, seed=4) == sixteen
+        with lm.engine.batch() as batch:
+            assert batch.decoder.dtype == torch.float16
+        with lm.engine.batch(torch.float32) as batch:
+            assert batch.decoder.dtype == torch.float32
+    finally:
+        lm.engine.dtype = None
+    with lm.engine.batch() as batch:
+        assert batch.decoder.dtype == torch.float32  # the machine's choice for a narrow model

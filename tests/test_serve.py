@@ -397,6 +397,23 @@ def test_serving_beyond_this_machine_warns(models):
     assert r.returncode == 2 and "is not a folder" in r.stderr
 
 
+def test_serve_dtype_sets_the_format_of_every_model_it_loads(models, monkeypatch):
+    import torch
+
+    from repytilian.runtime import precision
+
+    registry = Registry(root=models, dtype=torch.float16)
+    lm = registry.load(registry.find(TEXT))
+    assert lm.engine.dtype == torch.float16
+    with lm.engine.batch() as batch:  # as a server's batch loop takes its decoder: no format named
+        assert batch.decoder.dtype == torch.float16
+    assert Registry(root=models).load(registry.find(TEXT)).engine.dtype is None  # auto: the machine's choice
+    # bf16 where the CPU would emulate it: refused at start, with the reason
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: precision.Bf16Support(False, "no avx512_bf16"))
+    r = run_script("serve", "--models", str(models), "--dtype", "bfloat16", cwd=models)
+    assert r.returncode == 2 and "no native bf16 (no avx512_bf16)" in r.stderr and "--dtype auto" in r.stderr
+
+
 # --- the playground in a real browser ---------------------------------------------------------
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # the screenshot lands here (ignored by git)

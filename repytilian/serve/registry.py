@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..api import LanguageModel, load_model
 from ..errors import RepytilianError
 from ..store.best import best_in
@@ -141,7 +143,7 @@ class Registry:
     """The models under `root` (or the one folder `single`), each loaded on first use and kept."""
 
     def __init__(self, root: Path | None = None, single: Path | None = None, device: str = "cpu",
-                 max_loaded: int = 4, compile: bool = False):
+                 max_loaded: int = 4, compile: bool = False, dtype: torch.dtype | None = None):
         if (root is None) == (single is None):
             raise ValueError("give a models folder or one model folder")
         self.single = single.resolve() if single is not None else None
@@ -149,6 +151,7 @@ class Registry:
         self.device = device
         self.max_loaded = max_loaded
         self.compile = compile  # build each model's decoding step as it is loaded (decode_compiled.py)
+        self.dtype = dtype  # the decoding matrices' format (serve --dtype; None: the machine's choice)
         self._loaded: OrderedDict[str, tuple[tuple, LanguageModel]] = OrderedDict()  # least recently used first
         self._found: dict[str, tuple[ModelInfo, tuple, float]] = {}  # id: what _lookup found, its config's key, when
         self._lock = threading.Lock()
@@ -278,6 +281,7 @@ class Registry:
             # New, or replaced since it was loaded. Opened as every surface opens a folder: its
             # best model where the run kept a better one.
             lm = load_model(info.path, device=self.device, which=info.which)
+            lm.engine.dtype = self.dtype
             if self.compile:  # built now, while loading, not while a request decodes
                 lm.engine.compile = True
                 lm.engine.prepare(rows=True)
