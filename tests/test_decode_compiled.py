@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_TEXT, run_script
+from conftest import ROOT, TINY_TEXT, run_script
 
 from repytilian import decode_compiled
 from repytilian.decode import choose_dtype
@@ -19,6 +19,7 @@ from repytilian.engine import Request, Token
 from repytilian.events import notes_to
 from repytilian.language_model import LanguageModel
 from repytilian.model import GPT, ModelConfig
+from repytilian.runtime.cpu import cpu_flags
 from repytilian.sampling import SamplingOptions
 from repytilian.store.folder import save_model_dir
 from repytilian.tokenizers import tokenizer_class
@@ -444,6 +445,39 @@ def test_a_request_in_the_default_format_never_gets_a_decoder_made_for_another(b
     assert decoder.dtype == torch.float32 and decoder.compiled is not None
     lm.engine._decoders.give_back(decoder)
     assert lm.generate("a dog", 40, temperature=0) == built["eager"]["a dog"]
+
+
+AMX_STEP_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from repytilian import decode_compiled
+from repytilian.model import GPT, ModelConfig
+torch.manual_seed(0)
+model = GPT(ModelConfig(vocab_size=32, block_size=16, n_layer=1, n_head=4, n_embd=128)).eval()
+step = decode_compiled.CompiledStep(model, build_missing=False, dtype=torch.bfloat16)
+step.one = decode_compiled._Library(Path(sys.argv[1]), None, torch.bfloat16)
+assert step.prepare(), "not loaded"
+print(tuple(step(torch.zeros(1, 1, dtype=torch.long), GPT.new_cache(model, 1)).shape))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not {"amx_bf16", "amx_tile"} <= (cpu_flags() or set()), reason="a CPU without AMX")
+def test_a_bf16_step_found_built_runs_in_a_process_that_has_not_used_amx_yet(tmp_path, monkeypatch):
+    """Linux lets a process use AMX's tiles only once it has asked; building a step asks (the
+    compiler), and so does any bf16 matrix product of oneDNN's, but a process that only loaded a
+    built bf16 step and called it died of an illegal instruction."""
+    # Inductor's own matrix kernels, which use the tiles (this module's fixture leaves autotuning out)
+    options = {**decode_compiled.INDUCTOR_OPTIONS, "max_autotune": True, "max_autotune_gemm_backends": "CPP"}
+    monkeypatch.setattr(decode_compiled, "INDUCTOR_OPTIONS", options)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=32, block_size=16, n_layer=1, n_head=4, n_embd=128)).eval()
+    path = tmp_path / "step.so"
+    decode_compiled.build(model, None, path, torch.bfloat16)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", AMX_STEP_SCRIPT, str(path)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "(1, 32)", (r.returncode, r.stderr[-500:])
 
 
 def _events(lm, request):

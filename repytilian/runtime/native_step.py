@@ -20,7 +20,18 @@ def load(path: Path, let_go: bool = True) -> Callable[[list[torch.Tensor]], list
     interpreter's lock but costs ~17 us less a call (v2c's one-row step: 109 against 126 us, 2-core
     AVX2 EPYC), the better for the one-row step, a tenth of a millisecond that nothing waits on."""
     check_owned(path)
+    allow_amx()
     return NativeStep(path) if let_go else torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1).run
+
+
+def allow_amx() -> None:
+    """Ask Linux for AMX's tile state for this process: a built bf16 step's matrix kernels use the
+    tiles, and the kernel gives them only to a process that asked (compiling asks, so does a bf16
+    product of oneDNN's); one that only loaded a built step died of an illegal instruction at its
+    first call. Where the CPU has no AMX, nothing is asked."""
+    init = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    if init is not None:
+        init()
 
 
 def check_owned(path: Path) -> None:
