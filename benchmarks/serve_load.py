@@ -27,11 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_server(models: Path, clients: int, concurrent: int | None,
-                 compile: bool = False, lanes: int | None = None) -> tuple[subprocess.Popen, str]:
+                 compile: bool = False, lanes: int | None = None, dtype: str = "auto") -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     limits = ["--max-queue", str(clients)] + (["--max-concurrent", str(concurrent)] if concurrent else [])
     limits += ["--compile"] if compile else []
     limits += ["--lanes", str(lanes)] if lanes else []
+    limits += ["--dtype", dtype] if dtype != "auto" else []
     proc = subprocess.Popen([sys.executable, "-m", "repytilian", "serve", "--models", str(models), "--port", "0",
                              *limits],
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -112,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's --compile: decoding steps built ahead of time (the warm-up request "
                              "waits for the build, up to a minute or two the first time)")
     parser.add_argument("--lanes", type=int, default=None, help="the server's --lanes (default: its own)")
+    parser.add_argument("--dtype", default="auto", help="the server's --dtype (default auto)")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.compare.split(",")] if args.compare else [args.clients]
-    proc, url = start_server(Path(args.models), max(counts), args.concurrent, args.compile, args.lanes)
+    proc, url = start_server(Path(args.models), max(counts), args.concurrent, args.compile, args.lanes, args.dtype)
     results = []
     try:
         run(url, args.model, 1, 1, 4, args.stream)  # warm-up: the model loaded, its batch started
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     at_once = f"{args.concurrent} at once" if args.concurrent else "the server's default limits"
     at_once += ", --compile" if args.compile else ""
     at_once += f", --lanes {args.lanes}" if args.lanes else ""
+    at_once += f", --dtype {args.dtype}" if args.dtype != "auto" else ""
     print(f"requests of {args.tokens} tokens ({args.model}, {'streaming' if args.stream else 'whole answers'}, "
           f"{at_once}), {args.requests} per client:")
     first = results[0]
