@@ -343,7 +343,7 @@ class DecoderPool:
     def __init__(self, model: GPT, compile: bool | None = None):
         self.model, self.compile = model, compile
         self.dtype: torch.dtype | None = None  # for requests that name no format (Engine.dtype)
-        self._free: list[tuple[tuple, bool | None, Decoder]] = []
+        self._free: list[tuple[tuple, Decoder]] = []  # (the weights it was made from, a spare)
         self._lock = threading.Lock()
 
     def _weights(self) -> tuple:
@@ -353,9 +353,9 @@ class DecoderPool:
         dtype = self.dtype if dtype is None else dtype
         weights = self._weights()
         with self._lock:
-            for i, (made_from, compile, decoder) in enumerate(self._free):
-                # made for the same format asked (None: the default; not any format a spare has)
-                if made_from == weights and decoder.dtype_asked == dtype and compile == self.compile:
+            for i, (made_from, decoder) in enumerate(self._free):
+                # made under the same setting for the same format asked (None: the default, not any)
+                if made_from == weights and (decoder.compile_setting, decoder.dtype_asked) == (self.compile, dtype):
                     del self._free[i]
                     return decoder
         compile, asked = self.compile, dtype
@@ -372,7 +372,7 @@ class DecoderPool:
     def give_back(self, decoder: Decoder) -> None:
         decoder.reset()
         with self._lock:
-            self._free = [(self._weights(), decoder.compile_setting, decoder)] + self._free[:MAX_SPARE_DECODERS - 1]
+            self._free = [(self._weights(), decoder)] + self._free[:MAX_SPARE_DECODERS - 1]
 
 
 MAX_SPARE_DECODERS = 2
