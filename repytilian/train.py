@@ -36,7 +36,7 @@ from .events import (
 from .model import GPT
 from .optim import clip_and_step, make_optimizer
 from .runtime.batches import BatchPlan, plan_batches
-from .runtime.device import prepare_for_training
+from .runtime.device import prepare_for_training, wait_for
 from .runtime.eta import EXPECT_AFTER_SECONDS, expectation
 from .runtime.precision import DTYPES, autocast
 from .runtime.signals import StopRequest
@@ -301,6 +301,7 @@ class Trainer:
                 state.train_seconds += seconds
                 pace.stepped(loss, loss_value, self.finished(), seconds)
                 if state.step % self.cfg.eval_interval == 0 or self.finished():
+                    state.train_seconds += wait_for(self.device)
                     with pace.paused():
                         self._evaluate_and_tell(pace.report, on_eval)
                 if after_step is not None:
@@ -308,6 +309,7 @@ class Trainer:
                         after_step()  # e.g. a periodic checkpoint
                 if agreed is not None:
                     break
+            state.train_seconds += wait_for(self.device)
         except Exception as e:
             if world.distributed and is_communication_failure(e) and not isinstance(e, RepytilianError):
                 raise world.lost(e, state.step) from None
@@ -353,6 +355,7 @@ class _Pace:
         due = now - self.last_update >= PROGRESS_SECONDS or done
         if loss_value is not None or due:
             if loss_value is None:
+                state.train_seconds += wait_for(self.trainer.device)  # the GPU's queued work: this step's time
                 loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise Diverged(loss_value, state.step)

@@ -12,6 +12,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,29 @@ def test_resume_on_cuda_is_exact(corpus, tmp_path):
     assert resumed.state.step == 40 and same_weights(straight, resumed)
 
 
+def test_the_clock_counts_the_gpus_work_not_only_its_launches():
+    """A step on a GPU only queues its kernels: the run's training time (which the time budget, the
+    schedule and tokens/s read) must include the wait for them. Steps heavy enough that the GPU, not
+    the launches, sets the pace; a stop between evaluations (Ctrl+C) ends the timed stretch."""
+    import numpy as np
+
+    from repytilian.config import ModelConfig, TrainConfig
+    from repytilian.data.corpus import TokenData
+    from repytilian.model import GPT
+    from repytilian.train import Trainer
+
+    ids = np.random.default_rng(0).integers(0, 64, 2_000_000).astype(np.uint16)
+    model = GPT(ModelConfig(vocab_size=64, block_size=512, n_layer=4, n_head=8, n_embd=512)).cuda()
+    cfg = TrainConfig(batch_size=64, dtype="bfloat16", max_iters=1000, eval_interval=1000, compile=False)
+    trainer = Trainer(model, TokenData.split(ids, 0.1), cfg, torch.device("cuda"), report=lambda e: None)
+    trainer.run(StopRequest(at_step=3), progress=False)  # kernels picked, memory taken
+    torch.cuda.synchronize()
+    before, started = trainer.state.train_seconds, time.perf_counter()
+    trainer.run(StopRequest(at_step=33), progress=False)
+    wall = time.perf_counter() - started
+    assert trainer.state.train_seconds - before >= 0.9 * wall, (trainer.state.train_seconds - before, wall)
+
+
 def test_compiled_training_learns_as_eager_does(corpus):
     eager = train(options(corpus, None, steps=60))
     compiled = train(options(corpus, None, steps=60, overrides={"compile": True}))
@@ -127,7 +151,7 @@ def test_torchrun_on_one_gpu_trains_and_nccl_connects(corpus, tmp_path):
     process here (a world of one: no group needed) and NCCL is checked by a group of one; two
     processes over NCCL need a machine with two GPUs."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([*launcher, str(ROOT / "training.py"), "-d", str(corpus), "--iters", "30", *TINY,
                            "--device", "cuda", "-m", str(tmp_path / "m")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

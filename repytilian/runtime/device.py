@@ -1,6 +1,8 @@
 """Which device a run or a model uses: the one asked for, or the best there is."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..errors import RepytilianError, SettingError
@@ -35,3 +37,16 @@ def prepare_for_training(device: torch.device) -> None:
         tune_for_training()
     elif device.type == "cuda":
         torch.set_float32_matmul_precision("high")
+
+
+def wait_for(device: torch.device) -> float:
+    """Seconds spent waiting for the work `device` has queued (none on a CPU, whose steps end when done).
+
+    A GPU's training step only queues its kernels: where the clock is read (the loss shown, an
+    evaluation, the end), the wait belongs to the steps, or the time budget and tokens/s would leave
+    out what the GPU was still doing."""
+    if device.type != "cuda":
+        return 0.0
+    started = time.perf_counter()
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - started
