@@ -116,3 +116,23 @@ def test_a_dropout_asked_for_is_kept_however_long_the_run(corpus_file, tmp_path)
                    log=said.append)
     assert "projected" not in "\n".join(said) and result.language_model.model.config.dropout == 0.3
     assert tmp_path in result.saved_to.parents  # the stopped run's save, not in the checkout's models/
+
+
+def test_a_run_compiled_from_its_start_compiles_once_with_the_dropout_it_chose(corpus_file, tmp_path):
+    """CUDA compiles from the first step, as `compile` true does on a CPU: the dropout decided after
+    step 3 changed the compiled model, which compiled it a second time (was: two graphs; on an H200
+    the second compile made the first-steps estimate say 5.9 s a step for 35 ms steps). Those first
+    steps now run eagerly and the model is compiled once, with the dropout chosen."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    said = []
+    result = train(TrainOptions(data=DataSource("file", str(corpus_file)), settings="quarter", progress=False,
+                                overrides={**TINY_OVERRIDES, "max_iters": 600, "max_seconds": None, "compile": True},
+                                out=None, stop=StopRequest(at_step=8), interrupt_root=str(tmp_path / "models")),
+                   log=said.append)
+    assert "so it regularises more: dropout 0.15" in "\n".join(said)
+    assert result.language_model.model.config.attention_p == 0.15
+    assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["ok"] == 1

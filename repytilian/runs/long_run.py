@@ -11,6 +11,8 @@ with `long_run_dropout` set and projected, after its first CHECK_STEP steps, to 
 text at least LONG_RUN_EPOCHS times takes that dropout everywhere from the next step; shorter runs
 keep the model's own. The model's config is changed with it, so that the folder saved says what
 was trained and a resumed run goes on with it (it is decided once, at that step, never again).
+A run that would compile from its first step (on CUDA, or with `compile` true) runs those steps
+eagerly and compiles once the dropout is decided: changing it in a compiled model compiles it again.
 
 A budget's run projects from its pace, which two steps time only roughly (the same Xeon as an
 AVX2-only CPU projected 8 passes one day and 10 another), so the pace is remembered per machine
@@ -45,6 +47,7 @@ class DropoutCheck:
     epochs: float | None = None  # what the run was projected to see, once decided
     clock: dict[int, float] = field(default_factory=dict)  # the training clock after each of the first steps
     remembered: str | None = None  # the date of the remembered pace it projected from, if it did
+    compile_after: bool = False  # a run compiled from its start (CUDA, `compile` true) compiles once this is decided
 
     def after_step(self, step: int, train_seconds: float) -> float | None:
         if step <= CHECK_STEP:

@@ -128,6 +128,11 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
                     f"dropout {c.dropout:g}/{c.attention_p:g} {run.tcfg.optimizer}")
         longer = DropoutCheck(run.tcfg.long_run_dropout, run.tcfg.batch_size * run.mcfg.block_size,
                               len(run.data.train), run.tcfg.max_iters, run.tcfg.max_seconds, pace_key)
+        if trainer.compiled is not None:
+            # Compiled from the start (CUDA's default, or `compile` true): a dropout changed after the
+            # first steps would compile the model a second time (tens of seconds of the budget, and a
+            # first-steps estimate that took the compile for a step), so those steps run eagerly
+            trainer.compiled, trainer.forward, longer.compile_after = None, trainer.world.wrap(run.model), True
     return _run_and_save(opts, run, trainer, device, out, report, _Checks(recheck, check, longer))
 
 
@@ -177,11 +182,13 @@ def _check_dropout(check: DropoutCheck | None, trainer: Trainer, report: Listene
     if p is None:
         report(Note(f"{seen}: the model's dropout throughout (`long_run_dropout` takes over from "
                     f"{LONG_RUN_EPOCHS:g} times)", settings=("long_run_dropout",)))
-        return
-    drop_out_everywhere(trainer.model, p)
-    trainer.install_native_dropout()
-    report(Note(f"{seen}, so it regularises more: dropout {p:g} everywhere, the attention weights included, "
-                f"from step {trainer.state.step + 1} (`long_run_dropout`)", settings=("long_run_dropout",)))
+    else:
+        drop_out_everywhere(trainer.model, p)
+        trainer.install_native_dropout()
+        report(Note(f"{seen}, so it regularises more: dropout {p:g} everywhere, the attention weights included, "
+                    f"from step {trainer.state.step + 1} (`long_run_dropout`)", settings=("long_run_dropout",)))
+    if check.compile_after:
+        trainer.compile_from_now()
 
 
 def _check_compile(checks: _Checks, trainer: Trainer, report: Listener) -> None:
