@@ -43,10 +43,10 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s (SXM parts)
 # Shapes larger than -s hyper (layers x width x context x batch), where matrix products, not launches,
 # set the pace: GPT-2 small's body and one twice as wide
 MFU_SHAPES = ["12x768x1024x16", "12x1536x1024x16"]
+# Dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s (SXM parts)
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0,
                     "RTX 4090": 165.2, "RTX 3090": 71.0}
 
