@@ -42,11 +42,14 @@ def prepare_for_training(device: torch.device) -> None:
 def wait_for(device: torch.device) -> float:
     """Seconds spent waiting for the work `device` has queued (none on a CPU, whose steps end when done).
 
-    A GPU's training step only queues its kernels: where the clock is read (the loss shown, an
-    evaluation, the end), the wait belongs to the steps, or the time budget and tokens/s would leave
-    out what the GPU was still doing."""
-    if device.type != "cuda":
+    A GPU's training step only queues its kernels (CUDA's and Apple's MPS alike): where the clock is
+    read (the loss shown, an evaluation, the end), the wait belongs to the steps, or the time budget
+    and tokens/s would leave out what the GPU was still doing."""
+    if device.type not in ("cuda", "mps"):
         return 0.0
     started = time.perf_counter()
-    torch.cuda.synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    else:
+        torch.mps.synchronize()
     return time.perf_counter() - started
