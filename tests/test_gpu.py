@@ -186,6 +186,15 @@ def test_the_server_generates_on_cuda(corpus, tmp_path):
         server.stop()
 
 
+def test_bench_says_it_times_the_cpu_and_where_the_gpu_is_measured():
+    done = subprocess.run([sys.executable, "-m", "repytilian", "bench", "--presets", "tiny", "--dtypes", "float32",
+                           "--repeats", "1", "--steps", "2", "--no-loop"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "this times the CPU; the GPU here (" in done.stdout and "make gpu-check" in done.stdout
+
+
 def test_gpu_memory_is_given_back_after_a_run(corpus):
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()

@@ -285,6 +285,9 @@ def _machine(args: argparse.Namespace) -> tuple[str, list[str], dict[str, float]
     machine = f"{cpu_name()} ({platform.machine()}), {os.cpu_count()} CPUs"
     print(f"repytilian bench, {time.strftime('%Y-%m-%d')}, {machine}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {machine_summary()}")
+    if torch.cuda.is_available():  # a GPU user would otherwise read CPU figures as the GPU's
+        print(f"this times the CPU; the GPU here ({torch.cuda.get_device_name(0)}) is measured by `make gpu-check` "
+              "(benchmarks/gpu_check.py)")
     dtypes = [d for d in args.dtypes.split(",") if d]
     if not cpu_bf16().native and "bfloat16" in dtypes:
         # Emulated bf16 is ~100x slower: timing it would take most of an hour and teach nothing.
