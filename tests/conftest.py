@@ -103,6 +103,12 @@ def run_script(*args: str, cwd: Path, timeout: float = 120, process: bool = Fals
     return _in_this_process(args, cwd)
 
 
+def checkout_path() -> str:
+    """PYTHONPATH for a child process: the checkout first, then whatever the caller's path holds
+    (gpu_check's carried wheels: starlette, uvicorn)."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def _in_a_process(args, cwd, timeout, **kwargs) -> subprocess.CompletedProcess:
     first = args[0]
     cmd = [sys.executable, str(ROOT / first)] if first.endswith(".py") else [sys.executable, "-m", "repytilian"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TINY_OVERRIDES, make_corpus
+from conftest import TINY, TINY_OVERRIDES, checkout_path, make_corpus
 
 from repytilian.api import TrainOptions, train
 from repytilian.data import DataSource
@@ -151,7 +151,7 @@ def test_torchrun_on_one_gpu_trains_and_nccl_connects(corpus, tmp_path):
     process here (a world of one: no group needed) and NCCL is checked by a group of one; two
     processes over NCCL need a machine with two GPUs."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": checkout_path()}
     done = subprocess.run([*launcher, str(ROOT / "training.py"), "-d", str(corpus), "--iters", "30", *TINY,
                            "--device", "cuda", "-m", str(tmp_path / "m")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -189,7 +189,7 @@ def test_the_server_generates_on_cuda(corpus, tmp_path):
 def test_bench_says_it_times_the_cpu_and_where_the_gpu_is_measured():
     done = subprocess.run([sys.executable, "-m", "repytilian", "bench", "--presets", "tiny", "--dtypes", "float32",
                            "--repeats", "1", "--steps", "2", "--no-loop"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+                          env={**os.environ, "PYTHONPATH": checkout_path()},
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "this times the CPU; the GPU here (" in done.stdout and "make gpu-check" in done.stdout

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_script
+from conftest import TINY, checkout_path, run_script
 
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
@@ -283,9 +283,7 @@ def test_the_card_view_shows_the_loss_curve_live_while_a_run_trains(models, clie
 
 class RealServer:
     def __init__(self, models: Path, *flags: str):
-        # The checkout first, and whatever the caller's path holds (gpu_check's wheels: starlette, uvicorn)
-        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": checkout_path(), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "repytilian", "serve", "--models", str(models),
                                       "--port", "0", *flags], stderr=subprocess.PIPE, text=True, env=env)
         self.lines = []
