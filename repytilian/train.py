@@ -148,6 +148,10 @@ class Trainer:
         if self.compiled is not None:
             self.forward = self.world.wrap(self.compiled)
 
+    def eager_from_now(self) -> None:
+        """The rest of the run trains the model uncompiled (a compile that failed, or one put off)."""
+        self.compiled, self.forward = None, self.world.wrap(self.model)
+
     def _compiled(self, model: GPT):
         try:
             return torch.compile(model)
@@ -208,11 +212,9 @@ class Trainer:
             except Exception as e:
                 if self.compiled is None or is_communication_failure(e):
                     raise
-                # A compiled model fails at its first call if the compiler cannot build it (on
-                # every process alike, so each wraps the eager model anew).
+                # A compiled model fails at its first call if it cannot be built (on every process alike)
                 self.report(Note(f"warning: torch.compile failed ({type(e).__name__}); training eagerly", "warning"))
-                self.compiled = None
-                self.forward = self.world.wrap(self.model)
+                self.eager_from_now()
                 _, loss = self.forward(x, y)
         return loss
 

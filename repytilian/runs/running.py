@@ -132,7 +132,8 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
             # Compiled from the start (CUDA's default, or `compile` true): a dropout changed after the
             # first steps would compile the model a second time (tens of seconds of the budget, and a
             # first-steps estimate that took the compile for a step), so those steps run eagerly
-            trainer.compiled, trainer.forward, longer.compile_after = None, trainer.world.wrap(run.model), True
+            trainer.eager_from_now()
+            longer.compile_after = True
     return _run_and_save(opts, run, trainer, device, out, report, _Checks(recheck, check, longer))
 
 
