@@ -74,17 +74,25 @@ def clip_and_step(optimizer: Any, parameters: Iterable[torch.Tensor], max_norm: 
 def orthogonalise(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
                   dtype: torch.dtype) -> torch.Tensor:
     """Muon's quintic Newton-Schulz iteration: about U V^T of g = U S V^T (singular values pushed
-    near 1, not exactly to it), computed in `dtype`. The same arithmetic as torch.optim.Muon's."""
+    near 1, not exactly to it), computed in `dtype`. The same arithmetic as torch.optim.Muon's, on
+    one matrix or on a stack of them (matrices, rows, columns), each its own."""
     a, b, c = coefficients
     x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
+    tall = g.size(-2) > g.size(-1)
     if tall:
-        x = x.T  # iterate on the wide side: the Gram matrix x x^T is then the smaller one
-    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1 (a copy: g may be the momentum buffer)
+        x = x.mT  # iterate on the wide side: the Gram matrix x x^T is then the smaller one
+    # spectral norm at most 1 (a copy: g may be the momentum buffer)
+    x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT
+        x = _quintic(x, gram, a, b, c)
+    return x.mT if tall else x
+
+
+def _quintic(x: torch.Tensor, gram: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
+    if x.dim() == 2:
+        return torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
 
 
 def adjusted_lr(lr: float, how: str | None, shape: torch.Size) -> float:
@@ -108,19 +116,28 @@ class Muon(torch.optim.Muon):
     def step(self, closure: Any = None) -> None:
         for group in self.param_groups:
             lr, momentum = float(group["lr"]), group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                                       self.ns_dtype)
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+            grads = [p.grad for p in params]
+            buffers = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_lerp_(buffers, grads, 1 - momentum)
+            updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
+            # Matrices of one shape (each layer's own of each kind) orthogonalised as one stack: a few
+            # batched products in place of a few small ones each, the same arithmetic for each matrix.
+            # Quarter's 24 matrices (2026-12-04): 27 -> 12 ms a step in bf16 on 2 Xeon cores, 30 -> 23 in
+            # float32 as an AVX2-only CPU, 10.7 -> 2-3.4 ms on an H200 (launches, not arithmetic).
+            by_shape: dict[torch.Size, list[int]] = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(p.shape, []).append(i)
+            for shape, members in by_shape.items():
+                stack = torch.stack([updates[i] for i in members]) if len(members) > 1 else updates[members[0]]
+                done = orthogonalise(stack, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+                step = -adjusted_lr(lr, group["adjust_lr_fn"], shape)
+                for j, i in enumerate(members):
+                    params[i].mul_(1 - lr * group["weight_decay"])
+                    params[i].add_(done[j] if len(members) > 1 else done, alpha=step)
 
 
 class MuonWithAdamW:

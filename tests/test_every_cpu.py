@@ -124,9 +124,9 @@ def test_the_choice_is_remembered_apart_for_the_simulated_cpu(monkeypatch):
 # --- Muon without bf16 -----------------------------------------------------------------------
 
 
-def _muon_run(cls, steps=3, **kw):
+def _muon_run(cls, steps=3, shapes=((96, 32), (32, 32), (32, 128)), **kw):
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s)) for s in ((96, 32), (32, 32), (32, 128))]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     opt = cls(params, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", **kw)
     for _ in range(steps):
         for p in params:
@@ -139,6 +139,18 @@ def test_our_muon_in_bf16_is_torchs_muon_exactly():
     theirs, _ = _muon_run(torch.optim.Muon)
     ours, _ = _muon_run(Muon)
     assert all(torch.equal(a, b) for a, b in zip(theirs, ours))
+
+
+def test_matrices_of_one_shape_orthogonalised_as_a_stack_take_torchs_steps():
+    """Our Muon orthogonalises each layer's matrices of one shape together, as one batch of products:
+    each matrix still gets its own update (equal here; a batched product may round otherwise on
+    another CPU, far below what one matrix's update in another's place would change)."""
+    shapes = ((96, 32), (32, 32), (96, 32), (32, 128), (32, 32), (96, 32))
+    for ns_dtype in (torch.bfloat16, torch.float32):
+        theirs, _ = _muon_run(torch.optim.Muon, shapes=shapes)
+        ours, _ = _muon_run(Muon, shapes=shapes, ns_dtype=ns_dtype)
+        for a, b in zip(theirs, ours):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-3 if ns_dtype == torch.bfloat16 else 5e-3)
 
 
 def test_muon_in_float32_never_touches_bf16_and_orthogonalises(monkeypatch):
