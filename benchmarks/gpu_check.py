@@ -1,7 +1,7 @@
 """`make gpu-check`: every GPU path run, and measured, on a CUDA machine, in one command of at most 8 minutes.
 
 1. the tests marked `gpu` (tests/test_gpu.py): training in bf16, float16 with the gradient scaler
-   and float32; exact resume on CUDA; compile on and off; cached decoding equal to the full
+   and float32; resume on CUDA (exact eagerly); compile on (CUDA graphs) and off; cached decoding equal to the full
    forward pass; torchrun on the GPU and NCCL; the server generating on CUDA; memory given back;
 2. `-s hyper` (the lecture's model) trained on Tiny Shakespeare within a time budget (`--budget`,
    default 170 s, the compile counted) and a step count (`--iters`, default 2,000): steps,

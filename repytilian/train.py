@@ -36,7 +36,7 @@ from .events import (
 from .model import GPT
 from .optim import clip_and_step, make_optimizer
 from .runtime.batches import BatchPlan, plan_batches
-from .runtime.device import prepare_for_training, wait_for
+from .runtime.device import prepare_for_training, training_compile_mode, wait_for
 from .runtime.eta import EXPECT_AFTER_SECONDS, expectation
 from .runtime.precision import DTYPES, autocast
 from .runtime.signals import StopRequest
@@ -154,7 +154,7 @@ class Trainer:
 
     def _compiled(self, model: GPT):
         try:
-            return torch.compile(model)
+            return torch.compile(model, mode=training_compile_mode(self.device, self.world.size, self.plan.accum))
         except Exception as e:  # e.g. no compiler on this platform
             self.report(Note(f"warning: torch.compile is not available here ({type(e).__name__}: {e}); "
                              "training eagerly", "warning"))

@@ -220,3 +220,15 @@ def test_the_micro_batches_are_chosen_to_fit_in_memory():
         with pytest.raises(SettingError) as caught:
             plan_batches(cfg, mcfg, ranks=ranks, available=None)
         assert caught.value.setting == setting
+
+
+def test_cuda_graphs_only_for_one_process_stepping_whole_batches():
+    """torch.compile's mode for training (runtime/device.py): CUDA graphs where they were measured to
+    pay, torch's default elsewhere (CPUs, several processes, micro-batches)."""
+    from repytilian.runtime.device import training_compile_mode
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert training_compile_mode(cuda, processes=1, micro_batches=1) == "reduce-overhead"
+    assert training_compile_mode(cuda, processes=2, micro_batches=1) is None
+    assert training_compile_mode(cuda, processes=1, micro_batches=4) is None
+    assert training_compile_mode(cpu, processes=1, micro_batches=1) is None

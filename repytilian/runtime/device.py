@@ -39,6 +39,19 @@ def prepare_for_training(device: torch.device) -> None:
         torch.set_float32_matmul_precision("high")
 
 
+def training_compile_mode(device: torch.device, processes: int, micro_batches: int) -> str | None:
+    """torch.compile's mode for training steps: CUDA graphs ("reduce-overhead") for one process that
+    steps whole batches on a GPU, else torch's default.
+
+    A small model's CUDA step is bound by launching its kernels, not by the GPU's arithmetic; replayed
+    as graphs, `-s hyper`'s step took 6.2 ms against 11.3 and `-s quarter`'s 8.5 against 13.5 (H200,
+    2026-12-04). Several processes (DistributedDataParallel's hooks inside backward) and micro-batches
+    (gradients added into a graph's outputs before its next replay) keep the default: not measured."""
+    if device.type == "cuda" and processes == 1 and micro_batches == 1:
+        return "reduce-overhead"
+    return None
+
+
 def wait_for(device: torch.device) -> float:
     """Seconds spent waiting for the work `device` has queued (none on a CPU, whose steps end when done).
 
