@@ -27,6 +27,9 @@ the checkout (the script looks there, and in ../shared/data) or point `REPYTILIA
 `--data`) at it. Packages the machine lacks (the server's starlette and uvicorn) can travel as
 wheels in `.whl/`: they are installed from there, without network; without them the server test
 skips and says so.
+The tests need pytest, numpy, safetensors and tqdm in the Python that runs the script (the
+machine's own, with its CUDA build of torch): where one is missing, the script names it and the
+pip command, and fails.
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ def install_from_checkout() -> dict:
     wheels = sorted((ROOT / ".whl").glob("*.whl"))
     if wheels:
         site = Path(tempfile.gettempdir()) / "repytilian-gpu-site"
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--no-index", "--no-deps", "--target", str(site),
                         *map(str, wheels)], check=True)
         env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
         sys.path.insert(0, str(site))
@@ -101,13 +104,34 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
+# What the GPU tests import besides torch: pytest, and the package's own core (a GPU machine's own
+# Python runs them, with its CUDA build of torch, the checkout on its path, nothing installed)
+TEST_NEEDS = ["pytest", "numpy", "safetensors", "tqdm"]
+
+
+def missing_modules(env: dict, names: list[str]) -> list[str]:
+    """Which of `names` the Python that runs the tests cannot import."""
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util, sys; "
+                            "print(*[n for n in sys.argv[1:] if importlib.util.find_spec(n) is None])", *names],
+                           env=env, capture_output=True, text=True)
+    return probe.stdout.split()
+
+
 def gpu_tests(env: dict) -> dict:
     """The tests marked gpu, in a process of their own; their summary line, parsed."""
+    missing = missing_modules(env, TEST_NEEDS)
+    if missing:
+        return {"exit_code": None, "missing": missing, "failed_tests": [],
+                "not_run": f"this Python lacks {', '.join(missing)}: {sys.executable} -m pip install {' '.join(missing)} "
+                           "(and httpx starlette uvicorn for the server's test, which skips without them)"}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rs",
                            str(ROOT / "tests" / "test_gpu.py")], cwd=ROOT, env=env, capture_output=True, text=True)
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", done.stdout)}
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, flags=re.M)
-    return {"exit_code": done.returncode, **counts, "failed_tests": failed, "tail": done.stdout[-3000:]}
+    result = {"exit_code": done.returncode, **counts, "failed_tests": failed, "tail": done.stdout[-3000:]}
+    if not counts and done.returncode != 0:  # pytest itself failed (a test file that cannot be collected...)
+        result["not_run"] = f"pytest ended with exit code {done.returncode}:\n{(done.stdout + done.stderr)[-2000:]}"
+    return result
 
 
 def train(env: dict, out: Path, args: list[str], dry_run: bool, timeout: float) -> dict:
@@ -224,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     save()
     if not args.no_tests:
         report["tests"] = t = gpu_tests(env)
-        say(f"tests marked gpu: {t.get('passed', 0)} passed, {t.get('failed', 0)} failed, "
+        say(f"tests marked gpu: not run: {t['not_run']}" if "not_run" in t else
+            f"tests marked gpu: {t.get('passed', 0)} passed, {t.get('failed', 0)} failed, "
             f"{t.get('skipped', 0)} skipped" + (f": {', '.join(t['failed_tests'])}" if t["failed_tests"] else ""))
         save()
     budget = args.budget or (3 if args.dry_run else 170)

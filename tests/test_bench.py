@@ -82,3 +82,23 @@ def test_the_nanogpt_comparison_asks_for_a_checkout_before_any_timing(tmp_path):
         r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert "--nanogpt must name a checkout of karpathy/nanoGPT" in r.stderr and not r.stdout
+
+
+def test_gpu_check_says_what_its_tests_need_that_this_python_lacks(monkeypatch):
+    """`make gpu-check` runs the GPU tests with the machine's own Python: without pytest there it
+    reported "0 passed, 0 failed, 0 skipped" (pytest's complaint went to a stderr nobody saw)."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    env = dict(os.environ)
+    assert gpu_check.missing_modules(env, ["pytest", "no_such_module_here"]) == ["no_such_module_here"]
+    monkeypatch.setattr(gpu_check, "TEST_NEEDS", ["pytest", "no_such_module_here"])
+    result = gpu_check.gpu_tests(env)
+    assert result["exit_code"] is None and result["missing"] == ["no_such_module_here"]
+    assert "this Python lacks no_such_module_here" in result["not_run"]
+    assert "-m pip install no_such_module_here" in result["not_run"]

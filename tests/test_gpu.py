@@ -191,7 +191,7 @@ def test_torchrun_on_one_gpu_trains_and_nccl_connects(corpus, tmp_path):
 def test_the_server_generates_on_cuda(corpus, tmp_path):
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
-    import httpx
+    httpx = pytest.importorskip("httpx")
     from test_serve import RealServer
 
     train(options(corpus, tmp_path / "models" / "tiny", steps=30))
