@@ -64,8 +64,8 @@ def install_from_checkout() -> dict:
     wheels = sorted((ROOT / ".whl").glob("*.whl"))
     if wheels:
         site = Path(tempfile.gettempdir()) / "repytilian-gpu-site"
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--no-index", "--no-deps", "--target", str(site),
-                        *map(str, wheels)], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--no-index", "--no-deps",
+                        "--target", str(site), *map(str, wheels)], check=True)
         env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
         sys.path.insert(0, str(site))
     sys.path.insert(0, str(ROOT))
