@@ -55,6 +55,26 @@ def test_resume_is_bit_identical_to_training_in_one_go(corpus_file, tmp_path, ex
     assert without_time(straight.state.metrics) == without_time(resumed.state.metrics)
 
 
+def test_compiled_training_on_two_threads_repeats_and_resumes_bit_for_bit(corpus_file, tmp_path):
+    """Was: Inductor's C++ code added the embedding's gradient rows with atomic adds from each thread,
+    so two compiled runs of one seed differed from their first step on, and so did a resume (not on
+    one thread: this test's worker has one, the runs here two)."""
+    over = {**TINY_OVERRIDES, "max_iters": 30, "dropout": 0.1, "dtype": "float32", "compile": True}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = train(options(corpus_file, tmp_path / "a", overrides=over))
+        two = train(options(corpus_file, tmp_path / "b", overrides=over))
+        first = train(options(corpus_file, tmp_path / "c", overrides=over, stop=StopRequest(at_step=15)))
+        resumed = train(options(corpus_file, tmp_path / "c", load=str(first.saved_to), iterations=None, overrides={}))
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.state.step == 30
+    a, b, c = (r.language_model.model.state_dict() for r in (one, two, resumed))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert [k for k in a if not torch.equal(a[k], c[k])] == []
+
+
 def test_resuming_a_finished_model_trains_more_with_a_new_schedule(corpus_file, tmp_path):
     train(options(corpus_file, tmp_path))
     more = train(options(corpus_file, tmp_path, load=str(tmp_path / "model"), iterations="quick", overrides={}))

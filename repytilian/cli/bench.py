@@ -33,7 +33,8 @@ import torch
 
 from ..data.datasets import dataset_path
 from ..errors import EXIT_USER_ERROR, RepytilianError
-from ..runtime.cpu import cpu_name, tune_for_training
+from ..runtime.cpu import cpu_name
+from ..runtime.device import prepare_for_training
 from ..runtime.precision import DTYPES, cpu_bf16, machine_summary, resolve_dtype
 from .flags import in_flags
 
@@ -89,10 +90,10 @@ def _training_step(preset: str, dtype: str, compile: bool, nanogpt_way: bool = F
 def throughput(preset: str, variants: list[tuple[str, bool]], steps: int, tuned: bool = True) -> list[dict]:
     """`steps` step times of each (dtype, compiled) variant at the preset's shape, one after the
     other in this process: one round of the turns that `main` has these processes take.
-    `tuned` sets the CPU up as training does (cpu.py: allocator, threads); without it, float32
-    eager with nanoGPT's optimiser step is how nanoGPT runs the same model."""
+    `tuned` sets the CPU up as training does (allocator, threads, repeatable compiled steps); without
+    it, float32 eager with nanoGPT's optimiser step is how nanoGPT runs the same model."""
     if tuned:
-        tune_for_training()
+        prepare_for_training(torch.device("cpu"))
     built = {}
     for dtype, compiled in variants:
         model, (B, T), step = _training_step(preset, dtype, compiled, nanogpt_way=not tuned)
@@ -135,7 +136,7 @@ def _figures(row: dict, note: str | None = None) -> dict:
 
 def peak_memory(preset: str, dtype: str, compile: bool) -> dict:
     """Peak RSS of a fresh process that trains two steps of one variant (the CPU set up as in training)."""
-    tune_for_training()
+    prepare_for_training(torch.device("cpu"))
     _, _, step = _training_step(preset, dtype, compile)
     step()
     step()
@@ -159,7 +160,7 @@ def loop_overhead(preset: str, dtype: str, steps: int) -> dict:
     model = GPT(mcfg)
     ids = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
     tcfg.eval_interval = 10**9
-    tune_for_training()
+    prepare_for_training(torch.device("cpu"))
     tcfg.dtype = resolve_dtype(tcfg.dtype, torch.device("cpu"), model, tcfg.batch_size)
     trainer = Trainer(model, TokenData.split(ids, 0.1), tcfg, torch.device("cpu"), TrainState(), report=lambda e: None)
     gen = torch.Generator().manual_seed(0)
