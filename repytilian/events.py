@@ -128,10 +128,14 @@ class Finished:
     val_loss: float
     scope: str  # what the val loss covered, in words
     bits_per_byte: float | None = None  # the same loss on every tokenizer's scale, where the tokens are text
+    train_seconds: float | None = None  # the steps' own time, which a time budget counts
 
     def words(self) -> str:
         bpb = "" if self.bits_per_byte is None else f" ({self.bits_per_byte:.4f} bits per byte)"
-        return (f"finished {self.steps:,} steps in {self.seconds:.0f}s; "
+        # `seconds` is the whole run's (start-up, evaluations, the final score): "in 105s" after
+        # "training for 100 s" read as a budget overrun
+        steps = "" if self.train_seconds is None else f", {self.train_seconds:.0f}s of them training"
+        return (f"finished {self.steps:,} steps in {self.seconds:.0f}s{steps}; "
                 f"val loss over {self.scope}: {self.val_loss:.4f}{bpb}")
 
 

@@ -1,5 +1,6 @@
 """Training precision (measured, stored, resumable), torch.compile's fallback, and time budgets."""
 import json
+import re
 import shutil
 
 import pytest
@@ -135,6 +136,9 @@ def test_budget_from_the_command_line(corpus_file, tmp_path):
     # (a machine so loaded that the budget ended inside the warm-up is still warming up)
     in_warmup = summary["step"] <= saved["train"]["warmup_iters"]
     assert in_warmup or summary["last_eval"]["lr"] == pytest.approx(saved["train"]["min_lr"])
+    # the whole run's time beside the budget's: "finished N steps in 5s" read as a budget overrun
+    said = re.search(r"finished [\d,]+ steps in (\d+)s, (\d+)s of them training; val loss over", r.stderr)
+    assert said and abs(int(said[2]) - summary["train_seconds"]) <= 1 and int(said[1]) >= int(said[2]), r.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -347,7 +347,7 @@ def _save(opts: TrainOptions, run: Run, trainer: Trainer, out: Path | None, repo
     val_loss = trainer.full_val_loss(progress=opts.progress)
     trainer.final_val_bpb = val_bits_per_byte(run.tokenizer, run.data.val, trainer.final_val_scored, val_loss)
     report(Finished(trainer.state.step, time.time() - started, val_loss, trainer.final_val_scope(),
-                    trainer.final_val_bpb))
+                    trainer.final_val_bpb, trainer.state.train_seconds))
     if out is None:
         keeping.checkpoints.discard()
         report(NothingSaved())
