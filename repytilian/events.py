@@ -134,8 +134,8 @@ class Finished:
         bpb = "" if self.bits_per_byte is None else f" ({self.bits_per_byte:.4f} bits per byte)"
         # `seconds` is the whole run's (start-up, evaluations, the final score): "in 105s" after
         # "training for 100 s" read as a budget overrun
-        steps = "" if self.train_seconds is None else f", {self.train_seconds:.0f}s of them training"
-        return (f"finished {self.steps:,} steps in {self.seconds:.0f}s{steps}; "
+        training = "" if self.train_seconds is None else f", {self.train_seconds:.0f}s of them training"
+        return (f"finished {self.steps:,} steps in {self.seconds:.0f}s{training}; "
                 f"val loss over {self.scope}: {self.val_loss:.4f}{bpb}")
 
 

@@ -134,10 +134,11 @@ class Muon(torch.optim.Muon):
             for shape, members in by_shape.items():
                 stack = torch.stack([updates[i] for i in members]) if len(members) > 1 else updates[members[0]]
                 done = orthogonalise(stack, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+                done = done if len(members) > 1 else done.unsqueeze(0)  # a lone one: torch's 2-D products
                 scale = -adjusted_lr(lr, group["adjust_lr_fn"], shape)
-                for j, i in enumerate(members):
+                for update, i in zip(done, members):
                     params[i].mul_(1 - lr * group["weight_decay"])
-                    params[i].add_(done[j] if len(members) > 1 else done, alpha=scale)
+                    params[i].add_(update, alpha=scale)
 
 
 class MuonWithAdamW:

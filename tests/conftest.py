@@ -103,6 +103,16 @@ def run_script(*args: str, cwd: Path, timeout: float = 120, process: bool = Fals
     return _in_this_process(args, cwd)
 
 
+def benchmark_module(name: str):
+    """benchmarks/NAME.py imported as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def checkout_path() -> str:
     """PYTHONPATH for a child process: the checkout first, then whatever the caller's path holds
     (gpu_check's carried wheels: starlette, uvicorn)."""

@@ -3,7 +3,7 @@ import json
 import math
 
 import pytest
-from conftest import run_script
+from conftest import benchmark_module, run_script
 
 pytestmark = pytest.mark.machine  # the dtype and timings depend on the CPU: CI runs these as on AVX2 too
 
@@ -87,14 +87,9 @@ def test_the_nanogpt_comparison_asks_for_a_checkout_before_any_timing(tmp_path):
 def test_gpu_check_says_what_its_tests_need_that_this_python_lacks(monkeypatch):
     """`make gpu-check` runs the GPU tests with the machine's own Python: without pytest there it
     reported "0 passed, 0 failed, 0 skipped" (pytest's complaint went to a stderr nobody saw)."""
-    import importlib.util
     import os
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "gpu_check", Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = benchmark_module("gpu_check")
     env = dict(os.environ)
     assert gpu_check.missing_modules(env, ["pytest", "no_such_module_here"]) == ["no_such_module_here"]
     monkeypatch.setattr(gpu_check, "TEST_NEEDS", ["pytest", "no_such_module_here"])

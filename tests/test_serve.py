@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, checkout_path, run_script
+from conftest import TINY, benchmark_module, checkout_path, run_script
 
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
@@ -516,11 +516,7 @@ def test_the_playground_in_a_real_browser(server):
 
 @pytest.mark.slow
 def test_the_load_benchmark_runs_bounded_and_clean(models):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("serve_load")
     # A queue as long as there are clients, as the benchmark runs it: a client's next request may
     # arrive while the worker of its last one is still finishing, so a shorter queue could say 429
     proc, url = bench.start_server(models, clients=3, concurrent=1)
