@@ -87,6 +87,15 @@ def test_text_too_short_for_the_context():
         data.check_block_size(64)
 
 
+def test_data_too_short_for_any_context_asks_for_more_data_only():
+    text = "hello world "  # 11 training tokens, 1 for validation: no context fits
+    data = TokenData.from_text(text, CharacterTokenizer.train(text))
+    for block_size in (64, 1):  # suggesting a smaller context here would send the user round in circles
+        with pytest.raises(RepytilianError, match="context of 1 token:|context of 64 tokens:") as e:
+            data.check_block_size(block_size)
+        assert "smaller context" not in str(e.value) and "more data" in str(e.value)
+
+
 def test_both_d_and_p_is_an_error():
     with pytest.raises(RepytilianError, match="not both"):
         DataSource.from_args("a.txt", "dir")
