@@ -110,6 +110,8 @@ def test_repytilian_command_trains_and_generates(corpus_file, tmp_path):
     (["-d", "missing.txt"], ["no such file: missing.txt"]),
     (["-s", "giant"], ["unknown -s preset 'giant'", "tiny, default, speedrun, hyper, quarter, auto"]),  # auto was left out
     (["-i", "sometimes"], ["unknown -i preset 'sometimes'"]),
+    (["-i", "7", "--iters", "9"], ["-i 7 and --iters 9 disagree"]),
+    (["-i", "0"], ["must be at least 1"]),
     (["-z", "bytes"], ["unknown tokenizer 'bytes'"]),
     (["--n-embd", "30", "--n-head", "4"], ["must be a multiple of n_head"]),
     (["--set", "colour=blue"], ["unknown setting 'colour'"]),
@@ -124,6 +126,12 @@ def test_bad_training_input_is_a_clear_error(corpus_file, tmp_path, args, fragme
         base = base[2:]
     r = run_script("training.py", *base, *args, cwd=tmp_path)
     assert_user_error(r, *fragments)
+
+
+def test_a_number_for_i_is_a_number_of_steps(corpus_file, tmp_path):
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "", "-i", "7", "-t", "0", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # it was: unknown -i preset '7'
+    assert "finished 7 steps" in r.stderr
 
 
 def test_bad_numbers_are_refused_by_the_parser(tmp_path):

@@ -52,7 +52,8 @@ def add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None =
                         help="classic: the lecture's GPT (default, but -s quarter's is modern); modern: rotary "
                              "positions, RMSNorm, SwiGLU, no biases (Llama's layout)")
     parser.add_argument("-i", "--iterations", default=None,
-                        help="how long to train: quick, default, long, forever (until stopped)")
+                        help="how long to train: quick, default, long, forever (until stopped), or a number of "
+                             "steps (as --iters)")
     parser.add_argument("-z", "--tokenizer", default=None,
                         help="characters (default), words, bpe, json (or jsontoken), tiktoken (o200k_base), gpt2, or "
                              "spaced_words (the original Repytilian's words: split at whitespace)")
@@ -102,6 +103,11 @@ def train_options(args: argparse.Namespace, out: str | None, load: str | None):
     for _, f in flag_fields():
         if getattr(args, f.name) is not None:
             overrides[f.name] = getattr(args, f.name)
+    iterations = args.iterations
+    if iterations is not None and iterations.strip().isdigit():  # `-i 500`: a number of steps, as --iters 500
+        if overrides.get("max_iters", int(iterations)) != int(iterations):
+            raise RepytilianError(f"-i {iterations} and --iters {overrides['max_iters']} disagree: give one of them")
+        overrides["max_iters"], iterations = int(iterations), None
     data = None
     if args.chat_val and not args.chat:
         raise RepytilianError("--chat-val goes with --chat FILE (the conversations to fine-tune on)")
@@ -117,7 +123,7 @@ def train_options(args: argparse.Namespace, out: str | None, load: str | None):
         raise RepytilianError("--json-key, --json-val-key and --json-layout need JSON data: give -d FILE or -p DIR")
     return TrainOptions(
         data=data, tokenizer=args.tokenizer, tokenizer_options={"vocab_size": args.vocab_size, "encoding": args.encoding},
-        settings=args.settings, arch=args.arch, iterations=args.iterations,
+        settings=args.settings, arch=args.arch, iterations=iterations,
         overrides=overrides, out=out, load=load, device=args.device, seed=args.seed,
         progress=not args.no_progress and progress_wanted(),
         wandb=args.wandb, tensorboard=args.tensorboard, measure_dtype=args.measure_dtype,
