@@ -180,3 +180,19 @@ def test_llama_cpp_runs_the_shipped_bpe_model_to_its_length_as_we_do(tmp_path):
     assert "," in ours  # the text goes past commas...
     answer = llm.create_completion(prompt, max_tokens=n, temperature=0.0)["choices"][0]
     assert answer["finish_reason"] == "length" and answer["text"] == ours  # ...in llama.cpp as in ours
+
+
+def test_a_gguf_name_exports_gguf_and_the_file_may_come_as_o(tmp_path):
+    from pathlib import Path
+
+    bpe = Path(__file__).resolve().parent.parent / "models" / "shakespeare" / "bpe"
+    by_name = run_script("export", "-m", str(bpe), "named.gguf", cwd=tmp_path)  # was a Hugging Face folder so named
+    assert by_name.returncode == 0, by_name.stderr
+    as_flag = run_script("export", "-m", str(bpe), "-o", "flag.gguf", cwd=tmp_path)
+    assert as_flag.returncode == 0, as_flag.stderr
+    for name in ("named.gguf", "flag.gguf"):
+        assert (tmp_path / name).is_file() and (tmp_path / name).read_bytes()[:4] == b"GGUF"
+    nowhere = run_script("export", "-m", str(bpe), cwd=tmp_path)
+    assert nowhere.returncode == 2 and "say where to write" in nowhere.stderr
+    two = run_script("export", "-m", str(bpe), "a.gguf", "-o", "b.gguf", cwd=tmp_path)
+    assert two.returncode == 2 and "give one" in two.stderr

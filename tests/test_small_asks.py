@@ -1,4 +1,5 @@
 """Small asks of users of nanoGPT and its peers (issue 18, item 6): --prompt-file, repytilian info."""
+import shutil
 from pathlib import Path
 
 from conftest import run_script
@@ -32,6 +33,18 @@ def test_repytilian_info_prints_the_model_card(tmp_path):
     assert r.stdout == (V2C / "README.md").read_text()
     nothing = run_script("info", str(tmp_path / "no-model"), cwd=tmp_path)
     assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
+
+
+def test_info_and_plot_take_the_folder_as_m_too(tmp_path):
+    r = run_script("info", "-m", str(V2C), cwd=tmp_path)  # every other command takes -m: this was a usage error
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (V2C / "README.md").read_text()
+    two = run_script("info", str(V2C), "-m", str(tmp_path), cwd=tmp_path)
+    assert two.returncode == 2 and "give one" in two.stderr
+    folder = tmp_path / "copy"
+    shutil.copytree(V2C, folder)
+    drawn = run_script("plot", "-m", str(folder), cwd=tmp_path)
+    assert drawn.returncode == 0, drawn.stderr
 
 
 def test_top_k_0_means_every_token(tmp_path):

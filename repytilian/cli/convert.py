@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL_DIR
+from ..errors import RepytilianError
 from ..interop.convert import EXPORT_FORMATS
 from ..tokenizers.base import UnknownTokensError
 from .common import last_flag, open_model, say
@@ -57,10 +58,22 @@ def import_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_target(args: argparse.Namespace) -> tuple[str, str]:
+    """The format and the path to write: the path after the command or as -o; without --format, a
+    .gguf or .onnx name says which (`export x.gguf` wrote a Hugging Face folder named x.gguf)."""
+    if args.out and args.out_flag and args.out != args.out_flag:
+        raise RepytilianError(f"two outputs given ({args.out} and -o {args.out_flag}): give one")
+    out = args.out or args.out_flag
+    if not out:
+        raise RepytilianError("say where to write: repytilian export -m MODEL --format gguf model.gguf")
+    return args.format or {".gguf": "gguf", ".onnx": "onnx"}.get(Path(out).suffix.lower(), "hf"), out
+
+
 def export_command(args: argparse.Namespace) -> int:
     from ..interop.convert import export_model
     from ..interop.hf import HF_CLASSES, family
 
+    args.format, args.out = export_target(args)
     lm = open_model(args, "exporting")
     out = export_model(lm, args.format, args.out, name=Path(args.model).name)
     if args.format == "onnx":
@@ -106,10 +119,11 @@ def register(sub, debug: argparse.ArgumentParser) -> None:
                             help="write a model in another format: hf (Hugging Face transformers), gguf (llama.cpp, "
                                  "Ollama) or onnx (onnxruntime)")
     export.add_argument("-m", "--model", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="hf",
+    export.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                         help="hf: a folder for transformers' AutoModelForCausalLM and AutoTokenizer; gguf: one "
                              "file for llama.cpp and Ollama (characters, words and bpe tokenizers); onnx: one "
-                             "graph for onnxruntime")
-    export.add_argument("out", help="the new folder (hf) or file (gguf, onnx)")
+                             "graph for onnxruntime (default: gguf or onnx for a name ending so, else hf)")
+    export.add_argument("out", nargs="?", help="the new folder (hf) or file (gguf, onnx)")
+    export.add_argument("-o", "--out", dest="out_flag", default=None, help="the same, as a flag")
     last_flag(export)
     export.set_defaults(handler=export_command)

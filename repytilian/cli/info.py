@@ -5,20 +5,33 @@ from __future__ import annotations
 import argparse
 
 from ..config import DEFAULT_MODEL_DIR
+from ..errors import RepytilianError
 from .common import say
+
+
+def add_model_folder(parser: argparse.ArgumentParser) -> None:
+    """The folder as a word after the command or, as every other command takes it, as -m."""
+    parser.add_argument("model_dir", nargs="?", default=None, help=f"model folder (default {DEFAULT_MODEL_DIR})")
+    parser.add_argument("-m", "--model", default=None, help="the same, as the other commands take it")
+
+
+def model_folder(args: argparse.Namespace) -> str:
+    if args.model_dir and args.model and args.model_dir != args.model:
+        raise RepytilianError(f"two model folders given ({args.model_dir} and -m {args.model}): give one")
+    return args.model_dir or args.model or DEFAULT_MODEL_DIR
 
 
 def info_command(args: argparse.Namespace) -> int:
     from ..store.card import card_of
 
-    print(card_of(args.model_dir), end="")
+    print(card_of(model_folder(args)), end="")
     return 0
 
 
 def plot_command(args: argparse.Namespace) -> int:
     from ..store.card import plot_folder
 
-    out = plot_folder(args.model_dir)
+    out = plot_folder(model_folder(args))
     say("note: matplotlib is not installed: pip install 'repytilian[plot]'" if out is None else f"wrote {out}")
     return 0
 
@@ -26,8 +39,8 @@ def plot_command(args: argparse.Namespace) -> int:
 def register(sub, debug: argparse.ArgumentParser) -> None:
     info = sub.add_parser("info", parents=[debug], help="print a model folder's card: its shape, data, "
                           "training, loss and a sample")
-    info.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR, help=f"model folder (default {DEFAULT_MODEL_DIR})")
+    add_model_folder(info)
     info.set_defaults(handler=info_command)
     plot = sub.add_parser("plot", parents=[debug], help="draw loss.png (train/val loss and learning rate) in a model folder")
-    plot.add_argument("model_dir")
+    add_model_folder(plot)
     plot.set_defaults(handler=plot_command)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,6 +28,22 @@ class _Logits(torch.nn.Module):
         return self.model(input_ids)[0]
 
 
+@contextlib.contextmanager
+def _exporter_quiet():
+    """The exporter's warnings are for torch's developers (torchvision's operators skipped where it is not
+    installed, deprecations inside torch): a user exporting a model sees the result, or the error."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model: GPT, out: str | Path) -> Path:
     out = Path(out)
     if out.exists():
@@ -42,7 +60,7 @@ def export_onnx(model: GPT, out: str | Path) -> Path:
                           1: torch.export.Dim("tokens", min=1, max=block)}}
     said = io.StringIO()
     try:
-        with atomic_output(out) as tmp, contextlib.redirect_stdout(said):  # the exporter narrates each pass
+        with atomic_output(out) as tmp, contextlib.redirect_stdout(said), _exporter_quiet():  # it narrates each pass
             torch.onnx.export(_Logits(model).eval(), (example,), str(tmp), dynamo=True, input_names=["input_ids"],
                               output_names=["logits"], dynamic_shapes=dims, external_data=False)
     except Exception as e:
