@@ -68,6 +68,9 @@ def test_generate_only_to_a_file(corpus_file, tmp_path):
     r = run_script("generate.py", "-m", model, "-t", "0", "-f", "o.txt", "-ft", "25", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == ""
     assert len((tmp_path / "o.txt").read_text()) == 25
+    nested = run_script("generate.py", "-m", model, "-t", "0", "-f", "out/today/o.txt", "-ft", "5", cwd=tmp_path)
+    assert nested.returncode == 0, nested.stderr  # was: cannot write out/today/o.txt, after generating
+    assert len((tmp_path / "out" / "today" / "o.txt").read_text()) == 5
 
 
 def test_unknown_prompt_characters_are_a_clear_error(corpus_file, tmp_path):

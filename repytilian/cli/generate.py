@@ -156,9 +156,17 @@ def _joined(texts: list[str], json: bool) -> str:
 
 
 def _write_file(filename: str, text: str) -> None:
+    """The samples into `filename`, its folders made as -f DIR/ makes them; a file is replaced whole
+    (never left half-written), anything else (/dev/stdout, a pipe) written to as it is."""
+    from ..runtime.fileio import atomic_write_bytes
+
+    path = Path(filename)
     try:
-        with open(filename, "w", encoding="utf-8") as f:
-            f.write(text)
+        if path.exists() and not path.is_file():
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as e:
         raise RepytilianError(f"cannot write {filename}: {e.strerror or e}") from None
 
