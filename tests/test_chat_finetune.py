@@ -131,16 +131,31 @@ def test_a_chat_fine_tune_resumes_exactly(chat_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_chat_command_tells_of_left_out_turns_before_the_answer_not_inside_it(chat_run):
+    from repytilian.cli.common import speak
+    from repytilian.events import notes_to
+
+    here, _ = chat_run
+    questions = "".join(f"{q}\n" for q, _ in PERSONA * 3)
+    shown = io.StringIO()
+    with contextlib.redirect_stderr(shown), notes_to(speak):  # as the command runs it; a terminal shows both streams
+        chat_loop(load_model(here / "chat"), 60, SamplingOptions(temperature=0),
+                  stdin=io.StringIO(questions + "/quit\n"), stdout=shown)
+    assert "oldest turns were left out" in shown.getvalue()
+    assert "model> note:" not in shown.getvalue()  # it was written after "model> ", as if the model said it
+
+
 def test_every_surface_uses_the_models_own_template(chat_run):
     here, _ = chat_run
     question, answer = PERSONA[0]
-    for folder, typed, shown, form in (("chat", question, answer + "\n", "its own chat format"),
-                                       ("base", "hello", "", "a script (USER: / ASSISTANT:)")):
+    for folder, typed, shown, form in (("chat", question, f"model> {answer}\n", "its own chat format"),
+                                       ("base", "hello", "unknown characters ':', 'A'",  # the script's USER:
+                                        "a script (USER: / ASSISTANT:)")):
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stderr(err):  # `repytilian chat`'s loop, as the command runs it
             assert chat_loop(load_model(here / folder), 60, SamplingOptions(temperature=0),
                              stdin=io.StringIO(f"{typed}\n/quit\n"), stdout=out) == 0
-        assert f"model> {shown}" in out.getvalue() and form in err.getvalue()
+        assert shown in out.getvalue() and form in err.getvalue()
 
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient

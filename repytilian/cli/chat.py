@@ -59,17 +59,20 @@ def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None
         if not text.strip():
             continue
         turns.append(("user", text))
-        stdout.write("model> ")
-        stdout.flush()
         answer: list[str] = []
+        prompt = None
         try:
-            _answer(lm, turns, stop, max_tokens, {**settings, "seed": None if seed is None else seed + answers},
+            prompt = _prompt(lm, turns, stop)  # before "model> ": its notes (turns left out) are not the answer
+            stdout.write("model> ")
+            stdout.flush()
+            _answer(lm, prompt, max_tokens, {**settings, "seed": None if seed is None else seed + answers},
                     answer, stdout)
         except KeyboardInterrupt:
             stdout.write(" [stopped]")
         except RepytilianError as e:  # e.g. a character the model has never seen
             turns.pop()
-            stdout.write(f"\n(error: {e})\n")
+            after_prompt = "\n" if prompt is not None else ""  # "model> " was written: a line of its own
+            stdout.write(f"{after_prompt}(error: {e})\n")
             continue
         answers += 1
         turns.append(("assistant", "".join(answer)))
@@ -77,12 +80,18 @@ def chat_loop(lm, max_tokens: int = 200, sampling: SamplingOptions | None = None
         stdout.flush()
 
 
-def _answer(lm, turns: list, stop: str | None, max_tokens: int, sampling: dict[str, Any], answer: list[str],
-            stdout: TextIO) -> None:
-    """Stream the model's answer to `turns` to stdout, keeping its pieces in `answer`."""
+def _prompt(lm, turns: list, stop: str | None) -> tuple[list[int], list[str]]:
+    """The ids that ask for the answer to `turns`, and the strings that end it."""
     ids, stops = lm.chat_prompt(turns)
     if stop is not None:
         stops = [stop] if lm.chat_format is None else [*stops, stop]
+    return ids, stops
+
+
+def _answer(lm, prompt: tuple[list[int], list[str]], max_tokens: int, sampling: dict[str, Any], answer: list[str],
+            stdout: TextIO) -> None:
+    """Stream the model's answer to the prompt to stdout, keeping its pieces in `answer`."""
+    ids, stops = prompt
     for event in lm.engine.run(lm.request("", max_tokens, prompt_ids=ids, stop=stops, **sampling)):
         if isinstance(event, (Token, Ended)) and event.text:
             answer.append(event.text)
