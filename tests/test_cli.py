@@ -148,6 +148,19 @@ def test_loading_with_another_tokenizer_is_refused(corpus_file, tmp_path):
     assert_user_error(r, "trained with the 'characters' tokenizer")
 
 
+def test_ctrl_c_while_generating_to_a_file_writes_what_was_sampled(tmp_path):
+    v2c = ROOT / "models" / "shakespeare" / "v2c"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "-m", str(v2c), "-t", "1000000", "-f",
+                             "story.txt", "--seed", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shown = proc.stdout.read(300)  # it is sampling
+    proc.send_signal(signal.SIGINT)
+    rest, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"Traceback" not in stderr, stderr
+    written = (tmp_path / "story.txt").read_bytes()  # was: nothing, a night's text lost
+    assert written.startswith(shown) and b"stopped by Ctrl+C" in stderr
+    assert (shown + rest).rstrip(b"\n").startswith(written[:-1])  # the screen's text, but for a token in flight
+
+
 def _start_forever(corpus_file, tmp_path) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "training.py"), "-d", str(corpus_file), "-m", "models/target", "-i", "forever",
            "-t", "0", *TINY, "--set", "compile=false"]  # endless: `compile` auto would measure at step 3

@@ -121,29 +121,36 @@ def write_generation(lm, prompt: str, tokens: int, sampling: dict[str, Any], fil
         _write_file(filename, _joined(texts(file_tokens), lm.tokenizer.input_format == "json"))
         written = min(len(streamed.ids[0]), file_tokens) if num_samples == 1 else file_tokens
         several = f" per sample ({num_samples} samples)" if num_samples > 1 else ""
-        say(f"wrote {'up to ' if num_samples > 1 else ''}{written} tokens{several} to {filename}")
+        say(f"wrote {'up to ' if num_samples > 1 else ''}{written} tokens{several} to {filename}"
+            + (" (stopped by Ctrl+C: what was sampled until then)" if streamed.stopped else ""))
+    if streamed.stopped:
+        raise KeyboardInterrupt
 
 
 class _Streamed:
     def __init__(self, samples: int):
         self.ids: list[list[int]] = [[] for _ in range(samples)]
         self.text = ""  # what reached the screen while sampling
+        self.stopped = False  # by Ctrl+C
 
 
 def _run(lm, request, stream_up_to: int) -> _Streamed:
     """The request's new ids per sample; one sample's first `stream_up_to` tokens go to the screen as they come."""
     out = _Streamed(request.num_samples)
-    for event in lm.engine.run(request):
-        piece = ""
-        if isinstance(event, Token):
-            out.ids[event.sample].append(event.id)
-            piece = event.text if event.index <= stream_up_to else ""
-        elif isinstance(event, Begun) and stream_up_to:
-            piece = event.text
-        if piece:
-            out.text += piece
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+    try:
+        for event in lm.engine.run(request):
+            piece = ""
+            if isinstance(event, Token):
+                out.ids[event.sample].append(event.id)
+                piece = event.text if event.index <= stream_up_to else ""
+            elif isinstance(event, Begun) and stream_up_to:
+                piece = event.text
+            if piece:
+                out.text += piece
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl+C: what was sampled so far is still written where it was asked for
+        out.stopped = True
     return out
 
 
