@@ -121,7 +121,7 @@ CASES = [
     (["generate", "-m", "model", "--num-samples", "0"], "--num-samples must be between 1"),
     (["generate", "-m", "model", "--max-time", "0"], "--max-time must be more than 0"),
     (["generate", "-m", "model", "-c", "QZX"], "unknown characters"),
-    (["generate", "-m", "model", "-f", "no_such_dir/out.txt"], "cannot write no_such_dir/out.txt"),
+    (["generate", "-m", "model", "-f", "a_file/out.txt"], "cannot write a_file/out.txt"),  # its folder is a file
     # model folders
     (["generate", "-m", "missing_model"], "no model at missing_model"),
     (["generate", "-m", "empty_dir"], "not a Repytilian model folder"),
