@@ -26,6 +26,8 @@ from ..config import (
 )
 from ..data.conversations import ChatData, chat_data
 from ..data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
+from ..data.jsondata import JsonCorpus
+from ..data.textfiles import TextFiles
 from ..dropout import Dropout
 from ..errors import RepytilianError, SettingError
 from ..events import (
@@ -44,6 +46,7 @@ from ..tokenizers import (
     UnknownTokensError,
     tokenizer_class,
 )
+from ..tokenizers.characters import CharacterTokenizer
 from ..train import (
     TrainState,
 )
@@ -162,15 +165,16 @@ def with_values(mcfg: ModelConfig, tcfg: TrainConfig, values: dict[str, Any]) ->
     return mcfg, tcfg
 
 
-def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
+def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -> Run:
     """A saved model with its optimiser state, its tokenizer, and its data unless other data is given.
     A folder saved without optimiser state (an imported or shipped model) is fine-tuned: its weights
-    are the start of a new run with a fresh optimiser."""
+    are the start of a new run with a fresh optimiser; so is one whose vocabulary `grows` (text_data)."""
     saved = _config_of(Path(opts.load))
     # A first chat fine-tune adds tokens to the vocabulary, so no saved optimiser state fits any more
     first_chat = opts.data is not None and opts.data.kind == "chat" and not isinstance(saved.get("chat"), dict)
     # A LoRA run saved merged weights: the optimiser state of its adapters fits nothing any more
-    fine_tune = not (Path(opts.load) / "trainer_state").is_dir() or first_chat or bool(opts.lora) or "lora" in saved
+    fine_tune = (grows or not (Path(opts.load) / "trainer_state").is_dir() or first_chat or bool(opts.lora)
+                 or "lora" in saved)
     loaded = load_model_dir(opts.load, device, with_trainer=not fine_tune)
     if opts.tokenizer and tokenizer_class(opts.tokenizer).name != loaded.tokenizer.name:
         raise RepytilianError(
@@ -203,10 +207,41 @@ def resumed_run(opts: TrainOptions, device: torch.device) -> Run:
         return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
     corpus = load_corpus(source, loaded.tokenizer.input_format)
     try:
-        data = TokenData.from_corpus(corpus, loaded.tokenizer)
-    except UnknownTokensError as e:
-        raise RepytilianError(f"the training data does not fit the vocabulary of {opts.load}: {e}") from None
+        data = text_data(opts.load, loaded, corpus, fine_tune)
+    except _VocabularyGrows:
+        return resumed_run(opts, device, grows=True)
     return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
+
+
+class _VocabularyGrows(Exception):
+    """New characters for a model loaded with its optimiser state, which fits the old vocabulary only."""
+
+
+def text_data(load: str, loaded: LoadedModel, corpus: str | TextFiles | JsonCorpus, fine_tune: bool) -> TokenData:
+    """The text's ids in the loaded model's vocabulary. A characters model given text with characters
+    it has never seen (Tiny Shakespeare has no digits but 3, no brackets, no accents) takes them as
+    new tokens, with rows of its embeddings, as a chat's special tokens are added: so any text can
+    fine-tune a shipped model. Other tokenizers' unknown tokens are an error."""
+    try:
+        return TokenData.from_corpus(corpus, loaded.tokenizer)
+    except UnknownTokensError as e:
+        tokenizer = loaded.tokenizer
+        if type(tokenizer) is not CharacterTokenizer or isinstance(corpus, JsonCorpus):  # specials own the ids after it
+            raise RepytilianError(f"the training data does not fit the vocabulary of {load}: {e}") from None
+    if not fine_tune:
+        raise _VocabularyGrows
+    seen: set[str] = set()
+    for piece in corpus.pieces() if isinstance(corpus, TextFiles) else [corpus]:
+        seen.update(piece)
+    new = sorted(seen - set(tokenizer.itos))
+    old = tokenizer.vocab_size
+    loaded.tokenizer = CharacterTokenizer(tokenizer.itos + new)
+    loaded.model.grow_vocabulary(loaded.tokenizer.vocab_size)
+    loaded.meta["grown"] = len(new)
+    shown = ", ".join(repr(c) for c in new[:12]) + (f" and {len(new) - 12} more" if len(new) > 12 else "")
+    note(f"added the text's {len(new)} new characters ({shown}) to the characters tokenizer of {load} "
+         f"(ids {old}-{loaded.tokenizer.vocab_size - 1}); each starts as the average of the others")
+    return TokenData.from_corpus(corpus, loaded.tokenizer)
 
 
 

@@ -1,0 +1,59 @@
+"""Fine-tuning a characters model on text with characters it has never seen: its vocabulary grows
+(Tiny Shakespeare has no digits but 3, no brackets and no accents, so most people's text had some)."""
+from pathlib import Path
+
+import torch
+from conftest import TINY, run_script
+
+from repytilian.store.folder import load_model_dir
+
+V1C = Path(__file__).resolve().parent.parent / "models" / "shakespeare" / "v1c"
+BOOK = "Café au lait costs 4.50 [about] {this}, 100% of the time.\n" * 200
+
+
+def test_a_shipped_model_fine_tunes_on_text_with_new_characters(tmp_path):
+    (tmp_path / "book.txt").write_text(BOOK, encoding="utf-8")
+    r = run_script("training.py", "-l", str(V1C), "-d", "book.txt", "-m", "tuned", "--iters", "4",
+                   "--batch-size", "4", "-t", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # was: the training data does not fit the vocabulary of .../v1c
+    before, after = load_model_dir(V1C), load_model_dir(tmp_path / "tuned")
+    old, new = before.tokenizer.itos, sorted(set(BOOK) - set(before.tokenizer.itos))
+    assert "0" in new and "é" in new and f"added the text's {len(new)} new characters" in r.stderr
+    assert after.tokenizer.itos == old + new  # the old ids keep their characters
+    assert after.model.config.vocab_size == len(old) + len(new)
+    assert after.tokenizer.decode(after.tokenizer.encode("Café 4.50 [x]")) == "Café 4.50 [x]"
+    g = run_script("generate.py", "-m", "tuned", "-c", "Café {", "-t", "10", cwd=tmp_path)
+    assert g.returncode == 0 and g.stdout.startswith("Café {"), g.stderr
+
+
+def test_a_model_with_optimiser_state_starts_a_new_run_when_its_vocabulary_grows(tmp_path, corpus_file):
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "own", "--iters", "3", "-t", "0", *TINY, cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "own" / "trainer_state").is_dir(), r.stderr
+    (tmp_path / "more.txt").write_text("The King, in 1600: «what light?»\n" * 100, encoding="utf-8")
+    grown = run_script("training.py", "-l", "own", "-d", "more.txt", "-m", "more", "--iters", "3", "-t", "0",
+                       cwd=tmp_path)
+    assert grown.returncode == 0, grown.stderr  # its saved optimiser state fits the old vocabulary only
+    assert "fine-tuning own: its vocabulary grew by the text's new characters" in grown.stderr
+    tuned = load_model_dir(tmp_path / "more")
+    assert {"T", "K", "1", "«"} <= set(tuned.tokenizer.itos)
+    assert tuned.model.lm_head.weight.shape[0] == tuned.tokenizer.vocab_size
+    # the same text again: nothing new, so its own run continues exactly (with its optimiser state)
+    again = run_script("training.py", "-l", "more", "-d", "more.txt", "-m", "more", "--iters", "2", "-t", "0",
+                       cwd=tmp_path)
+    assert again.returncode == 0 and "new characters" not in again.stderr and "fine-tuning" not in again.stderr
+
+
+def test_new_rows_start_as_the_average_of_the_old_ones(tmp_path):
+    loaded = load_model_dir(V1C)
+    table = loaded.model.transformer.wte.weight.detach().clone()
+    loaded.model.grow_vocabulary(table.shape[0] + 3)
+    grown = loaded.model.transformer.wte.weight.detach()
+    assert torch.equal(grown[: table.shape[0]], table)
+    assert torch.allclose(grown[table.shape[0]:], table.mean(0).expand(3, -1))
+
+
+def test_other_tokenizers_still_refuse_words_they_do_not_know(tmp_path):
+    words = V1C.parent / "words"
+    (tmp_path / "new.txt").write_text("Zyzzyva blorptastic\n" * 100, encoding="utf-8")
+    r = run_script("training.py", "-l", str(words), "-d", "new.txt", "-m", "x", "--iters", "2", cwd=tmp_path)
+    assert r.returncode == 2 and "does not fit the vocabulary" in r.stderr and "Zyzzyva" in r.stderr
