@@ -19,6 +19,7 @@ def test_a_shipped_model_fine_tunes_on_text_with_new_characters(tmp_path):
     before, after = load_model_dir(V1C), load_model_dir(tmp_path / "tuned")
     old, new = before.tokenizer.itos, sorted(set(BOOK) - set(before.tokenizer.itos))
     assert "0" in new and "é" in new and f"added the text's {len(new)} new characters" in r.stderr
+    assert "the text is small" in r.stderr and "-s tiny" not in r.stderr  # its shape is v1c's: no smaller one
     assert after.tokenizer.itos == old + new  # the old ids keep their characters
     assert after.model.config.vocab_size == len(old) + len(new)
     assert after.tokenizer.decode(after.tokenizer.encode("Café 4.50 [x]")) == "Café 4.50 [x]"

@@ -41,8 +41,10 @@ SMALL_TEXT = 1.0
 SMALL_TEXT_WITH_DROPOUT = 0.25  # with dropout 0.1 or more
 
 
-def report_data_size(train_tokens: int, params: int, trainer: Trainer, report: Listener, auto: bool = False) -> None:
-    """Tokens per parameter, and a warning when the text is small for the model."""
+def report_data_size(train_tokens: int, params: int, trainer: Trainer, report: Listener, auto: bool = False,
+                     loaded: bool = False) -> None:
+    """Tokens per parameter, and a warning when the text is small for the model (whose shape a
+    `loaded` model keeps: no smaller one to suggest)."""
     per_param = train_tokens / max(params, 1)
     state = trainer.state
     text = f"{train_tokens:,} training tokens for {parameter_count(params)} parameters: {per_param:.2g} tokens per parameter"
@@ -53,11 +55,11 @@ def report_data_size(train_tokens: int, params: int, trainer: Trainer, report: L
     report(Note(text))
     small = SMALL_TEXT_WITH_DROPOUT if trainer.model.config.dropout >= 0.1 else SMALL_TEXT
     if per_param < small and (passes is None or passes >= 1):  # seen less than once, nothing is learnt by heart
-        smaller = "more text" if auto else "a smaller model (`settings` tiny, or `settings` auto to fit it to the data)"
+        # auto fitted the model to the text already; a loaded model keeps its shape
+        first = "More text" if auto or loaded else "A smaller model (`settings` tiny, or `settings` auto to fit it to the data)"
         report(Note("warning: the text is small for this model: it can learn it by heart and will over-fit (the "
-                    f"val loss rises after a while). {smaller[0].upper() + smaller[1:]}, `dropout` 0.2 or fewer "
-                    "steps help; the best model by val loss is kept in best/ meanwhile", "warning",
-                    ("settings", "dropout")))
+                    f"val loss rises after a while). {first}, `dropout` 0.2 or fewer steps help; the best model by "
+                    "val loss is kept in best/ meanwhile", "warning", ("settings", "dropout")))
 
 
 class OverfitWatch:

@@ -248,7 +248,8 @@ def _announce(opts: TrainOptions, run: Run, trainer: Trainer, device: torch.devi
     if tcfg.max_seconds is not None:
         steps = f"for {tcfg.max_seconds:g} s" + ("" if trainer.state.max_iters is None else f" or {steps}")
     if run.source.kind != "chat":  # a fine-tune's conversations are few by design
-        report_data_size(len(data.train), model.num_params(), trainer, report, auto=opts.settings == "auto")
+        report_data_size(len(data.train), model.num_params(), trainer, report, auto=opts.settings == "auto",
+                         loaded=run.loaded is not None)
     if trainer.plan.accum > 1 or trainer.world.distributed:
         report(Note(f"each step learns from {tcfg.batch_size} windows: {trainer.plan.describe()}"))
     if out is not None and (out / "config.json").is_file():
