@@ -8,12 +8,12 @@ from conftest import TINY, run_script
 from repytilian.store.folder import load_model_dir
 
 V1C = Path(__file__).resolve().parent.parent / "models" / "shakespeare" / "v1c"
-BOOK = "Café au lait costs 4.50 [about] {this}, 100% of the time.\n" * 200
+BOOK = "Café au lait costs 4.50 [about] {this}, 100% of the time.\n" * 40
 
 
 def test_a_shipped_model_fine_tunes_on_text_with_new_characters(tmp_path):
     (tmp_path / "book.txt").write_text(BOOK, encoding="utf-8")
-    r = run_script("training.py", "-l", str(V1C), "-d", "book.txt", "-m", "tuned", "--iters", "4",
+    r = run_script("training.py", "-l", str(V1C), "-d", "book.txt", "-m", "tuned", "--iters", "10",
                    "--batch-size", "4", "-t", "0", cwd=tmp_path)
     assert r.returncode == 0, r.stderr  # was: the training data does not fit the vocabulary of .../v1c
     before, after = load_model_dir(V1C), load_model_dir(tmp_path / "tuned")
