@@ -29,6 +29,8 @@ def scratch(tmp_path_factory):
     (root / "keyed.json").write_text(json.dumps({"train": [[1, 2, 3]]}))
     (root / "empty_seqs.json").write_text("[[], []]")
     (root / "a_file").write_text("not a folder")
+    (root / "book.pdf").write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\n")
+    (root / "book.docx").write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00")
     (root / "not_a_model").mkdir()
     (root / "not_a_model" / "notes.txt").write_text("mine")
     (root / "empty_dir").mkdir()
@@ -63,6 +65,8 @@ CASES = [
     (["train", "-d", "missing.txt", *Q], "no such file: missing.txt"),
     (["train", "-d", "empty.txt", *Q], "is empty"),
     (["train", "-d", "image.bin", *Q], "looks like a binary file"),
+    (["train", "-d", "book.pdf", *Q], "is a PDF document, not plain text: convert it to text first, e.g. `pdftotext"),
+    (["train", "-d", "book.docx", *Q], "(as .docx, .odt and .epub files are), not plain text: save it as plain text"),
     (["train", "-d", "latin1.txt", *Q], "is not UTF-8 text"),
     (["train", "-d", "binaries", *Q], "is a folder; use -p"),
     (["train", "-p", "missing_dir", *Q], "no such folder"),

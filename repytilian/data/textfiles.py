@@ -9,6 +9,7 @@ the text is needed (tokenizer training, encoding), and keyed by the hash of thei
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,14 @@ def _char_boundary(data: bytes) -> int:
     return len(data)
 
 
+# Documents people keep their text in, told apart by their first bytes, so the error says what to do
+SAVE_AS_TEXT = "save it as plain text (.txt, UTF-8) from the program that made it"
+DOCUMENTS = ((b"%PDF", "a PDF document", "convert it to text first, e.g. `pdftotext {path} {text}`"),
+             (b"PK\x03\x04", "a zip archive (as .docx, .odt and .epub files are)", SAVE_AS_TEXT),
+             (b"{\\rtf", "an RTF document", SAVE_AS_TEXT),
+             (b"\xd0\xcf\x11\xe0", "an old Word or Office document", SAVE_AS_TEXT))
+
+
 def file_pieces(path: Path, read_bytes: int | None = None, text_field: str | None = None) -> Iterator[str]:
     """The decoded, line-end-normalised text of one file, in pieces of about `read_bytes` (READ_BYTES);
     of a JSONL or Parquet file, its records' `text_field` (records.py)."""
@@ -50,6 +59,10 @@ def file_pieces(path: Path, read_bytes: int | None = None, text_field: str | Non
             if offset == 0 and not carry:
                 if not block:
                     raise RepytilianError(f"{path} is empty: there is no text to train on")
+                for magic, kind, advice in DOCUMENTS:
+                    if block.startswith(magic):
+                        todo = advice.format(path=shlex.quote(str(path)), text=shlex.quote(str(path.with_suffix(".txt"))))
+                        raise RepytilianError(f"{path} is {kind}, not plain text: {todo}")
                 if b"\x00" in block[:BINARY_PROBE]:
                     raise RepytilianError(f"{path} looks like a binary file, not text; give a UTF-8 text file")
                 if block.startswith(b"\xef\xbb\xbf"):
