@@ -1,5 +1,6 @@
 """Fine-tuning a characters model on text with characters it has never seen: its vocabulary grows
 (Tiny Shakespeare has no digits but 3, no brackets and no accents, so most people's text had some)."""
+import json
 from pathlib import Path
 
 import torch
@@ -58,3 +59,17 @@ def test_other_tokenizers_still_refuse_words_they_do_not_know(tmp_path):
     (tmp_path / "new.txt").write_text("Zyzzyva blorptastic\n" * 100, encoding="utf-8")
     r = run_script("training.py", "-l", str(words), "-d", "new.txt", "-m", "x", "--iters", "2", cwd=tmp_path)
     assert r.returncode == 2 and "does not fit the vocabulary" in r.stderr and "Zyzzyva" in r.stderr
+
+
+def test_a_fine_tune_of_a_fine_tune_takes_the_same_share_of_the_first_peak(tmp_path):
+    (tmp_path / "book.txt").write_text(BOOK, encoding="utf-8")
+    (tmp_path / "more.txt").write_text("Zürich, 1789: «liberté»!\n" * 40, encoding="utf-8")
+    for load, text, out in ((str(V1C), "book.txt", "first"), ("first", "more.txt", "second")):
+        r = run_script("training.py", "-l", load, "-d", text, "-m", out, "--iters", "3", "--batch-size", "4", "-t", "0",
+                       cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+
+    def peak(folder) -> float:
+        return json.loads((Path(folder) / "config.json").read_text())["train"]["learning_rate"]
+
+    assert peak(tmp_path / "first") == peak(tmp_path / "second") == peak(V1C) / 10  # was: a hundredth the second time

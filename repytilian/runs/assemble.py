@@ -126,6 +126,7 @@ class Run:
     tcfg: TrainConfig
     loaded: LoadedModel | None = None
     lora: int | None = None  # the rank of the adapters it trains (lora.py), if any
+    fine_tuned: dict[str, Any] | None = None  # a fine-tune's from-scratch learning rates (resumed_run)
 
 
 def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run:
@@ -185,12 +186,20 @@ def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -
         _, preset = build_configs(opts.settings, "default", {}, "classic")
         loaded.meta["train"] = dataclasses.asdict(preset)
     mcfg, tcfg = _resume_setup(opts, loaded)
+    # The from-scratch peak and floor of the learning rate, also where the folder was a fine-tune
+    # itself (its own were a share of them: a fine-tune of a fine-tune would take a share of a share)
+    lineage = loaded.meta.get("fine_tuned") if isinstance(loaded.meta.get("fine_tuned"), dict) else None
+    if fine_tune:
+        saved_rates = [loaded.meta["train"].get("learning_rate", tcfg.learning_rate),
+                       loaded.meta["train"].get("min_lr", tcfg.min_lr)]
+        lineage = {"learning_rates": (lineage or {}).get("learning_rates") or saved_rates}
     if fine_tune and "learning_rate" not in opts.overrides:
         # Pretrained weights are near a good solution: a tenth of the from-scratch peak keeps them
         # there; learning to take turns (new tokens, a new format) takes half of it (measured on a
         # tiny model: a persona learned in 200 steps at half, not at a tenth)
         share = 2 if first_chat else 10
-        tcfg.learning_rate, tcfg.min_lr = tcfg.learning_rate / share, tcfg.min_lr / share
+        peak, floor = lineage["learning_rates"]
+        tcfg.learning_rate, tcfg.min_lr = peak / share, floor / share
     if fine_tune and "dtype" not in opts.overrides:
         # A new run on this machine: the number format is this machine's choice, not the one the
         # model was trained in elsewhere (bf16 on a CPU without it is about 100x slower)
@@ -204,13 +213,13 @@ def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -
     source = opts.data or DataSource.from_dict(saved_source)
     if source.kind == "chat":
         data = _chat_data(opts, loaded, source, tcfg, fine_tune)
-        return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
+        return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded, fine_tuned=lineage)
     corpus = load_corpus(source, loaded.tokenizer.input_format)
     try:
         data = text_data(opts.load, loaded, corpus, fine_tune)
     except _VocabularyGrows:
         return resumed_run(opts, device, grows=True)
-    return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded)
+    return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded, fine_tuned=lineage)
 
 
 class _VocabularyGrows(Exception):

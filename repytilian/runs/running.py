@@ -265,6 +265,7 @@ def _folder_meta(run: Run, trainer: Trainer, device: torch.device) -> Callable[.
         return {
             "train": dataclasses.asdict(run.tcfg),
             **({"lora": {"rank": run.lora}} if run.lora else {}),
+            **({"fine_tuned": run.fine_tuned} if run.fine_tuned else {}),
             "data": {"source": run.source.to_dict(), "sha256": data.sha256, "chars": data.chars,
                      "train_tokens": int(len(data.train)), "val_tokens": int(len(data.val))},
             "summary": {**run_summary(trainer, device, val_loss, finished), **(summary or {})},
