@@ -1,5 +1,5 @@
-"""Fine-tuning a characters model on text with characters it has never seen: its vocabulary grows
-(Tiny Shakespeare has no digits but 3, no brackets and no accents, so most people's text had some)."""
+"""Fine-tuning a characters (or words) model on text with tokens it has never seen: its vocabulary
+grows (Tiny Shakespeare has no digits but 3, no brackets and no accents, so most people's text had some)."""
 import json
 from pathlib import Path
 
@@ -35,7 +35,7 @@ def test_a_model_with_optimiser_state_starts_a_new_run_when_its_vocabulary_grows
     grown = run_script("training.py", "-l", "own", "-d", "more.txt", "-m", "more", "--iters", "3", "-t", "0",
                        cwd=tmp_path)
     assert grown.returncode == 0, grown.stderr  # its saved optimiser state fits the old vocabulary only
-    assert "fine-tuning own: its vocabulary grew by the text's new characters" in grown.stderr
+    assert "fine-tuning own: its vocabulary grew by the text's new tokens" in grown.stderr
     tuned = load_model_dir(tmp_path / "more")
     assert {"T", "K", "1", "«"} <= set(tuned.tokenizer.itos)
     assert tuned.model.lm_head.weight.shape[0] == tuned.tokenizer.vocab_size
@@ -54,11 +54,26 @@ def test_new_rows_start_as_the_average_of_the_old_ones(tmp_path):
     assert torch.allclose(grown[table.shape[0]:], table.mean(0).expand(3, -1))
 
 
-def test_other_tokenizers_still_refuse_words_they_do_not_know(tmp_path):
+def test_a_words_model_takes_new_words_too(tmp_path):
     words = V1C.parent / "words"
-    (tmp_path / "new.txt").write_text("Zyzzyva blorptastic\n" * 100, encoding="utf-8")
-    r = run_script("training.py", "-l", str(words), "-d", "new.txt", "-m", "x", "--iters", "2", cwd=tmp_path)
-    assert r.returncode == 2 and "does not fit the vocabulary" in r.stderr and "Zyzzyva" in r.stderr
+    (tmp_path / "new.txt").write_text("Zyzzyva, the blorptastic king!\n" * 100, encoding="utf-8")
+    r = run_script("training.py", "-l", str(words), "-d", "new.txt", "-m", "x", "--iters", "2", "-t", "0",
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # was: unknown words 'Zyzzyva', 'blorptastic'
+    assert "added the text's 2 new words ('Zyzzyva', 'blorptastic')" in r.stderr
+    tuned = load_model_dir(tmp_path / "x")
+    assert tuned.tokenizer.itos[-2:] == ["Zyzzyva", "blorptastic"]
+    assert tuned.tokenizer.encode("the king") == load_model_dir(words).tokenizer.encode("the king")
+
+
+def test_a_json_model_still_refuses_values_it_does_not_know(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([[1, 2, 3, 4] * 50] * 4))
+    (tmp_path / "b.json").write_text(json.dumps([[7, 8, 9] * 50] * 4))
+    r = run_script("training.py", "-d", "a.json", "-z", "json", "-m", "m", "--iters", "2", "-t", "0", *TINY,
+                   "--block-size", "8", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    again = run_script("training.py", "-l", "m", "-d", "b.json", "-m", "m2", "--iters", "2", cwd=tmp_path)
+    assert again.returncode == 2 and "does not fit the vocabulary" in again.stderr, again.stderr
 
 
 def test_a_fine_tune_of_a_fine_tune_takes_the_same_share_of_the_first_peak(tmp_path):

@@ -46,7 +46,9 @@ from ..tokenizers import (
     UnknownTokensError,
     tokenizer_class,
 )
+from ..tokenizers.base import text_chunks
 from ..tokenizers.characters import CharacterTokenizer
+from ..tokenizers.words import WordTokenizer, split_words
 from ..train import (
     TrainState,
 )
@@ -223,36 +225,39 @@ def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -
 
 
 class _VocabularyGrows(Exception):
-    """New characters for a model loaded with its optimiser state, which fits the old vocabulary only."""
+    """New tokens for a model loaded with its optimiser state, which fits the old vocabulary only."""
+
+
+GROWS = {CharacterTokenizer: ("characters", set), WordTokenizer: ("words", split_words)}  # what a text's tokens are
 
 
 def text_data(load: str, loaded: LoadedModel, corpus: str | TextFiles | JsonCorpus, fine_tune: bool) -> TokenData:
-    """The text's ids in the loaded model's vocabulary. A characters model given text with characters
-    it has never seen (Tiny Shakespeare has no digits but 3, no brackets, no accents) takes them as
-    new tokens, with rows of its embeddings, as a chat's special tokens are added: so any text can
-    fine-tune a shipped model. Other tokenizers' unknown tokens are an error."""
+    """The text's ids in the loaded model's vocabulary. A characters or words model given text with
+    tokens it has never seen (Tiny Shakespeare has no digits but 3, no brackets, no accents) takes
+    them as new tokens, with rows of its embeddings, as a chat's special tokens are added: so any
+    text can fine-tune a shipped model. Other tokenizers' unknown tokens are an error (a byte-level
+    BPE has none; specials own the ids after a vocabulary)."""
     try:
         return TokenData.from_corpus(corpus, loaded.tokenizer)
     except UnknownTokensError as e:
         tokenizer = loaded.tokenizer
-        if type(tokenizer) is not CharacterTokenizer or isinstance(corpus, JsonCorpus):  # specials own the ids after it
+        if type(tokenizer) not in GROWS or isinstance(corpus, JsonCorpus):
             raise RepytilianError(f"the training data does not fit the vocabulary of {load}: {e}") from None
     if not fine_tune:
         raise _VocabularyGrows
+    what, tokens_of = GROWS[type(tokenizer)]
     seen: set[str] = set()
-    for piece in corpus.pieces() if isinstance(corpus, TextFiles) else [corpus]:
-        seen.update(piece)
+    for piece in corpus.chunks() if isinstance(corpus, TextFiles) else text_chunks(corpus):
+        seen.update(tokens_of(piece))
     new = sorted(seen - set(tokenizer.itos))
     old = tokenizer.vocab_size
-    loaded.tokenizer = CharacterTokenizer(tokenizer.itos + new)
+    loaded.tokenizer = type(tokenizer)(tokenizer.itos + new)
     loaded.model.grow_vocabulary(loaded.tokenizer.vocab_size)
     loaded.meta["grown"] = len(new)
-    shown = ", ".join(repr(c) for c in new[:12]) + (f" and {len(new) - 12} more" if len(new) > 12 else "")
-    note(f"added the text's {len(new)} new characters ({shown}) to the characters tokenizer of {load} "
+    shown = ", ".join(repr(c) for c in new[:12]) + (f" and {len(new) - 12:,} more" if len(new) > 12 else "")
+    note(f"added the text's {len(new):,} new {what} ({shown}) to the {tokenizer.name} tokenizer of {load} "
          f"(ids {old}-{loaded.tokenizer.vocab_size - 1}); each starts as the average of the others")
     return TokenData.from_corpus(corpus, loaded.tokenizer)
-
-
 
 
 def _config_of(folder: Path) -> dict[str, Any]:
