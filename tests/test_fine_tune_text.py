@@ -88,3 +88,15 @@ def test_a_fine_tune_of_a_fine_tune_takes_the_same_share_of_the_first_peak(tmp_p
         return json.loads((Path(folder) / "config.json").read_text())["train"]["learning_rate"]
 
     assert peak(tmp_path / "first") == peak(tmp_path / "second") == peak(V1C) / 10  # was: a hundredth the second time
+
+
+def test_a_fine_tune_on_other_text_goes_over_it_a_few_times_not_the_first_runs_steps(tmp_path):
+    text = BOOK * 15
+    (tmp_path / "book.txt").write_text(text, encoding="utf-8")
+    r = run_script("training.py", "-l", str(V1C), "-d", "book.txt", "-m", "", "-t", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    first = json.loads((V1C / "config.json").read_text())
+    per_step = first["train"]["batch_size"] * first["model"]["block_size"]
+    steps = -(-4 * (len(text) - len(text) // 10) // per_step)  # four passes over the training split
+    assert 100 < steps < first["train"]["max_iters"]  # was: the first run's 2,000 steps, 190 passes
+    assert f"a fine-tune on other text takes {steps:,} steps" in r.stderr and f"finished {steps:,} steps" in r.stderr

@@ -57,6 +57,8 @@ from .options import TrainOptions
 CHAT_EPOCHS = 3  # a first chat fine-tune goes over its conversations this many times, unless told,
 CHAT_MIN_STEPS = 200  # and takes at least this many steps (a few conversations are learned slowly)
 CHAT_MAX_STEPS = 2000
+FINE_TUNE_PASSES = 4  # a fine-tune on other text goes over it this many times, unless told,
+FINE_TUNE_MIN_STEPS = 100  # and takes at least this many steps
 
 
 def _resume_setup(opts: TrainOptions, loaded: LoadedModel) -> tuple[Any, Any]:
@@ -221,7 +223,33 @@ def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -
         data = text_data(opts.load, loaded, corpus, fine_tune)
     except _VocabularyGrows:
         return resumed_run(opts, device, grows=True)
+    if fine_tune and opts.data is not None and not _told_how_long(opts):
+        _fit_steps_to_text(tcfg, opts, len(data.train), mcfg.block_size)
     return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded, fine_tuned=lineage)
+
+
+def _told_how_long(opts: TrainOptions) -> bool:
+    return opts.iterations is not None or bool({"max_iters", "max_seconds"} & set(opts.overrides))
+
+
+def _fit_steps_to_text(tcfg: TrainConfig, opts: TrainOptions, train_tokens: int, block_size: int) -> None:
+    """A fine-tune on other text, not told how long: FINE_TUNE_PASSES over it (at least
+    FINE_TUNE_MIN_STEPS, at most the steps the model was first trained for), not the first run's
+    steps, which went 20 times over Tiny Shakespeare and would go a thousand over a short story."""
+    per_step = tcfg.batch_size * block_size
+    steps = max(FINE_TUNE_MIN_STEPS, math.ceil(FINE_TUNE_PASSES * train_tokens / per_step))
+    tcfg.max_iters = min(tcfg.max_iters or steps, steps)
+    _shorter_schedule(tcfg, opts)
+    note(f"a fine-tune on other text takes {tcfg.max_iters:,} steps: {FINE_TUNE_PASSES} passes over it, at least "
+         f"{FINE_TUNE_MIN_STEPS} steps, at most the first run's (`max_iters` or `max_seconds` sets it)",
+         settings=("max_iters", "max_seconds"))
+
+
+def _shorter_schedule(tcfg: TrainConfig, opts: TrainOptions) -> None:
+    """Warm-up and evaluations in proportion to a fine-tune's fewer steps, where not given."""
+    for name, share in (("warmup_iters", 10), ("eval_interval", 5)):
+        if name not in opts.overrides:
+            setattr(tcfg, name, min(getattr(tcfg, name), max(1, tcfg.max_iters // share)))
 
 
 class _VocabularyGrows(Exception):
@@ -281,13 +309,10 @@ def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg
              f"{tokenizer.vocab_size - 1}) to the {tokenizer.name} tokenizer of {opts.load}")
     loaded.tokenizer = tokenizer
     data = chat_data(source.value, source.chat_val, tokenizer, chat, loaded.model.config.block_size)
-    told = opts.iterations is not None or {"max_iters", "max_seconds"} & set(opts.overrides)
-    if fine_tune and not told:
+    if fine_tune and not _told_how_long(opts):
         epochs = math.ceil(CHAT_EPOCHS * data.train.conversations / tcfg.batch_size)
         tcfg.max_iters = min(CHAT_MAX_STEPS, max(CHAT_MIN_STEPS, epochs))
-        for name, share in (("warmup_iters", 10), ("eval_interval", 5)):
-            if name not in opts.overrides:
-                setattr(tcfg, name, min(getattr(tcfg, name), max(1, tcfg.max_iters // share)))
+        _shorter_schedule(tcfg, opts)
         note(f"{data.train.conversations:,} conversations to learn from ({data.train.learned_tokens:,} answer tokens), "
              f"{data.val.conversations:,} to validate on: {tcfg.max_iters:,} steps of {tcfg.batch_size} go over them "
              f"{tcfg.max_iters * tcfg.batch_size / data.train.conversations:.0f} times (`max_iters` sets it)",
