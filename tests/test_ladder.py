@@ -60,3 +60,39 @@ def test_repytilian_ladder_trains_each_step_and_prints_one_table(corpus_file, tm
     assert (tmp_path / "ladder" / "bigram" / "model.safetensors").is_file()  # each step can be sampled later
     bad = run_script("ladder", "-d", str(corpus_file), "--steps", "bigram,trigram", cwd=tmp_path)
     assert bad.returncode == 2 and "--steps has unknown step(s) trigram" in bad.stderr
+
+
+def test_ctrl_c_stops_the_climb(tmp_path, corpus_file):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import checkout_path
+
+    proc = subprocess.Popen([sys.executable, "-m", "repytilian", "ladder", "-d", str(corpus_file), "--budget", "60",
+                             "--steps", "bigram,one-head", "--out", "lad", "-s", "tiny"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": checkout_path()})
+    first = proc.stderr.readline()
+    assert first.startswith("[1/2] bigram"), first
+    time.sleep(4)  # into its 60 s of training
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert "[2/2]" not in stderr, stderr  # was: the next step started, Ctrl+C stopped one step only
+    assert "stopped by SIGINT" in stderr and not (tmp_path / "lad" / "ladder.json").exists()
+
+
+def test_a_climb_stopped_after_some_steps_compares_them(tmp_path, monkeypatch, capsys):
+    from repytilian.cli import ladder
+
+    row = {"step": "bigram", "adds": "", "parameters": 10, "steps_trained": 5, "val_loss": 2.5,
+           "bits_per_byte": None, "sample": "abc"}
+    monkeypatch.setattr(ladder, "climb", lambda args: ([row], "SIGINT"))
+    parser = __import__("argparse").ArgumentParser()
+    ladder.add_arguments(parser)
+    assert ladder.ladder_command(parser.parse_args(["--out", str(tmp_path / "lad"), "--budget", "5"])) == 130
+    assert "bigram" in capsys.readouterr().out
+    assert json.loads((tmp_path / "lad" / "ladder.json").read_text())["rows"] == [row]

@@ -39,7 +39,9 @@ def one_line(text: str, width: int = 60) -> str:
     return flat[:width] + ("…" if len(flat) > width else "")
 
 
-def climb(args: argparse.Namespace) -> list[dict[str, Any]]:
+def climb(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of the steps trained, and the signal that stopped the climb (Ctrl+C: the steps
+    trained before it are compared; the one it stopped is saved where training saves interruptions)."""
     from ..api import TrainOptions, train
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -58,13 +60,16 @@ def climb(args: argparse.Namespace) -> list[dict[str, Any]]:
         result = train(TrainOptions(data=source, settings=args.settings, arch=step, iterations="forever",
                                     overrides=overrides, out=str(out / step), seed=args.seed, progress=False),
                        on_event=lambda event: None)
+        if result.stopped_by:
+            print(f"      stopped by {result.stopped_by} (saved to {result.saved_to})", file=sys.stderr, flush=True)
+            return rows, result.stopped_by
         lm = result.language_model
         sample = lm.generate("", 120, seed=0)
         rows.append({"step": step, "adds": LECTURE_STEP_ABOUT[step], "parameters": lm.model.num_params(),
                      "steps_trained": result.state.step, "val_loss": result.val_loss,
                      "bits_per_byte": lm.meta.get("summary", {}).get("val_bits_per_byte"), "sample": sample})
         print(f"      val loss {result.val_loss:.4f} after {result.state.step:,} steps", file=sys.stderr, flush=True)
-    return rows
+    return rows, None
 
 
 def table(rows: list[dict[str, Any]], budget: float) -> str:
@@ -101,7 +106,9 @@ def plot(rows: list[dict[str, Any]], path: Path, budget: float) -> Path | None:
 
 
 def ladder_command(args: argparse.Namespace) -> int:
-    rows = climb(args)
+    rows, stopped_by = climb(args)
+    if not rows:
+        return 130 if stopped_by else 0
     print(table(rows, args.budget))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,4 +116,4 @@ def ladder_command(args: argparse.Namespace) -> int:
                                      encoding="utf-8")
     drawn = plot(rows, out / "ladder.png", args.budget)
     print(f"wrote {out / 'ladder.json'}" + (f" and {drawn}" if drawn else ""), file=sys.stderr)
-    return 0
+    return 130 if stopped_by else 0  # a climb stopped early still compares the steps it made
