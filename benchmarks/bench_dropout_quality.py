@@ -37,6 +37,8 @@ def one(variant: str, budget: float, steps: int | None = None, eager: bool = Fal
     result = train(TrainOptions(settings="speedrun", arch="modern", iterations="default" if steps else "forever",
                                 out=None, progress=False, seed=1337, overrides={**RECIPE, **whole, **length,
                                                                   **({"compile": False} if eager else {})}))
+    if result.stopped_by:  # Ctrl+C: no whole-split score to compare
+        raise SystemExit(f"stopped by {result.stopped_by}")
     return {"variant": variant, "budget_s": None if steps else budget, "steps": result.state.step,
             "val_loss_full": result.val_loss, "seconds": result.state.train_seconds,
             "compiled": bool(result.language_model.meta["train"].get("compile"))}

@@ -65,6 +65,8 @@ def main() -> None:
                                     overrides={**levers, "max_seconds": args.budget}), on_event=listen)
     except RepytilianError as e:
         raise SystemExit(f"error: {e}") from None
+    if result.stopped_by:  # Ctrl+C: no whole-split score, no record
+        raise SystemExit(f"stopped by {result.stopped_by} at step {result.state.step:,}: no record")
     meta, scope = result.language_model.meta["train"], finished[-1].scope
     row = {"date": date.today().isoformat(), "machine": cpu_name(), "native_bf16": native,
            "threads": torch.get_num_threads(), "torch": torch.__version__, "budget_s": args.budget,

@@ -185,6 +185,8 @@ def quality(preset: str, budget: float, dtype: str, overrides: dict | None = Non
     result = train(TrainOptions(settings=preset, iterations="forever", out=None, progress=False,
                                 overrides={**(overrides or {}), "max_seconds": budget, "dtype": dtype}),
                    log=lambda msg: None)
+    if result.stopped_by:  # Ctrl+C: no whole-split score to report
+        raise KeyboardInterrupt
     return {"preset": preset, "overrides": overrides or {}, "budget_s": budget,
             "dtype": result.language_model.meta["train"]["dtype"],
             "steps": result.state.step, "tokens": result.state.tokens_seen,
