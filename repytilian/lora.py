@@ -47,7 +47,7 @@ class LoRALinear(nn.Module):
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None, embeddings: bool = False) -> int:
-    """Freeze `model` (but its token embeddings, with `embeddings`) and give each block matrix an
+    """Freeze `model` (but its token embeddings and head, with `embeddings`) and give each block matrix an
     adapter of `rank` (alpha: 2 x rank unless given). Returns how many parameters are trained."""
     if rank < 1:
         raise ValueError(f"the LoRA rank must be at least 1, got {rank}")
@@ -60,8 +60,9 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None, embeddings
                 layer = getattr(parent, name, None)
                 if isinstance(layer, nn.Linear):
                     setattr(parent, name, LoRALinear(layer, rank, alpha))
-    if embeddings:
-        model.transformer.wte.weight.requires_grad_(True)  # the head too, where it is tied to them
+    if embeddings:  # new tokens' rows must be learned, in and out: the table and the head (one, where tied)
+        model.transformer.wte.weight.requires_grad_(True)
+        model.lm_head.weight.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

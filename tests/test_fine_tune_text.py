@@ -100,3 +100,24 @@ def test_a_fine_tune_on_other_text_goes_over_it_a_few_times_not_the_first_runs_s
     steps = -(-4 * (len(text) - len(text) // 10) // per_step)  # four passes over the training split
     assert 100 < steps < first["train"]["max_iters"]  # was: the first run's 2,000 steps, 190 passes
     assert f"a fine-tune on other text takes {steps:,} steps" in r.stderr and f"finished {steps:,} steps" in r.stderr
+
+
+def test_lora_learns_the_rows_of_new_characters(tmp_path):
+    (tmp_path / "book.txt").write_text(BOOK, encoding="utf-8")
+    r = run_script("training.py", "-l", str(V1C), "-d", "book.txt", "-m", "lora", "--lora", "2", "--iters", "10",
+                   "--batch-size", "4", "-t", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    base = load_model_dir(V1C).model.transformer.wte.weight.detach()
+    tuned = load_model_dir(tmp_path / "lora").model.transformer.wte.weight.detach()
+    new_rows = tuned[len(base):]
+    assert not torch.allclose(new_rows, base.mean(0).expand_as(new_rows))  # was: frozen at their start, unlearnable
+
+
+def test_lora_with_an_untied_head_trains_its_rows_for_new_tokens():
+    from repytilian.config import ModelConfig
+    from repytilian.lora import add_lora
+    from repytilian.model import GPT
+
+    model = GPT(ModelConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=8, tie_embeddings=False))
+    add_lora(model, 2, embeddings=True)
+    assert model.lm_head.weight.requires_grad and model.transformer.wte.weight.requires_grad

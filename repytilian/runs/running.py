@@ -142,8 +142,9 @@ def with_adapters(opts: TrainOptions, run: Run, report: Listener) -> None:
     """`lora`: the loaded model's matrices frozen, each with a low-rank adapter (lora.py), trained by
     AdamW (Muon orthogonalises whole matrices, which a rank-r adapter is not)."""
     total = sum(p.numel() for p in run.model.parameters())
-    chat = run.source.kind == "chat"  # the chat tokens' rows must be learned: the embeddings train too
-    trained = add_lora(run.model, opts.lora, embeddings=chat)
+    # New tokens (a chat's, or a text's new characters or words) must be learned: the embeddings train too
+    new_tokens = run.source.kind == "chat" or bool(run.loaded is not None and run.loaded.meta.get("grown"))
+    trained = add_lora(run.model, opts.lora, embeddings=new_tokens)
     run.lora = opts.lora
     run.tcfg.optimizer = "adamw"
     if "learning_rate" not in opts.overrides:
@@ -152,7 +153,7 @@ def with_adapters(opts: TrainOptions, run: Run, report: Listener) -> None:
         # 10x, not at 1x)
         run.tcfg.learning_rate, run.tcfg.min_lr = run.tcfg.learning_rate * 10, run.tcfg.min_lr * 10
     report(Note(f"LoRA of rank {opts.lora}: training {trained:,} of {total:,} parameters (adapters on every "
-                f"block's matrices{', and the token embeddings' if chat else ''}), with AdamW; the folder saved "
+                f"block's matrices{', and the token embeddings' if new_tokens else ''}), with AdamW; the folder saved "
                 "holds the merged weights"))
 
 
