@@ -93,6 +93,18 @@ def test_learning_rate_warms_up_then_decays_to_min_lr():
     assert learning_rate(10_000, cfg, endless) == 1.0
 
 
+def test_a_run_shorter_than_its_warm_up_warms_up_for_a_tenth_of_it(corpus_file, tmp_path):
+    said = []
+    shape = {k: v for k, v in TINY_OVERRIDES.items() if k != "warmup_iters"}  # the preset's 100 steps of warm-up
+    train(TrainOptions(data=DataSource("file", str(corpus_file)), out=str(tmp_path / "m"), progress=False,
+                       overrides={**shape, "max_iters": 30}), on_event=said.append)
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
+    assert saved["warmup_iters"] == 3  # was 100: its 30 steps learned at under a third of the peak rate
+    assert any("warm-up of 3 steps, a tenth of the run's 30" in getattr(e, "text", "") for e in said)
+    lrs = [m["lr"] for m in map(json.loads, (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()) if "lr" in m]
+    assert max(lrs) > 0.5 * saved["learning_rate"]
+
+
 def test_a_text_without_line_breaks_trains_saves_and_starts_generation_at_a_space(tmp_path):
     from repytilian import load_model
 

@@ -158,8 +158,18 @@ def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run
         report(Note(why, settings=("settings",)))
         mcfg, tcfg = with_values(mcfg, tcfg, {k: v for k, v in chosen.items() if k not in opts.overrides})
     mcfg.vocab_size = tokenizer.vocab_size
+    fit_warmup(tcfg, opts)
     torch.manual_seed(tcfg.seed)
     return Run(GPT(mcfg).to(device), tokenizer, data, source, mcfg, tcfg)
+
+
+def fit_warmup(tcfg: TrainConfig, opts: TrainOptions) -> None:
+    """A warm-up no shorter than the run never reaches the peak learning rate (`--iters 60` under the
+    default's 100 steps of warm-up learned at a fraction of it): a tenth of the run instead, unless given."""
+    if tcfg.max_iters is not None and tcfg.warmup_iters >= tcfg.max_iters and "warmup_iters" not in opts.overrides:
+        longer, tcfg.warmup_iters = tcfg.warmup_iters, max(1, tcfg.max_iters // 10)
+        note(f"warm-up of {tcfg.warmup_iters} steps, a tenth of the run's {tcfg.max_iters:,} (the preset's {longer} "
+             "would not reach the peak learning rate; `warmup_iters` sets it)", settings=("warmup_iters",))
 
 
 def with_values(mcfg: ModelConfig, tcfg: TrainConfig, values: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
@@ -196,7 +206,7 @@ def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -
     if fine_tune:
         saved_rates = [loaded.meta["train"].get("learning_rate", tcfg.learning_rate),
                        loaded.meta["train"].get("min_lr", tcfg.min_lr)]
-        lineage = {"learning_rates": (lineage or {}).get("learning_rates") or saved_rates}
+        lineage = {"from": str(opts.load), "learning_rates": (lineage or {}).get("learning_rates") or saved_rates}
     if fine_tune and "learning_rate" not in opts.overrides:
         # Pretrained weights are near a good solution: a tenth of the from-scratch peak keeps them
         # there; learning to take turns (new tokens, a new format) takes half of it (measured on a
@@ -225,6 +235,8 @@ def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -
         return resumed_run(opts, device, grows=True)
     if fine_tune and opts.data is not None and not _told_how_long(opts):
         _fit_steps_to_text(tcfg, opts, len(data.train), mcfg.block_size)
+    if fine_tune:
+        fit_warmup(tcfg, opts)
     return Run(loaded.model, loaded.tokenizer, data, source, mcfg, tcfg, loaded, fine_tuned=lineage)
 
 

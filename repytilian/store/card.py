@@ -89,9 +89,13 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
         f"{fmt(data.get('train_tokens'), ',')} train / {fmt(data.get('val_tokens'), ',')} val tokens |",
         f"| training | {fmt(summary.get('step'), ',')} steps, {fmt(summary.get('tokens_seen'), ',')} tokens seen, "
         f"{fmt(summary.get('train_seconds'))} s on {summary.get('device', '?')} ({train.get('dtype', '?')}) |",
-        f"| settings | batch {train.get('batch_size')}, learning rate {train.get('learning_rate')} → {train.get('min_lr')}, "
+        f"| settings | batch {train.get('batch_size')}, learning rate {fmt(train.get('learning_rate'), 'g')} → "
+        f"{fmt(train.get('min_lr'), 'g')}, "
         f"warm-up {train.get('warmup_iters')}, weight decay {train.get('weight_decay')}, dropout {model.get('dropout')} |",
     ]
+    base = (meta.get("fine_tuned") or {}).get("from")
+    if base:
+        lines.insert(6, f"| fine-tuned from | {base} |")
     last = summary.get("last_eval") or {}
     if summary.get("val_loss_full") is not None:
         scope = summary.get("val_loss_full_scope", "the whole validation split")
