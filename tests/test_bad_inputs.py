@@ -174,4 +174,7 @@ def test_unknown_device_without_a_gpu(scratch, monkeypatch, capsys):
     monkeypatch.chdir(scratch)
     assert cli.main(["train", "-d", "corpus.txt", "--device", "cuda", *Q]) == 2
     assert "sees no CUDA GPU" in capsys.readouterr().err
+    assert cli.main(["train", "-d", "corpus.txt", "--device", "cuda:1", *Q]) == 2
+    assert "--device cuda:1 was asked for" in capsys.readouterr().err  # it said cuda
+
     sys.stderr.flush()

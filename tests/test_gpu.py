@@ -231,3 +231,11 @@ def test_gpu_memory_is_given_back_after_a_run(corpus, compiled):
     gc.collect()
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= before + 1024 * 1024  # ...and nothing is left once it is gone
+
+
+def test_a_gpu_number_the_machine_does_not_have_is_a_clear_error():
+    from repytilian.errors import SettingError
+    from repytilian.runtime.device import pick_device
+
+    with pytest.raises(SettingError, match=f"this machine has {torch.cuda.device_count()} CUDA GPU"):
+        pick_device(f"cuda:{torch.cuda.device_count()}")  # was: a CUDA error (invalid device ordinal) later on

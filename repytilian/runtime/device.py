@@ -22,7 +22,11 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise RepytilianError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SettingError("device", "cuda was asked for, but this PyTorch sees no CUDA GPU; use cpu")
+        raise SettingError("device", f"{name} was asked for, but this PyTorch sees no CUDA GPU; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise SettingError("device", f"{name} was asked for, but this machine has {count} CUDA GPU"
+                                     f"{'s' * (count != 1)} (cuda:0 to cuda:{count - 1})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise SettingError("device", "mps was asked for, but MPS is not available here; use cpu")
     return device
