@@ -121,3 +121,15 @@ def test_lora_with_an_untied_head_trains_its_rows_for_new_tokens():
     model = GPT(ModelConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=8, tie_embeddings=False))
     add_lora(model, 2, embeddings=True)
     assert model.lm_head.weight.requires_grad and model.transformer.wte.weight.requires_grad
+
+
+def test_a_large_corpus_streamed_through_the_token_cache_grows_the_vocabulary_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPYTILIAN_STREAM_MB", "0.001")  # this text counts as large: read in pieces, cached ids
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text(BOOK, encoding="utf-8")
+    (tmp_path / "books" / "b.txt").write_text("Straße № 7\n" * 200, encoding="utf-8")
+    r = run_script("training.py", "-l", str(V1C), "-p", "books", "-m", "big", "--iters", "3", "-t", "0",
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tokenizer = load_model_dir(tmp_path / "big").tokenizer
+    assert {"ß", "№", "7", "é", "["} <= set(tokenizer.itos[65:]) and "MB of text into" in r.stderr  # the cache
