@@ -36,7 +36,7 @@ def _char_boundary(data: bytes) -> int:
 
 # Documents people keep their text in, told apart by their first bytes, so the error says what to do
 SAVE_AS_TEXT = "save it as plain text (.txt, UTF-8) from the program that made it"
-DOCUMENTS = ((b"%PDF", "a PDF document", "convert it to text first, e.g. `pdftotext {path} {text}`"),
+DOCUMENTS = ((b"%PDF-", "a PDF document", "convert it to text first, e.g. `pdftotext {path} {text}`"),
              (b"PK\x03\x04", "a zip archive (as .docx, .odt and .epub files are)", SAVE_AS_TEXT),
              (b"{\\rtf", "an RTF document", SAVE_AS_TEXT),
              (b"\xd0\xcf\x11\xe0", "an old Word or Office document", SAVE_AS_TEXT))

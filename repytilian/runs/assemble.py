@@ -130,7 +130,7 @@ class Run:
     tcfg: TrainConfig
     loaded: LoadedModel | None = None
     lora: int | None = None  # the rank of the adapters it trains (lora.py), if any
-    fine_tuned: dict[str, Any] | None = None  # a fine-tune's from-scratch learning rates (resumed_run)
+    fine_tuned: dict[str, Any] | None = None  # what a fine-tune started from, its from-scratch learning rates
 
 
 def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run:
@@ -168,8 +168,8 @@ def fit_warmup(tcfg: TrainConfig, opts: TrainOptions) -> None:
     default's 100 steps of warm-up learned at a fraction of it): a tenth of the run instead, unless given."""
     if tcfg.max_iters is not None and tcfg.warmup_iters >= tcfg.max_iters and "warmup_iters" not in opts.overrides:
         longer, tcfg.warmup_iters = tcfg.warmup_iters, max(1, tcfg.max_iters // 10)
-        note(f"warm-up of {tcfg.warmup_iters} steps, a tenth of the run's {tcfg.max_iters:,} (the preset's {longer} "
-             "would not reach the peak learning rate; `warmup_iters` sets it)", settings=("warmup_iters",))
+        note(f"warm-up of {tcfg.warmup_iters} steps, a tenth of the run's {tcfg.max_iters:,} ({longer} would not "
+             "reach the peak learning rate; `warmup_iters` sets it)", settings=("warmup_iters",))
 
 
 def with_values(mcfg: ModelConfig, tcfg: TrainConfig, values: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:

@@ -104,9 +104,11 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
         report(Note(plan.why, settings=("micro_batch",)))
     trainer = Trainer(run.model, run.data, run.tcfg, device, report=report, world=world, plan=plan)
     if run.loaded is not None and run.loaded.trainer is None:
-        why = (" to chat: its vocabulary grew by the chat tokens" if run.source.kind == "chat" and
-               "chat" not in run.loaded.meta else ": its vocabulary grew by the text's new tokens"
-               if run.loaded.meta.get("grown") else ": it was saved without optimiser state (imported or shipped)")
+        why = ": it was saved without optimiser state (imported or shipped)"
+        if run.source.kind == "chat" and "chat" not in run.loaded.meta:
+            why = " to chat: its vocabulary grew by the chat tokens"
+        elif run.loaded.meta.get("grown"):
+            why = ": its vocabulary grew by the text's new tokens"
         report(Note(f"fine-tuning {opts.load}{why}, so its weights start a new run of "
                     f"{run.tcfg.max_iters or 'endless'} steps with a fresh optimiser, peak learning rate "
                     f"{run.tcfg.learning_rate:g} (`learning_rate` sets it)", settings=("learning_rate",)))

@@ -72,6 +72,8 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
     what = {"dataset": "the {} data set", "file": "the file {}", "dir": "the text files under {}"}.get(
         source.get("kind"), "{}").format(source.get("value", "?"))
 
+    base = (meta.get("fine_tuned") or {}).get("from")  # the model folder a fine-tune started from
+
     def fmt(value: Any, spec: str = "") -> str:
         return "?" if value is None else format(value, spec)
 
@@ -84,6 +86,7 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
         "",
         "| | |",
         "|---|---|",
+        *([f"| fine-tuned from | {base} |"] if base else []),
         f"| data | {what}: {fmt(data.get('chars'), ',')} characters, sha256 `{str(data.get('sha256', '?'))[:16]}…` |",
         f"| tokenizer | {meta.get('tokenizer')} ({fmt(model.get('vocab_size'), ',')} tokens); "
         f"{fmt(data.get('train_tokens'), ',')} train / {fmt(data.get('val_tokens'), ',')} val tokens |",
@@ -93,9 +96,6 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
         f"{fmt(train.get('min_lr'), 'g')}, "
         f"warm-up {train.get('warmup_iters')}, weight decay {train.get('weight_decay')}, dropout {model.get('dropout')} |",
     ]
-    base = (meta.get("fine_tuned") or {}).get("from")
-    if base:
-        lines.insert(6, f"| fine-tuned from | {base} |")
     last = summary.get("last_eval") or {}
     if summary.get("val_loss_full") is not None:
         scope = summary.get("val_loss_full_scope", "the whole validation split")
