@@ -66,6 +66,17 @@ def test_a_words_model_takes_new_words_too(tmp_path):
     assert tuned.tokenizer.encode("the king") == load_model_dir(words).tokenizer.encode("the king")
 
 
+def test_a_model_of_the_original_repytilians_words_takes_new_words_too(tmp_path, corpus_file):
+    r = run_script("training.py", "-d", str(corpus_file), "-z", "spaced_words", "-m", "old", "--iters", "2", "-t", "0",
+                   *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "new.txt").write_text("the king, Zyzzyva!\n" * 400, encoding="utf-8")
+    grown = run_script("training.py", "-l", "old", "-d", "new.txt", "-m", "new", "--iters", "2", "-t", "0",
+                       cwd=tmp_path)
+    assert grown.returncode == 0, grown.stderr
+    assert {"king,", "Zyzzyva!"} <= set(load_model_dir(tmp_path / "new").tokenizer.itos)  # words between spaces
+
+
 def test_a_json_model_still_refuses_values_it_does_not_know(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([[1, 2, 3, 4] * 50] * 4))
     (tmp_path / "b.json").write_text(json.dumps([[7, 8, 9] * 50] * 4))

@@ -48,6 +48,7 @@ from ..tokenizers import (
 )
 from ..tokenizers.base import text_chunks
 from ..tokenizers.characters import CharacterTokenizer
+from ..tokenizers.spaced_words import SpacedWordTokenizer
 from ..tokenizers.words import WordTokenizer, split_words
 from ..train import (
     TrainState,
@@ -168,7 +169,7 @@ def fit_warmup(tcfg: TrainConfig, opts: TrainOptions) -> None:
     default's 100 steps of warm-up learned at a fraction of it): a tenth of the run instead, unless given."""
     if tcfg.max_iters is not None and tcfg.warmup_iters >= tcfg.max_iters and "warmup_iters" not in opts.overrides:
         longer, tcfg.warmup_iters = tcfg.warmup_iters, max(1, tcfg.max_iters // 10)
-        note(f"warm-up of {tcfg.warmup_iters} steps, a tenth of the run's {tcfg.max_iters:,} ({longer} would not "
+        note(f"warm-up of {tcfg.warmup_iters} step{'s' * (tcfg.warmup_iters != 1)}, a tenth of the run's {tcfg.max_iters:,} ({longer} would not "
              "reach the peak learning rate; `warmup_iters` sets it)", settings=("warmup_iters",))
 
 
@@ -268,7 +269,9 @@ class _VocabularyGrows(Exception):
     """New tokens for a model loaded with its optimiser state, which fits the old vocabulary only."""
 
 
-GROWS = {CharacterTokenizer: ("characters", set), WordTokenizer: ("words", split_words)}  # what a text's tokens are
+# What a text's tokens are, for the tokenizers whose vocabulary grows
+GROWS = {CharacterTokenizer: ("characters", set), WordTokenizer: ("words", split_words),
+         SpacedWordTokenizer: ("words", str.split)}
 
 
 def text_data(load: str, loaded: LoadedModel, corpus: str | TextFiles | JsonCorpus, fine_tune: bool) -> TokenData:
