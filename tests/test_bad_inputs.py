@@ -68,8 +68,7 @@ CASES = [
     (["train", "-d", "book.pdf", *Q], "is a PDF document, not plain text: convert it to text first, e.g. `pdftotext"),
     (["train", "-d", "book.docx", *Q], "(as .docx, .odt and .epub files are), not plain text: save it as plain text"),
     (["train", "-d", "latin1.txt", *Q], "is not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8 and try again "
-                                         "(text from Windows is often cp1252: `iconv -f cp1252 -t utf-8 latin1.txt > "
-                                         "latin1.utf8.txt`)"),
+                                         "(text from Windows is often in cp1252"),
     (["train", "-d", "binaries", *Q], "is a folder; use -p"),
     (["train", "-p", "missing_dir", *Q], "no such folder"),
     (["train", "-p", "binaries", *Q], "holds no UTF-8 text files"),

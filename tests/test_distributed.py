@@ -40,9 +40,9 @@ def run(cmd: list[str], cwd: Path, timeout: float = 180) -> subprocess.Completed
     return done
 
 
-def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=cwd, env=environment(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True)
+def start(cmd: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, env={**environment(), **env}, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
 
 
 def wait_for(proc: subprocess.Popen, text: str, seconds: float = 120) -> list[str]:
@@ -124,7 +124,9 @@ def test_sigterm_to_torchrun_saves_one_checkpoint_that_one_process_resumes_exact
 def test_a_killed_process_ends_the_job_with_a_clear_error(job):
     here, args = job
     endless = [a if a != str(STEPS) else "1000000" for a in args]
-    proc = start(torchrun(2, *endless, "-m", "killed"), here)
+    # A collective that waits on the dead process gives up within torchrun's 30 s between SIGTERM and
+    # SIGKILL (once, under load, process 0 said nothing in those 30 s: a wait that the default 60 s outlasted)
+    proc = start(torchrun(2, *endless, "-m", "killed"), here, REPYTILIAN_DIST_TIMEOUT="20")
     wait_for(proc, "step 20:")
     victims = [pid for pid in _children(proc.pid) if "RANK=1" in _environ(pid)]
     assert len(victims) == 1

@@ -72,11 +72,10 @@ def file_pieces(path: Path, read_bytes: int | None = None, text_field: str | Non
             try:
                 text = data[:end].decode("utf-8")
             except UnicodeDecodeError as e:
-                converted = shlex.quote(str(path.with_suffix(".utf8.txt")))
                 raise RepytilianError(
                     f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start}); "
-                    "save it as UTF-8 and try again (text from Windows is often cp1252: "
-                    f"`iconv -f cp1252 -t utf-8 {shlex.quote(str(path))} > {converted}`)"
+                    "save it as UTF-8 and try again (text from Windows is often in cp1252, which iconv "
+                    "converts from, or an editor's 'save as UTF-8')"
                 ) from None
             offset += end
             carry = data[end:]
