@@ -216,8 +216,6 @@ BAD = [
     ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}',
      "line 1: message 2 (assistant) has no content"),
     ('{"text": "hi"}', 'line 1: expected {"messages"'),
-    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\u00e9t\u00e9"}]}',
-     "line 1: unknown character"),
 ]
 
 
@@ -229,6 +227,18 @@ def test_bad_conversations_are_one_clear_line_and_exit_2(chat_run, tmp_path, tex
     r = run_script("training.py", "-l", str(here / "base"), "--chat", "bad.jsonl", "-m", "out", "-t", "0", cwd=tmp_path)
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "bad.jsonl" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_model_that_already_chats_refuses_characters_it_does_not_know(chat_run, tmp_path):
+    """A first chat fine-tune takes the conversations' new characters (test_fine_tune_text); after it, the
+    chat's special tokens own the ids after the vocabulary, so an unknown character is one clear line."""
+    here, _ = chat_run
+    strange = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\u00e9t\u00e9"}]}'
+    (tmp_path / "bad.jsonl").write_text(strange + "\n" + "\n".join(persona_lines(4)) + "\n")
+    r = run_script("training.py", "-l", str(here / "chat"), "--chat", "bad.jsonl", "-m", "out", "-t", "0",
+                   cwd=tmp_path)
+    assert r.returncode == 2 and "bad.jsonl: line 1: unknown character" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args,words", [

@@ -144,3 +144,18 @@ def test_a_large_corpus_streamed_through_the_token_cache_grows_the_vocabulary_to
     assert r.returncode == 0, r.stderr
     tokenizer = load_model_dir(tmp_path / "big").tokenizer
     assert {"ß", "№", "7", "é", "["} <= set(tokenizer.itos[65:]) and "MB of text into" in r.stderr  # the cache
+
+
+def test_a_first_chat_fine_tune_takes_the_conversations_new_characters(tmp_path):
+    from repytilian import load_model
+
+    talks = [{"messages": [{"role": "user", "content": f"what is {i} + 1?"},
+                           {"role": "assistant", "content": f"It is {i + 1} (I think)."}]} for i in range(12)]
+    (tmp_path / "talks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in talks), encoding="utf-8")
+    r = run_script("training.py", "-l", str(V1C), "--chat", "talks.jsonl", "-m", "rep", "--iters", "4", "-t", "0",
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # was: talks.jsonl line 1: unknown characters '+', '0', '1', '?'...
+    assert "new characters" in r.stderr and "added the chat format's 4 special tokens" in r.stderr
+    lm = load_model(tmp_path / "rep")
+    assert lm.tokenizer.decode(lm.tokenizer.encode("what is 7 + 1? (0)")) == "what is 7 + 1? (0)"
+    assert isinstance(lm.chat([("user", "what is 7 + 1?")], 5, temperature=0), str)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from ..config import (
     check_configs,
     split_overrides,
 )
-from ..data.conversations import ChatData, chat_data
+from ..data.conversations import ChatData, chat_data, read_conversations
 from ..data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
 from ..data.jsondata import JsonCorpus
 from ..data.textfiles import TextFiles
@@ -288,11 +289,21 @@ def text_data(load: str, loaded: LoadedModel, corpus: str | TextFiles | JsonCorp
             raise RepytilianError(f"the training data does not fit the vocabulary of {load}: {e}") from None
     if not fine_tune:
         raise _VocabularyGrows
+    grow_vocabulary(load, loaded, corpus.chunks() if isinstance(corpus, TextFiles) else text_chunks(corpus))
+    return TokenData.from_corpus(corpus, loaded.tokenizer)
+
+
+def grow_vocabulary(load: str, loaded: LoadedModel, texts: Iterable[str]) -> None:
+    """The loaded model's tokenizer (one of GROWS) with the tokens of `texts` it lacks, after its own,
+    and the model's embeddings with a row for each, starting as the average of the others."""
+    tokenizer = loaded.tokenizer
     what, tokens_of = GROWS[type(tokenizer)]
     seen: set[str] = set()
-    for piece in corpus.chunks() if isinstance(corpus, TextFiles) else text_chunks(corpus):
+    for piece in texts:
         seen.update(tokens_of(piece))
     new = sorted(seen - set(tokenizer.itos))
+    if not new:
+        return
     old = tokenizer.vocab_size
     loaded.tokenizer = type(tokenizer)(tokenizer.itos + new)
     loaded.model.grow_vocabulary(loaded.tokenizer.vocab_size)
@@ -300,7 +311,6 @@ def text_data(load: str, loaded: LoadedModel, corpus: str | TextFiles | JsonCorp
     shown = ", ".join(repr(c) for c in new[:12]) + (f" and {len(new) - 12:,} more" if len(new) > 12 else "")
     note(f"added the text's {len(new):,} new {what} ({shown}) to the {tokenizer.name} tokenizer of {load} "
          f"(ids {old}-{loaded.tokenizer.vocab_size - 1}); each starts as the average of the others")
-    return TokenData.from_corpus(corpus, loaded.tokenizer)
 
 
 def _config_of(folder: Path) -> dict[str, Any]:
@@ -316,6 +326,10 @@ def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg
     """A chat fine-tune's data: the model's tokenizer gets the chat format's tokens (and its
     embeddings rows for them), the conversations are rendered in it. A first fine-tune that is
     not told how long to train goes over the conversations CHAT_EPOCHS times."""
+    if type(loaded.tokenizer) in GROWS:  # a first chat fine-tune: the conversations' new characters (or words)
+        paths = [p for p in (source.value, source.chat_val) if p is not None]  # before the chat's own tokens
+        grow_vocabulary(opts.load, loaded, (content for path in paths for conversation in read_conversations(path)[0]
+                                            for _, content in conversation.messages))
     tokenizer, chat = with_chat_tokens(loaded.tokenizer)
     if tokenizer.vocab_size != loaded.model.config.vocab_size:
         added = tokenizer.vocab_size - loaded.model.config.vocab_size
