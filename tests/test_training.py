@@ -105,6 +105,16 @@ def test_a_run_shorter_than_its_warm_up_warms_up_for_a_tenth_of_it(corpus_file, 
     assert max(lrs) > 0.5 * saved["learning_rate"]
 
 
+def test_a_resumed_run_extended_by_fewer_steps_than_its_warm_up_warms_up_for_a_tenth_of_them(corpus_file, tmp_path):
+    train(options(corpus_file, tmp_path))  # a finished run, warm-up 5 (TINY)
+    said = []
+    more = train(options(corpus_file, tmp_path, load=str(tmp_path / "model"), overrides={"max_iters": 4}),
+                 on_event=said.append)
+    assert more.state.step == 54 and more.state.schedule_start == 50
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["train"]["warmup_iters"] == 1  # was 5
+    assert any("warm-up of 1 step, a tenth of the run's 4" in getattr(e, "text", "") for e in said)
+
+
 def test_a_text_without_line_breaks_trains_saves_and_starts_generation_at_a_space(tmp_path):
     from repytilian import load_model
 

@@ -47,7 +47,14 @@ from ..train import (
     Trainer,
     plan_batches,
 )
-from .assemble import Run, fingerprint, fresh_run, plan_schedule, resumed_run
+from .assemble import (
+    Run,
+    fingerprint,
+    fit_warmup,
+    fresh_run,
+    plan_schedule,
+    resumed_run,
+)
 from .keep import (
     Best,
     Checkpointer,
@@ -116,6 +123,8 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
         trainer.load_state_dict(run.loaded.trainer)
         asked = opts.iterations is not None or "max_iters" in opts.overrides
         trainer.state = plan_schedule(trainer.state, run.tcfg.max_iters, asked, report)
+        if trainer.state.schedule_start == trainer.state.step:  # a new schedule: its warm-up fits its steps
+            fit_warmup(run.tcfg, opts)
     recheck = None
     if auto and not world.distributed and trainer.compiled is None:
         recheck = DtypeRecheck(run.model, device, run.tcfg.micro_batch or run.tcfg.batch_size, run.tcfg.dtype)
