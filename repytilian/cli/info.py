@@ -6,19 +6,19 @@ import argparse
 
 from ..config import DEFAULT_MODEL_DIR
 from ..errors import RepytilianError
-from .common import say
+from .common import model_flag, say
 
 
 def add_model_folder(parser: argparse.ArgumentParser) -> None:
     """The folder as a word after the command or, as every other command takes it, as -m."""
-    parser.add_argument("model_dir", nargs="?", default=None, help=f"model folder (default {DEFAULT_MODEL_DIR})")
-    parser.add_argument("-m", "--model", default=None, help="the same, as the other commands take it")
+    parser.add_argument("model_dir", nargs="?", default=None, help="model folder (or as -m)")
+    model_flag(parser)
 
 
 def model_folder(args: argparse.Namespace) -> str:
-    if args.model_dir and args.model and args.model_dir != args.model:
+    if args.model_dir and args.model not in (DEFAULT_MODEL_DIR, args.model_dir):
         raise RepytilianError(f"two model folders given ({args.model_dir} and -m {args.model}): give one")
-    return args.model_dir or args.model or DEFAULT_MODEL_DIR
+    return args.model_dir or args.model
 
 
 def info_command(args: argparse.Namespace) -> int:

@@ -198,9 +198,10 @@ def tokenize(conversations: list[Conversation], tokenizer: Tokenizer, chat: Chat
                         np.asarray(starts, dtype=np.int64))
 
 
-def chat_data(path: str | Path, val_path: str | Path | None, tokenizer: Tokenizer, chat: ChatFormat,
-              block_size: int) -> ChatData:
-    """The conversations of `path` as training data: the last tenth validates, or those of `val_path`."""
+def read_chat(path: str | Path, val_path: str | Path | None
+              ) -> tuple[list[Conversation], list[Conversation], str, int]:
+    """The training and validation conversations of `path` (the last tenth validates, or those of
+    `val_path`), a digest of what was read, and how many characters `path`'s conversations hold."""
     conversations, digest = read_conversations(path)
     if val_path is not None:
         val, val_digest = read_conversations(val_path)
@@ -213,5 +214,14 @@ def chat_data(path: str | Path, val_path: str | Path | None, tokenizer: Tokenize
         n_val = max(1, int(len(conversations) * VAL_FRACTION))
         train, val = conversations[:-n_val], conversations[-n_val:]
     chars = sum(len(content) for conversation in conversations for _, content in conversation.messages)
+    return train, val, digest, chars
+
+
+def chat_data(path: str | Path, val_path: str | Path | None, tokenizer: Tokenizer, chat: ChatFormat,
+              block_size: int, read: tuple[list[Conversation], list[Conversation], str, int] | None = None
+              ) -> ChatData:
+    """The conversations of `path` as training data (read_chat; `read`: what it gave, where the caller
+    has read them already)."""
+    train, val, digest, chars = read or read_chat(path, val_path)
     return ChatData(tokenize(train, tokenizer, chat, block_size, "training"),
                     tokenize(val, tokenizer, chat, block_size, "validation"), digest, chars)

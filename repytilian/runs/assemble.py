@@ -25,7 +25,7 @@ from ..config import (
     check_configs,
     split_overrides,
 )
-from ..data.conversations import ChatData, chat_data, read_conversations
+from ..data.conversations import ChatData, chat_data, read_chat
 from ..data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
 from ..data.jsondata import JsonCorpus
 from ..data.textfiles import TextFiles
@@ -289,11 +289,11 @@ def text_data(load: str, loaded: LoadedModel, corpus: str | TextFiles | JsonCorp
             raise RepytilianError(f"the training data does not fit the vocabulary of {load}: {e}") from None
     if not fine_tune:
         raise _VocabularyGrows
-    grow_vocabulary(load, loaded, corpus.chunks() if isinstance(corpus, TextFiles) else text_chunks(corpus))
+    add_new_tokens(load, loaded, corpus.chunks() if isinstance(corpus, TextFiles) else text_chunks(corpus))
     return TokenData.from_corpus(corpus, loaded.tokenizer)
 
 
-def grow_vocabulary(load: str, loaded: LoadedModel, texts: Iterable[str]) -> None:
+def add_new_tokens(load: str, loaded: LoadedModel, texts: Iterable[str]) -> None:
     """The loaded model's tokenizer (one of GROWS) with the tokens of `texts` it lacks, after its own,
     and the model's embeddings with a row for each, starting as the average of the others."""
     tokenizer = loaded.tokenizer
@@ -326,10 +326,10 @@ def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg
     """A chat fine-tune's data: the model's tokenizer gets the chat format's tokens (and its
     embeddings rows for them), the conversations are rendered in it. A first fine-tune that is
     not told how long to train goes over the conversations CHAT_EPOCHS times."""
-    if type(loaded.tokenizer) in GROWS:  # a first chat fine-tune: the conversations' new characters (or words)
-        paths = [p for p in (source.value, source.chat_val) if p is not None]  # before the chat's own tokens
-        grow_vocabulary(opts.load, loaded, (content for path in paths for conversation in read_conversations(path)[0]
-                                            for _, content in conversation.messages))
+    read = read_chat(source.value, source.chat_val)
+    if type(loaded.tokenizer) in GROWS:  # a first chat fine-tune: the conversations' new characters (or words),
+        train, val = read[:2]            # before the chat's own tokens
+        add_new_tokens(opts.load, loaded, (content for c in train + val for _, content in c.messages))
     tokenizer, chat = with_chat_tokens(loaded.tokenizer)
     if tokenizer.vocab_size != loaded.model.config.vocab_size:
         added = tokenizer.vocab_size - loaded.model.config.vocab_size
@@ -337,7 +337,7 @@ def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg
         note(f"added the chat format's {added} special tokens (ids {tokenizer.vocab_size - added}-"
              f"{tokenizer.vocab_size - 1}) to the {tokenizer.name} tokenizer of {opts.load}")
     loaded.tokenizer = tokenizer
-    data = chat_data(source.value, source.chat_val, tokenizer, chat, loaded.model.config.block_size)
+    data = chat_data(source.value, source.chat_val, tokenizer, chat, loaded.model.config.block_size, read)
     if fine_tune and not _told_how_long(opts):
         epochs = math.ceil(CHAT_EPOCHS * data.train.conversations / tcfg.batch_size)
         tcfg.max_iters = min(CHAT_MAX_STEPS, max(CHAT_MIN_STEPS, epochs))
