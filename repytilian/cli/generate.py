@@ -8,8 +8,11 @@ run, the shorter the first tokens of the longer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,7 +140,7 @@ class _Streamed:
 def _run(lm, request, stream_up_to: int) -> _Streamed:
     """The request's new ids per sample; one sample's first `stream_up_to` tokens go to the screen as they come."""
     out = _Streamed(request.num_samples)
-    try:
+    with _ctrl_c_stops(out):
         for event in lm.engine.run(request):
             piece = ""
             if isinstance(event, Token):
@@ -149,9 +152,28 @@ def _run(lm, request, stream_up_to: int) -> _Streamed:
                 out.text += piece
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-    except KeyboardInterrupt:  # Ctrl+C: what was sampled so far is still written where it was asked for
-        out.stopped = True
+            if out.stopped:
+                break
     return out
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(out: _Streamed):
+    """Ctrl+C stops the sampling at a token's end, so what was sampled so far is still written where it
+    was asked for, the screen's text and the file's alike (a KeyboardInterrupt could land between a
+    token's id and its text). Only the main thread handles signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        out.stopped = True
+
+    before = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _joined(texts: list[str], json: bool) -> str:
