@@ -235,3 +235,24 @@ def test_jsontoken_is_the_json_tokenizer_under_the_seeds_name(tmp_path):
     again = run_script("training.py", "-l", str(tmp_path / "m"), "-z", "jsontoken", "-i", "quick", "-t", "0",
                        "-m", str(tmp_path / "m"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr  # -l with the seed's name for the same tokenizer
+
+
+def test_json_data_read_as_text_says_how_to_train_on_its_tokens(tmp_path):
+    from conftest import TINY, run_script
+
+    from repytilian.data.jsondata import looks_like_token_data
+
+    write(tmp_path, "music.json", [[60, 62, 64, 65, 67] * 80, [48, 50, 52] * 80])
+    r = run_script("training.py", "-d", "music.json", "-m", "m", "--iters", "1", "-t", "0", *TINY, cwd=tmp_path)
+    # was: trained on the file's characters ("[", "6", "0", ", ") without a word about it
+    assert r.returncode == 0 and "music.json is JSON" in r.stderr and "-z json" in r.stderr, r.stderr
+    r = run_script("training.py", "-z", "json", "-d", "music.json", "-m", "j", "--iters", "1", "-t", "0", *TINY,
+                   cwd=tmp_path)
+    assert r.returncode == 0 and "is JSON" not in r.stderr, r.stderr
+    (tmp_path / "folder").mkdir()
+    write(tmp_path / "folder", "a.json", {"value_list": [1, 2]})
+    (tmp_path / "text.json").write_text("not JSON at all, a story", encoding="utf-8")
+    assert looks_like_token_data("dir", str(tmp_path / "folder"))
+    assert not looks_like_token_data("file", str(tmp_path / "text.json"))
+    write(tmp_path / "folder", "notes.txt", "words")
+    assert not looks_like_token_data("dir", str(tmp_path / "folder"))  # text beside it: a folder of text

@@ -99,6 +99,25 @@ def _expect_list(value: Any, where: str) -> list[Any]:
     return value
 
 
+def looks_like_token_data(kind: str, value: str) -> bool:
+    """Whether text training data is a .json file (or a folder of nothing else) that opens as an
+    array or object: JSON token data, which the json tokenizer reads, not its characters."""
+    if kind == "file":
+        files = [Path(value)]
+    elif kind == "dir" and Path(value).is_dir():
+        files = [p for p in Path(value).rglob("*") if p.is_file() and not p.name.startswith(".")]
+    else:
+        return False
+    if not files or any(f.suffix.lower() != ".json" for f in files):
+        return False
+    try:
+        with open(files[0], "rb") as f:
+            start = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError:
+        return False
+    return start[:1] in (b"[", b"{")
+
+
 def read_json_corpus(kind: str, value: str, key: str | None = None, val_key: str | None = None,
                      layout: str | None = None) -> JsonCorpus:
     if layout is not None and layout not in LAYOUTS:

@@ -27,7 +27,7 @@ from ..config import (
 )
 from ..data.conversations import ChatData, chat_data, read_chat
 from ..data.corpus import DataSource, TokenData, load_corpus, train_tokenizer
-from ..data.jsondata import JsonCorpus
+from ..data.jsondata import JsonCorpus, looks_like_token_data
 from ..data.textfiles import TextFiles
 from ..dropout import Dropout
 from ..errors import RepytilianError, SettingError
@@ -149,6 +149,10 @@ def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run
         raise RepytilianError("`chat` fine-tunes a model to chat: give the model folder to start from as `load` "
                               "(one you trained, a shipped one, or an imported GPT-2)", ("chat", "load"))
     corpus = load_corpus(source, tokenizer_cls.input_format)
+    if opts.tokenizer is None and looks_like_token_data(source.kind, source.value):
+        what = source.value if source.kind == "file" else f"every file in {source.value}"
+        note(f"note: {what} is JSON, read here as text a character at a time; for JSON token data "
+             "(music, chords: arrays of tokens) give `tokenizer` json", settings=("tokenizer",))
     started_tokenizing = time.perf_counter()
     tokenizer = train_tokenizer(tokenizer_cls, corpus, **opts.tokenizer_options)
     data = TokenData.from_corpus(corpus, tokenizer)
