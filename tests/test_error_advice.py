@@ -30,8 +30,11 @@ def test_a_missing_model_of_your_own_says_how_to_train_it_there(tmp_path, corpus
 
 def test_a_missing_default_model_says_to_train_the_default(tmp_path):
     r = run_script("generate.py", cwd=tmp_path)
-    advice = advice_of(r.stderr)
+    advice, shipped = advice_of(r.stderr).split("; or use a model that ships with Repytilian: ")
     assert advice.endswith(": python3 training.py")
+    # was only the training command: a new user can generate from a shipped model at once instead
+    sampled = run_script("generate.py", *shipped.split(), "-t", "5", cwd=tmp_path)
+    assert shipped.startswith("-m ") and sampled.returncode == 0 and sampled.stdout.strip(), sampled.stderr
     done = run_advice("python3 training.py " + " ".join(QUICK), tmp_path)  # the default, cut short
     assert done.returncode == 0, done.stderr
     assert run_script("generate.py", "-t", "5", cwd=tmp_path).returncode == 0

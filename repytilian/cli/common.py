@@ -18,6 +18,11 @@ from .progress import Bars
 _BARS = Bars()
 
 
+# A shipped model beside the package (a checkout, or an editable install): what a user without a
+# model of their own can generate from at once
+SHIPPED_EXAMPLE = Path(__file__).resolve().parents[2] / "models" / "shakespeare" / "v3c"
+
+
 def say(text: str) -> None:
     """A line for the person at the terminal (stderr: stdout is for what the verb produces)."""
     print(text, file=sys.stderr, flush=True)
@@ -106,7 +111,6 @@ def speak(event) -> None:
     sys.stderr.flush()
 
 
-
 def repytilian_command() -> str:
     """How to run the `repytilian` command from here, for advice that must work when pasted: its name
     where that is on PATH and is this installation's; otherwise this environment's own script (after
@@ -118,11 +122,15 @@ def repytilian_command() -> str:
         return "repytilian" if found else f"{shlex.quote(sys.executable)} -m repytilian"
     if found and Path(found).resolve() == mine.resolve():
         return "repytilian"
+    return shown_path(mine)
+
+
+def shown_path(path: Path) -> str:
+    """`path` as a user types it here: relative to the current folder when inside it."""
     try:
-        shown = mine.relative_to(Path.cwd())
+        return shlex.quote(str(path.relative_to(Path.cwd())))
     except ValueError:
-        shown = mine
-    return shlex.quote(str(shown))
+        return shlex.quote(str(path))
 
 
 def advice(error: RepytilianError) -> str:
@@ -133,7 +141,9 @@ def advice(error: RepytilianError) -> str:
     if isinstance(error, MissingModel):
         path = error.path
         if error.advice == "default":
-            return f"no model at {path}; train it first (Tiny Shakespeare, the default): python3 training.py"
+            shipped = SHIPPED_EXAMPLE if SHIPPED_EXAMPLE.is_dir() else None
+            return (f"no model at {path}; train it first (Tiny Shakespeare, the default): python3 training.py"
+                    + (f"; or use a model that ships with Repytilian: -m {shown_path(shipped)}" if shipped else ""))
         if error.advice == "own":
             return (f"no model at {path}; train one there on your own text: python3 training.py -d YOUR_TEXT.txt "
                     f"-m {path} (or -p FOLDER for a folder of text files)")
