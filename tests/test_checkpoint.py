@@ -86,6 +86,11 @@ def _edit_config(path, **changes):
     (lambda p: _edit_config(p, model={"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "vocab_size": 50}),
      "tokenizer.json has 9 tokens"),
     (lambda p: _edit_config(p, model={"n_layer": "many"}), "invalid model config"),
+    # these were Python's own words from deep inside ("'<' not supported between instances of 'str' and 'int'")
+    (lambda p: _edit_config(p, model={"n_layer": "4"}), r"invalid model config \(n_layer must be a whole number, got \"4\"\)"),
+    (lambda p: _edit_config(p, model={"bias": 1}), "bias must be true or false, got 1"),
+    (lambda p: _edit_config(p, model={"dropout": "0.1"}), r"dropout must be a number, got \"0.1\""),
+    (lambda p: _edit_config(p, model=[1, 2]), "its model section is not a JSON object"),
 ])
 def test_damaged_model_folders_are_clear_errors(saved, damage, message):
     path, _, _ = saved

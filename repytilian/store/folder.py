@@ -289,8 +289,29 @@ def read_config(path: Path) -> dict[str, Any]:
     return meta
 
 
+# The JSON types a model config's field takes, by its default's type (true and false are not numbers)
+_ACCEPTED = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"), float: ((int, float), "a number"),
+             str: ((str,), "a string")}
+
+
+def _check_types(values: Any) -> None:
+    """A TypeError naming the first value whose JSON type is not its field's (a hand-edited
+    "n_layer": "four" otherwise failed deep inside, in Python's own words)."""
+    if not isinstance(values, dict):
+        raise TypeError("its model section is not a JSON object")
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for name, value in values.items():
+        accepted = _ACCEPTED.get(type(defaults.get(name)))
+        if accepted is None or value is None and name == "attention_dropout":  # unknown names: the config's own error
+            continue
+        wanted, kind = accepted
+        if not isinstance(value, wanted) or isinstance(value, bool) and bool not in wanted:
+            raise TypeError(f"{name} must be {kind}, got {json.dumps(value)}")
+
+
 def _model_config(meta: dict[str, Any], where: Path) -> ModelConfig:
     try:
+        _check_types(meta["model"])
         cfg = ModelConfig(**meta["model"])
         cfg.validate()
     except (KeyError, TypeError, ValueError) as e:
