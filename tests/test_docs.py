@@ -159,6 +159,29 @@ def test_every_python_block_in_the_readme_and_the_docs_is_python():
                 compile("\n".join(lines), page.name, "exec")
 
 
+def test_the_python_pages_first_example_runs_as_written(tmp_path):
+    """A newcomer pastes it from a fresh checkout: it loaded models/shakespeare/basic, which only a
+    first training run makes, and failed at its first line."""
+    import os
+    import subprocess
+    import sys
+
+    from repytilian.api import load_model
+    from repytilian.interop.convert import export_model
+
+    [code, *_] = ["\n".join(lines) for lang, lines in blocks((ROOT / "docs" / "python.md").read_text()) if lang == "python"]
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "shakespeare").symlink_to(ROOT / "models" / "shakespeare")
+    (tmp_path / "my_book.txt").write_text((ROOT / "docs" / "training.md").read_text(encoding="utf-8"), encoding="utf-8")
+    export_model(load_model(ROOT / "models" / "shakespeare" / "v1c"), "hf", tmp_path / "path" / "to" / "gpt2")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "'Prepared'" in r.stdout and "'Finished'" in r.stdout and "# Repytilian model" in r.stdout
+    assert (tmp_path / "book.gguf").stat().st_size > 0 and (tmp_path / "models" / "gpt2" / "config.json").is_file()
+    assert (tmp_path / "models" / "book" / "loss.png").is_file()
+
+
 def tables(text: str):
     """(first line number, [lines]) of each Markdown table outside code blocks."""
     lines, start, fence = text.splitlines(), None, False
