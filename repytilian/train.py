@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .data.corpus import TokenData, get_batch
+from .data.corpus import TokenData, estimate_batches, get_batch
 from .distributed import World
 from .distributed.world import is_communication_failure
 from .errors import RepytilianError
@@ -42,7 +42,7 @@ from .runtime.precision import DTYPES, autocast
 from .runtime.signals import StopRequest
 from .schedule import TrainState, learning_rate
 
-EVAL_SEED = 2024  # the same evaluation batches every time, so successive estimates compare
+EVAL_SEED = 2024  # the same conversations in every estimate of a chat fine-tune, so successive ones compare
 
 
 class Diverged(RepytilianError):
@@ -222,15 +222,15 @@ class Trainer:
 
     @torch.no_grad()
     def estimate_loss(self) -> EvalResult:
-        """Mean loss over `eval_iters` random batches of each split (the same batches every time)."""
+        """Mean loss over `eval_iters` batches of each split, the same every time (estimate_batches)."""
         self.model.eval()
         world, micro = self.world, self.plan.micro_batch
         sums = []
         for ids in (self.data.train, self.data.val):
-            gen = torch.Generator().manual_seed(EVAL_SEED)
             total = 0.0
-            for i in range(self.cfg.eval_iters):
-                x, y = get_batch(ids, self.cfg.batch_size, self.model.config.block_size, gen)
+            batches = estimate_batches(ids, self.cfg.eval_iters, self.cfg.batch_size, self.model.config.block_size,
+                                       EVAL_SEED)
+            for i, (x, y) in enumerate(batches):
                 if i % world.size != world.rank:  # with several processes each scores its share
                     continue
                 parts = []
