@@ -5,11 +5,13 @@
 
 It starts the server itself (the real command line, on a free port), runs a fixed number of
 requests (the loops are bounded: it stops by itself), stops the server and prints one table:
-errors, p50/p99 latency, requests/s and generated tokens/s. The server's queue is sized to the
-number of clients, so any error here is a real failure, not a refusal by design. With
-`--compare`, one server takes each number of clients in turn (after a warm-up request), and each
-row also gives its tokens/s as a multiple of the first row's and its p99 latency as a multiple of
-the first row's p50 (a request's latency alone, where the first row has one client).
+errors, p50/p99 latency, requests/s and generated tokens/s, and the CPU the server and the
+clients used (cores, and milliseconds a request: on one machine they share its cores). The
+server's queue is sized to the number of clients, so any error here is a real failure, not a
+refusal by design. With `--compare`, one server takes each number of clients in turn (after a
+warm-up request), and each row also gives its tokens/s as a multiple of the first row's and its
+p99 latency as a multiple of the first row's p50 (a request's latency alone, where the first row
+has one client).
 """
 from __future__ import annotations
 
@@ -54,7 +56,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def run(url: str, model: str, clients: int, requests: int, tokens: int, stream: bool) -> dict:
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU time (user + system) so far of process `pid` (Linux's /proc), or of this process, all its threads."""
+    if pid is None:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def run(url: str, model: str, clients: int, requests: int, tokens: int, stream: bool,
+        server_pid: int | None = None) -> dict:
+    """The load, and where the CPU went: the server's (`server_pid`, where /proc tells it) and the
+    clients' own (this process), which share the machine's cores when both run on it."""
     import httpx
 
     latencies: list[float] = []
@@ -86,6 +105,7 @@ def run(url: str, model: str, clients: int, requests: int, tokens: int, stream: 
                     if not ok:
                         errors.append(what)
 
+    server_before, client_before = cpu_seconds(server_pid) if server_pid else None, cpu_seconds()
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
@@ -93,9 +113,15 @@ def run(url: str, model: str, clients: int, requests: int, tokens: int, stream: 
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    server_after = cpu_seconds(server_pid) if server_pid else None
+    server = server_after - server_before if server_before is not None and server_after is not None else None
+    client = cpu_seconds() - client_before
     return {"requests": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else None,
             "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * percentile(latencies, 99),
-            "requests_per_s": len(latencies) / wall, "tokens_per_s": generated[0] / wall, "seconds": wall}
+            "requests_per_s": len(latencies) / wall, "tokens_per_s": generated[0] / wall, "seconds": wall,
+            "server_cores": server / wall if server is not None else None, "client_cores": client / wall,
+            "server_ms_per_request": 1000 * server / len(latencies) if server is not None else None,
+            "client_ms_per_request": 1000 * client / len(latencies)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(url, args.model, 1, 1, 4, args.stream)  # warm-up: the model loaded, its batch started
         for clients in counts:
-            results.append(run(url, args.model, clients, args.requests, args.tokens, args.stream))
+            results.append(run(url, args.model, clients, args.requests, args.tokens, args.stream, proc.pid))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -138,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
               + f"; latency p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "
               f"{result['requests_per_s']:.1f} requests/s, {result['tokens_per_s']:,.0f} tokens/s "
               f"({result['seconds']:.1f} s)"
+              + (f"; CPU: the server {result['server_cores']:.2f} cores ({result['server_ms_per_request']:.1f} ms "
+                 f"a request), the clients {result['client_cores']:.2f} ({result['client_ms_per_request']:.1f} ms)"
+                 if result["server_cores"] is not None else "")
               + (f"; {result['tokens_per_s'] / first['tokens_per_s']:.2f}x the tokens/s, p99 "
                  f"{result['p99_ms'] / first['p50_ms']:.2f}x the first row's p50" if len(results) > 1 else ""))
     return 1 if any(r["errors"] for r in results) else 0

@@ -521,12 +521,15 @@ def test_the_load_benchmark_runs_bounded_and_clean(models):
     # arrive while the worker of its last one is still finishing, so a shorter queue could say 429
     proc, url = bench.start_server(models, clients=3, concurrent=1)
     try:
-        result = bench.run(url, TEXT, clients=3, requests=3, tokens=8, stream=True)
+        result = bench.run(url, TEXT, clients=3, requests=3, tokens=8, stream=True, server_pid=proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
     assert result["requests"] == 9 and result["errors"] == 0, result["first_error"]
     assert result["p99_ms"] >= result["p50_ms"] > 0 and result["tokens_per_s"] > 0
+    # where the CPU went: the server's (Linux's /proc) and the clients' own, which share the cores
+    assert result["server_ms_per_request"] > 0 and result["client_ms_per_request"] > 0
+    assert 0 < result["server_cores"] <= os.cpu_count() + 0.5 and result["client_cores"] > 0
 
 
 def test_one_model_folder_can_be_served_alone(models):
