@@ -67,7 +67,10 @@ def training(pkg, steps: int) -> float:
     model_mod = importlib.import_module(f"{pkg.__name__}.model")
     config = importlib.import_module(f"{pkg.__name__}.config")
     corpus = importlib.import_module(f"{pkg.__name__}.data.corpus")
-    train = importlib.import_module(f"{pkg.__name__}.train")
+    try:  # the training loop's module: trainer.py, train.py before 2026-12-04
+        train = importlib.import_module(f"{pkg.__name__}.trainer")
+    except ModuleNotFoundError:
+        train = importlib.import_module(f"{pkg.__name__}.train")
     torch.manual_seed(0)
     ids = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
     model = model_mod.GPT(model_mod.ModelConfig(vocab_size=65, **TRAIN_SHAPE))

@@ -162,7 +162,7 @@ def test_a_diverged_run_keeps_its_last_good_model(tmp_path, small_text, monkeypa
     from repytilian.api import TrainOptions, train
     from repytilian.data import DataSource
     from repytilian.errors import RepytilianError
-    from repytilian.train import Trainer
+    from repytilian.trainer import Trainer
 
     real = Trainer._loss
 

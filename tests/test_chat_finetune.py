@@ -20,7 +20,7 @@ from repytilian.data.conversations import IGNORED, chat_data, read_conversations
 from repytilian.engine import END_TOKEN, Ended
 from repytilian.sampling import SamplingOptions
 from repytilian.tokenizers import CharacterTokenizer, JsonTokenizer, tokenizer_from_json
-from repytilian.train import StopRequest
+from repytilian.trainer import StopRequest
 
 WORDS = ("the king and queen walk to the castle . my lady speaks of love , and the fool laughs at the moon ! "
          "what light through yonder window breaks ? who are you i am rep a small model can do write text like is")

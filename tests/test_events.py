@@ -16,7 +16,7 @@ from repytilian.events import (
     Started,
     Stopped,
 )
-from repytilian.train import StopRequest
+from repytilian.trainer import StopRequest
 
 
 def test_a_finished_run_reports_in_order_and_prints_nothing(corpus_file, tmp_path, capsys):

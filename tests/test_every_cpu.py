@@ -21,7 +21,7 @@ from repytilian.data import DataSource, TokenData
 from repytilian.model import GPT, ModelConfig
 from repytilian.optim import Muon, orthogonalise
 from repytilian.runtime.cpu import cpu_flags
-from repytilian.train import Trainer, TrainState, expectation
+from repytilian.trainer import Trainer, TrainState, expectation
 
 pytestmark = pytest.mark.machine
 
@@ -226,7 +226,7 @@ def test_a_long_run_says_what_to_expect():
 def test_what_to_expect_is_timed_on_the_steps_not_on_what_compile_auto_adds_to_the_budget(monkeypatch):
     # Was: "637 tokens/s (6.43 s a step)" for -s quarter's 0.5 s steps: the budget's clock, which
     # also counts compile auto's measuring and compiling (added between two steps), was divided by steps.
-    import repytilian.train as train_module
+    import repytilian.trainer as train_module
     from repytilian.events import Note
     from repytilian.runtime.signals import StopRequest
 
@@ -251,7 +251,7 @@ def test_what_to_expect_is_not_timed_on_the_step_that_builds_the_compiled_model(
     # through the model compiled mid-run traces and builds it, and was counted as a training step.
     import time
 
-    import repytilian.train as train_module
+    import repytilian.trainer as train_module
     from repytilian.events import Note
     from repytilian.runtime.signals import StopRequest
 

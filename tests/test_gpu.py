@@ -21,7 +21,7 @@ from conftest import TINY, TINY_OVERRIDES, checkout_path, make_corpus
 
 from repytilian.api import TrainOptions, train
 from repytilian.data import DataSource
-from repytilian.train import StopRequest
+from repytilian.trainer import StopRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.gpu,
@@ -57,7 +57,7 @@ def test_training_steps_learn_in_each_number_format(corpus, dtype):
 
 
 def test_float16_trains_with_the_gradient_scaler(corpus):
-    from repytilian.train import Trainer
+    from repytilian.trainer import Trainer
 
     seen = []
     real_step = Trainer.train_step
@@ -94,7 +94,7 @@ def test_the_clock_counts_the_gpus_work_not_only_its_launches():
     from repytilian.config import ModelConfig, TrainConfig
     from repytilian.data.corpus import TokenData
     from repytilian.model import GPT
-    from repytilian.train import Trainer
+    from repytilian.trainer import Trainer
 
     ids = np.random.default_rng(0).integers(0, 64, 2_000_000).astype(np.uint16)
     model = GPT(ModelConfig(vocab_size=64, block_size=512, n_layer=4, n_head=8, n_embd=512)).cuda()
@@ -135,7 +135,7 @@ def test_compiled_training_replays_cuda_graphs_and_resumes_within_a_rounding(cor
 
 
 def test_compile_is_on_by_default_on_cuda(corpus):
-    from repytilian.train import Trainer
+    from repytilian.trainer import Trainer
 
     compiled = []
     real_init = Trainer.__init__

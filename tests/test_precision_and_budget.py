@@ -13,7 +13,7 @@ from repytilian.data import DataSource
 from repytilian.errors import RepytilianError
 from repytilian.model import GPT, ModelConfig
 from repytilian.runtime.precision import cpu_bf16, resolve_dtype
-from repytilian.train import TrainState, learning_rate
+from repytilian.trainer import TrainState, learning_rate
 
 pytestmark = pytest.mark.machine  # the dtype and timings depend on the CPU: CI runs these as on AVX2 too
 
@@ -89,7 +89,7 @@ def test_float16_needs_a_gpu():
 
 
 def test_bf16_training_is_stored_and_resumes_exactly(corpus_file, tmp_path):
-    from repytilian.train import StopRequest
+    from repytilian.trainer import StopRequest
 
     over = {"dtype": "bfloat16", "max_iters": 30}
     straight = train(options(corpus_file, tmp_path / "a", **over))

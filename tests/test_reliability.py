@@ -15,7 +15,7 @@ from repytilian.model import GPT, ModelConfig
 from repytilian.store.folder import load_model_dir, save_model_dir
 from repytilian.store.lock import TargetLock
 from repytilian.tokenizers import CharacterTokenizer
-from repytilian.train import StopRequest
+from repytilian.trainer import StopRequest
 
 
 def start_training(corpus_file, cwd, *extra) -> subprocess.Popen:

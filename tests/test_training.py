@@ -11,7 +11,7 @@ from repytilian.config import TrainConfig
 from repytilian.data import DataSource
 from repytilian.errors import RepytilianError, SettingError
 from repytilian.store.folder import load_model_dir
-from repytilian.train import StopRequest, TrainState, learning_rate
+from repytilian.trainer import StopRequest, TrainState, learning_rate
 
 
 def options(corpus_file, tmp_path, **kw) -> TrainOptions:
@@ -243,7 +243,7 @@ def test_gradient_accumulation_learns_what_one_big_batch_would(corpus_file, tmp_
 def test_the_micro_batches_are_chosen_to_fit_in_memory():
     from repytilian.config import ModelConfig, TrainConfig
     from repytilian.runtime.memory import training_bytes_per_window
-    from repytilian.train import plan_batches
+    from repytilian.trainer import plan_batches
 
     mcfg, tcfg = ModelConfig(), TrainConfig(batch_size=64)
     per_window = training_bytes_per_window(mcfg, "float32")
@@ -274,3 +274,26 @@ def test_cuda_graphs_only_for_one_process_stepping_whole_batches():
     assert training_compile_mode(cuda, processes=2, micro_batches=1) is None
     assert training_compile_mode(cuda, processes=1, micro_batches=4) is None
     assert training_compile_mode(cpu, processes=1, micro_batches=1) is None
+
+
+def test_repytilian_train_can_be_called_again(tmp_path, corpus_file):
+    """The training loop's module was repytilian/train.py: once a run had imported it, the package's
+    attribute `train` was that module, and a second `repytilian.train(...)` (a notebook cell run
+    again) was "TypeError: 'module' object is not callable"."""
+    import subprocess
+    import sys
+
+    code = f"""
+import repytilian
+from repytilian.data import DataSource
+options = dict(data=DataSource("file", {str(corpus_file)!r}), iterations="quick", out=None, progress=False,
+               overrides={TINY_OVERRIDES!r})
+for _ in range(2):
+    result = repytilian.train(repytilian.TrainOptions(**options))
+    assert result.stopped_by is None, result
+from repytilian import train
+assert callable(train)
+print("trained twice")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and "trained twice" in r.stdout, r.stderr[-2000:]

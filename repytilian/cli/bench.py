@@ -152,7 +152,7 @@ def loop_overhead(preset: str, dtype: str, steps: int) -> dict:
     from ..config import build_configs
     from ..data.corpus import TokenData, get_batch
     from ..model import GPT
-    from ..train import Trainer, TrainState
+    from ..trainer import Trainer, TrainState
 
     mcfg, tcfg = build_configs(preset, "default", {"dropout": 0.0, "dtype": dtype, "eval_iters": 1})
     mcfg.vocab_size = 65

@@ -1,6 +1,6 @@
 """The processes of one training run, as torchrun started them, and what they agree on each step.
 
-Why the ranks share one stream of windows (train.Trainer draws every window of a step on every
+Why the ranks share one stream of windows (trainer.Trainer draws every window of a step on every
 rank and keeps its own slice) rather than each drawing from a stream of its own: the steps then
 learn from exactly the windows a single process with the same batch would, so the weights equal a
 single process's (tests check it), and every rank's state is the whole state: rank 0 alone saves

@@ -51,7 +51,7 @@ from ..tokenizers.base import text_chunks
 from ..tokenizers.characters import CharacterTokenizer
 from ..tokenizers.spaced_words import SpacedWordTokenizer
 from ..tokenizers.words import WordTokenizer, split_words
-from ..train import (
+from ..trainer import (
     TrainState,
 )
 from .options import TrainOptions

@@ -26,7 +26,7 @@ from ..store.folder import (
 from ..tokenizers import (
     Tokenizer,
 )
-from ..train import (
+from ..trainer import (
     Diverged,
     Trainer,
 )

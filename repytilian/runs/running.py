@@ -41,7 +41,7 @@ from ..store.folder import (
 )
 from ..store.live import LiveMetrics
 from ..store.lock import TargetLock
-from ..train import (
+from ..trainer import (
     Diverged,
     StopRequest,
     Trainer,

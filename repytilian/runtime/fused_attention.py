@@ -63,7 +63,7 @@ def install(bf16_at: tuple[int, int, int, int] | None = None) -> bool:
     """Find this machine's build of the library (or build it, the first time: under a second), load
     it, and let the model's attention take this way where it can (`attention.use_cpu_dropout_kernel`).
     False, with a note the first time, where there is no compiler or the build fails. A training run
-    on a CPU whose model drops out attention weights calls it (train.Trainer), before any timing.
+    on a CPU whose model drops out attention weights calls it (trainer.Trainer), before any timing.
 
     float32 always takes it (it only saves work there). A bf16 run gives its attention's (batch,
     heads, T, head size) as `bf16_at`: written out, bf16 gets the CPU's bf16 matrix products, which
