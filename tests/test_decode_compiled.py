@@ -616,10 +616,17 @@ def test_a_server_runs_lanes_where_batches_decode_through_the_built_steps_loop_o
     eager.engine.compile = False
     assert steps_in_c(lm.engine) and not steps_in_c(eager.engine)
     server = Server(registry)
-    for model, lanes in ((lm, batch_lanes()), (eager, 1)):
+    # a request alone decodes on every thread, but a small model's built steps on a busy lane's
+    # (a second thread only waited: v2c's lone requests took 20.7-22.8 ms of CPU against 14.5)
+    for model, lanes, alone in ((lm, batch_lanes(), server.busy_threads), (eager, 1, server.threads)):
         loop = server.loop(model)
-        assert len(loop.loops) == lanes
+        assert len(loop.loops) == lanes and loop.threads == alone
         loop.close()
+    monkeypatch.setattr(decode_compiled, "SMALL_MODEL_BYTES", 0)  # a model as wide as `hyper`: every thread
+    wide = Registry(single=built["folder"])
+    loop = server.loop(wide.load(wide.scan()[0]))
+    assert loop.threads == server.threads
+    loop.close()
 
 
 @pytest.mark.slow

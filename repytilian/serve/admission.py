@@ -34,7 +34,7 @@ import torch
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 
-from ..batch_loop import Lanes, steps_in_c
+from ..batch_loop import Lanes, small_steps, steps_in_c
 from ..engine import Request, Token
 from ..errors import RepytilianError
 from ..events import notes_to
@@ -255,9 +255,12 @@ class Server:
 
     def _new_lanes(self, lm: LanguageModel) -> Lanes:
         on_cpu = lm.model.lm_head.weight.device.type == "cpu"
-        lanes = (self.limits.lanes or (batch_lanes() if steps_in_c(lm.engine) else 1)) if on_cpu else 1
+        built = on_cpu and steps_in_c(lm.engine)
+        lanes = (self.limits.lanes or (batch_lanes() if built else 1)) if on_cpu else 1
+        # a request alone takes every thread, but for a small model's built steps (no faster on more)
+        alone = self.busy_threads if built and small_steps(lm.engine) else self.threads
         made = self._loops[lm] = Lanes(lm.engine, lanes, self.limits.max_batch_rows,
-                                       self.busy_threads if on_cpu else None, self.threads)
+                                       self.busy_threads if on_cpu else None, alone)
         weakref.finalize(lm, made.close)
         return made
 
