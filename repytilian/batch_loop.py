@@ -196,8 +196,8 @@ def steps_in_c(engine: Engine) -> bool:
 def small_steps(engine: Engine) -> bool:
     """Whether `engine` decodes through built steps (steps_in_c) a model small enough for a row's step
     to be no faster on two threads than on one (decode_compiled.SMALL_MODEL_BYTES): a request alone
-    in a server then decodes on the threads of a busy server's lanes, and the others are not kept
-    waiting for work. Measured on a 2-core Xeon (2026-12-04, serve_load.py, one client's 64-token
+    in a server then decodes on a lane's threads, not on all, where a second thread only waited for
+    work. Measured on a 2-core Xeon (2026-12-04, serve_load.py, one client's 64-token
     requests): v2c 16 ms a request either way, 15.2-15.5 ms of the server's CPU against 22.5 on two
     threads (two A/B pairs); with OMP_NUM_THREADS 1 and 2, v3c 25 ms either way, 24.7 ms of CPU
     against 29.0, and the `hyper` shape (not small) 73 ms against 67, its CPU alike."""

@@ -90,6 +90,7 @@ def _edit_config(path, **changes):
     (lambda p: _edit_config(p, model={"n_layer": "4"}), r"invalid model config \(n_layer must be a whole number, got \"4\"\)"),
     (lambda p: _edit_config(p, model={"bias": 1}), "bias must be true or false, got 1"),
     (lambda p: _edit_config(p, model={"dropout": "0.1"}), r"dropout must be a number, got \"0.1\""),
+    (lambda p: _edit_config(p, model={"attention_dropout": "0"}), r"attention_dropout must be a number, got \"0\""),
     (lambda p: _edit_config(p, model=[1, 2]), "its model section is not a JSON object"),
 ])
 def test_damaged_model_folders_are_clear_errors(saved, damage, message):

@@ -300,6 +300,7 @@ def _check_types(values: Any) -> None:
     if not isinstance(values, dict):
         raise TypeError("its model section is not a JSON object")
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    defaults["attention_dropout"] = 0.0  # None (the dropout's) or a number
     for name, value in values.items():
         accepted = _ACCEPTED.get(type(defaults.get(name)))
         if accepted is None or value is None and name == "attention_dropout":  # unknown names: the config's own error
