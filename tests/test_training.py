@@ -297,3 +297,15 @@ print("trained twice")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and "trained twice" in r.stdout, r.stderr[-2000:]
+
+
+def test_train_options_take_a_path_for_data_and_a_number_of_steps(tmp_path, corpus_file):
+    """As a Python user writes them: TrainOptions(data="my_book.txt") was AttributeError: 'str' object
+    has no attribute 'kind', and iterations=50 an unknown preset, where `-i 50` is 50 steps."""
+    result = train(TrainOptions(data=str(corpus_file), iterations=3, out=tmp_path / "m", progress=False,
+                                overrides=TINY_OVERRIDES))
+    assert result.state.step == 3 and result.saved_to == tmp_path / "m"
+    assert set(result.language_model.tokenizer.itos) == set(corpus_file.read_text(encoding="utf-8"))
+    assert TrainOptions(data=tmp_path).data == DataSource("dir", str(tmp_path))
+    with pytest.raises(SettingError, match="iterations is 3 steps and max_iters 5"):
+        TrainOptions(iterations=3, overrides={"max_iters": 5})

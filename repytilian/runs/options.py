@@ -1,12 +1,14 @@
 """What a training run is asked for (`TrainOptions`) and what it gives back (`TrainResult`)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_MODEL_DIR, typed
 from ..data.corpus import DataSource
+from ..errors import SettingError
 from ..language_model import LanguageModel
 from ..runtime.signals import StopRequest
 from ..schedule import TrainState
@@ -18,12 +20,12 @@ class TrainOptions:
     set one by one in `overrides` (name -> a value of the field's type, checked here, once: a
     number given as text is refused, the command line having read its text already)."""
 
-    data: DataSource | None = None  # None: the loaded model's data, else Tiny Shakespeare
+    data: DataSource | str | Path | None = None  # a file or folder; None: the loaded model's data, else Tiny Shakespeare
     tokenizer: str | None = None  # None: the loaded model's, else characters
     tokenizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 512} for bpe
     settings: str = "default"
     arch: str | None = None  # None: the settings preset's (classic but for `quarter`), or with `load` the loaded model's
-    iterations: str | None = None  # None: "default" (or, with `load`, finish the saved schedule)
+    iterations: str | int | None = None  # a preset or steps; None: "default" (or, with `load`, finish the saved schedule)
     overrides: dict[str, Any] = field(default_factory=dict)  # config field name -> typed value
     out: str | None = DEFAULT_MODEL_DIR  # "" or None: save nothing at the end
     load: str | None = None
@@ -40,6 +42,15 @@ class TrainOptions:
     def __post_init__(self) -> None:
         self.overrides = {name: typed(name, value) if value is not None else None
                           for name, value in self.overrides.items()}
+        if isinstance(self.data, (str, os.PathLike)):  # a path, as a Python user writes it: a file or a folder
+            path = Path(self.data)
+            self.data = DataSource("dir" if path.is_dir() else "file", str(path))
+        self.load, self.out = (str(p) if isinstance(p, os.PathLike) else p for p in (self.load, self.out))
+        if isinstance(self.iterations, int) and not isinstance(self.iterations, bool):  # steps, as `-i 500`
+            if self.overrides.get("max_iters", self.iterations) != self.iterations:
+                raise SettingError("iterations", f"is {self.iterations} steps and max_iters "
+                                   f"{self.overrides['max_iters']}: give one of them", ("max_iters",))
+            self.overrides["max_iters"], self.iterations = typed("max_iters", self.iterations), None
 
 
 @dataclass
