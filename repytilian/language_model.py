@@ -6,6 +6,8 @@ several samples). It prints nothing and knows nothing of command lines or HTTP.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,10 @@ import torch
 
 from .chat_format import SCRIPT_END, ChatFormat, script, turns_of
 from .engine import Ended, Engine, Event, Request, Token, shown_text
-from .errors import RepytilianError
+from .errors import RepytilianError, SettingError
 from .events import note, notes_to
 from .model import GPT
-from .sampling import SamplingOptions
+from .sampling import SamplingOptions, check_lengths
 from .tokenizers import Tokenizer, UnknownTokensError
 
 
@@ -55,8 +57,17 @@ class LanguageModel:
                 dtype: torch.dtype | None = None, prompt_ids: list[int] | None = None, **sampling: Any) -> Request:
         """The engine's request for a text prompt (or for `prompt_ids`, shown as `prompt`); `sampling`
         are `SamplingOptions`'s fields (temperature, top_k, top_p, seed), each with its documented default."""
+        unknown = sorted(set(sampling) - {f.name for f in dataclasses.fields(SamplingOptions)})
+        if unknown:  # as Python words it, but naming what was meant (SamplingOptions is not the caller's)
+            meant = difflib.get_close_matches(unknown[0], [f.name for f in dataclasses.fields(SamplingOptions)], 1)
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}" + (f" (did you mean {meant[0]!r}?)" if meant else ""))
+        if prompt is None:
+            prompt = ""
+        if not isinstance(prompt, str):
+            raise SettingError("prompt", f"must be text, got {type(prompt).__name__} (generate takes a list of prompts)")
+        check_lengths(max_new_tokens, num_samples)
         ids = self.encode_prompt(prompt) if prompt_ids is None else prompt_ids
-        return Request(ids, max_new_tokens, SamplingOptions(**sampling), num_samples, stop,
+        return Request(ids, int(max_new_tokens), SamplingOptions(**sampling), int(num_samples), stop,
                        logprobs, alternatives, max_time, cancelled, prompt, use_cache, dtype)
 
     # --- chat ------------------------------------------------------------------------------
@@ -122,7 +133,7 @@ class LanguageModel:
         """The continuation of `prompt` (for JSON models: the JSON array of the new tokens); for a list
         of prompts, a list of continuations, decoded together as one batch (each prompt with the same
         settings; a seed gives each prompt the text it would get alone with that seed)."""
-        if isinstance(prompt, str):
+        if prompt is None or isinstance(prompt, str):
             return self.samples(prompt, max_new_tokens, num_samples=1, **kwargs)[0]
         requests = [self.request(text, max_new_tokens, **kwargs) for text in prompt]
         return [texts[0] for texts in self._gather(self.engine.run_many(requests), [1] * len(requests))]

@@ -11,6 +11,7 @@ give the same tokens (a test checks it for greedy decoding).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,20 @@ class SamplingOptions:
     top_p: float = 1.0  # only the likeliest tokens whose probabilities add up to top_p (1: all)
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        # numpy's numbers as Python's (a seed of np.int64 failed deep inside); other types are validate's to refuse
+        for name, kind, cast in (("temperature", numbers.Real, float), ("top_p", numbers.Real, float),
+                                 ("top_k", numbers.Integral, int), ("seed", numbers.Integral, int)):
+            value = getattr(self, name)
+            if isinstance(value, kind) and not isinstance(value, bool):
+                setattr(self, name, cast(value))
+
     def validate(self) -> None:
+        for name in ("temperature", "top_p"):
+            check_type(name, getattr(self, name), numbers.Real, "a number")
+        for name in ("top_k", "seed"):
+            if getattr(self, name) is not None:
+                check_type(name, getattr(self, name), numbers.Integral, "a whole number")
         if not self.temperature >= 0:  # also catches NaN
             raise SettingError("temperature", f"must be 0 (greedy) or more, got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:
@@ -49,7 +63,16 @@ class SamplingOptions:
             raise SettingError("seed", f"must be a whole number from {SEEDS[0]:,} to {SEEDS[1]:,}, got {self.seed:,}")
 
 
+def check_type(name: str, value: object, kind: type, words: str) -> None:
+    """A SettingError unless `value` is of the numbers `kind` (numpy's count; True and False do not):
+    a Python caller's "10" or 10.0 was otherwise a TypeError from deep inside."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise SettingError(name, f"must be {words}, got {value!r}")
+
+
 def check_lengths(max_new_tokens: int, num_samples: int = 1) -> None:
+    check_type("max_new_tokens", max_new_tokens, numbers.Integral, "a whole number")
+    check_type("num_samples", num_samples, numbers.Integral, "a whole number")
     if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise RepytilianError(f"the number of tokens must be between 0 and {MAX_NEW_TOKENS:,}, got {max_new_tokens:,}")
     if not 1 <= num_samples <= MAX_SAMPLES:

@@ -196,3 +196,33 @@ def test_a_zero_wait_on_a_token_left_out_is_not_an_error_and_not_drawn():
     probs = torch.tensor([[0.0, 0.25, 0.75], [0.0, 0.25, 0.75]])
     noise = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # exponential_ gives 0 once in 2^24 values
     assert first_arrival(probs, noise).tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("call, error, message", [
+    # each was a TypeError from deep inside, in Python's words ("'<=' not supported between instances of
+    # 'int' and 'str'", "empty() takes 1 positional argument but 2 were given", ...)
+    (lambda lm: lm.generate("the", "10"), SettingError, "max_new_tokens must be a whole number, got '10'"),
+    (lambda lm: lm.generate("the", 10.0), SettingError, "max_new_tokens must be a whole number, got 10.0"),
+    (lambda lm: lm.generate("the", 5, temperature="hot"), SettingError, "temperature must be a number, got 'hot'"),
+    (lambda lm: lm.generate("the", 5, seed=1.5), SettingError, "seed must be a whole number, got 1.5"),
+    (lambda lm: lm.generate("the", 5, top_k=True), SettingError, "top_k must be a whole number, got True"),
+    (lambda lm: list(lm.stream(["the", "a"], 5)), SettingError, "prompt must be text, got list"),
+    (lambda lm: lm.generate("the", 5, temprature=0.5), TypeError, "'temprature' \\(did you mean 'temperature'\\?\\)"),
+])
+def test_python_callers_wrong_arguments_are_named(call, error, message):
+    from conftest import tiny_language_model
+
+    with pytest.raises(error, match=message):
+        call(tiny_language_model())
+
+
+def test_numpy_numbers_and_no_prompt_are_taken():
+    """A seed of np.int64 (numpy's random draws, a DataFrame's column) failed deep inside, "an integer is
+    required"; a prompt of None iterated None."""
+    import numpy as np
+    from conftest import tiny_language_model
+
+    lm = tiny_language_model()
+    plain = lm.generate("the", 8, seed=3, top_k=5, temperature=0.5)
+    assert lm.generate("the", np.int64(8), seed=np.int64(3), top_k=np.int32(5), temperature=np.float32(0.5)) == plain
+    assert lm.generate(None, 4, seed=1) == lm.generate("", 4, seed=1)
