@@ -57,6 +57,14 @@ class Surprise:
         return float(self.bits.mean()) if self.bits.size else 0.0
 
 
+def token_ids(model: GPT, tokenizer: Tokenizer, ids: list[int] | str) -> list[int]:
+    """The ids to look at: given, or a text's (a Python caller's string was "too many dimensions 'str'"),
+    within the model's context."""
+    ids = tokenizer.encode(ids) if isinstance(ids, str) else [int(i) for i in ids]
+    check_length(model, ids)
+    return ids
+
+
 def check_length(model: GPT, ids: list[int]) -> None:
     if not ids:
         raise RepytilianError("the text has no tokens: give it some")
@@ -70,8 +78,8 @@ def labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
 
 
 @torch.no_grad()
-def attention(model: GPT, tokenizer: Tokenizer, ids: list[int]) -> Attention:
-    check_length(model, ids)
+def attention(model: GPT, tokenizer: Tokenizer, ids: list[int] | str) -> Attention:
+    ids = token_ids(model, tokenizer, ids)
     if model.config.n_layer == 0:
         raise RepytilianError("this model has no attention: it is the bigram table, each token read on its own")
     captured: list[torch.Tensor] = []
@@ -88,8 +96,8 @@ def attention(model: GPT, tokenizer: Tokenizer, ids: list[int]) -> Attention:
 
 
 @torch.no_grad()
-def logit_lens(model: GPT, tokenizer: Tokenizer, ids: list[int], top: int = 5) -> Lens:
-    check_length(model, ids)
+def logit_lens(model: GPT, tokenizer: Tokenizer, ids: list[int] | str, top: int = 5) -> Lens:
+    ids = token_ids(model, tokenizer, ids)
     streams: list[torch.Tensor] = []
     hooks = [(model.transformer.drop, lambda m, a, out: streams.append(out))]  # the embeddings, as the blocks get them
     hooks += [(block, lambda m, a, out: streams.append(out)) for block in model.transformer.h]
@@ -122,8 +130,8 @@ def embeddings(model: GPT, tokenizer: Tokenizer) -> Embeddings:
 
 
 @torch.no_grad()
-def surprise(model: GPT, tokenizer: Tokenizer, ids: list[int]) -> Surprise:
-    check_length(model, ids)
+def surprise(model: GPT, tokenizer: Tokenizer, ids: list[int] | str) -> Surprise:
+    ids = token_ids(model, tokenizer, ids)
     model.eval()
     logits, _ = model(torch.tensor([ids], device=model.lm_head.weight.device))
     logp = logits[0, :-1].float().log_softmax(dim=-1)  # what position t predicts for t + 1

@@ -167,3 +167,20 @@ def test_bad_requests_are_one_clear_line(tmp_path, flags, words):
 
     r = run_script("inspect", "-m", str(SHIPPED / "v3c"), *flags, cwd=tmp_path)
     assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_python_caller_may_give_the_text_itself(tokenizer, tmp_path):
+    """inspection.attention(model, tokenizer, "text") was "ValueError: too many dimensions 'str'", and
+    evaluate_model(lm, "book.txt") "AttributeError: 'str' object has no attribute 'describe'"."""
+    from repytilian.evaluate import evaluate_model
+    from repytilian.language_model import LanguageModel
+
+    model, ids = make(tokenizer), tokenizer.encode("the cat sat")
+    assert np.array_equal(inspection.attention(model, tokenizer, "the cat sat").weights,
+                          inspection.attention(model, tokenizer, ids).weights)
+    assert np.array_equal(inspection.surprise(model, tokenizer, "the cat sat").bits,
+                          inspection.surprise(model, tokenizer, torch.tensor(ids)).bits)
+    assert inspection.logit_lens(model, tokenizer, "the cat").tokens == inspection.logit_lens(model, tokenizer, ids[:7]).tokens
+    (tmp_path / "book.txt").write_text(TEXT * 3, encoding="utf-8")
+    lm = LanguageModel(model, tokenizer)
+    assert evaluate_model(lm, str(tmp_path / "book.txt")).tokens == evaluate_model(lm, tmp_path).tokens > 0

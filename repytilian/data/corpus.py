@@ -48,6 +48,13 @@ class DataSource:
     text_field: str | None = None  # of JSONL and Parquet text: the field to train on (records.py; "text")
 
     @classmethod
+    def of(cls, where: "DataSource | str | os.PathLike") -> "DataSource":
+        """A DataSource as given, or of a path as a Python caller writes one: a folder's files, or a file."""
+        if isinstance(where, DataSource):
+            return where
+        return cls("dir" if Path(where).is_dir() else "file", str(where))
+
+    @classmethod
     def from_args(cls, datafile: str | None, datapath: str | None, default: str = "shakespeare") -> "DataSource":
         if datafile and datapath:
             raise RepytilianError("give either `data_file` or `data_path`, not both", ("data_file", "data_path"))

@@ -42,9 +42,8 @@ class TrainOptions:
     def __post_init__(self) -> None:
         self.overrides = {name: typed(name, value) if value is not None else None
                           for name, value in self.overrides.items()}
-        if isinstance(self.data, (str, os.PathLike)):  # a path, as a Python user writes it: a file or a folder
-            path = Path(self.data)
-            self.data = DataSource("dir" if path.is_dir() else "file", str(path))
+        if self.data is not None:  # a path, as a Python user writes it: a file or a folder
+            self.data = DataSource.of(self.data)
         self.load, self.out = (str(p) if isinstance(p, os.PathLike) else p for p in (self.load, self.out))
         if isinstance(self.iterations, int) and not isinstance(self.iterations, bool):  # steps, as `-i 500`
             if self.overrides.get("max_iters", self.iterations) != self.iterations:
