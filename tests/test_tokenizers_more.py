@@ -256,3 +256,14 @@ def test_json_data_read_as_text_says_how_to_train_on_its_tokens(tmp_path):
     assert not looks_like_token_data("file", str(tmp_path / "text.json"))
     write(tmp_path / "folder", "notes.txt", "words")
     assert not looks_like_token_data("dir", str(tmp_path / "folder"))  # text beside it: a folder of text
+
+
+def test_a_bpe_that_runs_out_of_pairs_says_how_many_tokens_it_learned(caplog, tmp_path):
+    from repytilian.data.corpus import train_tokenizer
+
+    tokenizer = train_tokenizer(BPETokenizer, TEXT, vocab_size=100_000)  # was: fewer tokens without a word
+    assert tokenizer.vocab_size < 100_000
+    assert f"the bpe tokenizer learned {tokenizer.vocab_size:,} tokens of the 100,000 asked for" in caplog.text
+    caplog.clear()
+    train_tokenizer(BPETokenizer, TEXT * 4, vocab_size=300)
+    assert "tokenizer learned" not in caplog.text

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import RepytilianError
+from ..events import note
 from ..tokenizers import Tokenizer
 from .conversations import ChatExamples
 from .datasets import dataset_path
@@ -160,8 +161,14 @@ def load_corpus(source: DataSource, input_format: str = "text", stream: bool = T
 def train_tokenizer(tokenizer_cls: type[Tokenizer], corpus: str | TextFiles | JsonCorpus, **options) -> Tokenizer:
     """A tokenizer built from the corpus; for a large corpus, from the cache when it was built before."""
     if isinstance(corpus, TextFiles):
-        return cached_tokenizer(corpus, tokenizer_cls, options)
-    return tokenizer_cls.train(corpus, **options)
+        tokenizer = cached_tokenizer(corpus, tokenizer_cls, options)
+    else:
+        tokenizer = tokenizer_cls.train(corpus, **options)
+    asked = options.get("vocab_size")
+    if asked and tokenizer.vocab_size < asked:  # a BPE whose text ran out of pairs to merge: said, not silently fewer
+        note(f"note: the {tokenizer.name} tokenizer learned {tokenizer.vocab_size:,} tokens of the {asked:,} asked "
+             "for: the text has no more pairs to merge (more text gives more)", settings=("vocab_size",))
+    return tokenizer
 
 
 @dataclass
