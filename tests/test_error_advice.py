@@ -84,3 +84,14 @@ def test_a_refused_pickle_is_explained_without_torchs_advice(tmp_path, what):
     assert r.returncode == 2 and "ran" not in r.stdout
     assert "cannot be read safely" in r.stderr and "it asks for" in r.stderr and "print" in r.stderr, r.stderr
     assert "weights_only" not in r.stderr and "succeed" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_commands_printed_for_a_folder_with_a_space_paste_as_one_word(tmp_path, corpus_file):
+    """`-m "models/my model"` printed "generate with: python3 generate.py -m models/my model": pasted,
+    two words, and "no model at models/my"."""
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "models/my model", *QUICK, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    command = r.stderr.split("generate with: ", 1)[1].splitlines()[0]
+    assert command == "python3 generate.py -m 'models/my model'"
+    done = run_advice(command + " -t 5", tmp_path)
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr

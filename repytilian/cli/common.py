@@ -97,14 +97,14 @@ def speak(event) -> None:
         return
     text = in_flags_text(event.words(), getattr(event, "settings", ()))
     if isinstance(event, Stopped):
-        again = f" -m {event.out}" if event.out else ' -m ""'
+        again = f" -m {quote(event.out)}" if event.out else ' -m ""'
         if event.processes > 1:
-            text += (f"\nresume with: torchrun --nproc_per_node {event.processes} training.py -l {event.path}{again}"
-                     f"\n(on any number of processes, or on one: python3 training.py -l {event.path}{again})")
+            text += (f"\nresume with: torchrun --nproc_per_node {event.processes} training.py -l {quote(event.path)}{again}"
+                     f"\n(on any number of processes, or on one: python3 training.py -l {quote(event.path)}{again})")
         else:
-            text += f"\nresume with: python3 training.py -l {event.path}{again}"
+            text += f"\nresume with: python3 training.py -l {quote(event.path)}{again}"
     elif isinstance(event, Saved):
-        text += f"; generate with: python3 generate.py -m {event.path}"
+        text += f"; generate with: python3 generate.py -m {quote(event.path)}"
     elif isinstance(event, NothingSaved):
         text = 'nothing saved (-m "")'
     tqdm.write(text, file=sys.stderr)
@@ -125,12 +125,17 @@ def repytilian_command() -> str:
     return shown_path(mine)
 
 
+def quote(path: str | Path) -> str:
+    """A path as one word of a command a user pastes (a folder named "my model" is two words bare)."""
+    return shlex.quote(str(path))
+
+
 def shown_path(path: Path) -> str:
     """`path` as a user types it here: relative to the current folder when inside it."""
     try:
-        return shlex.quote(str(path.relative_to(Path.cwd())))
+        return quote(path.relative_to(Path.cwd()))
     except ValueError:
-        return shlex.quote(str(path))
+        return quote(path)
 
 
 def advice(error: RepytilianError) -> str:
@@ -146,14 +151,14 @@ def advice(error: RepytilianError) -> str:
                     + (f"; or use a model that ships with Repytilian: -m {shown_path(shipped)}" if shipped else ""))
         if error.advice == "own":
             return (f"no model at {path}; train one there on your own text: python3 training.py -d YOUR_TEXT.txt "
-                    f"-m {path} (or -p FOLDER for a folder of text files)")
+                    f"-m {quote(path)} (or -p FOLDER for a folder of text files)")
         if error.advice == "original":
             return (str(error).split(" (interop.convert")[0] +
-                    f": {repytilian_command()} import-legacy ORIGINAL_FOLDER {path}")
+                    f": {repytilian_command()} import-legacy ORIGINAL_FOLDER {quote(path)}")
     if isinstance(error, LegacyFolder):
         return (f"{error.path} is a model folder of the original Repytilian, saved as pickles, which can run code "
                 f"when loaded, so it is not loaded as it is. Convert it (safely) with: "
-                f"{repytilian_command()} import-legacy {error.path} {error.converted}")
+                f"{repytilian_command()} import-legacy {quote(error.path)} {quote(error.converted)}")
     return in_flags(error)
 
 

@@ -10,7 +10,7 @@ from ..config import DEFAULT_MODEL_DIR
 from ..errors import RepytilianError
 from ..interop.convert import EXPORT_FORMATS
 from ..tokenizers.base import UnknownTokensError
-from .common import last_flag, open_model, say
+from .common import last_flag, open_model, quote, say
 
 
 def llama_cpp_command(gguf: Path, lm) -> str:
@@ -35,7 +35,7 @@ def example_prompt(tokenizer) -> str:
 def _converted(lm, what: str) -> None:
     say(f"converted {what} into {lm.path}: {lm.model.num_params() / 1e6:.2f}M parameters, "
         f"{lm.tokenizer.name} tokenizer ({lm.tokenizer.vocab_size:,} tokens)\n"
-        f"generate with: python3 generate.py -m {lm.path}")
+        f"generate with: python3 generate.py -m {quote(lm.path)}")
 
 
 def import_legacy_command(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def import_command(args: argparse.Namespace) -> int:
     lm = import_model(args.source_format, args.checkpoint, args.out, data=args.data)
     if args.source_format == "hf":
         _converted(lm, f"the Hugging Face model {args.checkpoint}")
-        say(f"fine-tune it on your text with: python3 training.py -l {args.out} -d my_book.txt -m models/my_book")
+        say(f"fine-tune it on your text with: python3 training.py -l {quote(args.out)} -d my_book.txt -m models/my_book")
     else:
         _converted(lm, f"the nanoGPT checkpoint {args.checkpoint}")
     return 0
