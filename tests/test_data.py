@@ -85,6 +85,9 @@ def test_text_too_short_for_the_context():
     data = TokenData.from_text(text, CharacterTokenizer.train(text))
     with pytest.raises(RepytilianError, match="too short for a context of 64"):
         data.check_block_size(64)
+    big = TokenData.from_text(text * 500, CharacterTokenizer.train(text))  # split sizes as people read numbers
+    with pytest.raises(RepytilianError, match="training split has 40,500 tokens and the validation split 4,500"):
+        big.check_block_size(100_000)
 
 
 def test_data_too_short_for_any_context_asks_for_more_data_only():

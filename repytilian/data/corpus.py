@@ -213,7 +213,7 @@ class TokenData:
         if shortest > block_size:
             return
         found = (f"the data is too short for a context of {block_size} token{'s' * (block_size != 1)}: the "
-                 f"training split has {len(self.train)} tokens and the validation split {len(self.val)}")
+                 f"training split has {len(self.train):,} tokens and the validation split {len(self.val):,}")
         if shortest < 2:  # not even a context of one token fits: a smaller one cannot help
             raise RepytilianError(f"{found}. Use more data: each split needs at least 2 tokens")
         raise RepytilianError(f"{found}. Use more data or a smaller context (`block_size` {max(1, shortest // 2)})",
