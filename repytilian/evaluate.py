@@ -151,8 +151,7 @@ def evaluate(model: GPT, ids: np.ndarray, chars: int | None = None, stride: int 
 
 def evaluate_model(lm, source=None, stride: int | None = None, progress: bool = False) -> EvalReport:
     """A `LanguageModel` scored on the text of `source` (a data.corpus.DataSource, or a file's or a
-    folder's path), or, without one,
-    on the validation split of the data it was trained on."""
+    folder's path), or, without one, on the validation split of the data it was trained on."""
     from .data.corpus import DataSource, TokenData, load_corpus
     from .data.textfiles import TextFiles
 

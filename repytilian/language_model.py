@@ -57,9 +57,10 @@ class LanguageModel:
                 dtype: torch.dtype | None = None, prompt_ids: list[int] | None = None, **sampling: Any) -> Request:
         """The engine's request for a text prompt (or for `prompt_ids`, shown as `prompt`); `sampling`
         are `SamplingOptions`'s fields (temperature, top_k, top_p, seed), each with its documented default."""
-        unknown = sorted(set(sampling) - {f.name for f in dataclasses.fields(SamplingOptions)})
+        known = [f.name for f in dataclasses.fields(SamplingOptions)]
+        unknown = sorted(set(sampling) - set(known))
         if unknown:  # as Python words it, but naming what was meant (SamplingOptions is not the caller's)
-            meant = difflib.get_close_matches(unknown[0], [f.name for f in dataclasses.fields(SamplingOptions)], 1)
+            meant = difflib.get_close_matches(unknown[0], known, 1)
             raise TypeError(f"unexpected keyword argument {unknown[0]!r}" + (f" (did you mean {meant[0]!r}?)" if meant else ""))
         if prompt is None:
             prompt = ""

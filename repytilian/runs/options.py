@@ -1,6 +1,7 @@
 """What a training run is asked for (`TrainOptions`) and what it gives back (`TrainResult`)."""
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,11 @@ class TrainOptions:
         if self.data is not None:  # a path, as a Python user writes it: a file or a folder
             self.data = DataSource.of(self.data)
         self.load, self.out = (str(p) if isinstance(p, os.PathLike) else p for p in (self.load, self.out))
-        if isinstance(self.iterations, int) and not isinstance(self.iterations, bool):  # steps, as `-i 500`
+        if isinstance(self.iterations, numbers.Integral) and not isinstance(self.iterations, bool):  # steps, as `-i 500`
             if self.overrides.get("max_iters", self.iterations) != self.iterations:
                 raise SettingError("iterations", f"is {self.iterations} steps and max_iters "
                                    f"{self.overrides['max_iters']}: give one of them", ("max_iters",))
-            self.overrides["max_iters"], self.iterations = typed("max_iters", self.iterations), None
+            self.overrides["max_iters"], self.iterations = typed("max_iters", int(self.iterations)), None
 
 
 @dataclass
