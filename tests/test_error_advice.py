@@ -95,3 +95,15 @@ def test_commands_printed_for_a_folder_with_a_space_paste_as_one_word(tmp_path, 
     assert command == "python3 generate.py -m 'models/my model'"
     done = run_advice(command + " -t 5", tmp_path)
     assert done.returncode == 0 and done.stdout.strip(), done.stderr
+
+
+def test_the_library_names_a_shipped_model_where_the_default_one_is_missing(tmp_path, monkeypatch):
+    """load_model() before any training said only "train it first": a Python user could load a shipped one."""
+    from repytilian.api import load_model
+    from repytilian.store.missing import MissingModel
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingModel, match="or load a shipped one, such as") as missing:
+        load_model()
+    shipped = str(missing.value).rsplit("such as ", 1)[1]
+    assert load_model(shipped).generate("ROMEO:", 5, seed=1)

@@ -18,11 +18,6 @@ from .progress import Bars
 _BARS = Bars()
 
 
-# A shipped model beside the package (a checkout, or an editable install): what a user without a
-# model of their own can generate from at once
-SHIPPED_EXAMPLE = Path(__file__).resolve().parents[2] / "models" / "shakespeare" / "v3c"
-
-
 def say(text: str) -> None:
     """A line for the person at the terminal (stderr: stdout is for what the verb produces)."""
     print(text, file=sys.stderr, flush=True)
@@ -141,12 +136,12 @@ def shown_path(path: Path) -> str:
 def advice(error: RepytilianError) -> str:
     """A library error in the command line's words: settings as flags, and, where a command would
     mend it, that command as it runs here."""
-    from ..store.missing import LegacyFolder, MissingModel
+    from ..store.missing import LegacyFolder, MissingModel, shipped_example
 
     if isinstance(error, MissingModel):
         path = error.path
         if error.advice == "default":
-            shipped = SHIPPED_EXAMPLE if SHIPPED_EXAMPLE.is_dir() else None
+            shipped = shipped_example()
             return (f"no model at {path}; train it first (Tiny Shakespeare, the default): python3 training.py"
                     + (f"; or use a model that ships with Repytilian: -m {shown_path(shipped)}" if shipped else ""))
         if error.advice == "own":

@@ -21,6 +21,13 @@ def explain_missing(path: Path) -> RepytilianError:
 
 # The original Repytilian's models that its README names and Repytilian does not ship.
 ORIGINAL_ONLY = ("models/starwars/v0c", "models/starwars/v1w", "models/steev/v2w")
+# A shipped model beside the package (a checkout, or an editable install): what someone without a
+# model of their own can generate from at once
+SHIPPED_EXAMPLE = Path(__file__).resolve().parents[2] / "models" / "shakespeare" / "v3c"
+
+
+def shipped_example() -> Path | None:
+    return SHIPPED_EXAMPLE if SHIPPED_EXAMPLE.is_dir() else None
 
 
 class MissingModel(RepytilianError):
@@ -33,7 +40,8 @@ class MissingModel(RepytilianError):
         self.path, self.advice, self.meant = path, advice, meant
         words = {
             "typo": f"did you mean {meant}?",
-            "default": "train it first (Tiny Shakespeare, the default)",
+            "default": "train it first (Tiny Shakespeare, the default)" + (
+                f", or load a shipped one, such as {shipped_example()}" if shipped_example() else ""),
             "original": (f"the original Repytilian shipped {path.as_posix()}, Repytilian does not (it ships "
                          "models/shakespeare/v1c, v2c, v3c, words and bpe). With that folder from the original "
                          "project, convert it (interop.convert.import_model, format legacy)"),
