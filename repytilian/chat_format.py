@@ -101,9 +101,16 @@ def script(turns: Iterable[tuple[str, str]]) -> str:
 def turns_of(messages: Iterable[Any]) -> list[tuple[str, str]]:
     """(role, content) pairs from messages given as pairs or as {"role", "content"} objects
     (OpenAI's "developer" is the system's role)."""
+    if isinstance(messages, (str, dict)):  # one message where a list of them belongs (a "not enough values" before)
+        raise RepytilianError('the messages are a list, e.g. [{"role": "user", "content": "Good morrow!"}]')
     turns = []
     for i, message in enumerate(messages, 1):
-        role, content = (message.get("role"), message.get("content")) if isinstance(message, dict) else message
+        if isinstance(message, dict):
+            role, content = message.get("role"), message.get("content")
+        elif isinstance(message, (tuple, list)) and len(message) == 2:
+            role, content = message
+        else:
+            role = content = None
         role = "system" if role == "developer" else role
         if role not in ROLES or not isinstance(content, str):
             raise RepytilianError(f"message {i}: a role ({', '.join(ROLES)}) and a text content are needed")

@@ -433,3 +433,14 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_turns_not_its_s
     kept = ids.count(chat.ids["user"]) + ids.count(chat.ids["assistant"]) - 1  # the prompt's own token aside
     assert kept < len(turns) - 1 and ids[1: 1 + len("you are rep.")] == lm.tokenizer.encode("you are rep.")
     assert any(f"its {len(turns) - 1 - kept} oldest turns were left out" in n.text for n in said)
+
+
+@pytest.mark.parametrize("messages", ["Good morrow!", {"role": "user", "content": "Good morrow!"}, ["Good morrow!"],
+                                      [("user", "Good", "morrow")]])
+def test_messages_of_the_wrong_shape_are_named(messages):
+    """lm.chat("Good morrow!") was "ValueError: not enough values to unpack (expected 2, got 1)"."""
+    from repytilian.chat_format import turns_of
+    from repytilian.errors import RepytilianError
+
+    with pytest.raises(RepytilianError, match=r"the messages are a list|message 1: a role"):
+        turns_of(messages)
