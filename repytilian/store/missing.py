@@ -38,10 +38,11 @@ class MissingModel(RepytilianError):
 
     def __init__(self, path: Path, advice: str, meant: Path | None = None):
         self.path, self.advice, self.meant = path, advice, meant
+        shipped = shipped_example()
         words = {
             "typo": f"did you mean {meant}?",
             "default": "train it first (Tiny Shakespeare, the default)" + (
-                f", or load a shipped one, such as {shipped_example()}" if shipped_example() else ""),
+                f", or load a shipped one, such as {shipped}" if shipped else ""),
             "original": (f"the original Repytilian shipped {path.as_posix()}, Repytilian does not (it ships "
                          "models/shakespeare/v1c, v2c, v3c, words and bpe). With that folder from the original "
                          "project, convert it (interop.convert.import_model, format legacy)"),
