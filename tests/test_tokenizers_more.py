@@ -5,7 +5,7 @@ import pytest
 
 from repytilian.data import DataSource, TokenData, load_corpus
 from repytilian.data.jsondata import read_json_corpus
-from repytilian.errors import RepytilianError
+from repytilian.errors import RepytilianError, SettingError
 from repytilian.tokenizers import (
     BPETokenizer,
     GPT2Tokenizer,
@@ -56,8 +56,13 @@ def test_bpe_stream_never_shows_half_a_character():
 def test_vocab_size_is_refused_for_tokenizers_without_one():
     from repytilian.tokenizers import CharacterTokenizer
 
-    with pytest.raises(RepytilianError, match="--vocab-size does not apply to the characters tokenizer"):
+    # in the library's words (a Python caller gave the keyword vocab_size; the command line says --vocab-size,
+    # tests/test_bad_inputs.py): it said "--vocab-size" to Python callers too
+    with pytest.raises(RepytilianError, match="`vocab_size` does not apply to the characters tokenizer") as refused:
         CharacterTokenizer.train("abc", vocab_size=10)
+    assert refused.value.settings == ("vocab_size",)
+    with pytest.raises(SettingError, match="vocab_size must be a whole number, got '512'"):  # was a TypeError deep inside
+        BPETokenizer.train("abc", vocab_size="512")
 
 
 # --- json data and tokenizer ---------------------------------------------------------------------
@@ -202,7 +207,7 @@ def test_tiktoken_uses_the_seeds_o200k_base_unless_told_another_encoding(monkeyp
     again = tokenizer_from_json(other.to_json())  # the saved encoding is the one loaded back
     assert asked[-1] == "cl100k_base" and again.decode(again.encode("the end")) == "the end"
     assert seed_default.to_dict() == {"encoding": "o200k_base"}
-    with pytest.raises(RepytilianError, match="--encoding does not apply to the gpt2 tokenizer"):
+    with pytest.raises(RepytilianError, match="`encoding` does not apply to the gpt2 tokenizer"):
         GPT2Tokenizer.train("ignored", encoding="o200k_base")
 
 

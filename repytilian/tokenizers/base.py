@@ -198,10 +198,10 @@ def last_safe_cut(text: str, size: int, start: int = 0, search_from: int | None 
 
 def reject_options(name: str, options: dict[str, Any]) -> None:
     """Training options that this tokenizer has no use for are a mistake worth telling."""
-    given = {k: v for k, v in options.items() if v is not None}
-    if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise RepytilianError(f"{flags} does not apply to the {name} tokenizer")
+    given = [k for k, v in options.items() if v is not None]
+    if given:  # each named as the caller names it: a flag on the command line, a keyword in Python
+        raise RepytilianError(f"{', '.join(f'`{k}`' for k in given)} does not apply to the {name} tokenizer",
+                              tuple(given))
 
 
 def check_vocab(vocab: Any, kind: str) -> None:

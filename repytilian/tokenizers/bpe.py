@@ -8,6 +8,7 @@ Byte-level means the 256 bytes are all in the base vocabulary, so any Unicode te
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ class BPETokenizer(Tokenizer):
         tk = _hf()
         reject_options(cls.name, options)
         vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral):  # "512" failed deep inside
+            raise SettingError("vocab_size", f"must be a whole number, got {vocab_size!r}")
         if vocab_size < MIN_VOCAB_SIZE:
             raise SettingError("vocab_size", f"must be at least {MIN_VOCAB_SIZE} for byte-level BPE, got {vocab_size}")
         hf = tk.Tokenizer(tk.models.BPE())
