@@ -34,3 +34,10 @@ class SettingError(RepytilianError):
         if "{setting}" in self.problem:
             return self.problem.replace("{setting}", name)
         return f"{name} {self.problem}"
+
+
+def check_type(name: str, value: object, kind: type, words: str) -> None:
+    """A SettingError unless `value` is of the numbers `kind` (numbers.Integral or Real: numpy's count;
+    True and False do not): a Python caller's "10" or 10.0 was otherwise a TypeError from deep inside."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise SettingError(name, f"must be {words}, got {value!r}")

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from .config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
-from .errors import RepytilianError, SettingError
+from .errors import RepytilianError, SettingError, check_type
 from .model import GPT
 
 KEEP_FRACTION = 0.5  # after a slide the model sees half a block, then a growing context; a re-prefill every block/2 tokens
@@ -61,13 +61,6 @@ class SamplingOptions:
             raise SettingError("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not SEEDS[0] <= self.seed <= SEEDS[1]:
             raise SettingError("seed", f"must be a whole number from {SEEDS[0]:,} to {SEEDS[1]:,}, got {self.seed:,}")
-
-
-def check_type(name: str, value: object, kind: type, words: str) -> None:
-    """A SettingError unless `value` is of the numbers `kind` (numpy's count; True and False do not):
-    a Python caller's "10" or 10.0 was otherwise a TypeError from deep inside."""
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise SettingError(name, f"must be {words}, got {value!r}")
 
 
 def check_lengths(max_new_tokens: int, num_samples: int = 1) -> None:

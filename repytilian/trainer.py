@@ -5,8 +5,8 @@ generators) and nothing global, so that two trainers (later: one per rank) never
 `TrainState` plus the optimiser moments and RNG states are all it takes to resume *exactly*:
 training 2N steps in one go, or N steps, a save, a load and N more, gives the same weights.
 
-Batches come from a generator of their own, and evaluation uses a fresh fixed-seed generator each
-time, so saving or evaluating never shifts the random stream that training sees.
+Batches come from a generator of their own, and evaluation takes the same evenly spaced windows
+each time, so saving or evaluating never shifts the random stream that training sees.
 """
 from __future__ import annotations
 

@@ -103,15 +103,22 @@ def looks_like_token_data(kind: str, value: str) -> bool:
     """Whether text training data is a .json file (or a folder of nothing else) that opens as an
     array or object: JSON token data, which the json tokenizer reads, not its characters."""
     if kind == "file":
-        files = [Path(value)]
+        first = Path(value)
+        if first.suffix.lower() != ".json":
+            return False
     elif kind == "dir" and Path(value).is_dir():
-        files = [p for p in Path(value).rglob("*") if p.is_file() and not p.name.startswith(".")]
+        first = None  # the walk stops at the first file that is not .json (a large folder of text: at once)
+        for path in Path(value).rglob("*"):
+            if path.is_file() and not path.name.startswith("."):
+                if path.suffix.lower() != ".json":
+                    return False
+                first = first or path
+        if first is None:
+            return False
     else:
         return False
-    if not files or any(f.suffix.lower() != ".json" for f in files):
-        return False
     try:
-        with open(files[0], "rb") as f:
+        with open(first, "rb") as f:
             start = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     except OSError:
         return False

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RepytilianError, SettingError
+from ..errors import RepytilianError, SettingError, check_type
 from .base import Tokenizer, reject_options, text_chunks
 from .specials import END_OF_TURN, check_names
 
@@ -56,8 +56,7 @@ class BPETokenizer(Tokenizer):
         tk = _hf()
         reject_options(cls.name, options)
         vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral):  # "512" failed deep inside
-            raise SettingError("vocab_size", f"must be a whole number, got {vocab_size!r}")
+        check_type("vocab_size", vocab_size, numbers.Integral, "a whole number")
         if vocab_size < MIN_VOCAB_SIZE:
             raise SettingError("vocab_size", f"must be at least {MIN_VOCAB_SIZE} for byte-level BPE, got {vocab_size}")
         hf = tk.Tokenizer(tk.models.BPE())
