@@ -224,6 +224,21 @@ def test_the_readme_is_short_and_links_every_docs_page():
     assert all(f": {p}" in nav for p in pages | {"index.md", "contributing.md"})
 
 
+def test_every_link_between_pages_reaches_a_file_of_the_repository():
+    """Read where most newcomers read them (GitHub, an editor), the pages' relative links are paths
+    of the checkout: the site's own pages (index.md, contributing.md, made from the README and
+    CONTRIBUTING.md by scripts/mkdocs_hooks.py) are not there, so a link to one was a dead end there
+    while `make docs` (which checks the links as the site sees them) passed."""
+    dead = []
+    for page in PAGES:
+        prose = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            path = target.split("#")[0]
+            if path and not re.match(r"[a-z]+:", target) and not (page.parent / path).exists():
+                dead.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not dead, f"links to no file of the repository: {dead}"
+
+
 def test_the_tutorial_notebook_trains_generates_plots_looks_inside_and_exports():
     nb = json.loads((ROOT / "docs" / "tutorial.ipynb").read_text(encoding="utf-8"))
     code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
