@@ -167,6 +167,24 @@ def test_bad_input(scratch, monkeypatch, capsys, argv, message):
     assert json.loads((scratch / "model" / "config.json").read_text())["summary"]["step"] == 50
 
 
+@pytest.mark.parametrize("device", ["xla", "meta", "xpu", "vulkan", "hpu", "privateuseone", "tpu"])
+def test_a_device_this_tool_does_not_run_on_is_named_not_a_traceback(scratch, monkeypatch, capsys, device):
+    """torch.device() takes these names, and the run failed deep inside torch: "RuntimeError: PyTorch
+    is not linked with support for xla devices", "Tensor.item() cannot be called on meta tensors"."""
+    monkeypatch.chdir(scratch)
+    assert cli.main(["train", "-d", "corpus.txt", "--device", device, *Q]) == 2
+    err = capsys.readouterr().err
+    assert f"--device {device}" in err and "use auto, cpu, cuda, cuda:N or mps" in err, err
+    assert "Traceback" not in err
+    assert cli.main(["generate", "-m", "model", "--device", device, "-t", "3"]) == 2
+    assert "use auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err
+
+
+def test_a_device_name_in_capitals_is_taken(scratch, monkeypatch, capsys):
+    monkeypatch.chdir(scratch)
+    assert cli.main(["generate", "-m", "model", "--device", "CPU", "-t", "3"]) == 0
+
+
 def test_unknown_device_without_a_gpu(scratch, monkeypatch, capsys):
     import torch
 

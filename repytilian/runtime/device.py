@@ -5,12 +5,15 @@ import time
 
 import torch
 
-from ..errors import RepytilianError, SettingError
+from ..errors import SettingError
 from .cpu import tune_for_training
+
+RUNS_ON = ("cpu", "cuda", "mps")
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """CUDA, then Apple MPS, then CPU; or exactly the device asked for."""
+    name = name.strip().lower()  # "CPU", "Cuda:0" as typed
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -20,7 +23,11 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise RepytilianError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    # torch names more kinds (xla, meta, xpu, ...): a run there failed deep inside torch
+    if device is None or device.type not in RUNS_ON:
+        raise SettingError("device", f"{name or repr(name)} is not a device this tool runs on; "
+                                     "use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SettingError("device", f"{name} was asked for, but this PyTorch sees no CUDA GPU; use cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
