@@ -147,8 +147,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"the number of iterations must be at least 1, got {self.max_iters}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # NaN passes every comparison
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.min_lr < 0:
             raise ValueError("learning_rate must be > 0 and min_lr >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("warmup_iters", "eval_interval", "eval_iters"):
             if getattr(self, name) < (1 if name != "warmup_iters" else 0):
                 raise ValueError(f"{name} is out of range: {getattr(self, name)}")

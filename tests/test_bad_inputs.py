@@ -94,6 +94,14 @@ CASES = [
     (["train", "-d", "corpus.txt", "--iters", "-5", *Q], "must not be negative"),
     (["train", "-d", "corpus.txt", "--batch-size", "0", *Q], "must be at least 1"),
     (["train", "-d", "corpus.txt", "--lr", "-1", *Q], "learning_rate must be > 0"),
+    # were: "ValueError: Invalid beta parameter at index 1: 1.5" from torch's AdamW, and a run that
+    # trained until its loss was NaN
+    (["train", "-d", "corpus.txt", "--set", "beta2=1.5", *Q], "beta2 must be in [0, 1), got 1.5"),
+    (["train", "-d", "corpus.txt", "--set", "beta1=-0.1", *Q], "beta1 must be in [0, 1), got -0.1"),
+    (["train", "-d", "corpus.txt", "--lr", "nan", *Q], "learning_rate must be a finite number, got nan"),
+    (["train", "-d", "corpus.txt", "--set", "learning_rate=inf", *Q], "learning_rate must be a finite number, got inf"),
+    (["train", "-d", "corpus.txt", "--set", "weight_decay=nan", *Q], "weight_decay must be a finite number, got nan"),
+    (["train", "-d", "corpus.txt", "--set", "grad_clip=inf", *Q], "grad_clip must be a finite number, got inf"),
     (["train", "-d", "corpus.txt", "--dropout", "1.5", *Q], "dropout must be in [0, 1)"),
     (["train", "-d", "corpus.txt", *Q, "--n-embd", "30", "--n-head", "4"], "multiple of n_head"),
     (["train", "-d", "corpus.txt", "-z", "bpe", "--vocab-size", "10", *Q], "at least 257"),
