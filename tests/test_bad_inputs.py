@@ -94,6 +94,11 @@ CASES = [
     (["train", "-d", "corpus.txt", "--iters", "-5", *Q], "must not be negative"),
     (["train", "-d", "corpus.txt", "--batch-size", "0", *Q], "must be at least 1"),
     (["train", "-d", "corpus.txt", "--lr", "-1", *Q], "learning_rate must be > 0"),
+    # were FileExistsError / FileNotFoundError tracebacks, at the end of the export's work
+    (["export", "-m", "model", "--format", "gguf", "-o", "corpus.txt/x.gguf"],
+     "cannot export to corpus.txt/x.gguf: corpus.txt is a file, not a folder; export to another place"),
+    (["export", "-m", "model", "--format", "hf", "-o", "corpus.txt/hf/x"], "cannot export to corpus.txt/hf/x: corpus.txt is a file"),
+    (["export", "-m", "model", "--format", "onnx", "-o", "/proc/x.onnx"], "cannot export to /proc/x.onnx: nothing can be written in /proc"),
     # were: "ValueError: Invalid beta parameter at index 1: 1.5" from torch's AdamW, and a run that
     # trained until its loss was NaN
     (["train", "-d", "corpus.txt", "--set", "beta2=1.5", *Q], "beta2 must be in [0, 1), got 1.5"),

@@ -61,6 +61,9 @@ def save_converted(out: str | Path, model, tokenizer, meta: dict[str, Any]):
 
 def export_model(lm, format: str, out: str | Path, name: str | None = None) -> Path:
     """Write `lm` (a LanguageModel) as `format` to `out`: a folder (hf) or one file (gguf, onnx)."""
+    from ..store.lock import check_writable
+
+    check_writable(Path(out), "export to", "export to another place")  # (not after minutes of ONNX tracing)
     if format == "onnx":
         from .onnx_export import export_onnx
 

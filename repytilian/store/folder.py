@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from ..model import GPT, ModelConfig
 from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive, shareable
 from ..tokenizers import Tokenizer, tokenizer_from_json
 from .card import model_card, plot_loss
-from .lock import why_unwritable
+from .lock import check_writable
 from .missing import LegacyFolder, explain_missing
 
 FORMAT = "repytilian-model"
@@ -88,18 +87,7 @@ def check_target(path: Path) -> None:
             f"{path} already exists and is not a Repytilian model folder; refusing to write into it. "
             "Choose a new folder as `out`", ("out",)
         )
-    # The nearest folder that exists must take a new file (the folders below it are made at the save).
-    existing = next((p for p in path.absolute().parents if p.exists()), Path("/"))
-    shown = next((p for p in path.parents if p.absolute() == existing), existing)
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise RepytilianError(f"cannot save the model to {path}: {why_unwritable(shown, e)}; "
-                              "choose another folder as `out`", ("out",)) from None
+    check_writable(path, "save the model to", "choose another folder as `out`", ("out",))
 
 
 def _write_trainer_state(folder: Path, trainer_state: dict[str, Any]) -> None:

@@ -1,7 +1,9 @@
-"""One writer per model folder: `.<name>.lock` beside it, holding the PID of the run that writes it."""
+"""Where a model (or an export) can be written: one writer per model folder (`.<name>.lock` beside it,
+holding the PID of the run that writes it), and a place checked before the work (`check_writable`)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,22 @@ def why_unwritable(folder: Path, error: OSError) -> str:
     if isinstance(error, PermissionError):
         return f"no permission to write in {folder}"
     return f"nothing can be written in {folder} ({error.strerror or type(error).__name__})"
+
+
+def check_writable(path: Path, doing: str, advice: str, settings: tuple[str, ...] = ()) -> None:
+    """Refuse `path` where the nearest folder that exists cannot take a new file (the folders below
+    it are made as it is written): before the work, not after. The message: "cannot `doing` path:
+    why; `advice`" (`settings`: those the advice names)."""
+    existing = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    shown = next((p for p in path.parents if p.absolute() == existing), existing)
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RepytilianError(f"cannot {doing} {path}: {why_unwritable(shown, e)}; {advice}", settings) from None
 
 
 class TargetLock:
