@@ -94,6 +94,8 @@ CASES = [
     (["train", "-d", "corpus.txt", "--iters", "-5", *Q], "must not be negative"),
     (["train", "-d", "corpus.txt", "--batch-size", "0", *Q], "must be at least 1"),
     (["train", "-d", "corpus.txt", "--lr", "-1", *Q], "learning_rate must be > 0"),
+    # was "cannot write a_file/out.txt: File exists" (above), and this one, once every token had been sampled
+    (["generate", "-m", "model", "-t", "3", "-f", "/proc/samples/"], "cannot write the samples to /proc/samples"),
     # were FileExistsError / FileNotFoundError tracebacks, at the end of the export's work
     (["export", "-m", "model", "--format", "gguf", "-o", "corpus.txt/x.gguf"],
      "cannot export to corpus.txt/x.gguf: corpus.txt is a file, not a folder; export to another place"),
@@ -139,7 +141,8 @@ CASES = [
     (["generate", "-m", "model", "--num-samples", "0"], "--num-samples must be between 1"),
     (["generate", "-m", "model", "--max-time", "0"], "--max-time must be more than 0"),
     (["generate", "-m", "model", "-c", "QZX"], "unknown characters"),
-    (["generate", "-m", "model", "-f", "a_file/out.txt"], "cannot write a_file/out.txt"),  # its folder is a file
+    (["generate", "-m", "model", "-f", "a_file/out.txt"],  # its folder is a file
+     "cannot write the samples to a_file/out.txt: a_file is a file, not a folder; give -f another place"),
     # model folders
     (["generate", "-m", "missing_model"], "no model at missing_model"),
     (["generate", "-m", "empty_dir"], "not a Repytilian model folder"),

@@ -21,6 +21,7 @@ from ..config import DEFAULT_MODEL_DIR
 from ..engine import Begun, Token
 from ..errors import RepytilianError
 from ..sampling import SamplingOptions
+from ..store.lock import check_writable
 from .common import last_flag, nonnegative_int, open_model, run, say, seed_device_debug
 from .train import add_data_and_settings, speak, train_options
 
@@ -80,6 +81,8 @@ def generate_command(args: argparse.Namespace) -> int:
         raise RepytilianError(f"--max-time must be more than 0 seconds, got {args.max_time}")
     if args.prompt_file is not None:
         args.prompt = _read_prompt_file(args.prompt_file, args.prompt)
+    if args.filename:
+        _check_output(args.filename)
     if not args.model:  # the seed's `generate.py -m ""`: train, show a sample, save nothing
         lm = train(train_options(args, out=None, load=None), on_event=speak).language_model
     else:
@@ -182,6 +185,16 @@ def _joined(texts: list[str], json: bool) -> str:
     if json:  # one valid JSON document: an array of samples
         return "[\n" + ",\n".join(texts) + "\n]"
     return "\n\n---\n\n".join(texts)
+
+
+def _check_output(filename: str) -> None:
+    """-f's place, before a token is sampled: a long generation was lost at the end to a path that
+    could not be written. A pipe or a device (/dev/stdout) is written to as it is."""
+    path = Path(filename)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        return
+    folder = filename.endswith(("/", os.sep)) or path.is_dir()
+    check_writable(path / "sample_1.txt" if folder else path, "write the samples to", "give -f another place")
 
 
 def _write_file(filename: str, text: str) -> None:
