@@ -122,6 +122,21 @@ def test_listening_beyond_this_machine_needs_a_key_or_no_auth(models, tmp_path, 
     assert api_key(parser.parse_args(["--api-key", "given"])) == "given"
 
 
+def test_a_port_already_in_use_is_said_in_words(models, tmp_path):  # noqa: F811
+    """Was uvicorn's own "ERROR: [Errno 98] error while attempting to bind on address ('127.0.0.1',
+    8000): address already in use", exit status 3: a second `repytilian serve` is a common slip."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_script("serve", "--models", str(models), "--port", str(port), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"port {port} on 127.0.0.1 is in use already" in r.stderr and "--port 0" in r.stderr, r.stderr
+    assert "Errno" not in r.stderr and "Traceback" not in r.stderr
+
+
 def test_nothing_outside_the_models_folder_is_read_and_replaced_folders_are_not_served_stale(tmp_path):
     import os
     import shutil

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -163,6 +165,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     _show_server_log()
+    listening = _listening_socket(args.host, args.port)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     _say_what_is_served(args, registry)
@@ -180,5 +183,26 @@ def serve_command(args: argparse.Namespace) -> int:
                 return
 
     server.startup = announce
-    server.run()
+    server.run(sockets=[listening])
     return 0
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound as uvicorn binds one, but here: a port in use (a second `serve`)
+    was uvicorn's "ERROR: [Errno 98] error while attempting to bind on address"."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise RepytilianError(f"port {port} on {host} is in use already (another server, or another repytilian "
+                                  "serve): stop it, or choose another port with --port (--port 0 takes a free one)") from None
+        if e.errno == errno.EACCES:
+            raise RepytilianError(f"no permission to listen on port {port} (ports below 1024 need administrator "
+                                  "rights): choose another with --port, e.g. --port 8000") from None
+        raise RepytilianError(f"cannot listen on {host}, port {port}: {e.strerror or e}; give --host an address "
+                              "of this machine (127.0.0.1: this machine only)") from None
+    sock.set_inheritable(True)
+    return sock
