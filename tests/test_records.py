@@ -49,7 +49,8 @@ def test_a_folder_mixes_text_files_and_records(tmp_path):
 @pytest.mark.parametrize("lines,words", [
     (['{"text": "fine"}', '{"text": "broken'], "docs.jsonl: line 2 is not JSON"),
     (['{"text": "fine"}', '{"body": "no text here"}'], "docs.jsonl: line 2 has no field 'text' (it has 'body')"),
-    (['{"text": 7}'], "docs.jsonl: line 1: the field 'text' holds a int, not text"),
+    (['{"text": 7}'], "docs.jsonl: line 1: the field 'text' holds a number, not text"),  # was "a int"
+    (['{"text": {"a": 1}}'], "docs.jsonl: line 1: the field 'text' holds an object, not text"),
     (['{"text": null}'], "docs.jsonl: line 1: the field 'text' holds nothing (null), not text"),
     (['["a list"]'], "docs.jsonl: line 1 is not a JSON object with a 'text' field"),
 ])

@@ -23,6 +23,9 @@ DEFAULT_FIELD = "text"
 ROWS_PER_BATCH = 1024
 
 
+_JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
 def is_records(path: Path) -> bool:
     return path.suffix.lower() in SUFFIXES
 
@@ -34,7 +37,7 @@ def record_pieces(path: Path, field: str | None = None) -> Iterator[str]:
     any_text = False
     for where, value in values:
         if not isinstance(value, str):
-            kind = "nothing (null)" if value is None else f"a {type(value).__name__}"
+            kind = "nothing (null)" if value is None else _JSON_KINDS.get(type(value), f"a {type(value).__name__}")
             raise RepytilianError(f"{where}: the field {field!r} holds {kind}, not text", ("text_field",))
         text = value.replace("\r\n", "\n")
         any_text = any_text or bool(text)
