@@ -71,7 +71,7 @@ def test_num_samples_into_a_folder_writes_one_file_each(tmp_path):
     assert "wrote 3 samples of up to 20 tokens to out/" in r.stderr
     (tmp_path / "taken").write_text("a file")
     bad = run_script("generate.py", "-m", str(V2C), "-f", "taken/x/", "-t", "5", cwd=tmp_path)
-    assert bad.returncode == 2 and "cannot write into taken/x" in bad.stderr
+    assert bad.returncode == 2 and "cannot write the samples to taken/x: taken is a file, not a folder" in bad.stderr
 
 
 def test_words_for_text_without_spaces(tmp_path):

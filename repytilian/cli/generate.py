@@ -193,8 +193,7 @@ def _check_output(filename: str) -> None:
     path = Path(filename)
     if path.exists() and not path.is_file() and not path.is_dir():
         return
-    folder = filename.endswith(("/", os.sep)) or path.is_dir()
-    check_writable(path / "sample_1.txt" if folder else path, "write the samples to", "give -f another place")
+    check_writable(path / "sample_1.txt" if path.is_dir() else path, "write the samples to", "give -f another place")
 
 
 def _write_file(filename: str, text: str) -> None:
