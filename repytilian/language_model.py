@@ -20,6 +20,7 @@ from .errors import RepytilianError, SettingError
 from .events import note, notes_to
 from .model import GPT
 from .sampling import SamplingOptions, check_lengths
+from .stops import stop_list
 from .tokenizers import Tokenizer, UnknownTokensError
 
 
@@ -67,8 +68,10 @@ class LanguageModel:
         if not isinstance(prompt, str):
             raise SettingError("prompt", f"must be text, got {type(prompt).__name__} (generate takes a list of prompts)")
         check_lengths(max_new_tokens, num_samples)
+        if max_time is not None and not max_time > 0:  # (the engine's Request calls it max_seconds)
+            raise SettingError("max_time", f"must be more than 0 seconds, got {max_time}")
         ids = self.encode_prompt(prompt) if prompt_ids is None else prompt_ids
-        return Request(ids, int(max_new_tokens), SamplingOptions(**sampling), int(num_samples), stop,
+        return Request(ids, int(max_new_tokens), SamplingOptions(**sampling), int(num_samples), stop_list(stop),
                        logprobs, alternatives, max_time, cancelled, prompt, use_cache, dtype)
 
     # --- chat ------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ class LanguageModel:
                     **kwargs: Any) -> Iterator[Event]:
         """The engine's events of the assistant's answer to `messages` (see chat_prompt)."""
         ids, stops = self.chat_prompt(messages)
-        return self.engine.run(self.request("", max_new_tokens, prompt_ids=ids, stop=[*stops, *stop], **kwargs))
+        return self.engine.run(self.request("", max_new_tokens, prompt_ids=ids, stop=[*stops, *stop_list(stop)], **kwargs))
 
     def chat(self, messages: Sequence[Any], max_new_tokens: int = 200, **kwargs: Any) -> str:
         """The assistant's answer to `messages`, e.g. [{"role": "user", "content": "Who are you?"}]."""
@@ -134,7 +137,7 @@ class LanguageModel:
         """The continuation of `prompt` (for JSON models: the JSON array of the new tokens); for a list
         of prompts, a list of continuations, decoded together as one batch (each prompt with the same
         settings; a seed gives each prompt the text it would get alone with that seed)."""
-        if prompt is None or isinstance(prompt, str):
+        if prompt is None or isinstance(prompt, (str, bytes)):  # (bytes: named as such, not as a list of ints)
             return self.samples(prompt, max_new_tokens, num_samples=1, **kwargs)[0]
         requests = [self.request(text, max_new_tokens, **kwargs) for text in prompt]
         return [texts[0] for texts in self._gather(self.engine.run_many(requests), [1] * len(requests))]

@@ -11,7 +11,21 @@ string to be completed begins (of two completed by the same character, the longe
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from .errors import SettingError
+
+
+def stop_list(stop: str | Iterable[str] | None) -> list[str]:
+    """A Python caller's stop strings: one string is one stop string, as OpenAI's API takes it (it
+    was read as the list of its characters: stop="\\n\\n" stopped at the first line break)."""
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if isinstance(stops, (bytes, dict)) or not isinstance(stops, Iterable):
+        raise SettingError("stop", f"must be text or a list of texts, got {stop!r}")
+    stops = list(stops)
+    if not all(isinstance(s, str) for s in stops):
+        raise SettingError("stop", f"must be text or a list of texts, got {stop!r}")
+    return [s for s in stops if s]
 
 
 class _Matcher:

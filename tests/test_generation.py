@@ -208,12 +208,30 @@ def test_a_zero_wait_on_a_token_left_out_is_not_an_error_and_not_drawn():
     (lambda lm: lm.generate("the", 5, top_k=True), SettingError, "top_k must be a whole number, got True"),
     (lambda lm: list(lm.stream(["the", "a"], 5)), SettingError, "prompt must be text, got list"),
     (lambda lm: lm.generate("the", 5, temprature=0.5), TypeError, "'temprature' \\(did you mean 'temperature'\\?\\)"),
+    (lambda lm: lm.generate("the", 5, stop=5), SettingError, "stop must be text or a list of texts, got 5"),  # TypeError
+    (lambda lm: lm.generate("the", 5, stop=["a", None]), SettingError, "stop must be text or a list of texts"),
+    (lambda lm: lm.generate("the", 5, max_time=0), SettingError, "max_time must be more than 0"),  # said max_seconds
+    (lambda lm: lm.generate(b"the", 5), SettingError, "prompt must be text, got bytes"),  # said "got int"
 ])
 def test_python_callers_wrong_arguments_are_named(call, error, message):
     from conftest import tiny_language_model
 
     with pytest.raises(error, match=message):
         call(tiny_language_model())
+
+
+def test_a_stop_string_given_alone_is_one_stop_string():
+    """`stop="\\n\\n"` (as OpenAI's API takes it) was read as the list of its characters: the text
+    stopped at the first line break (for v2c and "ROMEO:", at once: an empty answer)."""
+    from pathlib import Path
+
+    import repytilian
+
+    lm = repytilian.load_model(Path(__file__).resolve().parent.parent / "models" / "shakespeare" / "v2c")
+    text = lm.generate("ROMEO:", 150, stop=["\n\n"], seed=1)
+    assert "\n" in text.strip() and lm.generate("ROMEO:", 150, stop="\n\n", seed=1) == text
+    chat = [{"role": "user", "content": "Good morrow"}]
+    assert lm.chat(chat, 60, stop="xq", seed=2) == lm.chat(chat, 60, stop=["xq"], seed=2)
 
 
 def test_numpy_numbers_and_no_prompt_are_taken():
