@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def load_model(path: str | Path = DEFAULT_MODEL_DIR, device: str = "auto", which
     `.best` says so (step and losses); `which="last"`: the folder's own, last model."""
     if which not in ("best", "last"):
         raise SettingError("which", f"is 'best' or 'last', not {which!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise SettingError("path", f"must be a model folder's path (str or pathlib.Path), got {path!r}")
     path = Path(path)
     best = better_best(path) if which == "best" else None
     loaded = load_model_dir(path / "best" if best else path, pick_device(device))

@@ -220,6 +220,20 @@ def test_python_callers_wrong_arguments_are_named(call, error, message):
         call(tiny_language_model())
 
 
+def test_a_path_of_the_wrong_type_is_named():
+    """Were "TypeError: expected str, bytes or os.PathLike object, not int" from deep inside."""
+    import repytilian
+    from repytilian.evaluate import evaluate_model
+
+    with pytest.raises(SettingError, match="path must be a model folder's path"):
+        repytilian.load_model(5)
+    with pytest.raises(SettingError, match="data must be a path to a file or a folder"):
+        repytilian.train(repytilian.TrainOptions(data=5, iterations="quick", out=None))
+    from conftest import tiny_language_model
+    with pytest.raises(SettingError, match=r"data must be a path to a file or a folder \(str or pathlib.Path\), got 5"):
+        evaluate_model(tiny_language_model(), 5)
+
+
 def test_a_stop_string_given_alone_is_one_stop_string():
     """`stop="\\n\\n"` (as OpenAI's API takes it) was read as the list of its characters: the text
     stopped at the first line break (for v2c and "ROMEO:", at once: an empty answer)."""

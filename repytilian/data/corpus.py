@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import RepytilianError
+from ..errors import RepytilianError, SettingError
 from ..events import note
 from ..tokenizers import Tokenizer
 from .conversations import ChatExamples
@@ -53,6 +53,8 @@ class DataSource:
         """A DataSource as given, or of a path as a Python caller writes one: a folder's files, or a file."""
         if isinstance(where, DataSource):
             return where
+        if not isinstance(where, (str, os.PathLike)):
+            raise SettingError("data", f"must be a path to a file or a folder (str or pathlib.Path), got {where!r}")
         return cls("dir" if Path(where).is_dir() else "file", str(where))
 
     @classmethod
