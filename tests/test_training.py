@@ -82,6 +82,18 @@ def test_resuming_a_finished_model_trains_more_with_a_new_schedule(corpus_file, 
     assert load_model_dir(tmp_path / "model", with_trainer=True).trainer["state"]["step"] == 100
 
 
+def test_a_preset_given_with_load_is_said_not_to_apply(corpus_file, tmp_path):
+    """`-l MODEL -s hyper` trained MODEL on as it was, without a word about the preset it left out."""
+    from repytilian.events import Note
+
+    train(options(corpus_file, tmp_path))
+    notes = []
+    train(options(corpus_file, tmp_path, load=str(tmp_path / "model"), settings="hyper", overrides={}),
+          on_event=lambda e: notes.append(e) if isinstance(e, Note) else None)
+    said = [n for n in notes if "warning: `settings` hyper does not apply here" in n.text]
+    assert len(said) == 1 and said[0].kind == "warning" and said[0].settings == ("settings",)
+
+
 def test_learning_rate_warms_up_then_decays_to_min_lr():
     cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
     state = TrainState(max_iters=110)

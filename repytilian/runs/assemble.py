@@ -186,7 +186,15 @@ def with_values(mcfg: ModelConfig, tcfg: TrainConfig, values: dict[str, Any]) ->
     return mcfg, tcfg
 
 
-def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -> Run:
+def _warn_of_a_preset_left_out(opts: TrainOptions, loaded: LoadedModel, report: Listener | None) -> None:
+    """A preset given with `load` (`-l MODEL -s hyper`) trained MODEL on as it was, without a word; an
+    imported model (no training settings of its own) takes the preset's."""
+    if opts.settings != "default" and "train" in loaded.meta and report is not None:
+        report(Note(f"warning: `settings` {opts.settings} does not apply here: {opts.load} keeps its own shape and "
+                    "training settings (each setting's own option changes one)", "warning", ("settings",)))
+
+
+def resumed_run(opts: TrainOptions, device: torch.device, report: Listener | None = None, grows: bool = False) -> Run:
     """A saved model with its optimiser state, its tokenizer, and its data unless other data is given.
     A folder saved without optimiser state (an imported or shipped model) is fine-tuned: its weights
     are the start of a new run with a fresh optimiser; so is one whose vocabulary `grows` (text_data)."""
@@ -202,6 +210,7 @@ def resumed_run(opts: TrainOptions, device: torch.device, grows: bool = False) -
             f"{opts.load} was trained with the {loaded.tokenizer.name!r} tokenizer, not {opts.tokenizer!r}; "
             f"leave `tokenizer` out (or give `tokenizer` {loaded.tokenizer.name}) to continue it", ("tokenizer",)
         )
+    _warn_of_a_preset_left_out(opts, loaded, report)
     if fine_tune and "train" not in loaded.meta:  # imported: the training settings of -s and -i
         _, preset = build_configs(opts.settings, "default", {}, "classic")
         loaded.meta["train"] = dataclasses.asdict(preset)

@@ -93,7 +93,7 @@ def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.
         check_target(out)
     if opts.lora and not opts.load:  # before the data is read: the run cannot start
         raise RepytilianError("`lora` fine-tunes a trained model: give the model folder as `load`", ("lora", "load"))
-    run = resumed_run(opts, device) if opts.load else fresh_run(opts, device, report)
+    run = resumed_run(opts, device, report) if opts.load else fresh_run(opts, device, report)
     if opts.lora:
         with_adapters(opts, run, report)
     run.data.check_block_size(run.mcfg.block_size)  # before anything runs the model at that length
