@@ -254,3 +254,12 @@ def test_the_system_python_runs_the_scripts_under_the_checkouts_venv(tmp_path):
                        text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "--temperature" in r.stdout and "not installed" not in r.stderr
+
+
+def test_repytilian_alone_lists_its_commands(capsys):
+    """Was "error: the following arguments are required: COMMAND", with no word of which there are."""
+    from repytilian import cli
+
+    assert cli.main([]) == 2
+    out = capsys.readouterr()
+    assert "train" in out.err and "generate" in out.err and "serve" in out.err and "repytilian COMMAND --help" in out.err

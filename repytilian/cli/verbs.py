@@ -60,5 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # its own parser takes every argument after the word
         return run(bench_command, argparse.Namespace(bench_args=argv[1:], debug="--debug" in argv))
+    if not argv:  # the commands and what each does, not argparse's "the following arguments are required"
+        parser().print_help(sys.stderr)
+        print("\nrepytilian COMMAND --help tells more of one", file=sys.stderr)
+        return 2
     args = parser().parse_args(argv)
     return run(args.handler, args)
