@@ -18,13 +18,13 @@ def env() -> dict:
 
 
 def test_a_conversation_with_commands():
-    lines = "Good morrow, sweet lady\n/temp 0\nWhat news?\n/topk 0\n/topk x\n/reset\n/help\nAnd thou?\n/quit\n"
+    lines = "Good morrow, sweet lady\n/temp 0\nWhat news?\n/topk 0\n/topk x\n/temp -1\n/reset\n/help\nAnd thou?\n/quit\n"
     r = subprocess.run([sys.executable, "-m", "repytilian", "chat", "-m", str(V3C), "--seed", "1", "-t", "60"],
                        input=lines, capture_output=True, text=True, env=env(), timeout=120)
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert out.count("model> ") == 3 and "(temperature 0)" in out and "(top-k off)" in out
-    assert "(/topk needs a number" in out and "(the conversation is forgotten)" in out and "/reset (forget" in out
+    assert "(/topk needs a whole number, 0 or more: /topk 40)" in out and "(/temp needs a number, 0 or more" in out and "(the conversation is forgotten)" in out and "/reset (forget" in out
     answers = [part.split("\nyou> ")[0] for part in out.split("model> ")[1:]]
     assert all(a.strip() and "\n\n" not in a for a in answers)  # each answer ends at the end of a speech
     assert "chatting with v3c" in r.stderr

@@ -123,7 +123,9 @@ def _command(text: str, settings: dict[str, Any], turns: list, stdout: TextIO) -
         else:
             stdout.write(f"({HELP})\n")
     except ValueError:
-        stdout.write(f"({word} needs a number: {word} {'0.8' if word == '/temp' else '40'})\n")
+        # (-1 is a number: "needs a number" left the user guessing)
+        kind, example = ("a number", "0.8") if word == "/temp" else ("a whole number", "40")
+        stdout.write(f"({word} needs {kind}, 0 or more: {word} {example})\n")
     return False
 
 
