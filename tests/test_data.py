@@ -57,6 +57,26 @@ def test_directory_is_read_recursively_in_sorted_order_without_gluing_files(tmp_
     assert "skipped 1" in caplog.text
 
 
+def test_json_files_among_text_files_are_said_to_be_read_as_text(tmp_path, caplog):
+    """A folder of chapters with a stray tokens.json (or metadata.json) trained on the JSON's characters
+    without a word; a folder of .json files alone has its own note (runs/assemble.py)."""
+    from repytilian.data.textfiles import TextFiles, text_files_under
+
+    (tmp_path / "chapter.txt").write_text("Once upon a time\n", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("more\n", encoding="utf-8")
+    (tmp_path / "tokens.json").write_text("[[1, 2, 3]]", encoding="utf-8")
+    assert "[[1, 2, 3]]" in read_text_dir(tmp_path)
+    said = "read 1 .json file in " + str(tmp_path) + " as text, with the rest: tokens.json"
+    assert said in caplog.text
+    caplog.clear()
+    TextFiles.scan(text_files_under(tmp_path), newline_after_each=True, root=tmp_path)  # the streamed path
+    assert said in caplog.text
+    caplog.clear()
+    (tmp_path / "tokens.json").unlink()
+    read_text_dir(tmp_path)
+    assert ".json" not in caplog.text
+
+
 def test_directory_without_text_is_an_error(tmp_path):
     (tmp_path / "x.bin").write_bytes(b"\x00\x01")
     with pytest.raises(RepytilianError, match="no UTF-8 text files"):

@@ -131,7 +131,7 @@ def read_text_dir(path: str | Path, text_field: str | None = None) -> str:
             skipped.append(f)
             continue
         texts.append(text if text.endswith("\n") else text + "\n")
-    note_skipped(root, skipped)
+    note_skipped(root, skipped, files)
     if not texts:
         raise RepytilianError(f"{root} holds no UTF-8 text files to train on")
     return "".join(texts)

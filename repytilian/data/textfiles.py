@@ -102,11 +102,24 @@ def text_files_under(root: Path) -> list[Path]:
     )
 
 
-def note_skipped(root: Path, skipped: Sequence[Path]) -> None:
+def note_skipped(root: Path, skipped: Sequence[Path], files: Sequence[Path] = ()) -> None:
+    """What a folder's reading left out (`skipped` of its `files`), and the .json files it read as
+    text among other files: a stray tokens.json or metadata.json was trained on without a word (a
+    folder of .json files alone has a note of its own: runs/assemble.py)."""
     if skipped:
-        names = ", ".join(str(s.relative_to(root)) for s in skipped[:5])
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        note(f"note: skipped {len(skipped)} empty, binary or non-UTF-8 file(s) in {root}: {names}{more}")
+        note(f"note: skipped {len(skipped)} empty, binary or non-UTF-8 file(s) in {root}: {_names(root, skipped)}")
+    left_out = set(skipped)
+    read = [f for f in files if f not in left_out]
+    json_files = [f for f in read if f.suffix.lower() == ".json"]
+    if json_files and len(json_files) < len(read):
+        many = "s" if len(json_files) > 1 else ""
+        note(f"note: read {len(json_files)} .json file{many} in {root} as text, with the rest: {_names(root, json_files)} "
+             "(JSON token data, such as music, is read by `tokenizer` json from .json files alone)", settings=("tokenizer",))
+
+
+def _names(root: Path, paths: Sequence[Path]) -> str:
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return ", ".join(str(p.relative_to(root)) for p in paths[:5]) + more
 
 
 @dataclass(frozen=True)
@@ -151,7 +164,7 @@ class TextFiles:
             sha, chars = file_sha, file_chars
             good.append(path)
         if root is not None:
-            note_skipped(root, skipped)
+            note_skipped(root, skipped, files)
             if not good:
                 raise RepytilianError(f"{root} holds no UTF-8 text files to train on")
         size = sum(p.stat().st_size for p in good)
