@@ -146,7 +146,7 @@ def test_keep_best_or_last(overfitted, keep):
 def test_s_auto_fits_the_shape_and_steps_to_the_data(tmp_path, small_text):
     r = run_script("training.py", "-d", small_text, "-s", "auto", "-m", "m", "-t", "0", "--iters", "20", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "-s auto: " in r.stderr and "training tokens, so 1 layers" in r.stderr
+    assert "-s auto: " in r.stderr and "training tokens, so 1 layer x" in r.stderr
     model = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
     assert (model["n_layer"], model["n_embd"]) == (1, 32)
     from repytilian.config import auto_settings

@@ -93,3 +93,15 @@ def test_a_tiny_models_parameters_are_counted_not_rounded_to_nothing():
     assert "3,472 parameters" in words and "0.00M" not in words
     assert "0.80M parameters" in Prepared("a file", 100, "characters", 10, 90, 10, 1, 2, 16, 8, 800_000, 16, 2e-3,
                                           "cpu", "float32", False).words()
+
+
+def test_one_layer_and_one_head_are_not_plural():
+    """`-s auto` on a small text printed "1 layers x 2 heads", and the model line "model: 1 layers"."""
+    from repytilian.config import auto_settings
+    from repytilian.events import Prepared
+
+    prepared = Prepared("file a.txt", 100, "characters", 16, 90, 10, 1, 1, 32, 32, 5_000, 16, 3e-3, "cpu",
+                        "float32", False)
+    assert "model: 1 layer, 1 head, 32 wide" in prepared.words()
+    _, why = auto_settings(1_260, 16, False)
+    assert "so 1 layer x 2 heads x 32 wide" in why

@@ -64,6 +64,10 @@ def plot_loss(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path
     return out
 
 
+def _count(n: Any, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"  # 1 layer, 4 layers
+
+
 def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
     """A README.md for the model folder, from its config.json contents."""
     model, train, data = meta.get("model", {}), meta.get("train", {}), meta.get("data", {})
@@ -80,7 +84,7 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
     lines = [
         "# Repytilian model",
         "",
-        f"A GPT with {model.get('n_layer')} layers, {model.get('n_head')} heads, {model.get('n_embd')} wide, "
+        f"A GPT with {_count(model.get('n_layer'), 'layer')}, {_count(model.get('n_head'), 'head')}, {model.get('n_embd')} wide, "
         f"a context of {model.get('block_size')} tokens, {fmt(summary.get('parameters'), ',')} parameters, "
         f"trained with Repytilian ({meta.get('created_by', '?')}).",
         "",
