@@ -329,7 +329,8 @@ def auto_settings(train_tokens: int, vocab_size: int, steps_given: bool) -> tupl
     chosen = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block, "batch_size": batch,
               "learning_rate": lr, "min_lr": lr / 10, "dropout": 0.1 if per_param < 10 else 0.0}
     why = (f"`settings` auto: {train_tokens:,} training tokens, so {n_layer} layer{'s' * (n_layer != 1)} x "
-           f"{n_head} head{'s' * (n_head != 1)} x {n_embd} wide, context {block} (about {params / 1e6:.2f}M parameters, {per_param:.1f} tokens each)"
+           f"{n_head} head{'s' * (n_head != 1)} x {n_embd} wide, context {block} "
+           f"(about {params / 1e6:.2f}M parameters, {per_param:.1f} tokens each)"
            + (", dropout 0.1" if chosen["dropout"] else "")
            + ("; the smallest shape: the text is small for any GPT" if per_param < 1 else ""))
     if not steps_given:

@@ -61,7 +61,8 @@ class Prepared:
         return (f"training on {self.source}: {self.chars:,} characters, {self.tokenizer} tokenizer "
                 f"({self.vocab_size:,} tokens), {self.train_tokens:,} train / {self.val_tokens:,} val tokens\n"
                 f"model: {self.n_layer} layer{'s' * (self.n_layer != 1)}, {self.n_head} head{'s' * (self.n_head != 1)}, "
-                f"{self.n_embd} wide, context {self.block_size}, {parameter_count(self.parameters)} parameters; batch {self.batch_size}, "
+                f"{self.n_embd} wide, context {self.block_size}, {parameter_count(self.parameters)} parameters; "
+                f"batch {self.batch_size}, "
                 f"lr {self.learning_rate:g}, device {self.device}, {self.dtype}{', compiled' if self.compiled else ''}")
 
 

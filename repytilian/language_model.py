@@ -116,7 +116,8 @@ class LanguageModel:
                     **kwargs: Any) -> Iterator[Event]:
         """The engine's events of the assistant's answer to `messages` (see chat_prompt)."""
         ids, stops = self.chat_prompt(messages)
-        return self.engine.run(self.request("", max_new_tokens, prompt_ids=ids, stop=[*stops, *stop_list(stop)], **kwargs))
+        stop = [*stops, *stop_list(stop)]
+        return self.engine.run(self.request("", max_new_tokens, prompt_ids=ids, stop=stop, **kwargs))
 
     def chat(self, messages: Sequence[Any], max_new_tokens: int = 200, **kwargs: Any) -> str:
         """The assistant's answer to `messages`, e.g. [{"role": "user", "content": "Who are you?"}]."""

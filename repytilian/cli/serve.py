@@ -197,8 +197,8 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise RepytilianError(f"port {port} on {host} is in use already (another server, or another repytilian "
-                                  "serve): stop it, or choose another port with --port (--port 0 takes a free one)") from None
+            raise RepytilianError(f"port {port} on {host} is in use already (another server, or another repytilian serve): "
+                                  "stop it, or choose another port with --port (--port 0 takes a free one)") from None
         if e.errno == errno.EACCES:
             raise RepytilianError(f"no permission to listen on port {port} (ports below 1024 need administrator "
                                   "rights): choose another with --port, e.g. --port 8000") from None

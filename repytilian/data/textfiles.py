@@ -113,8 +113,9 @@ def note_skipped(root: Path, skipped: Sequence[Path], files: Sequence[Path] = ()
     json_files = [f for f in read if f.suffix.lower() == ".json"]
     if json_files and len(json_files) < len(read):
         many = "s" if len(json_files) > 1 else ""
-        note(f"note: read {len(json_files)} .json file{many} in {root} as text, with the rest: {_names(root, json_files)} "
-             "(JSON token data, such as music, is read by `tokenizer` json from .json files alone)", settings=("tokenizer",))
+        note(f"note: read {len(json_files)} .json file{many} in {root} as text, with the rest: "
+             f"{_names(root, json_files)} (JSON token data, such as music, is read by `tokenizer` json from .json "
+             "files alone)", settings=("tokenizer",))
 
 
 def _names(root: Path, paths: Sequence[Path]) -> str:

@@ -64,8 +64,8 @@ def plot_loss(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path
     return out
 
 
-def _count(n: Any, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"  # 1 layer, 4 layers
+def _count(model: dict, key: str, noun: str) -> str:
+    return f"{model.get(key)} {noun}{'s' * (model.get(key) != 1)}"  # 1 layer, 4 layers
 
 
 def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
@@ -84,7 +84,7 @@ def model_card(meta: dict[str, Any], sample: str | None = None) -> str:
     lines = [
         "# Repytilian model",
         "",
-        f"A GPT with {_count(model.get('n_layer'), 'layer')}, {_count(model.get('n_head'), 'head')}, {model.get('n_embd')} wide, "
+        f"A GPT with {_count(model, 'n_layer', 'layer')}, {_count(model, 'n_head', 'head')}, {model.get('n_embd')} wide, "
         f"a context of {model.get('block_size')} tokens, {fmt(summary.get('parameters'), ',')} parameters, "
         f"trained with Repytilian ({meta.get('created_by', '?')}).",
         "",
