@@ -157,7 +157,7 @@ def evaluate_model(lm, source=None, stride: int | None = None, progress: bool = 
 
     tokenizer = lm.tokenizer
     if source is not None:
-        source = DataSource.of(source)  # or a file's or folder's path
+        source = DataSource.of(source)
         scope = source.describe()
         corpus = load_corpus(source, tokenizer.input_format)
         size = None

@@ -27,7 +27,7 @@ from .conversations import ChatExamples
 from .datasets import dataset_path
 from .jsondata import JsonCorpus, read_json_corpus
 from .records import is_records
-from .textfiles import TextFiles, note_skipped, read_text, text_files_under
+from .textfiles import TextFiles, note_folder_reading, read_text, text_files_under
 from .tokencache import cached_ids, cached_tokenizer, read_windows, split_ids
 
 VAL_FRACTION = 0.1
@@ -131,7 +131,7 @@ def read_text_dir(path: str | Path, text_field: str | None = None) -> str:
             skipped.append(f)
             continue
         texts.append(text if text.endswith("\n") else text + "\n")
-    note_skipped(root, skipped, files)
+    note_folder_reading(root, skipped, files)
     if not texts:
         raise RepytilianError(f"{root} holds no UTF-8 text files to train on")
     return "".join(texts)

@@ -102,7 +102,7 @@ def text_files_under(root: Path) -> list[Path]:
     )
 
 
-def note_skipped(root: Path, skipped: Sequence[Path], files: Sequence[Path] = ()) -> None:
+def note_folder_reading(root: Path, skipped: Sequence[Path], files: Sequence[Path] = ()) -> None:
     """What a folder's reading left out (`skipped` of its `files`), and the .json files it read as
     text among other files: a stray tokens.json or metadata.json was trained on without a word (a
     folder of .json files alone has a note of its own: runs/assemble.py)."""
@@ -165,7 +165,7 @@ class TextFiles:
             sha, chars = file_sha, file_chars
             good.append(path)
         if root is not None:
-            note_skipped(root, skipped, files)
+            note_folder_reading(root, skipped, files)
             if not good:
                 raise RepytilianError(f"{root} holds no UTF-8 text files to train on")
         size = sum(p.stat().st_size for p in good)

@@ -9,10 +9,11 @@ from typing import Any
 
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..errors import RepytilianError
+from ..errors import RepytilianError, SettingError
+from ..stops import stop_list
 
-RETRY_AFTER_SECONDS = 1
-MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings a request may give, and their length (as OpenAI's 4)  # what a 429 or 503 asks a client to wait before trying again
+RETRY_AFTER_SECONDS = 1  # what a 429 or 503 asks a client to wait before trying again
+MAX_STOPS, MAX_STOP_CHARS = 4, 256  # stop strings a request may give, and their length (as OpenAI's 4)
 
 
 class ApiError(Exception):
@@ -48,14 +49,16 @@ def whole(body: dict, name: str, default: int | None, low: int, high: int) -> in
 
 
 def stop_strings(value: Any) -> list[str]:
-    if value is None:
-        return []
-    stops = [value] if isinstance(value, str) else value
-    if not (isinstance(stops, list) and len(stops) <= MAX_STOPS and all(isinstance(s, str) for s in stops)):
+    """A request's `stop` as the library reads one (stops.stop_list), within the server's limits."""
+    try:
+        stops = stop_list(value)
+    except SettingError:
+        stops = None
+    if stops is None or isinstance(value, list) and len(value) > MAX_STOPS:
         raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOPS} strings", param="stop")
     if any(len(s) > MAX_STOP_CHARS for s in stops):
         raise ApiError(400, f"a stop string may have at most {MAX_STOP_CHARS} characters", param="stop")
-    return [s for s in stops if s]
+    return stops
 
 
 def stream_options(body: dict) -> dict:
