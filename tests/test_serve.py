@@ -165,6 +165,23 @@ def test_chat_completions_use_the_script_template(client):
     assert events[-1] == "[DONE]"
 
 
+def test_fields_asking_for_nothing_are_taken_and_the_rest_refused(client):
+    """Clients send penalties of 0 and the like by default: those are answered as if left out; a
+    value the server would not act on is refused in words (it was ignored, the text unchanged)."""
+    base = {"model": TEXT, "prompt": "A", "max_tokens": 12, "seed": 5}
+    plain = client.post("/v1/completions", json=base).json()["choices"][0]["text"]
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "best_of": 1, "suffix": "",
+               "echo": False}
+    assert client.post("/v1/completions", json={**base, **neutral}).json()["choices"][0]["text"] == plain
+    assert_error(client.post("/v1/completions", json={**base, "echo": 0}), 400, "echo", "or send false")
+    chat = {"model": TEXT, "messages": [{"role": "user", "content": "Hail!"}], "max_tokens": 8}
+    assert client.post("/v1/chat/completions", json={**chat, "presence_penalty": 0, "tools": []}).status_code == 200
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    assert_error(client.post("/v1/chat/completions", json={**chat, "tools": [tool]}), 400, "tools", "not supported")
+    assert_error(client.post("/v1/chat/completions", json={**chat, "frequency_penalty": 2}), 400,
+                 "frequency_penalty", "not supported")
+
+
 def test_a_json_token_model_is_not_a_chat_model_but_completes_token_ids(client):
     r = client.post("/v1/chat/completions", json={"model": MUSIC, "messages": [{"role": "user", "content": "hi"}]})
     assert_error(r, 400, "model", "is not a chat model")
@@ -204,6 +221,12 @@ def test_the_playground_stream_has_probabilities_and_ten_alternatives(client):
     ({"model": TEXT, "prompt": "a", "stop": [1]}, 400, "stop", "at most 4 strings"),
     ({"model": TEXT, "prompt": "a", "logprobs": 11}, 400, "logprobs", "from 0 to 10"),
     ({"model": TEXT, "prompt": "a", "echo": True}, 400, "echo", "not supported"),
+    # fields the server does not act on were ignored: a penalty or best_of gave plain samples, unsaid
+    ({"model": TEXT, "prompt": "a", "presence_penalty": 1.5}, 400, "presence_penalty", "not supported"),
+    ({"model": TEXT, "prompt": "a", "frequency_penalty": -1}, 400, "frequency_penalty", "leave it out (or send 0)"),
+    ({"model": TEXT, "prompt": "a", "logit_bias": {"5": 100}}, 400, "logit_bias", "not supported"),
+    ({"model": TEXT, "prompt": "a", "best_of": 3}, 400, "best_of", "not supported"),
+    ({"model": TEXT, "prompt": "a", "suffix": " the end"}, 400, "suffix", "not supported"),
     ({"model": TEXT, "prompt": "☃ snow"}, 400, "prompt", "cannot continue from this prompt"),
     ({"model": TEXT, "prompt": "x" * 2001}, 400, "prompt", "the limit is 2,000"),
     ({"model": TEXT, "prompt": [1, 10**6]}, 400, "prompt", "token ids must be between 0 and"),

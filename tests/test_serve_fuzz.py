@@ -14,7 +14,8 @@ httpx = pytest.importorskip("httpx")
 SEEN: Counter = Counter()  # statuses answered, so the last test can tell the examples reached every kind
 
 FIELDS = ["model", "prompt", "prompt_ids", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-          "top_k", "n", "stop", "seed", "stream", "stream_options", "logprobs", "top_logprobs", "echo", "user"]
+          "top_k", "n", "stop", "seed", "stream", "stream_options", "logprobs", "top_logprobs", "echo", "user",
+          "presence_penalty", "frequency_penalty", "logit_bias", "best_of", "suffix", "tools", "functions"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
                     st.sampled_from([TEXT, MUSIC, "../secret", "", 0, 1, 2, 16, -1, 2**63, "ROMEO:"]))

@@ -5,6 +5,7 @@ is the shape of a choice, which `_Completions` and `_Chat` say.
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -143,12 +144,28 @@ async def _answer(server: Server, http: HttpRequest, body: dict[str, Any], model
     return event_stream(await started(chunks()))
 
 
+# OpenAI's fields this server does not act on, each with the values that ask for nothing: a client
+# that sends such a value (many send penalties of 0) is answered; one that asks for more is told, as
+# a penalty or a logit bias silently ignored would give text the client did not ask for
+_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "best_of": 1, "suffix": "",
+            "echo": False, "tools": [], "functions": []}
+
+
+def refuse_unsupported(body: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        value, neutral = body.get(name), _NEUTRAL[name]
+        # True == 1 in Python: a boolean asks for nothing only where the neutral value is one
+        if value is None or (value == neutral and isinstance(value, bool) == isinstance(neutral, bool)):
+            continue
+        raise ApiError(400, f"{name} is not supported by this server: leave it out (or send "
+                            f"{json.dumps(neutral)})", param=name)
+
+
 async def completions(http: HttpRequest) -> Response:
     server: Server = http.app.state.server
     body = await server.body(http)
     info, lm = await server.model(body)
-    if body.get("echo"):
-        raise ApiError(400, "echo is not supported", param="echo")
+    refuse_unsupported(body, ("echo", "best_of", "suffix", "presence_penalty", "frequency_penalty", "logit_bias"))
     request = server.request(body, server.prompt_ids(lm, body.get("prompt", "")), 16)
     logprobs = body.get("logprobs") is not None
     if logprobs:
@@ -160,6 +177,7 @@ async def chat_completions(http: HttpRequest) -> Response:
     server: Server = http.app.state.server
     body = await server.body(http)
     info, lm = await server.model(body)
+    refuse_unsupported(body, ("presence_penalty", "frequency_penalty", "logit_bias", "tools", "functions"))
     try:
         turns = chat_turns(body.get("messages"), info)
     except ChatError as e:
