@@ -306,13 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         return _one(args.one)
     # Mistakes that would only show after minutes of timing are found first.
-    from ..config import build_configs
+    from ..config import SETTINGS, build_configs
 
     presets = [p for p in args.presets.split(",") if p and p != "none"]
-    for preset in presets:
+    wanted = [(p, "--presets") for p in presets] + ([(args.quality_preset, "--quality-preset")] if args.budget else [])
+    for preset, flag in wanted:
+        if preset not in SETTINGS:  # `auto` too: it is fitted to a text, and bench times fixed shapes
+            raise RepytilianError(f"{flag}: unknown preset {preset!r}; choose one of: {', '.join(SETTINGS)}")
         build_configs(preset)
     if args.budget:
-        build_configs(args.quality_preset)
         dataset_path("shakespeare")
     machine, dtypes, peak = _machine(args)
     variants = [(dtype, compiled) for dtype in dtypes for compiled in ([False, True] if args.compile else [False])]
