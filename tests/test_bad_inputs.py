@@ -31,6 +31,11 @@ def scratch(tmp_path_factory):
     (root / "a_file").write_text("not a folder")
     (root / "book.pdf").write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\n")
     (root / "book.docx").write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00")
+    verse = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n"
+    (root / "notepad.txt").write_bytes(verse.encode("utf-16"))  # Windows Notepad's "Unicode": a byte-order mark
+    (root / "plain16.txt").write_bytes(verse.encode("utf-16-le"))  # without one
+    chars = sorted(set(verse))  # nanoGPT's char-level train.bin: uint16 ids, every high byte 0, as in UTF-16
+    (root / "train.bin").write_bytes(b"".join(chars.index(c).to_bytes(2, "little") for c in verse))
     (root / "not_a_model").mkdir()
     (root / "not_a_model" / "notes.txt").write_text("mine")
     (root / "empty_dir").mkdir()
@@ -66,6 +71,11 @@ CASES = [
     (["train", "-d", "empty.txt", *Q], "is empty"),
     (["train", "-d", "image.bin", *Q], "looks like a binary file"),
     (["train", "-d", "book.pdf", *Q], "is a PDF document, not plain text: convert it to text first, e.g. `pdftotext"),
+    # UTF-16 text was "looks like a binary file", which it is not: the fix is a conversion, named
+    (["train", "-d", "notepad.txt", *Q], "is UTF-16 text, which this tool does not read: save it as UTF-8, e.g. "
+                                         "`iconv -f UTF-16 -t UTF-8 notepad.txt > notepad-utf8.txt`"),
+    (["train", "-d", "plain16.txt", *Q], "`iconv -f UTF-16LE -t UTF-8 plain16.txt > plain16-utf8.txt`"),
+    (["train", "-d", "train.bin", *Q], "train.bin looks like a binary file, not text"),
     (["train", "-d", "book.docx", *Q], "(as .docx, .odt and .epub files are), not plain text: save it as plain text"),
     (["train", "-d", "latin1.txt", *Q], "is not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8 and try again "
                                          "(text from Windows is often in cp1252"),

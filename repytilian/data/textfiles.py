@@ -2,9 +2,10 @@
 
 Every text file Repytilian trains on goes through `file_pieces`, which holds the decoding rules
 in one place: UTF-8 (a byte-order mark is dropped), Windows line ends become "\\n", and empty,
-binary or non-UTF-8 files are refused with a message that says where. Small corpora join the
-pieces into one string (data.py); large ones are a `TextFiles`, read again whenever a pass over
-the text is needed (tokenizer training, encoding), and keyed by the hash of their text.
+binary or non-UTF-8 files are refused with a message that says where (documents and UTF-16 text
+with what converts them). Small corpora join the pieces into one string (data.py); large ones are
+a `TextFiles`, read again whenever a pass over the text is needed (tokenizer training, encoding),
+and keyed by the hash of their text.
 """
 from __future__ import annotations
 
@@ -40,6 +41,27 @@ DOCUMENTS = ((b"%PDF-", "a PDF document", "convert it to text first, e.g. `pdfto
              (b"PK\x03\x04", "a zip archive (as .docx, .odt and .epub files are)", SAVE_AS_TEXT),
              (b"{\\rtf", "an RTF document", SAVE_AS_TEXT),
              (b"\xd0\xcf\x11\xe0", "an old Word or Office document", SAVE_AS_TEXT))
+TO_UTF8 = "save it as UTF-8, e.g. `iconv -f {encoding} -t UTF-8 {path} > {utf8}`"
+
+
+def _utf16(block: bytes) -> str | None:
+    """iconv's name for UTF-16 text, as Windows Notepad's "Unicode" saves it: with a byte-order mark,
+    or without one, a NUL in every other byte (the high bytes of Latin letters: the low byte first
+    is little-endian), which would otherwise read as binary. None for other text."""
+    if block[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    probe = block[:BINARY_PROBE - BINARY_PROBE % 2]
+    for high, encoding in ((1, "UTF-16LE"), (0, "UTF-16BE")):
+        low = probe[1 - high::2]
+        # and the other bytes mostly letters, not small numbers: nanoGPT's train.bin of a 65-character
+        # vocabulary is little-endian uint16 too, with every high byte 0
+        if len(probe) >= 16 and probe[high::2].count(0) >= 0.9 * len(low) and _mostly_text(low):
+            return encoding
+    return None
+
+
+def _mostly_text(data: bytes) -> bool:
+    return sum(b >= 0x20 or b in b"\t\n\r" for b in data) >= 0.9 * len(data)
 
 
 def file_pieces(path: Path, read_bytes: int | None = None, text_field: str | None = None) -> Iterator[str]:
@@ -59,10 +81,14 @@ def file_pieces(path: Path, read_bytes: int | None = None, text_field: str | Non
             if offset == 0 and not carry:
                 if not block:
                     raise RepytilianError(f"{path} is empty: there is no text to train on")
+                names = {"path": shlex.quote(str(path)), "text": shlex.quote(str(path.with_suffix(".txt"))),
+                         "utf8": shlex.quote(str(path.with_name(f"{path.stem}-utf8.txt")))}
                 for magic, kind, advice in DOCUMENTS:
                     if block.startswith(magic):
-                        todo = advice.format(path=shlex.quote(str(path)), text=shlex.quote(str(path.with_suffix(".txt"))))
-                        raise RepytilianError(f"{path} is {kind}, not plain text: {todo}")
+                        raise RepytilianError(f"{path} is {kind}, not plain text: {advice.format(**names)}")
+                if encoding := _utf16(block):
+                    raise RepytilianError(f"{path} is UTF-16 text, which this tool does not read: "
+                                          + TO_UTF8.format(encoding=encoding, **names))
                 if b"\x00" in block[:BINARY_PROBE]:
                     raise RepytilianError(f"{path} looks like a binary file, not text; give a UTF-8 text file")
                 if block.startswith(b"\xef\xbb\xbf"):
