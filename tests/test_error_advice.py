@@ -44,6 +44,15 @@ def test_a_typo_in_a_model_name_suggests_the_folder_meant(tmp_path):
     shutil.copytree(ROOT / "models" / "shakespeare" / "v2c", tmp_path / "models" / "shakespeare" / "v2c")
     r = run_script("generate.py", "-m", "models/shakespeare/v2", cwd=tmp_path)
     assert advice_of(r.stderr) == "did you mean models/shakespeare/v2c?"
+    # the server's name of a model, which the README's tables use too, was "train one there"
+    r = run_script("generate.py", "-m", "shakespeare/v2c", cwd=tmp_path)
+    assert advice_of(r.stderr) == "did you mean models/shakespeare/v2c?"
+    # its folder was "not a Repytilian model folder (no config.json)"
+    r = run_script("generate.py", "-m", "models/shakespeare", cwd=tmp_path)
+    assert r.returncode == 2 and ("error: models/shakespeare is a folder of models (v2c), not a model: give one of "
+                                  "them, such as models/shakespeare/v2c") in r.stderr
+    meant = run_script("generate.py", "-m", "models/shakespeare/v2c", "-t", "5", cwd=tmp_path)
+    assert meant.returncode == 0 and meant.stdout.strip()
 
 
 def test_a_model_only_the_original_shipped_says_how_to_convert_its_folder(tmp_path, monkeypatch):

@@ -264,6 +264,10 @@ def read_config(path: Path) -> dict[str, Any]:
                 f"{path} holds {', '.join(sorted(pickles)[:3])}: pickled files, which can run code when loaded, "
                 "so Repytilian does not load them. Only folders with config.json and model.safetensors load"
             )
+        inside = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file())
+        if inside:  # -m models/shakespeare: a folder of models
+            raise RepytilianError(f"{path} is a folder of models ({', '.join(inside)}), not a model: "
+                                  f"give one of them, such as {path / inside[0]}")
         raise RepytilianError(f"{path} is not a Repytilian model folder (no config.json)")
     meta = _read_json(path / "config.json")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -68,6 +68,10 @@ def _missing(path: Path) -> MissingModel:
     close = difflib.get_close_matches(path.name, [p.name for p in nearby], n=1, cutoff=0.75)
     if close:
         return MissingModel(path, "typo", path.parent / close[0])
+    # "shakespeare/v3c", as the server and the README's tables name the shipped models
+    for root in (Path("models"), SHIPPED_EXAMPLE.parents[1]):
+        if not path.is_absolute() and (root / path / "config.json").is_file():
+            return MissingModel(path, "typo", root / path)
     if path.absolute() == Path(DEFAULT_MODEL_DIR).absolute():
         return MissingModel(path, "default")
     if any(path.as_posix().endswith(name) for name in ORIGINAL_ONLY):
