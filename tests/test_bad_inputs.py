@@ -72,9 +72,9 @@ CASES = [
     (["train", "-d", "image.bin", *Q], "looks like a binary file"),
     (["train", "-d", "book.pdf", *Q], "is a PDF document, not plain text: convert it to text first, e.g. `pdftotext"),
     # UTF-16 text was "looks like a binary file", which it is not: the fix is a conversion, named
-    (["train", "-d", "notepad.txt", *Q], "is UTF-16 text, which this tool does not read: save it as UTF-8, e.g. "
-                                         "`iconv -f UTF-16 -t UTF-8 notepad.txt > notepad-utf8.txt`"),
-    (["train", "-d", "plain16.txt", *Q], "`iconv -f UTF-16LE -t UTF-8 plain16.txt > plain16-utf8.txt`"),
+    (["train", "-d", "notepad.txt", *Q], "is UTF-16 text, which this tool does not read: save it as UTF-8 (in "
+                                         "Notepad: Save As, Encoding UTF-8; or convert it with iconv, from UTF-16 to"),
+    (["train", "-d", "plain16.txt", *Q], "iconv, from UTF-16LE to UTF-8"),
     (["train", "-d", "train.bin", *Q], "train.bin looks like a binary file, not text"),
     (["train", "-d", "book.docx", *Q], "(as .docx, .odt and .epub files are), not plain text: save it as plain text"),
     (["train", "-d", "latin1.txt", *Q], "is not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8 and try again "

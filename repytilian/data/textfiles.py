@@ -41,7 +41,7 @@ DOCUMENTS = ((b"%PDF-", "a PDF document", "convert it to text first, e.g. `pdfto
              (b"PK\x03\x04", "a zip archive (as .docx, .odt and .epub files are)", SAVE_AS_TEXT),
              (b"{\\rtf", "an RTF document", SAVE_AS_TEXT),
              (b"\xd0\xcf\x11\xe0", "an old Word or Office document", SAVE_AS_TEXT))
-TO_UTF8 = "save it as UTF-8, e.g. `iconv -f {encoding} -t UTF-8 {path} > {utf8}`"
+TO_UTF8 = "save it as UTF-8 (in Notepad: Save As, Encoding UTF-8; or convert it with iconv, from {encoding} to UTF-8)"
 
 
 def _utf16(block: bytes) -> str | None:
@@ -81,14 +81,13 @@ def file_pieces(path: Path, read_bytes: int | None = None, text_field: str | Non
             if offset == 0 and not carry:
                 if not block:
                     raise RepytilianError(f"{path} is empty: there is no text to train on")
-                names = {"path": shlex.quote(str(path)), "text": shlex.quote(str(path.with_suffix(".txt"))),
-                         "utf8": shlex.quote(str(path.with_name(f"{path.stem}-utf8.txt")))}
+                names = {"path": shlex.quote(str(path)), "text": shlex.quote(str(path.with_suffix(".txt")))}
                 for magic, kind, advice in DOCUMENTS:
                     if block.startswith(magic):
                         raise RepytilianError(f"{path} is {kind}, not plain text: {advice.format(**names)}")
                 if encoding := _utf16(block):
                     raise RepytilianError(f"{path} is UTF-16 text, which this tool does not read: "
-                                          + TO_UTF8.format(encoding=encoding, **names))
+                                          + TO_UTF8.format(encoding=encoding))
                 if b"\x00" in block[:BINARY_PROBE]:
                     raise RepytilianError(f"{path} looks like a binary file, not text; give a UTF-8 text file")
                 if block.startswith(b"\xef\xbb\xbf"):
