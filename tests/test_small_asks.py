@@ -47,6 +47,26 @@ def test_info_and_plot_take_the_folder_as_m_too(tmp_path):
     assert drawn.returncode == 0, drawn.stderr
 
 
+def test_every_command_on_one_model_takes_it_after_the_command_too(tmp_path):
+    """`repytilian eval MODEL`, `chat MODEL`, `inspect MODEL` were "repytilian: error: unrecognized
+    arguments: MODEL" under the root's usage, which shows none of the command's flags; info and plot
+    took the folder so already."""
+    (tmp_path / "verse.txt").write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 3)
+    scored = run_script("eval", str(V2C), "-d", "verse.txt", cwd=tmp_path)
+    assert scored.returncode == 0 and "bits per character" in scored.stdout, scored.stderr
+    looked = run_script("inspect", str(V2C), "--text", "ROMEO", "--top", "2", cwd=tmp_path)
+    assert looked.returncode == 0 and "'R'" in looked.stdout, looked.stderr
+    two = run_script("inspect", str(V2C), "-m", str(tmp_path), cwd=tmp_path)
+    assert two.returncode == 2 and "two model folders given" in two.stderr
+    extra = run_script("eval", str(V2C), "more", cwd=tmp_path)
+    assert extra.returncode == 2 and "usage: repytilian eval" in extra.stderr
+    assert "repytilian eval: error: unrecognized arguments: more" in extra.stderr
+    # export's word is where to write: a model there was "already exists; export into a new folder"
+    wrong = run_script("export", str(V2C), cwd=tmp_path)
+    assert wrong.returncode == 2 and f"the word after export is where to write. Give the model as -m: repytilian " \
+                                     f"export -m {V2C} v2c.gguf" in wrong.stderr
+
+
 def test_top_k_0_means_every_token(tmp_path):
     from repytilian import load_model
 

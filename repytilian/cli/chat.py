@@ -15,7 +15,14 @@ from typing import Any, TextIO
 from ..engine import Ended, Token
 from ..errors import RepytilianError
 from ..sampling import SamplingOptions
-from .common import device_flag, last_flag, model_flag, nonnegative_int, open_model, say
+from .common import (
+    device_flag,
+    last_flag,
+    model_folder_argument,
+    nonnegative_int,
+    open_model,
+    say,
+)
 
 HELP = ("commands: /temp T (temperature, 0 is greedy), /topk K (0: off), /reset (forget the conversation), "
         "/quit (or Ctrl+D); Ctrl+C stops an answer")
@@ -142,7 +149,7 @@ def register(sub, debug: argparse.ArgumentParser) -> None:
     from .generate import add_sampling_arguments
 
     parser = sub.add_parser("chat", parents=[debug], help="talk to a model in a loop (/temp, /topk, /reset, /quit)")
-    model_flag(parser)
+    model_folder_argument(parser)
     parser.add_argument("-t", "--tokens", type=nonnegative_int, default=200, help="most tokens an answer may have")
     add_sampling_arguments(parser)
     parser.add_argument("--seed", type=int, default=None)

@@ -60,6 +60,21 @@ def model_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
                         help=f"model folder (default {DEFAULT_MODEL_DIR}){extra}")
 
 
+def model_folder_argument(parser: argparse.ArgumentParser) -> None:
+    """The model folder as a word after the command (`repytilian info models/x`) or, as every
+    command takes it, as -m; `run` settles which before the command runs."""
+    parser.add_argument("model_dir", nargs="?", default=None, metavar="MODEL", help="model folder (or as -m)")
+    model_flag(parser)
+
+
+def _settle_model_folder(args: argparse.Namespace) -> None:
+    word = getattr(args, "model_dir", None)
+    if word:
+        if args.model not in (DEFAULT_MODEL_DIR, word):
+            raise RepytilianError(f"two model folders given ({word} and -m {args.model}): give one")
+        args.model = word
+
+
 def last_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--last", action="store_true",
                         help="the run's last model, even where it kept a better one in best/ (which is the default)")
@@ -160,6 +175,7 @@ def advice(error: RepytilianError) -> str:
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a verb; user errors become one line on stderr and exit code 2."""
     try:
+        _settle_model_folder(args)
         with notes_to(speak):
             return handler(args)
     except RepytilianError as e:

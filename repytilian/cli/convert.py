@@ -66,6 +66,10 @@ def export_target(args: argparse.Namespace) -> tuple[str, str]:
     out = args.out or args.out_flag
     if not out:
         raise RepytilianError("say where to write: repytilian export -m MODEL --format gguf model.gguf")
+    if args.model == DEFAULT_MODEL_DIR and (Path(out) / "config.json").is_file():  # `export models/x`
+        raise RepytilianError(f"{out} is a model; the word after export is where to write. Give the model as -m: "
+                              f"repytilian export -m {quote(out)} {quote(Path(out).name + '.gguf')} (or a new "
+                              "folder, for Hugging Face)")
     return args.format or {".gguf": "gguf", ".onnx": "onnx"}.get(Path(out).suffix.lower(), "hf"), out
 
 

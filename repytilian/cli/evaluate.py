@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..runtime.paths import progress_wanted
-from .common import device_flag, last_flag, model_flag, open_model, positive_int
+from .common import (
+    device_flag,
+    last_flag,
+    model_folder_argument,
+    open_model,
+    positive_int,
+)
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -25,7 +31,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def register(sub, debug: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("eval", parents=[debug], help="loss, perplexity and bits per character of a model on text")
-    model_flag(parser)
+    model_folder_argument(parser)
     parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a file to evaluate on")
     parser.add_argument("-p", "--datapath", help="a folder to evaluate on (default: the model's validation split)")
     parser.add_argument("--stride", type=positive_int, default=None, help="window step (default: half the context)")

@@ -12,7 +12,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import RepytilianError
-from .common import device_flag, last_flag, model_flag, open_model, positive_int, say
+from .common import (
+    device_flag,
+    last_flag,
+    model_folder_argument,
+    open_model,
+    positive_int,
+    say,
+)
 
 VIEWS = ("attention", "lens", "embeddings", "surprise")
 
@@ -117,7 +124,7 @@ def _print_surprise(result, other, model: str, second: str | None) -> None:
 def register(sub, debug: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("inspect", parents=[debug], help="look inside a model: attention, the logit lens, "
                             "embeddings, surprise (tables; --png for a figure)")
-    model_flag(parser)
+    model_folder_argument(parser)
     parser.add_argument("--text", help="the text to look at (at most the model's context)")
     views = parser.add_mutually_exclusive_group()
     views.add_argument("--attention", action="store_true", help="where each token looks, per layer and head (default)")

@@ -39,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
                                    "and generate text from them")
     root.add_argument("--version", action="version", version=f"repytilian {__version__}")
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    root.verbs = sub.choices  # each verb's own parser, for main's errors
     debug = debug_flag(argparse.ArgumentParser(add_help=False))  # every verb has --debug
     train.register(sub)
     generate.register(sub)
@@ -64,5 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().print_help(sys.stderr)
         print("\nrepytilian COMMAND --help tells more of one", file=sys.stderr)
         return 2
-    args = parser().parse_args(argv)
+    root = parser()
+    args, extra = root.parse_known_args(argv)
+    if extra:  # with the command's own usage: argparse's is the root's, which shows none of its flags
+        root.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return run(args.handler, args)
