@@ -565,6 +565,13 @@ def test_one_model_folder_can_be_served_alone(models):
 
     with pytest.raises(RepytilianError, match="is not a model folder"):
         Registry(single=models / "not-a-model")
+    # serve --models models/x/v1c served nothing ("models: none yet"): that one model is served
+    assert [m.id for m in Registry(root=models / TEXT).scan()] == ["v1c"]
+    # serve -m models/x was "not a model folder": it holds models, served with --models
+    with pytest.raises(RepytilianError, match="shakespeare is a folder of models, not a model: serve them all with "
+                                              "`models`") as refused:
+        Registry(single=models / "shakespeare")
+    assert refused.value.settings == ("models",)
 
 
 CONTRAST = """

@@ -95,6 +95,13 @@ def _file_key(path: Path) -> tuple:
         return str(path), None
 
 
+def _holds_models(folder: Path) -> bool:
+    try:
+        return any(_info(child.name, child) is not None for child in folder.iterdir() if child.is_dir())
+    except OSError:
+        return False
+
+
 def _info(model_id: str, folder: Path) -> ModelInfo | None:
     try:
         meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -146,6 +153,11 @@ class Registry:
                  max_loaded: int = 4, compile: bool = False, dtype: torch.dtype | None = None):
         if (root is None) == (single is None):
             raise ValueError("give a models folder or one model folder")
+        if root is not None and _info(root.name, root) is not None:  # `--models models/x`: one model's folder
+            root, single = None, root
+        if single is not None and _info(single.name, single) is None and _holds_models(single):
+            raise RepytilianError(f"{single} is a folder of models, not a model: serve them all with `models`",
+                                  ("models",))
         self.single = single.resolve() if single is not None else None
         self.root = (root or single.parent).resolve()
         self.device = device
