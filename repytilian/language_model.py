@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,18 @@ from .model import GPT
 from .sampling import SamplingOptions, check_lengths
 from .stops import stop_list
 from .tokenizers import Tokenizer, UnknownTokensError
+
+# Other libraries' names for this one's arguments (OpenAI's API, transformers' generate)
+OTHER_NAMES = {"max_tokens": "max_new_tokens", "max_length": "max_new_tokens", "n": "num_samples",
+               "num_return_sequences": "num_samples", "stop_sequences": "stop", "timeout": "max_time",
+               "do_sample": "temperature"}  # 0 is greedy
+
+
+def _meant(name: str, sampling: list[str]) -> str:
+    """" (did you mean ...?)" for a keyword that `request` does not take, or nothing."""
+    request = [p for p in inspect.signature(LanguageModel.request).parameters if p not in ("self", "sampling")]
+    meant = OTHER_NAMES.get(name) or next(iter(difflib.get_close_matches(name, sampling + request, 1)), None)
+    return f" (did you mean {meant!r}?)" if meant else ""
 
 
 class LanguageModel:
@@ -61,8 +74,7 @@ class LanguageModel:
         known = [f.name for f in dataclasses.fields(SamplingOptions)]
         unknown = sorted(set(sampling) - set(known))
         if unknown:  # as Python words it, but naming what was meant (SamplingOptions is not the caller's)
-            meant = difflib.get_close_matches(unknown[0], known, 1)
-            raise TypeError(f"unexpected keyword argument {unknown[0]!r}" + (f" (did you mean {meant[0]!r}?)" if meant else ""))
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}{_meant(unknown[0], known)}")
         if prompt is None:
             prompt = ""
         if not isinstance(prompt, str):

@@ -208,6 +208,11 @@ def test_a_zero_wait_on_a_token_left_out_is_not_an_error_and_not_drawn():
     (lambda lm: lm.generate("the", 5, top_k=True), SettingError, "top_k must be a whole number, got True"),
     (lambda lm: list(lm.stream(["the", "a"], 5)), SettingError, "prompt must be text, got list"),
     (lambda lm: lm.generate("the", 5, temprature=0.5), TypeError, "'temprature' \\(did you mean 'temperature'\\?\\)"),
+    # other libraries' names (OpenAI's, transformers'): "unexpected keyword argument 'max_tokens'" alone
+    (lambda lm: lm.generate("the", max_tokens=5), TypeError, "'max_tokens' \\(did you mean 'max_new_tokens'\\?\\)"),
+    (lambda lm: lm.samples("the", 5, n=2), TypeError, "'n' \\(did you mean 'num_samples'\\?\\)"),
+    (lambda lm: lm.generate("the", 5, do_sample=False), TypeError, "did you mean 'temperature'"),
+    (lambda lm: lm.generate("the", 5, num_sample=2), TypeError, "did you mean 'num_samples'"),  # the request's own
     (lambda lm: lm.generate("the", 5, stop=5), SettingError, "stop must be text or a list of texts, got 5"),  # TypeError
     (lambda lm: lm.generate("the", 5, stop=["a", None]), SettingError, "stop must be text or a list of texts"),
     (lambda lm: lm.generate("the", 5, max_time=0), SettingError, "max_time must be more than 0"),  # said max_seconds
