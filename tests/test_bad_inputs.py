@@ -223,3 +223,18 @@ def test_unknown_device_without_a_gpu(scratch, monkeypatch, capsys):
     assert "--device cuda:1 was asked for" in capsys.readouterr().err  # it said cuda
 
     sys.stderr.flush()
+
+
+def test_more_serve_lanes_than_cores_are_taken_with_a_warning(capsys):
+    """`serve --lanes 100` on 2 cores made a hundred batch threads without a word."""
+    import argparse
+
+    from repytilian.cli.serve import _check_limits
+    from repytilian.runtime.cpu import physical_cores
+
+    cores = physical_cores() or __import__("os").cpu_count()
+    limits = dict(max_tokens=16, max_concurrent=16, max_queue=32, max_loaded=4, max_batch=32, max_seconds=60.0)
+    _check_limits(argparse.Namespace(lanes=cores, **limits))
+    assert capsys.readouterr().err == ""
+    _check_limits(argparse.Namespace(lanes=cores + 98, **limits))
+    assert f"warning: --lanes {cores + 98} on {cores} core" in capsys.readouterr().err
