@@ -18,6 +18,7 @@ from repytilian.cli.chat import chat_loop
 from repytilian.data import DataSource
 from repytilian.data.conversations import IGNORED, chat_data, read_conversations
 from repytilian.engine import END_TOKEN, Ended
+from repytilian.errors import RepytilianError
 from repytilian.sampling import SamplingOptions
 from repytilian.tokenizers import CharacterTokenizer, JsonTokenizer, tokenizer_from_json
 from repytilian.trainer import StopRequest
@@ -207,6 +208,44 @@ def test_conversations_from_parquet_read_as_from_jsonl(tmp_path):
     assert from_parquet[2].where.endswith("a.parquet: row 3")
 
 
+def test_the_other_forms_of_chat_data_read_as_the_messages_form(tmp_path):
+    """ShareGPT's conversations (many Hugging Face chat sets), prompt/completion pairs (OpenAI's old
+    fine-tuning files), Alpaca's instructions and a bare list of messages were each "expected
+    {"messages": ...}": they are the same conversations, in JSONL and in Parquet."""
+    ask, answer = "Who art thou?", "A humble servant."
+    forms = {
+        "messages": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ask},
+                                  {"role": "assistant", "content": answer}]},
+        "sharegpt": {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": ask},
+                                       {"from": "gpt", "value": answer}]},
+        "bare": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ask},
+                 {"role": "assistant", "content": answer}],
+    }
+    expected = [("system", "Be brief."), ("user", ask), ("assistant", answer)]
+    for name, record in forms.items():
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(record) + "\n")
+        assert read_conversations(tmp_path / f"{name}.jsonl")[0][0].messages == expected, name
+    pairs = [{"prompt": ask, "completion": answer}, {"instruction": "Answer.", "input": ask, "output": answer},
+             {"instruction": ask, "input": "", "output": answer}]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(map(json.dumps, pairs)))
+    read = [c.messages for c in read_conversations(tmp_path / "pairs.jsonl")[0]]
+    assert read == [[("user", ask), ("assistant", answer)], [("user", f"Answer.\n\n{ask}"), ("assistant", answer)],
+                    [("user", ask), ("assistant", answer)]]
+    (tmp_path / "odd.jsonl").write_text(json.dumps({"conversations": [{"from": "bot", "value": answer}]}))
+    with pytest.raises(RepytilianError, match="odd.jsonl: line 1: turn 1 is from 'bot'; ShareGPT's speakers are"):
+        read_conversations(tmp_path / "odd.jsonl")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"conversations": [forms["sharegpt"]["conversations"]], "id": [7]}), tmp_path / "s.parquet")
+    assert read_conversations(tmp_path / "s.parquet")[0][0].messages == expected
+    pq.write_table(pa.table({"instruction": ["Answer."], "input": [ask], "output": [answer]}), tmp_path / "a.parquet")
+    assert read_conversations(tmp_path / "a.parquet")[0][0].messages == read[1]
+    pq.write_table(pa.table({"question": [ask]}), tmp_path / "q.parquet")
+    with pytest.raises(RepytilianError, match="has no 'messages' column, nor the columns of another form .* it has: question"):
+        read_conversations(tmp_path / "q.parquet")
+
+
 BAD = [
     ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"messages": [',
      "line 2 is not JSON"),
@@ -215,7 +254,7 @@ BAD = [
     ('{"messages": [{"role": "user", "content": "hi"}]}', "line 1: the conversation has no assistant message"),
     ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}',
      "line 1: message 2 (assistant) has no content"),
-    ('{"text": "hi"}', 'line 1: expected {"messages"'),
+    ('{"text": "hi"}', 'line 1: expected a conversation: {"messages"'),
 ]
 
 

@@ -7,7 +7,8 @@ and Hugging Face chat data sets use,
                   {"role": "assistant", "content": "..."}]}
 
 or a folder of such files (sorted by path), or a Parquet or Arrow file with a `messages` column
-(through pyarrow: `pip install 'repytilian[parquet]'`). Every line is checked before training, and
+(through pyarrow: `pip install 'repytilian[parquet]'`); ShareGPT's conversations, prompt/completion
+pairs and Alpaca's instructions are read as the same messages (`_messages`). Every line is checked before training, and
 a bad one is named by its file and line (or row).
 
 Each conversation is rendered by the model's chat format (chat_format.py) and becomes one row of
@@ -33,6 +34,7 @@ from ..tokenizers import Tokenizer, UnknownTokensError
 from .records import jsonl_lines
 
 SUFFIXES = (".jsonl", ".parquet", ".arrow")
+TABLE_COLUMNS = (("messages",), ("conversations",), ("prompt", "completion"), ("instruction", "output"))
 IGNORED = -100  # the target of a token not learned (cross_entropy's ignore_index)
 VAL_FRACTION = 0.1
 
@@ -85,17 +87,50 @@ def _table_records(file: Path, digest: Any) -> Iterator[tuple[str, Any]]:
         table = parquet.read_table(file) if file.suffix == ".parquet" else feather.read_table(file)
     except Exception as e:  # pyarrow's own errors name no common base class
         raise RepytilianError(f"{file} could not be read as {file.suffix[1:]} ({type(e).__name__}: {e})") from None
-    if "messages" not in table.column_names:
-        raise RepytilianError(f"{file} has no 'messages' column (it has: {', '.join(table.column_names)})")
-    for number, messages in enumerate(table.column("messages").to_pylist(), 1):
-        yield f"{file}: row {number}", {"messages": messages}
+    columns = next((c for c in TABLE_COLUMNS if set(c) <= set(table.column_names)), None)
+    if columns is None:
+        raise RepytilianError(f"{file} has no 'messages' column, nor the columns of another form of chat data "
+                              f"({'; '.join(', '.join(c) for c in TABLE_COLUMNS[1:])}); it has: "
+                              f"{', '.join(table.column_names)}")
+    names = [*columns, *(["input"] if columns == ("instruction", "output") and "input" in table.column_names else [])]
+    for number, row in enumerate(table.select(names).to_pylist(), 1):
+        yield f"{file}: row {number}", row
+
+
+# ShareGPT's speakers (many Hugging Face chat data sets) in OpenAI's roles
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+SHAPES = ('{"messages": [{"role": ..., "content": ...}, ...]}, ShareGPT\'s {"conversations": [{"from": ..., '
+          '"value": ...}, ...]}, {"prompt": ..., "completion": ...} or Alpaca\'s {"instruction": ..., "output": ...}')
+
+
+def _messages(record: Any, where: str) -> list:
+    """A record's messages in OpenAI's form, from the forms chat data comes in (SHAPES)."""
+    if isinstance(record, dict) and isinstance(record.get("messages"), list):
+        return record["messages"]
+    if isinstance(record, list):  # the messages alone
+        return record
+    if isinstance(record, dict) and isinstance(record.get("conversations"), list):
+        turns = []
+        for i, turn in enumerate(record["conversations"], 1):
+            speaker = turn.get("from") if isinstance(turn, dict) else None
+            if speaker not in SHAREGPT_ROLES:
+                raise RepytilianError(f"{where}: turn {i} is from {speaker!r}; ShareGPT's speakers are "
+                                      f"{', '.join(SHAREGPT_ROLES)}")
+            turns.append({"role": SHAREGPT_ROLES[speaker], "content": turn.get("value")})
+        return turns
+    if isinstance(record, dict) and {"prompt", "completion"} <= record.keys():
+        return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}]
+    if isinstance(record, dict) and {"instruction", "output"} <= record.keys():
+        asked, extra = record["instruction"], record.get("input")
+        if isinstance(asked, str) and isinstance(extra, str) and extra.strip():
+            asked = f"{asked}\n\n{extra}"  # the input after the instruction, as Alpaca's own template has it
+        return [{"role": "user", "content": asked}, {"role": "assistant", "content": record["output"]}]
+    raise RepytilianError(f"{where}: expected a conversation: {SHAPES}")
 
 
 def _conversation(record: Any, where: str) -> Conversation:
-    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-        raise RepytilianError(f'{where}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
     messages = []
-    for i, message in enumerate(record["messages"], 1):
+    for i, message in enumerate(_messages(record, where), 1):
         if not isinstance(message, dict):
             raise RepytilianError(f"{where}: message {i} is not an object with a role and a content")
         role, content = message.get("role"), message.get("content")
