@@ -214,7 +214,8 @@ def chat_loss(model: GPT, examples: ChatExamples, batch_size: int = 32, progress
             scored += int((y != IGNORED).sum())
             bar.update(len(x))
     return EvalReport(tokens=scored, chars=None, total_nats=total, block_size=block, stride=block,
-                      scope=f"the answers of all {examples.conversations:,} validation conversations")
+                      scope=f"the answers of all {examples.conversations:,} validation conversations"
+                      if examples.conversations > 1 else "the answers of the one validation conversation")
 
 
 def final_val_scope(val_tokens: int, tokens_seen: int, scored: int | None = None) -> str:

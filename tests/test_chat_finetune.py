@@ -268,6 +268,16 @@ def test_bad_conversations_are_one_clear_line_and_exit_2(chat_run, tmp_path, tex
     assert "bad.jsonl" in r.stderr and not (tmp_path / "out").exists()
 
 
+def test_two_conversations_are_one_to_learn_and_one_to_validate_in_the_singular(chat_run, tmp_path):
+    """Were "1 conversations to learn from" and "the answers of all 1 validation conversations"."""
+    here, _ = chat_run
+    (tmp_path / "two.jsonl").write_text("\n".join(persona_lines(2)) + "\n")
+    r = run_script("training.py", "-l", str(here / "base"), "--chat", "two.jsonl", "-m", "out", "-t", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "1 conversation to learn from" in r.stderr
+    assert "val loss over the answers of the one validation conversation:" in r.stderr
+
+
 def test_a_model_that_already_chats_refuses_characters_it_does_not_know(chat_run, tmp_path):
     """A first chat fine-tune takes the conversations' new characters (test_fine_tune_text); after it, the
     chat's special tokens own the ids after the vocabulary, so an unknown character is one clear line."""

@@ -355,7 +355,7 @@ def _chat_data(opts: TrainOptions, loaded: LoadedModel, source: DataSource, tcfg
         epochs = math.ceil(CHAT_EPOCHS * data.train.conversations / tcfg.batch_size)
         tcfg.max_iters = min(CHAT_MAX_STEPS, max(CHAT_MIN_STEPS, epochs))
         _shorter_schedule(tcfg, opts)
-        note(f"{data.train.conversations:,} conversations to learn from ({data.train.learned_tokens:,} answer tokens), "
+        note(f"{data.train.conversations:,} conversation{'s' * (data.train.conversations > 1)} to learn from ({data.train.learned_tokens:,} answer tokens), "
              f"{data.val.conversations:,} to validate on: {tcfg.max_iters:,} steps of {tcfg.batch_size} go over them "
              f"{tcfg.max_iters * tcfg.batch_size / data.train.conversations:.0f} times (`max_iters` sets it)",
              settings=("max_iters",))
