@@ -77,6 +77,12 @@ def test_registry_knows_the_tokenizers_and_rejects_others():
     assert {"characters", "words"} <= set(REGISTRY)
     with pytest.raises(RepytilianError, match="unknown tokenizer 'bytes'.*characters"):
         tokenizer_class("bytes")
+    # `-z BPE`, `-z char`, `-z word` were "unknown tokenizer": the names people type are taken
+    for typed, meant in [("BPE", "bpe"), ("char", "characters"), ("Chars", "characters"), ("word", "words"),
+                         ("jsontoken", "json")]:
+        assert tokenizer_class(typed) is REGISTRY[meant]
+    with pytest.raises(RepytilianError, match="unknown tokenizer 5"):
+        tokenizer_class(5)
 
 
 @pytest.mark.parametrize("bad", ['{"kind": "characters", "vocab": []}', '{"kind": "characters", "vocab": ["a", "a"]}',

@@ -19,17 +19,19 @@ REGISTRY: dict[str, type[Tokenizer]] = {
     cls.name: cls for cls in (CharacterTokenizer, WordTokenizer, BPETokenizer, JsonTokenizer, TiktokenTokenizer,
                               GPT2Tokenizer, SpacedWordTokenizer)
 }
-# The original Repytilian's names for ours (models save the name in REGISTRY)
-ALIASES = {"jsontoken": "json"}
+# Other names for ours, taken in any case (models save the name in REGISTRY): the original
+# Repytilian's, and the singulars and short forms people type (`-z char`, `-z BPE`)
+ALIASES = {"jsontoken": "json", "char": "characters", "chars": "characters", "character": "characters",
+           "word": "words"}
 DEFAULT_TOKENIZER = "characters"
 
 
 def tokenizer_class(name: str) -> type[Tokenizer]:
+    key = name.lower() if isinstance(name, str) else name
     try:
-        return REGISTRY[ALIASES.get(name, name)]
-    except KeyError:
-        known = ", ".join([*REGISTRY, *ALIASES])
-        raise RepytilianError(f"unknown tokenizer {name!r}; choose one of: {known}") from None
+        return REGISTRY[ALIASES.get(key, key)]
+    except (KeyError, TypeError):
+        raise RepytilianError(f"unknown tokenizer {name!r}; choose one of: {', '.join(REGISTRY)}") from None
 
 
 def tokenizer_from_json(text: str, kind: str | None = None, where: str = "tokenizer.json") -> Tokenizer:
