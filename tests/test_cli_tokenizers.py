@@ -93,6 +93,9 @@ def test_tokenize_command_compares_tokenizers(corpus_file, tmp_path):
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
     assert rows["characters"][1] == "29" and rows["bpe"][1] == "300"
     assert "unavailable" in " ".join(rows["gpt2"])  # no network, no cached encoding: said, not crashed
+    assert "or use -z bpe" in " ".join(rows["gpt2"])  # said the library's "`tokenizer` bpe"
+    bad = run_script("tokenize", "-d", str(corpus_file), "-z", "bpe", "--vocab-size", "10", cwd=tmp_path)
+    assert bad.returncode == 2 and "at least 257" in bad.stderr and bad.stdout == ""  # was the table's header alone
     chords = run_script("tokenize", "-d", chord_file(tmp_path), "-z", "json", "--json-key", "train",
                         cwd=tmp_path)
     assert chords.returncode == 0 and chords.stdout.splitlines()[1].split()[1] == "7"  # 6 chords + end

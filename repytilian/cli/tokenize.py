@@ -9,6 +9,7 @@ from ..data.corpus import DataSource, load_corpus
 from ..errors import RepytilianError
 from ..tokenizers import REGISTRY, tokenizer_class
 from .common import positive_int
+from .flags import in_flags
 
 
 @dataclass
@@ -51,20 +52,23 @@ def print_tokenizer_table(args: argparse.Namespace) -> None:
     source = DataSource.from_args(args.datafile, args.datapath)
     source = DataSource(source.kind, source.value, args.json_key, args.json_val_key, args.json_layout)
     corpora: dict[str, object] = {}
-    print(f"{'tokenizer':<11} {'vocab':>7} {'tokens':>11} {'chars/token':>11} {'train s':>8} {'encode MB/s':>11}")
+    header = f"{'tokenizer':<11} {'vocab':>7} {'tokens':>11} {'chars/token':>11} {'train s':>8} {'encode MB/s':>11}"
     for name in names:
         fmt = tokenizer_class(name).input_format
         if fmt not in corpora:  # a problem with the data ends the command
             corpora[fmt] = load_corpus(source, fmt, stream=False)  # timing tokenizers on the text in memory
         try:  # a tokenizer that cannot run here (a missing package or encoding) is one row
             s = measure(name, corpora[fmt], args.vocab_size)
+            row = (f"{s.name:<11} {s.vocab_size:>7,} {s.tokens:>11,} {s.chars_per_token:>11.2f} "
+                   f"{s.train_seconds:>8.2f} {s.mb_per_second:>11.1f}")
         except RepytilianError as e:
             if len(names) == 1:
                 raise
-            print(f"{name:<11} unavailable: {e}")
-            continue
-        print(f"{s.name:<11} {s.vocab_size:>7,} {s.tokens:>11,} {s.chars_per_token:>11.2f} "
-              f"{s.train_seconds:>8.2f} {s.mb_per_second:>11.1f}")
+            row = f"{name:<11} unavailable: {in_flags(e)}"
+        if header:  # above the first row, so that an error before any row stands alone
+            print(header)
+            header = ""
+        print(row)
 
 
 def tokenize_command(args: argparse.Namespace) -> int:
