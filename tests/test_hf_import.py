@@ -4,6 +4,7 @@ own exports (GPT-2 and Llama) import back with identical logits."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -108,6 +109,28 @@ def test_gpt2s_own_vocab_and_merges_files_are_read(hf_gpt2, tmp_path):
     tk.model.save(str(plain))  # vocab.json and merges.txt, as the original GPT-2 release has them
     model, tokenizer, _ = import_hf(plain)
     assert tokenizer.encode("my lady speaks") == tk.encode("my lady speaks").ids
+
+
+def test_a_model_in_the_hugging_face_cache_imports_by_its_name(hf_gpt2, tmp_path, monkeypatch):
+    """`repytilian import gpt2 OUT` was "the following arguments are required: --from", then "gpt2 is
+    not a folder", though huggingface_hub keeps it under a hashed path no one types."""
+    folder, _, _ = hf_gpt2
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny-gpt2"
+    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+    shutil.copytree(folder, repo / "snapshots" / "old")  # a snapshot refs/main does not name
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    r = run_script("import", "someone/tiny-gpt2", "mine", cwd=tmp_path)  # --from: a folder or a name is hf
+    assert r.returncode == 0, r.stderr
+    assert f"reading the Hugging Face model someone/tiny-gpt2 from its cache: {repo / 'snapshots' / '0123abcd'}" in r.stderr
+    assert json.loads((tmp_path / "mine" / "config.json").read_text())["imported_from"]["folder"].endswith("0123abcd")
+    absent = run_script("import", "gpt2", "other", cwd=tmp_path)
+    assert absent.returncode == 2 and f"nor the Hugging Face model gpt2 in {cache}" in absent.stderr
+    assert "snapshot_download('gpt2')" in absent.stderr
+    ours = run_script("import", "mine", "again", cwd=tmp_path)  # what the import made: nothing to import
+    assert ours.returncode == 2 and "mine is a Repytilian model folder already" in ours.stderr
 
 
 def test_what_cannot_be_imported_is_refused_clearly(hf_gpt2, tmp_path):

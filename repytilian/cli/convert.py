@@ -49,6 +49,8 @@ def import_legacy_command(args: argparse.Namespace) -> int:
 def import_command(args: argparse.Namespace) -> int:
     from ..interop.convert import import_model
 
+    # without --from, a file is nanoGPT's checkpoint (a Hugging Face model is a folder, or its Hub name)
+    args.source_format = args.source_format or ("nanogpt" if Path(args.checkpoint).is_file() else "hf")
     lm = import_model(args.source_format, args.checkpoint, args.out, data=args.data)
     if args.source_format == "hf":
         _converted(lm, f"the Hugging Face model {args.checkpoint}")
@@ -110,11 +112,12 @@ def register(sub, debug: argparse.ArgumentParser) -> None:
     imp = sub.add_parser("import", parents=[debug],
                          help="convert a Hugging Face GPT-2-family folder or a nanoGPT checkpoint into a model "
                               "folder (to fine-tune or sample it)")
-    imp.add_argument("--from", dest="source_format", choices=("hf", "nanogpt"), required=True,
-                     help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer.json), e.g. gpt2 "
-                          "or distilgpt2 from your HF cache; nanogpt: nanoGPT's ckpt.pt")
-    imp.add_argument("checkpoint", help="the Hugging Face folder, or nanoGPT's ckpt.pt (read with "
-                                        "torch.load(weights_only=True))")
+    imp.add_argument("--from", dest="source_format", choices=("hf", "nanogpt"), default=None,
+                     help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer.json), or the name "
+                          "of one in your HF cache (gpt2, distilgpt2); nanogpt: nanoGPT's ckpt.pt (default: "
+                          "nanogpt for a file, else hf)")
+    imp.add_argument("checkpoint", help="the Hugging Face folder or cached model's name, or nanoGPT's ckpt.pt (read "
+                                        "with torch.load(weights_only=True))")
     imp.add_argument("out", help="the new model folder")
     imp.add_argument("--data", help="--from nanogpt: the text the model was trained on (its characters are the "
                                     "vocabulary; nanoGPT's meta.pkl is never read)")

@@ -5,12 +5,14 @@ and the Llama folders `repytilian export` writes for `--arch modern` (Qwen3's, w
 their config.json, safetensors weights and tokenizer (tokenizer.json, or GPT-2's vocab.json +
 merges.txt), so that `training.py -l OUT -d book.txt` fine-tunes it and `generate.py -m OUT`
 samples it. Weights are read from safetensors only: a folder with only pytorch_model.bin (a
-pickle) is refused, with how to convert it. Nothing here downloads: DIR is a folder (e.g. in
-~/.cache/huggingface/hub).
+pickle) is refused, with how to convert it. Nothing here downloads: DIR is a folder, or the name
+of a Hub model ("gpt2") that huggingface_hub has downloaded into its cache.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,14 @@ from safetensors.torch import load_file
 
 from ..config import RMS_EPS, ROPE_THETA, ModelConfig
 from ..errors import RepytilianError
+from ..events import note
 from ..model import GPT
 from ..tokenizers.bpe import BPETokenizer, _hf
 from ..tokenizers.specials import padding_names
 from .hf import CONV1D
 
+# A Hub model's name: "gpt2", "openai-community/gpt2" (its owner, then its name)
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
 
@@ -164,11 +169,50 @@ def _tokenizer(folder: Path) -> BPETokenizer:
     raise RepytilianError(f"{folder} has no tokenizer.json (nor vocab.json and merges.txt)")
 
 
+def hub_cache() -> Path:
+    """Where huggingface_hub keeps what it downloaded (its own rules: HF_HUB_CACHE, then HF_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home) / "hub"
+
+
+def cached_folder(name: str) -> Path | None:
+    """The folder of the Hub model `name` ("gpt2", "openai-community/gpt2") that huggingface_hub
+    downloaded into its cache: the snapshot its refs/main names, else the newest; None if absent."""
+    if not HUB_NAME.fullmatch(name):
+        return None
+    repo = hub_cache() / ("models--" + name.replace("/", "--"))
+    try:
+        ref = (repo / "refs" / "main").read_text(encoding="utf-8").strip()
+        if (repo / "snapshots" / ref).is_dir():
+            return repo / "snapshots" / ref
+    except OSError:
+        pass
+    snapshots = [p for p in (repo / "snapshots").glob("*") if p.is_dir()]
+    return max(snapshots, key=lambda p: p.stat().st_mtime) if snapshots else None
+
+
+def _hf_folder(folder: Path) -> Path:
+    """`folder`, or the cached snapshot of the Hub model it names; what is wrong, in words."""
+    if folder.is_dir():
+        if _read_json(folder / "config.json").get("format") == "repytilian-model":
+            raise RepytilianError(f"{folder} is a Repytilian model folder already: load, sample or fine-tune it as it is")
+        return folder
+    if not folder.exists() and (cached := cached_folder(folder.as_posix())) is not None:
+        note(f"reading the Hugging Face model {folder} from its cache: {cached}")
+        return cached
+    if not folder.exists() and HUB_NAME.fullmatch(folder.as_posix()):
+        raise RepytilianError(f"no folder {folder} here, nor the Hugging Face model {folder} in {hub_cache()}; "
+                              "Repytilian downloads nothing: fetch it once with huggingface_hub "
+                              f"(snapshot_download({folder.as_posix()!r})) and import it again by name")
+    raise RepytilianError(f"{folder} is not a folder (give the folder with config.json and model.safetensors)")
+
+
 def import_hf(folder: str | Path) -> tuple[GPT, BPETokenizer, dict[str, Any]]:
-    """The model, its tokenizer and what to record of where it came from."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RepytilianError(f"{folder} is not a folder (give the folder with config.json and model.safetensors)")
+    """The model, its tokenizer and what to record of where it came from: `folder` is a model's
+    folder, or the name of a Hub model that huggingface_hub has in its cache."""
+    folder = _hf_folder(Path(folder))
     config = _read_json(folder / "config.json")
     kind = config.get("model_type")
     if kind == "gpt2":
