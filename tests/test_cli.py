@@ -102,9 +102,11 @@ def test_training_with_empty_model_saves_nothing(corpus_file, tmp_path):
 
 
 def test_repytilian_command_trains_and_generates(corpus_file, tmp_path):
-    r = run_script("train", "--data", str(corpus_file), "--out", "m", "-i", "quick", "-t", "0", "--seed", "3",
-                   "--device", "cpu", *TINY, cwd=tmp_path)
+    # presets as typed, in any case: `-i Quick`, `--arch Classic` were "unknown preset", "invalid choice"
+    r = run_script("train", "--data", str(corpus_file), "--out", "m", "-i", "Quick", "--arch", "Classic", "-t", "0",
+                   "--seed", "3", "--device", "cpu", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["train"]["max_iters"] == 50  # quick's
     g = run_script("generate", "-m", "m", "-t", "20", "-c", "the", cwd=tmp_path)
     assert g.returncode == 0 and g.stdout.startswith("the")
 

@@ -48,7 +48,7 @@ def add_data_and_settings(parser: argparse.ArgumentParser, heading: str | None =
     parser.add_argument("-s", "--settings", default="default",
                         help="model/optimiser preset: tiny, default, speedrun, quarter (15 minutes of the most "
                              "quality on 2 cores), hyper, auto")
-    parser.add_argument("--arch", choices=tuple(ARCHS), default=None,
+    parser.add_argument("--arch", choices=tuple(ARCHS), type=str.lower, default=None,
                         help="classic: the lecture's GPT (default, but -s quarter's is modern); modern: rotary "
                              "positions, RMSNorm, SwiGLU, no biases (Llama's layout)")
     parser.add_argument("-i", "--iterations", default=None,

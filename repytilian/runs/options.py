@@ -46,6 +46,9 @@ class TrainOptions:
         if self.data is not None:  # a path, as a Python user writes it: a file or a folder
             self.data = DataSource.of(self.data)
         self.load, self.out = (str(p) if isinstance(p, os.PathLike) else p for p in (self.load, self.out))
+        # presets by name in any case, as typed (`-s Tiny`, `-i Quick`); their names are lower-case
+        self.settings, self.arch, self.iterations = (v.lower() if isinstance(v, str) else v
+                                                     for v in (self.settings, self.arch, self.iterations))
         if isinstance(self.iterations, numbers.Integral) and not isinstance(self.iterations, bool):  # steps, as `-i 500`
             if self.overrides.get("max_iters", self.iterations) != self.iterations:
                 raise SettingError("iterations", f"is {self.iterations} steps and max_iters "
