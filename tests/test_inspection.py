@@ -161,12 +161,29 @@ def test_the_command_line_prints_each_view_and_draws_it(tmp_path):
     (["--text", "ROMEO", "--layer", "9"], "--layer must be from 1 to 6"),
     (["--text", "ROMEO", "--lens", "--position", "9"], "--position must be from 1 to 5"),
     (["--text", "ROMEO", "--surprise", "--compare", str(SHIPPED / "bpe")], "different tokenizers"),
+    # a traceback (FileNotFoundError of the temporary file), after the view's work
+    (["--text", "ROMEO", "--png", "/proc/attention.png"], "cannot draw to /proc/attention.png: nothing can be written"),
 ])
 def test_bad_requests_are_one_clear_line(tmp_path, flags, words):
     from conftest import run_script
 
     r = run_script("inspect", "-m", str(SHIPPED / "v3c"), *flags, cwd=tmp_path)
     assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_flag_of_another_view_is_noted_not_ignored_in_silence(tmp_path):
+    from conftest import run_script
+
+    r = run_script("inspect", "-m", str(SHIPPED / "v1c"), "--text", "ROMEO", "--position", "2", "--compare", "x",
+                   cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("layer 2, head 1"), r.stderr  # the attention view, as asked
+    assert "note: --position is for the lens view (--lens); the attention view does not use it" in r.stderr
+    assert "note: --compare is for the surprise view (--surprise)" in r.stderr
+    r = run_script("inspect", "-m", str(SHIPPED / "v1c"), "--embeddings", "--text", "ROMEO", "--head", "2",
+                   cwd=tmp_path)
+    assert r.returncode == 0 and "--text is not used" in r.stderr and "--head is for the attention view" in r.stderr
+    quiet = run_script("inspect", "-m", str(SHIPPED / "v1c"), "--text", "ROMEO", "--lens", "--top", "2", cwd=tmp_path)
+    assert quiet.returncode == 0 and "note" not in quiet.stderr
 
 
 def test_a_python_caller_may_give_the_text_itself(tokenizer, tmp_path):

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import RepytilianError
+from ..store.lock import check_writable
 from .common import (
     device_flag,
     last_flag,
@@ -28,6 +29,9 @@ def inspect_command(args: argparse.Namespace) -> int:
     from .. import inspection
 
     view = next((v for v in VIEWS if getattr(args, v)), "attention")
+    _note_what_the_view_leaves_out(args, view)
+    if args.png:  # before the model's work, not after it
+        check_writable(Path(args.png), "draw to", "give --png another place")
     lm = open_model(args, "inspecting")
     ids = [] if view == "embeddings" else _ids(lm, args.text)
     if view == "attention":
@@ -55,6 +59,19 @@ def inspect_command(args: argparse.Namespace) -> int:
             raise RepytilianError("drawing needs matplotlib: pip install 'repytilian[plot]'")
         say(f"wrote {out}")
     return 0
+
+
+# The flags that only one view reads: given with another, they were ignored without a word
+FLAGS_OF = {"layer": "attention", "head": "attention", "position": "lens", "top": "lens", "compare": "surprise"}
+
+
+def _note_what_the_view_leaves_out(args: argparse.Namespace, view: str) -> None:
+    for name, owner in FLAGS_OF.items():
+        if getattr(args, name) is not None and owner != view:
+            say(f"note: --{name} is for the {owner} view (--{owner}); the {view} view does not use it")
+    if view == "embeddings" and args.text:
+        say("note: the embeddings view shows every token of the vocabulary; --text is not used")
+    args.head, args.top = args.head or 1, args.top or 5  # their defaults, once it is known who set them
 
 
 def _ids(lm, text: str | None) -> list[int]:
@@ -132,10 +149,10 @@ def register(sub, debug: argparse.ArgumentParser) -> None:
     views.add_argument("--embeddings", action="store_true", help="the token embeddings on their two main axes")
     views.add_argument("--surprise", action="store_true", help="each token's surprise in bits (--compare: two models)")
     parser.add_argument("--layer", type=positive_int, default=None, help="attention: the layer (default the last)")
-    parser.add_argument("--head", type=positive_int, default=1, help="attention: the head (default 1; the figure "
+    parser.add_argument("--head", type=positive_int, default=None, help="attention: the head (default 1; the figure "
                         "shows them all)")
     parser.add_argument("--position", type=positive_int, default=None, help="lens: after which token (default the last)")
-    parser.add_argument("--top", type=positive_int, default=5, help="lens: tokens shown per stage (default 5)")
+    parser.add_argument("--top", type=positive_int, default=None, help="lens: tokens shown per stage (default 5)")
     parser.add_argument("--compare", metavar="DIR", help="surprise: a second model folder with the same tokenizer")
     parser.add_argument("--png", metavar="FILE", help="also draw the view to this PNG file")
     device_flag(parser)
