@@ -205,9 +205,18 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error_before_training(corpus
     import sys
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail
+    events = []
     with pytest.raises(RepytilianError, match="^wandb needs the wandb package: pip install wandb"):
-        train(options(corpus_file, tmp_path, wandb=True))
+        train(options(corpus_file, tmp_path, wandb=True), on_event=events.append)
     assert not (tmp_path / "model").exists()
+    assert events == []  # before the data is read (a large corpus is minutes of tokenizing): was after it
+    board = __import__("types").ModuleType("torch.utils.tensorboard")
+    board.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", board)
+    with pytest.raises(RepytilianError, match="^cannot write TensorBoard logs to /proc/tb: nothing can be "
+                                              "written in /proc"):  # was a traceback from the writer
+        train(options(corpus_file, tmp_path, tensorboard="/proc/tb"), on_event=events.append)
+    assert events == []
 
 
 @pytest.mark.machine

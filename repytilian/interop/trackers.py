@@ -22,13 +22,25 @@ class Tracker(Protocol):
     def finish(self, summary: dict[str, Any]) -> None: ...
 
 
+def _wandb() -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise SettingError("wandb", "needs the wandb package: pip install wandb") from None
+    return wandb
+
+
+def _summary_writer() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SettingError("tensorboard", "needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
+
+
 class WandbTracker:
     def __init__(self, config: dict[str, Any], name: str | None):
-        try:
-            import wandb
-        except ImportError:
-            raise SettingError("wandb", "needs the wandb package: pip install wandb") from None
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "repytilian"), name=name, config=config)
+        self.run = _wandb().init(project=os.environ.get("WANDB_PROJECT", "repytilian"), name=name, config=config)
 
     def log(self, entry: dict[str, Any]) -> None:
         self.run.log({k: entry[k] for k in SCALARS if k in entry}, step=entry["step"])
@@ -41,12 +53,9 @@ class WandbTracker:
 
 class TensorBoardTracker:
     def __init__(self, log_dir: str, config: dict[str, Any]):
+        writer = _summary_writer()
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise SettingError("tensorboard", "needs the tensorboard package: pip install tensorboard") from None
-        try:
-            self.writer = SummaryWriter(log_dir=log_dir)
+            self.writer = writer(log_dir=log_dir)
         except OSError as e:
             raise RepytilianError(f"cannot write TensorBoard logs to {log_dir}: {e.strerror or e}") from None
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(config.items())))
@@ -62,6 +71,21 @@ class TensorBoardTracker:
         if summary.get("val_loss_full") is not None:
             self.writer.add_scalar("loss/val_whole_split", summary["val_loss_full"], summary.get("step", 0))
         self.writer.close()
+
+
+def check_trackers(wandb: bool, tensorboard_dir: str | None) -> None:
+    """What would stop the trackers from opening, found before the data is read (a large corpus
+    takes minutes to tokenize) rather than as the run starts."""
+    from pathlib import Path
+
+    from ..store.lock import check_writable
+
+    if tensorboard_dir:
+        _summary_writer()
+        check_writable(Path(tensorboard_dir), "write TensorBoard logs to", "give `tensorboard` another folder",
+                       ("tensorboard",), inside=True)
+    if wandb:
+        _wandb()
 
 
 def open_trackers(wandb: bool, tensorboard_dir: str | None, config: dict[str, Any],

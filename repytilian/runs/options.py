@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import DEFAULT_MODEL_DIR, typed
 from ..data.corpus import DataSource
-from ..errors import SettingError
+from ..errors import RepytilianError, SettingError
 from ..language_model import LanguageModel
 from ..runtime.signals import StopRequest
 from ..schedule import TrainState
@@ -54,6 +54,19 @@ class TrainOptions:
                 raise SettingError("iterations", f"is {self.iterations} steps and max_iters "
                                    f"{self.overrides['max_iters']}: give one of them", ("max_iters",))
             self.overrides["max_iters"], self.iterations = typed("max_iters", int(self.iterations)), None
+
+    def check_start(self, main: bool = True) -> None:
+        """What would stop the run at its start, found before the data is read (a large corpus takes
+        minutes to tokenize): `main`, the process that saves and logs, checks the target and trackers."""
+        from ..interop.trackers import check_trackers
+        from ..store.folder import check_target
+
+        if self.lora and not self.load:
+            raise RepytilianError("`lora` fine-tunes a trained model: give the model folder as `load`", ("lora", "load"))
+        if main:
+            check_trackers(self.wandb, self.tensorboard)
+            if self.out:
+                check_target(Path(self.out))
 
 
 @dataclass

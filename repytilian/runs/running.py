@@ -35,7 +35,6 @@ from ..runtime.compile_choice import CompileCheck, step_key
 from ..runtime.device import pick_device, prepare_for_training
 from ..runtime.precision import DTYPES, DtypeRecheck, resolve_dtype
 from ..store.folder import (
-    check_target,
     interrupted_dir,
     save_model_dir,
 )
@@ -89,10 +88,7 @@ def _quiet(event: Any) -> None:
 
 def _train_in(opts: TrainOptions, report: Listener, world: World, device: torch.device) -> TrainResult:
     out = Path(opts.out) if opts.out else None
-    if out is not None and world.is_main:
-        check_target(out)
-    if opts.lora and not opts.load:  # before the data is read: the run cannot start
-        raise RepytilianError("`lora` fine-tunes a trained model: give the model folder as `load`", ("lora", "load"))
+    opts.check_start(world.is_main)
     run = resumed_run(opts, device, report) if opts.load else fresh_run(opts, device, report)
     if opts.lora:
         with_adapters(opts, run, report)

@@ -20,12 +20,14 @@ def why_unwritable(folder: Path, error: OSError) -> str:
     return f"nothing can be written in {folder} ({error.strerror or type(error).__name__})"
 
 
-def check_writable(path: Path, doing: str, advice: str, settings: tuple[str, ...] = ()) -> None:
+def check_writable(path: Path, doing: str, advice: str, settings: tuple[str, ...] = (), inside: bool = False) -> None:
     """Refuse `path` where the nearest folder that exists cannot take a new file (the folders below
     it are made as it is written): before the work, not after. The message: "cannot `doing` path:
-    why; `advice`" (`settings`: those the advice names)."""
-    existing = next((p for p in path.absolute().parents if p.exists()), Path("/"))
-    shown = next((p for p in path.parents if p.absolute() == existing), existing)
+    why; `advice`" (`settings`: those the advice names). `inside`: the files go into the folder
+    `path` (TensorBoard's logs), which is the one to try where it exists."""
+    candidates = [path, *path.parents] if inside else list(path.parents)
+    existing = next((p.absolute() for p in candidates if p.exists()), Path("/"))
+    shown = next((p for p in candidates if p.absolute() == existing), existing)
     try:
         if not existing.is_dir():
             raise NotADirectoryError
