@@ -53,6 +53,9 @@ def test_a_folder_mixes_text_files_and_records(tmp_path):
     (['{"text": {"a": 1}}'], "docs.jsonl: line 1: the field 'text' holds an object, not text"),
     (['{"text": null}'], "docs.jsonl: line 1: the field 'text' holds nothing (null), not text"),
     (['["a list"]'], "docs.jsonl: line 1 is not a JSON object with a 'text' field"),
+    # conversations given as text: the chat fine-tune that takes them is named
+    (['{"messages": [{"role": "user", "content": "hi"}]}'], "(it has 'messages'); --text-field names the one to "
+     "train on; or, as these are conversations, fine-tune a model to chat on them: --chat with the model as -l"),
 ])
 def test_a_broken_record_is_one_clear_line(tmp_path, lines, words):
     (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")

@@ -64,6 +64,13 @@ def jsonl_lines(path: Path, digest: Any = None) -> Iterator[tuple[str, Any]]:
                 raise RepytilianError(f"{where} is not JSON ({e.msg}, column {e.colno})") from None
 
 
+def _chat_hint(record: dict) -> str:
+    """For conversations given as text: how a chat fine-tune takes them (data/conversations.py)."""
+    if not {"messages", "conversations"} & set(record):
+        return ""
+    return "; or, as these are conversations, fine-tune a model to chat on them: `chat` with the model as `load`"
+
+
 def _jsonl_values(path: Path, field: str) -> Iterator[tuple[str, Any]]:
     for where, record in jsonl_lines(path):
         if not isinstance(record, dict):
@@ -71,7 +78,7 @@ def _jsonl_values(path: Path, field: str) -> Iterator[tuple[str, Any]]:
         if field not in record:
             fields = ", ".join(map(repr, list(record)[:8])) or "none"
             raise RepytilianError(f"{where} has no field {field!r} (it has {fields}); `text_field` names "
-                                  "the one to train on", ("text_field",))
+                                  f"the one to train on{_chat_hint(record)}", ("text_field", "chat", "load"))
         yield where, record[field]
 
 
@@ -87,7 +94,8 @@ def _parquet_values(path: Path, field: str) -> Iterator[tuple[str, Any]]:
     names = table.schema_arrow.names
     if field not in names:
         raise RepytilianError(f"{path} has no column {field!r} (it has {', '.join(map(repr, names[:8]))}); "
-                              "`text_field` names the one to train on", ("text_field",))
+                              f"`text_field` names the one to train on{_chat_hint(dict.fromkeys(names))}",
+                              ("text_field", "chat", "load"))
     row = 0
     for batch in table.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]):
         for value in batch.column(0).to_pylist():
