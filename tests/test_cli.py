@@ -66,8 +66,10 @@ def test_generate_py_flags_from_the_seed_readme(corpus_file, tmp_path):
 def test_generate_only_to_a_file(corpus_file, tmp_path):
     model = trained(corpus_file, tmp_path)
     r = run_script("generate.py", "-m", model, "-t", "0", "-f", "o.txt", "-ft", "25", cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout == ""
+    assert r.returncode == 0 and r.stdout == "" and "nothing is generated" not in r.stderr
     assert len((tmp_path / "o.txt").read_text()) == 25
+    nothing = run_script("generate.py", "-m", model, "-t", "0", cwd=tmp_path)  # was silent: no text, no word
+    assert nothing.returncode == 0 and nothing.stdout == "" and "-t 0 asks for no tokens" in nothing.stderr
     nested = run_script("generate.py", "-m", model, "-t", "0", "-f", "out/today/o.txt", "-ft", "5", cwd=tmp_path)
     assert nested.returncode == 0, nested.stderr  # was: cannot write out/today/o.txt, after generating
     assert len((tmp_path / "out" / "today" / "o.txt").read_text()) == 5

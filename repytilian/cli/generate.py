@@ -94,6 +94,8 @@ def generate_command(args: argparse.Namespace) -> int:
         from .chat import chat_loop
 
         return chat_loop(lm, args.tokens or 200, sampling, stop=args.stop[0] if args.stop else None)
+    if max(args.tokens, args.filetokens or 0) == 0:  # printed nothing at all, as the seed's did
+        say("note: -t 0 asks for no tokens, so nothing is generated (-t sets how many)")
     options = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                "seed": sampling.seed, "stop": args.stop, "max_time": args.max_time, "use_cache": not args.no_cache}
     write_generation(lm, args.prompt, args.tokens, options, args.filename, args.filetokens, args.num_samples)
