@@ -99,6 +99,10 @@ def test_export_from_the_command_line(tmp_path, corpus_file):
     assert hf_tokenizer.decode(out[0]).startswith("the king")
     again = run_script("export", "-m", "m", "hf", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
+    # a file's name wrote a Hugging Face folder so named: m.safetensors/config.json, ...
+    named = run_script("export", "-m", "m", "out/m.safetensors", cwd=tmp_path)
+    assert named.returncode == 2 and "out/m.safetensors names a file, and --format hf writes a folder" in named.stderr
+    assert "such as out/m-hf" in named.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name, tied, qk_norm", [(name, tied, False) for name in ("characters", "bpe")

@@ -60,6 +60,12 @@ def import_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# Names of single files people give export, and what to say of each beside "give a folder's name"
+FILE_NAMES = {".safetensors": " (the model's weights are model.safetensors in its folder already)",
+              ".bin": "", ".pt": " (Repytilian writes no pickles)", ".pth": " (Repytilian writes no pickles)",
+              ".ckpt": "", ".json": "", ".zip": "", ".tar": "", ".gz": ""}
+
+
 def export_target(args: argparse.Namespace) -> tuple[str, str]:
     """The format and the path to write: the path after the command or as -o; without --format, a
     .gguf or .onnx name says which (`export x.gguf` wrote a Hugging Face folder named x.gguf)."""
@@ -72,7 +78,13 @@ def export_target(args: argparse.Namespace) -> tuple[str, str]:
         raise RepytilianError(f"{out} is a model; the word after export is where to write. Give the model as -m: "
                               f"repytilian export -m {quote(out)} {quote(Path(out).name + '.gguf')} (or a new "
                               "folder, for Hugging Face)")
-    return args.format or {".gguf": "gguf", ".onnx": "onnx"}.get(Path(out).suffix.lower(), "hf"), out
+    suffix = Path(out).suffix.lower()
+    if args.format is None and suffix in FILE_NAMES:  # `export x.safetensors` wrote a Hugging Face folder so named
+        folder = quote(Path(out).with_name(Path(out).stem + "-hf"))
+        raise RepytilianError(f"{out} names a file, and --format hf writes a folder (config.json, model.safetensors, "
+                              f"tokenizer.json): give a folder's name, such as {folder}, or a .gguf or .onnx name "
+                              f"for one file{FILE_NAMES[suffix]}")
+    return args.format or {".gguf": "gguf", ".onnx": "onnx"}.get(suffix, "hf"), out
 
 
 def export_command(args: argparse.Namespace) -> int:
