@@ -267,3 +267,24 @@ def test_repytilian_alone_lists_its_commands(capsys):
     assert cli.main([]) == 2
     out = capsys.readouterr()
     assert "train" in out.err and "generate" in out.err and "serve" in out.err and "repytilian COMMAND --help" in out.err
+
+
+@pytest.mark.parametrize("text, value", [("900", 900.0), ("1.5", 1.5), ("90s", 90.0), ("15m", 900.0),
+                                         ("15min", 900.0), ("1.5h", 5400.0), ("1h30m", 5400.0), (" 2m 30s ", 150.0)])
+def test_times_are_taken_as_people_write_them(text, value):
+    """`--budget 15m` was "invalid float value: '15m'" (train, ladder, bench; generate's --max-time, serve's
+    --max-seconds)."""
+    from repytilian.cli.common import seconds
+
+    assert seconds(text) == value
+
+
+def test_a_time_that_is_not_one_is_named(tmp_path, capsys):
+    from repytilian import cli
+
+    for argv in (["train", "--budget", "15x"], ["generate", "--max-time", "soon"], ["ladder", "--budget", "1h30"]):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert "expected seconds, or a time such as 90s, 15m or 1h30m" in capsys.readouterr().err
+    parsed = cli.verbs.parser().parse_args(["serve", "--max-seconds", "2m"])
+    assert parsed.max_seconds == 120.0

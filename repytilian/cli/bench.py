@@ -36,6 +36,7 @@ from ..errors import EXIT_USER_ERROR, RepytilianError
 from ..runtime.cpu import cpu_name
 from ..runtime.device import prepare_for_training
 from ..runtime.precision import DTYPES, cpu_bf16, machine_summary, resolve_dtype
+from .common import seconds
 from .flags import in_flags
 
 
@@ -224,8 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per variant and round (default: 20, hyper 2)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds, the variants taking turns in each")
-    parser.add_argument("--budget", type=float, action="append", default=[],
-                        help="quality per time: train --quality-preset for this many seconds (repeatable)")
+    parser.add_argument("--budget", type=seconds, action="append", default=[],
+                        help="quality per time: train --quality-preset for this many seconds (or 15m; repeatable)")
     parser.add_argument("--quality-preset", default="default")
     parser.add_argument("--loop-steps", type=int, default=200,
                         help="steps per round of the training-loop overhead measurement (first preset)")

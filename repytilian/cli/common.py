@@ -3,6 +3,7 @@ model a verb works on, and running a verb so that a user's error is one line, ne
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import sys
@@ -38,6 +39,23 @@ def positive_int(text: str) -> int:
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+TIME_UNITS = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
+TIME_PART = r"(\d+(?:\.\d+)?)\s*(h|min|m|s)"
+
+
+def seconds(text: str) -> float:
+    """A time in seconds, or as people write one: 90s, 15m, 1.5h, 1h30m (`--budget 15m`)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    spoken = text.strip().lower()
+    parts = re.findall(TIME_PART, spoken)
+    if not parts or re.sub(TIME_PART, "", spoken).strip():
+        raise argparse.ArgumentTypeError(f"expected seconds, or a time such as 90s, 15m or 1h30m, got {text!r}")
+    return sum(float(number) * TIME_UNITS[unit] for number, unit in parts)
 
 
 def debug_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -22,7 +22,15 @@ from ..engine import Begun, Token
 from ..errors import RepytilianError
 from ..sampling import SamplingOptions
 from ..store.lock import check_writable
-from .common import last_flag, nonnegative_int, open_model, run, say, seed_device_debug
+from .common import (
+    last_flag,
+    nonnegative_int,
+    open_model,
+    run,
+    say,
+    seconds,
+    seed_device_debug,
+)
 from .train import add_data_and_settings, speak, train_options
 
 
@@ -44,7 +52,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-samples", type=int, default=1, help="how many samples, generated as one batch")
     group.add_argument("--stop", action="append", default=[], metavar="STRING",
                         help="stop a sample where this text appears (repeatable; the text itself is not shown)")
-    group.add_argument("--max-time", type=float, default=None, metavar="SECONDS", help="stop after this many seconds")
+    group.add_argument("--max-time", type=seconds, default=None, metavar="SECONDS",
+                       help="stop after this many seconds (or 90s, 15m)")
     group.add_argument("--no-cache", action="store_true",
                         help="recompute the whole context for every token (slow; for comparison)")
     last_flag(parser)

@@ -18,14 +18,15 @@ from typing import Any
 from ..config import LECTURE_STEP_ABOUT
 from ..data import DataSource
 from ..errors import SettingError
+from .common import seconds
 
 STEPS = tuple(LECTURE_STEP_ABOUT)  # bigram ... classic, in the lecture's order
 LAST_STEP_DROPOUT = 0.1  # the GPT's dropout; the lecture's 0.2 is for a model 3x wider trained far longer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--budget", type=float, default=60.0, metavar="SECONDS",
-                        help="training time for each step (default 60)")
+    parser.add_argument("--budget", type=seconds, default=60.0, metavar="SECONDS",
+                        help="training time for each step (default 60; or 90s, 2m)")
     parser.add_argument("-d", "--datafile", "--data", dest="datafile", help="a text file (default Tiny Shakespeare)")
     parser.add_argument("-p", "--datapath", help="a folder of text files")
     parser.add_argument("-s", "--settings", default="default", help="the preset whose shape the steps share")

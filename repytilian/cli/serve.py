@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RepytilianError
+from .common import seconds
 
 KEY_VARIABLE = "REPYTILIAN_API_KEY"
 DECODING_FORMATS = ("auto", "float32", "bfloat16", "float16")
@@ -38,7 +39,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "fewest (default: 2 from 2 cores where its decoding steps are built, --compile; else 1)")
     parser.add_argument("--max-queue", type=int, default=d.max_waiting,
                         help=f"requests that may wait for a turn (default {d.max_waiting}); beyond: 429")
-    parser.add_argument("--max-seconds", type=float, default=d.max_seconds,
+    parser.add_argument("--max-seconds", type=seconds, default=d.max_seconds,
                         help=f"generation time per request (default {d.max_seconds:g} s)")
     parser.add_argument("--compile", action="store_true",
                         help="build each model's decoding step as it is loaded (20-40 s the first time for a model "

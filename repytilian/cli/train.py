@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from ..config import ARCHS, DEFAULT_MODEL_DIR, field_type
 from ..errors import RepytilianError
 from ..runtime.paths import progress_wanted
-from .common import nonnegative_int, positive_int, run, say, seed_device_debug, speak
+from .common import (
+    nonnegative_int,
+    positive_int,
+    run,
+    say,
+    seconds,
+    seed_device_debug,
+    speak,
+)
 from .flags import FIELD_FLAGS, flag_fields, parse_set_options
 
 
@@ -27,6 +35,8 @@ def _flag_argument(cls: type, f: dataclasses.Field) -> dict:
     if kind is bool:
         return {**argument, "action": "store_const", "const": True}
     argument["type"] = positive_int if kind is int and meta.get("minimum") == 1 else kind
+    if meta.get("metavar") == "SECONDS":  # --budget 900, or 15m
+        argument["type"] = seconds
     for key in ("choices", "metavar"):
         if key in meta:
             argument[key] = meta[key]
