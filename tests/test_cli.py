@@ -78,6 +78,10 @@ def test_generate_only_to_a_file(corpus_file, tmp_path):
 def test_unknown_prompt_characters_are_a_clear_error(corpus_file, tmp_path):
     model = trained(corpus_file, tmp_path)
     assert_user_error(run_script("generate.py", "-m", model, "-c", "ZeXa", cwd=tmp_path), "'X', 'Z'")
+    # "\n" typed in a shell's quotes is a backslash and an n: said "unknown character '\\'" alone
+    v2c = str(ROOT / "models" / "shakespeare" / "v2c")
+    typed = run_script("generate.py", "-m", v2c, "-c", "ROMEO:\\nJULIET:", "-t", "5", cwd=tmp_path)
+    assert_user_error(typed, "A line break typed as \\n is a backslash and an n to the shell: write -c $'ROMEO:")
 
 
 def test_unknown_prompt_words_suggest_known_ones(corpus_file, tmp_path):

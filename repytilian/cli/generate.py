@@ -22,6 +22,7 @@ from ..engine import Begun, Token
 from ..errors import RepytilianError
 from ..sampling import SamplingOptions
 from ..store.lock import check_writable
+from ..tokenizers import UnknownTokensError
 from .common import (
     last_flag,
     nonnegative_int,
@@ -107,7 +108,14 @@ def generate_command(args: argparse.Namespace) -> int:
         say("note: -t 0 asks for no tokens, so nothing is generated (-t sets how many)")
     options = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                "seed": sampling.seed, "stop": args.stop, "max_time": args.max_time, "use_cache": not args.no_cache}
-    write_generation(lm, args.prompt, args.tokens, options, args.filename, args.filetokens, args.num_samples)
+    try:
+        write_generation(lm, args.prompt, args.tokens, options, args.filename, args.filetokens, args.num_samples)
+    except UnknownTokensError as e:
+        if "\\n" not in (args.prompt or ""):
+            raise
+        # -c "ROMEO:\nJULIET:" reaches the model as a backslash and an n: the shell keeps them as typed
+        raise RepytilianError(f"{e}. A line break typed as \\n is a backslash and an n to the shell: write "
+                              "-c $'ROMEO:\\nJULIET:' (bash, zsh), or put the prompt in a file for --prompt-file") from None
     return 0
 
 
