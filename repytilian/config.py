@@ -13,6 +13,7 @@ This module imports no torch, so the command line can build its parsers (and ans
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -279,8 +280,11 @@ def field_of(name: str) -> tuple[type, dataclasses.Field]:
         for f in fields(cls):
             if f.name == name:
                 return cls, f
-    known = ", ".join(sorted(MODEL_FIELDS | TRAIN_FIELDS))
-    raise SettingError(name, f"is not a setting; the settings are: {known}")
+    known = sorted(MODEL_FIELDS | TRAIN_FIELDS)
+    meant = difflib.get_close_matches(str(name), known, 1)
+    if meant:  # n_layers, learningrate: the one meant, not a list of 38
+        raise SettingError(name, f"is not a setting; did you mean {meant[0]}?")
+    raise SettingError(name, f"is not a setting; the settings are: {', '.join(known)}")
 
 
 def typed(name: str, value: Any) -> Any:

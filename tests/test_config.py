@@ -60,7 +60,8 @@ def test_every_field_can_be_overridden_with_types_converted():
     (["dropout=lots"], "not a valid float"),
     (["bias=maybe"], "not a valid bool"),
     (["nonsense"], "NAME=VALUE"),
-    (["wings=2"], "unknown setting 'wings'"),
+    (["wings=2"], "unknown setting 'wings'; known settings: activation, "),
+    (["n_layers=2"], "unknown setting 'n_layers'; did you mean n_layer\\?$"),  # was the list of 38 alone
 ])
 def test_bad_overrides_are_clear_errors(pairs, message):
     with pytest.raises(RepytilianError, match=message):
@@ -119,8 +120,10 @@ def test_the_library_takes_typed_settings_and_the_command_line_turns_text_into_t
             build_configs("default", "default", {name: text})
     m, t = build_configs("default", "default", {"learning_rate": 1, "n_layer": 2})  # an int is a float's value
     assert t.learning_rate == 1.0 and isinstance(t.learning_rate, float) and m.n_layer == 2
-    with pytest.raises(SettingError, match="wings is not a setting"):
+    with pytest.raises(SettingError, match="wings is not a setting; the settings are: activation, "):
         build_configs("default", "default", {"wings": 2})
+    with pytest.raises(SettingError, match="learningrate is not a setting; did you mean learning_rate\\?$"):
+        build_configs("default", "default", {"learningrate": 2})
 
 
 def test_train_options_check_their_settings_when_made():
@@ -131,6 +134,9 @@ def test_train_options_check_their_settings_when_made():
                                                                                        "learning_rate": 1.0}
     with pytest.raises(SettingError, match="block_size must be an int, got '64'"):
         TrainOptions(overrides={"block_size": "64"})
+    # iterations="500", as -i 500 takes it, was "unknown `iterations` preset '500'"
+    assert TrainOptions(iterations="500").overrides["max_iters"] == 500
+    assert TrainOptions(iterations="Quick").iterations == "quick"  # presets in any case, as typed
 
 
 

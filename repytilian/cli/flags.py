@@ -5,6 +5,7 @@ Library errors and notes name settings as the library does, in backquotes (`bloc
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 from ..config import (
@@ -78,8 +79,10 @@ def parse_set_options(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise RepytilianError(f"--set expects NAME=VALUE, got {pair!r}")
         if key not in MODEL_FIELDS | TRAIN_FIELDS:
-            known = ", ".join(sorted(MODEL_FIELDS | TRAIN_FIELDS))
-            raise RepytilianError(f"--set: unknown setting {key!r}; known settings: {known}")
+            known = sorted(MODEL_FIELDS | TRAIN_FIELDS)
+            meant = difflib.get_close_matches(key, known, 1)
+            raise RepytilianError(f"--set: unknown setting {key!r}; " + (f"did you mean {meant[0]}?" if meant else
+                                  f"known settings: {', '.join(known)}"))
         out[key] = value_of(key, text.strip())
     return out
 

@@ -49,6 +49,8 @@ class TrainOptions:
         # presets by name in any case, as typed (`-s Tiny`, `-i Quick`); their names are lower-case
         self.settings, self.arch, self.iterations = (v.lower() if isinstance(v, str) else v
                                                      for v in (self.settings, self.arch, self.iterations))
+        if isinstance(self.iterations, str) and self.iterations.strip().isdigit():  # "500", as the command line's
+            self.iterations = int(self.iterations)
         if isinstance(self.iterations, numbers.Integral) and not isinstance(self.iterations, bool):  # steps, as `-i 500`
             if self.overrides.get("max_iters", self.iterations) != self.iterations:
                 raise SettingError("iterations", f"is {self.iterations} steps and max_iters "
