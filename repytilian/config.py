@@ -324,17 +324,22 @@ def approx_params(n_layer: int, n_embd: int, block_size: int, vocab_size: int) -
     return 12 * n_layer * n_embd ** 2 + (vocab_size + block_size) * n_embd
 
 
-def auto_settings(train_tokens: int, vocab_size: int, steps_given: bool) -> tuple[dict[str, Any], str]:
-    """-s auto: a shape for the data's size (and steps, unless -i, --iters or --budget say), and why."""
+def auto_settings(train_tokens: int, vocab_size: int, steps_given: bool,
+                  val_tokens: int | None = None) -> tuple[dict[str, Any], str]:
+    """-s auto: a shape for the data's size (and steps, unless -i, --iters or --budget say), and why.
+    The context fits both splits (a window needs a context and one more token): a power of two."""
     fitting = [s for s in AUTO_SHAPES if approx_params(s[0], s[2], s[3], vocab_size) <= train_tokens] or [AUTO_SHAPES[0]]
     n_layer, n_head, n_embd, block, batch, lr = fitting[-1]
+    shortest = min(train_tokens, val_tokens if val_tokens is not None else train_tokens)
+    while block > 1 and block >= shortest:  # 254 train, 28 val tokens: a context of 16, not 32
+        block //= 2
     params = approx_params(n_layer, n_embd, block, vocab_size)
     per_param = train_tokens / params
     chosen = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block, "batch_size": batch,
               "learning_rate": lr, "min_lr": lr / 10, "dropout": 0.1 if per_param < 10 else 0.0}
     why = (f"`settings` auto: {train_tokens:,} training tokens, so {n_layer} layer{'s' * (n_layer != 1)} x "
            f"{n_head} head{'s' * (n_head != 1)} x {n_embd} wide, context {block} "
-           f"(about {params / 1e6:.2f}M parameters, {per_param:.1f} tokens each)"
+           f"(about {params / 1e6:.2f}M parameters, {per_param:.{1 if per_param >= 0.1 else 3}f} tokens each)"
            + (", dropout 0.1" if chosen["dropout"] else "")
            + ("; the smallest shape: the text is small for any GPT" if per_param < 1 else ""))
     if not steps_given:

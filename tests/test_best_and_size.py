@@ -2,6 +2,7 @@
 against the model's (tokens per parameter, -s auto, over-fitting said once), and a diverged run
 keeps its last good model."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,6 +157,12 @@ def test_s_auto_fits_the_shape_and_steps_to_the_data(tmp_path, small_text):
     assert "12,207 steps" in why
     huge, _ = auto_settings(200_000_000, 65, steps_given=True)
     assert huge["n_embd"] == 384 and huge["dropout"] == 0.0 and "max_iters" not in huge
+    # a 300-character text (28 validation tokens) was given a context of 32 and then refused as too short
+    little, why = auto_settings(254, 65, steps_given=True, val_tokens=28)
+    assert little["block_size"] == 16 and "context 16" in why and "0.017 tokens each" in why  # was "0.0"
+    (tmp_path / "little.txt").write_text(Path(small_text).read_text()[:300])
+    r = run_script("training.py", "-d", "little.txt", "-s", "auto", "-m", "l", "-t", "0", "--iters", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
 
 
 def test_a_diverged_run_keeps_its_last_good_model(tmp_path, small_text, monkeypatch):

@@ -160,7 +160,7 @@ def fresh_run(opts: TrainOptions, device: torch.device, report: Listener) -> Run
         report(Note(f"tokenized in {time.perf_counter() - started_tokenizing:.1f}s"))
     if opts.settings == "auto":  # the shape follows the data (and the steps, unless told): on top of "default"
         given = opts.iterations is not None or "max_iters" in opts.overrides or tcfg.max_seconds is not None
-        chosen, why = auto_settings(len(data.train), tokenizer.vocab_size, given)
+        chosen, why = auto_settings(len(data.train), tokenizer.vocab_size, given, len(data.val))
         report(Note(why, settings=("settings",)))
         mcfg, tcfg = with_values(mcfg, tcfg, {k: v for k, v in chosen.items() if k not in opts.overrides})
     mcfg.vocab_size = tokenizer.vocab_size
