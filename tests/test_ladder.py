@@ -62,6 +62,18 @@ def test_repytilian_ladder_trains_each_step_and_prints_one_table(corpus_file, tm
     assert bad.returncode == 2 and "--steps has unknown step(s) trigram" in bad.stderr
 
 
+def test_a_text_too_short_for_the_context_is_told_in_the_ladders_flags(tmp_path):
+    """Said "a smaller context (--block-size 14)", a flag the ladder does not take; `--steps Bigram`
+    was an unknown step."""
+    (tmp_path / "little.txt").write_text("the king and queen walk to the castle. " * 7)
+    r = run_script("ladder", "-d", "little.txt", "--budget", "1", "--steps", "Bigram", "--out", "l", cwd=tmp_path)
+    assert r.returncode == 2 and "Use more data, or -s auto, whose context fits the text" in r.stderr, r.stderr
+    assert "--block-size" not in r.stderr
+    fitted = run_script("ladder", "-d", "little.txt", "--budget", "1", "--steps", "Bigram", "-s", "auto",
+                        "--out", "l", cwd=tmp_path)
+    assert fitted.returncode == 0, fitted.stderr
+
+
 def test_ctrl_c_stops_the_climb(tmp_path, corpus_file):
     import os
     import signal

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import LECTURE_STEP_ABOUT
 from ..data import DataSource
-from ..errors import SettingError
+from ..errors import RepytilianError, SettingError
 from .common import seconds
 
 STEPS = tuple(LECTURE_STEP_ABOUT)  # bigram ... classic, in the lecture's order
@@ -45,7 +45,7 @@ def climb(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str | None]:
     trained before it are compared; the one it stopped is saved where training saves interruptions)."""
     from ..api import TrainOptions, train
 
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    steps = [s.strip().lower() for s in args.steps.split(",") if s.strip()]
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise SettingError("steps", f"has unknown step(s) {', '.join(unknown)}; the steps are {', '.join(STEPS)}")
@@ -58,9 +58,16 @@ def climb(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str | None]:
                                      "eval_iters": 10}
         if step == "classic":
             overrides["dropout"] = LAST_STEP_DROPOUT
-        result = train(TrainOptions(data=source, settings=args.settings, arch=step, iterations="forever",
-                                    overrides=overrides, out=str(out / step), seed=args.seed, progress=False),
-                       on_event=lambda event: None)
+        try:
+            result = train(TrainOptions(data=source, settings=args.settings, arch=step, iterations="forever",
+                                        overrides=overrides, out=str(out / step), seed=args.seed, progress=False),
+                           on_event=lambda event: None)
+        except RepytilianError as e:
+            if "block_size" not in e.settings:
+                raise
+            # "a smaller context (--block-size 14)": a flag the ladder does not take; -s auto fits it
+            raise RepytilianError(str(e).split(". Use more data")[0] + ". Use more data, or -s auto, whose "
+                                  "context fits the text") from None
         if result.stopped_by:
             print(f"      stopped by {result.stopped_by} (saved to {result.saved_to})", file=sys.stderr, flush=True)
             return rows, result.stopped_by
