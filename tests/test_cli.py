@@ -290,5 +290,19 @@ def test_a_time_that_is_not_one_is_named(tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.main(argv)
         assert "expected seconds, or a time such as 90s, 15m or 1h30m" in capsys.readouterr().err
-    parsed = cli.verbs.parser().parse_args(["serve", "--max-seconds", "2m"])
+    from repytilian.cli.verbs import parser
+
+    parsed = parser().parse_args(["serve", "--max-seconds", "2m"])
     assert parsed.max_seconds == 120.0
+
+
+def test_number_formats_are_taken_as_people_shorten_them():
+    """`--dtype bf16` was "invalid choice: 'bf16' (choose from 'auto', 'float32', 'bfloat16', 'float16')"."""
+    from repytilian.cli.verbs import parser as verbs
+
+    parser = verbs()
+    assert parser.parse_args(["train", "--dtype", "bf16"]).dtype == "bfloat16"
+    assert parser.parse_args(["generate", "--dtype", "FP32"]).dtype == "float32"
+    assert parser.parse_args(["serve", "--dtype", "half"]).dtype == "float16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--dtype", "int8"])

@@ -78,6 +78,15 @@ def model_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
                         help=f"model folder (default {DEFAULT_MODEL_DIR}){extra}")
 
 
+# Number formats as people shorten them (`--dtype bf16`), in torch's names
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32", "float": "float32", "fp16": "float16",
+                 "f16": "float16", "half": "float16"}
+
+
+def dtype_name(text: str) -> str:
+    return DTYPE_ALIASES.get(text.strip().lower(), text.strip().lower())
+
+
 def model_folder_argument(parser: argparse.ArgumentParser) -> None:
     """The model folder as a word after the command (`repytilian info models/x`) or, as every
     command takes it, as -m; `run` settles which before the command runs."""

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RepytilianError
-from .common import seconds
+from .common import dtype_name, seconds
 
 KEY_VARIABLE = "REPYTILIAN_API_KEY"
 DECODING_FORMATS = ("auto", "float32", "bfloat16", "float16")
@@ -44,7 +44,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="build each model's decoding step as it is loaded (20-40 s the first time for a model "
                              "on this machine, then kept): about twice the tokens/s on a CPU, alone or in batches")
-    parser.add_argument("--dtype", default="auto", choices=DECODING_FORMATS,
+    parser.add_argument("--dtype", default="auto", choices=DECODING_FORMATS, type=dtype_name,
                         help="the decoding matrices' format: auto (default) is float32 below 256 wide, which "
                              "gives every surface the same text for a seed, and 16 bits from there where faster; "
                              "bfloat16 where the CPU has it natively is faster with --compile "

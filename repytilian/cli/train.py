@@ -16,6 +16,7 @@ from ..config import ARCHS, DEFAULT_MODEL_DIR, field_type
 from ..errors import RepytilianError
 from ..runtime.paths import progress_wanted
 from .common import (
+    dtype_name,
     nonnegative_int,
     positive_int,
     run,
@@ -37,6 +38,8 @@ def _flag_argument(cls: type, f: dataclasses.Field) -> dict:
     argument["type"] = positive_int if kind is int and meta.get("minimum") == 1 else kind
     if meta.get("metavar") == "SECONDS":  # --budget 900, or 15m
         argument["type"] = seconds
+    if f.name == "dtype":  # --dtype bf16
+        argument["type"] = dtype_name
     for key in ("choices", "metavar"):
         if key in meta:
             argument[key] = meta[key]
