@@ -206,6 +206,15 @@ def test_a_device_this_tool_does_not_run_on_is_named_not_a_traceback(scratch, mo
     assert "use auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err
 
 
+def test_a_gpu_by_its_common_name_is_told_its_torch_name(scratch, monkeypatch, capsys):
+    monkeypatch.chdir(scratch)
+    assert cli.main(["generate", "-m", "model", "--device", "GPU", "-t", "3"]) == 2
+    assert "--device gpu is not a device this tool runs on (an NVIDIA GPU is cuda, a Mac's is mps)" in \
+        capsys.readouterr().err
+    assert cli.main(["generate", "-m", "model", "--device", "metal", "-t", "3"]) == 2
+    assert "(a Mac's GPU is mps)" in capsys.readouterr().err
+
+
 def test_a_device_name_in_capitals_is_taken(scratch, monkeypatch, capsys):
     monkeypatch.chdir(scratch)
     assert cli.main(["generate", "-m", "model", "--device", "CPU", "-t", "3"]) == 0

@@ -26,7 +26,9 @@ def pick_device(name: str = "auto") -> torch.device:
         device = None
     # torch names more kinds (xla, meta, xpu, ...): a run there failed deep inside torch
     if device is None or device.type not in RUNS_ON:
-        raise SettingError("device", f"{name or repr(name)} is not a device this tool runs on; "
+        meant = {"gpu": " (an NVIDIA GPU is cuda, a Mac's is mps)", "metal": " (a Mac's GPU is mps)",
+                 "apple": " (a Mac's GPU is mps)", "nvidia": " (an NVIDIA GPU is cuda)"}.get(name, "")
+        raise SettingError("device", f"{name or repr(name)} is not a device this tool runs on{meant}; "
                                      "use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SettingError("device", f"{name} was asked for, but this PyTorch sees no CUDA GPU; use cpu")
