@@ -306,3 +306,23 @@ def test_number_formats_are_taken_as_people_shorten_them():
     assert parser.parse_args(["serve", "--dtype", "half"]).dtype == "float16"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--dtype", "int8"])
+
+
+def test_nanogpts_way_of_setting_a_field_is_taken(corpus_file, tmp_path):
+    """`--batch_size=32`, `--max_iters 500`, `--compile=False` (nanoGPT's configurator) were
+    "unrecognized arguments"; a field without a flag of its own goes through --set."""
+    from repytilian.cli.flags import with_our_flags
+
+    assert with_our_flags(["--batch_size=32", "--max_iters", "500", "--warmup_iters=50", "--compile=False",
+                           "--eval_iters", "-1", "--qk_norm", "-m", "x", "--dropout=0.1"]) == \
+        ["--batch-size=32", "--iters=500", "--set", "warmup_iters=50", "--set", "compile=False",
+         "--set", "eval_iters=-1", "--set", "qk_norm=true", "-m", "x", "--dropout=0.1"]
+    r = run_script("training.py", "-d", str(corpus_file), "-m", "m", "-t", "0", "--max_iters=3", "--batch_size", "4",
+                   "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--warmup_iters=1",
+                   "--compile=False", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["train"]["max_iters"] == 3 and saved["train"]["batch_size"] == 4 and saved["model"]["n_layer"] == 1
+    assert saved["train"]["warmup_iters"] == 1 and saved["train"]["compile"] is False
+    g = run_script("train", "-d", str(corpus_file), "--out", "n", "-t", "0", "--max_iters", "2", *TINY, cwd=tmp_path)
+    assert g.returncode == 0 and json.loads((tmp_path / "n" / "config.json").read_text())["train"]["max_iters"] == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 from typing import Any
 
 from ..config import (
@@ -35,6 +36,29 @@ FLAGS = {
     "load": "-l", "out": "-m", "model_dir": "-m", "prompt": "-c", "tokenizer": "-z", "num_samples": "--num-samples",
     "max_time": "--max-time", "models": "--models", "source_format": "--from",
 }
+
+
+def with_our_flags(argv: Sequence[str]) -> list[str]:
+    """nanoGPT's way of setting a field, `--batch_size=32` or `--max_iters 500`, in this tool's
+    flags (`--batch-size=32`, `--iters 500`), or as `--set NAME=VALUE` for a field without a flag
+    of its own (`--warmup_iters=50`); anything else as it was."""
+    argv, out = list(argv), []
+    while argv:
+        arg = argv.pop(0)
+        name, sep, value = arg[2:].partition("=")
+        field = arg.startswith("--") and name in MODEL_FIELDS | TRAIN_FIELDS
+        boolean = field and field_type(field_of(name)[0], name)[0] is bool
+        if not (field and ("_" in name or (sep and boolean))):  # `--compile=False` too
+            out.append(arg)
+            continue
+        if not sep and not boolean and argv:  # its value, "-1" too
+            sep, value = "=", argv.pop(0)
+        flag = FIELD_FLAGS.get(name)
+        if flag and not (sep and boolean):
+            out.append(flag + sep + value)
+        else:  # `--compile=False`, `--warmup_iters=50`: --set reads a value of any field
+            out += ["--set", f"{name}={value if sep else 'true'}"]
+    return out
 
 
 def flag_fields() -> list[tuple[type, dataclasses.Field]]:

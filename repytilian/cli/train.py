@@ -25,7 +25,7 @@ from .common import (
     seed_device_debug,
     speak,
 )
-from .flags import FIELD_FLAGS, flag_fields, parse_set_options
+from .flags import FIELD_FLAGS, flag_fields, parse_set_options, with_our_flags
 
 
 def _flag_argument(cls: type, f: dataclasses.Field) -> dict:
@@ -192,4 +192,4 @@ def register(sub) -> None:
 def training_script(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training.py", description="Train a GPT language model on text")
     add_train_arguments(parser)
-    return run(train_command, parser.parse_args(argv))
+    return run(train_command, parser.parse_args(with_our_flags(sys.argv[1:] if argv is None else argv)))
