@@ -41,14 +41,15 @@ FLAGS = {
 def with_our_flags(argv: Sequence[str]) -> list[str]:
     """nanoGPT's way of setting a field, `--batch_size=32` or `--max_iters 500`, in this tool's
     flags (`--batch-size=32`, `--iters 500`), or as `--set NAME=VALUE` for a field without a flag
-    of its own (`--warmup_iters=50`); anything else as it was."""
+    of its own (`--warmup_iters=50`, `--beta2=0.99`); anything else as it was."""
     argv, out = list(argv), []
     while argv:
         arg = argv.pop(0)
         name, sep, value = arg[2:].partition("=")
         field = arg.startswith("--") and name in MODEL_FIELDS | TRAIN_FIELDS
         boolean = field and field_type(field_of(name)[0], name)[0] is bool
-        if not (field and ("_" in name or (sep and boolean))):  # `--compile=False` too
+        ours = FIELD_FLAGS.get(name) == "--" + name or name == "seed"  # `--dropout=0.2`: this tool's flag too
+        if not field or (ours and not (sep and boolean)):  # but `--compile=False` is not
             out.append(arg)
             continue
         if not sep and not boolean and argv:  # its value, "-1" too

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ..config import ARCHS, DEFAULT_MODEL_DIR, field_type
-from ..errors import RepytilianError
+from ..errors import EXIT_USER_ERROR, RepytilianError
 from ..runtime.paths import progress_wanted
 from .common import (
     dtype_name,
@@ -26,6 +26,7 @@ from .common import (
     speak,
 )
 from .flags import FIELD_FLAGS, flag_fields, parse_set_options, with_our_flags
+from .nanogpt_config import with_config_files
 
 
 def _flag_argument(cls: type, f: dataclasses.Field) -> dict:
@@ -192,4 +193,14 @@ def register(sub) -> None:
 def training_script(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training.py", description="Train a GPT language model on text")
     add_train_arguments(parser)
-    return run(train_command, parser.parse_args(with_our_flags(sys.argv[1:] if argv is None else argv)))
+    try:
+        words = our_arguments(sys.argv[1:] if argv is None else argv)
+    except RepytilianError as e:  # a config file that cannot be read
+        say(f"error: {e}")
+        return EXIT_USER_ERROR
+    return run(train_command, parser.parse_args(words))
+
+
+def our_arguments(argv: Sequence[str]) -> list[str]:
+    """The command line in this tool's flags: nanoGPT's config files and `--name=value` read (nanogpt_config.py)."""
+    return with_our_flags(with_config_files(list(argv), say))

@@ -9,9 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..errors import EXIT_USER_ERROR, RepytilianError
 from . import chat, convert, evaluate, generate, info, inspection, tokenize, train
 from .common import debug_flag, run
 from .flags import with_our_flags
+from .train import our_arguments
 
 
 def _ladder_and_serve(sub, debug: argparse.ArgumentParser) -> None:
@@ -67,8 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nrepytilian COMMAND --help tells more of one", file=sys.stderr)
         return 2
     root = parser()
-    if argv[0] in ("train", "generate"):  # nanoGPT's `--batch_size=32`, as training.py takes it
-        argv = argv[:1] + with_our_flags(argv[1:])
+    try:  # nanoGPT's config files and `--batch_size=32`, as training.py takes them
+        if argv[0] == "train":
+            argv = argv[:1] + our_arguments(argv[1:])
+        elif argv[0] == "generate":
+            argv = argv[:1] + with_our_flags(argv[1:])
+    except RepytilianError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
     args, extra = root.parse_known_args(argv)
     if extra:  # with the command's own usage: argparse's is the root's, which shows none of its flags
         root.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
