@@ -98,6 +98,15 @@ def _verb(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser
     return choices[verb]
 
 
+def as_the_script_reads(words: list[str]) -> list[str]:
+    """The words as training.py and generate.py hand them to their parsers: nanoGPT's `--name=value`
+    in this tool's flags, a nanoGPT config file left out (the one a page shows is not here to read)."""
+    from repytilian.cli.flags import with_our_flags
+    from repytilian.cli.nanogpt_config import is_config_file
+
+    return with_our_flags([w for i, w in enumerate(words) if not is_config_file(words, i)])
+
+
 def check_command(words: list[str], whole: bool = True) -> None:
     from repytilian.cli.generate import add_generate_arguments
     from repytilian.cli.train import add_train_arguments
@@ -111,7 +120,7 @@ def check_command(words: list[str], whole: bool = True) -> None:
         script, rest = rest[0], rest[1:]
         parsers = {"training.py": training, "generate.py": generating}
         if script in parsers:
-            _parse(parsers[script], rest, whole)
+            _parse(parsers[script], as_the_script_reads(rest), whole)
         else:
             assert (ROOT / script).is_file(), f"{script} is not in the repository"
     elif program == "make":
