@@ -98,12 +98,14 @@ def _verb(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser
     return choices[verb]
 
 
-def as_the_script_reads(words: list[str]) -> list[str]:
+def as_the_script_reads(script: str, words: list[str]) -> list[str]:
     """The words as training.py and generate.py hand them to their parsers: nanoGPT's `--name=value`
-    in this tool's flags, a nanoGPT config file left out (the one a page shows is not here to read)."""
-    from repytilian.cli.flags import with_our_flags
+    in this tool's flags; training.py's nanoGPT config file left out (a page's is not here to read)."""
+    from repytilian.cli.flags import with_our_flags, with_sample_flags
     from repytilian.cli.nanogpt_config import is_config_file
 
+    if script == "generate.py":
+        return with_sample_flags(words)
     return with_our_flags([w for i, w in enumerate(words) if not is_config_file(words, i)])
 
 
@@ -120,7 +122,7 @@ def check_command(words: list[str], whole: bool = True) -> None:
         script, rest = rest[0], rest[1:]
         parsers = {"training.py": training, "generate.py": generating}
         if script in parsers:
-            _parse(parsers[script], as_the_script_reads(rest), whole)
+            _parse(parsers[script], as_the_script_reads(script, rest), whole)
         else:
             assert (ROOT / script).is_file(), f"{script} is not in the repository"
     elif program == "make":

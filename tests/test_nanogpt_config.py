@@ -61,3 +61,21 @@ def test_a_python_file_to_train_on_is_not_a_config_and_a_missing_config_is_named
     (tmp_path / "broken.py").write_text("batch_size = (\n")
     broken = run_script("train", "broken.py", cwd=tmp_path)
     assert broken.returncode == 2 and "cannot read broken.py as a nanoGPT config file (SyntaxError" in broken.stderr
+
+
+def test_nanogpts_sample_settings_are_generate_pys_flags(tmp_path):
+    """`python sample.py --out_dir=... --start="ROMEO:" --max_new_tokens=100` in generate.py's words:
+    it was "unrecognized arguments" for every one of them."""
+    from conftest import ROOT
+
+    v2c = str(ROOT / "models" / "shakespeare" / "v2c")
+    r = run_script("generate.py", f"--out_dir={v2c}", "--start=ROMEO:", "--max_new_tokens=12", "--num_samples=2",
+                   "--top_k=5", "--seed=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ours = run_script("generate.py", "-m", v2c, "-c", "ROMEO:", "-t", "12", "--num-samples", "2", "--top-k", "5",
+                      "--seed", "1", cwd=tmp_path)
+    assert r.stdout == ours.stdout and r.stdout.count("ROMEO:") == 2
+    (tmp_path / "prompt.txt").write_text("JULIET:\n")
+    from_file = run_script("generate.py", f"--out_dir={v2c}", "--start=FILE:prompt.txt", "--max_new_tokens=5",
+                           cwd=tmp_path)
+    assert from_file.returncode == 0 and from_file.stdout.startswith("JULIET:\n"), from_file.stderr

@@ -62,6 +62,27 @@ def with_our_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# nanoGPT's sample.py settings, as generate.py's flags
+SAMPLE_FLAGS = {"start": "-c", "max_new_tokens": "-t", "num_samples": "--num-samples", "out_dir": "-m",
+                "top_k": "--top-k"}
+
+
+def with_sample_flags(argv: Sequence[str]) -> list[str]:
+    """generate.py's command line with nanoGPT's sample.py settings (`--start="ROMEO:"`,
+    `--max_new_tokens=100`, `--start=FILE:prompt.txt`) as its flags, then `with_our_flags`."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg[2:].partition("=")
+        if arg.startswith("--") and sep and name in SAMPLE_FLAGS:
+            flag = SAMPLE_FLAGS[name]
+            if name == "start" and value.startswith("FILE:"):
+                flag, value = "--prompt-file", value[len("FILE:"):]
+            out += [flag, value]
+        else:
+            out.append(arg)
+    return with_our_flags(out)
+
+
 def flag_fields() -> list[tuple[type, dataclasses.Field]]:
     """(config class, field) of every field with a flag of its own, in declaration order."""
     return [(cls, f) for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls) if f.name in FIELD_FLAGS]

@@ -32,7 +32,7 @@ from .common import (
     seconds,
     seed_device_debug,
 )
-from .flags import with_our_flags
+from .flags import with_sample_flags
 from .train import add_data_and_settings, speak, train_options
 
 
@@ -273,4 +273,4 @@ def register(sub) -> None:
 def generate_script(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="generate.py", description="Generate text from a trained model")
     add_generate_arguments(parser)
-    return run(generate_command, parser.parse_args(with_our_flags(sys.argv[1:] if argv is None else argv)))
+    return run(generate_command, parser.parse_args(with_sample_flags(sys.argv[1:] if argv is None else argv)))

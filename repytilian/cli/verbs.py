@@ -12,7 +12,7 @@ from .. import __version__
 from ..errors import EXIT_USER_ERROR, RepytilianError
 from . import chat, convert, evaluate, generate, info, inspection, tokenize, train
 from .common import debug_flag, run
-from .flags import with_our_flags
+from .flags import with_sample_flags
 from .train import our_arguments
 
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[0] == "train":
             argv = argv[:1] + our_arguments(argv[1:])
         elif argv[0] == "generate":
-            argv = argv[:1] + with_our_flags(argv[1:])
+            argv = argv[:1] + with_sample_flags(argv[1:])
     except RepytilianError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
