@@ -58,6 +58,9 @@ def test_a_python_file_to_train_on_is_not_a_config_and_a_missing_config_is_named
     assert r.returncode == 0 and "nanoGPT" not in r.stderr, r.stderr  # -d's value: text to train on
     missing = run_script("training.py", "config/nothing.py", cwd=tmp_path)
     assert missing.returncode == 2 and "error: no such config file: config/nothing.py" in missing.stderr
+    (tmp_path / "odd.py").write_text("gradient_accumulation_steps = 40 / 8\nbatch_size = 'twelve'\nx = 1 / 0\n")
+    odd = run_script("training.py", "odd.py", cwd=tmp_path)
+    assert odd.returncode == 2 and "must be whole numbers, got 'twelve' and 5.0" in odd.stderr, odd.stderr
     (tmp_path / "broken.py").write_text("batch_size = (\n")
     broken = run_script("train", "broken.py", cwd=tmp_path)
     assert broken.returncode == 2 and "cannot read broken.py as a nanoGPT config file (SyntaxError" in broken.stderr

@@ -50,6 +50,10 @@ def config_flags(path: Path, say) -> list[str]:
     flags = [f"--{name}={_text(value)}" for name, value in NANOGPT_DEFAULTS.items() if name not in values]
     unused = []
     micro, accum = values.pop("batch_size", None), values.pop("gradient_accumulation_steps", 1)
+    if not all(_whole(v) for v in (micro or 1, accum)):
+        raise RepytilianError(f"{path}: batch_size and gradient_accumulation_steps must be whole numbers, got "
+                              f"{micro!r} and {accum!r}")
+    micro, accum = (int(v) if v is not None else None for v in (micro, accum))
     if micro is not None:
         flags.append(f"--batch_size={micro * accum}")
         if accum > 1:
@@ -89,7 +93,7 @@ def _assignments(path: Path) -> dict[str, Any]:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
                 values[node.targets[0].id] = _literal(node.value)
-            except ValueError:
+            except (ValueError, TypeError, ArithmeticError, RecursionError):
                 pass  # `wandb_run_name = 'ft-' + str(time.time())`: nothing a run here needs
     return values
 
@@ -101,6 +105,10 @@ def _literal(node: ast.AST) -> Any:
             return ARITHMETIC[type(node.op)](left, right)
         raise ValueError("not arithmetic on numbers")
     return ast.literal_eval(node)
+
+
+def _whole(value: Any) -> bool:  # 12, or 40 / 8 (5.0)
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer()
 
 
 def _text(value: Any) -> str:
