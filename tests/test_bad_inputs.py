@@ -87,6 +87,9 @@ CASES = [
     (["train", "-d", "corpus.txt", *Q, "--block-size", "100000"], "too short for a context of 100000"),
     # JSON data
     (["train", "-z", "json", "-d", "malformed.json", *Q], "malformed.json: invalid JSON at line 1"),
+    # plain text given -z json was "invalid JSON at line 1, column 1: Expecting value"
+    (["train", "-z", "json", "-d", "corpus.txt", *Q], "corpus.txt is not JSON (it starts with 'light breaks love k"),
+    (["train", "-z", "json", "-d", "corpus.txt", *Q], "leave -z json out to train on it as text"),
     (["train", "-z", "json", "-d", "string.json", *Q], "expected an array"),
     (["train", "-z", "json", "-d", "keyed.json", "--json-key", "songs", *Q], "has no key 'songs'"),
     (["train", "-z", "json", "-d", "keyed.json", *Q], "name the key that holds the tokens"),

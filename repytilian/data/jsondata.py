@@ -65,6 +65,10 @@ def _parse(path: Path) -> tuple[Any, str]:
     try:
         return json.loads(text), text
     except json.JSONDecodeError as e:
+        if e.pos == len(text) - len(text.lstrip()):  # its first character: text, not JSON that went wrong
+            raise RepytilianError(f"{path} is not JSON (it starts with {text.lstrip()[:20]!r}): `tokenizer` json reads "
+                                  "JSON token data (arrays of tokens); leave `tokenizer` json out to train on it as "
+                                  "text", ("tokenizer",)) from None
         raise RepytilianError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
 
