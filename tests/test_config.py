@@ -134,6 +134,11 @@ def test_train_options_check_their_settings_when_made():
                                                                                        "learning_rate": 1.0}
     with pytest.raises(SettingError, match="block_size must be an int, got '64'"):
         TrainOptions(overrides={"block_size": "64"})
+    # a misspelt keyword was Python's "unexpected keyword argument 'iteration'" alone
+    with pytest.raises(TypeError, match="'iteration' \\(did you mean 'iterations'\\?\\)"):
+        TrainOptions(iteration="quick")
+    with pytest.raises(TypeError, match="a setting goes in overrides=\\{'learning_rate': ...\\}"):
+        TrainOptions(learning_rate=1e-3)
     # iterations="500", as -i 500 takes it, was "unknown `iterations` preset '500'"
     assert TrainOptions(iterations="500").overrides["max_iters"] == 500
     assert TrainOptions(iterations="Quick").iterations == "quick"  # presets in any case, as typed

@@ -1,13 +1,15 @@
 """What a training run is asked for (`TrainOptions`) and what it gives back (`TrainResult`)."""
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_MODEL_DIR, typed
+from ..config import DEFAULT_MODEL_DIR, MODEL_FIELDS, TRAIN_FIELDS, typed
 from ..data.corpus import DataSource
 from ..errors import RepytilianError, SettingError
 from ..language_model import LanguageModel
@@ -39,6 +41,18 @@ class TrainOptions:
     tensorboard: str | None = None  # ...and/or to TensorBoard logs in this folder
     measure_dtype: bool = False  # dtype auto: measure again instead of taking the remembered choice
     lora: int | None = None  # fine-tune `load` with low-rank adapters of this rank (lora.py), merged at save
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrainOptions:
+        # Python's "unexpected keyword argument 'iteration'", naming the one meant; a config
+        # field given here (`learning_rate=...`) is told to go in `overrides`
+        names = [f.name for f in dataclasses.fields(cls)]
+        for name in kwargs:
+            if name not in names:
+                meant = difflib.get_close_matches(name, names, 1, cutoff=0.75)
+                hint = (f" (did you mean {meant[0]!r}?)" if meant else
+                        f" (a setting goes in overrides={{{name!r}: ...}})" if name in MODEL_FIELDS | TRAIN_FIELDS else "")
+                raise TypeError(f"TrainOptions got an unexpected keyword argument {name!r}{hint}")
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         self.overrides = {name: typed(name, value) if value is not None else None
