@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import LECTURE_STEP_ABOUT
 from ..data import DataSource
+from ..data.corpus import DataTooShort
 from ..errors import RepytilianError, SettingError
 from .common import seconds
 
@@ -62,12 +63,8 @@ def climb(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str | None]:
             result = train(TrainOptions(data=source, settings=args.settings, arch=step, iterations="forever",
                                         overrides=overrides, out=str(out / step), seed=args.seed, progress=False),
                            on_event=lambda event: None)
-        except RepytilianError as e:
-            if "block_size" not in e.settings:
-                raise
-            # "a smaller context (--block-size 14)": a flag the ladder does not take; -s auto fits it
-            raise RepytilianError(str(e).split(". Use more data")[0] + ". Use more data, or -s auto, whose "
-                                  "context fits the text") from None
+        except DataTooShort as e:  # its advice, --block-size, is a flag the ladder does not take
+            raise RepytilianError(f"{e.found}. Use more data, or -s auto, whose context fits the text") from None
         if result.stopped_by:
             print(f"      stopped by {result.stopped_by} (saved to {result.saved_to})", file=sys.stderr, flush=True)
             return rows, result.stopped_by

@@ -101,9 +101,9 @@ def _check_limits(args: argparse.Namespace) -> None:
             raise RepytilianError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lanes is not None and args.lanes < 1:
         raise RepytilianError("--lanes must be at least 1")
-    from ..runtime.cpu import physical_cores
+    from ..runtime.cpu import usable_cores
 
-    cores = physical_cores() or os.cpu_count() or 1
+    cores = usable_cores()
     if args.lanes is not None and args.lanes > cores:  # taken: the user chose, though it only costs
         print(f"warning: --lanes {args.lanes} on {cores} core{'s' * (cores > 1)}: at most {cores} lane"
               f"{'s' * (cores > 1)} decode at once, the others take turns with them, each batch smaller",

@@ -34,6 +34,15 @@ VAL_FRACTION = 0.1
 STREAM_MB = 64  # see stream_threshold
 
 
+class DataTooShort(RepytilianError):
+    """The data is too short for the context, and a smaller context (`fits`) would do: `found` says
+    what was found, for a caller without a `block_size` of its own to advise in its own words."""
+
+    def __init__(self, found: str, fits: int):
+        self.found = found
+        super().__init__(f"{found}. Use more data or a smaller context (`block_size` {fits})", ("block_size",))
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where training data comes from: kind is "dataset", "file", "dir" or "chat" (conversations to
@@ -218,8 +227,7 @@ class TokenData:
                  f"training split has {len(self.train):,} tokens and the validation split {len(self.val):,}")
         if shortest < 2:  # not even a context of one token fits: a smaller one cannot help
             raise RepytilianError(f"{found}. Use more data: each split needs at least 2 tokens")
-        raise RepytilianError(f"{found}. Use more data or a smaller context (`block_size` {max(1, shortest // 2)})",
-                              ("block_size",))
+        raise DataTooShort(found, max(1, shortest // 2))
 
 
 def get_batch(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import RepytilianError
-from ..runtime.cpu import physical_cores
+from ..runtime.cpu import usable_cores
 
 DEFAULT_TIMEOUT_SECONDS = 300.0  # a collective that waits longer than this ends the run (REPYTILIAN_DIST_TIMEOUT)
 
@@ -170,8 +170,7 @@ class World:
         """torchrun sets OMP_NUM_THREADS=1 for every process when it starts several; on a CPU each
         process does better with its share of the cores (any other OMP_NUM_THREADS is kept)."""
         if self.local_size > 1 and os.environ.get("OMP_NUM_THREADS") in (None, "1"):
-            cores = physical_cores() or os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // self.local_size))
+            torch.set_num_threads(max(1, usable_cores() // self.local_size))
 
     def close(self) -> None:
         if self._owns_group:

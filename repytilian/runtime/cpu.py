@@ -76,6 +76,12 @@ def physical_cores(sysfs: Path = CPU_SYSFS, allowed: set[int] | None = None) -> 
     return len(cores) or None
 
 
+def usable_cores() -> int:
+    """The cores to plan threads and lanes for: the physical ones this process may use, or the
+    logical CPUs where the topology cannot be read."""
+    return physical_cores() or os.cpu_count() or 1
+
+
 def threads_chosen() -> bool:
     """Whether the user chose the thread count for the process (OMP_NUM_THREADS, MKL_NUM_THREADS)."""
     return any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
@@ -99,7 +105,7 @@ def threads_beside_a_server() -> int:
     168 ms a request), so a lone request keeps them (batch_loop.py). Measured again on a 2-core Xeon
     with no OpenMP team but the batch loop's (serve/admission.py), 2026-12-04: 8 clients 5,146 tokens/s
     on one thread, 5,192 on two."""
-    cores = physical_cores() or os.cpu_count() or 1
+    cores = usable_cores()
     return torch.get_num_threads() if threads_chosen() else max(1, min(torch.get_num_threads(), cores - 1))
 
 
@@ -108,7 +114,7 @@ def batch_lanes() -> int:
     built steps (batch_loop.Lanes, steps_in_c): two where there are two cores or more. Measured on 2
     cores only (batch_loop.py has the figures): more lanes on more cores are untried, and
     `serve --lanes` chooses."""
-    return 2 if (physical_cores() or os.cpu_count() or 1) >= 2 else 1
+    return 2 if usable_cores() >= 2 else 1
 
 
 @contextlib.contextmanager

@@ -40,7 +40,7 @@ from ..runtime.fileio import exchange_paths, fsync_dir, fsync_tree, pid_alive, s
 from ..tokenizers import Tokenizer, tokenizer_from_json
 from .card import model_card, plot_loss
 from .lock import check_writable
-from .missing import LegacyFolder, explain_missing
+from .missing import LegacyFolder, explain_missing, model_folders_in
 
 FORMAT = "repytilian-model"
 FORMAT_VERSION = 1
@@ -264,10 +264,10 @@ def read_config(path: Path) -> dict[str, Any]:
                 f"{path} holds {', '.join(sorted(pickles)[:3])}: pickled files, which can run code when loaded, "
                 "so Repytilian does not load them. Only folders with config.json and model.safetensors load"
             )
-        inside = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file())
+        inside = model_folders_in(path)
         if inside:  # -m models/shakespeare: a folder of models
-            raise RepytilianError(f"{path} is a folder of models ({', '.join(inside)}), not a model: "
-                                  f"give one of them, such as {path / inside[0]}")
+            raise RepytilianError(f"{path} is a folder of models ({', '.join(p.name for p in inside)}), not a model: "
+                                  f"give one of them, such as {inside[0]}")
         raise RepytilianError(f"{path} is not a Repytilian model folder (no config.json)")
     meta = _read_json(path / "config.json")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

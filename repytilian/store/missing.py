@@ -64,7 +64,7 @@ class LegacyFolder(RepytilianError):
 def _missing(path: Path) -> MissingModel:
     """What would put a model at `path`: advice that does what the user meant (training Tiny
     Shakespeare into models/starwars would not)."""
-    nearby = _model_folders_near(path)
+    nearby = model_folders_in(path.parent)
     close = difflib.get_close_matches(path.name, [p.name for p in nearby], n=1, cutoff=0.75)
     if close:
         return MissingModel(path, "typo", path.parent / close[0])
@@ -83,8 +83,9 @@ def converted_name(path: Path) -> Path:
     return path.with_name(path.name + "-converted")
 
 
-def _model_folders_near(path: Path) -> list[Path]:
+def model_folders_in(folder: Path) -> list[Path]:
+    """The model folders directly under `folder`, sorted (none where it cannot be read)."""
     try:
-        return [p for p in path.parent.iterdir() if (p / "config.json").is_file()]
+        return sorted(p for p in folder.iterdir() if (p / "config.json").is_file())
     except OSError:
         return []
